@@ -1,0 +1,53 @@
+"""The ``p2psc`` command: a dispatcher over one module per subcommand.
+
+Each module in :data:`SUBCOMMANDS` exposes ``register(subparsers)``, which adds its parser and
+sets ``func`` (``func(args) -> int`` exit status). Errors of the :mod:`p2psc.errors` hierarchy
+are printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from p2psc import __version__
+from p2psc.errors import P2pscError
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+SUBCOMMANDS: tuple[str, ...] = ("p2psc.cli.diagrams",)
+"""Subcommand modules, in the order ``--help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2psc",
+        description=(
+            "Peer-to-peer socket creation: run a Mediator, pair two peers through it into one "
+            "direct authenticated TCP connection, and negotiate protocols on it."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"p2psc {__version__}")
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMANDS:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        status: int = func(args)
+    except P2pscError as error:
+        print(f"p2psc {args.command}: {type(error).__name__}: {error.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return status

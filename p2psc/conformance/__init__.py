@@ -1,0 +1,1 @@
+"""Conformance harness: checks a third-party mediator against spec/mediator.md."""

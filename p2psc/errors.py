@@ -1,0 +1,118 @@
+"""The one exception hierarchy of p2psc.
+
+Errors are part of the API: every failure a caller can observe is one of these classes, each
+carrying a human-readable ``reason`` (and, where the wire has one, a numeric ``code``). Catch
+``P2pscError`` to catch everything p2psc raises on purpose; anything else escaping the library
+is a bug.
+
+    P2pscError
+    ├── ProtocolError            malformed or unexpected bytes from the other side
+    │   ├── UnsupportedVersion   the other side speaks a protocol version we do not
+    │   └── InvalidTransition    a well-formed message that is not allowed in this state
+    ├── CryptoError              sealing/opening failed: wrong key, tampered ciphertext
+    ├── KeyFileError             a key file that cannot be read, parsed or decrypted
+    ├── NegotiationError         the negotiator received a byte it cannot accept
+    └── ConnectError             connect() did not produce a connection
+        ├── MediatorUnreachable  no TCP connection to the mediator
+        ├── AdvertiseAborted     the mediator refused the registration (AdvertiseAbort)
+        ├── AdvertiseRetryExhausted  AdvertiseRetry answered more often than we retry
+        ├── IdentityCheckFailed  a challenge was answered wrongly (mediator or peer)
+        ├── PeerUnreachable      no direct TCP connection to the peer within the deadline
+        ├── MediatorClosed       the mediator closed the connection before pairing us
+        └── HandshakeTimeout     a step did not complete before its deadline
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdvertiseAborted",
+    "AdvertiseRetryExhausted",
+    "ConnectError",
+    "CryptoError",
+    "HandshakeTimeout",
+    "IdentityCheckFailed",
+    "InvalidTransition",
+    "KeyFileError",
+    "MediatorClosed",
+    "MediatorUnreachable",
+    "NegotiationError",
+    "P2pscError",
+    "PeerUnreachable",
+    "ProtocolError",
+    "UnsupportedVersion",
+]
+
+
+class P2pscError(Exception):
+    """Base of every error p2psc raises on purpose."""
+
+    def __init__(self, reason: str, *, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+    def __repr__(self) -> str:
+        code = "" if self.code is None else f", code={self.code}"
+        return f"{type(self).__name__}({self.reason!r}{code})"
+
+
+class ProtocolError(P2pscError):
+    """The other side sent bytes that break the protocol (framing, fields or order)."""
+
+
+class UnsupportedVersion(ProtocolError):
+    """The other side speaks a protocol version this implementation does not."""
+
+
+class InvalidTransition(ProtocolError):
+    """A well-formed event arrived in a state whose machine has no transition for it."""
+
+    def __init__(self, machine: str, state: str, event: str) -> None:
+        super().__init__(f"{machine}: event {event!r} is not allowed in state {state!r}")
+        self.machine = machine
+        self.state = state
+        self.event = event
+
+
+class CryptoError(P2pscError):
+    """A cryptographic operation failed: wrong key, wrong context or tampered data."""
+
+
+class KeyFileError(P2pscError):
+    """A key file or key string could not be read, parsed or decrypted."""
+
+
+class NegotiationError(P2pscError):
+    """The negotiator received a byte that is not valid in its current state."""
+
+
+class ConnectError(P2pscError):
+    """connect() did not produce a connection; the subclass says why."""
+
+
+class MediatorUnreachable(ConnectError):
+    """No TCP connection to the mediator could be made."""
+
+
+class AdvertiseAborted(ConnectError):
+    """The mediator refused our registration with AdvertiseAbort (see ``code``)."""
+
+
+class AdvertiseRetryExhausted(ConnectError):
+    """The mediator kept answering AdvertiseRetry and we ran out of retries."""
+
+
+class IdentityCheckFailed(ConnectError):
+    """A challenge was answered wrongly: someone does not own the key they claim."""
+
+
+class PeerUnreachable(ConnectError):
+    """No direct TCP connection to the peer formed before the deadline."""
+
+
+class MediatorClosed(ConnectError):
+    """The mediator closed the connection before it paired us."""
+
+
+class HandshakeTimeout(ConnectError, TimeoutError):
+    """A step of the handshake did not complete before its deadline."""
