@@ -1,0 +1,138 @@
+"""The sans-IO vocabulary shared by every connection-oriented core: events in, actions out.
+
+A core never touches a socket or a clock. Its adapter turns what happened into an event
+(:class:`Opened`, :class:`Received`, :class:`Closed`, :class:`TimerFired`), hands it to the core
+together with ``now`` (seconds, any monotonic origin), and executes the actions the core returns,
+in order. Connections are named by small integers (:data:`ConnId`) that the adapter allocates.
+
+All classes are frozen, slotted and hashable, so the explorer can store them in states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2psc.errors import P2pscError
+
+__all__ = [
+    "Action",
+    "Close",
+    "Closed",
+    "ConnId",
+    "Connect",
+    "Event",
+    "Failed",
+    "Listen",
+    "Opened",
+    "Received",
+    "Send",
+    "SetTimer",
+    "TimerFired",
+]
+
+ConnId = int
+"""Adapter-chosen name of one TCP connection (or one listening socket)."""
+
+
+# --- events: adapter -> core -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A connection exists: accepted (``remote`` = observed peer address) or connected out."""
+
+    conn: ConnId
+    remote: tuple[str, int]
+    local: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """Bytes arrived on ``conn`` (any chunking: cores must reassemble frames)."""
+
+    conn: ConnId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """``conn`` is gone: EOF, reset or a failed connect. ``error`` is a short human reason."""
+
+    conn: ConnId
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The deadline set by :class:`SetTimer` for ``conn`` has passed."""
+
+    conn: ConnId
+
+
+Event = Opened | Received | Closed | TimerFired
+
+
+# --- actions: core -> adapter ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``data`` to ``conn`` (as one write: legacy clients rely on it)."""
+
+    conn: ConnId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close ``conn`` cleanly (after flushing earlier sends). ``reason`` is for logs."""
+
+    conn: ConnId
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Fire :class:`TimerFired` for ``conn`` at ``deadline`` (same clock as ``now``); a later
+    SetTimer for the same ``conn`` replaces it, ``deadline=None`` cancels it."""
+
+    conn: ConnId
+    deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Open a listening socket named ``conn`` on local ``port`` (SO_REUSEADDR/SO_REUSEPORT)."""
+
+    conn: ConnId
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open an outgoing connection named ``conn`` to ``remote``, from local ``from_port`` when
+    given (same port as the mediator connection, for hole punching)."""
+
+    conn: ConnId
+    remote: tuple[str, int]
+    from_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The core's job failed for good; ``error`` is the typed exception to hand the caller."""
+
+    error: P2pscError
+
+    def __hash__(self) -> int:
+        return hash((type(self.error), self.error.reason))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Failed)
+            and type(other.error) is type(self.error)
+            and other.error.reason == self.error.reason
+        )
+
+
+Action = Send | Close | SetTimer | Listen | Connect | Failed
