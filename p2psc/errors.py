@@ -8,7 +8,10 @@ is a bug.
     P2pscError
     ├── ProtocolError            malformed or unexpected bytes from the other side
     │   ├── UnsupportedVersion   the other side speaks a protocol version we do not
-    │   └── InvalidTransition    a well-formed message that is not allowed in this state
+    │   ├── InvalidTransition    a well-formed message that is not allowed in this state
+    │   └── LegacyProtocolError  a legacy (version 0, JSON) client broke its framing
+    │       ├── LegacyOversized  a JSON object larger than the legacy size limit
+    │       └── LegacyCoalesced  bytes followed a complete object in the same read
     ├── CryptoError              sealing/opening failed: wrong key, tampered ciphertext
     ├── KeyFileError             a key file that cannot be read, parsed or decrypted
     ├── NegotiationError         the negotiator received a byte it cannot accept
@@ -33,6 +36,9 @@ __all__ = [
     "IdentityCheckFailed",
     "InvalidTransition",
     "KeyFileError",
+    "LegacyCoalesced",
+    "LegacyOversized",
+    "LegacyProtocolError",
     "MediatorClosed",
     "MediatorUnreachable",
     "NegotiationError",
@@ -72,6 +78,23 @@ class InvalidTransition(ProtocolError):
         self.machine = machine
         self.state = state
         self.event = event
+
+
+class LegacyProtocolError(ProtocolError):
+    """A legacy (version 0, JSON) client sent bytes that are not one valid legacy message.
+
+    INSECURE LEGACY: only :mod:`p2psc.legacy` raises this (and its subclasses)."""
+
+
+class LegacyOversized(LegacyProtocolError):
+    """A legacy JSON object grew past the size limit before it was complete."""
+
+
+class LegacyCoalesced(LegacyProtocolError):
+    """More bytes followed a complete legacy JSON object before it was answered.
+
+    The version 0 protocol is lock-step and its C++ parser rejects two objects in one read, so we
+    reject them too rather than accept a stream the original implementation would not."""
 
 
 class CryptoError(P2pscError):
