@@ -329,6 +329,18 @@ class LegacyDecoder:
         self._started = False
         self._error: LegacyProtocolError | None = None
 
+    @classmethod
+    def from_snapshot(cls, buffered: bytes) -> LegacyDecoder:
+        """A decoder holding ``buffered`` (a :meth:`snapshot`); the scan state is recomputed."""
+        decoder = cls()
+        decoder._buffer += buffered
+        decoder._scan()
+        return decoder
+
+    def snapshot(self) -> bytes:
+        """The bytes held; with :meth:`from_snapshot` this is the whole decoder state."""
+        return bytes(self._buffer)
+
     @property
     def buffered(self) -> int:
         """Bytes held (part of an incomplete object, or whitespace)."""

@@ -13,6 +13,7 @@ __all__ = ["MACHINES", "machine_classes"]
 
 MACHINES: tuple[str, ...] = (
     # "p2psc.machines.negotiator:NegotiatorMachine",
+    "p2psc.legacy.machines:LegacyPeerMachine",
 )
 """Every machine class of the project, as ``module:ClassName``; the diagrams are made of these."""
 
