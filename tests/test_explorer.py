@@ -1,0 +1,228 @@
+"""The generic explorer on toy models whose state spaces are known by hand.
+
+Why toys: the engine (deduplication, BFS shortest traces, deadlock detection, depth bounds,
+coverage, reports) must be right before it is trusted to judge the real cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from statemachine import State, StateMachine
+
+from models.explorer import Coverage, Step, explore, format_report, mermaid_trace, text_trace
+from p2psc.machines.compiler import compile_machine
+
+
+class Counters:
+    """Two independent counters, each counting 0..n; the only terminal state is (n, n)."""
+
+    name = "counters"
+    actors: Sequence[str] = ("A", "B")
+
+    def __init__(self, n: int, *, bad: tuple[int, int] | None = None) -> None:
+        self.n = n
+        self.bad = bad
+
+    def initial_states(self) -> list[tuple[int, int]]:
+        return [(0, 0)]
+
+    def successors(self, state: tuple[int, int]) -> list[tuple[Step, tuple[int, int]]]:
+        a, b = state
+        out = []
+        if a < self.n:
+            out.append((Step("app", "A", f"a={a + 1}"), (a + 1, b)))
+        if b < self.n:
+            out.append((Step("app", "B", f"b={b + 1}"), (a, b + 1)))
+        return out
+
+    def invariant(self, state: tuple[int, int]) -> str | None:
+        return "reached the bad state" if state == self.bad else None
+
+    def terminal(self, state: tuple[int, int]) -> str | None:
+        return None if state == (self.n, self.n) else "stuck"
+
+    def describe(self, state: tuple[int, int]) -> str:
+        return repr(state)
+
+    def coverage(self) -> Coverage | None:
+        return None
+
+
+LostUpdateState = tuple[int, tuple[int, int], tuple[int, int]]  # x, pcs, locals
+
+
+class LostUpdate:
+    """Two processes do ``tmp = x; x = tmp + 1`` without a lock; when both end x must be 2."""
+
+    name = "lost-update"
+    actors: Sequence[str] = ("P0", "P1", "x")
+
+    def initial_states(self) -> list[LostUpdateState]:
+        return [(0, (0, 0), (0, 0))]
+
+    def successors(self, state: LostUpdateState) -> list[tuple[Step, LostUpdateState]]:
+        x, pcs, tmps = state
+        out = []
+        for i in (0, 1):
+            pc = pcs[i]
+            if pc == 0:
+                read_pcs = (1, pcs[1]) if i == 0 else (pcs[0], 1)
+                read_tmps = (x, tmps[1]) if i == 0 else (tmps[0], x)
+                out.append((Step("deliver", f"P{i}", f"read {x}", "x"), (x, read_pcs, read_tmps)))
+            elif pc == 1:
+                done_pcs = (2, pcs[1]) if i == 0 else (pcs[0], 2)
+                step = Step("deliver", "x", f"write {tmps[i] + 1}", f"P{i}")
+                out.append((step, (tmps[i] + 1, done_pcs, tmps)))
+        return out
+
+    def invariant(self, state: LostUpdateState) -> str | None:
+        x, pcs, _ = state
+        if pcs == (2, 2) and x != 2:
+            return f"both incremented but x == {x}"
+        return None
+
+    def terminal(self, state: LostUpdateState) -> str | None:
+        return None
+
+    def describe(self, state: LostUpdateState) -> str:
+        return f"x={state[0]} pcs={state[1]}"
+
+    def coverage(self) -> Coverage | None:
+        return None
+
+
+class Philosophers:
+    """Two philosophers, two forks, each takes the left fork then the right: can deadlock."""
+
+    name = "philosophers"
+    actors: Sequence[str] = ("P0", "P1")
+
+    def initial_states(self) -> list[tuple[int, int]]:
+        return [(0, 0)]  # per philosopher: 0 thinking, 1 has left, 2 eating (done)
+
+    def successors(self, state: tuple[int, int]) -> list[tuple[Step, tuple[int, int]]]:
+        out = []
+        for i in (0, 1):
+            left, right = i, 1 - i
+            holder = self._holders(state)
+            if state[i] == 0 and holder[left] is None:
+                out.append((Step("app", f"P{i}", "take left"), self._set(state, i, 1)))
+            if state[i] == 1 and holder[right] is None:
+                out.append((Step("app", f"P{i}", "take right, eat"), self._set(state, i, 2)))
+        return out
+
+    @staticmethod
+    def _set(state: tuple[int, int], i: int, value: int) -> tuple[int, int]:
+        return (value, state[1]) if i == 0 else (state[0], value)
+
+    @staticmethod
+    def _holders(state: tuple[int, int]) -> list[int | None]:
+        holders: list[int | None] = [None, None]
+        for i in (0, 1):
+            if state[i] >= 1:
+                holders[i] = i  # left fork of i is fork i
+            if state[i] == 2:
+                holders[1 - i] = i
+        return holders
+
+    def invariant(self, state: tuple[int, int]) -> str | None:
+        return None
+
+    def terminal(self, state: tuple[int, int]) -> str | None:
+        return None if 2 in state else "both hold their left fork and wait for the right one"
+
+    def describe(self, state: tuple[int, int]) -> str:
+        return repr(state)
+
+    def coverage(self) -> Coverage | None:
+        return None
+
+
+def test_counters_state_space_is_exact() -> None:
+    n = 7
+    result = explore(Counters(n))
+    assert result.ok
+    assert result.states == (n + 1) ** 2
+    assert result.transitions == 2 * n * (n + 1)
+    assert result.depth == 2 * n
+    assert result.terminals == 1
+    assert not result.bounded
+
+
+def test_depth_bound_stops_expansion() -> None:
+    result = explore(Counters(10), max_depth=3)
+    assert result.ok
+    assert result.bounded
+    assert result.depth == 3
+    assert result.states == 1 + 2 + 3 + 4  # states at depth 0..3 of the grid
+
+
+def test_state_budget_is_reported() -> None:
+    result = explore(Counters(50), max_states=100)
+    assert result.ok
+    assert result.bounded
+    assert result.notes and "budget" in result.notes[0]
+
+
+def test_invariant_violation_is_a_shortest_trace() -> None:
+    result = explore(Counters(5, bad=(3, 2)))
+    assert result.violation is not None
+    assert result.violation.kind == "invariant"
+    assert len(result.violation.steps) == 5
+    assert result.violation.state == (3, 2)
+    assert result.violation.states[0] == (0, 0)
+
+
+def test_lost_update_is_found_in_four_steps() -> None:
+    result = explore(LostUpdate())
+    violation = result.violation
+    assert violation is not None
+    assert violation.kind == "invariant"
+    assert len(violation.steps) == 4
+    assert violation.state[0] == 1
+    kinds = [step.text.split()[0] for step in violation.steps]
+    assert kinds.count("read") == 2 and kinds.count("write") == 2
+    text = text_trace(violation, LostUpdate().describe)
+    assert "both incremented but x == 1" in text
+    diagram = mermaid_trace(violation, LostUpdate.actors)
+    assert diagram.startswith("sequenceDiagram")
+    assert "x->>P0: read 0" in diagram or "x->>P1: read 0" in diagram
+
+
+def test_deadlock_is_reported_with_its_trace() -> None:
+    result = explore(Philosophers())
+    violation = result.violation
+    assert violation is not None
+    assert violation.kind == "deadlock"
+    assert violation.state == (1, 1)
+    assert len(violation.steps) == 2
+    report = format_report(result, Philosophers().describe)
+    assert "VIOLATION" in report and "```mermaid" in report and "Note over P0" in report
+
+
+def test_progress_callback_runs_on_long_explorations() -> None:
+    calls: list[int] = []
+    result = explore(
+        Counters(120), progress=lambda r, frontier: calls.append(r.states), progress_interval=0.0
+    )
+    assert result.ok and calls
+    assert calls == sorted(calls)
+
+
+class _Tiny(StateMachine):
+    idle = State(initial=True)
+    busy = State()
+    done = State(final=True)
+    go = idle.to(busy)
+    finish = busy.to(done) | idle.to(done)
+
+
+def test_coverage_lists_transitions_never_taken() -> None:
+    table = compile_machine(_Tiny)
+    coverage = Coverage([table])
+    coverage.take_pair("_Tiny", "idle", "busy")
+    coverage.take_pair("_Tiny", "busy", "done", "finish")
+    assert (coverage.covered, coverage.declared) == (2, 3)
+    missing = [str(t) for _, t in coverage.missing()]
+    assert missing == ["idle --finish--> done"]
