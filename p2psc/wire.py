@@ -1,0 +1,953 @@
+"""The p2psc version 1 wire format: frames, the eleven messages, and a streaming decoder.
+
+The layout is *declared* with construct (:data:`FRAME`, :data:`PAYLOADS`): that declaration is the
+reference, and ``spec/protocol.md`` describes it in prose. Production encode/decode use a
+hand-written ``struct`` path because construct, even compiled, is several times slower than the
+10 us per-frame budget allows; tests check that both paths agree byte for byte and on every
+rejection.
+
+Frame: ``magic "P2" | version u8 | type u8 | length u16 (big-endian) | payload``. Decoding is
+strict: anything that is not exactly one valid frame raises :class:`~p2psc.errors.ProtocolError`
+(or :class:`~p2psc.errors.UnsupportedVersion`) with a reason a human understands.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar, TypeVar, Union
+
+import construct as c
+
+from p2psc.errors import ProtocolError, UnsupportedVersion
+from p2psc.keys import KEY_SIZE, NONCE_SIZE, SEALED_NONCE_SIZE
+
+__all__ = [
+    "FRAME",
+    "FRAME_COMPILED",
+    "HEADER",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "MAX_REASON_TEXT",
+    "PAYLOADS",
+    "PROTOCOL_VERSION",
+    "Address",
+    "Advertise",
+    "AdvertiseAbort",
+    "AdvertiseChallenge",
+    "AdvertiseResponse",
+    "AdvertiseRetry",
+    "FrameDecoder",
+    "Message",
+    "MessageType",
+    "PeerAcknowledgement",
+    "PeerChallenge",
+    "PeerChallengeResponse",
+    "PeerDisconnect",
+    "PeerIdentification",
+    "PeerResponse",
+    "Reason",
+    "construct_decode",
+    "construct_encode",
+    "decode",
+    "encode",
+]
+
+PROTOCOL_VERSION = 1
+MAGIC = b"P2"
+HEADER_SIZE = 6
+MAX_PAYLOAD = 4096
+MAX_REASON_TEXT = 1024
+FAMILY_NONE = 0
+FAMILY_IPV4 = 4
+FAMILY_IPV6 = 6
+
+
+class MessageType(IntEnum):
+    """Type byte of a frame; numbers kept from the original C++ library."""
+
+    ADVERTISE = 0
+    ADVERTISE_CHALLENGE = 1
+    ADVERTISE_RESPONSE = 2
+    ADVERTISE_ABORT = 3
+    ADVERTISE_RETRY = 4
+    PEER_DISCONNECT = 5
+    PEER_IDENTIFICATION = 6
+    PEER_CHALLENGE = 7
+    PEER_CHALLENGE_RESPONSE = 8
+    PEER_RESPONSE = 9
+    PEER_ACKNOWLEDGEMENT = 10
+
+
+class Reason(IntEnum):
+    """Reason codes of AdvertiseAbort/AdvertiseRetry (u16). Unknown codes stay plain ints."""
+
+    UNSPECIFIED = 0
+    UNSUPPORTED_VERSION = 1
+    IDENTITY_CHECK_FAILED = 2
+    DUPLICATE_REGISTRATION = 3
+    SELF_PAIRING = 4
+    BUSY = 5
+    TIMEOUT = 6
+    MALFORMED = 7
+    PEER_GONE = 8
+    SHUTTING_DOWN = 9
+
+
+_REASONS: dict[int, Reason] = {int(r): r for r in Reason}
+_TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
+
+# --------------------------------------------------------------------------------------------
+# The declared layout (construct). This is the reference the fast path below must agree with.
+# --------------------------------------------------------------------------------------------
+
+_KEY = c.Bytes(KEY_SIZE)
+_NONCE = c.Bytes(NONCE_SIZE)
+_SEALED = c.Bytes(SEALED_NONCE_SIZE)
+
+ADDRESS = c.Struct(
+    "family" / c.Int8ub,
+    "host" / c.Switch(c.this.family, {FAMILY_IPV4: c.Bytes(4), FAMILY_IPV6: c.Bytes(16)}),
+    "port" / c.Int16ub,
+)
+"""A required address: family 4 or 6, packed host, port. Other families fail in validation."""
+
+OPTIONAL_ADDRESS = c.Struct(
+    "family" / c.Int8ub,
+    "host" / c.Switch(c.this.family, {FAMILY_IPV4: c.Bytes(4), FAMILY_IPV6: c.Bytes(16)}),
+    "port" / c.If(c.this.family != FAMILY_NONE, c.Int16ub),
+)
+"""An optional address: family 0 alone means absent."""
+
+REASON = c.Struct("code" / c.Int16ub, "text" / c.Prefixed(c.Int16ub, c.GreedyBytes))
+
+PAYLOADS: dict[MessageType, c.Construct] = {
+    MessageType.ADVERTISE: c.Struct(
+        "version" / c.Int8ub,
+        "our_key" / _KEY,
+        "their_key" / _KEY,
+        "local" / OPTIONAL_ADDRESS,
+        c.Terminated,
+    ),
+    MessageType.ADVERTISE_CHALLENGE: c.Struct("encrypted_nonce" / _SEALED, c.Terminated),
+    MessageType.ADVERTISE_RESPONSE: c.Struct("nonce" / _NONCE, c.Terminated),
+    MessageType.ADVERTISE_ABORT: c.Struct("reason" / REASON, c.Terminated),
+    MessageType.ADVERTISE_RETRY: c.Struct("reason" / REASON, c.Terminated),
+    MessageType.PEER_DISCONNECT: c.Struct(
+        "peer" / ADDRESS, "client" / ADDRESS, "client_local" / OPTIONAL_ADDRESS, c.Terminated
+    ),
+    MessageType.PEER_IDENTIFICATION: c.Struct(
+        "version" / c.Int8ub, "peer" / ADDRESS, "peer_local" / OPTIONAL_ADDRESS, c.Terminated
+    ),
+    MessageType.PEER_CHALLENGE: c.Struct("encrypted_nonce" / _SEALED, c.Terminated),
+    MessageType.PEER_CHALLENGE_RESPONSE: c.Struct(
+        "encrypted_nonce" / _SEALED, "decrypted_nonce" / _NONCE, c.Terminated
+    ),
+    MessageType.PEER_RESPONSE: c.Struct("decrypted_nonce" / _NONCE, c.Terminated),
+    MessageType.PEER_ACKNOWLEDGEMENT: c.Struct(c.Terminated),
+}
+"""Payload layout per message type."""
+
+HEADER = c.Struct(
+    "magic" / c.Const(MAGIC),
+    "version" / c.Int8ub,
+    "type" / c.Int8ub,
+    "length" / c.Int16ub,
+)
+"""The fixed 6-byte frame header."""
+
+FRAME = c.Struct(
+    "magic" / c.Const(MAGIC),
+    "version" / c.Int8ub,
+    "type" / c.Int8ub,
+    "payload"
+    / c.Prefixed(c.Int16ub, c.Switch(c.this.type, {int(k): v for k, v in PAYLOADS.items()})),
+    c.Terminated,
+)
+"""A whole frame: header fields with the length as the payload's prefix."""
+
+FRAME_COMPILED: Any = FRAME.compile()
+"""construct's compiled parser/builder of :data:`FRAME` (faster than the interpreted one)."""
+
+# --------------------------------------------------------------------------------------------
+# Addresses
+# --------------------------------------------------------------------------------------------
+
+
+def _normalise_host(host: str) -> tuple[str, int, bytes]:
+    """Return (canonical text, family, packed bytes) or raise ProtocolError."""
+    if not isinstance(host, str):
+        raise ProtocolError(f"address host must be text, got {type(host).__name__}")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ProtocolError(f"not an IPv4 or IPv6 address: {host!r}") from None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            raise ProtocolError(f"IPv6 scope ids cannot be carried on the wire: {host!r}")
+        return ip.compressed, FAMILY_IPV6, ip.packed
+    return ip.compressed, FAMILY_IPV4, ip.packed
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An IP endpoint: normalised IPv4/IPv6 text and a port in 1..65535."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        text, _family, _packed = _normalise_host(self.host)
+        if text != self.host:
+            object.__setattr__(self, "host", text)
+        if not isinstance(self.port, int) or isinstance(self.port, bool):
+            raise ProtocolError(f"port must be an integer, got {self.port!r}")
+        if not 1 <= self.port <= 65535:
+            raise ProtocolError(f"port {self.port} is outside 1..65535")
+
+    @property
+    def family(self) -> int:
+        """4 or 6, as on the wire."""
+        return FAMILY_IPV6 if ":" in self.host else FAMILY_IPV4
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """Parse ``1.2.3.4:5`` or ``[::1]:5``."""
+        text = text.strip()
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or not rest.startswith(":"):
+                raise ProtocolError(f"expected [IPv6]:port, got {text!r}")
+            port_text = rest[1:]
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep or ":" in host:
+                raise ProtocolError(f"expected host:port or [IPv6]:port, got {text!r}")
+        if not port_text.isdigit() or not port_text.isascii():
+            raise ProtocolError(f"port must be decimal digits, got {port_text!r}")
+        return cls(host, int(port_text))
+
+    @classmethod
+    def from_tuple(cls, sockaddr: tuple[Any, ...]) -> Address:
+        """From a socket address tuple: (host, port) or (host, port, flowinfo, scope_id)."""
+        if len(sockaddr) < 2:
+            raise ProtocolError(f"not a socket address: {sockaddr!r}")
+        host = str(sockaddr[0])
+        if len(sockaddr) >= 4 and sockaddr[3]:
+            raise ProtocolError(f"IPv6 scope ids cannot be carried on the wire: {sockaddr!r}")
+        return cls(host.split("%", 1)[0] if len(sockaddr) < 4 else host, int(sockaddr[1]))
+
+    def to_tuple(self) -> tuple[str, int]:
+        """(host, port) for socket.connect / asyncio."""
+        return (self.host, self.port)
+
+    def packed(self) -> bytes:
+        """The host as 4 or 16 network-order bytes."""
+        if ":" in self.host:
+            return socket.inet_pton(socket.AF_INET6, self.host)
+        return socket.inet_pton(socket.AF_INET, self.host)
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def _trusted_address(host: str, port: int) -> Address:
+    """Build an Address from already-canonical decoded parts (skips re-validation of the host)."""
+    if port == 0:
+        raise ProtocolError("address port 0 is not allowed")
+    addr = object.__new__(Address)
+    object.__setattr__(addr, "host", host)
+    object.__setattr__(addr, "port", port)
+    return addr
+
+
+_U16 = struct.Struct(">H")
+_HDR = struct.Struct(">2sBBH")
+
+
+def _address_bytes(addr: Address | None) -> bytes:
+    if addr is None:
+        return b"\x00"
+    if ":" in addr.host:
+        return b"\x06" + socket.inet_pton(socket.AF_INET6, addr.host) + _U16.pack(addr.port)
+    return b"\x04" + socket.inet_pton(socket.AF_INET, addr.host) + _U16.pack(addr.port)
+
+
+def _take_address(p: bytes, off: int, optional: bool, what: str) -> tuple[Address | None, int]:
+    """Decode an address at ``off``; returns (address, new offset)."""
+    n = len(p)
+    if off >= n:
+        raise ProtocolError(f"payload ends before the {what} address")
+    fam = p[off]
+    if fam == FAMILY_IPV4:
+        end = off + 7
+        if end > n:
+            raise ProtocolError(f"payload ends inside the {what} IPv4 address")
+        host = "%d.%d.%d.%d" % (p[off + 1], p[off + 2], p[off + 3], p[off + 4])  # noqa: UP031
+    elif fam == FAMILY_IPV6:
+        end = off + 19
+        if end > n:
+            raise ProtocolError(f"payload ends inside the {what} IPv6 address")
+        host = ipaddress.IPv6Address(p[off + 1 : off + 17]).compressed
+    elif fam == FAMILY_NONE and optional:
+        return None, off + 1
+    else:
+        raise ProtocolError(f"{what} address has unknown family {fam} (expected 4 or 6)")
+    port = (p[end - 2] << 8) | p[end - 1]
+    if port == 0:
+        raise ProtocolError(f"{what} address has port 0")
+    return _trusted_address(host, port), end
+
+
+def _end(p: bytes, off: int, name: str) -> None:
+    if off != len(p):
+        raise ProtocolError(f"{name}: {len(p) - off} trailing bytes after the last field")
+
+
+def _fixed(p: bytes, sizes: tuple[int, ...], name: str) -> None:
+    want = sum(sizes)
+    if len(p) != want:
+        kind = "truncated" if len(p) < want else "trailing bytes in"
+        raise ProtocolError(f"{name}: {kind} payload ({len(p)} bytes, expected {want})")
+
+
+def _check_bytes(value: object, size: int, field: str, name: str) -> None:
+    if not isinstance(value, bytes) or len(value) != size:
+        got = len(value) if isinstance(value, bytes | bytearray) else type(value).__name__
+        raise ProtocolError(f"{name}.{field} must be {size} bytes, got {got}")
+
+
+def _check_u8(value: object, field: str, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+        raise ProtocolError(f"{name}.{field} must be an integer 0..255, got {value!r}")
+
+
+def _check_addr(value: object, optional: bool, field: str, name: str) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, Address):
+        raise ProtocolError(f"{name}.{field} must be an Address, got {type(value).__name__}")
+
+
+def _frame(mtype: int, payload: bytes) -> bytes:
+    return _HDR.pack(MAGIC, PROTOCOL_VERSION, mtype, len(payload)) + payload
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------------------------
+
+
+class _Codec:
+    """Shared encode/decode of a message class (not a dataclass; holds no fields)."""
+
+    __slots__ = ()
+    TYPE: ClassVar[MessageType]
+
+    def payload(self) -> bytes:
+        """The payload bytes (without the header)."""
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        """The whole frame."""
+        return _frame(self.TYPE, self.payload())
+
+
+@dataclass(frozen=True, slots=True)
+class Advertise(_Codec):
+    """peer -> mediator: register ``our_key`` wishing to meet ``their_key``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ADVERTISE
+    version: int
+    our_key: bytes
+    their_key: bytes
+    local: Address | None = None
+
+    def __post_init__(self) -> None:
+        _check_u8(self.version, "version", "Advertise")
+        _check_bytes(self.our_key, KEY_SIZE, "our_key", "Advertise")
+        _check_bytes(self.their_key, KEY_SIZE, "their_key", "Advertise")
+        _check_addr(self.local, True, "local", "Advertise")
+
+    def payload(self) -> bytes:
+        return bytes((self.version,)) + self.our_key + self.their_key + _address_bytes(self.local)
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> Advertise:
+        if len(p) < 66:
+            raise ProtocolError(f"Advertise: truncated payload ({len(p)} bytes, at least 66)")
+        local, off = _take_address(p, 65, True, "local")
+        _end(p, off, "Advertise")
+        return cls(p[0], p[1:33], p[33:65], local)
+
+    @classmethod
+    def decode(cls, frame: bytes) -> Advertise:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertiseChallenge(_Codec):
+    """mediator -> peer: a nonce sealed to the advertised ``our_key``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ADVERTISE_CHALLENGE
+    encrypted_nonce: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes(
+            self.encrypted_nonce, SEALED_NONCE_SIZE, "encrypted_nonce", "AdvertiseChallenge"
+        )
+
+    def payload(self) -> bytes:
+        return self.encrypted_nonce
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> AdvertiseChallenge:
+        _fixed(p, (SEALED_NONCE_SIZE,), "AdvertiseChallenge")
+        return cls(p)
+
+    @classmethod
+    def decode(cls, frame: bytes) -> AdvertiseChallenge:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertiseResponse(_Codec):
+    """peer -> mediator: the opened nonce, proving ownership of ``our_key``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ADVERTISE_RESPONSE
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes(self.nonce, NONCE_SIZE, "nonce", "AdvertiseResponse")
+
+    def payload(self) -> bytes:
+        return self.nonce
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> AdvertiseResponse:
+        _fixed(p, (NONCE_SIZE,), "AdvertiseResponse")
+        return cls(p)
+
+    @classmethod
+    def decode(cls, frame: bytes) -> AdvertiseResponse:
+        return _decode_as(cls, frame)
+
+
+def _check_reason(code: object, text: object, name: str) -> None:
+    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= 0xFFFF:
+        raise ProtocolError(f"{name}.code must be an integer 0..65535, got {code!r}")
+    if not isinstance(text, str):
+        raise ProtocolError(f"{name}.text must be text, got {type(text).__name__}")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{name}.text cannot be encoded as UTF-8") from None
+    if size > MAX_REASON_TEXT:
+        raise ProtocolError(f"{name}.text is {size} bytes of UTF-8, limit {MAX_REASON_TEXT}")
+
+
+def _reason_payload(code: int, text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _U16.pack(code) + _U16.pack(len(raw)) + raw
+
+
+def _reason_fields(p: bytes, name: str) -> tuple[int, str]:
+    if len(p) < 4:
+        raise ProtocolError(f"{name}: truncated payload ({len(p)} bytes, at least 4)")
+    code = (p[0] << 8) | p[1]
+    size = (p[2] << 8) | p[3]
+    if size > MAX_REASON_TEXT:
+        raise ProtocolError(f"{name}: reason text of {size} bytes exceeds {MAX_REASON_TEXT}")
+    if len(p) != 4 + size:
+        kind = "truncated" if len(p) < 4 + size else "trailing bytes in"
+        raise ProtocolError(f"{name}: {kind} reason text ({len(p) - 4} bytes, declared {size})")
+    try:
+        text = p[4:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"{name}: reason text is not valid UTF-8") from None
+    return _REASONS.get(code, code), text
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertiseAbort(_Codec):
+    """mediator -> peer: registration refused for good (``code`` is a :class:`Reason`)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ADVERTISE_ABORT
+    code: int
+    text: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.code, self.text, "AdvertiseAbort")
+
+    def payload(self) -> bytes:
+        return _reason_payload(self.code, self.text)
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> AdvertiseAbort:
+        return cls(*_reason_fields(p, "AdvertiseAbort"))
+
+    @classmethod
+    def decode(cls, frame: bytes) -> AdvertiseAbort:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class AdvertiseRetry(_Codec):
+    """mediator -> peer: registration refused for now; the peer may advertise again."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ADVERTISE_RETRY
+    code: int
+    text: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.code, self.text, "AdvertiseRetry")
+
+    def payload(self) -> bytes:
+        return _reason_payload(self.code, self.text)
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> AdvertiseRetry:
+        return cls(*_reason_fields(p, "AdvertiseRetry"))
+
+    @classmethod
+    def decode(cls, frame: bytes) -> AdvertiseRetry:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnect(_Codec):
+    """mediator -> later registrant (the Peer): both observed addresses; go hole-punch."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PEER_DISCONNECT
+    peer: Address
+    client: Address
+    client_local: Address | None = None
+
+    def __post_init__(self) -> None:
+        _check_addr(self.peer, False, "peer", "PeerDisconnect")
+        _check_addr(self.client, False, "client", "PeerDisconnect")
+        _check_addr(self.client_local, True, "client_local", "PeerDisconnect")
+
+    def payload(self) -> bytes:
+        return (
+            _address_bytes(self.peer)
+            + _address_bytes(self.client)
+            + _address_bytes(self.client_local)
+        )
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> PeerDisconnect:
+        peer, off = _take_address(p, 0, False, "peer")
+        client, off = _take_address(p, off, False, "client")
+        client_local, off = _take_address(p, off, True, "client_local")
+        _end(p, off, "PeerDisconnect")
+        assert peer is not None and client is not None
+        return cls(peer, client, client_local)
+
+    @classmethod
+    def decode(cls, frame: bytes) -> PeerDisconnect:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerIdentification(_Codec):
+    """mediator -> earlier registrant (the Client): the Peer's observed (and local) address."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PEER_IDENTIFICATION
+    version: int
+    peer: Address
+    peer_local: Address | None = None
+
+    def __post_init__(self) -> None:
+        _check_u8(self.version, "version", "PeerIdentification")
+        _check_addr(self.peer, False, "peer", "PeerIdentification")
+        _check_addr(self.peer_local, True, "peer_local", "PeerIdentification")
+
+    def payload(self) -> bytes:
+        return bytes((self.version,)) + _address_bytes(self.peer) + _address_bytes(self.peer_local)
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> PeerIdentification:
+        if not p:
+            raise ProtocolError("PeerIdentification: empty payload")
+        peer, off = _take_address(p, 1, False, "peer")
+        peer_local, off = _take_address(p, off, True, "peer_local")
+        _end(p, off, "PeerIdentification")
+        assert peer is not None
+        return cls(p[0], peer, peer_local)
+
+    @classmethod
+    def decode(cls, frame: bytes) -> PeerIdentification:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChallenge(_Codec):
+    """Client -> Peer: a nonce sealed to the Peer's key."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PEER_CHALLENGE
+    encrypted_nonce: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes(self.encrypted_nonce, SEALED_NONCE_SIZE, "encrypted_nonce", "PeerChallenge")
+
+    def payload(self) -> bytes:
+        return self.encrypted_nonce
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> PeerChallenge:
+        _fixed(p, (SEALED_NONCE_SIZE,), "PeerChallenge")
+        return cls(p)
+
+    @classmethod
+    def decode(cls, frame: bytes) -> PeerChallenge:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChallengeResponse(_Codec):
+    """Peer -> Client: its own nonce sealed to the Client, and the Client's nonce opened."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PEER_CHALLENGE_RESPONSE
+    encrypted_nonce: bytes
+    decrypted_nonce: bytes
+
+    def __post_init__(self) -> None:
+        name = "PeerChallengeResponse"
+        _check_bytes(self.encrypted_nonce, SEALED_NONCE_SIZE, "encrypted_nonce", name)
+        _check_bytes(self.decrypted_nonce, NONCE_SIZE, "decrypted_nonce", name)
+
+    def payload(self) -> bytes:
+        return self.encrypted_nonce + self.decrypted_nonce
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> PeerChallengeResponse:
+        _fixed(p, (SEALED_NONCE_SIZE, NONCE_SIZE), "PeerChallengeResponse")
+        return cls(p[:SEALED_NONCE_SIZE], p[SEALED_NONCE_SIZE:])
+
+    @classmethod
+    def decode(cls, frame: bytes) -> PeerChallengeResponse:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerResponse(_Codec):
+    """Client -> Peer: the Peer's nonce opened."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PEER_RESPONSE
+    decrypted_nonce: bytes
+
+    def __post_init__(self) -> None:
+        _check_bytes(self.decrypted_nonce, NONCE_SIZE, "decrypted_nonce", "PeerResponse")
+
+    def payload(self) -> bytes:
+        return self.decrypted_nonce
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> PeerResponse:
+        _fixed(p, (NONCE_SIZE,), "PeerResponse")
+        return cls(p)
+
+    @classmethod
+    def decode(cls, frame: bytes) -> PeerResponse:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAcknowledgement(_Codec):
+    """Peer -> Client: both identities are proven; the socket now belongs to the application."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PEER_ACKNOWLEDGEMENT
+
+    def payload(self) -> bytes:
+        return b""
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> PeerAcknowledgement:
+        _fixed(p, (), "PeerAcknowledgement")
+        return cls()
+
+    @classmethod
+    def decode(cls, frame: bytes) -> PeerAcknowledgement:
+        return _decode_as(cls, frame)
+
+
+Message = Union[  # noqa: UP007  (a runtime alias used in isinstance-free dispatch)
+    Advertise,
+    AdvertiseChallenge,
+    AdvertiseResponse,
+    AdvertiseAbort,
+    AdvertiseRetry,
+    PeerDisconnect,
+    PeerIdentification,
+    PeerChallenge,
+    PeerChallengeResponse,
+    PeerResponse,
+    PeerAcknowledgement,
+]
+
+MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Advertise,
+        AdvertiseChallenge,
+        AdvertiseResponse,
+        AdvertiseAbort,
+        AdvertiseRetry,
+        PeerDisconnect,
+        PeerIdentification,
+        PeerChallenge,
+        PeerChallengeResponse,
+        PeerResponse,
+        PeerAcknowledgement,
+    )
+}
+"""Message class per type."""
+
+_FROM_PAYLOAD: dict[int, Any] = {int(t): k.from_payload for t, k in MESSAGE_CLASSES.items()}
+
+# --------------------------------------------------------------------------------------------
+# Frame-level encode/decode (fast path)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_header(buf: bytes | bytearray, off: int) -> tuple[int, int]:
+    """Validate the 6 header bytes at ``off``; returns (type, payload length)."""
+    if buf[off] != 0x50 or buf[off + 1] != 0x32:
+        raise ProtocolError(f"bad magic {bytes(buf[off : off + 2])!r} (expected b'P2')")
+    version = buf[off + 2]
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(
+            f"frame has protocol version {version}, this implementation speaks {PROTOCOL_VERSION}"
+        )
+    mtype = buf[off + 3]
+    if mtype not in _FROM_PAYLOAD:
+        raise ProtocolError(f"unknown message type {mtype}")
+    length = (buf[off + 4] << 8) | buf[off + 5]
+    if length > MAX_PAYLOAD:
+        raise ProtocolError(f"payload length {length} exceeds the maximum of {MAX_PAYLOAD}")
+    return mtype, length
+
+
+def encode(msg: Message) -> bytes:
+    """Encode any message as one whole frame."""
+    payload = msg.payload()
+    if len(payload) > MAX_PAYLOAD:  # cannot happen with the current fields; guards extensions
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return _HDR.pack(MAGIC, PROTOCOL_VERSION, msg.TYPE, len(payload)) + payload
+
+
+def decode(frame: bytes) -> Message:
+    """Decode exactly one whole frame (no bytes missing, none left over)."""
+    frame = bytes(frame)
+    n = len(frame)
+    if n < HEADER_SIZE:
+        raise ProtocolError(f"truncated frame: {n} bytes, the header alone is {HEADER_SIZE}")
+    mtype, length = _check_header(frame, 0)
+    if n != HEADER_SIZE + length:
+        if n < HEADER_SIZE + length:
+            raise ProtocolError(f"truncated frame: payload has {n - HEADER_SIZE} of {length}")
+        raise ProtocolError(f"{n - HEADER_SIZE - length} trailing bytes after the frame")
+    msg: Message = _FROM_PAYLOAD[mtype](frame[HEADER_SIZE:])
+    return msg
+
+
+_M = TypeVar("_M")
+
+
+def _decode_as(cls: type[_M], frame: bytes) -> _M:
+    msg = decode(frame)
+    if type(msg) is not cls:
+        raise ProtocolError(f"expected {cls.__name__}, got {type(msg).__name__}")
+    return msg
+
+
+# --------------------------------------------------------------------------------------------
+# The construct path (reference; also benchmarked)
+# --------------------------------------------------------------------------------------------
+
+
+def _addr_from_parsed(parsed: Any, optional: bool, what: str) -> Address | None:
+    fam = parsed.family
+    if fam == FAMILY_NONE and optional:
+        return None
+    if fam not in (FAMILY_IPV4, FAMILY_IPV6):
+        raise ProtocolError(f"{what} address has unknown family {fam} (expected 4 or 6)")
+    host = str(ipaddress.ip_address(parsed.host))
+    if parsed.port == 0:
+        raise ProtocolError(f"{what} address has port 0")
+    return Address(host, parsed.port)
+
+
+def _addr_to_build(addr: Address | None) -> dict[str, Any]:
+    if addr is None:
+        return {"family": FAMILY_NONE, "host": None, "port": None}
+    return {"family": addr.family, "host": addr.packed(), "port": addr.port}
+
+
+def construct_decode(frame: bytes, *, compiled: bool = True) -> Message:
+    """Decode one frame with the declared construct layout (slow reference path)."""
+    frame = bytes(frame)
+    if len(frame) >= HEADER_SIZE:
+        _, length = _check_header(frame, 0)  # same header messages and checks as the fast path
+        # construct 2.10's compiled Prefixed does not notice a short read, so check here.
+        if len(frame) < HEADER_SIZE + length:
+            raise ProtocolError(
+                f"truncated frame: payload has {len(frame) - HEADER_SIZE} of {length}"
+            )
+    parser = FRAME_COMPILED if compiled else FRAME
+    try:
+        parsed = parser.parse(frame)
+    except c.ConstructError as exc:
+        raise ProtocolError(f"malformed frame: {exc}") from None
+    except Exception as exc:  # compiled parsers can leak plain Python errors on odd input
+        raise ProtocolError(f"malformed frame: {exc}") from None
+    if parsed.version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(f"frame has protocol version {parsed.version}")
+    mtype = _TYPES.get(parsed.type)
+    if mtype is None:
+        raise ProtocolError(f"unknown message type {parsed.type}")
+    p = parsed.payload
+    name = mtype.name
+    if mtype is MessageType.ADVERTISE:
+        return Advertise(
+            p.version, p.our_key, p.their_key, _addr_from_parsed(p.local, True, "local")
+        )
+    if mtype in (MessageType.ADVERTISE_ABORT, MessageType.ADVERTISE_RETRY):
+        raw: bytes = p.reason.text
+        if len(raw) > MAX_REASON_TEXT:
+            raise ProtocolError(f"{name}: reason text too long")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{name}: reason text is not valid UTF-8") from None
+        code = _REASONS.get(p.reason.code, p.reason.code)
+        if mtype is MessageType.ADVERTISE_ABORT:
+            return AdvertiseAbort(code, text)
+        return AdvertiseRetry(code, text)
+    if mtype is MessageType.PEER_DISCONNECT:
+        peer = _addr_from_parsed(p.peer, False, "peer")
+        client = _addr_from_parsed(p.client, False, "client")
+        assert peer is not None and client is not None
+        return PeerDisconnect(peer, client, _addr_from_parsed(p.client_local, True, "client_local"))
+    if mtype is MessageType.PEER_IDENTIFICATION:
+        peer = _addr_from_parsed(p.peer, False, "peer")
+        assert peer is not None
+        return PeerIdentification(
+            p.version, peer, _addr_from_parsed(p.peer_local, True, "peer_local")
+        )
+    cls = MESSAGE_CLASSES[mtype]
+    fields = {k: v for k, v in p.items() if not k.startswith("_")}
+    msg: Message = cls(**fields)
+    return msg
+
+
+def construct_encode(msg: Message, *, compiled: bool = True) -> bytes:
+    """Encode one message with the declared construct layout (slow reference path)."""
+    payload: dict[str, Any]
+    if isinstance(msg, Advertise):
+        payload = {
+            "version": msg.version,
+            "our_key": msg.our_key,
+            "their_key": msg.their_key,
+            "local": _addr_to_build(msg.local),
+        }
+    elif isinstance(msg, AdvertiseAbort | AdvertiseRetry):
+        payload = {"reason": {"code": msg.code, "text": msg.text.encode("utf-8")}}
+    elif isinstance(msg, PeerDisconnect):
+        payload = {
+            "peer": _addr_to_build(msg.peer),
+            "client": _addr_to_build(msg.client),
+            "client_local": _addr_to_build(msg.client_local),
+        }
+    elif isinstance(msg, PeerIdentification):
+        payload = {
+            "version": msg.version,
+            "peer": _addr_to_build(msg.peer),
+            "peer_local": _addr_to_build(msg.peer_local),
+        }
+    else:
+        payload = {name: getattr(msg, name) for name in msg.__dataclass_fields__}
+    builder = FRAME_COMPILED if compiled else FRAME
+    data: bytes = builder.build(
+        {"version": PROTOCOL_VERSION, "type": int(msg.TYPE), "payload": payload}
+    )
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming decoder
+# --------------------------------------------------------------------------------------------
+
+
+class FrameDecoder:
+    """Turn a byte stream cut anywhere into whole messages.
+
+    Memory is bounded: the header is validated as soon as its 6 bytes are in, so a frame that
+    announces more than MAX_PAYLOAD is rejected before its payload is buffered, and after each
+    ``feed`` at most one incomplete frame (< HEADER_SIZE + MAX_PAYLOAD bytes) is kept.
+
+    The first bad frame raises ProtocolError; the decoder then stays failed and raises the same
+    error on every later ``feed`` (a connection with a bad frame must be closed, not resynced).
+    Messages that preceded the bad frame in the same ``feed`` call are dropped with it.
+    """
+
+    __slots__ = ("_buf", "_error")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of an incomplete frame."""
+        return len(self._buf)
+
+    @property
+    def has_partial(self) -> bool:
+        """True when bytes of an incomplete frame are pending (EOF now means a cut frame)."""
+        return bool(self._buf)
+
+    @property
+    def failed(self) -> bool:
+        """True after a bad frame; the decoder accepts nothing more."""
+        return self._error is not None
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Add bytes; return every message completed by them, in order."""
+        if self._error is not None:
+            raise type(self._error)(self._error.reason, code=self._error.code)
+        buf = self._buf
+        buf += data
+        out: list[Message] = []
+        off = 0
+        n = len(buf)
+        try:
+            while True:
+                avail = n - off
+                if avail < HEADER_SIZE:
+                    # Reject bad magic early so garbage does not wait for a full header.
+                    if (avail >= 1 and buf[off] != 0x50) or (avail >= 2 and buf[off + 1] != 0x32):
+                        raise ProtocolError(
+                            f"bad magic {bytes(buf[off : off + 2])!r} (expected b'P2')"
+                        )
+                    break
+                mtype, length = _check_header(buf, off)
+                end = off + HEADER_SIZE + length
+                if end > n:
+                    break
+                out.append(_FROM_PAYLOAD[mtype](bytes(buf[off + HEADER_SIZE : end])))
+                off = end
+        except ProtocolError as exc:
+            self._error = exc
+            self._buf = bytearray()
+            raise
+        if off:
+            del buf[:off]
+        return out
