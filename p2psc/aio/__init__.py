@@ -1,1 +1,5 @@
 """asyncio adapters: thin drivers that move bytes between sockets and the sans-IO cores."""
+
+from p2psc.aio.mediator import MediatorServer, run_mediator, serve_mediator
+
+__all__ = ["MediatorServer", "run_mediator", "serve_mediator"]

@@ -14,6 +14,7 @@ __all__ = ["MACHINES", "machine_classes"]
 MACHINES: tuple[str, ...] = (
     # "p2psc.machines.negotiator:NegotiatorMachine",
     "p2psc.legacy.machines:LegacyPeerMachine",
+    "p2psc.machines.mediator:MediatorSession",
 )
 """Every machine class of the project, as ``module:ClassName``; the diagrams are made of these."""
 

@@ -1,0 +1,104 @@
+"""The Mediator's per-connection session, declared once as a python-statemachine class.
+
+Why a class: it is the single source of truth for the mediator's control flow. The
+:class:`~p2psc.core.mediator.MediatorCore` never instantiates it; it steps a compiled table
+(:func:`p2psc.machines.compiler.compile_machine`) keeping only the state *name* per connection,
+so a waiting registration costs a few hundred bytes instead of ~17 KB. ``p2psc diagrams`` renders
+it into ``spec/diagrams/MediatorSession.md``, which ``spec/mediator.md`` embeds by reference.
+
+Guards are evaluated by the core, by name (transitions are tried in declaration order):
+
+- ``version_supported``: the Advertise carries protocol version 1.
+- ``self_pairing``: the Advertise names the sender's own key as the one it wants.
+- ``key_usable``: a nonce could be sealed to the advertised key (HPKE rejects a few degenerate
+  X25519 points; a key nobody can own fails the identity check at once).
+- ``nonce_matches``: the AdvertiseResponse equals the nonce we sealed (constant-time compare).
+- ``partner_waiting``: the key we were asked for is registered *and* wants us back.
+- ``registry_full``: the global or per-address cap on waiting registrations is reached.
+- ``duplicate``: the same (our_key, their_key) is already registered; the newer wins.
+"""
+
+from __future__ import annotations
+
+from statemachine import State, StateMachine
+
+__all__ = ["MediatorSession"]
+
+
+class MediatorSession(StateMachine):
+    """One connection to the Mediator: verify the advertiser's key, register it, pair it.
+
+    The earlier registrant of a pair becomes the *Client* (``confirming``), the later one the
+    *Peer* (``disconnecting``). The Peer gets PeerDisconnect; only its clean close (EOF) makes
+    the Client's session take ``partner_confirmed`` and send PeerIdentification. Every other
+    way out is a close, with AdvertiseAbort/AdvertiseRetry first where the core can still send.
+    """
+
+    awaiting_advertise = State(initial=True)
+    challenged = State()
+    waiting = State()
+    disconnecting = State()
+    confirming = State()
+    closed = State(final=True)
+
+    # Admission: over the pending-connection limits the connection is refused at once.
+    busy = awaiting_advertise.to(closed)
+
+    advertise = (
+        awaiting_advertise.to(closed, unless="version_supported")
+        | awaiting_advertise.to(closed, cond="self_pairing")
+        | awaiting_advertise.to(closed, unless="key_usable")
+        | awaiting_advertise.to(challenged)
+    )
+
+    response = (
+        challenged.to(closed, unless="nonce_matches")
+        | challenged.to(disconnecting, cond="partner_waiting")
+        | challenged.to(closed, cond="registry_full")
+        | challenged.to(waiting, cond="duplicate")
+        | challenged.to(waiting)
+    )
+
+    # Events caused by another session.
+    replaced = waiting.to(closed)
+    partner_arrived = waiting.to(confirming)
+    partner_confirmed = confirming.to(closed)
+    partner_lost = confirming.to(closed) | disconnecting.to(closed)
+
+    # The connection itself: a clean EOF, a reset/error, a deadline, bytes that break the
+    # protocol, and the mediator shutting down.
+    eof = (
+        awaiting_advertise.to(closed)
+        | challenged.to(closed)
+        | waiting.to(closed)
+        | disconnecting.to(closed)
+        | confirming.to(closed)
+    )
+    lost = (
+        awaiting_advertise.to(closed)
+        | challenged.to(closed)
+        | waiting.to(closed)
+        | disconnecting.to(closed)
+        | confirming.to(closed)
+    )
+    timeout = (
+        awaiting_advertise.to(closed)
+        | challenged.to(closed)
+        | waiting.to(closed)
+        | disconnecting.to(closed)
+        | confirming.to(closed)
+    )
+    bad_input = (
+        awaiting_advertise.to(closed)
+        | challenged.to(closed)
+        | waiting.to(closed)
+        | disconnecting.to(closed)
+        | confirming.to(closed)
+    )
+    shutdown = (
+        awaiting_advertise.to(closed)
+        | challenged.to(closed)
+        | waiting.to(closed)
+        | disconnecting.to(closed)
+        | confirming.to(closed)
+    )
