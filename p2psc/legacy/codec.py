@@ -25,6 +25,7 @@ Every failure is a :class:`p2psc.errors.LegacyProtocolError` (a ``ProtocolError`
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any, ClassVar
@@ -72,6 +73,12 @@ returned exactly this many. :func:`encode` never produces a message whose length
 of it (it pads with one space), so such a client never waits for bytes that do not come."""
 
 _WHITESPACE = frozenset(b" \t\r\n")
+_STRING_SPECIAL = re.compile(rb'["\\]')
+"""Inside a string only a quote (its end) or a backslash (an escape) matters."""
+_WHOLE_STRING = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+"""The rest of a string after its opening quote, escapes included, up to its closing quote."""
+_STRUCTURAL = re.compile(rb'[{}\[\]"]')
+"""Outside strings only braces, brackets and quotes move the scanner."""
 
 
 class LegacyType(IntEnum):
@@ -218,6 +225,12 @@ _CLASSES: dict[int, type[LegacyMessage]] = {
     )
 }
 
+_FIELDS: dict[type[LegacyMessage], tuple[tuple[str, type], ...]] = {
+    cls: tuple((f.name, int if f.type in ("int", int) else str) for f in fields(cls))
+    for cls in _CLASSES.values()
+}
+"""(name, JSON type) of each payload field, in order, per message class."""
+
 # Range checks per int field (the C++ side stores them as uint8/uint16).
 _INT_RANGES: dict[str, tuple[int, int]] = {"version": (0, 255), "port": (1, 65535)}
 
@@ -293,12 +306,12 @@ def decode(data: bytes) -> LegacyMessage:
     if not isinstance(payload, dict):
         raise LegacyProtocolError(f"{cls.__name__} without a 'payload' object")
     values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in payload:
-            raise LegacyProtocolError(f"{cls.__name__} without payload field {f.name!r}")
-        value = payload[f.name]
-        _check_field(cls.__name__, f.name, value, int if f.type in ("int", int) else str)
-        values[f.name] = value
+    for name, expected in _FIELDS[cls]:
+        if name not in payload:
+            raise LegacyProtocolError(f"{cls.__name__} without payload field {name!r}")
+        value = payload[name]
+        _check_field(cls.__name__, name, value, expected)
+        values[name] = value
     return cls(**values)
 
 
@@ -420,16 +433,29 @@ class LegacyDecoder:
         )
         end: int | None = None
         while i < limit:
-            byte = buffer[i]
-            i += 1
             if in_string:
-                if escape:
+                if escape:  # the byte after a backslash is never special
                     escape = False
-                elif byte == 0x5C:  # backslash
+                    i += 1
+                    continue
+                found = _STRING_SPECIAL.search(buffer, i, limit)
+                if found is None:
+                    i = limit
+                    break
+                i = found.end()
+                if buffer[i - 1] == 0x5C:  # backslash
                     escape = True
-                elif byte == 0x22:  # quote
+                else:  # closing quote
                     in_string = False
                 continue
+            if started:
+                found = _STRUCTURAL.search(buffer, i, limit)
+                if found is None:
+                    i = limit
+                    break
+                i = found.start()
+            byte = buffer[i]
+            i += 1
             if not started:
                 if byte in _WHITESPACE:
                     continue
@@ -443,7 +469,11 @@ class LegacyDecoder:
                 depth = 1
                 continue
             if byte == 0x22:
-                in_string = True
+                whole = _WHOLE_STRING.match(buffer, i, limit)
+                if whole is not None:  # the common case: the whole string is here
+                    i = whole.end()
+                else:
+                    in_string = True
             elif byte in (0x7B, 0x5B):  # { [
                 depth += 1
                 if depth > MAX_DEPTH:
