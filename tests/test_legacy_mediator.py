@@ -1,0 +1,327 @@
+"""INSECURE LEGACY clients (protocol version 0) served by our mediator, on the v1 port.
+
+Sans-IO checks of :class:`LegacyAwareMediatorCore` (translation, timing rules, snapshots) and
+loopback checks through the asyncio mediator: legacy pairs with legacy, bad legacy input gets a
+clean close, v1 still works on the same port and is never paired with legacy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+
+from p2psc import wire
+from p2psc.aio.mediator import serve_mediator
+from p2psc.core.io import Action, Close, Closed, Opened, Received, Send, SetTimer, TimerFired
+from p2psc.core.mediator import MediatorCore
+from p2psc.errors import P2pscError
+from p2psc.keys import Keypair, nonce_info, open_nonce
+from p2psc.legacy import codec
+from p2psc.legacy.client import connect_legacy
+from p2psc.legacy.crypto import RsaKeypair, decrypt_nonce
+from p2psc.legacy.mediator import LegacyAwareMediatorCore, legacy_registry_key
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> list[RsaKeypair]:
+    return [RsaKeypair.generate() for _ in range(3)]
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """No pytest-asyncio: each async test runs in its own loop, with a deadline."""
+    asyncio.run(asyncio.wait_for(coroutine, 30))
+
+
+# --- sans-IO ----------------------------------------------------------------------------------
+
+
+def legacy_sends(actions: list[Action], conn: int) -> list[codec.LegacyMessage]:
+    return [codec.decode(a.data) for a in actions if isinstance(a, Send) and a.conn == conn]
+
+
+def check_one_message_per_step(actions: list[Action]) -> None:
+    """The legacy timing rule: never two messages back to back to one connection."""
+    conns = [a.conn for a in actions if isinstance(a, Send)]
+    assert len(conns) == len(set(conns)), actions
+
+
+def register(
+    core: LegacyAwareMediatorCore, conn: int, me: RsaKeypair, them: RsaKeypair, now: float
+) -> list[Action]:
+    core.handle(Opened(conn, ("127.0.0.1", 40000 + conn)), now)
+    advertise = codec.Advertise(0, me.public_key.to_wire(), them.public_key.to_wire())
+    actions = core.handle(Received(conn, codec.encode(advertise)), now)
+    check_one_message_per_step(actions)
+    [challenge] = legacy_sends(actions, conn)
+    assert isinstance(challenge, codec.AdvertiseChallenge)
+    nonce = decrypt_nonce(me, challenge.encrypted_nonce)
+    actions = core.handle(Received(conn, codec.encode(codec.AdvertiseResponse(nonce))), now)
+    check_one_message_per_step(actions)
+    return actions
+
+
+def roundtrip(core: LegacyAwareMediatorCore) -> None:
+    snap = core.snapshot()
+    hash(snap)
+    assert LegacyAwareMediatorCore.from_snapshot(snap).snapshot() == snap
+
+
+def test_pairing_timing_rules(rsa_keys: list[RsaKeypair]) -> None:
+    core = LegacyAwareMediatorCore(introduce_delay=0.5)
+    a, b = rsa_keys[0], rsa_keys[1]
+    register(core, 1, a, b, 10.0)
+    assert core.state_of(1) == "waiting" and core.is_legacy(1)
+    roundtrip(core)
+    actions = register(core, 2, b, a, 11.0)
+    # the Peer: PeerDisconnect {port}, then its connection is closed at once
+    sends = [x for x in actions if isinstance(x, (Send, Close)) and x.conn == 2]
+    assert len(sends) == 2 and isinstance(sends[1], Close)
+    assert legacy_sends(actions, 2) == [codec.PeerDisconnect(40002)]
+    # the Client: nothing yet, a short timer instead of the confirmation deadline
+    assert legacy_sends(actions, 1) == []
+    assert SetTimer(1, 11.5) in actions
+    assert not any(isinstance(x, SetTimer) and x.conn == 1 and x.deadline != 11.5 for x in actions)
+    roundtrip(core)
+    # the adapter never reports the close of a connection the core closed; the timer fires
+    actions = core.handle(TimerFired(1), 11.5)
+    check_one_message_per_step(actions)
+    assert legacy_sends(actions, 1) == [codec.PeerIdentification(0, "127.0.0.1", 40002)]
+    assert Close(1, "partner_confirmed: PeerIdentification sent") in actions
+    assert not any(isinstance(x, Send) and x.conn == 2 for x in actions)
+    assert core.sessions == 0 and core.waiting == 0
+    assert core.snapshot() == LegacyAwareMediatorCore().snapshot()
+
+
+def test_client_leaving_during_the_delay(rsa_keys: list[RsaKeypair]) -> None:
+    core = LegacyAwareMediatorCore()
+    register(core, 1, rsa_keys[0], rsa_keys[1], 0.0)
+    register(core, 2, rsa_keys[1], rsa_keys[0], 0.0)
+    actions = core.handle(Closed(1, None), 0.1)
+    assert not any(isinstance(x, Send) for x in actions)
+    assert core.handle(TimerFired(1), 0.3) == []
+    assert core.sessions == 0
+
+
+def test_wrong_nonce_is_refused_in_json(rsa_keys: list[RsaKeypair]) -> None:
+    core = LegacyAwareMediatorCore()
+    core.handle(Opened(1, ("127.0.0.1", 1)), 0.0)
+    a, b = rsa_keys[0], rsa_keys[1]
+    advertise = codec.Advertise(0, a.public_key.to_wire(), b.public_key.to_wire())
+    core.handle(Received(1, codec.encode(advertise)), 0.0)
+    actions = core.handle(Received(1, codec.encode(codec.AdvertiseResponse("12"))), 0.0)
+    [abort] = legacy_sends(actions, 1)
+    assert isinstance(abort, codec.AdvertiseAbort) and "nonce" in abort.reason
+    assert any(isinstance(x, Close) and x.conn == 1 for x in actions)
+    assert core.sessions == 0
+
+
+@pytest.mark.parametrize("answer", ["x1", "9" * 100, ""])
+def test_non_numeric_answers_fail_the_identity_check(
+    rsa_keys: list[RsaKeypair], answer: str
+) -> None:
+    core = LegacyAwareMediatorCore()
+    core.handle(Opened(1, ("127.0.0.1", 1)), 0.0)
+    advertise = codec.Advertise(
+        0, rsa_keys[0].public_key.to_wire(), rsa_keys[1].public_key.to_wire()
+    )
+    core.handle(Received(1, codec.encode(advertise)), 0.0)
+    actions = core.handle(Received(1, codec.encode(codec.AdvertiseResponse(answer))), 0.0)
+    assert isinstance(legacy_sends(actions, 1)[0], codec.AdvertiseAbort)
+    assert any(isinstance(x, Close) and x.conn == 1 for x in actions)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b'{"type":0,"payload":{"version":0', None),  # incomplete: nothing yet
+        (b'{"type":0,"payload":[]}', "payload"),
+        (b'{"type":0 "payload":{}}', "malformed"),
+        (b"{" + b" " * 5000, "exceeds"),
+        (
+            codec.encode(codec.AdvertiseResponse("1")) + codec.encode(codec.AdvertiseResponse("1")),
+            "followed",
+        ),
+        (codec.encode(codec.AdvertiseResponse("1")), "not allowed"),
+        (codec.encode(codec.Advertise(0, "not a key", "x")), "PEM"),
+    ],
+)
+def test_bad_legacy_input_is_aborted_and_closed(data: bytes, reason: str | None) -> None:
+    core = LegacyAwareMediatorCore()
+    core.handle(Opened(7, ("127.0.0.1", 1)), 0.0)
+    actions = core.handle(Received(7, data), 0.0)
+    if reason is None:
+        assert actions == [] and core.state_of(7) == "awaiting_advertise"
+        return
+    check_one_message_per_step(actions)
+    [abort] = legacy_sends(actions, 7)
+    assert isinstance(abort, codec.AdvertiseAbort) and reason in abort.reason
+    assert any(isinstance(x, Close) and x.conn == 7 for x in actions)
+    assert core.sessions == 0 and not core.is_legacy(7)
+
+
+def test_unsupported_legacy_version(rsa_keys: list[RsaKeypair]) -> None:
+    core = LegacyAwareMediatorCore()
+    core.handle(Opened(1, ("127.0.0.1", 1)), 0.0)
+    pem = rsa_keys[0].public_key.to_wire()
+    actions = core.handle(Received(1, codec.encode(codec.Advertise(3, pem, pem))), 0.0)
+    [abort] = legacy_sends(actions, 1)
+    assert isinstance(abort, codec.AdvertiseAbort) and "version" in abort.reason
+
+
+def test_v1_bytes_are_untouched() -> None:
+    """A v1 connection is framed and answered exactly as by the plain MediatorCore."""
+    plain, aware = MediatorCore(nonce_source=bytes), LegacyAwareMediatorCore(nonce_source=bytes)
+    frame = wire.Advertise(1, bytes(range(32)), bytes(range(1, 33))).encode()
+    for core in (plain, aware):
+        core.handle(Opened(1, ("127.0.0.1", 5)), 0.0)
+    for data in (frame[:3], frame[3:], b"P2\x07garbage"):
+        a = plain.handle(Received(1, data), 0.0)
+        b = aware.handle(Received(1, data), 0.0)
+        assert [type(x) for x in a] == [type(x) for x in b]
+        for x, y in zip(a, b, strict=True):
+            if isinstance(x, Send):  # the challenge is randomised by HPKE; compare framing
+                assert isinstance(y, Send) and x.data[:6] == y.data[:6]
+            else:
+                assert x == y
+    assert not aware.is_legacy(1)
+
+
+def test_legacy_keys_never_collide_with_v1_keys(rsa_keys: list[RsaKeypair]) -> None:
+    """Structural separation: a legacy registration is keyed by a domain-separated hash."""
+    key = rsa_keys[0].public_key
+    assert legacy_registry_key(key) != key.der[:32]
+    assert len({legacy_registry_key(k.public_key) for k in rsa_keys}) == len(rsa_keys)
+
+
+# --- loopback, through the asyncio mediator ----------------------------------------------------
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    data = b""
+    for _ in range(100):
+        chunk = await asyncio.wait_for(reader.read(4096), 5)
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError("mediator did not close")
+
+
+def test_legacy_pairs_with_legacy_through_our_mediator(rsa_keys: list[RsaKeypair]) -> None:
+    async def body() -> None:
+        a, b = rsa_keys[0], rsa_keys[1]
+        async with serve_mediator(core=LegacyAwareMediatorCore()) as server:
+            first = asyncio.create_task(connect_legacy(a, b.public_key, server.address))
+            await asyncio.sleep(0.2)
+            second = asyncio.create_task(connect_legacy(b, a.public_key, server.address))
+            x, y = await asyncio.wait_for(asyncio.gather(first, second), 15)
+            assert (x.role, y.role) == ("client", "peer")
+            x.writer.write(b"from client")
+            assert await asyncio.wait_for(y.reader.readexactly(11), 5) == b"from client"
+            y.writer.write(b"from peer")
+            assert await asyncio.wait_for(x.reader.readexactly(9), 5) == b"from peer"
+            x.close()
+            y.close()
+            await x.wait_closed()
+            await y.wait_closed()
+
+    run(body())
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{]", "malformed"),
+        (b'{"type": 0, "payload": {"version": 0, "our_key": "' + b"A" * 5000, "exceeds"),
+        (codec.encode(codec.AdvertiseRetry("x")) * 2, "followed"),
+        (b' \n{"type":"zero","payload":{}}', "integer"),
+    ],
+)
+def test_bad_legacy_bytes_get_a_clean_close(payload: bytes, reason: str) -> None:
+    async def body() -> None:
+        async with serve_mediator(core=LegacyAwareMediatorCore()) as server:
+            reader, writer = await asyncio.open_connection(*server.address)
+            writer.write(payload)
+            data = await read_until_closed(reader)
+            writer.close()
+            reply = json.loads(data)
+            assert reply["type"] == 3 and reason in reply["payload"]["reason"]
+            assert server.core.sessions == 0
+
+    run(body())
+
+
+async def v1_register(
+    address: tuple[str, int], me: Keypair, them: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.FrameDecoder]:
+    reader, writer = await asyncio.open_connection(*address)
+    our = me.public_key.raw
+    writer.write(wire.Advertise(1, our, them).encode())
+    decoder = wire.FrameDecoder()
+    challenge = await v1_next(reader, decoder)
+    assert isinstance(challenge, wire.AdvertiseChallenge)
+    nonce = open_nonce(me, challenge.encrypted_nonce, nonce_info("AdvertiseChallenge", our, them))
+    writer.write(wire.AdvertiseResponse(nonce).encode())
+    return reader, writer, decoder
+
+
+async def v1_next(reader: asyncio.StreamReader, decoder: wire.FrameDecoder) -> wire.Message:
+    for _ in range(50):
+        data = await asyncio.wait_for(reader.read(4096), 5)
+        assert data, "closed"
+        messages = decoder.feed(data)
+        if messages:
+            return messages[0]
+    raise AssertionError("no frame")
+
+
+def test_v1_and_legacy_share_the_port_but_never_pair(rsa_keys: list[RsaKeypair]) -> None:
+    async def body() -> None:
+        core = LegacyAwareMediatorCore()
+        async with serve_mediator(core=core) as server:
+            # a legacy client waits for an RSA key; a v1 client asks for its registry key
+            lone = asyncio.create_task(
+                connect_legacy(rsa_keys[2], rsa_keys[0].public_key, server.address)
+            )
+            v1 = Keypair.generate()
+            pseudo = legacy_registry_key(rsa_keys[2].public_key)
+            r0, w0, _ = await v1_register(server.address, v1, pseudo)
+            # and a real v1 pair completes meanwhile
+            p, q = Keypair.generate(), Keypair.generate()
+            r1, w1, d1 = await v1_register(server.address, p, q.public_key.raw)
+            await asyncio.sleep(0.1)
+            r2, w2, d2 = await v1_register(server.address, q, p.public_key.raw)
+            disconnect = await v1_next(r2, d2)
+            assert isinstance(disconnect, wire.PeerDisconnect)
+            w2.close()
+            identification = await v1_next(r1, d1)
+            assert isinstance(identification, wire.PeerIdentification)
+            w1.close()
+            # the cross-protocol pair is still waiting, unpaired
+            await asyncio.sleep(0.3)
+            assert not lone.done()
+            assert sorted(s for s in map(core.state_of, range(1, 10)) if s) == [
+                "waiting",
+                "waiting",
+            ]
+            lone.cancel()
+            w0.close()
+            del r0
+
+    run(body())
+
+
+def test_plain_core_closes_legacy_clients(rsa_keys: list[RsaKeypair]) -> None:
+    """What --no-legacy does: version 0 bytes fail version 1 framing and are closed."""
+
+    async def body() -> None:
+        async with serve_mediator(core=MediatorCore()) as server:
+            with pytest.raises(P2pscError):
+                await connect_legacy(
+                    rsa_keys[0], rsa_keys[1].public_key, server.address, step_timeout=5
+                )
+
+    run(body())
