@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import select
+import subprocess
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
@@ -325,3 +328,51 @@ def test_plain_core_closes_legacy_clients(rsa_keys: list[RsaKeypair]) -> None:
                 )
 
     run(body())
+
+
+def test_serve_mediator_serves_legacy_by_default_and_not_with_legacy_false() -> None:
+    async def probe(legacy: bool) -> bytes:
+        async with serve_mediator(legacy=legacy) as server:
+            reader, writer = await asyncio.open_connection(*server.address)
+            writer.write(b"{]")
+            data = await read_until_closed(reader)
+            writer.close()
+            return data
+
+    async def body() -> None:
+        assert json.loads(await probe(True))["type"] == 3  # a legacy AdvertiseAbort
+        frame = await probe(False)
+        assert frame.startswith(wire.MAGIC)  # a v1 AdvertiseAbort: not JSON
+        assert isinstance(wire.decode(frame), wire.AdvertiseAbort)
+
+    run(body())
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-legacy"]])
+def test_cli_no_legacy_flag(flags: list[str]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2psc", "mediator", "--port", "0", "--log-format", "json", *flags],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 20)
+        assert ready, "the mediator did not log 'listening' in time"
+        line = proc.stderr.readline()  # one whole JSON line follows once readable
+        port = int(json.loads(line)["port"])
+
+        async def body() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b' {"type": 42, "payload": {}}')
+            data = await read_until_closed(reader)
+            writer.close()
+            if flags:
+                assert isinstance(wire.decode(data), wire.AdvertiseAbort)
+            else:
+                assert "unknown legacy message type 42" in json.loads(data)["payload"]["reason"]
+
+        run(body())
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0

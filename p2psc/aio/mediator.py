@@ -24,6 +24,7 @@ from typing import Any, cast
 from p2psc.core.io import Action, Close, Closed, Event, Opened, Received, Send, SetTimer, TimerFired
 from p2psc.core.mediator import MediatorConfig, MediatorCore, NoteObserver
 from p2psc.core.registry import Registry
+from p2psc.legacy.mediator import LegacyAwareMediatorCore
 
 __all__ = ["MediatorServer", "run_mediator", "serve_mediator"]
 
@@ -240,6 +241,7 @@ def serve_mediator(
     registry: Registry | None = None,
     backlog: int = 1024,
     core: MediatorCore | None = None,
+    legacy: bool = True,
 ) -> _Serving:
     """Listen on ``host:port`` (port 0: any free port) and mediate.
 
@@ -247,12 +249,16 @@ def serve_mediator(
     ``async with serve_mediator(...) as server:``. ``server.port`` is the bound port.
     ``observer`` receives a :class:`~p2psc.core.mediator.MediatorNote` per registration,
     pairing and failure (the CLI logs them). ``core`` overrides the whole core (tests inject
-    deterministic nonces that way).
+    deterministic nonces that way). ``legacy`` also serves protocol version 0 (the original C++
+    clients: JSON and RSA, INSECURE, see spec/legacy.md) on the same port, recognised by the
+    first byte of each connection; ``legacy=False`` is ``p2psc mediator --no-legacy``.
     """
 
     async def start() -> MediatorServer:
         loop = asyncio.get_running_loop()
-        mediator_core = core or MediatorCore(config, registry=registry, observer=observer)
+        mediator_core = core or (LegacyAwareMediatorCore if legacy else MediatorCore)(
+            config, registry=registry, observer=observer
+        )
         server = MediatorServer(mediator_core, loop)
         server._server = await loop.create_server(
             lambda: _Connection(server), host, port, backlog=backlog, reuse_address=True
@@ -270,6 +276,7 @@ def run_mediator(
     observer: NoteObserver | None = None,
     ready: Callable[[MediatorServer], None] | None = None,
     use_uvloop: bool = True,
+    legacy: bool = True,
 ) -> int:
     """Run a mediator until SIGINT or SIGTERM, then shut down cleanly; return exit status 0.
 
@@ -279,7 +286,7 @@ def run_mediator(
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        server = await serve_mediator(host, port, config=config, observer=observer)
+        server = await serve_mediator(host, port, config=config, observer=observer, legacy=legacy)
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -143,6 +143,7 @@ def _run(args: argparse.Namespace) -> int:
         observer=_observe,
         ready=ready,
         use_uvloop=not args.no_uvloop,
+        legacy=not args.no_legacy,
     )
     log.info("stopped", extra={"p2psc": {"event": "stopped"}})
     return status
@@ -207,4 +208,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="waiting registrations per source address (%(default)s)",
     )
     parser.add_argument("--no-uvloop", action="store_true", help="use plain asyncio")
+    parser.add_argument(
+        "--no-legacy",
+        action="store_true",
+        help=(
+            "do not serve protocol version 0 (the original C++ clients: JSON, RSA PKCS#1 v1.5; "
+            "insecure, see spec/legacy.md) on the same port"
+        ),
+    )
     parser.set_defaults(func=_run)
