@@ -178,6 +178,11 @@ FRAME_COMPILED: Any = FRAME.compile()
 # --------------------------------------------------------------------------------------------
 
 
+_ntop = socket.inet_ntop
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+
+
 def _normalise_host(host: str) -> tuple[str, int, bytes]:
     """Return (canonical text, family, packed bytes) or raise ProtocolError."""
     if not isinstance(host, str):
@@ -189,8 +194,10 @@ def _normalise_host(host: str) -> tuple[str, int, bytes]:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id is not None:
             raise ProtocolError(f"IPv6 scope ids cannot be carried on the wire: {host!r}")
-        return ip.compressed, FAMILY_IPV6, ip.packed
-    return ip.compressed, FAMILY_IPV4, ip.packed
+        # inet_ntop's text (RFC 5952; IPv4-mapped as ::ffff:a.b.c.d) is also what decoding
+        # produces, so a decoded Address compares equal to the one that was encoded.
+        return _ntop(_AF_INET6, ip.packed), FAMILY_IPV6, ip.packed
+    return _ntop(_AF_INET, ip.packed), FAMILY_IPV4, ip.packed
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +301,7 @@ def _take_address(p: bytes, off: int, optional: bool, what: str) -> tuple[Addres
         end = off + 19
         if end > n:
             raise ProtocolError(f"payload ends inside the {what} IPv6 address")
-        host = ipaddress.IPv6Address(p[off + 1 : off + 17]).compressed
+        host = _ntop(_AF_INET6, p[off + 1 : off + 17])
     elif fam == FAMILY_NONE and optional:
         return None, off + 1
     else:
@@ -804,10 +811,15 @@ def construct_decode(frame: bytes, *, compiled: bool = True) -> Message:
     parser = FRAME_COMPILED if compiled else FRAME
     try:
         parsed = parser.parse(frame)
+        # construct 2.10's compiled parsers read Bytes/Prefixed with a bare io.read() and so
+        # accept short fields; rebuilding and comparing restores the interpreted strictness.
+        rebuilt_ok = not compiled or parser.build(parsed) == frame
     except c.ConstructError as exc:
         raise ProtocolError(f"malformed frame: {exc}") from None
     except Exception as exc:  # compiled parsers can leak plain Python errors on odd input
         raise ProtocolError(f"malformed frame: {exc}") from None
+    if not rebuilt_ok:
+        raise ProtocolError("malformed frame: a field is shorter than its declared size")
     if parsed.version != PROTOCOL_VERSION:
         raise UnsupportedVersion(f"frame has protocol version {parsed.version}")
     mtype = _TYPES.get(parsed.type)
