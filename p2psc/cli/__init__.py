@@ -17,7 +17,12 @@ from p2psc.errors import P2pscError
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
-SUBCOMMANDS: tuple[str, ...] = ("p2psc.cli.diagrams", "p2psc.cli.mediator", "p2psc.legacy.cli")
+SUBCOMMANDS: tuple[str, ...] = (
+    "p2psc.cli.diagrams",
+    "p2psc.cli.keygen",
+    "p2psc.cli.mediator",
+    "p2psc.legacy.cli",
+)
 """Subcommand modules, in the order ``--help`` lists them."""
 
 
