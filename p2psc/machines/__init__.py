@@ -15,6 +15,8 @@ MACHINES: tuple[str, ...] = (
     # "p2psc.machines.negotiator:NegotiatorMachine",
     "p2psc.legacy.machines:LegacyPeerMachine",
     "p2psc.machines.mediator:MediatorSession",
+    "p2psc.machines.handshake:ClientHandshake",
+    "p2psc.machines.handshake:PeerHandshake",
 )
 """Every machine class of the project, as ``module:ClassName``; the diagrams are made of these."""
 
