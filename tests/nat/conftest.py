@@ -1,0 +1,27 @@
+"""Shared fixtures of the namespace tests: skip cleanly without root/ip/nft, sweep stale state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from nat.topology import Topology, missing_requirements, sweep_stale
+
+MISSING = missing_requirements()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_once() -> None:
+    """Remove namespaces of our prefix that a killed earlier run left behind."""
+    if MISSING is None:
+        sweep_stale()
+
+
+@pytest.fixture
+def topo() -> Iterator[Topology]:
+    """A fresh topology (just the public namespace); always torn down, also on failure."""
+    if MISSING is not None:
+        pytest.skip(MISSING)
+    with Topology() as t:
+        yield t

@@ -1,0 +1,207 @@
+"""Helper run *inside* a network namespace by the NAT tests (``ip netns exec NS python this.py``).
+
+Why a script: a Python process cannot move single threads between namespaces on 3.11, so each
+endpoint of a test is a subprocess in its namespace. Each subcommand prints exactly one JSON
+object on stdout (the test parses it) and every wait in it is bounded by ``--deadline``.
+
+Subcommands:
+- ``observe PORT``: a tiny "what is my address" server: answers each connection with the
+  address it observes (``ip:port``), until ``--deadline`` seconds pass.
+- ``dial``: connect from ``--bind-port`` to ``--to`` and report the line the server answered.
+- ``simopen``: TCP simultaneous open: bind ``--bind-port``, connect to ``--to`` starting at
+  ``--start-at`` (epoch seconds), retry refused/timed-out attempts until ``--deadline``; on
+  success send ``--name`` and read the other side's name (proves data flows both ways).
+- ``p2psc``: pair through a real mediator with ``p2psc.aio.connect`` and exchange a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import socket
+import sys
+import time
+from typing import Any
+
+
+def emit(obj: dict[str, Any]) -> None:
+    """The one JSON line the test reads."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def cmd_observe(args: argparse.Namespace) -> None:
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((args.host, args.port))
+    srv.listen(16)
+    emit({"listening": True})
+    end = time.monotonic() + args.deadline
+    served = 0
+    while time.monotonic() < end and served < 1000:
+        srv.settimeout(max(0.05, end - time.monotonic()))
+        try:
+            conn, addr = srv.accept()
+        except TimeoutError:
+            break
+        with conn:
+            conn.sendall(f"{addr[0]}:{addr[1]}\n".encode())
+        served += 1
+
+
+def _bound_socket(port: int) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("0.0.0.0", port))
+    return s
+
+
+def _read_line(s: socket.socket, limit: int = 256) -> str:
+    data = b""
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = s.recv(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def cmd_dial(args: argparse.Namespace) -> None:
+    s = _bound_socket(args.bind_port)
+    s.settimeout(args.deadline)
+    try:
+        s.connect(parse_addr(args.to))
+        emit({"ok": True, "answer": _read_line(s), "local": "{}:{}".format(*s.getsockname())})
+    except OSError as exc:
+        emit({"ok": False, "error": type(exc).__name__, "errno": exc.errno})
+    finally:
+        s.close()
+
+
+def cmd_simopen(args: argparse.Namespace) -> None:
+    target = parse_addr(args.to)
+    delay = args.start_at - time.time()
+    if delay > 0:
+        time.sleep(min(delay, 5.0))
+    t0 = time.monotonic()
+    end = t0 + args.deadline
+    outcomes: list[str] = []
+    while time.monotonic() < end and len(outcomes) < args.max_attempts:
+        s = _bound_socket(args.bind_port)
+        s.settimeout(max(0.05, min(args.attempt_timeout, end - time.monotonic())))
+        try:
+            s.connect(target)
+        except OSError as exc:
+            s.close()
+            name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            outcomes.append("timeout" if isinstance(exc, TimeoutError) else name)
+            time.sleep(min(args.backoff, max(0.0, end - time.monotonic())))
+            continue
+        elapsed = time.monotonic() - t0
+        try:
+            s.settimeout(max(0.05, end - time.monotonic()) + 2.0)
+            s.sendall(args.name.encode() + b"\n")
+            other = _read_line(s)
+        except OSError as exc:
+            emit({"ok": False, "attempts": outcomes, "error": f"after connect: {exc!r}"})
+            return
+        finally:
+            s.close()
+        emit({"ok": True, "attempts": [*outcomes, "connected"], "other": other, "elapsed": elapsed})
+        return
+    emit({"ok": False, "attempts": outcomes, "elapsed": time.monotonic() - t0})
+
+
+async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
+    from p2psc.aio import connect  # type: ignore[attr-defined]
+    from p2psc.errors import P2pscError
+    from p2psc.keys import Keypair, PublicKey
+    from p2psc.wire import Address
+
+    keypair = Keypair.from_private_raw(bytes.fromhex(args.private))
+    peer = PublicKey.from_raw(bytes.fromhex(args.peer))
+    t0 = time.monotonic()
+    try:
+        conn = await connect(keypair, peer, Address.parse(args.mediator), timeout=args.deadline)
+    except P2pscError as exc:
+        return {
+            "ok": False,
+            "error": type(exc).__name__,
+            "reason": exc.reason,
+            "elapsed": time.monotonic() - t0,
+        }
+    established = time.monotonic() - t0
+    reader, writer = conn.reader, conn.writer
+    try:
+        writer.write(args.name.encode() + b"\n")
+        await writer.drain()
+        other = await asyncio.wait_for(reader.readline(), 5.0)
+    finally:
+        writer.close()
+    sock = writer.get_extra_info("sockname")
+    peername = writer.get_extra_info("peername")
+    return {
+        "ok": True,
+        "elapsed": established,
+        "other": other.decode(errors="replace").strip(),
+        "local": f"{sock[0]}:{sock[1]}" if sock else None,
+        "remote": f"{peername[0]}:{peername[1]}" if peername else None,
+    }
+
+
+def cmd_p2psc(args: argparse.Namespace) -> None:
+    start = time.time()
+    if args.start_at > start:
+        time.sleep(min(args.start_at - start, 5.0))
+    try:
+        result = asyncio.run(asyncio.wait_for(_p2psc(args), args.deadline + 5.0))
+    except TimeoutError:
+        result = {"ok": False, "error": "HANG", "reason": "connect() outlived its deadline"}
+    except Exception as exc:  # the test reports it; a traceback is a bug in p2psc
+        result = {"ok": False, "error": "UNEXPECTED " + type(exc).__name__, "reason": repr(exc)}
+    emit(result)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("observe")
+    p.add_argument("port", type=int)
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--deadline", type=float, default=30.0)
+    p = sub.add_parser("dial")
+    p.add_argument("--bind-port", type=int, default=0)
+    p.add_argument("--to", required=True)
+    p.add_argument("--deadline", type=float, default=3.0)
+    p = sub.add_parser("simopen")
+    p.add_argument("--bind-port", type=int, required=True)
+    p.add_argument("--to", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--start-at", type=float, default=0.0)
+    p.add_argument("--deadline", type=float, default=6.0)
+    p.add_argument("--attempt-timeout", type=float, default=3.0)
+    p.add_argument("--backoff", type=float, default=0.05)
+    p.add_argument("--max-attempts", type=int, default=200)
+    p = sub.add_parser("p2psc")
+    p.add_argument("--private", required=True, help="our X25519 private key, hex")
+    p.add_argument("--peer", required=True, help="the other side's public key, hex")
+    p.add_argument("--mediator", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--start-at", type=float, default=0.0)
+    p.add_argument("--deadline", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    {"observe": cmd_observe, "dial": cmd_dial, "simopen": cmd_simopen, "p2psc": cmd_p2psc}[
+        args.cmd
+    ](args)
+
+
+if __name__ == "__main__":
+    main()
