@@ -108,3 +108,14 @@ def test_keygen_console_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert Keypair.load(out).public_key.hex() in done.stdout
+
+
+def test_keygen_rsa_legacy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from p2psc.legacy.crypto import RsaKeypair
+
+    out = tmp_path / "legacy.pem"
+    assert main(["keygen", "--rsa", str(out)]) == 0
+    assert "legacy" in capsys.readouterr().err
+    assert RsaKeypair.load(out, None) is not None
+    assert (tmp_path / "legacy.pem.pub").is_file()
+    assert main(["keygen", "--rsa", str(out)]) == 1  # refuses overwrite
