@@ -12,7 +12,7 @@ import importlib
 __all__ = ["MACHINES", "machine_classes"]
 
 MACHINES: tuple[str, ...] = (
-    # "p2psc.machines.negotiator:NegotiatorMachine",
+    "p2psc.machines.negotiator:NegotiatorMachine",
     "p2psc.legacy.machines:LegacyPeerMachine",
     "p2psc.machines.mediator:MediatorSession",
     "p2psc.machines.handshake:ClientHandshake",
