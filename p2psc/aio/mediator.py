@@ -16,7 +16,6 @@ import contextlib
 import itertools
 import logging
 import signal
-import socket
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, cast
@@ -148,10 +147,8 @@ class MediatorServer:
         if not peername:
             self._drop(connection)
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # No SO_KEEPALIVE: every state has a deadline shorter than the kernel's keepalive idle
+        # time (2 h), so it would only cost a syscall per connection.
         self._event(Opened(conn, (str(peername[0]), int(peername[1]))))
 
     def _lost(self, connection: _Connection, exc: Exception | None) -> None:
@@ -176,26 +173,39 @@ class MediatorServer:
         for action in actions:
             kind = type(action)
             if kind is Send:
-                assert isinstance(action, Send)
-                connection = connections.get(action.conn)
+                send = cast(Send, action)
+                connection = connections.get(send.conn)
                 if connection is not None and connection.transport is not None:
-                    connection.transport.write(action.data)
+                    connection.transport.write(send.data)
             elif kind is SetTimer:
-                assert isinstance(action, SetTimer)
-                connection = connections.get(action.conn)
+                timer = cast(SetTimer, action)
+                connection = connections.get(timer.conn)
                 if connection is not None:
-                    if connection.timer is not None:
-                        connection.timer.cancel()
-                    connection.timer = (
-                        None
-                        if action.deadline is None
-                        else self._loop.call_at(action.deadline, connection.fire)
-                    )
+                    self._set_timer(connection, timer.deadline)
             elif kind is Close:
-                assert isinstance(action, Close)
-                connection = connections.get(action.conn)
+                connection = connections.get(cast(Close, action).conn)
                 if connection is not None:
                     self._drop(connection)
+
+    def _set_timer(self, connection: _Connection, deadline: float | None) -> None:
+        """One ``call_at`` handle per connection, re-armed lazily.
+
+        A handle that fires no later than the new deadline is kept: if it fires early the core
+        answers with another SetTimer (it checks ``now`` against the session's deadline), so
+        correctness holds while a handshake that completes in milliseconds costs one timer
+        instead of three.
+        """
+        current = connection.timer
+        if deadline is None:
+            if current is not None:
+                current.cancel()
+                connection.timer = None
+            return
+        if current is not None:
+            if current.when() <= deadline:
+                return
+            current.cancel()
+        connection.timer = self._loop.call_at(deadline, connection.fire)
 
     def _drop(self, connection: _Connection) -> None:
         """Forget ``connection`` and close its transport (after flushing pending writes)."""

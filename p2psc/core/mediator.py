@@ -20,6 +20,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from p2psc import wire
 from p2psc.core.io import (
@@ -286,18 +287,18 @@ class MediatorCore:
         """Apply one adapter event at time ``now``; return the actions to execute, in order."""
         out: list[Action] = []
         kind = type(event)
+        # exact-type dispatch (cheaper than isinstance chains on the hot path)
         if kind is Received:
-            assert isinstance(event, Received)
-            self._on_received(event.conn, event.data, now, out)
+            received = cast(Received, event)
+            self._on_received(received.conn, received.data, now, out)
         elif kind is Opened:
-            assert isinstance(event, Opened)
-            self._on_opened(event.conn, event.remote, now, out)
+            opened = cast(Opened, event)
+            self._on_opened(opened.conn, opened.remote, now, out)
         elif kind is Closed:
-            assert isinstance(event, Closed)
-            self._on_closed(event.conn, event.error, now, out)
+            closed = cast(Closed, event)
+            self._on_closed(closed.conn, closed.error, now, out)
         elif kind is TimerFired:
-            assert isinstance(event, TimerFired)
-            self._on_timer(event.conn, now, out)
+            self._on_timer(cast(TimerFired, event).conn, now, out)
         return out
 
     def shutdown(self, now: float) -> list[Action]:
