@@ -15,6 +15,7 @@ is a bug.
     ├── CryptoError              sealing/opening failed: wrong key, tampered ciphertext
     ├── KeyFileError             a key file that cannot be read, parsed or decrypted
     ├── NegotiationError         the negotiator received a byte it cannot accept
+    │   └── NegotiationTimeout   the peer sent no byte before the negotiator's deadline
     └── ConnectError             connect() did not produce a connection
         ├── MediatorUnreachable  no TCP connection to the mediator
         ├── AdvertiseAborted     the mediator refused the registration (AdvertiseAbort)
@@ -42,6 +43,7 @@ __all__ = [
     "MediatorClosed",
     "MediatorUnreachable",
     "NegotiationError",
+    "NegotiationTimeout",
     "P2pscError",
     "PeerUnreachable",
     "ProtocolError",
@@ -107,6 +109,10 @@ class KeyFileError(P2pscError):
 
 class NegotiationError(P2pscError):
     """The negotiator received a byte that is not valid in its current state."""
+
+
+class NegotiationTimeout(NegotiationError, TimeoutError):
+    """The peer sent no negotiator byte before the deadline: it is silent or gone."""
 
 
 class ConnectError(P2pscError):
