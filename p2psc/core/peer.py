@@ -701,10 +701,11 @@ class PeerCore:
     def _stop_punching(self, keep: ConnId) -> list[PeerAction]:
         """Commit to ``keep``: close every other direct connection and cancel punch timers."""
         actions: list[PeerAction] = []
+        in_flight = self._in_flight()
         for index, slot in enumerate(self.slots):
             actions.append(SetTimer(PUNCH_TIMER_BASE + index, None))
             self._set_slot(index, Slot(None, slot.failures, True))
-        for conn in sorted(self.open_conns - {keep}):
+        for conn in sorted((self.open_conns | in_flight) - {keep}):
             actions.append(Close(conn, "another direct connection won"))
         self.open_conns = frozenset({keep})
         self.candidates = frozenset()
@@ -854,6 +855,10 @@ class PeerCore:
         except CryptoError:
             return None
 
+    def _in_flight(self) -> frozenset[ConnId]:
+        """Direct attempts still connecting (not open yet, but the adapter holds a socket)."""
+        return frozenset(slot.conn for slot in self.slots if slot.conn is not None)
+
     def _slot_of(self, conn: ConnId) -> int | None:
         for index, slot in enumerate(self.slots):
             if slot.conn == conn:
@@ -880,7 +885,8 @@ class PeerCore:
 
     def _finish_failed(self, error: P2pscError) -> list[PeerAction]:
         self.error = error
-        actions: list[PeerAction] = [Close(conn, error.reason) for conn in sorted(self.open_conns)]
+        conns = self.open_conns | self._in_flight()
+        actions: list[PeerAction] = [Close(conn, error.reason) for conn in sorted(conns)]
         timers = [TIMER, RETRY_TIMER] + [PUNCH_TIMER_BASE + i for i in range(len(self.slots))]
         actions += [SetTimer(timer, None) for timer in timers]
         self.open_conns = frozenset()

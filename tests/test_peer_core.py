@@ -1,0 +1,693 @@
+"""PeerCore against a scripted, in-memory Mediator and network: both roles, every failure path.
+
+No sockets and no clock: the tests play the Mediator (sealing real HPKE challenges) and the
+network (routing Connect actions and Send bytes between two cores), with explicit ``now``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from p2psc import wire
+from p2psc.core.io import (
+    Close,
+    Closed,
+    Connect,
+    Failed,
+    Listen,
+    Opened,
+    Received,
+    Send,
+    SetTimer,
+    TimerFired,
+)
+from p2psc.core.peer import (
+    FIRST_ACCEPTED,
+    LISTENER,
+    MEDIATOR_BASE,
+    PUNCH_TIMER_BASE,
+    RETRY_TIMER,
+    TIMER,
+    Established,
+    PeerAction,
+    PeerConfig,
+    PeerCore,
+    derive_session_secret,
+    parse_host_port,
+    peer_config,
+    take_frame,
+)
+from p2psc.errors import (
+    AdvertiseAborted,
+    AdvertiseRetryExhausted,
+    HandshakeTimeout,
+    IdentityCheckFailed,
+    MediatorClosed,
+    MediatorUnreachable,
+    P2pscError,
+    PeerUnreachable,
+    ProtocolError,
+    UnsupportedVersion,
+)
+from p2psc.keys import HPKE, Keypair, nonce_info
+
+MEDIATOR = ("127.0.0.1", 9999)
+A_LOCAL = ("127.0.0.1", 40001)
+B_LOCAL = ("127.0.0.1", 40002)
+A_KEY = Keypair.generate()
+B_KEY = Keypair.generate()
+STRANGER = Keypair.generate()
+
+
+def counting_nonces(start: int) -> Callable[[int], bytes]:
+    counter = itertools.count(start)
+    return lambda n: next(counter).to_bytes(n, "big")
+
+
+def config(me: Keypair, them: Keypair, **options: object) -> PeerConfig:
+    base: dict[str, object] = {"nonce_source": counting_nonces(1 if me is A_KEY else 1000)}
+    base.update(options)
+    return peer_config(me, them.public_key, MEDIATOR, **base)
+
+
+def failed(actions: Sequence[PeerAction]) -> P2pscError:
+    errors = [a.error for a in actions if isinstance(a, Failed)]
+    assert len(errors) == 1, actions
+    return errors[0]
+
+
+def sends(actions: Sequence[PeerAction], conn: int) -> list[wire.Message]:
+    return [wire.decode(a.data) for a in actions if isinstance(a, Send) and a.conn == conn]
+
+
+@dataclass
+class Side:
+    """One core plus what the scripted Mediator needs to know about it."""
+
+    core: PeerCore
+    local: tuple[str, int]
+    now: float = 0.0
+    log: list[PeerAction] = field(default_factory=list)
+
+    def do(self, event: object) -> list[PeerAction]:
+        actions = self.core.handle(event, self.now)  # type: ignore[arg-type]
+        self.log += actions
+        # every state this core passes through survives a snapshot round trip
+        snap = self.core.snapshot()
+        hash(snap)
+        assert PeerCore.from_snapshot(snap, self.core.config).snapshot() == snap
+        return actions
+
+
+def registered(me: Keypair, them: Keypair, local: tuple[str, int], **options: object) -> Side:
+    """Run ``me`` through connect, Advertise and the Mediator's challenge: now ``waiting``."""
+    side = Side(PeerCore(config(me, them, **options)), local)
+    start = side.core.start(0.0)
+    assert start[0] == Connect(MEDIATOR_BASE, MEDIATOR)
+    actions = side.do(Opened(MEDIATOR_BASE, MEDIATOR, local))
+    (advertise,) = sends(actions, MEDIATOR_BASE)
+    assert isinstance(advertise, wire.Advertise)
+    assert advertise.our_key == me.public_key.raw and advertise.their_key == them.public_key.raw
+    assert advertise.local == wire.Address(*local)
+    nonce = bytes(range(32))
+    info = nonce_info("AdvertiseChallenge", advertise.our_key, advertise.their_key)
+    sealed = HPKE.seal(me.public_key, nonce, info)
+    actions = side.do(Received(MEDIATOR_BASE, wire.AdvertiseChallenge(sealed).encode()))
+    assert sends(actions, MEDIATOR_BASE) == [wire.AdvertiseResponse(nonce)]
+    assert side.core.state == "waiting"
+    return side
+
+
+def introduce(client: Side, peer: Side) -> tuple[list[PeerAction], list[PeerAction]]:
+    """The Mediator's pairing: PeerDisconnect to the Peer, then PeerIdentification."""
+    to_peer = wire.PeerDisconnect(
+        wire.Address(*peer.local), wire.Address(*client.local), wire.Address(*client.local)
+    )
+    peer_actions = peer.do(Received(MEDIATOR_BASE, to_peer.encode()))
+    to_client = wire.PeerIdentification(1, wire.Address(*peer.local), None)
+    client_actions = client.do(Received(MEDIATOR_BASE, to_client.encode()))
+    return client_actions, peer_actions
+
+
+def connects(actions: Sequence[PeerAction]) -> list[Connect]:
+    return [a for a in actions if isinstance(a, Connect)]
+
+
+def wire_up(client: Side, peer: Side, client_actions: list[PeerAction]) -> tuple[int, int]:
+    """The Client's first attempt reaches the Peer's listener: Opened on both sides."""
+    attempt = connects(client_actions)[0]
+    client.do(Opened(attempt.conn, attempt.remote, client.local))
+    peer.do(Opened(FIRST_ACCEPTED, client.local, peer.local))
+    return attempt.conn, FIRST_ACCEPTED
+
+
+def shuttle(
+    client: Side, peer: Side, cconn: int, pconn: int, rounds: int = 10
+) -> tuple[Established | None, Established | None]:
+    """Move Send bytes between the two cores until both are finished (bounded)."""
+    c_seen = p_seen = 0
+    for _ in range(rounds):
+        moved = False
+        for a in client.log[c_seen:]:
+            if isinstance(a, Send) and a.conn == cconn:
+                peer.do(Received(pconn, a.data))
+                moved = True
+        c_seen = len(client.log)
+        for a in peer.log[p_seen:]:
+            if isinstance(a, Send) and a.conn == pconn:
+                client.do(Received(cconn, a.data))
+                moved = True
+        p_seen = len(peer.log)
+        if not moved:
+            break
+    c_est = next((a for a in client.log if isinstance(a, Established)), None)
+    p_est = next((a for a in peer.log if isinstance(a, Established)), None)
+    return c_est, p_est
+
+
+def paired() -> tuple[Side, Side, int, int]:
+    client = registered(A_KEY, B_KEY, A_LOCAL)
+    peer = registered(B_KEY, A_KEY, B_LOCAL)
+    client_actions, _ = introduce(client, peer)
+    cconn, pconn = wire_up(client, peer, client_actions)
+    return client, peer, cconn, pconn
+
+
+# --- the happy path ----------------------------------------------------------------------
+
+
+def test_full_pairing_both_roles() -> None:
+    client = registered(A_KEY, B_KEY, A_LOCAL)
+    peer = registered(B_KEY, A_KEY, B_LOCAL)
+    client_actions, peer_actions = introduce(client, peer)
+
+    # The Peer listens on its Mediator-facing port BEFORE closing the Mediator connection,
+    # then connects out from that port to the Client.
+    listen = next(i for i, a in enumerate(peer_actions) if isinstance(a, Listen))
+    close = next(i for i, a in enumerate(peer_actions) if isinstance(a, Close))
+    assert peer_actions[listen] == Listen(LISTENER, B_LOCAL[1])
+    assert peer_actions[close] == Close(MEDIATOR_BASE, peer_actions[close].reason)
+    assert listen < close
+    assert [(c.remote, c.from_port) for c in connects(peer_actions)] == [(A_LOCAL, B_LOCAL[1])]
+    assert peer.core.role == "peer" and peer.core.state == "punching"
+
+    # The Client closes the Mediator connection and connects out from its own port.
+    assert Close(MEDIATOR_BASE, "PeerIdentification: connecting to Peer") in client_actions
+    assert [(c.remote, c.from_port) for c in connects(client_actions)] == [(B_LOCAL, A_LOCAL[1])]
+    assert client.core.role == "client"
+
+    cconn, pconn = wire_up(client, peer, client_actions)
+    c_est, p_est = shuttle(client, peer, cconn, pconn)
+    assert c_est is not None and p_est is not None
+    assert (c_est.role, p_est.role) == ("client", "peer")
+    assert c_est.peer_key == B_KEY.public_key and p_est.peer_key == A_KEY.public_key
+    assert c_est.session_secret == p_est.session_secret and len(c_est.session_secret) == 32
+    assert c_est.leftover == b"" == p_est.leftover
+    # the order of the four frames on the direct connection
+    client_sent = [type(m).__name__ for m in sends(client.log, cconn)]
+    peer_sent = [type(m).__name__ for m in sends(peer.log, pconn)]
+    assert client_sent == ["PeerChallenge", "PeerResponse"]
+    assert peer_sent == ["PeerChallengeResponse", "PeerAcknowledgement"]
+    assert client.core.finished and peer.core.finished
+
+
+def test_session_secret_binds_transcript_and_keys() -> None:
+    client, peer, cconn, pconn = paired()
+    c_est, _ = shuttle(client, peer, cconn, pconn)
+    assert c_est is not None
+    other = derive_session_secret(
+        A_KEY.public_key, B_KEY.public_key, bytes(32), bytes(32), b"transcript"
+    )
+    assert other != c_est.session_secret
+    assert other != derive_session_secret(
+        A_KEY.public_key, B_KEY.public_key, bytes(32), bytes(32), b"transcript!"
+    )
+    assert other != derive_session_secret(
+        B_KEY.public_key, A_KEY.public_key, bytes(32), bytes(32), b"transcript"
+    )
+
+
+def test_two_runs_with_other_nonces_give_other_secrets() -> None:
+    client, peer, cconn, pconn = paired()
+    first, _ = shuttle(client, peer, cconn, pconn)
+    client2 = registered(A_KEY, B_KEY, A_LOCAL, nonce_source=counting_nonces(77))
+    peer2 = registered(B_KEY, A_KEY, B_LOCAL)
+    ca, _ = introduce(client2, peer2)
+    c2, p2 = wire_up(client2, peer2, ca)
+    second, _ = shuttle(client2, peer2, c2, p2)
+    assert first is not None and second is not None
+    assert first.session_secret != second.session_secret
+
+
+def test_application_bytes_coalesced_with_the_acknowledgement_are_kept() -> None:
+    client, peer, cconn, pconn = paired()
+    challenge = sends(client.log, cconn)
+    peer.do(Received(pconn, challenge[0].encode()))
+    client.do(Received(cconn, sends(peer.log, pconn)[0].encode()))
+    response = sends(client.log, cconn)[1]
+    actions = peer.do(Received(pconn, response.encode() + b"early client bytes"))
+    p_est = next(a for a in actions if isinstance(a, Established))
+    assert p_est.leftover == b"early client bytes"
+    ack = sends(actions, pconn)[0]
+    # Ack and application data in one read, cut in odd places
+    stream = ack.encode() + b"P2 looks like a frame but is application data"
+    got: list[PeerAction] = []
+    for chunk in (stream[:1], stream[1:4], stream[4:20]):
+        got += client.do(Received(cconn, chunk))
+    c_est = next(a for a in got if isinstance(a, Established))
+    assert c_est.leftover == stream[6:20] == b"P2 looks like "
+    # later reads go straight to the application: the finished core does not consume them
+    assert client.do(Received(cconn, stream[20:])) == []
+    assert c_est.session_secret == p_est.session_secret
+
+
+def test_take_frame() -> None:
+    frame = wire.PeerAcknowledgement().encode()
+    assert take_frame(b"") is None
+    assert take_frame(frame[:3]) is None
+    assert take_frame(frame + b"xy") == (frame, wire.PeerAcknowledgement(), b"xy")
+    with pytest.raises(ProtocolError):
+        take_frame(b"XX")
+    with pytest.raises(UnsupportedVersion):
+        take_frame(b"P2\x02\x0a\x00\x00")
+    with pytest.raises(ProtocolError):
+        take_frame(b"P2\x01\x0a\xff\xff")  # length over the maximum
+
+
+def test_snapshot_of_a_failed_core() -> None:
+    broken = registered(A_KEY, B_KEY, A_LOCAL)
+    broken.do(Closed(MEDIATOR_BASE, None))
+    snap = broken.core.snapshot()
+    again = PeerCore.from_snapshot(snap, broken.core.config)
+    assert again.snapshot() == snap
+    assert isinstance(again.error, MediatorClosed) and again.finished
+
+
+def test_snapshot_then_continue_behaves_identically() -> None:
+    """Rebuild the Client from its snapshot right before PeerIdentification: same actions."""
+    peer = registered(B_KEY, A_KEY, B_LOCAL)
+    original = registered(A_KEY, B_KEY, A_LOCAL)
+    copy = Side(PeerCore.from_snapshot(original.core.snapshot(), original.core.config), A_LOCAL)
+    ident = wire.PeerIdentification(1, wire.Address(*peer.local)).encode()
+    first = original.do(Received(MEDIATOR_BASE, ident))
+    second = copy.do(Received(MEDIATOR_BASE, ident))
+    assert first == second
+    assert original.core.snapshot() == copy.core.snapshot()
+
+
+# --- Mediator-side failures --------------------------------------------------------------
+
+
+def test_mediator_unreachable_on_refused_connect() -> None:
+    core = PeerCore(config(A_KEY, B_KEY))
+    core.start(0.0)
+    error = failed(core.handle(Closed(MEDIATOR_BASE, "Connection refused"), 0.1))
+    assert isinstance(error, MediatorUnreachable) and "refused" in error.reason
+
+
+def test_mediator_unreachable_on_connect_timeout() -> None:
+    core = PeerCore(config(A_KEY, B_KEY, step_timeout=2.0))
+    actions = core.start(0.0)
+    assert SetTimer(TIMER, 2.0) in actions
+    assert isinstance(failed(core.handle(TimerFired(TIMER), 2.0)), MediatorUnreachable)
+
+
+def test_no_challenge_in_time() -> None:
+    side = Side(PeerCore(config(A_KEY, B_KEY, step_timeout=3.0)), A_LOCAL)
+    side.core.start(0.0)
+    side.do(Opened(MEDIATOR_BASE, MEDIATOR, A_LOCAL))
+    actions = side.do(TimerFired(TIMER))
+    assert isinstance(failed(actions), HandshakeTimeout)
+    assert Close(MEDIATOR_BASE, failed(actions).reason) in actions
+
+
+def test_challenge_sealed_to_another_key() -> None:
+    side = Side(PeerCore(config(A_KEY, B_KEY)), A_LOCAL)
+    side.core.start(0.0)
+    side.do(Opened(MEDIATOR_BASE, MEDIATOR, A_LOCAL))
+    info = nonce_info("AdvertiseChallenge", A_KEY.public_key.raw, B_KEY.public_key.raw)
+    sealed = HPKE.seal(STRANGER.public_key, bytes(32), info)
+    actions = side.do(Received(MEDIATOR_BASE, wire.AdvertiseChallenge(sealed).encode()))
+    assert isinstance(failed(actions), IdentityCheckFailed)
+    assert not sends(actions, MEDIATOR_BASE)
+
+
+def test_challenge_for_another_registration_context() -> None:
+    side = Side(PeerCore(config(A_KEY, B_KEY)), A_LOCAL)
+    side.core.start(0.0)
+    side.do(Opened(MEDIATOR_BASE, MEDIATOR, A_LOCAL))
+    info = nonce_info("AdvertiseChallenge", A_KEY.public_key.raw, STRANGER.public_key.raw)
+    sealed = HPKE.seal(A_KEY.public_key, bytes(32), info)
+    actions = side.do(Received(MEDIATOR_BASE, wire.AdvertiseChallenge(sealed).encode()))
+    assert isinstance(failed(actions), IdentityCheckFailed)
+
+
+@pytest.mark.parametrize("code", [wire.Reason.IDENTITY_CHECK_FAILED, wire.Reason.SELF_PAIRING, 999])
+def test_advertise_abort_carries_the_code(code: int) -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL)
+    actions = side.do(Received(MEDIATOR_BASE, wire.AdvertiseAbort(code, "no").encode()))
+    error = failed(actions)
+    assert isinstance(error, AdvertiseAborted) and error.code == code
+    assert "no" in error.reason
+
+
+def test_advertise_retry_backs_off_and_reconnects_then_gives_up() -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL, advertise_retries=2, retry_backoff=0.5)
+    busy = wire.AdvertiseRetry(wire.Reason.BUSY, "busy").encode()
+    actions = side.do(Received(MEDIATOR_BASE, busy))
+    assert Close(MEDIATOR_BASE, "AdvertiseRetry: backing off") in actions
+    assert SetTimer(RETRY_TIMER, 0.5) in actions
+    assert side.core.state == "backing_off"
+    side.now = 0.5
+    actions = side.do(TimerFired(RETRY_TIMER))
+    assert actions[0] == Connect(MEDIATOR_BASE + 1, MEDIATOR)
+    # a late close of the first Mediator connection is ignored
+    assert side.do(Closed(MEDIATOR_BASE, None)) == []
+    side.do(Opened(MEDIATOR_BASE + 1, MEDIATOR, A_LOCAL))
+    actions = side.do(Received(MEDIATOR_BASE + 1, busy))  # retry before the challenge
+    assert SetTimer(RETRY_TIMER, 1.5) in actions  # doubled
+    side.now = 1.5
+    side.do(TimerFired(RETRY_TIMER))
+    side.do(Opened(MEDIATOR_BASE + 2, MEDIATOR, A_LOCAL))
+    error = failed(side.do(Received(MEDIATOR_BASE + 2, busy)))
+    assert isinstance(error, AdvertiseRetryExhausted) and error.code == wire.Reason.BUSY
+
+
+def test_advertise_retry_that_cannot_fit_the_deadline() -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL, timeout=1.0, retry_backoff=5.0)
+    busy = wire.AdvertiseRetry(wire.Reason.BUSY, "busy").encode()
+    assert isinstance(failed(side.do(Received(MEDIATOR_BASE, busy))), AdvertiseRetryExhausted)
+
+
+def test_mediator_closes_while_waiting() -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL)
+    error = failed(side.do(Closed(MEDIATOR_BASE, None)))
+    assert isinstance(error, MediatorClosed)
+
+
+def test_mediator_closes_mid_frame() -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL)
+    side.do(
+        Received(MEDIATOR_BASE, wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()[:5])
+    )
+    error = failed(side.do(Closed(MEDIATOR_BASE, None)))
+    assert isinstance(error, MediatorClosed) and "middle of a frame" in error.reason
+
+
+def test_peer_never_registers() -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL, timeout=7.0)
+    timers = [a for a in side.log if isinstance(a, SetTimer) and a.conn == TIMER]
+    assert timers[-1].deadline == 7.0  # waiting lasts until the overall deadline
+    side.now = 7.0
+    error = failed(side.do(TimerFired(TIMER)))
+    assert isinstance(error, HandshakeTimeout) and "did not register" in error.reason
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"garbage!",
+        b"P2\x01\x63\x00\x00",  # unknown type
+        b"P2\x01\x05\xff\xff",  # oversized
+        wire.AdvertiseResponse(bytes(32)).encode(),  # a message only a Mediator receives
+        wire.PeerAcknowledgement().encode(),  # a direct-connection message
+    ],
+)
+def test_bad_bytes_from_the_mediator(data: bytes) -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL)
+    actions = side.do(Received(MEDIATOR_BASE, data))
+    assert isinstance(failed(actions), ProtocolError)
+    assert any(isinstance(a, Close) and a.conn == MEDIATOR_BASE for a in actions)
+    assert side.core.finished
+
+
+def test_unsupported_frame_version_from_the_mediator() -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL)
+    frame = bytearray(wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode())
+    frame[2] = 2
+    assert isinstance(failed(side.do(Received(MEDIATOR_BASE, bytes(frame)))), UnsupportedVersion)
+
+
+def test_unsupported_version_in_peer_identification() -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL)
+    ident = wire.PeerIdentification(2, wire.Address(*B_LOCAL)).encode()
+    assert isinstance(failed(side.do(Received(MEDIATOR_BASE, ident))), UnsupportedVersion)
+
+
+def test_second_challenge_is_a_protocol_error() -> None:
+    side = registered(A_KEY, B_KEY, A_LOCAL)
+    again = wire.AdvertiseChallenge(bytes(80)).encode()
+    assert isinstance(failed(side.do(Received(MEDIATOR_BASE, again))), ProtocolError)
+
+
+# --- hole punching -----------------------------------------------------------------------
+
+
+def test_client_retries_with_backoff_then_peer_unreachable() -> None:
+    client = registered(
+        A_KEY,
+        B_KEY,
+        A_LOCAL,
+        punch_timeout=3.0,
+        punch_interval=0.1,
+        punch_backoff=2.0,
+        punch_max_interval=0.3,
+    )
+    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL), wire.Address("10.0.0.2", 5)).encode()
+    actions = client.do(Received(MEDIATOR_BASE, ident))
+    attempts = connects(actions)
+    assert [c.remote for c in attempts] == [B_LOCAL, ("10.0.0.2", 5)]  # observed, then local
+    assert SetTimer(TIMER, 3.0) in actions
+    waits = []
+    conn = attempts[0].conn
+    for _ in range(4):
+        actions = client.do(Closed(conn, "Connection refused"))
+        (timer,) = [a for a in actions if isinstance(a, SetTimer)]
+        assert timer.conn == PUNCH_TIMER_BASE and timer.deadline is not None
+        waits.append(round(timer.deadline - client.now, 6))
+        client.now = timer.deadline
+        actions = client.do(TimerFired(PUNCH_TIMER_BASE))
+        (again,) = connects(actions)
+        assert again.remote == B_LOCAL and again.from_port == A_LOCAL[1]
+        assert again.conn != conn
+        conn = again.conn
+    assert waits == [0.1, 0.2, 0.3, 0.3]  # backoff, capped
+    client.now = 3.0
+    error = failed(client.do(TimerFired(TIMER)))
+    assert isinstance(error, PeerUnreachable) and "127.0.0.1:40002" in error.reason
+    # everything in flight is closed
+    assert Close(conn, error.reason) in client.log
+
+
+def test_attempt_that_hangs_is_dropped_and_retried() -> None:
+    client = registered(A_KEY, B_KEY, A_LOCAL, punch_attempt_timeout=1.0)
+    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+    (attempt,) = connects(client.do(Received(MEDIATOR_BASE, ident)))
+    client.now = 1.0
+    actions = client.do(TimerFired(PUNCH_TIMER_BASE))
+    assert Close(attempt.conn, "direct attempt timed out") in actions
+    client.now = 2.0
+    (again,) = connects(client.do(TimerFired(PUNCH_TIMER_BASE)))
+    assert again.conn != attempt.conn
+    # the dropped attempt connecting late is refused
+    assert client.do(Opened(attempt.conn, B_LOCAL, A_LOCAL)) == [
+        Close(attempt.conn, "not expected")
+    ]
+
+
+def test_client_takes_the_first_connection_and_closes_the_rest() -> None:
+    client = registered(A_KEY, B_KEY, A_LOCAL)
+    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL), wire.Address("10.0.0.2", 5)).encode()
+    first, second = connects(client.do(Received(MEDIATOR_BASE, ident)))
+    actions = client.do(Opened(second.conn, second.remote, A_LOCAL))
+    assert Close(first.conn, "another direct connection won") in actions
+    assert [type(m) for m in sends(actions, second.conn)] == [wire.PeerChallenge]
+    assert client.do(Opened(first.conn, first.remote, A_LOCAL)) == [
+        Close(first.conn, "not expected")
+    ]
+
+
+def test_client_that_never_connects() -> None:
+    peer = registered(B_KEY, A_KEY, B_LOCAL, punch_timeout=4.0)
+    disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+    actions = peer.do(Received(MEDIATOR_BASE, disconnect.encode()))
+    assert SetTimer(TIMER, 4.0) in actions
+    peer.now = 4.0
+    actions = peer.do(TimerFired(TIMER))
+    error = failed(actions)
+    assert isinstance(error, PeerUnreachable) and "Client" in error.reason
+    assert any(isinstance(a, Close) and a.conn == LISTENER for a in actions)
+
+
+def test_peer_drops_stray_connections_and_still_pairs() -> None:
+    client = registered(A_KEY, B_KEY, A_LOCAL)
+    peer = registered(B_KEY, A_KEY, B_LOCAL)
+    client_actions, _ = introduce(client, peer)
+    # three strangers reach the listener first: garbage, a wrong first message, a challenge
+    # sealed to the wrong key
+    strays = {
+        FIRST_ACCEPTED + 1: b"GET / HTTP/1.1\r\n",
+        FIRST_ACCEPTED + 2: wire.PeerAcknowledgement().encode(),
+        FIRST_ACCEPTED + 3: wire.PeerChallenge(
+            HPKE.seal(
+                STRANGER.public_key,
+                bytes(32),
+                nonce_info("PeerChallenge", B_KEY.public_key.raw, A_KEY.public_key.raw),
+            )
+        ).encode(),
+    }
+    for conn, data in strays.items():
+        assert peer.do(Opened(conn, ("127.0.0.1", conn % 60000), B_LOCAL)) == []
+        actions = peer.do(Received(conn, data))
+        assert next(a for a in actions if isinstance(a, Close)).conn == conn
+        assert not any(isinstance(a, Failed) for a in actions)
+    assert peer.core.state == "punching"
+    attempt = connects(client_actions)[0]
+    client.do(Opened(attempt.conn, attempt.remote, A_LOCAL))
+    peer.do(Opened(FIRST_ACCEPTED, A_LOCAL, B_LOCAL))
+    c_est, p_est = shuttle(client, peer, attempt.conn, FIRST_ACCEPTED)
+    assert c_est and p_est and c_est.session_secret == p_est.session_secret
+
+
+def test_peer_reports_identity_failure_at_the_deadline() -> None:
+    peer = registered(B_KEY, A_KEY, B_LOCAL, punch_timeout=2.0)
+    disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+    peer.do(Received(MEDIATOR_BASE, disconnect.encode()))
+    info = nonce_info("PeerChallenge", B_KEY.public_key.raw, A_KEY.public_key.raw)
+    wrong = wire.PeerChallenge(HPKE.seal(STRANGER.public_key, bytes(32), info)).encode()
+    peer.do(Opened(FIRST_ACCEPTED, A_LOCAL, B_LOCAL))
+    peer.do(Received(FIRST_ACCEPTED, wrong))
+    peer.now = 2.0
+    error = failed(peer.do(TimerFired(TIMER)))
+    assert isinstance(error, IdentityCheckFailed) and "1 candidate" in error.reason
+
+
+def test_peer_bounds_candidate_connections() -> None:
+    peer = registered(B_KEY, A_KEY, B_LOCAL, max_candidates=2)
+    disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+    peer.do(Received(MEDIATOR_BASE, disconnect.encode()))
+    assert peer.do(Opened(FIRST_ACCEPTED, A_LOCAL, B_LOCAL)) == []
+    assert peer.do(Opened(FIRST_ACCEPTED + 1, A_LOCAL, B_LOCAL)) == []
+    actions = peer.do(Opened(FIRST_ACCEPTED + 2, A_LOCAL, B_LOCAL))
+    assert actions == [Close(FIRST_ACCEPTED + 2, "too many candidate connections")]
+
+
+def test_peer_outgoing_connection_can_win() -> None:
+    """Simultaneous open: the connection the Peer opened carries the Client's challenge."""
+    client = registered(A_KEY, B_KEY, A_LOCAL)
+    peer = registered(B_KEY, A_KEY, B_LOCAL)
+    client_actions, peer_actions = introduce(client, peer)
+    c_attempt, p_attempt = connects(client_actions)[0], connects(peer_actions)[0]
+    client.do(Opened(c_attempt.conn, c_attempt.remote, A_LOCAL))
+    actions = peer.do(Opened(p_attempt.conn, p_attempt.remote, B_LOCAL))
+    assert SetTimer(PUNCH_TIMER_BASE, None) in actions  # that target is not punched again
+    c_est, p_est = shuttle(client, peer, c_attempt.conn, p_attempt.conn)
+    assert c_est and p_est and c_est.session_secret == p_est.session_secret
+
+
+def test_listener_that_cannot_bind() -> None:
+    peer = registered(B_KEY, A_KEY, B_LOCAL)
+    disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+    peer.do(Received(MEDIATOR_BASE, disconnect.encode()))
+    error = failed(peer.do(Closed(LISTENER, "Address already in use")))
+    assert isinstance(error, PeerUnreachable) and "listen" in error.reason
+
+
+# --- direct handshake failures -----------------------------------------------------------
+
+
+def test_client_rejects_a_wrong_echo() -> None:
+    client, _peer, cconn, _pconn = paired()
+    info = nonce_info("PeerChallengeResponse", A_KEY.public_key.raw, B_KEY.public_key.raw)
+    sealed = HPKE.seal(A_KEY.public_key, bytes(32), info)
+    bad = wire.PeerChallengeResponse(sealed, bytes([9]) * 32).encode()
+    actions = client.do(Received(cconn, bad))
+    error = failed(actions)
+    assert isinstance(error, IdentityCheckFailed) and "wrong nonce" in error.reason
+    assert Close(cconn, error.reason) in actions
+
+
+def test_client_rejects_a_response_nonce_that_does_not_open() -> None:
+    client, peer, cconn, pconn = paired()
+    peer.do(Received(pconn, sends(client.log, cconn)[0].encode()))
+    good = sends(peer.log, pconn)[0]
+    assert isinstance(good, wire.PeerChallengeResponse)
+    tampered = bytearray(good.encrypted_nonce)
+    tampered[-1] ^= 1
+    bad = wire.PeerChallengeResponse(bytes(tampered), good.decrypted_nonce).encode()
+    error = failed(client.do(Received(cconn, bad)))
+    assert isinstance(error, IdentityCheckFailed) and "does not open" in error.reason
+
+
+def test_peer_rejects_a_wrong_response() -> None:
+    client, peer, cconn, pconn = paired()
+    peer.do(Received(pconn, sends(client.log, cconn)[0].encode()))
+    actions = peer.do(Received(pconn, wire.PeerResponse(bytes(32)).encode()))
+    error = failed(actions)
+    assert isinstance(error, IdentityCheckFailed)
+    assert not [m for m in sends(actions, pconn) if isinstance(m, wire.PeerAcknowledgement)]
+
+
+@pytest.mark.parametrize("role", ["client", "peer"])
+def test_other_side_closes_during_the_handshake(role: str) -> None:
+    client, peer, cconn, pconn = paired()
+    peer.do(Received(pconn, sends(client.log, cconn)[0].encode()))
+    side, conn = (client, cconn) if role == "client" else (peer, pconn)
+    error = failed(side.do(Closed(conn, None)))
+    assert isinstance(error, IdentityCheckFailed)
+
+
+@pytest.mark.parametrize("role", ["client", "peer"])
+def test_handshake_step_timeout(role: str) -> None:
+    client, peer, cconn, pconn = paired()
+    peer.do(Received(pconn, sends(client.log, cconn)[0].encode()))
+    side = client if role == "client" else peer
+    side.now = 100.0
+    assert isinstance(failed(side.do(TimerFired(TIMER))), HandshakeTimeout)
+
+
+def test_garbage_on_the_committed_connection() -> None:
+    client, _peer, cconn, _pconn = paired()
+    error = failed(client.do(Received(cconn, b"\x00" * 10)))
+    assert isinstance(error, ProtocolError)
+
+
+def test_every_deadline_is_clipped_to_the_overall_timeout() -> None:
+    client, peer, cconn, pconn = paired()
+    shuttle(client, peer, cconn, pconn)
+    for side in (client, peer):
+        deadlines = [
+            a.deadline
+            for a in side.log
+            if isinstance(a, SetTimer) and a.conn == TIMER and a.deadline is not None
+        ]
+        assert deadlines and max(deadlines) <= side.core.config.timeout
+
+
+def test_finished_core_ignores_events_and_refuses_connections() -> None:
+    client, peer, cconn, pconn = paired()
+    shuttle(client, peer, cconn, pconn)
+    assert client.do(Received(cconn, b"more")) == []
+    assert client.do(TimerFired(TIMER)) == []
+    assert client.do(Opened(999, B_LOCAL, A_LOCAL)) == [Close(999, "attempt is over")]
+
+
+def test_config_validation_and_parsing() -> None:
+    with pytest.raises(ValueError):
+        config(A_KEY, B_KEY, advertise_retries=-1)
+    with pytest.raises(ValueError):
+        config(A_KEY, B_KEY, punch_backoff=0.5)
+    assert parse_host_port("example.org:80") == ("example.org", 80)
+    assert parse_host_port("[::1]:7") == ("::1", 7)
+    assert parse_host_port(("127.0.0.1", 5)) == ("127.0.0.1", 5)
+    for bad in ("nohost", "host:0", "host:x", ":5"):
+        with pytest.raises(ValueError):
+            parse_host_port(bad)
+    by_hex = peer_config(A_KEY, B_KEY.public_key.hex(), "127.0.0.1:1")
+    by_raw = peer_config(A_KEY, B_KEY.public_key.raw, "127.0.0.1:1")
+    assert by_hex.peer_key == by_raw.peer_key == B_KEY.public_key
+    assert replace(by_hex, timeout=1.0).timeout == 1.0
