@@ -57,9 +57,13 @@ DEFAULT_INTRODUCE_DELAY = 0.25
 """Seconds between closing the legacy Peer's connection and sending PeerIdentification."""
 
 LegacyAwareSnapshot = tuple[
-    MediatorSnapshot, tuple[ConnId, ...], tuple[tuple[ConnId, ConnId], ...], tuple[ConnId, ...]
+    MediatorSnapshot,
+    tuple[ConnId, ...],
+    tuple[tuple[ConnId, tuple[ConnId, float]], ...],
+    tuple[ConnId, ...],
 ]
-"""(base snapshot, legacy connections, Client -> Peer introductions pending, closed Peers)."""
+"""(base snapshot, legacy connections, Client -> (Peer, deadline) introductions pending, Peers
+whose connection we closed)."""
 
 _NONCE_DIGITS_MAX = 78  # 2**256 - 1 has 78 decimal digits
 
@@ -139,7 +143,7 @@ class LegacyAwareMediatorCore(MediatorCore):
         self.introduce_delay = introduce_delay
         self._legacy: set[ConnId] = set()
         """Connections that speak version 0 (decided by their first byte)."""
-        self._introduce: dict[ConnId, ConnId] = {}
+        self._introduce: dict[ConnId, tuple[ConnId, float]] = {}
         """Legacy Client -> Peer whose (already closed) connection confirms at the timer."""
         self._context: tuple[ConnId, RsaPublicKey] | None = None
         """(connection, advertised RSA key) while the core handles a legacy Advertise."""
@@ -196,16 +200,20 @@ class LegacyAwareMediatorCore(MediatorCore):
     def handle(self, event: Event, now: float) -> list[Action]:
         conn = event.conn
         if isinstance(event, TimerFired) and conn in self._introduce:
+            peer, deadline = self._introduce[conn]
+            if now < deadline:  # an older, earlier timer handle: wait on
+                return [SetTimer(conn, deadline)]
             # The legacy Peer had its time to bind: confirm it as a v1 Peer's EOF would.
-            event = Closed(self._introduce.pop(conn), None)
+            del self._introduce[conn]
+            event = Closed(peer, None)
         elif isinstance(event, Received) and conn not in self._legacy and event.data:
             self._classify(conn, event.data[0])
         actions = self._translate(super().handle(event, now), now)
         if isinstance(event, Closed):
-            peer = self._introduce.pop(conn, None)  # the Client left during the delay
-            if peer is not None:
-                self._gone.discard(peer)
-                self._forget(peer)
+            pending = self._introduce.pop(conn, None)  # the Client left during the delay
+            if pending is not None:
+                self._gone.discard(pending[0])
+                self._forget(pending[0])
         for refused in sorted(self._refused):  # cross-protocol pairing (never reached)
             self._refused.discard(refused)
             actions += self.handle(Closed(refused, "refusing to pair across protocols"), now)
@@ -307,9 +315,11 @@ class LegacyAwareMediatorCore(MediatorCore):
         # A legacy Client being introduced waits on the short introduce timer instead of the
         # confirmation deadline (the timer is its own: the Peer's connection is gone).
         for peer in fresh:
-            client = next(c for c, p in self._introduce.items() if p == peer)
+            client = next(c for c, (p, _) in self._introduce.items() if p == peer)
+            deadline = now + self.introduce_delay
+            self._introduce[client] = (peer, deadline)
             out = [a for a in out if not (isinstance(a, SetTimer) and a.conn == client)]
-            out.append(SetTimer(client, now + self.introduce_delay))
+            out.append(SetTimer(client, deadline))
         return out
 
     def _crosses(self, conn: ConnId, frame: bytes) -> bool:
@@ -342,7 +352,7 @@ class LegacyAwareMediatorCore(MediatorCore):
                 return []
             fresh.append(conn)
             self._gone.add(conn)
-            self._introduce[client] = conn
+            self._introduce[client] = (conn, 0.0)  # deadline set by _translate
             return [
                 Send(conn, codec.encode(codec.PeerDisconnect(message.peer.port))),
                 Close(conn, "legacy: closed after PeerDisconnect so the Peer can bind its port"),
