@@ -129,3 +129,13 @@ def test_two_legacy_connects_pair_through_the_mediator_command(tmp_path: Path) -
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=5)
+
+
+def test_keygen_rsa_force_replaces_both_files(tmp_path: Path) -> None:
+    out = tmp_path / "k.pem"
+    assert main(["keygen", "--rsa", str(out)]) == 0
+    first = RsaPublicKey.load(Path(str(out) + ".pub"))
+    assert main(["keygen", "--rsa", str(out)]) == 1  # refuses without --force
+    assert main(["keygen", "--rsa", str(out), "--force"]) == 0
+    second = RsaKeypair.load(out).public_key
+    assert second != first and RsaPublicKey.load(Path(str(out) + ".pub")) == second

@@ -213,3 +213,15 @@ def test_openssl_interoperates(tmp_path: Path, alice: RsaKeypair) -> None:
         capture_output=True, timeout=30, check=True,
     )  # fmt: skip
     assert done.stdout == alice.public_key.to_pem()
+
+
+def test_save_with_overwrite_replaces_atomically(tmp_path: Path, alice: RsaKeypair) -> None:
+    path = tmp_path / "k.pem"
+    path.write_bytes(b"old")
+    path.chmod(0o644)
+    alice.save(path, overwrite=True)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert RsaKeypair.load(path).public_key == alice.public_key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.pem"]  # no temporary left
+    with pytest.raises(KeyFileError):
+        alice.save(tmp_path / "missing-dir" / "k.pem", overwrite=True)

@@ -104,7 +104,7 @@ def _run_rsa(args: argparse.Namespace, passphrase: bytes | None) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise KeyFileError(f"{out} exists; refusing to overwrite it")
-    fingerprint = keygen_rsa(out, bits=args.bits, passphrase=passphrase)
+    fingerprint = keygen_rsa(out, bits=args.bits, passphrase=passphrase, overwrite=args.force)
     print(f"wrote {out} (private, mode 0600) and {out}.pub (public)")
     print(f"fingerprint: {fingerprint}")
     print(WARNING, file=sys.stderr)

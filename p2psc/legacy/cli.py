@@ -37,15 +37,25 @@ WARNING = (
 CHUNK = 65536
 
 
-def keygen_rsa(path: Path, *, bits: int = DEFAULT_BITS, passphrase: bytes | None = None) -> str:
+def keygen_rsa(
+    path: Path,
+    *,
+    bits: int = DEFAULT_BITS,
+    passphrase: bytes | None = None,
+    overwrite: bool = False,
+) -> str:
     """Write ``path`` (private, ``RSA PRIVATE KEY``, mode 0600) and ``path.pub`` (PKCS#1
-    public PEM, what a C++ peer loads); return the public key's fingerprint."""
+    public PEM, what a C++ peer loads); return the public key's fingerprint. Existing files
+    are replaced only with ``overwrite``."""
     keypair = RsaKeypair.generate(bits)
     public = Path(str(path) + ".pub")
-    if public.exists():
+    if public.exists() and not overwrite:
         raise KeyFileError(f"{public} already exists")
-    keypair.save(path, passphrase)
-    public.write_bytes(keypair.public_key.to_pem())
+    keypair.save(path, passphrase, overwrite=overwrite)
+    try:
+        public.write_bytes(keypair.public_key.to_pem())
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {public}: {exc.strerror or exc}") from None
     return keypair.public_key.fingerprint()
 
 

@@ -194,15 +194,27 @@ class RsaKeypair:
             serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, encryption
         )
 
-    def save(self, path: str | os.PathLike[str], passphrase: bytes | None = None) -> None:
-        """Write :meth:`to_pem` to ``path`` with mode 0600 (created exclusively)."""
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        passphrase: bytes | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> None:
+        """Write :meth:`to_pem` to ``path`` with mode 0600: created exclusively, or with
+        ``overwrite`` written to a fresh 0600 file that then atomically replaces ``path``."""
         data = self.to_pem(passphrase)
+        target = Path(path)
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(temp if overwrite else target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            if overwrite:
+                os.replace(temp, target)
         except OSError as exc:
-            raise KeyFileError(f"cannot create {path}: {exc.strerror or exc}") from None
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
+            temp.unlink(missing_ok=True)
+            raise KeyFileError(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         try:
