@@ -1,0 +1,249 @@
+"""Regenerate tests/vectors/frames.json and section 9 of spec/protocol.md from it.
+
+Run: .venv/bin/python tests/vectors/make_frames.py > tests/vectors/frames.json
+     .venv/bin/python tests/vectors/make_frames.py --update-spec   (rewrites spec section 9)
+
+tests/test_vectors.py checks that spec section 9 is exactly ``render_section(frames.json)``.
+
+Everything is fixed except the sealed nonces: HPKE sealing is randomised (a fresh ephemeral key
+each time), so a regenerated file has different, equally valid, sealed bytes. Existing vectors
+should normally be kept; regenerate only when the protocol version changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from p2psc.keys import HPKE, Keypair, nonce_info
+from p2psc.wire import (
+    Address,
+    Advertise,
+    AdvertiseAbort,
+    AdvertiseChallenge,
+    AdvertiseResponse,
+    AdvertiseRetry,
+    Message,
+    PeerAcknowledgement,
+    PeerChallenge,
+    PeerChallengeResponse,
+    PeerDisconnect,
+    PeerIdentification,
+    PeerResponse,
+    Reason,
+    encode,
+)
+
+# Fixed private keys (never use these for anything but test vectors).
+ALICE = Keypair.from_private_raw(bytes.fromhex("a0" * 31 + "01"))  # the Client
+BOB = Keypair.from_private_raw(bytes.fromhex("b0" * 31 + "02"))  # the Peer
+NONCE_ADV = bytes(range(0x00, 0x20))
+NONCE_CLIENT = bytes(range(0x20, 0x40))
+NONCE_PEER = bytes(range(0x40, 0x60))
+
+
+def fields_json(msg: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(msg):
+        name = field.name
+        value = getattr(msg, name)
+        if isinstance(value, bytes):
+            out[name] = value.hex()
+        elif isinstance(value, Address):
+            out[name] = str(value)
+        elif value is None:
+            out[name] = None
+        elif isinstance(value, int):
+            out[name] = int(value)
+        else:
+            out[name] = value
+    return out
+
+
+def main() -> int:
+    a, b = ALICE.public_key.raw, BOB.public_key.raw
+    sealed = []
+    for message, recipient, other, nonce in (
+        ("AdvertiseChallenge", ALICE, BOB, NONCE_ADV),
+        ("PeerChallenge", BOB, ALICE, NONCE_CLIENT),
+        ("PeerChallengeResponse", ALICE, BOB, NONCE_PEER),
+    ):
+        info = nonce_info(message, recipient.public_key.raw, other.public_key.raw)
+        sealed.append(
+            {
+                "message": message,
+                "recipient": "alice" if recipient is ALICE else "bob",
+                "other": "alice" if other is ALICE else "bob",
+                "info": info.hex(),
+                "nonce": nonce.hex(),
+                "sealed": HPKE.seal(recipient.public_key, nonce, info).hex(),
+            }
+        )
+    s_adv, s_client, s_peer = (bytes.fromhex(s["sealed"]) for s in sealed)
+
+    v4a = Address("203.0.113.10", 40001)
+    v4b = Address("198.51.100.20", 50002)
+    v6b = Address("2001:db8::20", 50002)
+    msgs: list[tuple[str, Message]] = [
+        ("Advertise", Advertise(1, a, b)),
+        ("Advertise with IPv4 local address", Advertise(1, a, b, Address("192.168.1.10", 40001))),
+        ("AdvertiseChallenge", AdvertiseChallenge(s_adv)),
+        ("AdvertiseResponse", AdvertiseResponse(NONCE_ADV)),
+        ("AdvertiseAbort", AdvertiseAbort(Reason.SELF_PAIRING, "our_key equals their_key")),
+        ("AdvertiseAbort with unknown code", AdvertiseAbort(1000, "géén reden")),
+        ("AdvertiseRetry", AdvertiseRetry(Reason.BUSY, "")),
+        ("PeerDisconnect", PeerDisconnect(v6b, v4a, Address("10.0.0.5", 40001))),
+        ("PeerDisconnect without local address", PeerDisconnect(v4b, v4a)),
+        ("PeerIdentification", PeerIdentification(1, v4b)),
+        (
+            "PeerIdentification with IPv6 local address",
+            PeerIdentification(1, v6b, Address("fd00::20", 50002)),
+        ),
+        ("PeerChallenge", PeerChallenge(s_client)),
+        ("PeerChallengeResponse", PeerChallengeResponse(s_peer, NONCE_CLIENT)),
+        ("PeerResponse", PeerResponse(NONCE_PEER)),
+        ("PeerAcknowledgement", PeerAcknowledgement()),
+    ]
+    frames = [
+        {
+            "name": name,
+            "message": type(msg).__name__,
+            "type": int(msg.TYPE),
+            "fields": fields_json(msg),
+            "hex": encode(msg).hex(),
+        }
+        for name, msg in msgs
+    ]
+    ack = encode(PeerAcknowledgement()).hex()
+    resp = encode(PeerResponse(NONCE_PEER)).hex()
+
+    def bad(name: str, hex_: str, error: str, reason: str) -> dict[str, str]:
+        return {"name": name, "hex": hex_, "error": error, "reason_contains": reason}
+
+    invalid = [
+        bad("bad magic", "5033010a0000", "ProtocolError", "magic"),
+        bad("version 2 header", "5032020a0000", "UnsupportedVersion", "version 2"),
+        bad("unknown type 11", "5032010b0000", "ProtocolError", "unknown message type"),
+        bad("length above 4096", "503201031001", "ProtocolError", "exceeds"),
+        bad("truncated payload", resp[:-2], "ProtocolError", "truncated"),
+        bad("trailing byte after frame", ack + "00", "ProtocolError", "trailing"),
+        bad("trailing byte in payload", "503201090021" + "00" * 33, "ProtocolError", "trailing"),
+        bad("port 0", "503201060009" + "01" + "04c63364140000" + "00", "ProtocolError", "port 0"),
+        bad(
+            "address family 5",
+            "503201060009" + "01" + "05c6336414c352" + "00",
+            "ProtocolError",
+            "family",
+        ),
+        bad("non-UTF-8 reason", "503201030006" + "00000002fffe", "ProtocolError", "UTF-8"),
+        bad(
+            "reason text of 1025 bytes",
+            "503201040405" + "00050401" + "61" * 1025,
+            "ProtocolError",
+            "exceeds",
+        ),
+        bad(
+            "payload too short for keys",
+            "503201000041" + "01" + "11" * 64,
+            "ProtocolError",
+            "truncated",
+        ),
+    ]
+    doc = {
+        "description": "p2psc protocol version 1 test vectors; see spec/protocol.md section 9",
+        "protocol_version": 1,
+        "keys": {
+            "alice": {"private": ALICE.to_private_raw().hex(), "public": a.hex()},
+            "bob": {"private": BOB.to_private_raw().hex(), "public": b.hex()},
+        },
+        "sealed_nonces": sealed,
+        "frames": frames,
+        "invalid_frames": invalid,
+    }
+    json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "spec" / "protocol.md"
+VECTORS = ROOT / "tests" / "vectors" / "frames.json"
+SECTION = "## 9. Test vectors"
+
+
+def _wrap(hex_: str, indent: str = "") -> str:
+    return ("\n" + indent).join(textwrap.wrap(hex_, 64))
+
+
+def render_section(doc: dict[str, Any]) -> str:
+    """Section 9 of spec/protocol.md (Markdown) from the vectors document."""
+    out = [SECTION, "", "Fixed keys (test only, never use them for anything else):", ""]
+    out += ["| name | private key (raw) | public key (raw) |", "|---|---|---|"]
+    out += [f"| {n} | `{k['private']}` | `{k['public']}` |" for n, k in doc["keys"].items()]
+    out += [
+        "",
+        "The sealed nonces below were produced once with the suite of section 6.2 and are "
+        "stored, since\nsealing is randomised: an implementation checks them by **opening** "
+        "them with the private key\nand the info shown, which must give the nonce.",
+        "",
+    ]
+    for v in doc["sealed_nonces"]:
+        pad = " " * 9
+        out += [
+            f"**{v['message']}** (sealed to {v['recipient']}, other = {v['other']}):",
+            "",
+            "```",
+            f"info   = {_wrap(v['info'], pad)}",
+            f"nonce  = {v['nonce']}",
+            f"sealed = {_wrap(v['sealed'], pad)}",
+            "```",
+            "",
+        ]
+    names = {k["public"]: f"{n}'s public key" for n, k in doc["keys"].items()}
+    names.update(
+        {x["sealed"]: f"the {x['message']} sealed nonce above" for x in doc["sealed_nonces"]}
+    )
+    names.update({x["nonce"]: f"the {x['message']} nonce above" for x in doc["sealed_nonces"]})
+
+    def show(value: Any) -> str:
+        if isinstance(value, str) and value in names:
+            return names[value]
+        return "`" + json.dumps(value, ensure_ascii=False) + "`"
+
+    out += ["One valid frame per message type (and a few variants), as hex:", ""]
+    for v in doc["frames"]:
+        fields = ", ".join(f"{k} = {show(x)}" for k, x in v["fields"].items()) or "no fields"
+        size = len(v["hex"]) // 2
+        out += [f"**{v['name']}** (type {v['type']}, {size} bytes): {fields}", ""]
+        out += ["```", _wrap(v["hex"]), "```", ""]
+    out += [
+        "Invalid frames; each MUST be rejected (the error column names our exception class;",
+        "UnsupportedVersion is a kind of ProtocolError):",
+        "",
+        "| case | frame (hex) | error |",
+        "|---|---|---|",
+    ]
+    for v in doc["invalid_frames"]:
+        h = v["hex"]
+        shown = (
+            f"`{h}`" if len(h) <= 160 else f"`{h[:40]}` ... ({len(h) // 2} bytes, see frames.json)"
+        )
+        out.append(f"| {v['name']} | {shown} | {v['error']} |")
+    return "\n".join(out) + "\n"
+
+
+def update_spec() -> int:
+    """Replace section 9 (the last section) of spec/protocol.md with the rendered vectors."""
+    text = SPEC.read_text(encoding="utf-8")
+    head = text.split(SECTION, 1)[0]
+    doc = json.loads(VECTORS.read_text(encoding="utf-8"))
+    SPEC.write_text(head + render_section(doc), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(update_spec() if "--update-spec" in sys.argv else main())
