@@ -378,3 +378,41 @@ def test_cli_no_legacy_flag(flags: list[str]) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("legacy_first", [True, False])
+def test_cross_protocol_pairing_is_refused_explicitly(
+    rsa_keys: list[RsaKeypair], legacy_first: bool
+) -> None:
+    """Even a v1 peer that could answer for a legacy registry key (possible here only because
+    the v1 crypto is symbolic) is never paired with a legacy peer: both sides are failed."""
+    from mediator_helpers import SymbolicCrypto
+
+    core = LegacyAwareMediatorCore(crypto=SymbolicCrypto())
+    a, b = rsa_keys[0], rsa_keys[1]
+    ours, theirs = legacy_registry_key(b.public_key), legacy_registry_key(a.public_key)
+
+    def v1(conn: int) -> list[Action]:
+        core.handle(Opened(conn, ("127.0.0.1", 50000)), 1.0)
+        out = core.handle(Received(conn, wire.Advertise(1, ours, theirs).encode()), 1.0)
+        [challenge] = [wire.decode(x.data) for x in out if isinstance(x, Send)]
+        assert isinstance(challenge, wire.AdvertiseChallenge)
+        answer = wire.AdvertiseResponse(challenge.encrypted_nonce[:32]).encode()
+        return core.handle(Received(conn, answer), 1.0)
+
+    if legacy_first:
+        register(core, 1, a, b, 1.0)
+        actions = v1(2)
+    else:
+        v1(2)
+        actions = register(core, 1, a, b, 1.0)
+    assert not any(
+        isinstance(x, Send) and x.data[3:4] in (b"\x05", b"\x06") for x in actions
+    )  # no v1 PeerDisconnect / PeerIdentification
+    assert not any(
+        isinstance(m, (codec.PeerDisconnect, codec.PeerIdentification))
+        for m in legacy_sends(actions, 1)
+    )
+    closed = {x.conn for x in actions if isinstance(x, Close)}
+    assert closed == {1, 2}
+    assert core.sessions == 0 and core.waiting == 0
