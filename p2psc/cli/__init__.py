@@ -22,6 +22,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "p2psc.cli.keygen",
     "p2psc.cli.mediator",
     "p2psc.legacy.cli",
+    "p2psc.cli.explore",
 )
 """Subcommand modules, in the order ``--help`` lists them."""
 

@@ -1,0 +1,194 @@
+"""Deliberately broken variants of the cores: the explorer must catch every one of them.
+
+Why: a model checker that never fails proves nothing. Each mutant breaks exactly one property
+of ``spec/properties.md`` with a small, plausible bug (the kind a refactor introduces); the tests
+assert that the real cores pass and that every mutant yields a counterexample. Mutants subclass
+the real cores and override one private hook, so they track the real code.
+
+Negotiator (property N1 agreement, N2 no deadlock):
+
+- ``tie-local``: on a priority tie each side prefers its *own* protocol (instead of the lower
+  id): both wait for an ACCEPT/REJECT that never comes (N2).
+- ``tie-yield``: on a priority tie each side yields to the *peer's* protocol: both answer and
+  each runs a different protocol (N1).
+
+Mediator (properties M1..M4):
+
+- ``no-mutual``: the registry pairs a newcomer with whoever registered under the wanted key,
+  without checking that it wants the newcomer back (M1).
+- ``identify-early``: PeerIdentification goes to the Client together with PeerDisconnect,
+  before the Peer confirmed (M2).
+- ``forget-client``: on the Peer's confirmation the mediator closes the Peer's session but
+  never introduces nor releases the Client, which is left waiting (M3).
+- ``leaky-registry``: closing a waiting session leaves its registry entry behind (M4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from models.mediation_model import MediationModel
+from models.negotiator_model import NegotiatorPairModel
+from p2psc import wire
+from p2psc.core.io import Send, SetTimer
+from p2psc.core.mediator import MediatorConfig, MediatorCore
+from p2psc.core.negotiator import Negotiator
+from p2psc.core.registry import InMemoryRegistry, RegistryKey
+
+__all__ = [
+    "MEDIATION_MUTANTS",
+    "NEGOTIATOR_MUTANTS",
+    "mediation_mutant",
+    "negotiator_mutant",
+]
+
+
+# --- negotiator ---------------------------------------------------------------------------
+
+
+class TieLocalNegotiator(Negotiator):
+    """On equal priority, our own proposal wins (on both sides: each waits for the other)."""
+
+    __slots__ = ()
+
+    def _guard(self, name: str) -> bool:
+        if name == "our_protocol_wins":
+            ours = self.protocols.by_id[self._proposed]  # type: ignore[index]
+            theirs = self.protocols.by_id[self._byte]
+            if ours.priority == theirs.priority:
+                return True
+        return super()._guard(name)
+
+
+class TieYieldNegotiator(Negotiator):
+    """On equal priority, the peer's proposal wins (on both sides: each runs the other's)."""
+
+    __slots__ = ()
+
+    def _guard(self, name: str) -> bool:
+        if name == "our_protocol_wins":
+            ours = self.protocols.by_id[self._proposed]  # type: ignore[index]
+            theirs = self.protocols.by_id[self._byte]
+            if ours.priority == theirs.priority:
+                return False
+        return super()._guard(name)
+
+
+NEGOTIATOR_MUTANTS: dict[str, tuple[type[Negotiator], str]] = {
+    "tie-local": (TieLocalNegotiator, "N2"),
+    "tie-yield": (TieYieldNegotiator, "N1"),
+}
+"""Mutant name -> (negotiator class, the property it must break)."""
+
+
+def negotiator_mutant(
+    name: str, *, protocols: int = 2, rounds: int = 2, faults: bool = False
+) -> NegotiatorPairModel:
+    cls, _ = NEGOTIATOR_MUTANTS[name]
+    return NegotiatorPairModel(
+        protocols=protocols,
+        rounds=rounds,
+        faults=faults,
+        negotiator_class=cls,
+        name=f"negotiator[mutant {name}]",
+    )
+
+
+# --- mediator -----------------------------------------------------------------------------
+
+
+class _SloppyRegistry(InMemoryRegistry):
+    """Finds a partner by the wanted key alone, ignoring whom that partner wants."""
+
+    __slots__ = ()
+
+    def _any(self, key: bytes) -> RegistryKey | None:
+        for entry, _ in self.items():
+            if entry[0] == key:
+                return entry
+        return None
+
+    def lookup(self, our_key: bytes, their_key: bytes) -> int | None:
+        exact = super().lookup(our_key, their_key)
+        if exact is not None:
+            return exact
+        entry = self._any(our_key)
+        return None if entry is None else super().lookup(*entry)
+
+    def claim(self, our_key: bytes, their_key: bytes) -> int | None:
+        entry = self._any(their_key)
+        if entry is None:
+            return None
+        handle = super().lookup(*entry)
+        self.unregister(entry[0], entry[1], handle if handle is not None else -1)
+        return handle
+
+
+class _LeakyRegistry(InMemoryRegistry):
+    """Never forgets an entry when its session goes away."""
+
+    __slots__ = ()
+
+    def unregister(self, our_key: bytes, their_key: bytes, handle: int) -> bool:
+        return False
+
+
+class NoMutualMediator(MediatorCore):
+    def __init__(self, config: MediatorConfig | None = None, **kwargs: object) -> None:
+        super().__init__(config, registry=_SloppyRegistry(), **kwargs)  # type: ignore[arg-type]
+
+
+class LeakyMediator(MediatorCore):
+    def __init__(self, config: MediatorConfig | None = None, **kwargs: object) -> None:
+        super().__init__(config, registry=_LeakyRegistry(), **kwargs)  # type: ignore[arg-type]
+
+
+class IdentifyEarlyMediator(MediatorCore):
+    """Sends PeerIdentification to the Client in the same step as PeerDisconnect."""
+
+    def _pair(self, conn, session, transition, now, out):  # type: ignore[no-untyped-def]
+        super()._pair(conn, session, transition, now, out)
+        if session.partner is not None:
+            early = wire.PeerIdentification(
+                version=wire.PROTOCOL_VERSION,
+                peer=wire.Address.from_tuple(session.remote),
+                peer_local=session.local,
+            )
+            out.append(Send(session.partner, early.encode()))
+
+
+class ForgetClientMediator(MediatorCore):
+    """On the Peer's confirmation: closes the Peer's session, forgets to answer the Client."""
+
+    def _confirmed(self, conn, session, now, out):  # type: ignore[no-untyped-def]
+        client_conn = session.partner
+        self._close(conn, session, out, "eof: confirmed")
+        if client_conn is not None:
+            client = self._sessions.get(client_conn)
+            if client is not None:
+                client.deadline = None
+                out.append(SetTimer(client_conn, None))
+
+
+MEDIATION_MUTANTS: dict[str, tuple[type[MediatorCore], str]] = {
+    "no-mutual": (NoMutualMediator, "M1"),
+    "identify-early": (IdentifyEarlyMediator, "M2"),
+    "forget-client": (ForgetClientMediator, "M3"),
+    "leaky-registry": (LeakyMediator, "M4"),
+}
+"""Mutant name -> (mediator class, the property it must break)."""
+
+
+def mediation_mutant(name: str, *, faults: bool = False, third: bool = True) -> MediationModel:
+    cls, _ = MEDIATION_MUTANTS[name]
+    return MediationModel(
+        third=third, faults=faults, mediator_class=cls, name=f"mediation[mutant {name}]"
+    )
+
+
+def all_mutants() -> Iterator[tuple[str, str, str]]:
+    """(model, mutant, property) for every mutant."""
+    for name, (_, prop) in NEGOTIATOR_MUTANTS.items():
+        yield "negotiator", name, prop
+    for name, (_, prop) in MEDIATION_MUTANTS.items():
+        yield "mediation", name, prop

@@ -1,0 +1,349 @@
+"""A modelled TCP network for sans-IO cores that speak :mod:`p2psc.core.io`.
+
+Why a model of the network rather than of the cores: the cores are the real ones, rebuilt from
+their snapshots; only the network, the clock and the faults are modelled, as plain tuples, so
+that a global state is cheap to hash and to copy.
+
+A global state is :class:`Net` = (actor snapshots, links, timers, clock, faults left, extra):
+
+- a *link* is one TCP connection between two actors' connection ids, with a FIFO of items in
+  flight each way: ``OPEN`` (delivered as :class:`Opened`), ``bytes`` (:class:`Received`),
+  ``EOF`` (a clean :class:`Closed`) and ``RESET`` (``Closed`` with an error);
+- a *timer* is ``(actor, conn, deadline)`` from :class:`SetTimer`;
+- the *clock* only moves when a timer fires (to that timer's deadline): every other event is
+  handled at the current clock, so a core's stale-timer checks see a monotonic clock.
+
+Choices from a state: deliver the head item of any link direction, fire a timer (only when
+the network is quiet and only the earliest ones, unless faults are enabled: then any timer,
+any time, which models arbitrary delays), drop a live link (faults: while the budget lasts),
+and whatever application steps the model offers. Each actor step is memoised on
+``(actor, snapshot, event, now)``: cores are deterministic, so the same local step is computed
+once however many global states share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from models.explorer import Coverage, Step
+from p2psc.core.io import (
+    Action,
+    Close,
+    Closed,
+    Connect,
+    Event,
+    Listen,
+    Opened,
+    Received,
+    Send,
+    SetTimer,
+    TimerFired,
+)
+from p2psc.machines.compiler import MachineTable, Transition
+
+__all__ = [
+    "EOF",
+    "OPEN",
+    "RESET",
+    "Link",
+    "Net",
+    "Network",
+    "recording",
+]
+
+OPEN = "open"
+EOF = "eof"
+RESET = "reset"
+Item = bytes | str
+
+
+class Link(NamedTuple):
+    """One TCP connection: actor ``x`` names it ``xc``, actor ``y`` names it ``yc``."""
+
+    x: int
+    xc: int
+    y: int
+    yc: int
+    to_y: tuple[Item, ...]
+    to_x: tuple[Item, ...]
+    x_open: bool
+    y_open: bool
+    dead: bool
+
+
+class Net(NamedTuple):
+    """The global state (hashable)."""
+
+    snaps: tuple[Hashable, ...]
+    links: tuple[Link, ...]
+    timers: tuple[tuple[int, int, float], ...]
+    clock: float
+    faults: int
+    extra: Hashable
+
+
+StepFn = Callable[[Hashable, Event, float], tuple[Hashable, tuple[Action, ...]]]
+"""Pure step of one actor: (snapshot, event, now) -> (snapshot', actions)."""
+
+
+class _RecordingTable:
+    """Wraps a :class:`MachineTable` and records every transition its ``step`` returns."""
+
+    def __init__(self, table: MachineTable, coverage: Coverage) -> None:
+        self._table = table
+        self._taken = coverage.taken[table.name]
+
+    def step(self, state: str, event: str, oracle: Any = None) -> Transition:
+        transition = self._table.step(state, event, oracle)
+        self._taken.add(transition.index)
+        return transition
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
+@contextmanager
+def recording(
+    patches: tuple[tuple[ModuleType, str], ...], coverage: Coverage | None
+) -> Iterator[None]:
+    """While active, module attribute ``TABLE``-like tables record the transitions taken.
+
+    Why: the cores step module-level compiled tables and do not report which transition they
+    took; swapping the table for a recording proxy during a (memo-missing) core step is exact
+    and costs nothing on the hot path. Single-threaded by design; always restored.
+    """
+    if coverage is None or not patches:
+        yield
+        return
+    saved = [(module, name, getattr(module, name)) for module, name in patches]
+    try:
+        for module, name, table in saved:
+            setattr(module, name, _RecordingTable(table, coverage))
+        yield
+    finally:
+        for module, name, table in saved:
+            setattr(module, name, table)
+
+
+def _key(link: Link) -> tuple[int, int, int, int]:
+    return (link.x, link.xc, link.y, link.yc)
+
+
+def _append(channel: tuple[Item, ...], item: Item) -> tuple[Item, ...]:
+    return (*channel, item)
+
+
+class Network:
+    """Mechanics shared by the io-speaking models: applying actions and enumerating steps.
+
+    Subclasses (models) provide: ``names`` (actor names), ``step_fns`` (one pure step per
+    actor), ``address_of(actor, conn, state)`` (the observed remote address an accepting actor
+    sees), ``resolve(actor, connect, state)`` (which actor/conn a Connect reaches, or None),
+    ``on_actions(...)`` (model bookkeeping: outcomes, property flags) and ``app_steps``.
+    """
+
+    names: tuple[str, ...] = ()
+
+    def __init__(self, *, faults: int = 0, coverage: Coverage | None = None) -> None:
+        self.fault_budget = faults
+        self._coverage = coverage
+        self._patches: tuple[tuple[ModuleType, str], ...] = ()
+        self._memo: dict[tuple[int, Hashable, Event, float], tuple[Hashable, tuple[Action, ...]]]
+        self._memo = {}
+        self._labels: dict[bytes, str] = {}
+
+    # --- hooks for models -------------------------------------------------------------------
+
+    def step_fn(self, actor: int) -> StepFn:
+        raise NotImplementedError
+
+    def address_of(self, actor: int) -> tuple[str, int]:
+        """The address other actors observe for ``actor``'s outgoing connections."""
+        raise NotImplementedError
+
+    def resolve(self, actor: int, action: Connect, state: Net) -> tuple[int, int] | None:
+        """(target actor, its conn id) reached by ``action``, or None if refused."""
+        raise NotImplementedError
+
+    def on_actions(
+        self, state: Net, actor: int, actions: tuple[Action, ...], extra: Hashable
+    ) -> Hashable:
+        """Model bookkeeping for the actions an actor emitted; returns the new ``extra``."""
+        return extra
+
+    def app_steps(self, state: Net) -> list[tuple[Step, Net]]:
+        return []
+
+    def label(self, data: bytes) -> str:
+        """Human name of a byte string in flight (models decode their messages here)."""
+        return f"{len(data)} bytes"
+
+    # --- the memoised actor step ------------------------------------------------------------
+
+    def run(
+        self, actor: int, snap: Hashable, event: Event, now: float
+    ) -> tuple[Hashable, tuple[Action, ...]]:
+        key = (actor, snap, event, now)
+        hit = self._memo.get(key)
+        if hit is None:
+            with recording(self._patches, self._coverage):
+                hit = self.step_fn(actor)(snap, event, now)
+            self._memo[key] = hit
+        return hit
+
+    # --- applying actions -------------------------------------------------------------------
+
+    def apply(self, state: Net, actor: int, snap: Hashable, actions: tuple[Action, ...]) -> Net:
+        """The state after ``actor`` moved to ``snap`` and emitted ``actions``."""
+        snaps = list(state.snaps)
+        snaps[actor] = snap
+        links = list(state.links)
+        timers = dict(((a, c), d) for a, c, d in state.timers)
+        extra = self.on_actions(state, actor, actions, state.extra)
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                assert isinstance(action, Send)
+                self._send(links, actor, action.conn, action.data)
+            elif kind is Close:
+                assert isinstance(action, Close)
+                self._close(links, actor, action.conn, EOF)
+                timers.pop((actor, action.conn), None)
+            elif kind is SetTimer:
+                assert isinstance(action, SetTimer)
+                if action.deadline is None:
+                    timers.pop((actor, action.conn), None)
+                else:
+                    timers[(actor, action.conn)] = action.deadline
+            elif kind is Connect:
+                assert isinstance(action, Connect)
+                target = self.resolve(actor, action, state)
+                if target is None:
+                    links.append(Link(actor, action.conn, -1, -1, (), (RESET,), True, False, True))
+                else:
+                    y, yc = target
+                    links.append(
+                        Link(actor, action.conn, y, yc, (OPEN,), (OPEN,), True, True, False)
+                    )
+            elif kind is Listen:
+                pass  # listeners are model bookkeeping (see on_actions)
+        return Net(
+            tuple(snaps),
+            tuple(sorted((k for k in links if k.x_open or k.y_open or k.to_x or k.to_y), key=_key)),
+            tuple(sorted((a, c, d) for (a, c), d in timers.items())),
+            state.clock,
+            state.faults,
+            extra,
+        )
+
+    @staticmethod
+    def _find(links: list[Link], actor: int, conn: int) -> int:
+        for i, link in enumerate(links):
+            if (link.x == actor and link.xc == conn and link.x_open) or (
+                link.y == actor and link.yc == conn and link.y_open
+            ):
+                return i
+        return -1
+
+    def _send(self, links: list[Link], actor: int, conn: int, data: bytes) -> None:
+        i = self._find(links, actor, conn)
+        if i < 0:
+            return
+        link = links[i]
+        if link.dead:
+            return
+        if link.x == actor and link.xc == conn:
+            if link.y_open:
+                links[i] = link._replace(to_y=_append(link.to_y, data))
+        elif link.x_open:
+            links[i] = link._replace(to_x=_append(link.to_x, data))
+
+    def _close(self, links: list[Link], actor: int, conn: int, item: str) -> None:
+        """``actor`` closes its end: it reads nothing more; the other end gets ``item``."""
+        i = self._find(links, actor, conn)
+        if i < 0:
+            return
+        link = links[i]
+        if link.x == actor and link.xc == conn:
+            to_y = link.to_y if link.dead or not link.y_open else _append(link.to_y, item)
+            links[i] = link._replace(x_open=False, to_x=(), to_y=to_y)
+        else:
+            to_x = link.to_x if link.dead or not link.x_open else _append(link.to_x, item)
+            links[i] = link._replace(y_open=False, to_y=(), to_x=to_x)
+
+    # --- enumerating steps ------------------------------------------------------------------
+
+    def successors(self, state: Net) -> list[tuple[Step, Net]]:
+        out: list[tuple[Step, Net]] = []
+        names = self.names
+        quiet = True
+        for i, link in enumerate(state.links):
+            for direction in (0, 1):
+                channel = link.to_y if direction == 0 else link.to_x
+                if not channel:
+                    continue
+                quiet = False
+                if direction == 0:
+                    receiver, conn, sender = link.y, link.yc, link.x
+                else:
+                    receiver, conn, sender = link.x, link.xc, link.y
+                item = channel[0]
+                rest = channel[1:]
+                popped = link._replace(to_y=rest) if direction == 0 else link._replace(to_x=rest)
+                if item == RESET:  # the socket is dead at the receiver's end
+                    popped = (
+                        popped._replace(y_open=False, to_y=())
+                        if direction == 0
+                        else popped._replace(x_open=False, to_x=())
+                    )
+                links = list(state.links)
+                links[i] = popped
+                base = state._replace(links=tuple(links))
+                event: Event
+                if item == OPEN:
+                    local = self.address_of(receiver)
+                    event, text = Opened(conn, self.address_of(sender), local), "connected"
+                elif item == EOF:
+                    event, text = Closed(conn, None), "EOF"
+                elif item == RESET:
+                    event, text = Closed(conn, "connection reset"), "RESET"
+                else:
+                    assert isinstance(item, bytes)
+                    event, text = Received(conn, item), self.label(item)
+                snap, actions = self.run(receiver, state.snaps[receiver], event, state.clock)
+                nxt = self.apply(base, receiver, snap, actions)
+                source = names[sender] if sender >= 0 else "network"
+                out.append((Step("deliver", names[receiver], text, source), nxt))
+        out.extend(self.app_steps(state))
+        if state.timers:
+            if self.fault_budget:
+                firing = state.timers
+            elif quiet:
+                first = min(d for _, _, d in state.timers)
+                firing = tuple(t for t in state.timers if t[2] == first)
+            else:
+                firing = ()
+            for actor, conn, deadline in firing:
+                now = max(state.clock, deadline)
+                timers = tuple(t for t in state.timers if t != (actor, conn, deadline))
+                base = state._replace(timers=timers, clock=now)
+                snap, actions = self.run(actor, state.snaps[actor], TimerFired(conn), now)
+                nxt = self.apply(base, actor, snap, actions)
+                out.append((Step("timer", names[actor], f"conn {conn} at t={now:g}"), nxt))
+        if state.faults > 0:
+            for i, link in enumerate(state.links):
+                if link.dead or link.y < 0 or not (link.x_open or link.y_open):
+                    continue
+                dropped = link._replace(
+                    dead=True,
+                    to_y=(RESET,) if link.y_open else (),
+                    to_x=(RESET,) if link.x_open else (),
+                )
+                links = list(state.links)
+                links[i] = dropped
+                nxt = state._replace(links=tuple(links), faults=state.faults - 1)
+                out.append((Step("drop", names[link.x], "reset", names[link.y]), nxt))
+        return out

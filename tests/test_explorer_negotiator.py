@@ -1,0 +1,85 @@
+"""The negotiator pair model over the real Negotiator core, and its mutants.
+
+Fast tests use small configurations; the full three-protocol runs are marked slow (CI runs
+them; each takes seconds).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from models.explorer import explore, format_report, mermaid_trace
+from models.mutants import NEGOTIATOR_MUTANTS, negotiator_mutant
+from models.negotiator_model import NegotiatorPairModel, configurations
+
+
+def _taken(model: NegotiatorPairModel) -> set[str]:
+    coverage = model.coverage()
+    assert coverage is not None
+    table = coverage.tables["NegotiatorMachine"]
+    return {str(t) for t in table.transitions if t.index in coverage.taken["NegotiatorMachine"]}
+
+
+def test_configurations_cover_ties_policies_and_sets() -> None:
+    configs = configurations(2)
+    # Every shared set of 0..2 protocols, with every priority (3) and policy (2) per member.
+    assert len(configs) == 1 + 2 * 6 + 36
+    assert any(known[0] == {0, 1} and prio[0] == prio[1] for prio, _, known in configs)
+    assert any(known[0] == {0, 1} and prio[0] != prio[1] for prio, _, known in configs)
+    assert all(a == b for _, _, (a, b) in configs)
+    mixed = configurations(2, mixed_sets=True)
+    assert any(a != b for _, _, (a, b) in mixed)
+
+
+@pytest.mark.parametrize("protocols", [1, 2])
+def test_real_negotiator_always_agrees_and_never_deadlocks(protocols: int) -> None:
+    model = NegotiatorPairModel(protocols=protocols, rounds=2)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    assert result.states > len(model.config_specs)
+    assert result.terminals > 0 and not result.bounded
+    taken = _taken(model)
+    # The interesting decisions were really exercised, not just keepalives.
+    assert any("same_protocol" in t and "ProtocolNegotiated" in t for t in taken)
+    if protocols == 2:
+        assert any("our_protocol_wins" in t for t in taken)
+        assert any(t.startswith("WaitForAcceptReject") and "Sleep" in t for t in taken)
+
+
+def test_dropped_connection_never_deadlocks() -> None:
+    model = NegotiatorPairModel(protocols=2, rounds=2, faults=True)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    assert any("Failed" in t for t in _taken(model))
+
+
+@pytest.mark.parametrize("name", sorted(NEGOTIATOR_MUTANTS))
+def test_every_negotiator_mutant_is_caught_with_a_shortest_trace(name: str) -> None:
+    model = negotiator_mutant(name, protocols=2)
+    result = explore(model)
+    violation = result.violation
+    assert violation is not None, f"mutant {name} survived"
+    prop = NEGOTIATOR_MUTANTS[name][1]
+    assert violation.message.startswith(prop), violation.message
+    # Both sides start a round with different protocols of equal priority, and each byte is
+    # delivered: nothing shorter can show a tie-break bug.
+    assert len(violation.steps) == 4
+    diagram = mermaid_trace(violation, model.actors)
+    assert diagram.startswith("sequenceDiagram") and "A->>B: initiate" in diagram
+    assert "VIOLATION" in format_report(result, model.describe)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("faults", [False, True])
+def test_three_protocols_three_rounds_exhaustively(faults: bool) -> None:
+    model = NegotiatorPairModel(protocols=3, rounds=3, faults=faults)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    assert result.states > 100_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(NEGOTIATOR_MUTANTS))
+def test_mutants_are_caught_with_three_protocols(name: str) -> None:
+    result = explore(negotiator_mutant(name, protocols=3, rounds=3))
+    assert result.violation is not None
