@@ -39,7 +39,7 @@ from p2psc.core.peer import (
     PeerCore,
     peer_config,
 )
-from p2psc.errors import HandshakeTimeout
+from p2psc.errors import HandshakeTimeout, P2pscError
 from p2psc.keys import HPKE, Keypair, NonceCrypto, NonceSource, PublicKey
 
 __all__ = ["P2PConnection", "connect"]
@@ -160,6 +160,8 @@ async def connect_with(config: PeerConfig) -> P2PConnection:
     bound = config.timeout + OUTER_MARGIN
     try:
         return await asyncio.wait_for(driver.run(), bound)
+    except P2pscError:
+        raise  # HandshakeTimeout is a TimeoutError too: keep the core's reason
     except TimeoutError:
         raise HandshakeTimeout(f"connect did not finish within {bound:.1f} s") from None
     finally:

@@ -1,0 +1,378 @@
+"""End to end on loopback: the real Mediator (serve_mediator) and real peers (aio.connect).
+
+Every wait is bounded by ``asyncio.wait_for`` or by the short ``timeout`` given to connect().
+Misbehaving peers are scripted with raw sockets and the wire/keys modules, so each fault is
+exactly the one the test names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from p2psc import wire
+from p2psc.aio.connect import P2PConnection, connect
+from p2psc.aio.mediator import MediatorServer, serve_mediator
+from p2psc.core.mediator import MediatorConfig, MediatorNote
+from p2psc.errors import (
+    AdvertiseAborted,
+    ConnectError,
+    HandshakeTimeout,
+    IdentityCheckFailed,
+    MediatorUnreachable,
+    PeerUnreachable,
+)
+from p2psc.keys import HPKE, Keypair, PublicKey, nonce_info
+
+T = TypeVar("T")
+FAST = {"timeout": 8.0, "punch_timeout": 3.0, "step_timeout": 3.0}
+
+
+def aio(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test on a fresh event loop, bounded as a whole (no plugin needed)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60.0))
+
+    return run
+
+
+async def bounded(awaitable: Awaitable[T], seconds: float = 15.0) -> T:
+    return await asyncio.wait_for(awaitable, seconds)
+
+
+class Notes:
+    """Collects MediatorNotes; lets a test wait until a key has registered."""
+
+    def __init__(self) -> None:
+        self.notes: list[MediatorNote] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, note: MediatorNote) -> None:
+        self.notes.append(note)
+        self.changed.set()
+
+    async def registered(self, key: PublicKey, count: int = 1) -> None:
+        async def wait() -> None:
+            while sum(n.kind == "registered" and n.our_key == key.raw for n in self.notes) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await bounded(wait(), 10.0)
+
+
+@contextlib.asynccontextmanager
+async def mediator(**config: Any) -> AsyncIterator[tuple[MediatorServer, Notes]]:
+    notes = Notes()
+    cfg = MediatorConfig(**config) if config else None
+    async with serve_mediator("127.0.0.1", 0, config=cfg, observer=notes) as server:
+        yield server, notes
+
+
+async def exchange(a: P2PConnection, b: P2PConnection, size: int = 1000) -> None:
+    """Both directions at once, with payloads large enough to span several reads."""
+    one, two = bytes(range(256)) * (size // 256 + 1), b"\xab" * size
+    a.writer.write(one)
+    b.writer.write(two)
+    assert await bounded(b.reader.readexactly(len(one))) == one
+    assert await bounded(a.reader.readexactly(len(two))) == two
+
+
+async def close(*conns: P2PConnection) -> None:
+    for conn in conns:
+        conn.close()
+    for conn in conns:
+        await conn.wait_closed()
+
+
+@pytest.mark.parametrize("first", ["a", "b"])
+@aio
+async def test_pair_in_each_registration_order(first: str) -> None:
+    a, b = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, notes):
+        addr = ("127.0.0.1", server.port)
+        early, late = (a, b) if first == "a" else (b, a)
+        early_task = asyncio.create_task(connect(early, late.public_key, addr, **FAST))
+        await notes.registered(early.public_key)
+        late_conn = await bounded(connect(late, early.public_key, addr, **FAST))
+        early_conn = await bounded(early_task)
+        # the earlier registrant is the Client, the later the Peer
+        assert (early_conn.role, late_conn.role) == ("client", "peer")
+        assert early_conn.peer_key == late.public_key
+        assert late_conn.peer_key == early.public_key
+        assert early_conn.session_secret == late_conn.session_secret
+        assert len(early_conn.session_secret) == 32
+        assert early_conn.local == late_conn.remote and early_conn.remote == late_conn.local
+        await exchange(early_conn, late_conn)
+        await close(early_conn, late_conn)
+
+
+@aio
+async def test_data_written_right_after_the_handshake_is_not_lost() -> None:
+    a, b = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, notes):
+        addr = ("127.0.0.1", server.port)
+        ta = asyncio.create_task(connect(a, b.public_key, addr, **FAST))
+        await notes.registered(a.public_key)
+        peer = await bounded(connect(b, a.public_key, addr, **FAST))
+        peer.writer.write(b"first bytes from the peer")  # possibly before the Client returns
+        client = await bounded(ta)
+        assert await bounded(client.reader.readexactly(25)) == b"first bytes from the peer"
+        client.writer.write(b"x")
+        client.writer.write_eof()
+        assert await bounded(peer.reader.read()) == b"x"  # then EOF
+        await close(client, peer)
+
+
+@aio
+async def test_three_peers_only_two_want_each_other() -> None:
+    a, b, c = Keypair.generate(), Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, _notes):
+        addr = ("127.0.0.1", server.port)
+        lonely = asyncio.create_task(connect(c, a.public_key, addr, timeout=1.5))
+        ca, cb = await bounded(
+            asyncio.gather(
+                connect(a, b.public_key, addr, **FAST), connect(b, a.public_key, addr, **FAST)
+            )
+        )
+        assert {ca.role, cb.role} == {"client", "peer"}
+        assert ca.peer_key == b.public_key and cb.peer_key == a.public_key
+        await exchange(ca, cb)
+        with pytest.raises(HandshakeTimeout, match="did not register"):
+            await bounded(lonely)
+        await close(ca, cb)
+
+
+@aio
+async def test_many_pairs_at_once() -> None:
+    pairs = [(Keypair.generate(), Keypair.generate()) for _ in range(20)]
+    async with mediator() as (server, _notes):
+        addr = ("127.0.0.1", server.port)
+        tasks = []
+        for a, b in pairs:
+            tasks.append(connect(a, b.public_key, addr, **FAST))
+            tasks.append(connect(b, a.public_key, addr, **FAST))
+        conns = await bounded(asyncio.gather(*tasks), 30.0)
+        for i in range(0, len(conns), 2):
+            x, y = conns[i], conns[i + 1]
+            assert {x.role, y.role} == {"client", "peer"}
+            assert x.session_secret == y.session_secret
+            x.writer.write(b"%d" % i)
+            assert await bounded(y.reader.readexactly(len(b"%d" % i))) == b"%d" % i
+        secrets = {c.session_secret for c in conns}
+        assert len(secrets) == len(pairs)  # one distinct secret per pair
+        await close(*conns)
+
+
+class Impostor(Keypair):
+    """Claims someone else's public key while holding a different private key."""
+
+    def __init__(self, victim: PublicKey) -> None:
+        super().__init__(Keypair.generate().private_key)
+        self._victim = victim
+
+    @property  # type: ignore[override]
+    def public_key(self) -> PublicKey:
+        return self._victim
+
+    @public_key.setter
+    def public_key(self, value: PublicKey) -> None:
+        pass
+
+
+@aio
+async def test_advertising_a_key_we_do_not_own_fails() -> None:
+    a, b = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, _notes):
+        addr = ("127.0.0.1", server.port)
+        with pytest.raises((IdentityCheckFailed, AdvertiseAborted)):
+            await bounded(connect(Impostor(a.public_key), b.public_key, addr, **FAST))
+
+
+@aio
+async def test_mediator_rejects_a_wrong_answer_with_a_reason() -> None:
+    """A raw impostor that answers the challenge with a guess gets AdvertiseAbort."""
+    a, b = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, _notes):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(wire.Advertise(1, a.public_key.raw, b.public_key.raw).encode())
+        decoder = wire.FrameDecoder()
+        (challenge,) = decoder.feed(await bounded(reader.read(4096)))
+        assert isinstance(challenge, wire.AdvertiseChallenge)
+        writer.write(wire.AdvertiseResponse(bytes(32)).encode())
+        (abort,) = decoder.feed(await bounded(reader.read(4096)))
+        assert isinstance(abort, wire.AdvertiseAbort)
+        assert abort.code == wire.Reason.IDENTITY_CHECK_FAILED
+        writer.close()
+
+
+async def raw_register(
+    me: Keypair, them: PublicKey, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.FrameDecoder]:
+    """Register like a real peer would, by hand; returns the open Mediator connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(wire.Advertise(1, me.public_key.raw, them.raw).encode())
+    decoder = wire.FrameDecoder()
+    (challenge,) = decoder.feed(await bounded(reader.read(4096)))
+    assert isinstance(challenge, wire.AdvertiseChallenge)
+    info = nonce_info("AdvertiseChallenge", me.public_key.raw, them.raw)
+    nonce = HPKE.open(me, challenge.encrypted_nonce, info)
+    writer.write(wire.AdvertiseResponse(nonce).encode())
+    await writer.drain()
+    return reader, writer, decoder
+
+
+async def next_message(reader: asyncio.StreamReader, decoder: wire.FrameDecoder) -> wire.Message:
+    while True:
+        data = await bounded(reader.read(4096))
+        assert data, "mediator closed"
+        messages = decoder.feed(data)
+        if messages:
+            return messages[0]
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with RST (SO_LINGER 0): a crash, not a confirmation."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
+@aio
+async def test_peer_crashing_after_peer_disconnect() -> None:
+    """The Peer resets instead of listening: the Mediator aborts the Client (PEER_GONE)."""
+    client_key, peer_key = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, notes):
+        addr = ("127.0.0.1", server.port)
+        client = asyncio.create_task(connect(client_key, peer_key.public_key, addr, **FAST))
+        await notes.registered(client_key.public_key)
+        reader, writer, decoder = await raw_register(peer_key, client_key.public_key, server.port)
+        assert isinstance(await next_message(reader, decoder), wire.PeerDisconnect)
+        reset(writer)
+        with pytest.raises(AdvertiseAborted) as caught:
+            await bounded(client)
+        assert caught.value.code == wire.Reason.PEER_GONE
+
+
+@aio
+async def test_peer_vanishing_after_peer_disconnect() -> None:
+    """The Peer closes cleanly but never listens: the Client punches, then PeerUnreachable."""
+    client_key, peer_key = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, notes):
+        addr = ("127.0.0.1", server.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        client = asyncio.create_task(
+            connect(client_key, peer_key.public_key, addr, timeout=6.0, punch_timeout=1.0)
+        )
+        await notes.registered(client_key.public_key)
+        reader, writer, decoder = await raw_register(peer_key, client_key.public_key, server.port)
+        assert isinstance(await next_message(reader, decoder), wire.PeerDisconnect)
+        writer.close()
+        with pytest.raises(PeerUnreachable):
+            await bounded(client)
+        assert loop.time() - started < 6.0
+
+
+@aio
+async def test_client_that_never_connects() -> None:
+    """The Client learns the Peer's address and goes away: the Peer fails at its deadline."""
+    client_key, peer_key = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, notes):
+        addr = ("127.0.0.1", server.port)
+        reader, writer, decoder = await raw_register(client_key, peer_key.public_key, server.port)
+        await notes.registered(client_key.public_key)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        peer = asyncio.create_task(
+            connect(peer_key, client_key.public_key, addr, timeout=6.0, punch_timeout=1.0)
+        )
+        assert isinstance(await next_message(reader, decoder), wire.PeerIdentification)
+        writer.close()
+        with pytest.raises(PeerUnreachable, match="Client"):
+            await bounded(peer)
+        assert loop.time() - started < 6.0
+
+
+@aio
+async def test_a_stranger_on_the_peer_port_does_not_break_the_pairing() -> None:
+    """Someone connects to the Peer's listener and sends garbage before the real Client."""
+    client_key, peer_key = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, notes):
+        addr = ("127.0.0.1", server.port)
+        reader, writer, decoder = await raw_register(client_key, peer_key.public_key, server.port)
+        await notes.registered(client_key.public_key)
+        local_port = writer.get_extra_info("sockname")[1]
+        peer = asyncio.create_task(connect(peer_key, client_key.public_key, addr, **FAST))
+        ident = await next_message(reader, decoder)
+        assert isinstance(ident, wire.PeerIdentification)
+        writer.close()
+        # the stranger
+        _, junk = await asyncio.open_connection(*ident.peer.to_tuple())
+        junk.write(b"GET / HTTP/1.0\r\n\r\n")
+        await junk.drain()
+        # the real Client, by hand, from its Mediator-facing port, with the real handshake
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", local_port))
+        sock.setblocking(False)
+        await bounded(asyncio.get_running_loop().sock_connect(sock, ident.peer.to_tuple()))
+        r2, w2 = await asyncio.open_connection(sock=sock)
+        nonce = bytes(range(32))
+        info = nonce_info("PeerChallenge", peer_key.public_key.raw, client_key.public_key.raw)
+        w2.write(wire.PeerChallenge(HPKE.seal(peer_key.public_key, nonce, info)).encode())
+        dec = wire.FrameDecoder()
+        response = await next_message(r2, dec)
+        assert isinstance(response, wire.PeerChallengeResponse)
+        assert response.decrypted_nonce == nonce
+        theirs = HPKE.open(
+            client_key,
+            response.encrypted_nonce,
+            nonce_info("PeerChallengeResponse", client_key.public_key.raw, peer_key.public_key.raw),
+        )
+        w2.write(wire.PeerResponse(theirs).encode())
+        assert isinstance(await next_message(r2, dec), wire.PeerAcknowledgement)
+        conn = await bounded(peer)
+        assert conn.role == "peer" and conn.peer_key == client_key.public_key
+        conn.writer.write(b"ok")
+        assert await bounded(r2.readexactly(2)) == b"ok"
+        junk.close()
+        w2.close()
+        await close(conn)
+
+
+@aio
+async def test_mediator_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(MediatorUnreachable):
+        await bounded(
+            connect(Keypair.generate(), Keypair.generate().public_key, ("127.0.0.1", port))
+        )
+
+
+@aio
+async def test_overall_timeout_is_honoured() -> None:
+    async with mediator() as (server, _notes):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ConnectError):
+            await bounded(
+                connect(
+                    Keypair.generate(),
+                    Keypair.generate().public_key,
+                    f"127.0.0.1:{server.port}",
+                    timeout=0.5,
+                )
+            )
+        assert loop.time() - started < 2.0
