@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from nat.topology import missing_requirements
+from nat.topology import MEDIATOR_ADDR, Host, Topology, TopologyError, missing_requirements
+from p2psc.keys import Keypair
 
 MISSING = missing_requirements()
 needs_netns = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
@@ -32,3 +38,105 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(lines[-1])
     result["stderr"] = err[-2000:]
     return result
+
+
+MEDIATOR_PORT = 7777
+
+
+def start_mediator(
+    topo: Topology, port: int = MEDIATOR_PORT, *, ready_timeout: float = 15.0
+) -> subprocess.Popen[str]:
+    """Run ``p2psc mediator`` in the public namespace; return once it logged ``listening``.
+
+    Its stderr (JSON log lines) stays readable through ``proc.stderr`` for tests that wait for
+    a particular event; a mediator that does not come up in time is killed and reported.
+    """
+    argv = ["-m", "p2psc", "mediator", "--host", MEDIATOR_ADDR, "--port", str(port)]
+    logs = ["--log-format", "json", "--log-level", "debug", "--timeout", "5"]
+    proc = topo.public.popen(topo.public.python([*argv, *logs]))
+    line = wait_for_log(proc, "listening", ready_timeout)
+    if line is None:
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+        raise TopologyError(f"mediator did not start: {err[-2000:]}")
+    return proc
+
+
+def wait_for_log(proc: subprocess.Popen[str], event: str, timeout: float) -> dict[str, Any] | None:
+    """Read the mediator's JSON log lines until one has ``event``; None after ``timeout``."""
+    assert proc.stderr is not None
+    end = time.monotonic() + timeout
+    while (left := end - time.monotonic()) > 0:
+        ready, _, _ = select.select([proc.stderr], [], [], left)
+        if not ready:
+            return None
+        line = proc.stderr.readline()
+        if not line:
+            return None  # the mediator exited
+        with contextlib.suppress(ValueError):
+            entry: dict[str, Any] = json.loads(line)
+            if entry.get("event") == event:
+                return entry
+    return None
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Kill one process we started (by its handle) and reap it, bounded."""
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=5)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """What both sides of one p2psc pairing reported (parsed JSON of netns_peer.py p2psc)."""
+
+    client: dict[str, Any]
+    peer: dict[str, Any]
+    wall: float
+
+
+def p2psc_argv(
+    host: Host,
+    me: Keypair,
+    other: Keypair,
+    name: str,
+    start_at: float,
+    deadline: float,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """Command line of one p2psc endpoint inside ``host``'s namespace."""
+    return host.peer_script(
+        [
+            "p2psc",
+            "--private",
+            me.to_private_raw().hex(),
+            "--peer",
+            other.public_key.hex(),
+            "--mediator",
+            f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}",
+            "--name",
+            name,
+            "--start-at",
+            str(start_at),
+            "--deadline",
+            str(deadline),
+            *extra,
+        ]
+    )
+
+
+def pair(
+    a: Host, b: Host, *, deadline: float = 10.0, stagger: float = 0.3, extra: Sequence[str] = ()
+) -> Pairing:
+    """Pair ``a`` (registers first: the Client) with ``b`` (``stagger`` s later: the Peer)
+    through the mediator already running in the public namespace; both exchange a line."""
+    ka, kb = Keypair.generate(), Keypair.generate()
+    start = time.time() + 1.0  # both interpreters are up and imported by then
+    t0 = time.monotonic()
+    pa = a.popen(p2psc_argv(a, ka, kb, "client-side", start, deadline, extra))
+    pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", start + stagger, deadline, extra))
+    ra = finish(pa, deadline + 20)
+    rb = finish(pb, deadline + 20)
+    return Pairing(ra, rb, time.monotonic() - t0 - 1.0)

@@ -121,16 +121,23 @@ def cmd_simopen(args: argparse.Namespace) -> None:
 
 
 async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
-    from p2psc.aio import connect  # type: ignore[attr-defined]
+    from p2psc.aio.connect import connect
     from p2psc.errors import P2pscError
-    from p2psc.keys import Keypair, PublicKey
-    from p2psc.wire import Address
+    from p2psc.keys import Keypair
 
     keypair = Keypair.from_private_raw(bytes.fromhex(args.private))
-    peer = PublicKey.from_raw(bytes.fromhex(args.peer))
     t0 = time.monotonic()
     try:
-        conn = await connect(keypair, peer, Address.parse(args.mediator), timeout=args.deadline)
+        conn = await connect(
+            keypair,
+            args.peer,
+            args.mediator,
+            timeout=args.deadline,
+            punch_timeout=args.punch_timeout,
+            punch_interval=args.punch_interval,
+            punch_attempt_timeout=args.punch_attempt_timeout,
+            send_local=not args.no_local,
+        )
     except P2pscError as exc:
         return {
             "ok": False,
@@ -139,21 +146,20 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
             "elapsed": time.monotonic() - t0,
         }
     established = time.monotonic() - t0
-    reader, writer = conn.reader, conn.writer
     try:
-        writer.write(args.name.encode() + b"\n")
-        await writer.drain()
-        other = await asyncio.wait_for(reader.readline(), 5.0)
+        conn.writer.write(args.name.encode() + b"\n")
+        await conn.writer.drain()
+        other = await asyncio.wait_for(conn.reader.readline(), 5.0)
     finally:
-        writer.close()
-    sock = writer.get_extra_info("sockname")
-    peername = writer.get_extra_info("peername")
+        conn.close()
+        await conn.wait_closed()
     return {
         "ok": True,
         "elapsed": established,
+        "role": conn.role,
         "other": other.decode(errors="replace").strip(),
-        "local": f"{sock[0]}:{sock[1]}" if sock else None,
-        "remote": f"{peername[0]}:{peername[1]}" if peername else None,
+        "local": "{}:{}".format(*conn.local),
+        "remote": "{}:{}".format(*conn.remote),
     }
 
 
@@ -197,6 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--start-at", type=float, default=0.0)
     p.add_argument("--deadline", type=float, default=10.0)
+    p.add_argument("--punch-timeout", type=float, default=5.0)
+    p.add_argument("--punch-interval", type=float, default=0.05)
+    p.add_argument("--punch-attempt-timeout", type=float, default=2.0)
+    p.add_argument("--no-local", action="store_true", help="keep our local address private")
     args = parser.parse_args(argv)
     {"observe": cmd_observe, "dial": cmd_dial, "simopen": cmd_simopen, "p2psc": cmd_p2psc}[
         args.cmd

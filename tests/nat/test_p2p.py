@@ -1,0 +1,178 @@
+"""Real p2psc peers paired by a real mediator across real (nftables) NATs (issue 7).
+
+Every test builds its own topology (tests/nat/topology.py), runs ``p2psc mediator`` in the
+public namespace and two ``p2psc.aio.connect`` callers (tests/nat/netns_peer.py) in host
+namespaces; ``a`` registers first (the Client), ``b`` 0.3 s later (the Peer). On success both
+sides exchange a line over the returned connection, so data went both ways on one socket.
+
+What is deterministic here and what is not:
+- port-preserving NATs that DROP unsolicited SYNs, one NAT, no NAT, the same NAT: a direct
+  connection always forms (asserted).
+- port-preserving NATs that answer unsolicited SYNs with RST: the Peer's early SYN is refused by
+  the Client's router, which also closes the Peer's mapping, so the Client's SYN is refused in
+  turn; it works only when two attempts happen to cross in flight, i.e. sometimes (see
+  test_simopen.py and the README table). Asserted: success with data both ways, or
+  PeerUnreachable on both sides within the deadline. Never a hang or another error.
+- ``random-fully`` on one side: the observed port is useless, no connection can form; both
+  sides must fail with PeerUnreachable within the deadline (asserted).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from nat.helpers import (
+    MEDIATOR_PORT,
+    Pairing,
+    finish,
+    needs_netns,
+    p2psc_argv,
+    pair,
+    start_mediator,
+    stop,
+    wait_for_log,
+)
+from nat.topology import Host, Scenario, Topology, build_scenario, run
+from p2psc.keys import Keypair
+
+pytestmark = [pytest.mark.netns, needs_netns]
+
+DEADLINE = 8.0
+PUNCH = ["--punch-timeout", "3"]
+
+
+@pytest.fixture
+def mediator(topo: Topology) -> Iterator[subprocess.Popen[str]]:
+    proc = start_mediator(topo)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def _clean(side: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in side.items() if k != "stderr" or v}
+
+
+def _assert_paired(result: Pairing, a: Host, b: Host, topo: Topology) -> None:
+    client, peer = result.client, result.peer
+    context = (_clean(client), _clean(peer), topo.describe())
+    assert client["ok"] and peer["ok"], context
+    assert (client["role"], peer["role"]) == ("client", "peer"), context
+    # data went both ways over the one connection each side got
+    assert (client["other"], peer["other"]) == ("peer-side", "client-side"), context
+    # and it is the same TCP connection seen from both ends (modulo NAT rewriting)
+    assert client["local"].split(":")[0] == a.addr, context
+    assert peer["local"].split(":")[0] == b.addr, context
+    assert client["remote"].split(":")[0] in (b.addr, b.public_addr), context
+    assert peer["remote"].split(":")[0] in (a.addr, a.public_addr), context
+
+
+@pytest.mark.parametrize(
+    "scenario", ["no-nat", "client-nat", "peer-nat", "both-nat-drop", "same-nat"]
+)
+def test_direct_connection_forms(
+    topo: Topology, mediator: subprocess.Popen[str], scenario: Scenario
+) -> None:
+    a, b = build_scenario(topo, scenario)
+    result = pair(a, b, deadline=DEADLINE, extra=PUNCH)
+    _assert_paired(result, a, b, topo)
+    if scenario == "same-nat":
+        # no hairpin NAT on the router: the connection runs between the LAN addresses that
+        # each side advertised as its local address
+        assert result.client["remote"].split(":")[0] == b.addr
+    if scenario == "both-nat-drop":
+        # through both NATs: each side sees the other's router, with the port preserved
+        assert result.client["remote"].split(":")[0] == b.public_addr
+        assert result.client["remote"].split(":")[1] == result.peer["local"].split(":")[1]
+
+
+def test_same_nat_without_local_address_has_no_hairpin(
+    topo: Topology, mediator: subprocess.Popen[str]
+) -> None:
+    """Proof that same-NAT pairing rests on the advertised local address: without it, the only
+    target is the shared public address, and a Linux masquerade router does not hairpin."""
+    a, b = build_scenario(topo, "same-nat")
+    extra = [*PUNCH, "--no-local"]
+    result = pair(a, b, deadline=DEADLINE, extra=extra)
+    for side in (result.client, result.peer):
+        assert side["error"] == "PeerUnreachable", _clean(side)
+        assert side["elapsed"] < DEADLINE + 1.0, side
+
+
+def test_rst_routers_connect_or_fail_cleanly(
+    topo: Topology, mediator: subprocess.Popen[str]
+) -> None:
+    a, b = build_scenario(topo, "both-nat-rst")
+    result = pair(a, b, deadline=DEADLINE, extra=PUNCH)
+    if result.client.get("ok") or result.peer.get("ok"):
+        _assert_paired(result, a, b, topo)
+    else:
+        for side in (result.client, result.peer):
+            assert side["error"] == "PeerUnreachable", _clean(side)
+            assert side["elapsed"] < DEADLINE + 1.0, side
+
+
+def test_random_fully_fails_within_deadline(
+    topo: Topology, mediator: subprocess.Popen[str]
+) -> None:
+    a, b = build_scenario(topo, "random-fully")
+    started = time.monotonic()
+    result = pair(a, b, deadline=DEADLINE, extra=PUNCH)
+    took = time.monotonic() - started
+    for side in (result.client, result.peer):
+        assert side["error"] == "PeerUnreachable", _clean(side)
+        assert side["reason"], side  # a human reason, not just a class name
+        assert side["elapsed"] < DEADLINE + 1.0, side
+    assert took < DEADLINE + 10.0  # both processes were done well inside the harness bound
+
+
+def _established_count(topo: Topology) -> int:
+    out = run(
+        topo.public.argv(["ss", "-tnH", "state", "established", f"( sport = :{MEDIATOR_PORT} )"])
+    )
+    return len(out.splitlines())
+
+
+def test_mediator_killed_mid_coordination(topo: Topology) -> None:
+    """The Client is registered and waiting, the Peer has connected and sent Advertise; the
+    mediator is frozen (SIGSTOP) so it cannot answer, then killed. Both sides must report a
+    typed mediator error quickly, far inside their deadline."""
+    ra = topo.add_router("ra")
+    a = topo.add_host("a", ra)
+    b = topo.add_public_host("b")
+    med = start_mediator(topo)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        ka, kb = Keypair.generate(), Keypair.generate()
+        pa = a.popen(p2psc_argv(a, ka, kb, "client-side", 0.0, DEADLINE, PUNCH))
+        procs.append(pa)
+        assert wait_for_log(med, "registered", 15.0) is not None, "the Client never registered"
+        os.kill(med.pid, signal.SIGSTOP)  # the `ip netns exec` wrapper exec()s: pid is ours
+        pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", 0.0, DEADLINE, PUNCH))
+        procs.append(pb)
+        end = time.monotonic() + 15.0
+        while _established_count(topo) < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _established_count(topo) >= 2, "the Peer never reached the frozen mediator"
+        time.sleep(0.2)  # let the Peer's Advertise arrive in the frozen mediator's socket
+        killed = time.monotonic()
+        os.kill(med.pid, signal.SIGKILL)
+        client, peer = finish(pa, DEADLINE + 10), finish(pb, DEADLINE + 10)
+        reacted = time.monotonic() - killed
+    finally:
+        for proc in procs:
+            stop(proc)
+        if med.poll() is None:
+            os.kill(med.pid, signal.SIGCONT)
+        stop(med)
+    for side in (client, peer):
+        assert side["error"] == "MediatorClosed", _clean(side)
+    assert reacted < DEADLINE / 2, (reacted, client, peer)
