@@ -73,3 +73,33 @@ def test_differential_against_the_class(events: list[str], guards: dict[str, boo
             continue
         actual.append(state)
     assert actual == expected
+
+
+class _ScriptedGuards(Negotiator):
+    """A core whose guards come from a dict, to compare its own stepping with the table's."""
+
+    __slots__ = ("values",)
+
+    def _guard(self, name: str) -> bool:
+        return self.values[name]
+
+
+@given(
+    events=st.lists(st.sampled_from(TABLE.events), max_size=16),
+    guards=st.fixed_dictionaries({name: st.booleans() for name in GUARDS}),
+)
+def test_core_stepping_matches_the_table(events: list[str], guards: dict[str, bool]) -> None:
+    core = _ScriptedGuards([ProtocolSpec(1, "chat")])
+    core.values = guards
+    state = TABLE.initial
+    for event in events:
+        try:
+            expected: str | None = TABLE.step(state, event, guards.__getitem__).target
+        except InvalidTransition:
+            expected = None
+        try:
+            actual: str | None = core._step(state, event)
+        except InvalidTransition:
+            actual = None
+        assert actual == expected
+        state = expected or state

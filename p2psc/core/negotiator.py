@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from p2psc.errors import InvalidTransition, NegotiationError
-from p2psc.machines.compiler import compile_machine
+from p2psc.machines.compiler import MachineTable, compile_machine
 from p2psc.machines.negotiator import NegotiatorMachine
 
 __all__ = [
@@ -71,6 +71,22 @@ _SLEEP = "Sleep"
 _NEGOTIATED = "ProtocolNegotiated"
 _FAILED = "Failed"
 _WAITING = frozenset({_SENT_KEEPALIVE, _SENT_INITIATE, _WAIT})
+
+_Steps = Mapping[tuple[str, str], tuple[tuple[tuple[tuple[str, bool], ...], str], ...]]
+
+
+def _flatten(table: MachineTable) -> _Steps:
+    """The compiled table as ``(state, event) -> ((guard literals, target), ...)`` in
+    declaration order: the same table, in plain tuples, so the hot path of :meth:`_step` is a
+    dict lookup and a loop (the explorer steps cores millions of times)."""
+    steps: dict[tuple[str, str], list[tuple[tuple[tuple[str, bool], ...], str]]] = {}
+    for t in table.transitions:
+        literals = tuple((g.name, g.expected) for g in t.guards)
+        steps.setdefault((t.source, t.event), []).append((literals, t.target))
+    return MappingProxyType({key: tuple(value) for key, value in steps.items()})
+
+
+_STEPS = _flatten(_TABLE)
 
 _ACCEPT_BYTE = bytes([ACCEPT])
 _REJECT_BYTE = bytes([REJECT])
@@ -349,7 +365,7 @@ class Negotiator:
         if state == _FAILED:
             raise NegotiationError(self._error or "negotiation failed")
         if state == _SLEEP:
-            self._state = _TABLE.step(state, "wake").target
+            self._state = self._step(state, "wake")
         elif state == _NEGOTIATED:
             self.protocol_done()
         elif state != _INITIAL:
@@ -361,7 +377,7 @@ class Negotiator:
         else:
             raise NegotiationError(f"cannot propose unknown protocol {propose!r}")
         self._proposed = proposed
-        self._state = _TABLE.step(self._state, "start", self._guard).target
+        self._state = self._step(self._state, "start")
         out = _KEEPALIVE_BYTE if proposed is None else _ID_BYTES[proposed]
         if self._buffered:
             early, self._buffered = self._buffered, b""
@@ -375,7 +391,7 @@ class Negotiator:
         (callbacks); :meth:`start_round` calls it itself. Returns ``b""``."""
         if self._state != _NEGOTIATED:
             raise NegotiationError(f"protocol_done() called in {self._state}: nothing negotiated")
-        self._state = _TABLE.step(self._state, "protocol_done").target
+        self._state = self._step(self._state, "protocol_done")
         self._buffered = b""  # trailing data was the protocol's
         self._negotiated = None
         self._initiated_by_us = False
@@ -406,7 +422,7 @@ class Negotiator:
         """Mark the negotiation failed (the machine's ``fail`` event), also for reasons found
         outside the core (EOF, a silent peer); returns the error to raise or log."""
         if self._state != _FAILED:
-            self._state = _TABLE.step(self._state, "fail").target
+            self._state = self._step(self._state, "fail")
             self._error = reason
             self._proposed = None
         return NegotiationError(self._error or reason)
@@ -423,7 +439,7 @@ class Negotiator:
         source = self._state
         self._byte = byte
         try:
-            target = _TABLE.step(source, _EVENT_OF_BYTE[byte], self._guard).target
+            target = self._step(source, _EVENT_OF_BYTE[byte])
         except InvalidTransition:
             raise self.fail(self._failure_reason(source, byte)) from None
         if target == source:  # Initial/Sleep: the peer's early byte of its next round
@@ -434,7 +450,7 @@ class Negotiator:
             return b""
         proposed, self._proposed = self._proposed, None
         if target == _RECEIVED_INITIATE:
-            target = _TABLE.step(target, "answer", self._guard).target
+            target = self._step(target, "answer")
             self._state = target
             if target == _NEGOTIATED:
                 self._negotiated, self._initiated_by_us = byte, False
@@ -457,6 +473,17 @@ class Negotiator:
         if state == _WAIT:
             return f"{what} received in {state}: expected ACCEPT or REJECT"
         return f"{what} received in {state}: nothing was initiated to answer"
+
+    def _step(self, state: str, event: str) -> str:
+        """Take ``event`` in ``state`` through the compiled table: the first transition whose
+        guards all hold (as :meth:`MachineTable.step`); raise InvalidTransition if none."""
+        for literals, target in _STEPS.get((state, event), ()):
+            for name, expected in literals:
+                if self._guard(name) != expected:
+                    break
+            else:
+                return target
+        raise InvalidTransition(_TABLE.name, state, event)
 
     def _guard(self, name: str) -> bool:
         """Answer one guard of :class:`NegotiatorMachine` by name. Guards about the received
