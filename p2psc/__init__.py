@@ -11,4 +11,19 @@ Layers (h11-style): :mod:`p2psc.wire` and :mod:`p2psc.keys` are pure codecs and 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from p2psc.sync import connect as connect
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``p2psc.connect``: the blocking one-call interface (:func:`p2psc.sync.connect`), imported
+    lazily so that ``import p2psc`` stays cheap."""
+    if name == "connect":
+        from p2psc.sync import connect
+
+        return connect
+    raise AttributeError(f"module 'p2psc' has no attribute {name!r}")
