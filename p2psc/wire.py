@@ -243,10 +243,12 @@ class Address:
         """From a socket address tuple: (host, port) or (host, port, flowinfo, scope_id)."""
         if len(sockaddr) < 2:
             raise ProtocolError(f"not a socket address: {sockaddr!r}")
-        host = str(sockaddr[0])
         if len(sockaddr) >= 4 and sockaddr[3]:
             raise ProtocolError(f"IPv6 scope ids cannot be carried on the wire: {sockaddr!r}")
-        return cls(host.split("%", 1)[0] if len(sockaddr) < 4 else host, int(sockaddr[1]))
+        port = sockaddr[1]
+        if not isinstance(port, int):
+            raise ProtocolError(f"not a socket address: {sockaddr!r}")
+        return cls(str(sockaddr[0]), port)
 
     def to_tuple(self) -> tuple[str, int]:
         """(host, port) for socket.connect / asyncio."""
@@ -685,7 +687,7 @@ class PeerAcknowledgement(_Codec):
         return _decode_as(cls, frame)
 
 
-Message = Union[  # noqa: UP007  (a runtime alias used in isinstance-free dispatch)
+Message = Union[  # noqa: UP007  (Union[...] reads better than eleven `|` in a runtime alias)
     Advertise,
     AdvertiseChallenge,
     AdvertiseResponse,
@@ -740,6 +742,20 @@ def _check_header(buf: bytes | bytearray, off: int) -> tuple[int, int]:
     if length > MAX_PAYLOAD:
         raise ProtocolError(f"payload length {length} exceeds the maximum of {MAX_PAYLOAD}")
     return mtype, length
+
+
+def _check_partial_header(buf: bytes | bytearray, off: int, avail: int) -> None:
+    """Check the first ``avail`` (< 6) header bytes, so that garbage is rejected at once rather
+    than after the peer has sent a whole header (or never, if it stops)."""
+    padded = bytes(buf[off : off + avail]) + b"\x00" * (HEADER_SIZE - avail)
+    if avail < 3:
+        if padded[0] != 0x50 or (avail == 2 and padded[1] != 0x32):
+            raise ProtocolError(f"bad magic {padded[:avail]!r} (expected b'P2')")
+        return
+    if avail == 3:
+        padded = padded[:3] + bytes((MessageType.PEER_ACKNOWLEDGEMENT,)) + b"\x00\x00"
+    # The length is never judged early: its two bytes are not all there yet (it is 0 here).
+    _check_header(padded[:4] + b"\x00\x00", 0)
 
 
 def encode(msg: Message) -> bytes:
@@ -944,11 +960,8 @@ class FrameDecoder:
             while True:
                 avail = n - off
                 if avail < HEADER_SIZE:
-                    # Reject bad magic early so garbage does not wait for a full header.
-                    if (avail >= 1 and buf[off] != 0x50) or (avail >= 2 and buf[off + 1] != 0x32):
-                        raise ProtocolError(
-                            f"bad magic {bytes(buf[off : off + 2])!r} (expected b'P2')"
-                        )
+                    if avail:
+                        _check_partial_header(buf, off, avail)
                     break
                 mtype, length = _check_header(buf, off)
                 end = off + HEADER_SIZE + length

@@ -372,6 +372,29 @@ def test_decoder_truncation_and_bit_flips(msg: Message, data: st.DataObject) -> 
     assert len(out) == 1 and encode(out[0]) == bytes(flipped)
 
 
+@pytest.mark.parametrize(
+    ("prefix", "error"),
+    [
+        (b"X", ProtocolError),
+        (b"PX", ProtocolError),
+        (b"P2\x02", UnsupportedVersion),
+        (b"P2\x01\x0b", ProtocolError),
+        (b"P2\x01\xff\x00", ProtocolError),
+    ],
+)
+def test_decoder_rejects_a_bad_header_before_it_is_complete(
+    prefix: bytes, error: type[ProtocolError]
+) -> None:
+    with pytest.raises(error):
+        FrameDecoder().feed(prefix)
+
+
+@pytest.mark.parametrize("prefix", [b"P", b"P2", b"P2\x01", b"P2\x01\x0a", b"P2\x01\x03\x10"])
+def test_decoder_waits_on_a_valid_partial_header(prefix: bytes) -> None:
+    dec = FrameDecoder()
+    assert dec.feed(prefix) == [] and dec.has_partial and dec.buffered == len(prefix)
+
+
 def test_decoder_fails_permanently() -> None:
     dec = FrameDecoder()
     with pytest.raises(ProtocolError):
