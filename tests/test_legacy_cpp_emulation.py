@@ -152,3 +152,39 @@ def test_two_original_clients_pair_through_our_mediator(keys: list[RsaKeypair], 
             assert client.received == b"hello from the peer"
 
     asyncio.run(asyncio.wait_for(body(), 4 * TIMEOUT))
+
+
+@pytest.mark.parametrize("python_first", [True, False])
+def test_our_python_client_pairs_with_an_original_client(
+    keys: list[RsaKeypair], python_first: bool
+) -> None:
+    from p2psc.legacy.client import connect_legacy
+
+    async def body() -> None:
+        async with serve_mediator() as server:
+            original = CppLikeClient(keys[1], keys[0], server.address)
+            if not python_first:
+                original.start()
+                await asyncio.sleep(0.2)
+            ours = asyncio.create_task(connect_legacy(keys[0], keys[1].public_key, server.address))
+            if python_first:
+                await asyncio.sleep(0.2)
+                original.start()
+            connection = await asyncio.wait_for(ours, 3 * TIMEOUT)
+            if not python_first:  # we are the Peer: greet the original Client as it expects
+                connection.writer.write(b"hello from the peer")
+            await asyncio.to_thread(original.join, 3 * TIMEOUT)
+            assert not original.is_alive()
+            if original.error is not None:
+                raise original.error
+            assert connection.role == ("client" if python_first else "peer")
+            assert original.result == ("peer" if python_first else "client")
+            if python_first:  # the original Peer greets right after its acknowledgement
+                greeting = await asyncio.wait_for(connection.reader.readexactly(19), TIMEOUT)
+                assert greeting == b"hello from the peer"
+            else:
+                assert original.received == b"hello from the peer"
+            connection.close()
+            await connection.wait_closed()
+
+    asyncio.run(asyncio.wait_for(body(), 4 * TIMEOUT))
