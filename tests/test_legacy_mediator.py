@@ -228,10 +228,12 @@ def test_legacy_pairs_with_legacy_through_our_mediator(rsa_keys: list[RsaKeypair
             assert await asyncio.wait_for(y.reader.readexactly(11), 5) == b"from client"
             y.writer.write(b"from peer")
             assert await asyncio.wait_for(x.reader.readexactly(9), 5) == b"from peer"
-            x.close()
-            y.close()
-            await x.wait_closed()
-            await y.wait_closed()
+            async with x:
+                pass  # closes x; y sees EOF
+            assert await asyncio.wait_for(y.reader.read(), 5) == b""
+            async with y:
+                pass
+            assert x.writer.is_closing() and y.writer.is_closing()
 
     run(body())
 

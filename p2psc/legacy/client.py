@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import socket
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from p2psc.core.io import (
     Close,
@@ -64,8 +65,21 @@ class LegacyConnection:
             self._pump.cancel()
 
     async def wait_closed(self) -> None:
-        with contextlib.suppress(OSError, ConnectionError):
+        """Wait (at most 5 s) until the connection is closed."""
+        with contextlib.suppress(OSError, ConnectionError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), 5.0)
+
+    async def __aenter__(self) -> LegacyConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        await self.wait_closed()
 
 
 async def connect_legacy(
