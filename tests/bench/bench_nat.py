@@ -1,0 +1,98 @@
+"""NAT traversal benchmark: how often and how fast a direct socket forms, per NAT scenario.
+
+Run (root, with ip and nft): .venv/bin/python tests/bench/bench_nat.py [--runs N] [--quick]
+
+For each scenario of tests/nat/topology.py it builds the topology once, starts ``p2psc
+mediator`` in the public namespace and pairs two fresh identities ``--runs`` times (a registers
+first, b 0.3 s later). It prints, per scenario: successes out of runs, the median time to
+establish (from the second registration, the Peer's ``connect()`` call, until *both* sides hold
+the authenticated connection), the range, the median as a ratio of the no-NAT median measured in
+the same run, and how failures ended. Prints figures only; asserts nothing. Every pairing is
+bounded by ``--deadline`` (and ``--punch-timeout`` for the hole punch); the whole run by the
+number of scenarios times runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests/ dir: `nat` package
+
+from nat.helpers import pair, start_mediator, stop
+from nat.topology import SCENARIOS, Topology, build_scenario, missing_requirements
+
+STAGGER = 0.3
+
+
+def bench(scenario: str, runs: int, deadline: float, punch_timeout: float) -> dict[str, object]:
+    """Pair ``runs`` times in one topology; return successes, times and failure reasons."""
+    times: list[float] = []
+    failures: Counter[str] = Counter()
+    fail_times: list[float] = []
+    extra = ["--punch-timeout", str(punch_timeout)]
+    with Topology() as topo:
+        a, b = build_scenario(topo, scenario)  # type: ignore[arg-type]
+        mediator = start_mediator(topo)
+        try:
+            for _ in range(runs):
+                result = pair(a, b, deadline=deadline, stagger=STAGGER, extra=extra)
+                client, peer = result.client, result.peer
+                if client.get("ok") and peer.get("ok"):
+                    times.append(max(client["elapsed"] - STAGGER, peer["elapsed"]))
+                else:
+                    failures[f"{client.get('error')}/{peer.get('error')}"] += 1
+                    fail_times.append(max(client.get("elapsed", 0.0), peer.get("elapsed", 0.0)))
+        finally:
+            stop(mediator)
+    return {"times": times, "failures": failures, "fail_times": fail_times}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=9, help="pairings per scenario (9)")
+    parser.add_argument("--quick", action="store_true", help="3 runs per scenario")
+    parser.add_argument("--deadline", type=float, default=8.0, help="connect() timeout (8 s)")
+    parser.add_argument("--punch-timeout", type=float, default=3.0, help="(3 s)")
+    parser.add_argument("--only", nargs="*", choices=SCENARIOS, help="a subset of scenarios")
+    args = parser.parse_args(argv)
+    missing = missing_requirements()
+    if missing:
+        print(f"skipped: {missing}")
+        return 0
+    runs = 3 if args.quick else max(1, min(args.runs, 50))
+    scenarios = args.only or list(SCENARIOS)
+    if "no-nat" not in scenarios:
+        scenarios.insert(0, "no-nat")  # the baseline of the ratios
+    print(f"{runs} pairings per scenario; establish time = Peer's connect() call -> both ready")
+    print(f"{'scenario':<15} {'direct':>7} {'median ms':>10} {'min-max ms':>14} {'x no-nat':>9}")
+    baseline: float | None = None
+    for name in scenarios:
+        r = bench(name, runs, args.deadline, args.punch_timeout)
+        times: list[float] = r["times"]  # type: ignore[assignment]
+        failures: Counter[str] = r["failures"]  # type: ignore[assignment]
+        fail_times: list[float] = r["fail_times"]  # type: ignore[assignment]
+        ok = f"{len(times)}/{runs}"
+        if times:
+            med = statistics.median(times)
+            if name == "no-nat":
+                baseline = med
+            ratio = f"{med / baseline:9.1f}" if baseline else f"{'-':>9}"
+            span = f"{min(times) * 1e3:.0f}-{max(times) * 1e3:.0f}"
+            print(f"{name:<15} {ok:>7} {med * 1e3:10.0f} {span:>14} {ratio}")
+        else:
+            print(f"{name:<15} {ok:>7} {'-':>10} {'-':>14} {'-':>9}")
+        if failures:
+            ends = ", ".join(f"{k} x{v}" for k, v in failures.most_common())
+            print(
+                f"{'':<15} failed: {ends}; median time to fail "
+                f"{statistics.median(fail_times) * 1e3:.0f} ms"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
