@@ -511,3 +511,25 @@ def test_snapshot_twin_replays_every_step_identically() -> None:
         )
     assert {"AdvertiseChallenge", "PeerDisconnect", "PeerIdentification", "AdvertiseAbort"} <= kinds
     assert core.sessions == 0 and core.snapshot() == ((), (), False)
+
+
+def test_shutdown_while_pairing_tells_both_sides_shutting_down(
+    alice: Keypair, bob: Keypair
+) -> None:
+    d = Driver()
+    d.register_keypair(1, alice, _raw(bob))
+    d.register_keypair(2, bob, _raw(alice))
+    actions = d.core.shutdown(d.now)
+    assert abort_code(actions, 1) == R.SHUTTING_DOWN == abort_code(actions, 2)
+    assert sorted(closed(actions)) == [1, 2] and d.core.sessions == 0
+
+
+def test_observed_addresses_of_both_families(alice: Keypair, bob: Keypair) -> None:
+    d = Driver()
+    d.register_keypair(1, alice, _raw(bob), remote=("2001:db8::7", 4444))
+    paired = d.register_keypair(2, bob, _raw(alice), remote=("198.51.100.9", 5555))
+    (disconnect,) = messages(paired, 2)
+    assert disconnect.client == wire.Address("2001:db8::7", 4444)  # type: ignore[union-attr]
+    identified = d.close(2)
+    (identification,) = messages(identified, 1)
+    assert identification.peer == wire.Address("198.51.100.9", 5555)  # type: ignore[union-attr]

@@ -309,9 +309,9 @@ class MediatorCore:
         for conn in sorted(self._sessions):
             session = self._sessions.get(conn)
             if session is not None:
-                self._fail(
-                    conn, session, "shutdown", _R.SHUTTING_DOWN, "mediator shutting down", out
-                )
+                text = "mediator shutting down"
+                code = _R.SHUTTING_DOWN
+                self._fail(conn, session, "shutdown", code, text, out, partner_code=code)
         return out
 
     # --- bookkeeping ----------------------------------------------------------------------
