@@ -3,13 +3,15 @@ answers every guard the class declares."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2psc.core import negotiator as negotiator_module
 from p2psc.core.negotiator import KEEPALIVE, Negotiator, ProtocolSpec
 from p2psc.errors import InvalidTransition
 from p2psc.machines import machine_classes
-from p2psc.machines.compiler import compile_machine, reference_path
+from p2psc.machines.compiler import GuardOracle, Transition, compile_machine, reference_path
 from p2psc.machines.negotiator import NegotiatorMachine
 
 TABLE = compile_machine(NegotiatorMachine)
@@ -103,3 +105,24 @@ def test_core_stepping_matches_the_table(events: list[str], guards: dict[str, bo
             actual = None
         assert actual == expected
         state = expected or state
+
+
+def test_a_swapped_table_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The explorer records coverage by swapping the module's ``_TABLE`` for a proxy."""
+    taken: list[str] = []
+
+    class Recorder:
+        def step(self, state: str, event: str, oracle: GuardOracle | None = None) -> Transition:
+            transition = TABLE.step(state, event, oracle)
+            taken.append(str(transition))
+            return transition
+
+    monkeypatch.setattr(negotiator_module, "_TABLE", Recorder())
+    n = Negotiator([ProtocolSpec(1, "chat")])
+    n.start_round(propose=1)
+    n.receive_data(b"\x01")
+    assert taken == [
+        "Initial --start [we_initiate]--> SentInitiate",
+        "SentInitiate --initiate [is_known_protocol & same_protocol & simultaneous_runs]"
+        "--> ProtocolNegotiated",
+    ]

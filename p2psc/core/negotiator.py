@@ -87,6 +87,7 @@ def _flatten(table: MachineTable) -> _Steps:
 
 
 _STEPS = _flatten(_TABLE)
+_COMPILED = _TABLE
 
 _ACCEPT_BYTE = bytes([ACCEPT])
 _REJECT_BYTE = bytes([REJECT])
@@ -273,7 +274,7 @@ class Negotiator:
             protocols if isinstance(protocols, ProtocolTable) else ProtocolTable(protocols)
         )
         self.keepalive_interval = keepalive_interval
-        self._state = _TABLE.initial
+        self._state = _COMPILED.initial
         self._proposed: int | None = None
         self._negotiated: int | None = None
         self._initiated_by_us = False
@@ -476,14 +477,21 @@ class Negotiator:
 
     def _step(self, state: str, event: str) -> str:
         """Take ``event`` in ``state`` through the compiled table: the first transition whose
-        guards all hold (as :meth:`MachineTable.step`); raise InvalidTransition if none."""
+        guards all hold (as :meth:`MachineTable.step`); raise InvalidTransition if none.
+
+        Seam for tools: when the module attribute ``_TABLE`` has been swapped for another
+        object with a ``step`` method (the explorer's coverage recorder does this), the core
+        steps through that object instead of the flattened fast path."""
+        table = _TABLE
+        if table is not _COMPILED:
+            return table.step(state, event, self._guard).target
         for literals, target in _STEPS.get((state, event), ()):
             for name, expected in literals:
                 if self._guard(name) != expected:
                     break
             else:
                 return target
-        raise InvalidTransition(_TABLE.name, state, event)
+        raise InvalidTransition(_COMPILED.name, state, event)
 
     def _guard(self, name: str) -> bool:
         """Answer one guard of :class:`NegotiatorMachine` by name. Guards about the received
