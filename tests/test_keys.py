@@ -183,3 +183,28 @@ def test_nonces_equal() -> None:
     assert nonces_equal(b"\x01" * 32, b"\x01" * 32)
     assert not nonces_equal(b"\x01" * 32, b"\x01" * 31 + b"\x02")
     assert not nonces_equal(b"\x01" * 32, b"\x01" * 31)
+
+
+@pytest.mark.parametrize("raw", [b"\x00" * 32, b"\x01" + b"\x00" * 31])
+def test_seal_to_low_order_point_is_crypto_error(raw: bytes) -> None:
+    with pytest.raises(CryptoError):
+        seal_nonce(PublicKey.from_raw(raw), b"ctx")
+
+
+def test_injected_crypto_is_used() -> None:
+    calls: list[str] = []
+
+    class Recording:
+        def seal(self, recipient: PublicKey, nonce: bytes, info: bytes) -> bytes:
+            calls.append("seal")
+            return b"S" * SEALED_NONCE_SIZE
+
+        def open(self, keypair: Keypair, sealed: bytes, info: bytes) -> bytes:
+            calls.append("open")
+            return b"N" * NONCE_SIZE
+
+    crypto = Recording()
+    _, sealed = seal_nonce(ALICE.public_key, b"i", crypto=crypto)
+    assert sealed == b"S" * SEALED_NONCE_SIZE
+    assert open_nonce(ALICE, sealed, b"i", crypto=crypto) == b"N" * NONCE_SIZE
+    assert calls == ["seal", "open"]

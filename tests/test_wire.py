@@ -414,3 +414,30 @@ def test_decoder_memory_bound() -> None:
 
 def test_module_exports() -> None:
     assert wire.PROTOCOL_VERSION == 1 and wire.MAGIC == b"P2" and wire.HEADER_SIZE == 6
+
+
+def test_decoder_flood_in_one_chunk_keeps_nothing_buffered() -> None:
+    msgs = [PeerResponse(bytes([i % 256]) * 32) for i in range(5000)]
+    dec = FrameDecoder()
+    assert dec.feed(b"".join(m.encode() for m in msgs)) == msgs
+    assert dec.buffered == 0
+
+
+def test_decoder_buffer_never_exceeds_one_frame() -> None:
+    frame = AdvertiseRetry(Reason.BUSY, "z" * 1024).encode()
+    dec = FrameDecoder()
+    seen = 0
+    for _ in range(3):
+        for i in range(0, len(frame), 100):
+            seen += len(dec.feed(frame[i : i + 100]))
+            assert dec.buffered < len(frame)
+    assert seen == 3 and dec.buffered == 0
+
+
+def test_decoder_delivers_earlier_feeds_before_a_bad_frame() -> None:
+    good = PeerAcknowledgement().encode()
+    dec = FrameDecoder()
+    assert dec.feed(good) == [PeerAcknowledgement()]
+    with pytest.raises(ProtocolError):
+        dec.feed(b"\x00" * 6)
+    assert dec.failed and dec.buffered == 0
