@@ -691,3 +691,58 @@ def test_config_validation_and_parsing() -> None:
     by_raw = peer_config(A_KEY, B_KEY.public_key.raw, "127.0.0.1:1")
     assert by_hex.peer_key == by_raw.peer_key == B_KEY.public_key
     assert replace(by_hex, timeout=1.0).timeout == 1.0
+
+
+def test_session_secret_follows_the_spec_formula() -> None:
+    """Recompute spec/protocol.md 6.4 from the frames on the wire, independently of the core."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    client, peer, cconn, pconn = paired()
+    c_est, p_est = shuttle(client, peer, cconn, pconn)
+    assert c_est is not None and p_est is not None
+    c_frames = [a.data for a in client.log if isinstance(a, Send) and a.conn == cconn]
+    p_frames = [a.data for a in peer.log if isinstance(a, Send) and a.conn == pconn]
+    transcript = c_frames[0] + p_frames[0] + c_frames[1] + p_frames[1]
+    challenge_response = wire.decode(p_frames[0])
+    response = wire.decode(c_frames[1])
+    assert isinstance(challenge_response, wire.PeerChallengeResponse)
+    assert isinstance(response, wire.PeerResponse)
+    client_nonce = challenge_response.decrypted_nonce  # the Client's nonce, echoed by the Peer
+    peer_nonce = response.decrypted_nonce  # the Peer's nonce, echoed by the Client
+    shared = A_KEY.private_key.exchange(B_KEY.public_key.to_x25519())
+    expected = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=hashlib.sha256(transcript).digest(),
+        info=b"p2psc v1 session secret\x00" + A_KEY.public_key.raw + B_KEY.public_key.raw,
+    ).derive(shared + client_nonce + peer_nonce)
+    assert c_est.session_secret == expected == p_est.session_secret
+    # without the static term an observer of the four frames could compute it: it differs
+    assert expected != derive_session_secret(
+        A_KEY.public_key, B_KEY.public_key, client_nonce, peer_nonce, transcript
+    )
+
+
+def test_adapter_without_local_address() -> None:
+    """An adapter that does not report the local address: no crash, a typed error (Peer) or
+    attempts without a fixed port (Client)."""
+    for me, them in ((B_KEY, A_KEY), (A_KEY, B_KEY)):
+        side = Side(PeerCore(config(me, them)), B_LOCAL)
+        side.core.start(0.0)
+        actions = side.do(Opened(MEDIATOR_BASE, MEDIATOR, None))
+        (advertise,) = sends(actions, MEDIATOR_BASE)
+        assert isinstance(advertise, wire.Advertise) and advertise.local is None
+        info = nonce_info("AdvertiseChallenge", me.public_key.raw, them.public_key.raw)
+        sealed = HPKE.seal(me.public_key, bytes(32), info)
+        side.do(Received(MEDIATOR_BASE, wire.AdvertiseChallenge(sealed).encode()))
+        if me is B_KEY:
+            disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+            error = failed(side.do(Received(MEDIATOR_BASE, disconnect.encode())))
+            assert isinstance(error, PeerUnreachable)
+        else:
+            ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+            (attempt,) = connects(side.do(Received(MEDIATOR_BASE, ident)))
+            assert attempt.from_port is None

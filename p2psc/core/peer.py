@@ -658,7 +658,10 @@ class PeerCore:
         self.table, self.state = PEER_TABLE, "waiting"
         self._step(event)  # PeerHandshake: waiting -> punching
         self.role = "peer"
-        assert self.local is not None, "Opened of the mediator connection carries local"
+        if self.local is None:  # an adapter that did not report the local address
+            return self._finish_failed(
+                PeerUnreachable("the local port of the Mediator connection is unknown")
+            )
         # Order matters: the listener exists before the Mediator sees our close (section 7).
         actions = [Listen(LISTENER, self.local[1]), Close(conn, "PeerDisconnect: listening")]
         self._forget(conn)
@@ -680,12 +683,12 @@ class PeerCore:
         return actions
 
     def _attempt(self, index: int, now: float) -> list[PeerAction]:
-        assert self.local is not None
         conn = self.next_conn
         self.next_conn += 1
         self._set_slot(index, Slot(conn, self.slots[index].failures))
+        from_port = None if self.local is None else self.local[1]
         return [
-            Connect(conn, self.targets[index], self.local[1]),
+            Connect(conn, self.targets[index], from_port),
             SetTimer(PUNCH_TIMER_BASE + index, now + self.config.punch_attempt_timeout),
         ]
 
