@@ -236,12 +236,19 @@ def render_section(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def split_spec(text: str) -> tuple[str, str, str]:
+    """(before section 9, section 9, the sections after it) of spec/protocol.md."""
+    head, rest = text.split(SECTION, 1)
+    body, sep, tail = rest.partition("\n## ")
+    return head, SECTION + body + ("\n" if sep else ""), ("## " + tail) if sep else ""
+
+
 def update_spec() -> int:
-    """Replace section 9 (the last section) of spec/protocol.md with the rendered vectors."""
-    text = SPEC.read_text(encoding="utf-8")
-    head = text.split(SECTION, 1)[0]
+    """Replace section 9 of spec/protocol.md with the rendered vectors (other sections kept)."""
+    head, _, tail = split_spec(SPEC.read_text(encoding="utf-8"))
     doc = json.loads(VECTORS.read_text(encoding="utf-8"))
-    SPEC.write_text(head + render_section(doc), encoding="utf-8")
+    section = render_section(doc)
+    SPEC.write_text(head + section + ("\n" + tail if tail else ""), encoding="utf-8")
     return 0
 
 
