@@ -14,6 +14,12 @@ takes the bytes that arrived and *returns the bytes to send*, h11-style::
         case Negotiated(protocol, initiated_by_us): run it, then n.start_round() again
         case Sleep(seconds): wait, then n.start_round() again
 
+After :class:`Negotiated` the connection is the protocol's: bytes that came in the same
+``receive_data`` call after the deciding byte are in :attr:`Negotiator.trailing_data`. An
+embedder that receives data while idle (callbacks rather than reads) calls
+:meth:`Negotiator.protocol_done` when the protocol ended, so that the peer's next round byte,
+which may arrive before our own ``start_round``, is kept rather than refused.
+
 Control flow is the compiled :class:`p2psc.machines.negotiator.NegotiatorMachine`; this module
 only answers its guards (from the protocol table, the byte just received and the protocol we
 proposed) and turns transitions into bytes. The rules are normative in ``spec/negotiator.md``.
