@@ -232,3 +232,29 @@ def test_missing_handler_is_refused() -> None:
                 await run_negotiator(r, w, peer.negotiator, {"chat": peer.talk})
 
     run(scenario)
+
+
+def test_wake_starts_the_next_round_before_the_interval() -> None:
+    async def scenario() -> None:
+        a, b = Peer("a", {1: "chat"}), Peer("b", {})
+        a.negotiator.keepalive_interval = 30.0  # only wake can start a's second round in time
+        wake = asyncio.Event()
+
+        def saw(outcome: Outcome) -> None:
+            a.outcomes.append(outcome)
+            wake.set()  # the application has something to say right away
+
+        async with loopback_pair() as ((ra, wa), (rb, wb)):
+            results = await asyncio.gather(
+                run_negotiator(
+                    ra, wa, a.negotiator, a.handlers, max_rounds=2, wake=wake, on_outcome=saw
+                ),
+                run_negotiator(
+                    rb, wb, b.negotiator, b.handlers, max_rounds=2, on_outcome=b.outcomes.append
+                ),
+            )
+        assert kinds(a.outcomes) == kinds(b.outcomes) == ["Sleep", "chat"]
+        assert all(result.error is None for result in results)
+        assert b.heard == ["chat from a"]
+
+    run(scenario)

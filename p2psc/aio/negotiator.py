@@ -55,6 +55,7 @@ async def run_negotiator(
     reply_timeout: float = 30.0,
     max_rounds: int | None = None,
     stop: asyncio.Event | None = None,
+    wake: asyncio.Event | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> RunResult:
     """Negotiate and run protocols over ``reader``/``writer`` until the peer closes, ``stop`` is
@@ -62,8 +63,10 @@ async def run_negotiator(
 
     ``handlers`` maps every protocol name of the negotiator's table to its :data:`Handler`.
     ``reply_timeout`` bounds each wait for a peer byte; it must exceed the round trip plus any
-    difference between the two sides' keepalive intervals. ``on_outcome`` is called with each
-    round's outcome (metrics, tests, application decisions for the next round).
+    difference between the two sides' keepalive intervals. ``wake``, when set, cuts the sleep
+    between rounds short (the application has something to initiate now; the runner clears
+    it); the peer answers when its own sleep ends. ``on_outcome`` is called with each round's
+    outcome (metrics, tests, application decisions for the next round).
     """
     missing = [name for name in negotiator.protocols.by_name if name not in handlers]
     if missing:
@@ -90,7 +93,7 @@ async def run_negotiator(
             elif isinstance(outcome, Sleep):
                 result.idle_rounds += 1
                 if max_rounds is None or result.rounds < max_rounds:
-                    await _sleep(outcome.seconds, stop)
+                    await _sleep(outcome.seconds, stop, wake)
         else:
             result.reason = f"{result.rounds} rounds done"
     except NegotiationError as error:
@@ -147,14 +150,21 @@ async def _send(
         raise NegotiationTimeout(reason) from None
 
 
-async def _sleep(seconds: float, stop: asyncio.Event | None) -> None:
-    """Sleep between rounds; wake early when ``stop`` is set."""
-    if stop is None:
+async def _sleep(seconds: float, stop: asyncio.Event | None, wake: asyncio.Event | None) -> None:
+    """Sleep between rounds; return early when ``stop`` or ``wake`` is set (``wake`` is
+    cleared, so each set wakes one sleep)."""
+    events = [event for event in (stop, wake) if event is not None]
+    if not events:
         await asyncio.sleep(seconds)
         return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if wake is not None:
+        wake.clear()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
