@@ -26,6 +26,7 @@ from p2psc.errors import ProtocolError, UnsupportedVersion
 from p2psc.keys import KEY_SIZE, NONCE_SIZE, SEALED_NONCE_SIZE
 
 __all__ = [
+    "ADDRESS",
     "FRAME",
     "FRAME_COMPILED",
     "HEADER",
@@ -33,8 +34,11 @@ __all__ = [
     "MAGIC",
     "MAX_PAYLOAD",
     "MAX_REASON_TEXT",
+    "MESSAGE_CLASSES",
+    "OPTIONAL_ADDRESS",
     "PAYLOADS",
     "PROTOCOL_VERSION",
+    "REASON",
     "Address",
     "Advertise",
     "AdvertiseAbort",
