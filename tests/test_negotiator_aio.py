@@ -17,7 +17,7 @@ from p2psc.core.negotiator import (
     Outcome,
     ProtocolSpec,
 )
-from p2psc.errors import NegotiationError, NegotiationTimeout
+from p2psc.errors import NegotiationError, NegotiationTimeout, ProtocolError
 
 DEADLINE = 10.0
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -256,5 +256,27 @@ def test_wake_starts_the_next_round_before_the_interval() -> None:
         assert kinds(a.outcomes) == kinds(b.outcomes) == ["Sleep", "chat"]
         assert all(result.error is None for result in results)
         assert b.heard == ["chat from a"]
+
+    run(scenario)
+
+
+def test_a_failing_protocol_closes_the_connection() -> None:
+    async def scenario() -> None:
+        a, b = Peer("a", {0: "chat"}), Peer("b", {})
+
+        async def broken(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, how: Negotiated
+        ) -> None:
+            raise ProtocolError("the chat peer went quiet")
+
+        a.handlers["chat"] = broken
+        async with loopback_pair() as ((ra, wa), (rb, wb)):
+            result_a, result_b = await asyncio.gather(
+                run_negotiator(ra, wa, a.negotiator, a.handlers),
+                run_negotiator(rb, wb, b.negotiator, b.handlers),
+            )
+        assert isinstance(result_a.error, ProtocolError)
+        assert a.negotiator.state == "Failed" and "went quiet" in result_a.reason
+        assert result_b.error is None and "closed" in result_b.reason  # b's chat saw EOF
 
     run(scenario)

@@ -96,11 +96,13 @@ async def run_negotiator(
                     await _sleep(outcome.seconds, stop, wake)
         else:
             result.reason = f"{result.rounds} rounds done"
-    except NegotiationError as error:
+    except NegotiationError as error:  # from the core, a deadline, or a handler
         result.reason, result.error = error.reason, error
+        negotiator.fail(error.reason)  # no-op when the core failed already
         log.warning("negotiator closing the connection: %s", error.reason)
     except P2pscError as error:  # raised by a protocol handler
         result.reason, result.error = error.reason, error
+        negotiator.fail(f"protocol failed: {error.reason}")
         log.warning("protocol failed, closing the connection: %s", error.reason)
     except (asyncio.IncompleteReadError, ConnectionError) as gone:
         result.reason = f"peer closed the connection ({type(gone).__name__})"
