@@ -142,7 +142,9 @@ class Model(Protocol[S]):
 
 @dataclass(frozen=True)
 class Violation(Generic[S]):
-    """A property violated in ``trace[-1]``: ``kind`` is ``"invariant"`` or ``"deadlock"``."""
+    """A property violated in ``states[-1]``: ``kind`` is ``"invariant"`` (a safety invariant
+    fails in that state) or ``"terminal"`` (a state without successors that is not an allowed
+    outcome: a deadlock, or a run that ended badly)."""
 
     kind: str
     message: str
@@ -190,8 +192,8 @@ def explore(
     """Breadth-first search of every state of ``model`` reachable from its initial states.
 
     Stops at the first violation (a shortest one: invariant violations found while expanding
-    level ``d`` lie at depth ``d + 1``, so the rest of level ``d`` is still scanned for a
-    deadlock at depth ``d`` first). ``max_depth`` bounds the search (states at that depth are
+    level ``d`` lie at depth ``d + 1``, so the rest of level ``d`` is still scanned for a bad
+    terminal state at depth ``d`` first). ``max_depth`` bounds the search (states at that depth are
     not expanded and ``bounded`` is set); ``max_states`` caps memory. ``progress(result,
     frontier_size)`` is called about every ``progress_interval`` seconds.
     """
@@ -264,7 +266,7 @@ def explore(
                         depth,
                         terminals,
                     )
-                    return finish(Violation("deadlock", message, *trace_to(state)))
+                    return finish(Violation("terminal", message, *trace_to(state)))
                 continue
             if pending is not None:
                 continue  # only looking for a shallower deadlock now

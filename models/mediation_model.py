@@ -1,22 +1,28 @@
-"""The mediation model: the real MediatorCore with two mutual peers and a third one.
+"""The mediation model: the real MediatorCore and real PeerCores, over a modelled network.
 
 Actors: ``mediator`` (:class:`p2psc.core.mediator.MediatorCore`), ``A`` and ``B`` (each wants
-the other) and, optionally, ``C`` (wants ``A``, who does not want ``C``). Each peer registers
-whenever the explorer decides (so every registration order is covered), every message
-interleaving is explored, and with faults any connection may drop once and any timer may fire at
-any moment. Peers are the real :class:`p2psc.core.peer.PeerCore` when it is available (then the
-direct connection between the two peers is a modelled link and the peers run the real peer
-handshake over it), otherwise :class:`models.scripted_peer.ScriptedPeer` (mediator handshake
-only). Crypto is :class:`models.symbolic_crypto.SymbolicCrypto`.
+the other) and, optionally, ``C`` (wants ``A``, who does not want ``C``), all three
+:class:`p2psc.core.peer.PeerCore`. Each peer starts (registers) whenever the explorer decides, so
+every registration order is covered; every interleaving of deliveries is explored; the direct
+connection between the paired peers is a modelled link (a Connect reaches a peer only while it
+listens on that port: no NAT in the model, so an outgoing punch towards a non-listening Client is
+refused and retried by the core); the peers then run the real peer handshake over it. Timers fire
+when the network is quiet (earliest first); with ``faults`` any timer may fire at any moment
+(arbitrary delays) and one connection may drop. Crypto is
+:class:`models.symbolic_crypto.SymbolicCrypto` with fixed nonces, so states stay deterministic.
 
 Properties (``spec/properties.md``):
 
 - M1 mutual intent: the mediator only introduces (PeerDisconnect / PeerIdentification) two
-  peers that each asked for the other, and a peer only ends connected to the key it asked for;
+  peers that each asked for the other, and a peer only establishes with the key it asked for;
 - M2 ordering: PeerIdentification naming a Peer is sent only after that Peer was sent
   PeerDisconnect *and* closed its own end of the mediator connection (its confirmation);
-- M3 outcomes: in every final state A and B are both connected or both failed with a reason,
-  and C (if present) was told why not; nobody is left waiting;
+- M3 outcomes: in every final state every peer that started has an outcome (Established or
+  Failed with a reason); A and B are both established over the same connection, or both
+  failed, or the one that established sees its connection closed by the other (it is told by
+  EOF/reset: after the last handshake message nothing else can be agreed on); C failed; and
+  in a run without any fault where A and B both started before either gave up, both are
+  established (the pairing is not only safe but completes);
 - M4 no leaks: every registry entry belongs to a session in state ``waiting`` and vice versa
   (every state), and the mediator holds no session nor registration at the end.
 """
@@ -27,15 +33,17 @@ from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 import p2psc.core.mediator as mediator_module
+import p2psc.core.peer as peer_module
 from models.explorer import Coverage, Step
-from models.network import Net, Network
-from models.scripted_peer import Introduced, ScriptedPeer
+from models.network import Net, Network, recording
 from models.symbolic_crypto import SymbolicCrypto, fixed_nonces
 from p2psc import wire
 from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen
 from p2psc.core.mediator import MediatorConfig, MediatorCore
-from p2psc.keys import Keypair
+from p2psc.core.peer import FIRST_ACCEPTED, Established, PeerConfig, PeerCore
+from p2psc.keys import Keypair, PublicKey
 from p2psc.machines.compiler import compile_machine
+from p2psc.machines.handshake import ClientHandshake, PeerHandshake
 from p2psc.machines.mediator import MediatorSession
 
 __all__ = ["Book", "MediationModel", "build"]
@@ -44,9 +52,20 @@ MEDIATOR = 0
 NAMES = ("mediator", "A", "B", "C")
 MEDIATOR_ADDR = ("10.0.0.1", 7000)
 WANTS = {1: 2, 2: 1, 3: 1}
-CONFIG = MediatorConfig(
+MEDIATOR_CONFIG = MediatorConfig(
     advertise_timeout=5.0, response_timeout=5.0, wait_timeout=60.0, confirm_timeout=5.0
 )
+PEER_TIMING: dict[str, Any] = {
+    "timeout": 20.0,
+    "step_timeout": 5.0,
+    "punch_timeout": 3.0,
+    "punch_interval": 1.0,
+    "punch_backoff": 1.0,
+    "punch_max_interval": 1.0,
+    "punch_attempt_timeout": 2.0,
+    "advertise_retries": 0,
+}
+"""Coarse peer timing keeps the number of distinct deadlines (hence states) small."""
 
 
 def peer_address(actor: int) -> tuple[str, int]:
@@ -58,9 +77,11 @@ class Book(NamedTuple):
     """Model bookkeeping carried in the global state (hashable)."""
 
     started: tuple[bool, ...]
-    outcomes: tuple[str | None, ...]
+    outcomes: tuple[str | None, ...]  # None, "established" or "failed"
+    established: tuple[tuple[int, int, int] | None, ...]  # (conn, other actor, its conn)
     listeners: tuple[tuple[int, int, int], ...]  # (actor, conn, port)
     told_disconnect: tuple[bool, ...]
+    alone: bool  # A or B gave up before the other one had even started
     violation: str | None
 
 
@@ -69,7 +90,7 @@ def _replace_at(values: tuple[Any, ...], index: int, value: Any) -> tuple[Any, .
 
 
 class MediationModel(Network):
-    """See the module docstring; ``mediator_class`` lets mutants swap in a broken mediator."""
+    """See the module docstring; mutants swap in a broken ``mediator_class`` or ``peer_class``."""
 
     actors: Sequence[str]
 
@@ -79,31 +100,45 @@ class MediationModel(Network):
         third: bool = True,
         faults: bool = False,
         mediator_class: type[MediatorCore] = MediatorCore,
-        config: MediatorConfig = CONFIG,
+        peer_class: type[PeerCore] = PeerCore,
+        config: MediatorConfig = MEDIATOR_CONFIG,
         name: str = "mediation",
     ) -> None:
         self.name = name
         self.count = 4 if third else 3
         self.names = NAMES[: self.count]
         self.actors = self.names
-        self.table = compile_machine(MediatorSession)
-        super().__init__(faults=1 if faults else 0, coverage=Coverage([self.table]))
-        self._patches = ((mediator_module, "TABLE"),)
+        tables = [compile_machine(cls) for cls in (MediatorSession, ClientHandshake, PeerHandshake)]
+        super().__init__(faults=1 if faults else 0, coverage=Coverage(tables))
+        self._patches = (
+            (mediator_module, "TABLE"),
+            (peer_module, "CLIENT_TABLE"),
+            (peer_module, "PEER_TABLE"),
+        )
         self.crypto = SymbolicCrypto()
         self.mediator_class = mediator_class
+        self.peer_class = peer_class
         self.config = config
         self.keypairs = {i: Keypair.from_private_raw(bytes([i]) * 32) for i in range(1, 4)}
         self.keys = {i: kp.public_key.raw for i, kp in self.keypairs.items()}
-        self.by_key = {key: i for i, key in self.keys.items()}
         self.by_address = {peer_address(i): i for i in range(1, 4)}
-        self.peers = {
-            i: ScriptedPeer(self.keypairs[i], self.keys[WANTS[i]], MEDIATOR_ADDR, self.crypto)
+        self.peer_configs = {
+            i: PeerConfig(
+                self.keypairs[i],
+                PublicKey.from_raw(self.keys[WANTS[i]]),
+                MEDIATOR_ADDR,
+                crypto=self.crypto,
+                nonce_source=fixed_nonces(NAMES[i].encode()),
+                **PEER_TIMING,
+            )
             for i in range(1, self.count)
         }
         self._mediator_nonces = fixed_nonces(b"mediator")
-        empty = MediatorCore(config, crypto=self.crypto).snapshot()
+        self._steps = [self._mediator_step] + [self._peer_step(i) for i in range(1, self.count)]
+        empty = mediator_class(config, crypto=self.crypto).snapshot()
+        peers = tuple(PeerCore(self.peer_configs[i]).snapshot() for i in range(1, self.count))
         self._initial = Net(
-            snaps=(empty, *(ScriptedPeer.initial for _ in range(1, self.count))),
+            snaps=(empty, *peers),
             links=(),
             timers=(),
             clock=0.0,
@@ -111,11 +146,14 @@ class MediationModel(Network):
             extra=Book(
                 started=(True,) + (False,) * (self.count - 1),
                 outcomes=(None,) * self.count,
+                established=(None,) * self.count,
                 listeners=(),
                 told_disconnect=(False,) * self.count,
+                alone=False,
                 violation=None,
             ),
         )
+        self.outcome_counts: dict[tuple[str | None, ...], int] = {}
 
     # --- explorer interface -------------------------------------------------------------------
 
@@ -126,8 +164,7 @@ class MediationModel(Network):
         return self._coverage
 
     def describe(self, state: Net) -> str:
-        book = state.extra
-        assert isinstance(book, Book)
+        book = _book(state)
         outcomes = ", ".join(
             f"{self.names[i]}={book.outcomes[i] or ('waiting' if book.started[i] else 'idle')}"
             for i in range(1, self.count)
@@ -137,70 +174,106 @@ class MediationModel(Network):
         return f"{outcomes}; mediator sessions: {live}; registry entries: {len(registry)}"
 
     def invariant(self, state: Net) -> str | None:
-        book = state.extra
-        assert isinstance(book, Book)
+        book = _book(state)
         if book.violation is not None:
             return book.violation
-        return self._registry_consistent(state.snaps[MEDIATOR])
+        return _registry_consistent(state.snaps[MEDIATOR])
 
     def terminal(self, state: Net) -> str | None:
-        book = state.extra
-        assert isinstance(book, Book)
+        book = _book(state)
+        key = book.outcomes[1:]
+        self.outcome_counts[key] = self.outcome_counts.get(key, 0) + 1
         for i in range(1, self.count):
             if book.outcomes[i] is None:
-                return f"{self.names[i]} was never told the outcome (left waiting)"
-        a, b = book.outcomes[1], book.outcomes[2]
-        if (a == "failed") != (b == "failed"):
-            return f"A and B disagree: A {a}, B {b}"
+                return f"M3: {self.names[i]} was never told the outcome (left waiting)"
         if self.count > 3 and book.outcomes[3] != "failed":
-            return f"C, whom nobody wants, ended {book.outcomes[3]}"
+            return f"M3: C, whom nobody wants, ended {book.outcomes[3]}"
+        problem = self._pair_outcome(state, book)
+        if problem is not None:
+            return problem
         sessions, registry, _ = state.snaps[MEDIATOR]  # type: ignore[misc]
         if sessions or registry:
-            return f"mediator leaks {len(sessions)} sessions and {len(registry)} registrations"
+            return f"M4: mediator leaks {len(sessions)} sessions and {len(registry)} registrations"
         return None
+
+    def _pair_outcome(self, state: Net, book: Book) -> str | None:
+        a, b = book.outcomes[1], book.outcomes[2]
+        if state.faults >= self.fault_budget and not book.alone and (a, b) != ("established",) * 2:
+            return (
+                f"M3: no fault occurred and A and B both registered before either gave up, "
+                f"yet A {a} and B {b}"
+            )
+        if a == "failed" and b == "failed":
+            return None
+        if a == "established" and b == "established":
+            ea, eb = book.established[1], book.established[2]
+            assert ea is not None and eb is not None
+            if ea[1:] == (2, eb[0]) and eb[1:] == (1, ea[0]):
+                return None
+            return "M3: A and B established on different connections"
+        winner = 1 if a == "established" else 2
+        record = book.established[winner]
+        assert record is not None
+        conn = record[0]
+        for link in state.links:
+            if link.x == winner and link.xc == conn and link.y_open:
+                break
+            if link.y == winner and link.yc == conn and link.x_open:
+                break
+        else:
+            return None  # the other side closed it: the established side was told by EOF
+        return (
+            f"M3: {self.names[winner]} is established but {self.names[3 - winner]} failed "
+            "and keeps the connection open"
+        )
 
     # --- network hooks ------------------------------------------------------------------------
 
     def step_fn(self, actor: int) -> Any:
-        if actor == MEDIATOR:
-            return self._mediator_step
-        peer = self.peers[actor]
-
-        def step(snap: Hashable, event: Event, now: float) -> tuple[Hashable, tuple[Any, ...]]:
-            return peer.step(snap, event)  # type: ignore[arg-type]
-
-        return step
+        return self._steps[actor]
 
     def _mediator_step(
         self, snap: Hashable, event: Event, now: float
     ) -> tuple[Hashable, tuple[Action, ...]]:
         core = self.mediator_class.from_snapshot(
-            snap, self.config, nonce_source=self._mediator_nonces, crypto=self.crypto
+            snap,  # type: ignore[arg-type]
+            self.config,
+            nonce_source=self._mediator_nonces,
+            crypto=self.crypto,
         )
         actions = core.handle(event, now)
         return core.snapshot(), tuple(actions)
+
+    def _peer_step(self, actor: int) -> Any:
+        config = self.peer_configs[actor]
+
+        def step(snap: Any, event: Event, now: float) -> tuple[Hashable, tuple[Any, ...]]:
+            core = self.peer_class.from_snapshot(snap, config)
+            actions = core.handle(event, now)
+            return core.snapshot(), tuple(actions)
+
+        return step
 
     def address_of(self, actor: int) -> tuple[str, int]:
         return MEDIATOR_ADDR if actor == MEDIATOR else peer_address(actor)
 
     def resolve(self, actor: int, action: Connect, state: Net) -> tuple[int, int] | None:
-        if tuple(action.remote) == MEDIATOR_ADDR:
+        remote = (action.remote[0], action.remote[1])
+        if remote == MEDIATOR_ADDR:
             used = {link.yc for link in state.links if link.y == MEDIATOR}
             for conn in range(10 * actor, 10 * actor + 10):
                 if conn not in used:
                     return MEDIATOR, conn
             return None
-        target = self.by_address.get(tuple(action.remote))  # type: ignore[arg-type]
-        book = state.extra
-        assert isinstance(book, Book)
+        target = self.by_address.get(remote)
         if target is None or target >= self.count:
             return None
-        port = action.remote[1]
-        if not any(a == target and p == port for a, _, p in book.listeners):
+        if not any(a == target and p == remote[1] for a, _, p in _book(state).listeners):
             return None
         used = {link.yc for link in state.links if link.y == target}
-        used |= {link.xc for link in state.links if link.x == target}
-        conn = next(c for c in range(16, 64) if c not in used)
+        conn = FIRST_ACCEPTED
+        while conn in used:
+            conn += 1
         return target, conn
 
     def label(self, data: bytes) -> str:
@@ -211,23 +284,23 @@ class MediationModel(Network):
                 name = type(message).__name__
                 if isinstance(message, wire.AdvertiseAbort | wire.AdvertiseRetry):
                     name += f"({wire.Reason(message.code).name})"
-            except Exception:
+            except Exception:  # a label must never fail
                 name = f"{len(data)} bytes"
             self._labels[data] = name
         return name
 
     def app_steps(self, state: Net) -> list[tuple[Step, Net]]:
-        book = state.extra
-        assert isinstance(book, Book)
+        book = _book(state)
         out = []
         for i in range(1, self.count):
             if book.started[i]:
                 continue
-            snap, actions = self.peers[i].start(state.snaps[i])  # type: ignore[arg-type]
+            core = self.peer_class.from_snapshot(state.snaps[i], self.peer_configs[i])  # type: ignore[arg-type]
+            with recording(self._patches, self._coverage):
+                actions = tuple(core.start(state.clock))
             base = state._replace(extra=book._replace(started=_replace_at(book.started, i, True)))
-            out.append(
-                (Step("app", self.names[i], "start: register"), self.apply(base, i, snap, actions))
-            )  # type: ignore[arg-type]
+            nxt = self.apply(base, i, core.snapshot(), actions)  # type: ignore[arg-type]
+            out.append((Step("app", self.names[i], "start: connect to the mediator"), nxt))
         return out
 
     def on_actions(
@@ -242,19 +315,21 @@ class MediationModel(Network):
                 listeners = (*book.listeners, (actor, action.conn, action.port))
                 book = book._replace(listeners=tuple(sorted(listeners)))
             elif isinstance(action, Close):
-                listeners = tuple(
-                    entry for entry in book.listeners if entry[:2] != (actor, action.conn)
-                )
-                book = book._replace(listeners=listeners)
-            elif isinstance(action, Introduced):
-                book = self._introduced(book, actor, action)
+                if any(entry[:2] == (actor, action.conn) for entry in book.listeners):
+                    listeners = tuple(e for e in book.listeners if e[:2] != (actor, action.conn))
+                    book = book._replace(listeners=listeners)
+            elif isinstance(action, Established):
+                book = self._established(state, book, actor, action)
             elif isinstance(action, Failed) and book.outcomes[actor] is None:
                 book = book._replace(outcomes=_replace_at(book.outcomes, actor, "failed"))
+                if actor in (1, 2) and not book.started[3 - actor]:
+                    book = book._replace(alone=True)
         return book
 
     # --- property bookkeeping -----------------------------------------------------------------
 
-    def _owner(self, state: Net, mediator_conn: int) -> int | None:
+    @staticmethod
+    def _owner(state: Net, mediator_conn: int) -> int | None:
         for link in state.links:
             if link.y == MEDIATOR and link.yc == mediator_conn:
                 return link.x
@@ -265,8 +340,10 @@ class MediationModel(Network):
             data = getattr(action, "data", None)
             if data is None or len(data) < 4:
                 continue
-            kind = data[3]
-            if kind not in (wire.MessageType.PEER_DISCONNECT, wire.MessageType.PEER_IDENTIFICATION):
+            if data[3] not in (
+                wire.MessageType.PEER_DISCONNECT,
+                wire.MessageType.PEER_IDENTIFICATION,
+            ):
                 continue
             receiver = self._owner(state, action.conn)  # type: ignore[union-attr]
             if receiver is None:
@@ -295,43 +372,56 @@ class MediationModel(Network):
             ):
                 who = "an unknown address" if other is None else self.names[other]
                 book = book._replace(
-                    violation=f"M1: mediator introduced {self.names[receiver]} to {who} "
-                    f"without mutual intent"
+                    violation=f"M1: the mediator introduced {self.names[receiver]} to {who} "
+                    "without mutual intent"
                 )
         return book
 
-    def _introduced(self, book: Book, actor: int, action: Introduced) -> Book:
-        other = self.by_address.get(action.other)
-        if book.violation is None and other != WANTS[actor]:
-            who = "an unknown address" if other is None else self.names[other]
+    def _established(self, state: Net, book: Book, actor: int, action: Established) -> Book:
+        if book.violation is None and action.peer_key.raw != self.keys[WANTS[actor]]:
             book = book._replace(
-                violation=f"M1: {self.names[actor]} was introduced to {who}, "
-                f"but asked for {self.names[WANTS[actor]]}"
+                violation=f"M1: {self.names[actor]} established with a key it did not ask for"
             )
-        return book._replace(outcomes=_replace_at(book.outcomes, actor, action.role))
+        record = (action.conn, -1, -1)
+        for link in state.links:
+            if link.x == actor and link.xc == action.conn:
+                record = (action.conn, link.y, link.yc)
+            elif link.y == actor and link.yc == action.conn:
+                record = (action.conn, link.x, link.xc)
+        return book._replace(
+            outcomes=_replace_at(book.outcomes, actor, "established"),
+            established=_replace_at(book.established, actor, record),
+        )
 
-    @staticmethod
-    def _registry_consistent(snapshot: Hashable) -> str | None:
-        sessions, registry, _ = snapshot  # type: ignore[misc]
-        waiting = {row[0]: row for row in sessions if row[1] == "waiting"}
-        handles = set()
-        for (our, their), handle in registry:
-            row = waiting.get(handle)
-            if row is None:
-                return f"M4: registry entry for conn {handle} has no waiting session (leak)"
-            if (row[6], row[7]) != (our, their):
-                return f"M4: registry entry for conn {handle} names other keys than its session"
-            handles.add(handle)
-        missing = set(waiting) - handles
-        if missing:
-            return f"M4: waiting sessions {sorted(missing)} are not in the registry"
-        return None
+
+def _book(state: Net) -> Book:
+    book = state.extra
+    assert isinstance(book, Book)
+    return book
+
+
+def _registry_consistent(snapshot: Any) -> str | None:
+    """M4 in every state: registry entries <-> sessions in state ``waiting``."""
+    sessions, registry, _ = snapshot
+    waiting = {row[0]: row for row in sessions if row[1] == "waiting"}
+    handles = set()
+    for (our, their), handle in registry:
+        row = waiting.get(handle)
+        if row is None:
+            return f"M4: registry entry for conn {handle} has no waiting session (leak)"
+        if (row[6], row[7]) != (our, their):
+            return f"M4: registry entry for conn {handle} names other keys than its session"
+        handles.add(handle)
+    missing = set(waiting) - handles
+    if missing:
+        return f"M4: waiting sessions {sorted(missing)} are not in the registry"
+    return None
 
 
 def build(
     *, protocols: int | None = None, faults: bool = False, mutant: str | None = None
 ) -> MediationModel:
-    """Entry point of ``p2psc explore mediation`` (``protocols`` is ignored here)."""
+    """Entry point of ``p2psc explore mediation`` (``protocols`` does not apply here)."""
     del protocols
     if mutant is not None:
         from models.mutants import mediation_mutant

@@ -21,6 +21,11 @@ Mediator (properties M1..M4):
 - ``forget-client``: on the Peer's confirmation the mediator closes the Peer's session but
   never introduces nor releases the Client, which is left waiting (M3).
 - ``leaky-registry``: closing a waiting session leaves its registry entry behind (M4).
+
+Peer (property M3, with faults):
+
+- ``keep-open``: a peer that fails keeps its direct connection open, so a partner that already
+  established is never told (M3).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from collections.abc import Iterator
 from models.mediation_model import MediationModel
 from models.negotiator_model import NegotiatorPairModel
 from p2psc import wire
-from p2psc.core.io import Send, SetTimer
+from p2psc.core.io import Close, Send, SetTimer
 from p2psc.core.mediator import MediatorConfig, MediatorCore
 from p2psc.core.negotiator import Negotiator
+from p2psc.core.peer import PeerAction, PeerCore
 from p2psc.core.registry import InMemoryRegistry, RegistryKey
+from p2psc.errors import P2pscError
 
 __all__ = [
     "MEDIATION_MUTANTS",
@@ -170,20 +177,35 @@ class ForgetClientMediator(MediatorCore):
                 out.append(SetTimer(client_conn, None))
 
 
-MEDIATION_MUTANTS: dict[str, tuple[type[MediatorCore], str]] = {
+class KeepOpenPeer(PeerCore):
+    """On failure, forgets to close the direct connection it was handshaking on."""
+
+    def _finish_failed(self, error: P2pscError) -> list[PeerAction]:
+        active = self.active
+        actions = super()._finish_failed(error)
+        return [a for a in actions if not (isinstance(a, Close) and a.conn == active)]
+
+
+MEDIATION_MUTANTS: dict[str, tuple[type[MediatorCore] | type[PeerCore], str]] = {
     "no-mutual": (NoMutualMediator, "M1"),
     "identify-early": (IdentifyEarlyMediator, "M2"),
     "forget-client": (ForgetClientMediator, "M3"),
+    "keep-open": (KeepOpenPeer, "M3"),
     "leaky-registry": (LeakyMediator, "M4"),
 }
-"""Mutant name -> (mediator class, the property it must break)."""
+"""Mutant name -> (broken mediator or peer class, the property it must break)."""
+
+NEEDS_FAULTS = frozenset({"keep-open"})
+"""Mutants whose bug only shows when a fault (drop, early timeout) happens."""
 
 
 def mediation_mutant(name: str, *, faults: bool = False, third: bool = True) -> MediationModel:
     cls, _ = MEDIATION_MUTANTS[name]
-    return MediationModel(
-        third=third, faults=faults, mediator_class=cls, name=f"mediation[mutant {name}]"
-    )
+    faults = faults or name in NEEDS_FAULTS
+    label = f"mediation[mutant {name}]"
+    if issubclass(cls, PeerCore):
+        return MediationModel(third=third, faults=faults, peer_class=cls, name=label)
+    return MediationModel(third=third, faults=faults, mediator_class=cls, name=label)
 
 
 def all_mutants() -> Iterator[tuple[str, str, str]]:

@@ -13,10 +13,10 @@ A global state is :class:`Net` = (actor snapshots, links, timers, clock, faults 
 - the *clock* only moves when a timer fires (to that timer's deadline): every other event is
   handled at the current clock, so a core's stale-timer checks see a monotonic clock.
 
-Choices from a state: deliver the head item of any link direction, fire a timer (only when
-the network is quiet and only the earliest ones, unless faults are enabled: then any timer,
-any time, which models arbitrary delays), drop a live link (faults: while the budget lasts),
-and whatever application steps the model offers. Each actor step is memoised on
+Choices from a state: deliver the head item of any link direction, fire a timer (on time: the
+earliest deadlines, once the network is quiet), and whatever application steps the model
+offers. Faults, while the budget in the state lasts (one per run by default): fire any other
+timer early (an arbitrary delay somewhere), or drop a live link. Each actor step is memoised on
 ``(actor, snapshot, event, now)``: cores are deterministic, so the same local step is computed
 once however many global states share it.
 """
@@ -319,20 +319,22 @@ class Network:
                 out.append((Step("deliver", names[receiver], text, source), nxt))
         out.extend(self.app_steps(state))
         if state.timers:
-            if self.fault_budget:
-                firing = state.timers
-            elif quiet:
-                first = min(d for _, _, d in state.timers)
-                firing = tuple(t for t in state.timers if t[2] == first)
-            else:
-                firing = ()
-            for actor, conn, deadline in firing:
+            # On time: when the network is quiet, the earliest deadlines fire. Early (a fault,
+            # modelling arbitrary delays): any other timer, while the fault budget lasts.
+            first = min(d for _, _, d in state.timers)
+            for timer in state.timers:
+                actor, conn, deadline = timer
+                on_time = quiet and deadline == first
+                if not on_time and state.faults <= 0:
+                    continue
                 now = max(state.clock, deadline)
-                timers = tuple(t for t in state.timers if t != (actor, conn, deadline))
-                base = state._replace(timers=timers, clock=now)
+                timers = tuple(t for t in state.timers if t != timer)
+                faults = state.faults if on_time else state.faults - 1
+                base = state._replace(timers=timers, clock=now, faults=faults)
                 snap, actions = self.run(actor, state.snaps[actor], TimerFired(conn), now)
                 nxt = self.apply(base, actor, snap, actions)
-                out.append((Step("timer", names[actor], f"conn {conn} at t={now:g}"), nxt))
+                when = "" if on_time else " (early: fault)"
+                out.append((Step("timer", names[actor], f"conn {conn} at t={now:g}{when}"), nxt))
         if state.faults > 0:
             for i, link in enumerate(state.links):
                 if link.dead or link.y < 0 or not (link.x_open or link.y_open):

@@ -194,7 +194,7 @@ def test_deadlock_is_reported_with_its_trace() -> None:
     result = explore(Philosophers())
     violation = result.violation
     assert violation is not None
-    assert violation.kind == "deadlock"
+    assert violation.kind == "terminal"
     assert violation.state == (1, 1)
     assert len(violation.steps) == 2
     report = format_report(result, Philosophers().describe)
