@@ -29,6 +29,9 @@ __all__ = ["MediatorServer", "run_mediator", "serve_mediator"]
 
 log = logging.getLogger("p2psc.mediator")
 
+_TIMER_SLACK = 1.0
+"""Seconds a kept timer handle may fire before the deadline it stands for (see _set_timer)."""
+
 
 class _Connection(asyncio.Protocol):
     """One accepted socket: forwards events to the server, holds the transport and timer."""
@@ -193,10 +196,12 @@ class MediatorServer:
     def _set_timer(self, connection: _Connection, deadline: float | None) -> None:
         """One ``call_at`` handle per connection, re-armed lazily.
 
-        A handle that fires no later than the new deadline is kept: if it fires early the core
-        answers with another SetTimer (it checks ``now`` against the session's deadline), so
-        correctness holds while a handshake that completes in milliseconds costs one timer
-        instead of three.
+        A handle that fires at most :data:`_TIMER_SLACK` seconds before the new deadline is
+        kept: if it fires early the core answers with another SetTimer (it checks ``now``
+        against the session's deadline), so correctness holds while a handshake that completes
+        in milliseconds costs one timer instead of three. A deadline much further away (a
+        registration that starts waiting) replaces the handle, so a waiting registration never
+        wakes the loop before its own deadline.
         """
         current = connection.timer
         if deadline is None:
@@ -205,7 +210,7 @@ class MediatorServer:
                 connection.timer = None
             return
         if current is not None:
-            if current.when() <= deadline:
+            if current.when() <= deadline <= current.when() + _TIMER_SLACK:
                 return
             current.cancel()
         connection.timer = self._loop.call_at(deadline, connection.fire)
