@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import errno
 import json
+import select
 import socket
 import sys
 import time
@@ -86,38 +87,83 @@ def cmd_dial(args: argparse.Namespace) -> None:
         s.close()
 
 
+def _start_attempt(port: int, target: tuple[str, int], ttl: int) -> tuple[socket.socket, int]:
+    """A non-blocking connect from ``port``; its first SYN carries ``ttl`` (0 = default), later
+    segments the default TTL again. Returns the socket and connect_ex's errno."""
+    s = _bound_socket(port)
+    s.setblocking(False)
+    if ttl:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    err = s.connect_ex(target)
+    if ttl:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
+    return s, err
+
+
 def cmd_simopen(args: argparse.Namespace) -> None:
+    """Connect attempts from one port (optionally low-TTL first SYNs) plus, with ``--listen``,
+    a listener on that port; the first socket that connects either way wins."""
     target = parse_addr(args.to)
+    listener = None
+    if args.listen:
+        listener = _bound_socket(args.bind_port)
+        listener.listen(8)
     delay = args.start_at - time.time()
     if delay > 0:
         time.sleep(min(delay, 5.0))
     t0 = time.monotonic()
     end = t0 + args.deadline
     outcomes: list[str] = []
-    while time.monotonic() < end and len(outcomes) < args.max_attempts:
-        s = _bound_socket(args.bind_port)
-        s.settimeout(max(0.05, min(args.attempt_timeout, end - time.monotonic())))
-        try:
-            s.connect(target)
-        except OSError as exc:
+    sock: socket.socket | None = None
+    attempt_end = next_attempt = t0
+    won: tuple[socket.socket, str] | None = None
+    while won is None and (now := time.monotonic()) < end:
+        if sock is None and now >= next_attempt and len(outcomes) < args.max_attempts:
+            sock, err = _start_attempt(args.bind_port, target, args.ttl)
+            if err not in (0, errno.EINPROGRESS):
+                outcomes.append(errno.errorcode.get(err, str(err)))
+                sock.close()
+                sock, next_attempt = None, now + args.backoff
+                continue
+            attempt_end = now + args.attempt_timeout
+        wake = min(end, attempt_end if sock is not None else next_attempt)
+        readable, writable, _ = select.select(
+            [listener] if listener else [], [sock] if sock else [], [], max(0.0, wake - now)
+        )
+        if listener is not None and listener in readable:
+            won = (listener.accept()[0], "accepted")
+        elif sock is not None and sock in writable:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err == 0:
+                won = (sock, "connected")
+                sock = None
+            else:
+                outcomes.append(errno.errorcode.get(err, str(err)))
+                sock.close()
+                sock, next_attempt = None, time.monotonic() + args.backoff
+        elif sock is not None and time.monotonic() >= attempt_end:
+            outcomes.append("timeout")
+            sock.close()
+            sock, next_attempt = None, time.monotonic()
+    elapsed = time.monotonic() - t0
+    for s in (sock, listener):
+        if s is not None:
             s.close()
-            name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-            outcomes.append("timeout" if isinstance(exc, TimeoutError) else name)
-            time.sleep(min(args.backoff, max(0.0, end - time.monotonic())))
-            continue
-        elapsed = time.monotonic() - t0
-        try:
-            s.settimeout(max(0.05, end - time.monotonic()) + 2.0)
-            s.sendall(args.name.encode() + b"\n")
-            other = _read_line(s)
-        except OSError as exc:
-            emit({"ok": False, "attempts": outcomes, "error": f"after connect: {exc!r}"})
-            return
-        finally:
-            s.close()
-        emit({"ok": True, "attempts": [*outcomes, "connected"], "other": other, "elapsed": elapsed})
+    if won is None:
+        emit({"ok": False, "attempts": outcomes, "elapsed": elapsed})
         return
-    emit({"ok": False, "attempts": outcomes, "elapsed": time.monotonic() - t0})
+    conn, how = won
+    try:
+        conn.setblocking(True)
+        conn.settimeout(max(0.05, end - time.monotonic()) + 2.0)
+        conn.sendall(args.name.encode() + b"\n")
+        other = _read_line(conn)
+    except OSError as exc:
+        emit({"ok": False, "attempts": outcomes, "error": f"after {how}: {exc!r}"})
+        return
+    finally:
+        conn.close()
+    emit({"ok": True, "attempts": [*outcomes, how], "other": other, "elapsed": elapsed})
 
 
 async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
@@ -196,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--attempt-timeout", type=float, default=3.0)
     p.add_argument("--backoff", type=float, default=0.05)
     p.add_argument("--max-attempts", type=int, default=200)
+    p.add_argument("--ttl", type=int, default=0, help="TTL of each attempt's first SYN")
+    p.add_argument("--listen", action="store_true", help="also accept on --bind-port")
     p = sub.add_parser("p2psc")
     p.add_argument("--private", required=True, help="our X25519 private key, hex")
     p.add_argument("--peer", required=True, help="the other side's public key, hex")

@@ -69,3 +69,62 @@ def test_rst_routers_refuse_again_and_again(topo: Topology) -> None:
         assert len(side["attempts"]) >= 5, side  # retried, bounded ...
         assert set(side["attempts"]) == {"ECONNREFUSED"}, side  # ... and refused every time
     assert took < deadline + 5.0
+
+
+@pytest.mark.parametrize("client_listens", [False, True])
+def test_public_client_behind_no_nat_needs_a_listener_for_an_rst_nat_peer(
+    topo: Topology, client_listens: bool
+) -> None:
+    """Peer behind an RST router, Client public (the "Peer behind NAT" case of a Linux-default
+    router). The Peer's SYN reaches the Client first (it learns the Client's address first);
+    with nothing listening the Client's host answers RST, which also closes the Peer's mapping,
+    so the Client's own SYN is then refused by the Peer's router: no connection, ever. When the
+    Client also listens on its port, the Peer's (retried) SYN simply lands on that listener."""
+    rb = topo.add_router("rb", inbound="rst")
+    a = topo.add_public_host("a")
+    b = topo.add_host("b", rb)
+    port_a, port_b = 42001, 43001
+    start = time.time() + 0.5
+    common = ["--deadline", "1.5", "--backoff", "0.05"]
+    listen = ["--listen"] if client_listens else []
+    pb = b.popen(
+        b.peer_script(
+            [
+                "simopen",
+                "--bind-port",
+                str(port_b),
+                "--to",
+                f"{a.addr}:{port_a}",
+                "--name",
+                "B",
+                "--start-at",
+                str(start),
+                *common,
+            ]
+        )
+    )
+    pa = a.popen(
+        a.peer_script(
+            [
+                "simopen",
+                "--bind-port",
+                str(port_a),
+                "--to",
+                f"{rb.wan_addr}:{port_b}",
+                "--name",
+                "A",
+                "--start-at",
+                str(start + 0.02),
+                *listen,
+                *common,
+            ]
+        )
+    )
+    client, peer = finish(pa, 20), finish(pb, 20)
+    if client_listens:
+        assert client["ok"] and peer["ok"], (client, peer)
+        assert (client["other"], peer["other"]) == ("B", "A")
+    else:
+        assert not client["ok"] and not peer["ok"], (client, peer)
+        assert set(client["attempts"]) == {"ECONNREFUSED"}, client
+        assert set(peer["attempts"]) == {"ECONNREFUSED"}, peer

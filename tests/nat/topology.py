@@ -47,6 +47,7 @@ from typing import Literal
 PREFIX = "p2nat-"
 PUBLIC_NET = "203.0.113"
 MEDIATOR_ADDR = f"{PUBLIC_NET}.1"
+TRANSIT_NET = "198.51.100"
 LAN_BASE = "198.18"
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
@@ -214,8 +215,15 @@ class Topology:
     """A set of namespaces built on demand; a context manager that always tears them down.
 
     ``public`` is the mediator's namespace (``MEDIATOR_ADDR`` on the public bridge).
+
+    ``transit=True`` puts one routed hop between the NATs, as on the internet: each router's
+    WAN is then a point-to-point link ``198.51.100.(4k+1)/30 <-> (4k+2)/30`` to the public
+    namespace, which forwards. Needed to study low-TTL punching (a SYN that opens its own NAT's
+    mapping but expires before it reaches the other NAT); in the default flat layout the other
+    NAT is on the same segment, zero hops away.
     """
 
+    transit: bool = False
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     namespaces: list[str] = field(default_factory=list)
     routers: list[Router] = field(default_factory=list)
@@ -301,6 +309,8 @@ class Topology:
     def _build_public(self) -> None:
         netns = self._netns("pub")
         self._bridge(netns, "br0", f"{MEDIATOR_ADDR}/24")
+        if self.transit:
+            run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         self._public = Host("public", netns, MEDIATOR_ADDR, MEDIATOR_ADDR)
 
     # ----------------------------------------------------------------- public API
@@ -314,6 +324,8 @@ class Topology:
         self._attach(self.public.netns, "br0", outside)
         self._ip(netns, "addr", "add", f"{addr}/24", "dev", inside)
         self._ip(netns, "link", "set", inside, "up")
+        if self.transit:
+            self._ip(netns, "route", "add", f"{TRANSIT_NET}.0/24", "via", MEDIATOR_ADDR)
         host = Host(role, netns, addr, addr)
         self.hosts.append(host)
         return host
@@ -326,10 +338,19 @@ class Topology:
         netns = self._netns(role)
         wan_if = f"{self.tag}wan"
         wan, outside = self._veth(netns, self.public.netns, wan_if)
-        self._attach(self.public.netns, "br0", outside)
-        wan_addr = f"{PUBLIC_NET}.{10 + index}"
-        self._ip(netns, "addr", "add", f"{wan_addr}/24", "dev", wan)
-        self._ip(netns, "link", "set", wan, "up")
+        if self.transit:
+            gateway, wan_addr = f"{TRANSIT_NET}.{4 * index + 1}", f"{TRANSIT_NET}.{4 * index + 2}"
+            self._ip(self.public.netns, "addr", "add", f"{gateway}/30", "dev", outside)
+            self._ip(self.public.netns, "link", "set", outside, "up")
+            self._ip(netns, "addr", "add", f"{wan_addr}/30", "dev", wan)
+            self._ip(netns, "link", "set", wan, "up")
+            for net in (f"{PUBLIC_NET}.0/24", f"{TRANSIT_NET}.0/24"):
+                self._ip(netns, "route", "add", net, "via", gateway)
+        else:
+            self._attach(self.public.netns, "br0", outside)
+            wan_addr = f"{PUBLIC_NET}.{10 + index}"
+            self._ip(netns, "addr", "add", f"{wan_addr}/24", "dev", wan)
+            self._ip(netns, "link", "set", wan, "up")
         lan_addr = f"{LAN_BASE}.{index}.1"
         self._bridge(netns, "lan", f"{lan_addr}/24")
         run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
@@ -349,6 +370,8 @@ class Topology:
         self._ip(netns, "addr", "add", f"{addr}/24", "dev", inside)
         self._ip(netns, "link", "set", inside, "up")
         self._ip(netns, "route", "add", f"{PUBLIC_NET}.0/24", "via", router.lan_addr)
+        if self.transit:
+            self._ip(netns, "route", "add", f"{TRANSIT_NET}.0/24", "via", router.lan_addr)
         host = Host(role, netns, addr, router.wan_addr, router)
         self.hosts.append(host)
         return host
@@ -370,6 +393,7 @@ Scenario = Literal[
     "no-nat",
     "client-nat",
     "peer-nat",
+    "peer-nat-rst",
     "both-nat-drop",
     "both-nat-rst",
     "same-nat",
@@ -379,6 +403,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     "no-nat",
     "client-nat",
     "peer-nat",
+    "peer-nat-rst",
     "both-nat-drop",
     "both-nat-rst",
     "same-nat",
@@ -396,8 +421,8 @@ def build_scenario(topo: Topology, scenario: Scenario) -> tuple[Host, Host]:
     if scenario == "client-nat":
         ra = topo.add_router("ra")
         return topo.add_host("a", ra), topo.add_public_host("b")
-    if scenario == "peer-nat":
-        rb = topo.add_router("rb")
+    if scenario in ("peer-nat", "peer-nat-rst"):
+        rb = topo.add_router("rb", inbound="rst" if scenario == "peer-nat-rst" else "drop")
         return topo.add_public_host("a"), topo.add_host("b", rb)
     if scenario in ("both-nat-drop", "both-nat-rst"):
         inbound: Inbound = "drop" if scenario == "both-nat-drop" else "rst"
