@@ -376,3 +376,22 @@ async def test_overall_timeout_is_honoured() -> None:
                 )
             )
         assert loop.time() - started < 2.0
+
+
+def test_pair_on_uvloop() -> None:
+    """connect() only uses public asyncio APIs: it runs on uvloop too."""
+    uvloop = pytest.importorskip("uvloop")
+    a, b = Keypair.generate(), Keypair.generate()
+
+    async def main() -> None:
+        async with mediator() as (server, notes):
+            addr = ("127.0.0.1", server.port)
+            first = asyncio.create_task(connect(a, b.public_key, addr, **FAST))
+            await notes.registered(a.public_key)
+            second = await bounded(connect(b, a.public_key, addr, **FAST))
+            conn = await bounded(first)
+            assert (conn.role, second.role) == ("client", "peer")
+            await exchange(conn, second, 100_000)
+            await close(conn, second)
+
+    uvloop.run(asyncio.wait_for(main(), 60.0))
