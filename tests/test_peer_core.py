@@ -291,12 +291,22 @@ def test_snapshot_then_continue_behaves_identically() -> None:
     """Rebuild the Client from its snapshot right before PeerIdentification: same actions."""
     peer = registered(B_KEY, A_KEY, B_LOCAL)
     original = registered(A_KEY, B_KEY, A_LOCAL)
-    copy = Side(PeerCore.from_snapshot(original.core.snapshot(), original.core.config), A_LOCAL)
+    # the copy gets its own nonce source in the same position (the source is not state)
+    same_nonces = replace(original.core.config, nonce_source=counting_nonces(1))
+    copy = Side(PeerCore.from_snapshot(original.core.snapshot(), same_nonces), A_LOCAL)
     ident = wire.PeerIdentification(1, wire.Address(*peer.local)).encode()
     first = original.do(Received(MEDIATOR_BASE, ident))
     second = copy.do(Received(MEDIATOR_BASE, ident))
     assert first == second
-    assert original.core.snapshot() == copy.core.snapshot()
+    # HPKE seals are randomised: the two PeerChallenges differ in bytes but carry one nonce
+    one, two = original.core.snapshot(), copy.core.snapshot()
+    assert replace(one, transcript=b"") == replace(two, transcript=b"")
+    info = nonce_info("PeerChallenge", B_KEY.public_key.raw, A_KEY.public_key.raw)
+    opened = [
+        HPKE.open(B_KEY, wire.decode(snap.transcript).encrypted_nonce, info)  # type: ignore[union-attr]
+        for snap in (one, two)
+    ]
+    assert opened[0] == opened[1] == one.our_nonce
 
 
 # --- Mediator-side failures --------------------------------------------------------------
@@ -499,15 +509,81 @@ def test_attempt_that_hangs_is_dropped_and_retried() -> None:
     ]
 
 
-def test_client_takes_the_first_connection_and_closes_the_rest() -> None:
+def test_client_listens_before_closing_the_mediator_connection() -> None:
     client = registered(A_KEY, B_KEY, A_LOCAL)
-    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL), wire.Address("10.0.0.2", 5)).encode()
+    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+    actions = client.do(Received(MEDIATOR_BASE, ident))
+    listen = actions.index(Listen(LISTENER, A_LOCAL[1]))
+    close = next(i for i, a in enumerate(actions) if isinstance(a, Close))
+    assert listen < close and actions[close].conn == MEDIATOR_BASE
+    assert connects(actions)[0].from_port == A_LOCAL[1]
+
+
+def test_client_challenges_every_candidate_and_commits_to_the_first_valid_answer() -> None:
+    """Outgoing attempts and accepted connections are all candidates; each gets the same
+    PeerChallenge; a wrong answer drops only that candidate; the first valid one wins."""
+    client = registered(A_KEY, B_KEY, A_LOCAL)
+    peer = registered(B_KEY, A_KEY, B_LOCAL)
+    _, peer_actions = introduce(client, peer)
+    ident_local = wire.Address("10.0.0.2", 5)  # a private address that is someone else's
+    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL), ident_local).encode()
+    client = registered(A_KEY, B_KEY, A_LOCAL)
     first, second = connects(client.do(Received(MEDIATOR_BASE, ident)))
-    actions = client.do(Opened(second.conn, second.remote, A_LOCAL))
+    challenges = []
+    for conn, remote in ((second.conn, second.remote), (first.conn, first.remote)):
+        (challenge,) = sends(client.do(Opened(conn, remote, A_LOCAL)), conn)
+        challenges.append(challenge)
+    accepted = FIRST_ACCEPTED
+    (challenge,) = sends(client.do(Opened(accepted, B_LOCAL, A_LOCAL)), accepted)
+    challenges.append(challenge)
+    assert challenges[0] == challenges[1] == challenges[2]
+    assert isinstance(challenges[0], wire.PeerChallenge)
+    # the host behind the private address cannot answer: dropped, the others stay
+    stranger = wire.PeerChallengeResponse(bytes(80), bytes(32)).encode()
+    assert client.do(Received(second.conn, stranger)) == [
+        Close(
+            second.conn,
+            f"candidate rejected: does not own key "
+            f"{B_KEY.public_key.fingerprint()}: it returned a wrong nonce",
+        )
+    ]
+    assert client.core.state == "punching"
+    # the real Peer answers on the accepted connection: commit there, close the rest
+    peer.do(Opened(FIRST_ACCEPTED + 1, A_LOCAL, B_LOCAL))
+    peer.do(Received(FIRST_ACCEPTED + 1, challenges[2].encode()))
+    (answer,) = sends(peer.log, FIRST_ACCEPTED + 1)
+    actions = client.do(Received(accepted, answer.encode()))
+    assert client.core.state == "confirming"
     assert Close(first.conn, "another direct connection won") in actions
-    assert [type(m) for m in sends(actions, second.conn)] == [wire.PeerChallenge]
-    assert client.do(Opened(first.conn, first.remote, A_LOCAL)) == [
-        Close(first.conn, "not expected")
+    assert Close(LISTENER, "another direct connection won") in actions
+    assert [type(m) for m in sends(actions, accepted)] == [wire.PeerResponse]
+    assert peer_actions  # the Peer was introduced too
+
+
+def test_client_drops_a_candidate_that_closes_or_sends_garbage() -> None:
+    client = registered(A_KEY, B_KEY, A_LOCAL, punch_timeout=3.0)
+    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+    (attempt,) = connects(client.do(Received(MEDIATOR_BASE, ident)))
+    client.do(Opened(attempt.conn, attempt.remote, A_LOCAL))
+    client.do(Opened(FIRST_ACCEPTED, ("192.0.2.9", 1), A_LOCAL))
+    actions = client.do(Received(FIRST_ACCEPTED, b"\x00" * 10))
+    assert [a.conn for a in actions if isinstance(a, Close)] == [FIRST_ACCEPTED]
+    assert client.do(Closed(attempt.conn, None)) == []
+    assert client.core.state == "punching" and not client.core.candidates
+    client.now = 3.0
+    error = failed(client.do(TimerFired(TIMER)))
+    assert isinstance(error, PeerUnreachable)
+
+
+def test_client_goes_on_when_its_listener_fails() -> None:
+    client = registered(A_KEY, B_KEY, A_LOCAL)
+    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+    client.do(Received(MEDIATOR_BASE, ident))
+    assert client.do(Closed(LISTENER, "address in use")) == []
+    assert client.core.state == "punching" and LISTENER not in client.core.open_conns
+    # accepted connections are not expected any more; outgoing attempts still count
+    assert client.do(Opened(FIRST_ACCEPTED, B_LOCAL, A_LOCAL)) == [
+        Close(FIRST_ACCEPTED, "not expected")
     ]
 
 
@@ -600,15 +676,28 @@ def test_listener_that_cannot_bind() -> None:
 # --- direct handshake failures -----------------------------------------------------------
 
 
+def _client_deadline(client: Side) -> P2pscError:
+    client.now = client.core.config.punch_timeout
+    return failed(client.do(TimerFired(TIMER)))
+
+
 def test_client_rejects_a_wrong_echo() -> None:
+    """A wrong answer drops that candidate (it may be a stranger); if no candidate proves the
+    key by the deadline, the attempt fails as an identity failure, with the reason."""
     client, _peer, cconn, _pconn = paired()
     info = nonce_info("PeerChallengeResponse", A_KEY.public_key.raw, B_KEY.public_key.raw)
     sealed = HPKE.seal(A_KEY.public_key, bytes(32), info)
     bad = wire.PeerChallengeResponse(sealed, bytes([9]) * 32).encode()
     actions = client.do(Received(cconn, bad))
-    error = failed(actions)
+    assert [a for a in actions if isinstance(a, Close)] == [
+        Close(
+            cconn,
+            f"candidate rejected: does not own key {B_KEY.public_key.fingerprint()}: "
+            "it returned a wrong nonce",
+        )
+    ]
+    error = _client_deadline(client)
     assert isinstance(error, IdentityCheckFailed) and "wrong nonce" in error.reason
-    assert Close(cconn, error.reason) in actions
 
 
 def test_client_rejects_a_response_nonce_that_does_not_open() -> None:
@@ -619,7 +708,9 @@ def test_client_rejects_a_response_nonce_that_does_not_open() -> None:
     tampered = bytearray(good.encrypted_nonce)
     tampered[-1] ^= 1
     bad = wire.PeerChallengeResponse(bytes(tampered), good.decrypted_nonce).encode()
-    error = failed(client.do(Received(cconn, bad)))
+    actions = client.do(Received(cconn, bad))
+    assert not sends(actions, cconn) and client.core.state == "punching"
+    error = _client_deadline(client)
     assert isinstance(error, IdentityCheckFailed) and "does not open" in error.reason
 
 
@@ -632,10 +723,19 @@ def test_peer_rejects_a_wrong_response() -> None:
     assert not [m for m in sends(actions, pconn) if isinstance(m, wire.PeerAcknowledgement)]
 
 
-@pytest.mark.parametrize("role", ["client", "peer"])
-def test_other_side_closes_during_the_handshake(role: str) -> None:
+def committed() -> tuple[Side, Side, int, int]:
+    """Both sides committed: the Peer answered (``answering``), the Client checked the answer
+    and sent PeerResponse (``confirming``), which the Peer has not read yet."""
     client, peer, cconn, pconn = paired()
     peer.do(Received(pconn, sends(client.log, cconn)[0].encode()))
+    client.do(Received(cconn, sends(peer.log, pconn)[0].encode()))
+    assert (client.core.state, peer.core.state) == ("confirming", "answering")
+    return client, peer, cconn, pconn
+
+
+@pytest.mark.parametrize("role", ["client", "peer"])
+def test_other_side_closes_during_the_handshake(role: str) -> None:
+    client, peer, cconn, pconn = committed()
     side, conn = (client, cconn) if role == "client" else (peer, pconn)
     error = failed(side.do(Closed(conn, None)))
     assert isinstance(error, IdentityCheckFailed)
@@ -643,15 +743,14 @@ def test_other_side_closes_during_the_handshake(role: str) -> None:
 
 @pytest.mark.parametrize("role", ["client", "peer"])
 def test_handshake_step_timeout(role: str) -> None:
-    client, peer, cconn, pconn = paired()
-    peer.do(Received(pconn, sends(client.log, cconn)[0].encode()))
+    client, peer, _cconn, _pconn = committed()
     side = client if role == "client" else peer
     side.now = 100.0
     assert isinstance(failed(side.do(TimerFired(TIMER))), HandshakeTimeout)
 
 
 def test_garbage_on_the_committed_connection() -> None:
-    client, _peer, cconn, _pconn = paired()
+    client, _peer, cconn, _pconn = committed()
     error = failed(client.do(Received(cconn, b"\x00" * 10)))
     assert isinstance(error, ProtocolError)
 

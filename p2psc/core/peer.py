@@ -9,7 +9,7 @@ only evaluates guards and turns transitions into actions; it never touches a soc
 (``now`` comes in with every event) and draws nonces from an injected source.
 
 Connection and timer names (:data:`~p2psc.core.io.ConnId`): mediator attempt ``k`` is
-``MEDIATOR_BASE + k``; the Peer's listener is :data:`LISTENER`; outgoing direct attempts are
+``MEDIATOR_BASE + k``; our listener (either role) is :data:`LISTENER`; outgoing direct attempts are
 numbered from :data:`PUNCH_BASE`; the adapter names connections accepted on the listener from
 :data:`FIRST_ACCEPTED` upwards. Timers: :data:`TIMER` (the current step's deadline, never later
 than the overall deadline), :data:`RETRY_TIMER` (AdvertiseRetry backoff) and
@@ -19,10 +19,15 @@ Hole punching (DESIGN.md section 7): both sides connect out from the local port 
 Mediator connection to every known address of the other side (observed, and local when given),
 one attempt in flight per address, each attempt bounded by ``punch_attempt_timeout``, failed
 attempts retried after ``punch_interval * punch_backoff**n`` (capped at ``punch_max_interval``)
-until ``punch_timeout``. The Client takes the first direct connection that forms and challenges
-on it; the Peer keeps every formed connection (bounded by ``max_candidates``) and commits to the
-first one that carries a valid PeerChallenge, so both sides agree without extra messages and a
-stranger reaching the listener cannot break the pairing.
+until ``punch_timeout``. Both roles also listen on that port (the Peer before it closes its
+Mediator connection, the Client when PeerIdentification arrives), because a NAT that answers
+unsolicited SYNs with RST lets a connection form only towards a side that listens. Every
+direct connection that forms, outgoing or accepted, is a *candidate* (at most
+``max_candidates``): the Client sends the same PeerChallenge on each and commits to the first
+that answers with a valid PeerChallengeResponse; the Peer commits to the first candidate that
+carries a valid PeerChallenge and answers only there. Both sides agree without extra messages,
+and a stranger reaching a listener, or a host that happens to own a private address we try,
+cannot break the pairing.
 """
 
 from __future__ import annotations
@@ -507,25 +512,25 @@ class PeerCore:
             ]
         if self.state == "punching":
             index = self._slot_of(conn)
-            if index is not None:
+            if index is not None or (conn >= FIRST_ACCEPTED and LISTENER in self.open_conns):
                 self._step("direct_opened")
                 self.open_conns |= {conn}
-                if self.role == "client":
-                    return self._commit_client(conn, now)
-                self._set_slot(index, Slot(None, self.slots[index].failures, True))
-                actions: list[PeerAction] = [SetTimer(PUNCH_TIMER_BASE + index, None)]
+                actions: list[PeerAction] = []
+                if index is not None:  # this target is reached: no more attempts towards it
+                    self._set_slot(index, Slot(None, self.slots[index].failures, True))
+                    actions.append(SetTimer(PUNCH_TIMER_BASE + index, None))
                 return actions + self._add_candidate(conn)
-            if conn >= FIRST_ACCEPTED and self.role == "peer":
-                self._step("direct_opened")
-                self.open_conns |= {conn}
-                return self._add_candidate(conn)
         return [Close(conn, "not expected")]
 
     def _add_candidate(self, conn: ConnId) -> list[PeerAction]:
+        """Keep ``conn`` as a candidate; the Client challenges it at once (the same
+        PeerChallenge on every candidate: only the real Peer can answer it)."""
         if len(self.candidates) >= self.config.max_candidates:
             self._forget(conn)
             return [Close(conn, "too many candidate connections")]
         self.candidates |= {conn}
+        if self.role == "client":
+            return [Send(conn, self.transcript)]  # before commit: exactly our PeerChallenge
         return []
 
     def _closed(self, event: Closed, now: float) -> list[PeerAction]:
@@ -548,6 +553,9 @@ class PeerCore:
                 return []
             if conn == LISTENER and conn in self.open_conns:
                 self._forget(conn)
+                if self.role == "client":  # an extra for RST-answering NATs: go on without it
+                    self._step("listen_failed")
+                    return []
                 self._step("lost")
                 return self._finish_failed(PeerUnreachable(f"cannot listen for the Client: {why}"))
         if conn not in self.open_conns:
@@ -559,7 +567,7 @@ class PeerCore:
         error: P2pscError
         if conn == self.mediator:
             error = MediatorClosed(f"the Mediator closed the connection before pairing us{partial}")
-        elif state in ("challenging", "confirming"):
+        elif state == "confirming":
             error = IdentityCheckFailed(
                 f"the Peer closed the direct connection during the handshake{partial}"
             )
@@ -649,9 +657,18 @@ class PeerCore:
                     )
                 )
             self.role = "client"
+            actions: list[PeerAction] = []
+            if self.local is not None:  # without it, connect out only (unbound attempts)
+                actions.append(Listen(LISTENER, self.local[1]))
+                self.open_conns |= {LISTENER}
+            actions.append(Close(conn, "PeerIdentification: connecting to Peer"))
             self._forget(conn)
             self.mediator = None
-            actions: list[PeerAction] = [Close(conn, "PeerIdentification: connecting to Peer")]
+            self.our_nonce = self._nonce()
+            sealed = config.crypto.seal(
+                config.peer_key, self.our_nonce, _info("PeerChallenge", theirs, ours)
+            )
+            self.transcript = wire.PeerChallenge(sealed).encode()
             return actions + self._start_punching(message.peer, message.peer_local, now)
         assert isinstance(message, wire.PeerDisconnect)
         self._step(event)  # ClientHandshake: waiting -> became_peer
@@ -718,22 +735,10 @@ class PeerCore:
 
     # --- the direct handshake ---------------------------------------------------------------
 
-    def _commit_client(self, conn: ConnId, now: float) -> list[PeerAction]:
-        config = self.config
-        actions = self._stop_punching(conn)
-        self.our_nonce = self._nonce()
-        sealed = config.crypto.seal(
-            config.peer_key,
-            self.our_nonce,
-            _info("PeerChallenge", config.peer_key.raw, config.keypair.public_key.raw),
-        )
-        frame = wire.PeerChallenge(sealed).encode()
-        self.transcript = frame
-        return [*actions, Send(conn, frame), SetTimer(TIMER, self._clip(now + config.step_timeout))]
-
     def _candidate_bytes(self, conn: ConnId, data: bytes, now: float) -> list[PeerAction]:
-        """A connection formed on the Peer side; its first frame must be a PeerChallenge that
-        opens with our key, else it is dropped (anyone can reach a listening port)."""
+        """Bytes on a candidate. Its first frame must prove the other key (a PeerChallenge that
+        opens with ours, or for the Client a valid PeerChallengeResponse), else the candidate is
+        dropped: anyone can reach a listening port."""
         buf = self.rx.get(conn, b"") + data
         try:
             taken = take_frame(buf)
@@ -743,6 +748,8 @@ class PeerCore:
             self.rx[conn] = buf
             return []
         frame, message, rest = taken
+        if self.role == "client":
+            return self._candidate_response(conn, frame, message, rest, now)
         if not isinstance(message, wire.PeerChallenge):
             return self._reject(conn, f"sent {type(message).__name__} first", identity=False)
         config = self.config
@@ -763,6 +770,36 @@ class PeerCore:
         self.rx[conn] = b""
         return actions + self._frames(conn, rest, now)
 
+    def _candidate_response(
+        self, conn: ConnId, frame: bytes, message: wire.Message, rest: bytes, now: float
+    ) -> list[PeerAction]:
+        """The Client's check of a candidate's answer: our nonce echoed (constant time) and
+        the Peer's own nonce opened with our key. The first candidate that passes wins."""
+        if not isinstance(message, wire.PeerChallengeResponse):
+            return self._reject(conn, f"sent {type(message).__name__} first", identity=False)
+        config = self.config
+        ours, theirs = config.keypair.public_key.raw, config.peer_key.raw
+        assert self.our_nonce is not None
+        echoed = nonces_equal(message.decrypted_nonce, self.our_nonce)
+        nonce = None
+        if echoed:
+            nonce = self._try_open(
+                message.encrypted_nonce, _info("PeerChallengeResponse", ours, theirs)
+            )
+        self._step("challenge_response", response_ok=nonce is not None)
+        if nonce is None:
+            why = "its sealed nonce does not open" if echoed else "it returned a wrong nonce"
+            return self._reject(
+                conn, f"does not own key {config.peer_key.fingerprint()}: {why}", True
+            )
+        actions = self._stop_punching(conn)
+        self.their_nonce = nonce
+        reply = wire.PeerResponse(nonce).encode()
+        self.transcript += frame + reply
+        actions += [Send(conn, reply), SetTimer(TIMER, self._clip(now + config.step_timeout))]
+        self.rx[conn] = b""
+        return actions + self._frames(conn, rest, now)
+
     def _reject(self, conn: ConnId, why: str, identity: bool) -> list[PeerAction]:
         if not identity:
             self._step("candidate_rejected")
@@ -775,27 +812,6 @@ class PeerCore:
         self, conn: ConnId, frame: bytes, message: wire.Message, rest: bytes, now: float
     ) -> list[PeerAction]:
         config = self.config
-        ours, theirs = config.keypair.public_key.raw, config.peer_key.raw
-        if isinstance(message, wire.PeerChallengeResponse) and self.state == "challenging":
-            assert self.our_nonce is not None
-            echoed = nonces_equal(message.decrypted_nonce, self.our_nonce)
-            nonce = None
-            if echoed:
-                nonce = self._try_open(
-                    message.encrypted_nonce, _info("PeerChallengeResponse", ours, theirs)
-                )
-            self._step("challenge_response", response_ok=nonce is not None)
-            if nonce is None:
-                why = "its sealed nonce does not open" if echoed else "it returned a wrong nonce"
-                return self._finish_failed(
-                    IdentityCheckFailed(
-                        f"the Peer does not own key {config.peer_key.fingerprint()}: {why}"
-                    )
-                )
-            self.their_nonce = nonce
-            reply = wire.PeerResponse(nonce).encode()
-            self.transcript += frame + reply
-            return [Send(conn, reply), SetTimer(TIMER, self._clip(now + config.step_timeout))]
         if isinstance(message, wire.PeerAcknowledgement) and self.state == "confirming":
             self._step("acknowledgement")
             self.transcript += frame

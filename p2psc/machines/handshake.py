@@ -16,7 +16,8 @@ Guards are evaluated by the core, by name:
 - ``can_retry``: an AdvertiseRetry arrived and another attempt fits both the retry budget and
   the overall deadline.
 - ``version_supported``: PeerIdentification names protocol version 1.
-- ``response_ok``: the Peer echoed our nonce (constant time) *and* its own sealed nonce opened.
+- ``response_ok``: a candidate echoed our nonce (constant time) *and* its own sealed nonce
+  opened: it is the Peer.
 - ``nonce_ok``: the Client echoed the Peer's nonce (constant time).
 """
 
@@ -28,12 +29,18 @@ __all__ = ["ClientHandshake", "PeerHandshake"]
 
 
 class ClientHandshake(StateMachine):
-    """The earlier registrant: advertise, wait, get PeerIdentification, connect out to the Peer
-    (simultaneous open, bounded retries), then challenge it: PeerChallenge, PeerChallengeResponse,
-    PeerResponse, PeerAcknowledgement.
+    """The earlier registrant: advertise, wait, get PeerIdentification, listen on the port of
+    its Mediator connection and connect out from it to the Peer (simultaneous open, bounded
+    retries), then challenge it: PeerChallenge, PeerChallengeResponse, PeerResponse,
+    PeerAcknowledgement.
 
-    ``punching`` loops on its own events (an attempt is due, an attempt failed) until the first
-    direct TCP connection forms (``direct_opened``) or the deadline passes (``timeout``).
+    ``punching`` loops on its own events while direct connections form (``direct_opened``:
+    each one, outgoing or accepted, is a *candidate* and gets the same PeerChallenge), fail or
+    answer wrongly (``candidate_rejected``, or ``challenge_response`` without ``response_ok``),
+    until one answers with a valid PeerChallengeResponse (then ``confirming``) or the deadline
+    passes (``timeout``). Why every candidate and not the first connection: a listening port,
+    or a private ``peer_local`` address that exists in our own network too, can be reached by
+    a host that is not the Peer; only the answer proves who is on the other end.
     """
 
     idle = State(initial=True)
@@ -42,7 +49,6 @@ class ClientHandshake(StateMachine):
     waiting = State()
     backing_off = State()
     punching = State()
-    challenging = State()
     confirming = State()
     established = State(final=True)
     failed = State(final=True)
@@ -65,8 +71,10 @@ class ClientHandshake(StateMachine):
 
     attempt_due = punching.to.itself()  # type: ignore[no-untyped-call]
     attempt_failed = punching.to.itself()  # type: ignore[no-untyped-call]
-    direct_opened = punching.to(challenging)
-    challenge_response = challenging.to(confirming, cond="response_ok") | challenging.to(failed)
+    direct_opened = punching.to.itself()  # type: ignore[no-untyped-call]
+    candidate_rejected = punching.to.itself()  # type: ignore[no-untyped-call]
+    listen_failed = punching.to.itself()  # type: ignore[no-untyped-call]
+    challenge_response = punching.to(confirming, cond="response_ok") | punching.to.itself()  # type: ignore[no-untyped-call]
     acknowledgement = confirming.to(established)
 
     timeout = (
@@ -75,19 +83,15 @@ class ClientHandshake(StateMachine):
         | waiting.to(failed)
         | backing_off.to(failed)
         | punching.to(failed)
-        | challenging.to(failed)
         | confirming.to(failed)
     )
     lost = (
         connecting_mediator.to(failed)
         | advertising.to(failed)
         | waiting.to(failed)
-        | challenging.to(failed)
         | confirming.to(failed)
     )
-    malformed = (
-        advertising.to(failed) | waiting.to(failed) | challenging.to(failed) | confirming.to(failed)
-    )
+    malformed = advertising.to(failed) | waiting.to(failed) | confirming.to(failed)
 
 
 class PeerHandshake(StateMachine):
