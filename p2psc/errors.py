@@ -16,6 +16,8 @@ is a bug.
     ├── KeyFileError             a key file that cannot be read, parsed or decrypted
     ├── NegotiationError         the negotiator received a byte it cannot accept
     │   └── NegotiationTimeout   the peer sent no byte before the negotiator's deadline
+    ├── ConformanceError         the conformance harness cannot run (bad options, target
+    │                            unreachable); a non-conforming mediator is a report, not this
     └── ConnectError             connect() did not produce a connection
         ├── MediatorUnreachable  no TCP connection to the mediator
         ├── AdvertiseAborted     the mediator refused the registration (AdvertiseAbort)
@@ -31,6 +33,7 @@ from __future__ import annotations
 __all__ = [
     "AdvertiseAborted",
     "AdvertiseRetryExhausted",
+    "ConformanceError",
     "ConnectError",
     "CryptoError",
     "HandshakeTimeout",
@@ -113,6 +116,14 @@ class NegotiationError(P2pscError):
 
 class NegotiationTimeout(NegotiationError, TimeoutError):
     """The peer sent no negotiator byte before the deadline: it is silent or gone."""
+
+
+class ConformanceError(P2pscError):
+    """The conformance harness cannot run: bad options, no scenario selected, or the mediator
+    under test cannot be reached at all.
+
+    Why a separate error: a mediator that answers wrongly is what the harness exists to report
+    (a failed scenario in the report), while this means there is no report to give."""
 
 
 class ConnectError(P2pscError):
