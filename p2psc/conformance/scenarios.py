@@ -1,0 +1,888 @@
+"""The version 1 scenarios: each checks one rule of spec/mediator.md against a live mediator.
+
+Every scenario plays all the clients itself, with fresh X25519 keys and raw frames, so it can
+both behave correctly and misbehave on purpose. Where a rule has a MUST part and a SHOULD part
+(closing vs. the reason code sent before the close) they are separate scenarios, so a mediator
+that only differs in reason codes gets warnings, not failures. The one exception is
+UNSUPPORTED_VERSION, whose code is part of the requirement: it is how a newer client knows to
+fall back (§3 step 2.1).
+
+"Closes promptly" checks also make sure the close was caused by the bad input and not by a
+deadline that happened to expire meanwhile: an ``AdvertiseAbort(TIMEOUT)`` before the close, or
+a close later than the configured deadline, fails them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from p2psc import wire
+from p2psc.conformance.context import HarnessOptions, ScenarioContext
+from p2psc.conformance.peer import RawPeer, V1Peer, all_of, fail, reason_name
+from p2psc.conformance.scenario import Level, Scenario, Section
+from p2psc.keys import Keypair
+
+__all__ = ["V1_SCENARIOS", "complete_pairing", "expect_abort", "expect_prompt_close"]
+
+R = wire.Reason
+REQUIRED = Level.REQUIRED
+RECOMMENDED = Level.RECOMMENDED
+
+S1 = Section("mediator.md", "1", "Roles and words")
+S3 = Section("mediator.md", "3", "The Mediator handshake")
+S4 = Section("mediator.md", "4", "Pairing and the ordering guarantee")
+S5 = Section("mediator.md", "5", "Duplicate registration, self pairing, version mismatch")
+S6 = Section("mediator.md", "6", "Limits (no memory growth under load)")
+S7 = Section("mediator.md", "7", "Errors: one connection at a time")
+S8 = Section("mediator.md", "8", "Reason codes used by the Mediator")
+FRAMING = Section("protocol.md", "2", "Transport and framing")
+
+CONCURRENT_PAIRS = 10
+
+# --- shared steps ------------------------------------------------------------------------------
+
+
+async def expect_abort(peer: V1Peer, code: int, why: str) -> wire.AdvertiseAbort:
+    """The next message must be ``AdvertiseAbort(code)``."""
+    got = await peer.next()
+    message = got.message
+    if isinstance(message, wire.AdvertiseAbort) and message.code == code:
+        return message
+    fail(f"AdvertiseAbort({reason_name(code)}) at {peer.label} ({why})", got.describe(peer.render))
+
+
+async def expect_prompt_close(
+    peer: RawPeer[Any],
+    why: str,
+    *,
+    deadline: float | None,
+    allowed: tuple[type[Any], ...] = (wire.AdvertiseAbort,),
+) -> list[Any]:
+    """The mediator must close ``peer`` because of what just happened, not because a deadline
+    (configured as ``deadline`` seconds, None if unknown) expired meanwhile."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    seen = await peer.expect_close(why, allowed=allowed)
+    elapsed = loop.time() - start
+    for message in seen:
+        if isinstance(message, wire.AdvertiseAbort) and message.code == R.TIMEOUT:
+            fail(
+                f"the mediator closes {peer.label} ({why})",
+                f"it was closed only by a deadline (AdvertiseAbort(TIMEOUT) after {elapsed:.2f} s)",
+            )
+    if deadline is not None and elapsed >= deadline:
+        fail(
+            f"the mediator closes {peer.label} promptly ({why})",
+            f"closed after {elapsed:.2f} s, when the configured deadline of {deadline:g} s "
+            "would have closed it anyway",
+        )
+    return seen
+
+
+async def complete_pairing(
+    ctx: ScenarioContext,
+    client: V1Peer,
+    peer: V1Peer,
+    *,
+    client_local: wire.Address | None = None,
+    peer_local: wire.Address | None = None,
+) -> tuple[wire.PeerDisconnect, wire.PeerIdentification]:
+    """From the Peer's registration to the Client's close, checking roles and every address.
+
+    The Peer closes as soon as it has read PeerDisconnect (a conforming Peer listens first; the
+    harness needs no listener because it never connects to itself)."""
+    got = await peer.next()
+    disconnect = got.message
+    if not isinstance(disconnect, wire.PeerDisconnect):
+        # Show what the earlier registrant got, if anything: a swap of roles reads clearly.
+        other = await client.next(0.05)
+        observed = f"{got.describe(peer.render)}"
+        if other.kind == "message":
+            observed += f"; meanwhile {client.label} got {other.describe(client.render)}"
+        fail(
+            f"PeerDisconnect at {peer.label} (the later registrant is the Peer, §4 step 2)",
+            observed,
+        )
+    ctx.check_observed("PeerDisconnect.peer", disconnect.peer, peer)
+    ctx.check_observed("PeerDisconnect.client", disconnect.client, client)
+    ctx.check_equal(
+        "PeerDisconnect.client_local",
+        disconnect.client_local,
+        client_local,
+        "the local address the Client advertised, or none (§4 step 2)",
+    )
+    peer.close()
+    identification = await client.expect(
+        wire.PeerIdentification,
+        "the earlier registrant is the Client; it is introduced after the Peer's clean close (§4)",
+    )
+    ctx.check_equal("PeerIdentification.version", identification.version, 1, "§4 Confirmation")
+    ctx.check_observed("PeerIdentification.peer", identification.peer, peer)
+    ctx.check_equal(
+        "PeerIdentification.peer",
+        identification.peer,
+        disconnect.peer,
+        "both messages carry the Peer's observed address",
+    )
+    ctx.check_equal(
+        "PeerIdentification.peer_local",
+        identification.peer_local,
+        peer_local,
+        "the local address the Peer advertised, or none (§4 Confirmation)",
+    )
+    await client.expect_close(
+        "after PeerIdentification the mediator closes the Client's connection (§4 Confirmation)"
+    )
+    return disconnect, identification
+
+
+async def _pair_up_to_disconnect(
+    ctx: ScenarioContext, tag: str = ""
+) -> tuple[V1Peer, V1Peer, wire.PeerDisconnect]:
+    """Client A registered and waiting, Peer B registered and holding PeerDisconnect (names
+    suffixed with ``tag`` when one scenario runs several pairs)."""
+    a, b = ctx.ordered_keypairs(f"A{tag}", f"B{tag}")
+    client = await ctx.register_waiting(f"client A{tag}", a, b.public_key.raw)
+    peer = await ctx.register(f"peer B{tag}", b, a.public_key.raw)
+    disconnect = await peer.expect(
+        wire.PeerDisconnect, "the later registrant is the Peer (§4 step 2)"
+    )
+    return client, peer, disconnect
+
+
+async def _with_healthy_pairing(
+    ctx: ScenarioContext, disturbance: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``disturbance`` while an unrelated pairing is half way (its Client waiting), then
+    complete that pairing: faults in one session never affect another (§7)."""
+    h1, h2 = ctx.ordered_keypairs("H1", "H2")
+    client = await ctx.register_waiting("healthy client", h1, h2.public_key.raw)
+    await disturbance()
+    peer = await ctx.register("healthy peer", h2, h1.public_key.raw)
+    await complete_pairing(ctx, client, peer)
+
+
+def _frame(message_type: int, payload: bytes, version: int = 1) -> bytes:
+    """A frame with any header values, valid or not."""
+    return wire.MAGIC + bytes((version, message_type)) + len(payload).to_bytes(2, "big") + payload
+
+
+def _advertise_payload(ctx: ScenarioContext, name: str) -> bytes:
+    a, b = ctx.keypair(name), ctx.keypair(name + "'")
+    return wire.Advertise(1, a.public_key.raw, b.public_key.raw).payload()
+
+
+# --- pairing -----------------------------------------------------------------------------------
+
+
+async def _pairing_in_order(ctx: ScenarioContext, *, smaller_first: bool) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    first, second = (a, b) if smaller_first else (b, a)
+    first_name, second_name = ("A", "B") if smaller_first else ("B", "A")
+    client = await ctx.register_waiting(f"client {first_name}", first, second.public_key.raw)
+    peer = await ctx.register(f"peer {second_name}", second, first.public_key.raw)
+    await complete_pairing(ctx, client, peer)
+
+
+async def pairing_a_then_b(ctx: ScenarioContext) -> None:
+    await _pairing_in_order(ctx, smaller_first=True)
+
+
+async def pairing_b_then_a(ctx: ScenarioContext) -> None:
+    await _pairing_in_order(ctx, smaller_first=False)
+
+
+async def pairing_local_addresses(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    a_local = wire.Address("192.0.2.10", 4444)
+    b_local = wire.Address("2001:db8::7", 5555)
+    client = await ctx.register_waiting("client A", a, b.public_key.raw, a_local)
+    peer = await ctx.register("peer B", b, a.public_key.raw, b_local)
+    await complete_pairing(ctx, client, peer, client_local=a_local, peer_local=b_local)
+
+
+async def pairing_ordering_guarantee(ctx: ScenarioContext) -> None:
+    client, peer, _ = await _pair_up_to_disconnect(ctx)
+    hold = ctx.options.hold
+    await client.expect_silence(
+        hold,
+        "the Peer still holds its connection open, so it has not confirmed: the Client must "
+        "not be introduced yet, the ordering guarantee of §4",
+    )
+    peer.close()
+    await client.expect(
+        wire.PeerIdentification, "once the Peer closed cleanly the Client is introduced (§4)"
+    )
+    await client.expect_close("after PeerIdentification the Client's connection is closed")
+
+
+async def pairing_mutual_intent_only(ctx: ScenarioContext) -> None:
+    a, b, c = ctx.keypair("A"), ctx.keypair("B"), ctx.keypair("C")
+    wants_b = await ctx.register("A (wants B)", a, b.public_key.raw)
+    wants_c = await ctx.register("B (wants C)", b, c.public_key.raw)
+    why = "A wants B but B wants C: no mutual intent, nobody is paired (§1 Mutual intent)"
+    quiet = ctx.options.quiet
+    await all_of([wants_b.expect_silence(quiet, why), wants_c.expect_silence(quiet, why)])
+    peer = await ctx.register("C (wants B)", c, b.public_key.raw)
+    await complete_pairing(ctx, wants_c, peer)
+    await wants_b.expect_silence(
+        ctx.options.settle, "A still waits: B was paired with C, who wanted B back"
+    )
+
+
+async def pairing_independent_wishes(ctx: ScenarioContext) -> None:
+    a, b, c = ctx.keypair("A"), ctx.keypair("B"), ctx.keypair("C")
+    wants_b = await ctx.register_waiting("A (wants B)", a, b.public_key.raw)
+    wants_c = await ctx.register_waiting("A (wants C)", a, c.public_key.raw)
+    await wants_b.expect_silence(
+        0, "same our_key, different their_key: independent registrations, not duplicates (§5)"
+    )
+    peer = await ctx.register("B (wants A)", b, a.public_key.raw)
+    await complete_pairing(ctx, wants_b, peer)
+    await wants_c.expect_silence(
+        ctx.options.settle, "A's registration for C is independent and keeps waiting (§5)"
+    )
+
+
+async def pairing_concurrent_pairs(ctx: ScenarioContext) -> None:
+    n = CONCURRENT_PAIRS
+    keys = [ctx.ordered_keypairs(f"C{i}", f"P{i}") for i in range(n)]
+    clients = await all_of(
+        ctx.register(f"client C{i}", c, p.public_key.raw) for i, (c, p) in enumerate(keys)
+    )
+    await all_of(
+        client.expect_silence(ctx.options.settle, "waiting for its partner") for client in clients
+    )
+    peers = await all_of(
+        ctx.register(f"peer P{i}", p, c.public_key.raw) for i, (c, p) in enumerate(keys)
+    )
+    disconnects = await all_of(
+        peer.expect(wire.PeerDisconnect, "each later registrant is its pair's Peer (§4)")
+        for peer in peers
+    )
+    for client, peer, disconnect in zip(clients, peers, disconnects, strict=True):
+        ctx.check_observed(f"{peer.label}'s PeerDisconnect.client", disconnect.client, client)
+        ctx.check_observed(f"{peer.label}'s PeerDisconnect.peer", disconnect.peer, peer)
+    observed_clients = [d.client for d in disconnects]
+    if len(set(observed_clients)) != n:
+        fail(
+            f"{n} different Client addresses in the {n} PeerDisconnects (one per pair)",
+            ", ".join(map(str, observed_clients)),
+        )
+    for peer in peers:
+        peer.close()
+    identifications = await all_of(
+        client.expect(wire.PeerIdentification, "its own Peer closed cleanly (§4)")
+        for client in clients
+    )
+    for client, peer, disconnect, identification in zip(
+        clients, peers, disconnects, identifications, strict=True
+    ):
+        ctx.check_observed(f"{client.label}'s PeerIdentification.peer", identification.peer, peer)
+        ctx.check_equal(
+            f"{client.label}'s PeerIdentification.peer",
+            identification.peer,
+            disconnect.peer,
+            f"the address {peer.label} was told it has, in its PeerDisconnect",
+        )
+    await all_of(client.expect_close("introduced, then closed (§4)") for client in clients)
+
+
+async def pairing_duplicate_registration(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    older = await ctx.register_waiting("A (older)", a, b.public_key.raw)
+    newer = await ctx.register("A (newer)", a, b.public_key.raw)
+    await expect_prompt_close(
+        older,
+        "a newer verified registration of the same (our_key, their_key) replaces the older "
+        "one, which is closed (§5)",
+        deadline=None,
+    )
+    await newer.expect_silence(ctx.options.settle, "the newer registration waits in its place")
+    peer = await ctx.register("peer B", b, a.public_key.raw)
+    await complete_pairing(ctx, newer, peer)
+
+
+async def pairing_duplicate_reason(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    older = await ctx.register_waiting("A (older)", a, b.public_key.raw)
+    await ctx.register("A (newer)", a, b.public_key.raw)
+    await expect_abort(older, R.DUPLICATE_REGISTRATION, "the replaced registration is told why")
+
+
+# --- identity --------------------------------------------------------------------------------
+
+
+async def _wrong_answer(ctx: ScenarioContext) -> tuple[V1Peer, Keypair, Keypair]:
+    """A advertises correctly and answers the challenge with a wrong nonce."""
+    a, b = ctx.ordered_keypairs("A", "B")
+    peer, challenge = await ctx.advertise("A (answers wrongly)", a, b.public_key.raw)
+    nonce = ctx.open_challenge(a, b.public_key.raw, challenge, peer.label)
+    wrong = bytes((nonce[0] ^ 0x01,)) + nonce[1:]
+    await peer.send(wire.AdvertiseResponse(wrong))
+    return peer, a, b
+
+
+async def identity_wrong_nonce_closes(ctx: ScenarioContext) -> None:
+    peer, a, b = await _wrong_answer(ctx)
+    await expect_prompt_close(
+        peer,
+        "a wrong AdvertiseResponse fails the identity check (§3 step 3)",
+        deadline=ctx.options.response_timeout,
+    )
+    partner = await ctx.register("B (wants A)", b, a.public_key.raw)
+    await partner.expect_silence(
+        ctx.options.quiet, "A failed its identity check, so nothing may be paired with it"
+    )
+
+
+async def identity_wrong_nonce_reason(ctx: ScenarioContext) -> None:
+    peer, _, _ = await _wrong_answer(ctx)
+    await expect_abort(peer, R.IDENTITY_CHECK_FAILED, "the reason for a failed identity check")
+
+
+async def _advertise_self(ctx: ScenarioContext) -> V1Peer:
+    a = ctx.keypair("A")
+    peer = await ctx.connect("A (wants A)")
+    await peer.send(wire.Advertise(1, a.public_key.raw, a.public_key.raw))
+    return peer
+
+
+async def identity_self_pairing(ctx: ScenarioContext) -> None:
+    peer = await _advertise_self(ctx)
+    await expect_prompt_close(
+        peer,
+        "our_key == their_key is refused before any challenge (§3 step 2.2, §5)",
+        deadline=ctx.options.idle_timeout,
+    )
+
+
+async def identity_self_pairing_reason(ctx: ScenarioContext) -> None:
+    peer = await _advertise_self(ctx)
+    await expect_abort(peer, R.SELF_PAIRING, "the reason for refusing self pairing")
+
+
+async def version_unsupported(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    advertise = wire.Advertise(1, a.public_key.raw, b.public_key.raw).payload()
+    header_v2 = await ctx.connect("header version 2")
+    field_v2 = await ctx.connect("Advertise.version 2")
+
+    async def check(peer: V1Peer, frame: bytes, what: str) -> None:
+        await peer.send_raw(frame, what)
+        await expect_abort(
+            peer,
+            R.UNSUPPORTED_VERSION,
+            "unknown versions are refused with this code so newer clients can fall back (§5)",
+        )
+        await peer.expect_close("after AdvertiseAbort(UNSUPPORTED_VERSION) (§5)")
+
+    await all_of(
+        [
+            check(header_v2, _frame(0, advertise, version=2), "Advertise in a version 2 frame"),
+            check(
+                field_v2,
+                _frame(0, bytes((2,)) + advertise[1:]),
+                "Advertise with version field 2 in a version 1 frame",
+            ),
+        ]
+    )
+
+
+# --- framing and bad input --------------------------------------------------------------------
+
+
+async def framing_split_frames(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    peer = await ctx.connect("client A (trickles)")
+    frame = wire.Advertise(1, a.public_key.raw, b.public_key.raw).encode()
+    cuts = [0, 1, 2, 3, 4, 5, 6, 20, 40, len(frame)]
+    for start, end in itertools.pairwise(cuts):
+        await peer.send_raw(frame[start:end], f"Advertise bytes {start}..{end} of {len(frame)}")
+        await asyncio.sleep(0.01)
+    challenge = await peer.expect(
+        wire.AdvertiseChallenge,
+        "a frame split across many reads is reassembled (spec/protocol.md §2)",
+    )
+    nonce = ctx.open_challenge(a, b.public_key.raw, challenge, peer.label)
+    response = wire.AdvertiseResponse(nonce).encode()
+    await peer.send_raw(response[:3], "AdvertiseResponse bytes 0..3")
+    await asyncio.sleep(0.02)
+    await peer.send_raw(response[3:], f"AdvertiseResponse bytes 3..{len(response)}")
+    await peer.expect_silence(ctx.options.settle, "registered, waiting for its partner")
+    partner = await ctx.register("peer B", b, a.public_key.raw)
+    await complete_pairing(ctx, peer, partner)
+
+
+async def framing_malformed_closes(ctx: ScenarioContext) -> None:
+    opts = ctx.options
+    advertise = _advertise_payload(ctx, "X")
+    cases: list[tuple[str, bytes]] = [
+        ("not a p2psc frame", b"GET / HTTP/1.1\r\nHost: mediator\r\n\r\n"),
+        ("unknown message type 99", _frame(99, b"")),
+        ("Advertise with a truncated payload", _frame(0, advertise[:3])),
+        ("Advertise with a trailing byte", _frame(0, advertise[:65] + b"\x00\x00")),
+        ("Advertise with local address family 9", _frame(0, advertise[:65] + b"\x09")),
+        ("AdvertiseResponse before any Advertise", wire.AdvertiseResponse(bytes(32)).encode()),
+    ]
+
+    async def bad_first_frame(label: str, data: bytes) -> None:
+        peer = await ctx.connect(label)
+        await peer.send_raw(data, label)
+        await expect_prompt_close(
+            peer,
+            f"{label}: a frame that cannot be decoded or is not the expected message (§7)",
+            deadline=opts.idle_timeout,
+        )
+
+    async def second_advertise() -> None:
+        x, y = ctx.keypair("Y"), ctx.keypair("Y'")
+        peer, _ = await ctx.advertise("second Advertise", x, y.public_key.raw)
+        await peer.send(wire.Advertise(1, x.public_key.raw, y.public_key.raw))
+        await expect_prompt_close(
+            peer,
+            "a second Advertise while challenged is not the expected message (§7)",
+            deadline=opts.response_timeout,
+        )
+
+    async def disturbance() -> None:
+        await all_of([*(bad_first_frame(*case) for case in cases), second_advertise()])
+
+    await _with_healthy_pairing(ctx, disturbance)
+
+
+async def framing_oversized_closes(ctx: ScenarioContext) -> None:
+    opts = ctx.options
+
+    async def oversized_header(label: str, length: int) -> None:
+        peer = await ctx.connect(label)
+        header = wire.MAGIC + bytes((1, 0)) + length.to_bytes(2, "big")
+        await peer.send_raw(header, f"frame header announcing {length} payload bytes (no payload)")
+        await expect_prompt_close(
+            peer,
+            f"a header announcing {length} > {wire.MAX_PAYLOAD} bytes is refused as soon as "
+            "it arrives, before any payload (§6)",
+            deadline=opts.idle_timeout,
+        )
+
+    async def oversized_response() -> None:
+        x, y = ctx.keypair("Y"), ctx.keypair("Y'")
+        peer, _ = await ctx.advertise("oversized response", x, y.public_key.raw)
+        header = wire.MAGIC + bytes((1, 2)) + (wire.MAX_PAYLOAD + 1).to_bytes(2, "big")
+        await peer.send_raw(header, f"AdvertiseResponse header announcing {wire.MAX_PAYLOAD + 1}")
+        await expect_prompt_close(
+            peer,
+            "an oversized frame while challenged is refused as soon as its header arrives (§6)",
+            deadline=opts.response_timeout,
+        )
+
+    async def disturbance() -> None:
+        await all_of(
+            [
+                oversized_header("header length 4097", wire.MAX_PAYLOAD + 1),
+                oversized_header("header length 65535", 0xFFFF),
+                oversized_response(),
+            ]
+        )
+
+    await _with_healthy_pairing(ctx, disturbance)
+
+
+async def framing_cut_frame(ctx: ScenarioContext) -> None:
+    c, d = ctx.ordered_keypairs("C", "D")
+
+    async def disturbance() -> None:
+        cut = await ctx.connect("C (cut Advertise)")
+        frame = wire.Advertise(1, c.public_key.raw, d.public_key.raw).encode()
+        await cut.send_raw(frame[:30], f"Advertise bytes 0..30 of {len(frame)}, then close")
+        await asyncio.sleep(0.02)
+        cut.close()
+        peer, challenge = await ctx.advertise("C (cut response)", c, d.public_key.raw)
+        nonce = ctx.open_challenge(c, d.public_key.raw, challenge, peer.label)
+        response = wire.AdvertiseResponse(nonce).encode()
+        await peer.send_raw(response[:10], f"AdvertiseResponse bytes 0..10 of {len(response)}")
+        await asyncio.sleep(0.02)
+        peer.close()
+
+    await _with_healthy_pairing(ctx, disturbance)
+    # Nothing of C's cut attempts may linger: C and D now pair normally.
+    client = await ctx.register_waiting("client C", c, d.public_key.raw)
+    peer = await ctx.register("peer D", d, c.public_key.raw)
+    await complete_pairing(ctx, client, peer)
+
+
+async def framing_bytes_while_waiting(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    waiting = await ctx.register_waiting("A (waiting)", a, b.public_key.raw)
+    await waiting.send_raw(b"\x00", "1 byte after the AdvertiseResponse")
+    await expect_prompt_close(
+        waiting,
+        "an advertiser must not send anything after its AdvertiseResponse (§3, §7)",
+        deadline=None,
+    )
+    partner = await ctx.register("B (wants A)", b, a.public_key.raw)
+    await partner.expect_silence(
+        ctx.options.quiet, "A's registration ended with its connection, so B waits unpaired (§7)"
+    )
+
+
+async def framing_malformed_reason(ctx: ScenarioContext) -> None:
+    async def garbage() -> None:
+        peer = await ctx.connect("garbage")
+        await peer.send_raw(b"GET / HTTP/1.1\r\n\r\n", "not a p2psc frame")
+        await expect_abort(peer, R.MALFORMED, "an undecodable frame (§7)")
+
+    async def oversized() -> None:
+        peer = await ctx.connect("oversized")
+        await peer.send_raw(_frame(0, b"")[:4] + b"\x10\x01", "header announcing 4097 bytes")
+        await expect_abort(peer, R.MALFORMED, "a payload over the maximum (§6)")
+
+    async def stray_byte() -> None:
+        a, b = ctx.ordered_keypairs("A", "B")
+        waiting = await ctx.register_waiting("A (waiting)", a, b.public_key.raw)
+        await waiting.send_raw(b"\x00", "1 byte after the AdvertiseResponse")
+        await expect_abort(waiting, R.MALFORMED, "a byte after the handshake (§7)")
+
+    await all_of([garbage(), oversized(), stray_byte()])
+
+
+# --- faults while pairing ---------------------------------------------------------------------
+
+
+async def fault_peer_reset(ctx: ScenarioContext) -> None:
+    client, peer, _ = await _pair_up_to_disconnect(ctx)
+    peer.reset()
+    await expect_prompt_close(
+        client,
+        "a reset is not a confirmation: the pairing fails and the Client is closed, never "
+        "introduced (§4 Failure, and (c) of the ordering guarantee)",
+        deadline=ctx.options.confirm_timeout,
+    )
+
+
+async def fault_peer_sends_bytes(ctx: ScenarioContext) -> None:
+    client, peer, _ = await _pair_up_to_disconnect(ctx)
+    await peer.send_raw(b"\x00", "1 byte after PeerDisconnect (the Peer keeps its connection)")
+    deadline = ctx.options.confirm_timeout
+    await all_of(
+        [
+            expect_prompt_close(
+                peer, "a Peer that sends anything after PeerDisconnect (§4, §7)", deadline=deadline
+            ),
+            expect_prompt_close(
+                client,
+                "its Peer misbehaved: the pairing fails and the Client is never introduced (§4)",
+                deadline=deadline,
+            ),
+        ]
+    )
+
+
+async def fault_client_leaves(ctx: ScenarioContext) -> None:
+    client, peer, _ = await _pair_up_to_disconnect(ctx)
+    client.close()
+    await expect_prompt_close(
+        peer,
+        "the Client closed while confirming: the mediator closes the Peer too (§4 Failure)",
+        deadline=ctx.options.confirm_timeout,
+    )
+
+
+async def fault_peer_gone_reason(ctx: ScenarioContext) -> None:
+    async def peer_resets() -> None:
+        client, peer, _ = await _pair_up_to_disconnect(ctx, "1")
+        peer.reset()
+        await expect_abort(client, R.PEER_GONE, "its Peer reset its connection (§4 Failure)")
+
+    async def client_leaves() -> None:
+        client, peer, _ = await _pair_up_to_disconnect(ctx, "2")
+        client.close()
+        await expect_abort(peer, R.PEER_GONE, "its Client closed while confirming (§4 Failure)")
+
+    await all_of([peer_resets(), client_leaves()])
+
+
+# --- deadlines --------------------------------------------------------------------------------
+
+
+def _needs(name: str, flag: str) -> Callable[[HarnessOptions], str | None]:
+    def check(options: HarnessOptions) -> str | None:
+        if getattr(options, name) is None:
+            return f"the mediator's {name} is not known ({flag} 0)"
+        return None
+
+    return check
+
+
+async def _closed_with_timeout(peer: V1Peer, deadline: float, slack: float, why: str) -> None:
+    seen = await peer.expect_close(
+        why, allowed=(wire.AdvertiseAbort, wire.AdvertiseRetry), timeout=deadline + slack
+    )
+    codes = [m.code for m in seen if isinstance(m, wire.AdvertiseAbort)]
+    if R.TIMEOUT not in codes:
+        observed = ", ".join(f"AdvertiseAbort({reason_name(c)})" for c in codes) or "no abort"
+        fail(f"AdvertiseAbort(TIMEOUT) at {peer.label} before the close ({why})", observed)
+
+
+async def timeout_idle(ctx: ScenarioContext) -> None:
+    deadline = ctx.options.idle_timeout
+    assert deadline is not None
+    peer = await ctx.connect("idle")
+    await _closed_with_timeout(
+        peer,
+        deadline,
+        ctx.options.timeout,
+        f"no Advertise within advertise_timeout = {deadline:g} s (§6)",
+    )
+
+
+async def timeout_response(ctx: ScenarioContext) -> None:
+    deadline = ctx.options.response_timeout
+    assert deadline is not None
+    a, b = ctx.ordered_keypairs("A", "B")
+    peer, _ = await ctx.advertise("A (never answers)", a, b.public_key.raw)
+    await _closed_with_timeout(
+        peer,
+        deadline,
+        ctx.options.timeout,
+        f"no AdvertiseResponse within response_timeout = {deadline:g} s (§6)",
+    )
+
+
+async def timeout_confirm(ctx: ScenarioContext) -> None:
+    deadline = ctx.options.confirm_timeout
+    assert deadline is not None
+    client, peer, _ = await _pair_up_to_disconnect(ctx)
+    why = f"the Peer never closes: confirm_timeout = {deadline:g} s ends the pairing (§4, §6)"
+    await all_of(
+        [
+            _closed_with_timeout(client, deadline, ctx.options.timeout, why),
+            _closed_with_timeout(peer, deadline, ctx.options.timeout, why),
+        ]
+    )
+
+
+def _scenario(
+    name: str,
+    section: Section,
+    level: Level,
+    summary: str,
+    body: Callable[[ScenarioContext], Awaitable[None]],
+    **extra: Any,
+) -> Scenario:
+    return Scenario(name, section, level, summary, body, **extra)
+
+
+V1_SCENARIOS: tuple[Scenario, ...] = (
+    _scenario(
+        "pairing-a-then-b",
+        S4,
+        REQUIRED,
+        "A registers, then B: B (later) gets PeerDisconnect with both observed addresses; "
+        "after B closes, A gets PeerIdentification with B's address and is closed",
+        pairing_a_then_b,
+    ),
+    _scenario(
+        "pairing-b-then-a",
+        S4,
+        REQUIRED,
+        "the same with the larger key first: roles follow registration order, not key order",
+        pairing_b_then_a,
+    ),
+    _scenario(
+        "pairing-local-addresses",
+        S4,
+        REQUIRED,
+        "advertised local addresses (IPv4 and IPv6) are forwarded: the Client's in "
+        "PeerDisconnect.client_local, the Peer's in PeerIdentification.peer_local",
+        pairing_local_addresses,
+    ),
+    _scenario(
+        "pairing-ordering-guarantee",
+        S4,
+        REQUIRED,
+        "while the Peer holds its connection open after PeerDisconnect the Client hears "
+        "nothing; PeerIdentification comes only after the Peer's clean close",
+        pairing_ordering_guarantee,
+    ),
+    _scenario(
+        "pairing-mutual-intent-only",
+        S1,
+        REQUIRED,
+        "A wants B and B wants C: nobody is paired; when C wants B, B and C pair and A waits on",
+        pairing_mutual_intent_only,
+    ),
+    _scenario(
+        "pairing-independent-wishes",
+        S5,
+        REQUIRED,
+        "one key waiting for two different keys holds two independent registrations",
+        pairing_independent_wishes,
+    ),
+    _scenario(
+        "pairing-concurrent-pairs",
+        S4,
+        REQUIRED,
+        f"{CONCURRENT_PAIRS} pairs in flight at once: each side gets its own partner's address",
+        pairing_concurrent_pairs,
+    ),
+    _scenario(
+        "pairing-duplicate-registration",
+        S5,
+        REQUIRED,
+        "a second registration of the same (our_key, their_key) closes the older one and "
+        "pairs in its place",
+        pairing_duplicate_registration,
+    ),
+    _scenario(
+        "pairing-duplicate-reason",
+        S5,
+        RECOMMENDED,
+        "the replaced registration gets AdvertiseAbort(DUPLICATE_REGISTRATION)",
+        pairing_duplicate_reason,
+    ),
+    _scenario(
+        "identity-wrong-nonce-closes",
+        S3,
+        REQUIRED,
+        "a wrong AdvertiseResponse closes the connection and registers nothing",
+        identity_wrong_nonce_closes,
+    ),
+    _scenario(
+        "identity-wrong-nonce-reason",
+        S3,
+        RECOMMENDED,
+        "a wrong AdvertiseResponse gets AdvertiseAbort(IDENTITY_CHECK_FAILED)",
+        identity_wrong_nonce_reason,
+    ),
+    _scenario(
+        "identity-self-pairing",
+        S5,
+        REQUIRED,
+        "an Advertise with our_key == their_key is closed without a challenge",
+        identity_self_pairing,
+    ),
+    _scenario(
+        "identity-self-pairing-reason",
+        S8,
+        RECOMMENDED,
+        "self pairing gets AdvertiseAbort(SELF_PAIRING)",
+        identity_self_pairing_reason,
+    ),
+    _scenario(
+        "version-unsupported",
+        S5,
+        REQUIRED,
+        "a version 2 frame header, or Advertise.version 2, gets "
+        "AdvertiseAbort(UNSUPPORTED_VERSION) and a close",
+        version_unsupported,
+    ),
+    _scenario(
+        "framing-split-frames",
+        FRAMING,
+        REQUIRED,
+        "frames split across many reads (header byte by byte) are reassembled",
+        framing_split_frames,
+    ),
+    _scenario(
+        "framing-malformed-closes",
+        S7,
+        REQUIRED,
+        "bad magic, unknown type, truncated or trailing payload, invalid field, wrong first "
+        "or second message: each closed at once, while an unrelated pairing completes",
+        framing_malformed_closes,
+    ),
+    _scenario(
+        "framing-oversized-closes",
+        S6,
+        REQUIRED,
+        "a header announcing more than 4096 payload bytes is closed as soon as the header "
+        "arrives, while an unrelated pairing completes",
+        framing_oversized_closes,
+    ),
+    _scenario(
+        "framing-cut-frame",
+        S7,
+        REQUIRED,
+        "closing in the middle of a frame leaves nothing behind: the same keys pair normally "
+        "afterwards, and an unrelated pairing completes",
+        framing_cut_frame,
+    ),
+    _scenario(
+        "framing-bytes-while-waiting",
+        S3,
+        REQUIRED,
+        "a byte after the AdvertiseResponse closes the connection and removes the registration",
+        framing_bytes_while_waiting,
+    ),
+    _scenario(
+        "framing-malformed-reason",
+        S7,
+        RECOMMENDED,
+        "bad magic, an oversized header and a byte while waiting get AdvertiseAbort(MALFORMED)",
+        framing_malformed_reason,
+    ),
+    _scenario(
+        "fault-peer-reset",
+        S4,
+        REQUIRED,
+        "the Peer resets (RST) after PeerDisconnect: the Client is closed and never introduced",
+        fault_peer_reset,
+    ),
+    _scenario(
+        "fault-peer-sends-bytes",
+        S4,
+        REQUIRED,
+        "the Peer sends a byte after PeerDisconnect: both connections are closed, the Client "
+        "is never introduced",
+        fault_peer_sends_bytes,
+    ),
+    _scenario(
+        "fault-client-leaves",
+        S4,
+        REQUIRED,
+        "the Client closes while its Peer is confirming: the Peer's connection is closed",
+        fault_client_leaves,
+    ),
+    _scenario(
+        "fault-peer-gone-reason",
+        S4,
+        RECOMMENDED,
+        "the surviving side of a failed pairing gets AdvertiseAbort(PEER_GONE)",
+        fault_peer_gone_reason,
+    ),
+    _scenario(
+        "timeout-idle",
+        S6,
+        RECOMMENDED,
+        "a connection that sends nothing gets AdvertiseAbort(TIMEOUT) and is closed after "
+        "advertise_timeout (--idle-timeout)",
+        timeout_idle,
+        skip_unless=_needs("idle_timeout", "--idle-timeout"),
+        long=True,
+    ),
+    _scenario(
+        "timeout-response",
+        S6,
+        RECOMMENDED,
+        "an unanswered challenge gets AdvertiseAbort(TIMEOUT) and a close after "
+        "response_timeout (--response-timeout)",
+        timeout_response,
+        skip_unless=_needs("response_timeout", "--response-timeout"),
+        long=True,
+    ),
+    _scenario(
+        "timeout-confirm",
+        S4,
+        RECOMMENDED,
+        "a Peer that never closes: after confirm_timeout (--confirm-timeout) both sides get "
+        "AdvertiseAbort(TIMEOUT), and the Client is never introduced",
+        timeout_confirm,
+        skip_unless=_needs("confirm_timeout", "--confirm-timeout"),
+        long=True,
+    ),
+)
+"""Every version 1 scenario, in report order."""
