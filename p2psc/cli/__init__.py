@@ -25,6 +25,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "p2psc.cli.demo",
     "p2psc.legacy.cli",
     "p2psc.cli.explore",
+    "p2psc.cli.conformance",
 )
 """Subcommand modules, in the order ``--help`` lists them."""
 
