@@ -18,16 +18,19 @@ transitions that no explored run ever took (dead spec, or a scenario the model d
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from p2psc.machines.compiler import MachineTable, Transition
+from p2psc.errors import InvalidTransition
+from p2psc.machines.compiler import GuardOracle, MachineTable, Transition
 
 __all__ = [
     "Coverage",
     "Model",
+    "RecordingTable",
     "Result",
     "Step",
     "Violation",
@@ -62,18 +65,68 @@ class Step:
         return f"{self.actor}: {self.kind} {self.text}"
 
 
+class RecordingTable:
+    """Stands in for a :class:`MachineTable` and records every transition its ``step`` returns.
+
+    ``step`` has exactly the semantics of :meth:`MachineTable.step` (the first declared
+    transition whose guard literals all hold, else :class:`InvalidTransition`) but walks a
+    flattened copy of the index, because every memo-missing core step of an exploration goes
+    through it. Other attributes are the table's.
+    """
+
+    __slots__ = ("_index", "_table", "_taken")
+
+    def __init__(self, table: MachineTable, taken: set[int]) -> None:
+        self._table = table
+        self._taken = taken
+        index: dict[tuple[str, str], list[tuple[tuple[tuple[str, bool], ...], Transition]]] = {}
+        for transition in table.transitions:
+            literals = tuple((guard.name, guard.expected) for guard in transition.guards)
+            index.setdefault((transition.source, transition.event), []).append(
+                (literals, transition)
+            )
+        self._index = {key: tuple(value) for key, value in index.items()}
+
+    def step(self, state: str, event: str, oracle: GuardOracle | None = None) -> Transition:
+        for literals, transition in self._index.get((state, event), ()):
+            if literals and oracle is None:
+                raise ValueError(f"{self._table.name}: {transition} needs a guard oracle")
+            for name, expected in literals:
+                if oracle(name) != expected:  # type: ignore[misc]
+                    break
+            else:
+                self._taken.add(transition.index)
+                return transition
+        raise InvalidTransition(self._table.name, state, event)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+
 class Coverage:
     """Declared machine transitions versus the ones taken while exploring.
 
     Models call :meth:`take` (by transition index) or :meth:`take_pair` (by source/target state
-    names, for cores that do not report which transition they took).
+    names, for cores that do not report which transition they took), or let the cores step
+    through :meth:`recorder` proxies, which record exactly the transitions taken.
     """
 
-    __slots__ = ("tables", "taken")
+    __slots__ = ("_recorders", "tables", "taken")
 
     def __init__(self, tables: Iterable[MachineTable]) -> None:
         self.tables: dict[str, MachineTable] = {table.name: table for table in tables}
         self.taken: dict[str, set[int]] = {name: set() for name in self.tables}
+        self._recorders: dict[str, RecordingTable] = {}
+
+    def recorder(self, table: MachineTable) -> RecordingTable:
+        """A proxy for ``table`` (one of ours) that records each transition its ``step`` takes."""
+        if isinstance(table, RecordingTable):
+            return table
+        recorder = self._recorders.get(table.name)
+        if recorder is None or recorder._table is not table:
+            recorder = RecordingTable(table, self.taken[table.name])
+            self._recorders[table.name] = recorder
+        return recorder
 
     def take(self, machine: str, index: int) -> None:
         self.taken[machine].add(index)
@@ -197,6 +250,25 @@ def explore(
     not expanded and ``bounded`` is set); ``max_states`` caps memory. ``progress(result,
     frontier_size)`` is called about every ``progress_interval`` seconds.
     """
+    thresholds = gc.get_threshold()
+    # Why: ``parents`` soon holds millions of small acyclic tuples, and every full (oldest
+    # generation) collection of the cyclic GC traverses all of them; measured on the negotiator
+    # model, full collections cost a third of the run. Young generations are still collected
+    # (so cycles a model makes per step are reclaimed); the thresholds are restored on return.
+    gc.set_threshold(thresholds[0], thresholds[1] if len(thresholds) > 1 else 10, 1 << 30)
+    try:
+        return _explore(model, max_depth, max_states, progress, progress_interval)
+    finally:
+        gc.set_threshold(*thresholds)
+
+
+def _explore(
+    model: Model[S],
+    max_depth: int | None,
+    max_states: int,
+    progress: Callable[[Result[S], int], None] | None,
+    progress_interval: float,
+) -> Result[S]:
     parents: dict[S, tuple[S | None, Step | None]] = {}
     result: Result[S] = Result(model=model.name, actors=tuple(model.actors))
     started = time.perf_counter()
@@ -242,6 +314,7 @@ def explore(
             result.bounded = True
             break
         following: list[S] = []
+        append = following.append
         pending: Violation[S] | None = None  # an invariant violation one level deeper
         for state in frontier:
             expanded += 1
@@ -270,8 +343,8 @@ def explore(
                 continue
             if pending is not None:
                 continue  # only looking for a shallower deadlock now
+            transitions += len(nexts)
             for step, target in nexts:
-                transitions += 1
                 if target in parents:
                     continue
                 parents[target] = (state, step)
@@ -279,7 +352,7 @@ def explore(
                 if message is not None:
                     pending = Violation("invariant", message, *trace_to(target))
                     break
-                following.append(target)
+                append(target)
             if len(parents) >= max_states:
                 result.bounded = True
                 result.notes.append(f"stopped at the state budget ({max_states:,} states)")

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import p2psc.core.mediator as mediator_module
 import p2psc.core.peer as peer_module
 from models.explorer import Coverage, Step
-from models.network import Net, Network, recording
+from models.network import Net, Network
 from models.symbolic_crypto import SymbolicCrypto, fixed_nonces
 from p2psc import wire
 from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen
@@ -109,11 +109,14 @@ class MediationModel(Network):
         self.names = NAMES[: self.count]
         self.actors = self.names
         tables = [compile_machine(cls) for cls in (MediatorSession, ClientHandshake, PeerHandshake)]
-        super().__init__(faults=1 if faults else 0, coverage=Coverage(tables))
-        self._patches = (
-            (mediator_module, "TABLE"),
-            (peer_module, "CLIENT_TABLE"),
-            (peer_module, "PEER_TABLE"),
+        super().__init__(
+            faults=1 if faults else 0,
+            coverage=Coverage(tables),
+            patches=(
+                (mediator_module, "TABLE"),
+                (peer_module, "CLIENT_TABLE"),
+                (peer_module, "PEER_TABLE"),
+            ),
         )
         self.crypto = SymbolicCrypto()
         self.mediator_class = mediator_class
@@ -295,8 +298,9 @@ class MediationModel(Network):
         for i in range(1, self.count):
             if book.started[i]:
                 continue
-            core = self.peer_class.from_snapshot(state.snaps[i], self.peer_configs[i])  # type: ignore[arg-type]
-            with recording(self._patches, self._coverage):
+            # Rebuilt inside the recording: a PeerCore keeps the table object it was built with.
+            with self._recording:
+                core = self.peer_class.from_snapshot(state.snaps[i], self.peer_configs[i])  # type: ignore[arg-type]
                 actions = tuple(core.start(state.clock))
             base = state._replace(extra=book._replace(started=_replace_at(book.started, i, True)))
             nxt = self.apply(base, i, core.snapshot(), actions)  # type: ignore[arg-type]

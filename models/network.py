@@ -23,8 +23,7 @@ once however many global states share it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -42,7 +41,6 @@ from p2psc.core.io import (
     SetTimer,
     TimerFired,
 )
-from p2psc.machines.compiler import MachineTable, Transition
 
 __all__ = [
     "EOF",
@@ -51,6 +49,7 @@ __all__ = [
     "Link",
     "Net",
     "Network",
+    "Recording",
     "recording",
 ]
 
@@ -89,43 +88,42 @@ StepFn = Callable[[Hashable, Event, float], tuple[Hashable, tuple[Action, ...]]]
 """Pure step of one actor: (snapshot, event, now) -> (snapshot', actions)."""
 
 
-class _RecordingTable:
-    """Wraps a :class:`MachineTable` and records every transition its ``step`` returns."""
-
-    def __init__(self, table: MachineTable, coverage: Coverage) -> None:
-        self._table = table
-        self._taken = coverage.taken[table.name]
-
-    def step(self, state: str, event: str, oracle: Any = None) -> Transition:
-        transition = self._table.step(state, event, oracle)
-        self._taken.add(transition.index)
-        return transition
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._table, name)
-
-
-@contextmanager
-def recording(
-    patches: tuple[tuple[ModuleType, str], ...], coverage: Coverage | None
-) -> Iterator[None]:
-    """While active, module attribute ``TABLE``-like tables record the transitions taken.
+class Recording:
+    """While active (``with``), the module-level tables named by ``patches`` are swapped for
+    proxies that record every transition taken into ``coverage``.
 
     Why: the cores step module-level compiled tables and do not report which transition they
     took; swapping the table for a recording proxy during a (memo-missing) core step is exact
-    and costs nothing on the hot path. Single-threaded by design; always restored.
+    and costs nothing on the hot path. A plain class rather than a generator context manager
+    because it is entered once per memo-missing core step (tens of thousands of times per
+    run). Single-threaded by design; always restored; re-entrant.
     """
-    if coverage is None or not patches:
-        yield
-        return
-    saved = [(module, name, getattr(module, name)) for module, name in patches]
-    try:
-        for module, name, table in saved:
-            setattr(module, name, _RecordingTable(table, coverage))
-        yield
-    finally:
-        for module, name, table in saved:
+
+    __slots__ = ("_coverage", "_patches", "_saved")
+
+    def __init__(
+        self, patches: tuple[tuple[ModuleType, str], ...], coverage: Coverage | None
+    ) -> None:
+        self._patches = patches if coverage is not None else ()
+        self._coverage = coverage
+        self._saved: list[list[tuple[ModuleType, str, Any]]] = []
+
+    def __enter__(self) -> None:
+        saved = [(module, name, getattr(module, name)) for module, name in self._patches]
+        self._saved.append(saved)
+        coverage = self._coverage
+        if coverage is not None:
+            for module, name, table in saved:
+                setattr(module, name, coverage.recorder(table))
+
+    def __exit__(self, *exc: object) -> None:
+        for module, name, table in self._saved.pop():
             setattr(module, name, table)
+
+
+def recording(patches: tuple[tuple[ModuleType, str], ...], coverage: Coverage | None) -> Recording:
+    """A :class:`Recording` of ``patches`` into ``coverage`` (nothing when it is None)."""
+    return Recording(patches, coverage)
 
 
 def _key(link: Link) -> tuple[int, int, int, int]:
@@ -139,18 +137,27 @@ def _append(channel: tuple[Item, ...], item: Item) -> tuple[Item, ...]:
 class Network:
     """Mechanics shared by the io-speaking models: applying actions and enumerating steps.
 
-    Subclasses (models) provide: ``names`` (actor names), ``step_fns`` (one pure step per
-    actor), ``address_of(actor, conn, state)`` (the observed remote address an accepting actor
-    sees), ``resolve(actor, connect, state)`` (which actor/conn a Connect reaches, or None),
-    ``on_actions(...)`` (model bookkeeping: outcomes, property flags) and ``app_steps``.
+    ``patches`` names the module-level machine tables the cores step (recorded for coverage
+    while a memo-missing step runs). Subclasses (models) provide: ``names`` (actor names),
+    ``step_fn(actor)`` (one pure step per actor), ``address_of(actor)`` (the address others
+    observe for its connections), ``resolve(actor, connect, state)`` (which actor/conn a
+    Connect reaches, or None), ``on_actions(...)`` (model bookkeeping: outcomes, property
+    flags) and ``app_steps(state)``.
     """
 
     names: tuple[str, ...] = ()
 
-    def __init__(self, *, faults: int = 0, coverage: Coverage | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        faults: int = 0,
+        coverage: Coverage | None = None,
+        patches: tuple[tuple[ModuleType, str], ...] = (),
+    ) -> None:
         self.fault_budget = faults
         self._coverage = coverage
-        self._patches: tuple[tuple[ModuleType, str], ...] = ()
+        self._patches = patches
+        self._recording = Recording(patches, coverage)
         self._memo: dict[tuple[int, Hashable, Event, float], tuple[Hashable, tuple[Action, ...]]]
         self._memo = {}
         self._labels: dict[bytes, str] = {}
@@ -189,7 +196,7 @@ class Network:
         key = (actor, snap, event, now)
         hit = self._memo.get(key)
         if hit is None:
-            with recording(self._patches, self._coverage):
+            with self._recording:
                 hit = self.step_fn(actor)(snap, event, now)
             self._memo[key] = hit
         return hit

@@ -6,12 +6,19 @@ coverage, reports) must be right before it is trusted to judge the real cores.
 
 from __future__ import annotations
 
+import gc
+import itertools
 from collections.abc import Sequence
 
+import pytest
 from statemachine import State, StateMachine
 
 from models.explorer import Coverage, Step, explore, format_report, mermaid_trace, text_trace
+from p2psc.errors import InvalidTransition
 from p2psc.machines.compiler import compile_machine
+from p2psc.machines.handshake import ClientHandshake, PeerHandshake
+from p2psc.machines.mediator import MediatorSession
+from p2psc.machines.negotiator import NegotiatorMachine
 
 
 class Counters:
@@ -226,3 +233,40 @@ def test_coverage_lists_transitions_never_taken() -> None:
     assert (coverage.covered, coverage.declared) == (2, 3)
     missing = [str(t) for _, t in coverage.missing()]
     assert missing == ["idle --finish--> done"]
+
+
+@pytest.mark.parametrize(
+    "machine", [NegotiatorMachine, MediatorSession, ClientHandshake, PeerHandshake]
+)
+def test_recording_table_steps_exactly_like_the_table(machine: type) -> None:
+    """The coverage recorder replaces the cores' tables during exploration: for every state,
+    event and guard assignment it must take the same transition (or refuse the same way) as
+    :meth:`MachineTable.step`, and record exactly that transition."""
+    table = compile_machine(machine)
+    coverage = Coverage([table])
+    recorder = coverage.recorder(table)
+    assert coverage.recorder(table) is recorder  # built once per table
+    names = sorted(table.guard_names)
+    for values in itertools.product((False, True), repeat=len(names)):
+        answers = dict(zip(names, values, strict=True))
+        for state in table.states:
+            for event in table.events:
+                try:
+                    expected = table.step(state, event, answers.__getitem__)
+                except InvalidTransition:
+                    with pytest.raises(InvalidTransition):
+                        recorder.step(state, event, answers.__getitem__)
+                    continue
+                before = set(coverage.taken[table.name])
+                assert recorder.step(state, event, answers.__getitem__) is expected
+                assert coverage.taken[table.name] - before <= {expected.index}
+                assert expected.index in coverage.taken[table.name]
+    assert recorder.initial == table.initial  # other attributes are the table's
+
+
+def test_explore_restores_the_gc_thresholds() -> None:
+    before = gc.get_threshold()
+    explore(Counters(3))
+    assert gc.get_threshold() == before
+    explore(Philosophers())  # also when a violation ends the search
+    assert gc.get_threshold() == before

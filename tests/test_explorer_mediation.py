@@ -30,7 +30,9 @@ def test_real_cores_pair_safely_and_completely(third: bool) -> None:
     taken = _taken(model, "MediatorSession")
     assert any("partner_confirmed" in t for t in taken)
     assert any("partner_arrived" in t for t in taken)
-    assert any("acknowledgement" in t for t in _taken(model, "ClientHandshake"))
+    client = _taken(model, "ClientHandshake")
+    assert "idle --start--> connecting_mediator" in client  # the app step is recorded too
+    assert any("acknowledgement" in t for t in client)
     assert any("peer_response" in t for t in _taken(model, "PeerHandshake"))
 
 
