@@ -1,4 +1,5 @@
-"""Shared fixtures of the namespace tests: skip cleanly without root/ip/nft, sweep stale state."""
+"""Shared fixtures of the namespace tests: skip cleanly without root/ip/nft (fail in CI, where
+.ci/run installs them), sweep stale state."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from nat.topology import Topology, missing_requirements, sweep_stale
-
-MISSING = missing_requirements()
+from nat.helpers import IN_CI, MISSING
+from nat.topology import Topology, sweep_stale
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,6 +22,8 @@ def _sweep_once() -> None:
 def topo() -> Iterator[Topology]:
     """A fresh topology (just the public namespace); always torn down, also on failure."""
     if MISSING is not None:
+        if IN_CI:
+            pytest.fail(f"CI must run the NAT tests: {MISSING}")
         pytest.skip(MISSING)
     with Topology() as t:
         yield t
