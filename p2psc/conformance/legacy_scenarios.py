@@ -141,46 +141,51 @@ async def legacy_wrong_nonce(ctx: ScenarioContext) -> None:
     await partner.expect_silence(ctx.options.quiet, "A never registered: B waits unpaired")
 
 
-async def _bad_bytes(ctx: ScenarioContext, label: str, data: bytes, why: str) -> None:
-    peer = await ctx.connect_legacy(label)
-    await peer.send_raw(data, label)
-    await expect_prompt_close(
-        peer,
-        why,
-        deadline=ctx.options.idle_timeout,
-        allowed=(codec.AdvertiseAbort, codec.AdvertiseChallenge),
-    )
+async def _bad_bytes(ctx: ScenarioContext, cases: list[tuple[str, bytes, str]]) -> None:
+    """Each (label, bytes, why) on its own connection must get a clean close, while a version 0
+    pairing completes meanwhile (a mediator that closes everything does not pass)."""
+    healthy_a, healthy_b = ctx.rsa_keypairs(2)
+    client = await ctx.legacy_register("healthy client", healthy_a, healthy_b.public_key)
+    await client.expect_silence(ctx.options.settle, "a registration waits silently")
+    for label, data, why in cases:
+        peer = await ctx.connect_legacy(label)
+        await peer.send_raw(data, label)
+        await expect_prompt_close(
+            peer,
+            why,
+            deadline=ctx.options.idle_timeout,
+            allowed=(codec.AdvertiseAbort, codec.AdvertiseChallenge),
+        )
+    peer = await ctx.legacy_register("healthy peer", healthy_b, healthy_a.public_key)
+    await peer.expect(codec.PeerDisconnect, "an unrelated version 0 pairing is unaffected")
+    await client.expect(codec.PeerIdentification, "an unrelated version 0 pairing is unaffected")
 
 
 async def legacy_malformed_json(ctx: ScenarioContext) -> None:
-    await _bad_bytes(ctx, "invalid JSON", b"{]", "invalid JSON gets a clean close (§1.2)")
     await _bad_bytes(
         ctx,
-        "unknown type 42",
-        b'{"type": 42, "payload": {}}',
-        "an unknown message type gets a clean close (§1.2)",
+        [
+            ("invalid JSON", b"{]", "invalid JSON gets a clean close (§1.2)"),
+            (
+                "unknown type 42",
+                b'{"type": 42, "payload": {}}',
+                "an unknown message type gets a clean close (§1.2)",
+            ),
+        ],
     )
 
 
 async def legacy_oversized(ctx: ScenarioContext) -> None:
     data = b'{"type":0,"payload":{"version":0,"our_key":"' + b"A" * 5000
-    await _bad_bytes(
-        ctx,
-        "5000+ bytes, no end",
-        data,
-        "an object over 4096 bytes is refused once the 4097th byte arrives (§1.2)",
-    )
+    why = "an object over 4096 bytes is refused once the 4097th byte arrives (§1.2)"
+    await _bad_bytes(ctx, [("5000+ bytes, no end", data, why)])
 
 
 async def legacy_coalesced(ctx: ScenarioContext) -> None:
     a, b = ctx.rsa_keypairs(2)
     advertise = codec.encode(codec.Advertise(0, a.public_key.to_wire(), b.public_key.to_wire()))
-    await _bad_bytes(
-        ctx,
-        "two Advertise objects in one write",
-        advertise + advertise,
-        "two objects in one packet: version 0 is lock-step; the connection is closed (§1.2)",
-    )
+    why = "two objects in one packet: version 0 is lock-step; the connection is closed (§1.2)"
+    await _bad_bytes(ctx, [("two Advertise objects in one write", advertise + advertise, why)])
 
 
 async def legacy_v1_share_the_port(ctx: ScenarioContext) -> None:
@@ -257,23 +262,24 @@ LEGACY_SCENARIOS: tuple[Scenario, ...] = (
     _scenario(
         "legacy-malformed-json",
         ACCEPT,
-        "invalid JSON and an unknown message type get a clean close",
+        "invalid JSON and an unknown message type get a clean close, while a version 0 "
+        "pairing completes",
         legacy_malformed_json,
-        0,
+        2,
     ),
     _scenario(
         "legacy-oversized",
         ACCEPT,
-        "an object growing past 4096 bytes gets a clean close",
+        "an object growing past 4096 bytes gets a clean close, while a version 0 pairing completes",
         legacy_oversized,
-        0,
+        2,
     ),
     _scenario(
         "legacy-coalesced",
         ACCEPT,
-        "two objects in one packet get a clean close",
+        "two objects in one packet get a clean close, while a version 0 pairing completes",
         legacy_coalesced,
-        2,
+        4,
     ),
     _scenario(
         "legacy-v1-share-the-port",

@@ -352,12 +352,15 @@ async def _advertise_self(ctx: ScenarioContext) -> V1Peer:
 
 
 async def identity_self_pairing(ctx: ScenarioContext) -> None:
-    peer = await _advertise_self(ctx)
-    await expect_prompt_close(
-        peer,
-        "our_key == their_key is refused before any challenge (§3 step 2.2, §5)",
-        deadline=ctx.options.idle_timeout,
-    )
+    async def disturbance() -> None:
+        peer = await _advertise_self(ctx)
+        await expect_prompt_close(
+            peer,
+            "our_key == their_key is refused before any challenge (§3 step 2.2, §5)",
+            deadline=ctx.options.idle_timeout,
+        )
+
+    await _with_healthy_pairing(ctx, disturbance)
 
 
 async def identity_self_pairing_reason(ctx: ScenarioContext) -> None:
