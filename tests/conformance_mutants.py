@@ -1,0 +1,283 @@
+"""Deliberately broken mediators: proof that the conformance harness can fail.
+
+Each mutant is our real :class:`MediatorCore` (or the legacy-aware one) with exactly one rule of
+spec/mediator.md or spec/legacy.md broken, by overriding one method (or handing it a sloppy
+registry). ``tests/test_conformance.py`` runs the harness against each and asserts that exactly
+the scenarios checking that rule fail.
+
+Not a test module (no ``test_`` prefix). The overrides reach into the core's private methods on
+purpose: a mutant is a white-box edit of the reference implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+from p2psc import wire
+from p2psc.aio.mediator import serve_mediator
+from p2psc.core.io import Action, ConnId, Event, Send
+from p2psc.core.mediator import (
+    CONFIRMING,
+    DISCONNECTING,
+    TABLE,
+    MediatorConfig,
+    MediatorCore,
+    _Session,
+)
+from p2psc.core.registry import InMemoryRegistry, RegistryKey
+from p2psc.errors import ProtocolError, UnsupportedVersion
+from p2psc.legacy import codec
+from p2psc.legacy.mediator import LegacyAwareMediatorCore
+from p2psc.machines.compiler import Transition
+
+# --- version 1 ---------------------------------------------------------------------------------
+
+
+class EarlyIdentification(MediatorCore):
+    """Sends PeerIdentification together with PeerDisconnect, without waiting for the Peer to
+    confirm: breaks the ordering guarantee (§4)."""
+
+    def _pair(
+        self, conn: ConnId, session: _Session, transition: Transition, now: float, out: list[Action]
+    ) -> None:
+        super()._pair(conn, session, transition, now, out)
+        if session.state == DISCONNECTING and session.partner is not None:
+            identification = wire.PeerIdentification(
+                1, wire.Address.from_tuple(session.remote), session.local
+            )
+            out.append(Send(session.partner, identification.encode()))
+
+    def _confirmed(self, conn: ConnId, session: _Session, now: float, out: list[Action]) -> None:
+        client_conn = session.partner
+        client = self._sessions.get(client_conn) if client_conn is not None else None
+        TABLE.step(session.state, "eof")
+        self._close(conn, session, out, "eof")
+        if client is not None and client_conn is not None:
+            TABLE.step(client.state, "partner_confirmed")
+            client.partner = None
+            self._close(client_conn, client, out, "already introduced")
+
+
+class SloppyRegistry(InMemoryRegistry):
+    """Finds a "partner" for anyone some waiting registration wants, whatever *they* want."""
+
+    def _wanting(self, key: bytes) -> RegistryKey | None:
+        return next((k for k, _ in self.items() if k[1] == key), None)
+
+    def lookup(self, our_key: bytes, their_key: bytes) -> int | None:
+        exact = super().lookup(our_key, their_key)
+        if exact is not None:
+            return exact
+        found = self._wanting(their_key)
+        return None if found is None else super().lookup(*found)
+
+    def claim(self, our_key: bytes, their_key: bytes) -> int | None:
+        exact = super().claim(our_key, their_key)
+        if exact is not None:
+            return exact
+        found = self._wanting(our_key)
+        return None if found is None else super().claim(found[1], found[0])
+
+
+class NoMutualIntent(MediatorCore):
+    """Pairs a registration with anyone waiting for its key: mutual intent not required (§1)."""
+
+    def __init__(self, config: MediatorConfig | None = None) -> None:
+        super().__init__(config, registry=SloppyRegistry())
+
+
+class NoIdentityCheck(MediatorCore):
+    """Accepts any AdvertiseResponse: the identity check is skipped (§3 step 3)."""
+
+    def _on_response(
+        self,
+        conn: ConnId,
+        session: _Session,
+        message: wire.AdvertiseResponse,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        forged = wire.AdvertiseResponse(session.nonce or bytes(32))
+        super()._on_response(conn, session, forged, now, out)
+
+
+class IgnoresOversized(MediatorCore):
+    """Does not check the announced payload length: waits for 4097+ bytes instead of closing
+    as soon as the header arrives (§6)."""
+
+    @staticmethod
+    def _next_frame(session: _Session) -> bytes | None:
+        buf = session.buf
+        if buf[: min(len(buf), 2)] != wire.MAGIC[: min(len(buf), 2)]:
+            raise ProtocolError("bad magic")
+        if len(buf) > 2 and buf[2] != wire.PROTOCOL_VERSION:
+            raise UnsupportedVersion("bad version")
+        if len(buf) < wire.HEADER_SIZE:
+            return None
+        end = wire.HEADER_SIZE + int.from_bytes(buf[4:6], "big")
+        if len(buf) < end:
+            return None
+        session.buf = buf[end:]
+        return buf[:end]
+
+
+class KeepsGarbage(MediatorCore):
+    """Drops bytes it cannot use instead of closing the connection (§7)."""
+
+    def _bad(self, conn: ConnId, session: _Session, reason: str, out: list[Action]) -> None:
+        session.buf = b""
+
+
+class CrossedUnderLoad(MediatorCore):
+    """Mixes up partners when many pairings are in flight (as a shared "last Client" variable
+    would): the Peer is given another confirming Client's address (§4)."""
+
+    def _pair(
+        self, conn: ConnId, session: _Session, transition: Transition, now: float, out: list[Action]
+    ) -> None:
+        others = [s for c, s in self._sessions.items() if s.state == CONFIRMING]
+        super()._pair(conn, session, transition, now, out)
+        if len(others) < 4 or session.state != DISCONNECTING:
+            return
+        for index, action in enumerate(out):
+            if isinstance(action, Send) and action.conn == conn:
+                message = wire.decode(action.data)
+                if isinstance(message, wire.PeerDisconnect):
+                    wrong = wire.Address.from_tuple(others[-1].remote)
+                    crossed = wire.PeerDisconnect(message.peer, wrong, message.client_local)
+                    out[index] = Send(conn, crossed.encode())
+
+
+class ForgetfulRegistry(InMemoryRegistry):
+    """Never reports the registration it replaced."""
+
+    def register(self, our_key: bytes, their_key: bytes, handle: int) -> int | None:
+        super().register(our_key, their_key, handle)
+        return None
+
+
+class NoDuplicateHandling(MediatorCore):
+    """Leaves the older of two identical registrations open instead of closing it (§5)."""
+
+    def __init__(self, config: MediatorConfig | None = None) -> None:
+        super().__init__(config, registry=ForgetfulRegistry())
+
+
+class NoIdleTimeout(MediatorCore):
+    """Never times out a connection that sends nothing (§6 advertise_timeout)."""
+
+    def _on_timer(self, conn: ConnId, now: float, out: list[Action]) -> None:
+        session = self._sessions.get(conn)
+        if session is not None and session.state == "awaiting_advertise":
+            return
+        super()._on_timer(conn, now, out)
+
+
+class ResetConfirms(MediatorCore):
+    """Takes a reset of the Peer's connection as its confirmation (§4 (c))."""
+
+    def _on_closed(self, conn: ConnId, error: str | None, now: float, out: list[Action]) -> None:
+        super()._on_closed(conn, None, now, out)
+
+
+class VagueReasons(MediatorCore):
+    """Sends UNSPECIFIED instead of the specific reason code, except UNSUPPORTED_VERSION: only
+    recommended scenarios fail, so the run still passes (with warnings)."""
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        actions = super().handle(event, now)
+        for index, action in enumerate(actions):
+            if isinstance(action, Send) and action.data[3:4] == b"\x03":
+                abort = wire.decode(action.data)
+                assert isinstance(abort, wire.AdvertiseAbort)
+                if abort.code != wire.Reason.UNSUPPORTED_VERSION:
+                    vague = wire.AdvertiseAbort(wire.Reason.UNSPECIFIED, abort.text)
+                    actions[index] = Send(action.conn, vague.encode())
+        return actions
+
+
+# --- version 0 ---------------------------------------------------------------------------------
+
+
+class LegacyKeepsPeerOpen(LegacyAwareMediatorCore):
+    """Does not close a version 0 Peer's connection after PeerDisconnect (the C++ Peer then
+    cannot bind its port; spec/legacy.md §3 step 3)."""
+
+    def _translate_send(self, conn: ConnId, frame: bytes, fresh: list[ConnId]) -> list[Action]:
+        actions = super()._translate_send(conn, frame, fresh)
+        return [a for a in actions if isinstance(a, Send)]
+
+
+class LegacyChatty(LegacyAwareMediatorCore):
+    """Writes a goodbye AdvertiseAbort right behind PeerIdentification: two objects back to
+    back, which the C++ client's single read cannot parse (spec/legacy.md §1.1)."""
+
+    def _translate_send(self, conn: ConnId, frame: bytes, fresh: list[ConnId]) -> list[Action]:
+        actions = super()._translate_send(conn, frame, fresh)
+        if frame[3:4] == bytes((wire.MessageType.PEER_IDENTIFICATION,)):
+            actions.append(Send(conn, codec.encode(codec.AdvertiseAbort("goodbye"))))
+        return actions
+
+
+V1_MUTANTS: dict[str, Callable[[MediatorConfig], MediatorCore]] = {
+    "early-identification": EarlyIdentification,
+    "no-mutual-intent": NoMutualIntent,
+    "no-identity-check": NoIdentityCheck,
+    "ignores-oversized": IgnoresOversized,
+    "keeps-garbage": KeepsGarbage,
+    "crossed-under-load": CrossedUnderLoad,
+    "no-duplicate-handling": NoDuplicateHandling,
+    "no-idle-timeout": NoIdleTimeout,
+    "reset-confirms": ResetConfirms,
+    "vague-reasons": VagueReasons,
+}
+"""Version 1 mutant name -> factory taking the (short) test configuration."""
+
+LEGACY_MUTANTS: dict[str, Callable[[MediatorConfig], MediatorCore]] = {
+    "legacy-keeps-peer-open": LegacyKeepsPeerOpen,
+    "legacy-chatty": LegacyChatty,
+    "v1-only": MediatorCore,
+}
+"""Version 0 mutants (``v1-only`` is a mediator without version 0 support at all)."""
+
+
+# --- serving a core from a background thread (for subprocess and pytest-plugin tests) ----------
+
+
+@contextlib.contextmanager
+def serve_in_thread(core: MediatorCore) -> Iterator[tuple[str, int]]:
+    """Serve ``core`` on 127.0.0.1 from a thread with its own event loop; yield (host, port).
+
+    Blocking callers (a subprocess, a synchronous pytest run) can then talk to it; the loop and
+    the server are closed on exit, with a deadline on every step."""
+    ready: queue.Queue[tuple[str, int] | BaseException] = queue.Queue()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        try:
+            server = await serve_mediator("127.0.0.1", 0, core=core)
+        except BaseException as error:
+            ready.put(error)
+            raise
+        ready.put(server.address)
+        try:
+            await stop.wait()
+        finally:
+            await server.close()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        got = ready.get(timeout=10)
+        if isinstance(got, BaseException):
+            raise got
+        yield got
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
