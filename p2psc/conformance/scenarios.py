@@ -429,6 +429,10 @@ async def framing_malformed_closes(ctx: ScenarioContext) -> None:
         ("Advertise with a truncated payload", _frame(0, advertise[:3])),
         ("Advertise with a trailing byte", _frame(0, advertise[:65] + b"\x00\x00")),
         ("Advertise with local address family 9", _frame(0, advertise[:65] + b"\x09")),
+        (
+            "Advertise with local address port 0",
+            _frame(0, advertise[:65] + b"\x04\xc0\x00\x02\x01\x00\x00"),
+        ),
         ("AdvertiseResponse before any Advertise", wire.AdvertiseResponse(bytes(32)).encode()),
     ]
 
@@ -794,7 +798,7 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
         "framing-malformed-closes",
         S7,
         REQUIRED,
-        "bad magic, unknown type, truncated or trailing payload, invalid field, wrong first "
+        "bad magic, unknown type, truncated or trailing payload, invalid fields, wrong first "
         "or second message: each closed at once, while an unrelated pairing completes",
         framing_malformed_closes,
     ),
