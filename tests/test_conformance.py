@@ -201,6 +201,14 @@ def test_every_scenario_names_a_real_spec_section() -> None:
     assert section4.short == "spec/mediator.md §4"
 
 
+def test_readme_table_lists_every_scenario_with_its_section_and_level() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(
+        r"^\| `([a-z0-9-]+)` \| \[[^]]+\]\(([^)]+)\) \| (\w+) \|", readme, re.MULTILINE
+    )
+    assert rows == [(s.name, s.section.link, s.level.value) for s in SCENARIOS]
+
+
 def test_selection() -> None:
     v1 = select()
     assert v1 and not any(s.legacy for s in v1)
