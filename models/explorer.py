@@ -6,10 +6,12 @@ deduplication set) are all that is needed to rebuild it.
 
 A :class:`Model` supplies hashable global states, their successors (each labelled with a
 :class:`Step` saying who did what), a safety invariant checked in *every* reached state, and a
-terminal check: a state without successors must be an allowed outcome (otherwise it is a deadlock,
-e.g. both sides waiting for each other). The engine knows nothing about cores or networks; models
-build their states from core snapshots, channels, timers and dropped connections (see
-:mod:`models.network`).
+terminal check: a *final* state must be an allowed outcome (otherwise it is a deadlock, e.g. both
+sides waiting for each other, or a run that ended badly). A state is final when it has no
+successor, or when only faults (a dropped connection, a timer firing early: steps the environment
+may take but need not) could move it on: otherwise a deadlock would hide behind the fault that
+could break it. The engine knows nothing about cores or networks; models build their states from
+core snapshots, channels, timers and dropped connections (see :mod:`models.network`).
 
 Coverage: a model may return a :class:`Coverage` listing the transitions declared by the
 compiled machine tables and the ones its cores actually took; the report lists the declared
@@ -50,12 +52,15 @@ class Step:
     ``kind`` is ``"deliver"`` (``source`` sent ``text`` to ``actor``, who now handles it),
     ``"timer"`` (a deadline of ``actor`` fired), ``"drop"`` (the connection between ``actor``
     and ``source`` failed), ``"app"`` (``actor`` took an application decision) or ``"init"``.
+    ``fault`` marks a step of the environment that may happen but need not (a dropped
+    connection, a timer firing early): progress must never depend on one.
     """
 
     kind: str
     actor: str
     text: str
     source: str | None = None
+    fault: bool = False
 
     def __str__(self) -> str:
         if self.kind == "deliver":
@@ -173,7 +178,9 @@ class Model(Protocol[S]):
         ...
 
     def successors(self, state: S) -> Sequence[tuple[Step, S]]:
-        """Every (step, next state) enabled in ``state``; empty means terminal."""
+        """Every (step, next state) enabled in ``state``, fault steps (``Step.fault``) after
+        all others. No successor, or only faults, means the system itself cannot move on: the
+        state is *final* and must pass :meth:`terminal` (its faults are still explored)."""
         ...
 
     def invariant(self, state: S) -> str | None:
@@ -181,7 +188,7 @@ class Model(Protocol[S]):
         ...
 
     def terminal(self, state: S) -> str | None:
-        """For a state without successors: ``None`` if it is an allowed outcome, else why not."""
+        """For a final state: ``None`` if it is an allowed outcome, else why not."""
         ...
 
     def describe(self, state: S) -> str:
@@ -196,8 +203,8 @@ class Model(Protocol[S]):
 @dataclass(frozen=True)
 class Violation(Generic[S]):
     """A property violated in ``states[-1]``: ``kind`` is ``"invariant"`` (a safety invariant
-    fails in that state) or ``"terminal"`` (a state without successors that is not an allowed
-    outcome: a deadlock, or a run that ended badly)."""
+    fails in that state) or ``"terminal"`` (a final state that is not an allowed outcome: a
+    deadlock, or a run that ended badly)."""
 
     kind: str
     message: str
@@ -330,7 +337,7 @@ def _explore(
                     result.elapsed = now - started
                     progress(result, len(frontier) + len(following))
             nexts = successors(state)
-            if not nexts:
+            if not nexts or nexts[0][0].fault:  # final: nothing but a fault could move it on
                 terminals += 1
                 message = model.terminal(state)
                 if message is not None:
@@ -340,7 +347,8 @@ def _explore(
                         terminals,
                     )
                     return finish(Violation("terminal", message, *trace_to(state)))
-                continue
+                if not nexts:
+                    continue
             if pending is not None:
                 continue  # only looking for a shallower deadlock now
             transitions += len(nexts)

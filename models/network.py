@@ -283,6 +283,22 @@ class Network:
 
     # --- enumerating steps ------------------------------------------------------------------
 
+    def _fire(
+        self, state: Net, timer: tuple[int, int, float], *, on_time: bool
+    ) -> tuple[Step, Net]:
+        """``timer`` fires: on time, or early (a fault: it uses up one of the budget)."""
+        actor, conn, deadline = timer
+        now = max(state.clock, deadline)
+        timers = tuple(t for t in state.timers if t != timer)
+        faults = state.faults if on_time else state.faults - 1
+        base = state._replace(timers=timers, clock=now, faults=faults)
+        snap, actions = self.run(actor, state.snaps[actor], TimerFired(conn), now)
+        when = "" if on_time else " (early: fault)"
+        step = Step(
+            "timer", self.names[actor], f"conn {conn} at t={now:g}{when}", fault=not on_time
+        )
+        return step, self.apply(base, actor, snap, actions)
+
     def successors(self, state: Net) -> list[tuple[Step, Net]]:
         out: list[tuple[Step, Net]] = []
         names = self.names
@@ -328,20 +344,15 @@ class Network:
         if state.timers:
             # On time: when the network is quiet, the earliest deadlines fire. Early (a fault,
             # modelling arbitrary delays): any other timer, while the fault budget lasts.
+            # Faults come after every other step (the explorer's convention for final states).
             first = min(d for _, _, d in state.timers)
+            early = []
             for timer in state.timers:
-                actor, conn, deadline = timer
-                on_time = quiet and deadline == first
-                if not on_time and state.faults <= 0:
-                    continue
-                now = max(state.clock, deadline)
-                timers = tuple(t for t in state.timers if t != timer)
-                faults = state.faults if on_time else state.faults - 1
-                base = state._replace(timers=timers, clock=now, faults=faults)
-                snap, actions = self.run(actor, state.snaps[actor], TimerFired(conn), now)
-                nxt = self.apply(base, actor, snap, actions)
-                when = "" if on_time else " (early: fault)"
-                out.append((Step("timer", names[actor], f"conn {conn} at t={now:g}{when}"), nxt))
+                if quiet and timer[2] == first:
+                    out.append(self._fire(state, timer, on_time=True))
+                elif state.faults > 0:
+                    early.append(timer)
+            out.extend(self._fire(state, timer, on_time=False) for timer in early)
         if state.faults > 0:
             for i, link in enumerate(state.links):
                 if link.dead or link.y < 0 or not (link.x_open or link.y_open):
@@ -354,5 +365,6 @@ class Network:
                 links = list(state.links)
                 links[i] = dropped
                 nxt = state._replace(links=tuple(links), faults=state.faults - 1)
-                out.append((Step("drop", names[link.x], "reset", names[link.y]), nxt))
+                step = Step("drop", names[link.x], "reset", names[link.y], fault=True)
+                out.append((step, nxt))
         return out

@@ -100,15 +100,22 @@ class LostUpdate:
 
 
 class Philosophers:
-    """Two philosophers, two forks, each takes the left fork then the right: can deadlock."""
+    """Two philosophers, two forks, each takes the left fork then the right: can deadlock.
+
+    With ``waiter``, a fault step is always possible too: a waiter takes every fork back (only
+    once). It could break the deadlock, but progress must not depend on a fault."""
 
     name = "philosophers"
     actors: Sequence[str] = ("P0", "P1")
 
-    def initial_states(self) -> list[tuple[int, int]]:
-        return [(0, 0)]  # per philosopher: 0 thinking, 1 has left, 2 eating (done)
+    def __init__(self, *, waiter: bool = False) -> None:
+        self.waiter = waiter
 
-    def successors(self, state: tuple[int, int]) -> list[tuple[Step, tuple[int, int]]]:
+    def initial_states(self) -> list[tuple[int, int, bool]]:
+        # per philosopher: 0 thinking, 1 has left, 2 eating (done); then: the waiter came
+        return [(0, 0, False)]
+
+    def successors(self, state: tuple[int, int, bool]) -> list[tuple[Step, tuple[int, int, bool]]]:
         out = []
         for i in (0, 1):
             left, right = i, 1 - i
@@ -117,14 +124,16 @@ class Philosophers:
                 out.append((Step("app", f"P{i}", "take left"), self._set(state, i, 1)))
             if state[i] == 1 and holder[right] is None:
                 out.append((Step("app", f"P{i}", "take right, eat"), self._set(state, i, 2)))
+        if self.waiter and not state[2] and 2 not in state[:2]:
+            out.append((Step("app", "P0", "waiter resets the forks", fault=True), (0, 0, True)))
         return out
 
     @staticmethod
-    def _set(state: tuple[int, int], i: int, value: int) -> tuple[int, int]:
-        return (value, state[1]) if i == 0 else (state[0], value)
+    def _set(state: tuple[int, int, bool], i: int, value: int) -> tuple[int, int, bool]:
+        return (value, state[1], state[2]) if i == 0 else (state[0], value, state[2])
 
     @staticmethod
-    def _holders(state: tuple[int, int]) -> list[int | None]:
+    def _holders(state: tuple[int, int, bool]) -> list[int | None]:
         holders: list[int | None] = [None, None]
         for i in (0, 1):
             if state[i] >= 1:
@@ -133,13 +142,15 @@ class Philosophers:
                 holders[1 - i] = i
         return holders
 
-    def invariant(self, state: tuple[int, int]) -> str | None:
+    def invariant(self, state: tuple[int, int, bool]) -> str | None:
         return None
 
-    def terminal(self, state: tuple[int, int]) -> str | None:
-        return None if 2 in state else "both hold their left fork and wait for the right one"
+    def terminal(self, state: tuple[int, int, bool]) -> str | None:
+        if 2 in state[:2]:
+            return None
+        return "both hold their left fork and wait for the right one"
 
-    def describe(self, state: tuple[int, int]) -> str:
+    def describe(self, state: tuple[int, int, bool]) -> str:
         return repr(state)
 
     def coverage(self) -> Coverage | None:
@@ -202,10 +213,30 @@ def test_deadlock_is_reported_with_its_trace() -> None:
     violation = result.violation
     assert violation is not None
     assert violation.kind == "terminal"
-    assert violation.state == (1, 1)
+    assert violation.state == (1, 1, False)
     assert len(violation.steps) == 2
     report = format_report(result, Philosophers().describe)
     assert "VIOLATION" in report and "```mermaid" in report and "Note over P0" in report
+
+
+def test_a_deadlock_is_reported_even_when_a_fault_could_break_it() -> None:
+    result = explore(Philosophers(waiter=True))
+    violation = result.violation
+    assert violation is not None and violation.kind == "terminal"
+    assert violation.state == (1, 1, False)  # before the waiter, the only way on, came
+
+
+def test_fault_steps_are_still_explored_from_a_final_state() -> None:
+    """A final state that is allowed keeps its fault successors in the search."""
+
+    class Done(Philosophers):
+        def terminal(self, state: tuple[int, int, bool]) -> str | None:
+            return None
+
+    result = explore(Done(waiter=True))
+    assert result.ok
+    plain = explore(Done())
+    assert result.states > plain.states  # the waiter's states were reached
 
 
 def test_progress_callback_runs_on_long_explorations() -> None:
