@@ -39,7 +39,7 @@ from models.network import Net, Network
 from models.symbolic_crypto import SymbolicCrypto, fixed_nonces
 from p2psc import wire
 from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen
-from p2psc.core.mediator import MediatorConfig, MediatorCore
+from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorSnapshot
 from p2psc.core.peer import FIRST_ACCEPTED, Established, PeerConfig, PeerCore
 from p2psc.keys import Keypair, PublicKey
 from p2psc.machines.compiler import compile_machine
@@ -104,8 +104,8 @@ class MediationModel(Network):
         config: MediatorConfig = MEDIATOR_CONFIG,
         name: str = "mediation",
     ) -> None:
-        self.name = name
         self.count = 4 if third else 3
+        self.name = f"{name} ({self.count - 1} peers{', faults' if faults else ''})"
         self.names = NAMES[: self.count]
         self.actors = self.names
         tables = [compile_machine(cls) for cls in (MediatorSession, ClientHandshake, PeerHandshake)]
@@ -172,7 +172,7 @@ class MediationModel(Network):
             f"{self.names[i]}={book.outcomes[i] or ('waiting' if book.started[i] else 'idle')}"
             for i in range(1, self.count)
         )
-        sessions, registry, _ = state.snaps[MEDIATOR]  # type: ignore[misc]
+        sessions, registry, _ = _mediator_snapshot(state)
         live = ", ".join(f"conn {row[0]}:{row[1]}" for row in sessions) or "none"
         return f"{outcomes}; mediator sessions: {live}; registry entries: {len(registry)}"
 
@@ -194,7 +194,7 @@ class MediationModel(Network):
         problem = self._pair_outcome(state, book)
         if problem is not None:
             return problem
-        sessions, registry, _ = state.snaps[MEDIATOR]  # type: ignore[misc]
+        sessions, registry, _ = _mediator_snapshot(state)
         if sessions or registry:
             return f"M4: mediator leaks {len(sessions)} sessions and {len(registry)} registrations"
         return None
@@ -398,6 +398,11 @@ class MediationModel(Network):
         )
 
 
+def _mediator_snapshot(state: Net) -> MediatorSnapshot:
+    snapshot: MediatorSnapshot = state.snaps[MEDIATOR]  # type: ignore[assignment]
+    return snapshot
+
+
 def _book(state: Net) -> Book:
     book = state.extra
     assert isinstance(book, Book)
@@ -422,13 +427,10 @@ def _registry_consistent(snapshot: Any) -> str | None:
     return None
 
 
-def build(
-    *, protocols: int | None = None, faults: bool = False, mutant: str | None = None
-) -> MediationModel:
-    """Entry point of ``p2psc explore mediation`` (``protocols`` does not apply here)."""
-    del protocols
+def build(*, faults: bool = False, mutant: str | None = None, third: bool = True) -> MediationModel:
+    """Entry point of ``p2psc explore mediation`` (A, B and, with ``third``, C)."""
     if mutant is not None:
         from models.mutants import mediation_mutant
 
-        return mediation_mutant(mutant, faults=faults)
-    return MediationModel(faults=faults)
+        return mediation_mutant(mutant, faults=faults, third=third)
+    return MediationModel(third=third, faults=faults)

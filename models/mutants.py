@@ -11,6 +11,8 @@ Negotiator (property N1 agreement, N2 no deadlock):
   id): both wait for an ACCEPT/REJECT that never comes (N2).
 - ``tie-yield``: on a priority tie each side yields to the *peer's* protocol: both answer and
   each runs a different protocol (N1).
+- ``drop-early-byte``: the peer's byte of its next round, arriving while we still sleep, is
+  discarded instead of kept: the peer waits for our answer forever (N2).
 
 Mediator (properties M1..M4):
 
@@ -81,21 +83,40 @@ class TieYieldNegotiator(Negotiator):
         return super()._guard(name)
 
 
+class DropEarlyByteNegotiator(Negotiator):
+    """Discards the peer's round byte that arrives before our own round started (instead of
+    keeping it, spec/negotiator.md 6.1): the peer then waits for an answer forever."""
+
+    __slots__ = ()
+
+    def _receive_byte(self, byte: int) -> bytes:
+        if self._state in ("Initial", "Sleep"):
+            return b""
+        return super()._receive_byte(byte)
+
+
 NEGOTIATOR_MUTANTS: dict[str, tuple[type[Negotiator], str]] = {
     "tie-local": (TieLocalNegotiator, "N2"),
     "tie-yield": (TieYieldNegotiator, "N1"),
+    "drop-early-byte": (DropEarlyByteNegotiator, "N2"),
 }
 """Mutant name -> (negotiator class, the property it must break)."""
 
 
 def negotiator_mutant(
-    name: str, *, protocols: int = 2, rounds: int = 2, faults: bool = False
+    name: str,
+    *,
+    protocols: int = 2,
+    rounds: int = 2,
+    faults: bool = False,
+    mixed_sets: bool = False,
 ) -> NegotiatorPairModel:
     cls, _ = NEGOTIATOR_MUTANTS[name]
     return NegotiatorPairModel(
         protocols=protocols,
         rounds=rounds,
         faults=faults,
+        mixed_sets=mixed_sets,
         negotiator_class=cls,
         name=f"negotiator[mutant {name}]",
     )

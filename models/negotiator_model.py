@@ -5,25 +5,38 @@ Configurations (one initial state each): every protocol set drawn from ``protoco
 (1..3), every priority from :data:`PRIORITIES` per protocol (ties included), every
 simultaneous-initiate policy (RUN/FAIL) per protocol. Both sides know the same set (the spec
 requires both sides to agree on ids, priorities and policies); ``mixed_sets`` explores every
-pair of *different* sets too. Choices: each side starts each round with KEEPALIVE or any
-protocol it knows (``app`` steps, at most ``rounds`` rounds per side), and answers ACCEPT *or*
-REJECT whenever its core asks (the ``should_accept`` callable: both answers are explored). Bytes
-travel one at a time in FIFO order each way; a side whose core raises
-:class:`~p2psc.errors.NegotiationError` closes the connection and the other side sees EOF; with
-``faults`` the connection may also drop once at any moment (both sides see EOF).
+pair of *different* sets too (a side that receives an id it does not know must fail cleanly).
+Choices: each side starts each round with KEEPALIVE or any protocol it knows (``app`` steps, at
+most ``rounds`` rounds per side), and answers ACCEPT *or* REJECT whenever its core asks (the
+``should_accept`` callable: both answers are explored). Bytes travel one at a time in FIFO order
+each way; a side whose core raises :class:`~p2psc.errors.NegotiationError` closes the connection
+and the other side sees EOF after the bytes already in flight. With ``faults``, once per run:
+the connection drops at any moment (both sides see EOF, bytes in flight are lost), or a side
+that waits for a byte times out at any moment (its runner's deadline: it fails and closes).
 
 Properties (``spec/properties.md``):
 
 - N1 agreement: every round that both sides completed has the same result on both sides (both
   slept; both run the same protocol, with one initiator, or both after a same-id RUN collision;
-  both failed). Under ``faults`` a failure is compatible with anything (a dropped connection
-  cannot be agreed on), but two completed results must still match.
+  both failed). Under ``faults`` or ``mixed_sets`` one side's failure is compatible with
+  anything (a dropped connection cannot be agreed on; nor can an id that only one side knows,
+  which the other may already have accepted), but two completed results must still match.
 - N2 no deadlock: in every final state each side has failed or finished all its rounds; never
   one or both waiting for a byte that will not come.
 
-Speed: a global state is a flat tuple; each side's step is memoised on ``(side, protocol table,
-snapshot, input)`` with its trace label, so the cores run once per distinct local step, not once
-per global state, and the hot path only builds tuples.
+Speed (the explorer's budget is measured on this model). A global state is a tuple of five
+small ints, ``(side A, side B, channel to A, channel to B, bookkeeping)``, each an *interned*
+id of a richer hashable value:
+
+- a *side* id stands for ``(protocol table, core snapshot, rounds it may still start)``;
+- a *channel* id for ``(bytes in flight, whether EOF follows them)``;
+- a *bookkeeping* id for ``(round results not yet compared, violation, faults left)``.
+
+Interning is a bijection, so deduplicating ids is exactly deduplicating the full states; it only
+makes a state cheap to hash and to build. Each local step (receive a byte, start a round, time
+out) is computed once per ``(table, snapshot, input)`` by the real core and memoised with its
+trace labels; the moves of a side id, the channel operations and the comparisons of round
+results are memoised per id too, so the hot path is list indexing and tuple building.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ from typing import Any
 
 import p2psc.core.negotiator as negotiator_module
 from models.explorer import Coverage, Step
-from models.network import recording
+from models.network import Recording
 from p2psc.core.negotiator import (
     ACCEPT,
     KEEPALIVE,
@@ -49,7 +62,7 @@ from p2psc.errors import NegotiationError
 from p2psc.machines.compiler import compile_machine
 from p2psc.machines.negotiator import NegotiatorMachine
 
-__all__ = ["PRIORITIES", "NegotiatorPairModel", "build"]
+__all__ = ["PRIORITIES", "NegotiatorPairModel", "build", "configurations"]
 
 WAITING = frozenset({"SentKeepalive", "SentInitiate", "WaitForAcceptReject"})
 IDLE = frozenset({"Initial", "Sleep", "ProtocolNegotiated"})
@@ -59,24 +72,33 @@ EOF = -1
 PRIORITIES = (0, 1, 2)
 POLICIES = (Simultaneous.RUN, Simultaneous.FAIL)
 
-# A global state is a flat tuple:
-#   (config, snap_a, snap_b, to_a, to_b, eof_to_a, eof_to_b, rounds_a, rounds_b,
-#    pending_a, pending_b, violation, faults_left)
-# to_x: bytes in flight towards side x; eof_to_x: x will see EOF after them; rounds_x: rounds x
-# may still start; pending_x: x's round results not yet compared with the other side's.
-CFG, SA, SB, TA, TB, EA, EB, RA, RB, PA, PB, VIOL, FAULTS = range(13)
-State = tuple[Any, ...]
-Token = tuple[Any, ...]  # ("sleep",) | ("run", id, initiated_by_us) | ("failed",)
-Move = tuple[
-    Step, NegotiatorSnapshot, bytes, Token | None, bool
-]  # step, snap', sent, token, failed
+SA, SB, CA, CB, BOOK = range(5)
+"""Positions in a global state: side ids of A and B, channel ids towards A and B, bookkeeping."""
+State = tuple[int, int, int, int, int]
+
+# Round results as small ints (cheap to hash and compare): failed, slept, or ran protocol p
+# (initiated by us or not) = T_RUN + 2 * p + initiated.
+T_FAILED = 0
+T_SLEEP = 1
+T_RUN = 2
+
+CoreMove = tuple[str, NegotiatorSnapshot, bytes, int | None]
+"""One outcome of one core step: (label, snapshot after, bytes sent, completed-round token)."""
+Move = tuple[Step, Step, int, bytes, int | None, bool]
+"""(label as A's step, as B's step, side id after, bytes sent, token or None, failed)."""
 Moves = tuple[Move, ...]
 ConfigSpec = tuple[tuple[int, ...], tuple[Simultaneous, ...], tuple[frozenset[int], frozenset[int]]]
 """(priority per id, policy per id, (ids A knows, ids B knows))."""
 
-_SLEEP: Token = ("sleep",)
-_FAILED: Token = ("failed",)
+Book = tuple[tuple[int, ...], str | None, int]
+"""Bookkeeping: (unmatched round results, violation, faults left). Unmatched results belong to
+the side that is ahead (at most one side is): A's tokens as ``t``, B's as ``-1 - t``. Faults
+left: 1 while the one fault may still happen, 0 once it did (or none allowed), -1 once the
+connection dropped (later sends are lost)."""
+
 _SIDES = ("A", "B")
+_EMPTY = 0
+"""Channel id of the empty channel (no bytes, no EOF)."""
 
 
 def _byte_name(byte: int) -> str:
@@ -107,12 +129,32 @@ def configurations(protocols: int, mixed_sets: bool = False) -> list[ConfigSpec]
         members = sorted(known)
         for prio_m in itertools.product(PRIORITIES, repeat=len(members)):
             for pol_m in itertools.product(POLICIES, repeat=len(members)):
-                prio = [0] * protocols
-                pol = [Simultaneous.RUN] * protocols
+                priorities = [0] * protocols  # ids nobody knows: fixed, so configs stay unique
+                policies = [Simultaneous.RUN] * protocols
                 for pid, p, q in zip(members, prio_m, pol_m, strict=True):
-                    prio[pid], pol[pid] = p, q
-                out.append((tuple(prio), tuple(pol), (known, known)))
+                    priorities[pid], policies[pid] = p, q
+                out.append((tuple(priorities), tuple(policies), (known, known)))
     return out
+
+
+class _Interned:
+    """A bijection between hashable values and dense ints 0, 1, 2, ... (first come first)."""
+
+    __slots__ = ("ids", "values")
+
+    def __init__(self) -> None:
+        self.ids: dict[Hashable, int] = {}
+        self.values: list[Any] = []
+
+    def __call__(self, value: Hashable) -> tuple[int, bool]:
+        """(id of ``value``, whether it is new)."""
+        known = self.ids.get(value)
+        if known is not None:
+            return known, False
+        known = len(self.values)
+        self.ids[value] = known
+        self.values.append(value)
+        return known, True
 
 
 class NegotiatorPairModel:
@@ -133,19 +175,47 @@ class NegotiatorPairModel:
     ) -> None:
         if not 1 <= protocols <= 3:
             raise ValueError("protocols must be 1..3")
-        self.name = name
+        if rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        plural = "s" if protocols != 1 else ""
+        settings = [f"{protocols} protocol{plural}", f"{rounds} round{'s' if rounds != 1 else ''}"]
+        settings += ["mixed sets"] * mixed_sets + ["faults"] * faults
+        self.name = f"{name} ({', '.join(settings)})"
         self.rounds = rounds
         self.faults = faults
         self.negotiator_class = negotiator_class
         self.table = compile_machine(NegotiatorMachine)
         self._coverage = Coverage([self.table])
-        self._patches = ((negotiator_module, "_TABLE"),)
+        self._recording = Recording(((negotiator_module, "_TABLE"),), self._coverage)
         self._answer = True
         self._asked = False
         # Distinct protocol tables (configurations share them) -> one reusable core each.
         self._table_keys: dict[Hashable, int] = {}
         self._cores: list[Negotiator] = []
         self._known: list[tuple[int, ...]] = []
+        self._core_memo: dict[tuple[int, NegotiatorSnapshot, int | str], tuple[CoreMove, ...]]
+        self._core_memo = {}
+        self._labels: dict[tuple[str, str], tuple[Step, Step]] = {}  # shared Step objects
+        # Side ids: (table, snapshot, rounds left), and what the hot path asks of each.
+        self._sides = _Interned()
+        self._reads: list[bool] = []  # reads bytes: neither Failed nor ProtocolNegotiated
+        self._can_start: list[bool] = []  # idle with rounds left
+        self._waiting: list[bool] = []  # waits for a byte of the peer
+        self._failed: list[bool] = []
+        self._receives: list[dict[int, Moves]] = []
+        self._starts: list[Moves | None] = []
+        self._timeouts: list[Moves | None] = []
+        # Channel ids: (bytes in flight, EOF follows).
+        self._channels = _Interned()
+        self._heads: list[tuple[int, int] | None] = []  # (byte or EOF, rest) or None if empty
+        self._pushes: list[dict[bytes, int]] = []
+        self._with_eof: list[int] = []
+        self._channel((b"", False))  # id 0: _EMPTY
+        # Bookkeeping ids.
+        self._books = _Interned()
+        self._violations: list[str | None] = []
+        self._faults_left: list[int] = []
+        self._results: list[dict[int, int]] = []  # token (B's as -1 - t) -> bookkeeping id
         self.config_specs = list(
             configs if configs is not None else configurations(protocols, mixed_sets)
         )
@@ -153,9 +223,11 @@ class NegotiatorPairModel:
             (self._table_for(prio, pol, ka), self._table_for(prio, pol, kb))
             for prio, pol, (ka, kb) in self.config_specs
         ]
-        self._memo_receive: dict[tuple[int, NegotiatorSnapshot, int], Moves] = {}
-        self._memo_start: dict[tuple[int, NegotiatorSnapshot], Moves] = {}
-        self._drop_step = Step("drop", "A", "connection lost", "B")
+        self._config_of: dict[tuple[int, int], int] = {}
+        for index, tables in enumerate(self._config_tables):
+            self._config_of.setdefault(tables, index)
+        self._agree = _agreement(protocols, lenient=faults or mixed_sets)
+        self._drop_step = Step("drop", "A", "connection lost", "B", fault=True)
 
     # --- configuration --------------------------------------------------------------------
 
@@ -195,231 +267,339 @@ class NegotiatorPairModel:
         )
         return f"protocols [{protos}]; {known}"
 
+    # --- interned ids ---------------------------------------------------------------------
+
+    def _side(self, table: int, snap: NegotiatorSnapshot, rounds: int) -> int:
+        side, new = self._sides((table, snap, rounds))
+        if new:
+            name = snap[0]
+            self._reads.append(name != FAILED and name != NEGOTIATED)
+            self._can_start.append(rounds > 0 and name in IDLE)
+            self._waiting.append(name in WAITING)
+            self._failed.append(name == FAILED)
+            self._receives.append({})
+            self._starts.append(None)
+            self._timeouts.append(None)
+        return side
+
+    def side_of(self, side: int) -> tuple[int, NegotiatorSnapshot, int]:
+        """(protocol table, core snapshot, rounds left) behind a side id."""
+        value: tuple[int, NegotiatorSnapshot, int] = self._sides.values[side]
+        return value
+
+    def _channel(self, value: tuple[bytes, bool]) -> int:
+        channel, new = self._channels(value)
+        if new:
+            self._heads.append(None)
+            self._pushes.append({})
+            self._with_eof.append(-1)
+            data, eof = value
+            if data:  # (interns the rest, so the lists above are extended first)
+                self._heads[channel] = (data[0], self._channel((data[1:], eof)))
+            elif eof:
+                self._heads[channel] = (EOF, _EMPTY)
+        return channel
+
+    def _push(self, channel: int, sent: bytes) -> int:
+        data, eof = self._channels.values[channel]
+        pushed = self._channel((data + sent, eof))
+        self._pushes[channel][sent] = pushed
+        return pushed
+
+    def _eof_after(self, channel: int) -> int:
+        closing = self._with_eof[channel]
+        if closing < 0:
+            closing = self._channel((self._channels.values[channel][0], True))
+            self._with_eof[channel] = closing
+        return closing
+
+    def _book(self, value: Book) -> int:
+        book, new = self._books(value)
+        if new:
+            self._violations.append(value[1])
+            self._faults_left.append(value[2])
+            self._results.append({})
+        return book
+
+    def _result(self, book: int, signed: int) -> int:
+        """Bookkeeping after a side completed a round: A's token ``t`` as ``t``, B's as
+        ``-1 - t``. Compare it with the other side's oldest unmatched result, or keep it
+        until the other side completes that round."""
+        pending, viol, faults = self._books.values[book]
+        if not pending or (pending[0] >= 0) == (signed >= 0):
+            after = self._book(((*pending, signed), viol, faults))
+        else:
+            a, b = (signed, -1 - pending[0]) if signed >= 0 else (pending[0], -1 - signed)
+            if viol is None and not self._agree[a][b]:
+                viol = f"N1: round results differ: A {_tok(a)}, B {_tok(b)}"
+            after = self._book((pending[1:], viol, faults))
+        self._results[book][signed] = after
+        return after
+
     # --- memoised local steps -------------------------------------------------------------
 
-    def _run(
+    def _core_moves(
         self,
         table: int,
         snap: NegotiatorSnapshot,
+        key: int | str,
         action: Callable[[Negotiator], bytes],
         starting: bool,
-    ) -> list[tuple[str, NegotiatorSnapshot, bytes, Token | None]]:
-        """Run ``action`` on the core of ``table`` restored to ``snap``; if the core asked
-        whether to accept, run it again with the other answer. Returns (answer label,
-        snapshot', bytes to send, completed-round token or None) per outcome."""
+        what: str,
+    ) -> tuple[CoreMove, ...]:
+        """Run ``action`` on the core of ``table`` restored to ``snap`` (memoised on ``key``);
+        if the core asked whether to accept, run it again with the other answer."""
+        memo_key = (table, snap, key)
+        hit = self._core_memo.get(memo_key)
+        if hit is not None:
+            return hit
         core = self._cores[table]
-        results = []
-        for answer in (True, False):
-            self._answer, self._asked = answer, False
-            core.restore(snap)
-            try:
-                with recording(self._patches, self._coverage):
+        moves: list[CoreMove] = []
+        in_round = starting or snap[0] in WAITING
+        with self._recording:
+            for answer in (True, False):
+                self._answer, self._asked = answer, False
+                core.restore(snap)
+                try:
                     out = action(core)
-            except NegotiationError:
-                out = b""
-            after = core.snapshot()
-            label = "" if not self._asked else (" -> ACCEPT" if answer else " -> REJECT")
-            in_round = starting or snap[0] in WAITING
-            results.append((label, after, out, _token(in_round, after)))
-            if not self._asked:
-                break
-        return results
-
-    def _receive(self, table: int, snap: NegotiatorSnapshot, byte: int) -> Moves:
-        key = (table, snap, byte)
-        hit = self._memo_receive.get(key)
-        if hit is None:
-            if byte == EOF:
-                results = self._run(table, snap, _eof, False)
-            else:
-                data = bytes((byte,))
-                results = self._run(table, snap, lambda core: core.receive_data(data), False)
-            hit = tuple(
-                (
-                    tuple(
-                        Step("deliver", _SIDES[side], _byte_name(byte) + label, _SIDES[1 - side])
-                        for side in (0, 1)
-                    ),
-                    after,
-                    out,
-                    token,
-                    after[0] == FAILED,
-                )
-                for label, after, out, token in results
-            )
-            self._memo_receive[key] = hit
+                except NegotiationError:
+                    out = b""
+                after = core.snapshot()
+                label = what
+                if self._asked:
+                    label += " -> ACCEPT" if answer else " -> REJECT"
+                moves.append((label, after, out, _token(in_round, after)))
+                if not self._asked:
+                    break
+        hit = tuple(moves)
+        self._core_memo[memo_key] = hit
         return hit
 
-    def _start(self, table: int, snap: NegotiatorSnapshot) -> Moves:
-        key = (table, snap)
-        hit = self._memo_start.get(key)
-        if hit is None:
-            moves: list[Move] = []
-            for propose in (None, *self._known[table]):
-                results = self._run(table, snap, lambda core, p=propose: core.start_round(p), True)
-                what = "KEEPALIVE" if propose is None else f"initiate {propose}"
-                for label, after, out, token in results:
-                    steps = tuple(
-                        Step("app", _SIDES[side], f"start round: {what}{label}") for side in (0, 1)
+    def _moves(
+        self, side: int, core_moves: tuple[CoreMove, ...], kind: str, rounds_used: int
+    ) -> Moves:
+        table, _, rounds = self.side_of(side)
+        out = []
+        for label, after, sent, token in core_moves:
+            steps = self._labels.get((kind, label))
+            if steps is None:
+                fault = kind == "timer"  # the runner's deadline, modelled as a fault
+                if kind == "deliver":
+                    steps = (Step(kind, "A", label, "B"), Step(kind, "B", label, "A"))
+                else:
+                    steps = (
+                        Step(kind, "A", label, fault=fault),
+                        Step(kind, "B", label, fault=fault),
                     )
-                    moves.append((steps, after, out, token, after[0] == FAILED))
-            hit = tuple(moves)
-            self._memo_start[key] = hit
-        return hit
+                self._labels[(kind, label)] = steps
+            target = self._side(table, after, rounds - rounds_used)
+            out.append((steps[0], steps[1], target, sent, token, after[0] == FAILED))
+        return tuple(out)
+
+    def _receive(self, side: int, byte: int) -> Moves:
+        table, snap, _ = self.side_of(side)
+        if byte == EOF:
+            core_moves = self._core_moves(table, snap, byte, _eof, False, "EOF")
+        else:
+            data = bytes((byte,))
+            core_moves = self._core_moves(
+                table, snap, byte, lambda core: core.receive_data(data), False, _byte_name(byte)
+            )
+        moves = self._moves(side, core_moves, "deliver", 0)
+        self._receives[side][byte] = moves
+        return moves
+
+    def _start(self, side: int) -> Moves:
+        table, snap, _ = self.side_of(side)
+        core_moves: list[CoreMove] = []
+        for propose in (None, *self._known[table]):
+            what = "KEEPALIVE" if propose is None else f"initiate {propose}"
+            core_moves.extend(
+                self._core_moves(
+                    table, snap, f"start {propose}", _starter(propose), True, f"start round: {what}"
+                )
+            )
+        moves = self._moves(side, tuple(core_moves), "app", 1)
+        self._starts[side] = moves
+        return moves
+
+    def _timeout(self, side: int) -> Moves:
+        table, snap, _ = self.side_of(side)
+        core_moves = self._core_moves(
+            table, snap, "timeout", _timed_out, False, "no byte in time (fault)"
+        )
+        moves = self._moves(side, core_moves, "timer", 0)
+        self._timeouts[side] = moves
+        return moves
 
     # --- explorer interface ---------------------------------------------------------------
 
     def initial_states(self) -> list[State]:
         states = []
-        faults = 1 if self.faults else 0
-        for index, (table_a, table_b) in enumerate(self._config_tables):
+        book = self._book(((), None, 1 if self.faults else 0))
+        for table_a, table_b in self._config_tables:
             snap_a = self.negotiator_class(self._cores[table_a].protocols).snapshot()
             snap_b = self.negotiator_class(self._cores[table_b].protocols).snapshot()
-            rounds = self.rounds
-            states.append(
-                (
-                    index,
-                    snap_a,
-                    snap_b,
-                    b"",
-                    b"",
-                    False,
-                    False,
-                    rounds,
-                    rounds,
-                    (),
-                    (),
-                    None,
-                    faults,
-                )
-            )
+            side_a = self._side(table_a, snap_a, self.rounds)
+            side_b = self._side(table_b, snap_b, self.rounds)
+            states.append((side_a, side_b, _EMPTY, _EMPTY, book))
         return states
 
     def successors(self, state: State) -> list[tuple[Step, State]]:
+        """Every enabled step; the hot path of the explorer (written for speed, see above)."""
+        sa, sb, ca, cb, book = state
         out: list[tuple[Step, State]] = []
-        tables = self._config_tables[state[CFG]]
-        apply = self._apply
-        for side in (0, 1):
-            snap = state[SA + side]
-            sname = snap[0]
-            table = tables[side]
-            inbound = state[TA + side]
-            eof = state[EA + side]
-            rounds = state[RA + side]
-            # Deliver the next byte (or the EOF) towards this side. A side that failed closed
-            # the connection and reads nothing; a side running a protocol does not read.
-            if sname != FAILED and sname != NEGOTIATED and (inbound or eof):
-                if inbound:
-                    moves = self._receive(table, snap, inbound[0])
-                    rest, after_eof = inbound[1:], eof
-                else:
-                    moves = self._receive(table, snap, EOF)
-                    rest, after_eof = b"", False
-                for steps, after, sent, token, failed in moves:
-                    out.append(
-                        (
-                            steps[side],
-                            apply(state, side, after, sent, token, failed, rest, after_eof, rounds),
-                        )
-                    )
-            if rounds > 0 and sname in IDLE:
-                for steps, after, sent, token, failed in self._start(table, snap):
-                    out.append(
-                        (
-                            steps[side],
-                            apply(
-                                state, side, after, sent, token, failed, inbound, eof, rounds - 1
-                            ),
-                        )
-                    )
-        if state[FAULTS] > 0 and not (state[EA] or state[EB]):
-            a_open = state[SA][0] != FAILED
-            b_open = state[SB][0] != FAILED
-            if a_open and b_open:
-                dropped = list(state)
-                dropped[TA], dropped[TB] = b"", b""
-                dropped[EA], dropped[EB] = True, True
-                dropped[FAULTS] = -1  # the connection is dead: later sends are lost
-                out.append((self._drop_step, tuple(dropped)))
+        append = out.append
+        failed = self._failed
+        a_failed = failed[sa]
+        b_failed = failed[sb]
+        alive = self._faults_left[book] >= 0
+        pushes = self._pushes
+        with_eof = self._with_eof
+        results = self._results
+        # --- side A ---
+        # Deliver the next byte (or the EOF) towards A. A side that failed closed the
+        # connection and reads nothing; a side running a protocol does not read.
+        head = self._heads[ca]
+        if head is not None and self._reads[sa]:
+            byte, rest = head
+            moves = self._receives[sa].get(byte) or self._receive(sa, byte)
+            for step, _, after, sent, token, now_failed in moves:
+                inbound, outbound = rest, cb
+                if now_failed:  # the runner closes the connection: it reads nothing more
+                    inbound = _EMPTY
+                    if not b_failed:
+                        outbound = with_eof[cb] if with_eof[cb] >= 0 else self._eof_after(cb)
+                elif sent and not b_failed and alive:
+                    outbound = pushes[cb].get(sent) or self._push(cb, sent)
+                after_book = book
+                if token is not None:
+                    after_book = results[book].get(token, -1)
+                    if after_book < 0:
+                        after_book = self._result(book, token)
+                append((step, (after, sb, inbound, outbound, after_book)))
+        if self._can_start[sa]:
+            moves = self._starts[sa] or self._start(sa)
+            for step, _, after, sent, token, now_failed in moves:
+                inbound, outbound = ca, cb
+                if now_failed:
+                    inbound = _EMPTY
+                    if not b_failed:
+                        outbound = with_eof[cb] if with_eof[cb] >= 0 else self._eof_after(cb)
+                elif sent and not b_failed and alive:
+                    outbound = pushes[cb].get(sent) or self._push(cb, sent)
+                after_book = book
+                if token is not None:
+                    after_book = results[book].get(token, -1)
+                    if after_book < 0:
+                        after_book = self._result(book, token)
+                append((step, (after, sb, inbound, outbound, after_book)))
+        # --- side B (the mirror image; its round results are recorded as -1 - token) ---
+        head = self._heads[cb]
+        if head is not None and self._reads[sb]:
+            byte, rest = head
+            moves = self._receives[sb].get(byte) or self._receive(sb, byte)
+            for _, step, after, sent, token, now_failed in moves:
+                inbound, outbound = rest, ca
+                if now_failed:
+                    inbound = _EMPTY
+                    if not a_failed:
+                        outbound = with_eof[ca] if with_eof[ca] >= 0 else self._eof_after(ca)
+                elif sent and not a_failed and alive:
+                    outbound = pushes[ca].get(sent) or self._push(ca, sent)
+                after_book = book
+                if token is not None:
+                    signed = -1 - token
+                    after_book = results[book].get(signed, -1)
+                    if after_book < 0:
+                        after_book = self._result(book, signed)
+                append((step, (sa, after, outbound, inbound, after_book)))
+        if self._can_start[sb]:
+            moves = self._starts[sb] or self._start(sb)
+            for _, step, after, sent, token, now_failed in moves:
+                inbound, outbound = cb, ca
+                if now_failed:
+                    inbound = _EMPTY
+                    if not a_failed:
+                        outbound = with_eof[ca] if with_eof[ca] >= 0 else self._eof_after(ca)
+                elif sent and not a_failed and alive:
+                    outbound = pushes[ca].get(sent) or self._push(ca, sent)
+                after_book = book
+                if token is not None:
+                    signed = -1 - token
+                    after_book = results[book].get(signed, -1)
+                    if after_book < 0:
+                        after_book = self._result(book, signed)
+                append((step, (sa, after, outbound, inbound, after_book)))
+        if self._faults_left[book] > 0:
+            out.extend(self._faults(state))
         return out
 
-    def _apply(
-        self,
-        state: State,
-        side: int,
-        after: NegotiatorSnapshot,
-        sent: bytes,
-        token: Token | None,
-        failed: bool,
-        inbound: bytes,
-        eof: bool,
-        rounds: int,
-    ) -> State:
-        """The state after ``side`` moved to ``after`` and sent ``sent`` (the hot path)."""
-        if side == 0:
-            cfg, _, sb, _, tb, _, eb, _, rb, pa, pb, viol, faults = state
-            other_failed = sb[0] == FAILED
-            if failed:  # the runner closes the connection: it reads nothing more
-                inbound, eof = b"", False
-                if not other_failed:
-                    eb = True
-            elif sent and not other_failed and faults >= 0:
-                tb += sent
-            if token is not None:
-                pa, pb, viol = self._match((*pa, token), pb, viol)
-            return (cfg, after, sb, inbound, tb, eof, eb, rounds, rb, pa, pb, viol, faults)
-        cfg, sa, _, ta, _, ea, _, ra, _, pa, pb, viol, faults = state
-        other_failed = sa[0] == FAILED
-        if failed:
-            inbound, eof = b"", False
-            if not other_failed:
-                ea = True
-        elif sent and not other_failed and faults >= 0:
-            ta += sent
-        if token is not None:
-            pa, pb, viol = self._match(pa, (*pb, token), viol)
-        return (cfg, sa, after, ta, inbound, ea, eof, ra, rounds, pa, pb, viol, faults)
+    def _faults(self, state: State) -> list[tuple[Step, State]]:
+        """The one fault of a run: the connection drops, or a waiting side times out."""
+        out: list[tuple[Step, State]] = []
+        sa, sb, ca, cb, book = state
+        if self._channels.values[ca][1] or self._channels.values[cb][1]:
+            return out  # the connection is already closing
+        pending, viol, _ = self._books.values[book]
+        if not (self._failed[sa] or self._failed[sb]):
+            closed = self._channel((b"", True))
+            dropped = self._book((pending, viol, -1))  # dead: later sends are lost
+            out.append((self._drop_step, (sa, sb, closed, closed, dropped)))
+        used = self._book((pending, viol, 0))
+        for index, side in enumerate((sa, sb)):
+            if not self._waiting[side]:
+                continue
+            for step_a, step_b, after, _, token, _ in self._timeouts[side] or self._timeout(side):
+                # It reads nothing more; the other side sees EOF after what is in flight.
+                after_book = used
+                if token is not None:
+                    after_book = self._result(used, token if index == 0 else -1 - token)
+                if index == 0:
+                    nxt = (after, sb, _EMPTY, self._eof_after(cb), after_book)
+                    out.append((step_a, nxt))
+                else:
+                    nxt = (sa, after, self._eof_after(ca), _EMPTY, after_book)
+                    out.append((step_b, nxt))
+        return out
 
-    def _match(
-        self, pa: tuple[Token, ...], pb: tuple[Token, ...], viol: str | None
-    ) -> tuple[tuple[Token, ...], tuple[Token, ...], str | None]:
-        """Compare the round results both sides have completed; keep the unmatched rest."""
-        while pa and pb:
-            a, b = pa[0], pb[0]
-            if viol is None and not _agree(a, b, self.faults):
-                viol = f"N1: round results differ: A {_tok(a)}, B {_tok(b)}"
-            pa, pb = pa[1:], pb[1:]
-        return pa, pb, viol
+    def decode(self, state: State) -> tuple[Hashable, ...]:
+        """The full state behind the ids: (side A, side B, channel to A, channel to B,
+        bookkeeping), each as the value it was interned from."""
+        sa, sb, ca, cb, book = state
+        sides, channels = self._sides.values, self._channels.values
+        return (sides[sa], sides[sb], channels[ca], channels[cb], self._books.values[book])
 
     def invariant(self, state: State) -> str | None:
-        violation: str | None = state[VIOL]
-        return violation
+        return self._violations[state[BOOK]]
 
     def terminal(self, state: State) -> str | None:
-        for side in (0, 1):
-            name = state[SA + side][0]
+        for index in (0, 1):
+            name = self.side_of(state[SA + index])[1][0]
             if name in WAITING:
-                other = state[SA + 1 - side][0]
+                other = self.side_of(state[SA + 1 - index])[1][0]
                 return (
-                    f"N2: deadlock: {_SIDES[side]} waits in {name} "
-                    f"while {_SIDES[1 - side]} is in {other}"
+                    f"N2: deadlock: {_SIDES[index]} waits in {name} "
+                    f"while {_SIDES[1 - index]} is in {other}"
                 )
         return None
 
     def describe(self, state: State) -> str:
-        sides = "; ".join(
-            f"{_SIDES[s]}: {state[SA + s][0]}"
-            + (f"({state[SA + s][2]})" if state[SA + s][2] is not None else "")
-            + f", {state[RA + s]} rounds left"
-            for s in (0, 1)
-        )
-        return f"{self.describe_config(state[CFG])}; {sides}"
+        parts = []
+        tables = []
+        for index in (0, 1):
+            table, snap, rounds = self.side_of(state[SA + index])
+            tables.append(table)
+            negotiated = f"({snap[2]})" if snap[2] is not None else ""
+            parts.append(f"{_SIDES[index]}: {snap[0]}{negotiated}, {rounds} rounds left")
+        config = self._config_of[(tables[0], tables[1])]
+        return f"{self.describe_config(config)}; {'; '.join(parts)}"
 
     def coverage(self) -> Coverage | None:
         return self._coverage
 
 
-def _token(in_round: bool, after: NegotiatorSnapshot) -> Token | None:
+def _token(in_round: bool, after: NegotiatorSnapshot) -> int | None:
     """The result of the round this step completed, if it completed one: a round is under way
     while the state is in WAITING and ends when it leaves it; outside a round only a failure
     (an early byte that breaks the rules, or EOF) counts as a result."""
@@ -427,12 +607,44 @@ def _token(in_round: bool, after: NegotiatorSnapshot) -> Token | None:
     if state in WAITING:
         return None
     if state == FAILED:
-        return _FAILED
+        return T_FAILED
     if not in_round:
         return None
     if state == NEGOTIATED:
-        return ("run", after[2], after[3])
-    return _SLEEP
+        assert after[2] is not None
+        return T_RUN + 2 * after[2] + (1 if after[3] else 0)
+    return T_SLEEP
+
+
+def _agreement(protocols: int, *, lenient: bool) -> list[list[bool]]:
+    """``table[a][b]``: whether round results ``a`` (A's) and ``b`` (B's) agree (N1).
+
+    ``lenient`` (faults, or sides that know different sets): one side's failure agrees with
+    anything, because the other side cannot know in time (a dropped connection; an id the
+    failing side did not know, which the other side may already have accepted); it learns from
+    the EOF that follows."""
+    size = T_RUN + 2 * protocols
+    table = [[False] * size for _ in range(size)]
+    for a in range(size):
+        for b in range(size):
+            if lenient and (a == T_FAILED or b == T_FAILED):
+                agree = True
+            elif a < T_RUN or b < T_RUN:
+                agree = a == b
+            else:
+                # The same protocol, and at least one initiator (both after a RUN collision).
+                agree = (a - T_RUN) // 2 == (b - T_RUN) // 2 and bool((a | b) & 1)
+            table[a][b] = agree
+    return table
+
+
+def _starter(propose: int | None) -> Callable[[Negotiator], bytes]:
+    """Start a round proposing ``propose`` (None: KEEPALIVE)."""
+
+    def start(core: Negotiator) -> bytes:
+        return core.start_round(propose)
+
+    return start
 
 
 def _eof(core: Negotiator) -> bytes:
@@ -441,28 +653,34 @@ def _eof(core: Negotiator) -> bytes:
     return b""
 
 
-def _tok(token: Token) -> str:
-    if token[0] == "run":
-        return f"run {token[1]} ({'initiator' if token[2] else 'responder'})"
-    return str(token[0])
+def _timed_out(core: Negotiator) -> bytes:
+    core.fail("no byte from the peer in time")
+    return b""
 
 
-def _agree(a: Token, b: Token, faults: bool) -> bool:
-    if faults and (a is _FAILED or b is _FAILED):
-        return True
-    if a[0] != b[0]:
-        return False
-    if a[0] == "run":
-        return bool(a[1] == b[1] and (a[2] or b[2]))
-    return True
+def _tok(token: int) -> str:
+    if token == T_FAILED:
+        return "failed"
+    if token == T_SLEEP:
+        return "sleep"
+    pid, initiated = divmod(token - T_RUN, 2)
+    return f"run {pid} ({'initiator' if initiated else 'responder'})"
 
 
 def build(
-    *, protocols: int | None = None, faults: bool = False, mutant: str | None = None
+    *,
+    protocols: int | None = None,
+    faults: bool = False,
+    mutant: str | None = None,
+    mixed_sets: bool = False,
 ) -> NegotiatorPairModel:
-    """Entry point of ``p2psc explore negotiator``."""
+    """Entry point of ``p2psc explore negotiator`` (three protocols, three rounds by default)."""
     if mutant is not None:
         from models.mutants import negotiator_mutant
 
-        return negotiator_mutant(mutant, protocols=protocols or 3, faults=faults)
-    return NegotiatorPairModel(protocols=protocols or 3, rounds=3, faults=faults)
+        return negotiator_mutant(
+            mutant, protocols=protocols or 3, rounds=3, faults=faults, mixed_sets=mixed_sets
+        )
+    return NegotiatorPairModel(
+        protocols=protocols or 3, rounds=3, faults=faults, mixed_sets=mixed_sets
+    )

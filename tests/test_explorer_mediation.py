@@ -89,3 +89,4 @@ def test_three_peers_with_one_fault_anywhere() -> None:
 def test_mutants_are_caught_with_three_peers_and_faults(name: str) -> None:
     result = explore(mediation_mutant(name, faults=True))
     assert result.violation is not None
+    assert result.violation.message.startswith(MEDIATION_MUTANTS[name][1])

@@ -1,9 +1,22 @@
 """``p2psc explore``: run the exhaustive explorer over the real sans-IO cores.
 
-Breadth-first over every interleaving of a model (see ``spec/properties.md``): prints states,
-transitions, depth, states/s and which declared machine transitions were never taken. Exit
-status 1 on a violation, with the shortest counterexample as text and as a Mermaid
-``sequenceDiagram``. The models live in the top-level ``models`` package of the repository.
+Breadth-first over every interleaving of a model (properties and settings: spec/properties.md).
+Prints states, transitions, depth, states/s and which declared machine transitions were never
+taken. Exit status 0 when every property holds, 1 on a violation, with the shortest
+counterexample as text and as a Mermaid ``sequenceDiagram``; 2 on bad arguments. With
+``--mutant`` a deliberately broken core is explored instead (the run must fail). The models live
+in the top-level ``models`` package of the repository.
+
+examples:
+  p2psc explore negotiator                  # 3 protocols, 3 rounds, every configuration
+  p2psc explore negotiator --faults --mixed-sets --protocols 2
+  p2psc explore mediation --faults          # A, B and C; one drop or early timeout anywhere
+  p2psc explore mediation --mutant identify-early
+
+mutants (--mutant NAME; the property each one breaks):
+  negotiator: tie-local (N2), tie-yield (N1), drop-early-byte (N2)
+  mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
+              leaky-registry (M4)
 """
 
 from __future__ import annotations
@@ -19,7 +32,36 @@ MODELS: dict[str, str] = {
     "negotiator": "models.negotiator_model",
     "mediation": "models.mediation_model",
 }
-"""Model name -> module exposing ``build(protocols=..., faults=..., mutant=...) -> Model``."""
+"""Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
+
+MAX_PROTOCOLS = 3
+
+
+def _protocols(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= MAX_PROTOCOLS:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: the negotiator model has 1..{MAX_PROTOCOLS} protocols "
+            "(every set, priority and policy of them is explored)"
+        )
+    return value
+
+
+def _at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}: {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def _progress(result: Any, frontier: int) -> None:
@@ -33,7 +75,30 @@ def _progress(result: Any, frontier: int) -> None:
     )
 
 
+def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The model's build options; refuses options of the other model and unknown mutants."""
+    from models.mutants import MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
+
+    mutants: dict[str, Any] = (
+        NEGOTIATOR_MUTANTS if args.model == "negotiator" else MEDIATION_MUTANTS
+    )
+    if args.mutant is not None and args.mutant not in mutants:
+        listed = ", ".join(f"{name} ({entry[1]})" for name, entry in sorted(mutants.items()))
+        parser.error(f"unknown {args.model} mutant {args.mutant!r}; choose from: {listed}")
+    options: dict[str, Any] = {"faults": args.faults, "mutant": args.mutant}
+    if args.model == "negotiator":
+        if args.peers is not None:
+            parser.error("--peers applies to the mediation model only")
+        options.update(protocols=args.protocols, mixed_sets=args.mixed_sets)
+    else:
+        if args.protocols is not None or args.mixed_sets:
+            parser.error("--protocols and --mixed-sets apply to the negotiator model only")
+        options.update(third=(args.peers or 3) == 3)
+    return options
+
+
 def _run(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.explore_parser
     try:
         from models.explorer import explore, format_report
     except ImportError:  # pragma: no cover - only outside a source checkout
@@ -41,8 +106,8 @@ def _run(args: argparse.Namespace) -> int:
             "p2psc explore: the 'models' package is missing (run from a checkout)", file=sys.stderr
         )
         return 2
-    module = importlib.import_module(MODELS[args.model])
-    model = module.build(protocols=args.protocols, faults=args.faults, mutant=args.mutant)
+    options = _options(args, parser)
+    model = importlib.import_module(MODELS[args.model]).build(**options)
     show = (not args.quiet and sys.stderr.isatty()) or args.progress
     result = explore(
         model,
@@ -51,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=_progress if show else None,
     )
     if show:
+        _progress(result, 0)  # the final counts on the same line
         print(file=sys.stderr)
     print(format_report(result, model.describe))
     return 0 if result.ok else 1
@@ -66,27 +132,53 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("model", choices=sorted(MODELS), help="which model to explore")
     parser.add_argument(
         "--protocols",
-        type=int,
+        type=_protocols,
         default=None,
-        help="negotiator: protocols per side, 1..3 (default: the model's); mediation: ignored",
+        metavar="N",
+        help=f"negotiator: protocol ids 1..{MAX_PROTOCOLS} (default {MAX_PROTOCOLS})",
+    )
+    parser.add_argument(
+        "--mixed-sets",
+        action="store_true",
+        help="negotiator: also every pair of different protocol sets on the two sides",
+    )
+    parser.add_argument(
+        "--peers",
+        type=int,
+        choices=(2, 3),
+        default=None,
+        help="mediation: A and B only (2), or also C, who wants A (3, the default)",
     )
     parser.add_argument(
         "--faults",
         action="store_true",
-        help="also drop connections and fire timeouts at every point",
+        help="also one fault per run at every point: a dropped connection or an early timeout",
     )
-    parser.add_argument("--max-depth", type=int, default=None, help="depth bound (default none)")
+    parser.add_argument(
+        "--max-depth",
+        type=_at_least(0),
+        default=None,
+        metavar="D",
+        help="do not expand states at depth D (default: no bound)",
+    )
     parser.add_argument(
         "--max-states",
-        type=int,
+        type=_at_least(1),
         default=20_000_000,
+        metavar="N",
         help="stop after this many states (memory bound; default %(default)s)",
     )
     parser.add_argument(
         "--mutant",
         default=None,
-        help="explore a deliberately broken variant (see models/mutants.py) instead",
+        metavar="NAME",
+        help="explore a deliberately broken core instead (listed below; models/mutants.py); "
+        "the run must fail",
     )
-    parser.add_argument("--progress", action="store_true", help="progress line even if not a tty")
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="progress line on stderr about every second, even if stderr is not a terminal",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run, explore_parser=parser)
