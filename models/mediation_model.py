@@ -140,8 +140,10 @@ class MediationModel(Network):
         self._steps = [self._mediator_step] + [self._peer_step(i) for i in range(1, self.count)]
         empty = mediator_class(config, crypto=self.crypto).snapshot()
         peers = tuple(PeerCore(self.peer_configs[i]).snapshot() for i in range(1, self.count))
+        self._starts: dict[tuple[int, int, float], tuple[int, tuple[Action, ...]]] = {}
+        self._consistent: dict[int, str | None] = {}  # M4 per mediator snapshot id
         self._initial = Net(
-            snaps=(empty, *peers),
+            snaps=tuple(self.intern(snapshot) for snapshot in (empty, *peers)),
             links=(),
             timers=(),
             clock=0.0,
@@ -172,7 +174,7 @@ class MediationModel(Network):
             f"{self.names[i]}={book.outcomes[i] or ('waiting' if book.started[i] else 'idle')}"
             for i in range(1, self.count)
         )
-        sessions, registry, _ = _mediator_snapshot(state)
+        sessions, registry, _ = self._mediator_snapshot(state)
         live = ", ".join(f"conn {row[0]}:{row[1]}" for row in sessions) or "none"
         return f"{outcomes}; mediator sessions: {live}; registry entries: {len(registry)}"
 
@@ -180,7 +182,10 @@ class MediationModel(Network):
         book = _book(state)
         if book.violation is not None:
             return book.violation
-        return _registry_consistent(state.snaps[MEDIATOR])
+        snap = state.snaps[MEDIATOR]
+        if snap not in self._consistent:
+            self._consistent[snap] = _registry_consistent(self.snapshot(snap))
+        return self._consistent[snap]
 
     def terminal(self, state: Net) -> str | None:
         book = _book(state)
@@ -194,7 +199,7 @@ class MediationModel(Network):
         problem = self._pair_outcome(state, book)
         if problem is not None:
             return problem
-        sessions, registry, _ = _mediator_snapshot(state)
+        sessions, registry, _ = self._mediator_snapshot(state)
         if sessions or registry:
             return f"M4: mediator leaks {len(sessions)} sessions and {len(registry)} registrations"
         return None
@@ -229,6 +234,10 @@ class MediationModel(Network):
             f"M3: {self.names[winner]} is established but {self.names[3 - winner]} failed "
             "and keeps the connection open"
         )
+
+    def _mediator_snapshot(self, state: Net) -> MediatorSnapshot:
+        snapshot: MediatorSnapshot = self.snapshot(state.snaps[MEDIATOR])
+        return snapshot
 
     # --- network hooks ------------------------------------------------------------------------
 
@@ -298,12 +307,18 @@ class MediationModel(Network):
         for i in range(1, self.count):
             if book.started[i]:
                 continue
-            # Rebuilt inside the recording: a PeerCore keeps the table object it was built with.
-            with self._recording:
-                core = self.peer_class.from_snapshot(state.snaps[i], self.peer_configs[i])  # type: ignore[arg-type]
-                actions = tuple(core.start(state.clock))
+            key = (i, state.snaps[i], state.clock)
+            hit = self._starts.get(key)
+            if hit is None:
+                # Rebuilt inside the recording: a PeerCore keeps the table it was built with.
+                with self._recording:
+                    core = self.peer_class.from_snapshot(
+                        self.snapshot(state.snaps[i]), self.peer_configs[i]
+                    )
+                    actions: tuple[Action, ...] = tuple(core.start(state.clock))  # type: ignore[arg-type]
+                hit = self._starts[key] = (self.intern(core.snapshot()), actions)
             base = state._replace(extra=book._replace(started=_replace_at(book.started, i, True)))
-            nxt = self.apply(base, i, core.snapshot(), actions)  # type: ignore[arg-type]
+            nxt = self.apply(base, i, hit[0], hit[1])
             out.append((Step("app", self.names[i], "start: connect to the mediator"), nxt))
         return out
 
@@ -396,11 +411,6 @@ class MediationModel(Network):
             outcomes=_replace_at(book.outcomes, actor, "established"),
             established=_replace_at(book.established, actor, record),
         )
-
-
-def _mediator_snapshot(state: Net) -> MediatorSnapshot:
-    snapshot: MediatorSnapshot = state.snaps[MEDIATOR]  # type: ignore[assignment]
-    return snapshot
 
 
 def _book(state: Net) -> Book:

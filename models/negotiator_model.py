@@ -43,10 +43,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
 
 import p2psc.core.negotiator as negotiator_module
 from models.explorer import Coverage, Step
+from models.interning import Interned
 from models.network import Recording
 from p2psc.core.negotiator import (
     ACCEPT,
@@ -137,26 +137,6 @@ def configurations(protocols: int, mixed_sets: bool = False) -> list[ConfigSpec]
     return out
 
 
-class _Interned:
-    """A bijection between hashable values and dense ints 0, 1, 2, ... (first come first)."""
-
-    __slots__ = ("ids", "values")
-
-    def __init__(self) -> None:
-        self.ids: dict[Hashable, int] = {}
-        self.values: list[Any] = []
-
-    def __call__(self, value: Hashable) -> tuple[int, bool]:
-        """(id of ``value``, whether it is new)."""
-        known = self.ids.get(value)
-        if known is not None:
-            return known, False
-        known = len(self.values)
-        self.ids[value] = known
-        self.values.append(value)
-        return known, True
-
-
 class NegotiatorPairModel:
     """See the module docstring. ``negotiator_class`` lets mutants swap in a broken core."""
 
@@ -197,7 +177,7 @@ class NegotiatorPairModel:
         self._core_memo = {}
         self._labels: dict[tuple[str, str], tuple[Step, Step]] = {}  # shared Step objects
         # Side ids: (table, snapshot, rounds left), and what the hot path asks of each.
-        self._sides = _Interned()
+        self._sides = Interned()
         self._reads: list[bool] = []  # reads bytes: neither Failed nor ProtocolNegotiated
         self._can_start: list[bool] = []  # idle with rounds left
         self._waiting: list[bool] = []  # waits for a byte of the peer
@@ -206,13 +186,13 @@ class NegotiatorPairModel:
         self._starts: list[Moves | None] = []
         self._timeouts: list[Moves | None] = []
         # Channel ids: (bytes in flight, EOF follows).
-        self._channels = _Interned()
+        self._channels = Interned()
         self._heads: list[tuple[int, int] | None] = []  # (byte or EOF, rest) or None if empty
         self._pushes: list[dict[bytes, int]] = []
         self._with_eof: list[int] = []
         self._channel((b"", False))  # id 0: _EMPTY
         # Bookkeeping ids.
-        self._books = _Interned()
+        self._books = Interned()
         self._violations: list[str | None] = []
         self._faults_left: list[int] = []
         self._results: list[dict[int, int]] = []  # token (B's as -1 - t) -> bookkeeping id

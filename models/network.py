@@ -2,9 +2,10 @@
 
 Why a model of the network rather than of the cores: the cores are the real ones, rebuilt from
 their snapshots; only the network, the clock and the faults are modelled, as plain tuples, so
-that a global state is cheap to hash and to copy.
+that a global state is cheap to hash and to copy. Actor snapshots are interned
+(:mod:`models.interning`): a state holds one small int per actor, not the nested snapshot.
 
-A global state is :class:`Net` = (actor snapshots, links, timers, clock, faults left, extra):
+A global state is :class:`Net` = (actor snapshot ids, links, timers, clock, faults left, extra):
 
 - a *link* is one TCP connection between two actors' connection ids, with a FIFO of items in
   flight each way: ``OPEN`` (delivered as :class:`Opened`), ``bytes`` (:class:`Received`),
@@ -17,7 +18,7 @@ Choices from a state: deliver the head item of any link direction, fire a timer 
 earliest deadlines, once the network is quiet), and whatever application steps the model
 offers. Faults, while the budget in the state lasts (one per run by default): fire any other
 timer early (an arbitrary delay somewhere), or drop a live link. Each actor step is memoised on
-``(actor, snapshot, event, now)``: cores are deterministic, so the same local step is computed
+``(actor, snapshot id, event, now)``: cores are deterministic, so the same local step is computed
 once however many global states share it.
 """
 
@@ -28,6 +29,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from models.explorer import Coverage, Step
+from models.interning import Interned
 from p2psc.core.io import (
     Action,
     Close,
@@ -74,9 +76,9 @@ class Link(NamedTuple):
 
 
 class Net(NamedTuple):
-    """The global state (hashable)."""
+    """The global state (hashable). ``snaps`` are snapshot ids: see :meth:`Network.snapshot`."""
 
-    snaps: tuple[Hashable, ...]
+    snaps: tuple[int, ...]
     links: tuple[Link, ...]
     timers: tuple[tuple[int, int, float], ...]
     clock: float
@@ -130,8 +132,9 @@ def _key(link: Link) -> tuple[int, int, int, int]:
     return (link.x, link.xc, link.y, link.yc)
 
 
-def _append(channel: tuple[Item, ...], item: Item) -> tuple[Item, ...]:
-    return (*channel, item)
+def _alive(link: Link) -> bool:
+    """A link stays in the state while an end is open or something is still in flight."""
+    return bool(link.x_open or link.y_open or link.to_x or link.to_y)
 
 
 class Network:
@@ -158,8 +161,11 @@ class Network:
         self._coverage = coverage
         self._patches = patches
         self._recording = Recording(patches, coverage)
-        self._memo: dict[tuple[int, Hashable, Event, float], tuple[Hashable, tuple[Action, ...]]]
-        self._memo = {}
+        self._snapshots = Interned()
+        self._memo: dict[tuple[int, int, Event, float], tuple[int, tuple[Action, ...]]] = {}
+        self._deliveries: dict[
+            tuple[int, int, int, int, Item, float], tuple[int, tuple[Action, ...], Step]
+        ] = {}
         self._labels: dict[bytes, str] = {}
 
     # --- hooks for models -------------------------------------------------------------------
@@ -188,28 +194,67 @@ class Network:
         """Human name of a byte string in flight (models decode their messages here)."""
         return f"{len(data)} bytes"
 
-    # --- the memoised actor step ------------------------------------------------------------
+    # --- snapshots and the memoised actor step ---------------------------------------------
+
+    def intern(self, snapshot: Hashable) -> int:
+        """The id that stands for ``snapshot`` in global states."""
+        return self._snapshots(snapshot)[0]
+
+    def snapshot(self, snap: int) -> Any:
+        """The snapshot behind an id."""
+        return self._snapshots.values[snap]
 
     def run(
-        self, actor: int, snap: Hashable, event: Event, now: float
-    ) -> tuple[Hashable, tuple[Action, ...]]:
+        self, actor: int, snap: int, event: Event, now: float
+    ) -> tuple[int, tuple[Action, ...]]:
+        """``actor`` in snapshot ``snap`` handles ``event`` at ``now`` (memoised)."""
         key = (actor, snap, event, now)
         hit = self._memo.get(key)
         if hit is None:
             with self._recording:
-                hit = self.step_fn(actor)(snap, event, now)
+                after, actions = self.step_fn(actor)(self._snapshots.values[snap], event, now)
+            hit = (self._snapshots(after)[0], actions)
             self._memo[key] = hit
+        return hit
+
+    def _deliver(
+        self, receiver: int, snap: int, conn: int, sender: int, item: Item, now: float
+    ) -> tuple[int, tuple[Action, ...], Step]:
+        """``item`` from ``sender`` reaches ``receiver``'s ``conn`` (memoised with its label)."""
+        event: Event
+        if item == OPEN:
+            local = self.address_of(receiver)
+            event, text = Opened(conn, self.address_of(sender), local), "connected"
+        elif item == EOF:
+            event, text = Closed(conn, None), "EOF"
+        elif item == RESET:
+            event, text = Closed(conn, "connection reset"), "RESET"
+        else:
+            assert isinstance(item, bytes)
+            event, text = Received(conn, item), self.label(item)
+        after, actions = self.run(receiver, snap, event, now)
+        source = self.names[sender] if sender >= 0 else "network"
+        hit = (after, actions, Step("deliver", self.names[receiver], text, source))
+        self._deliveries[(receiver, snap, conn, sender, item, now)] = hit
         return hit
 
     # --- applying actions -------------------------------------------------------------------
 
-    def apply(self, state: Net, actor: int, snap: Hashable, actions: tuple[Action, ...]) -> Net:
-        """The state after ``actor`` moved to ``snap`` and emitted ``actions``."""
-        snaps = list(state.snaps)
-        snaps[actor] = snap
-        links = list(state.links)
-        timers = dict(((a, c), d) for a, c, d in state.timers)
+    def apply(self, state: Net, actor: int, snap: int, actions: tuple[Action, ...]) -> Net:
+        """The state after ``actor`` moved to snapshot id ``snap`` and emitted ``actions``.
+
+        Links stay sorted by their ends and closed, empty links are dropped; the timer table is
+        only rebuilt, and links only re-sorted or filtered, when an action can change them (the
+        hot path of the mediation model)."""
+        snaps = state.snaps
+        if snaps[actor] != snap:
+            snaps = (*snaps[:actor], snap, *snaps[actor + 1 :])
         extra = self.on_actions(state, actor, actions, state.extra)
+        if not actions:
+            return Net(snaps, state.links, state.timers, state.clock, state.faults, extra)
+        links = list(state.links)
+        timers: dict[tuple[int, int], float] | None = None
+        closed = connected = False
         for action in actions:
             kind = type(action)
             if kind is Send:
@@ -218,15 +263,21 @@ class Network:
             elif kind is Close:
                 assert isinstance(action, Close)
                 self._close(links, actor, action.conn, EOF)
+                closed = True
+                if timers is None:
+                    timers = {(a, c): d for a, c, d in state.timers}
                 timers.pop((actor, action.conn), None)
             elif kind is SetTimer:
                 assert isinstance(action, SetTimer)
+                if timers is None:
+                    timers = {(a, c): d for a, c, d in state.timers}
                 if action.deadline is None:
                     timers.pop((actor, action.conn), None)
                 else:
                     timers[(actor, action.conn)] = action.deadline
             elif kind is Connect:
                 assert isinstance(action, Connect)
+                connected = True
                 target = self.resolve(actor, action, state)
                 if target is None:
                     links.append(Link(actor, action.conn, -1, -1, (), (RESET,), True, False, True))
@@ -237,10 +288,16 @@ class Network:
                     )
             elif kind is Listen:
                 pass  # listeners are model bookkeeping (see on_actions)
+        if closed:
+            links = [k for k in links if _alive(k)]
+        if connected:
+            links.sort(key=_key)  # stable, as the sorted order of the other links is
         return Net(
-            tuple(snaps),
-            tuple(sorted((k for k in links if k.x_open or k.y_open or k.to_x or k.to_y), key=_key)),
-            tuple(sorted((a, c, d) for (a, c), d in timers.items())),
+            snaps,
+            tuple(links),
+            state.timers
+            if timers is None
+            else tuple(sorted((a, c, d) for (a, c), d in timers.items())),
             state.clock,
             state.faults,
             extra,
@@ -262,24 +319,27 @@ class Network:
         link = links[i]
         if link.dead:
             return
-        if link.x == actor and link.xc == conn:
-            if link.y_open:
-                links[i] = link._replace(to_y=_append(link.to_y, data))
-        elif link.x_open:
-            links[i] = link._replace(to_x=_append(link.to_x, data))
+        x, xc, y, yc, to_y, to_x, x_open, y_open, dead = link
+        if x == actor and xc == conn:
+            if y_open:
+                links[i] = Link(x, xc, y, yc, (*to_y, data), to_x, x_open, y_open, dead)
+        elif x_open:
+            links[i] = Link(x, xc, y, yc, to_y, (*to_x, data), x_open, y_open, dead)
 
     def _close(self, links: list[Link], actor: int, conn: int, item: str) -> None:
         """``actor`` closes its end: it reads nothing more; the other end gets ``item``."""
         i = self._find(links, actor, conn)
         if i < 0:
             return
-        link = links[i]
-        if link.x == actor and link.xc == conn:
-            to_y = link.to_y if link.dead or not link.y_open else _append(link.to_y, item)
-            links[i] = link._replace(x_open=False, to_x=(), to_y=to_y)
+        x, xc, y, yc, to_y, to_x, x_open, y_open, dead = links[i]
+        if x == actor and xc == conn:
+            if not (dead or not y_open):
+                to_y = (*to_y, item)
+            links[i] = Link(x, xc, y, yc, to_y, (), False, y_open, dead)
         else:
-            to_x = link.to_x if link.dead or not link.x_open else _append(link.to_x, item)
-            links[i] = link._replace(y_open=False, to_y=(), to_x=to_x)
+            if not (dead or not x_open):
+                to_x = (*to_x, item)
+            links[i] = Link(x, xc, y, yc, (), to_x, x_open, False, dead)
 
     # --- enumerating steps ------------------------------------------------------------------
 
@@ -291,7 +351,7 @@ class Network:
         now = max(state.clock, deadline)
         timers = tuple(t for t in state.timers if t != timer)
         faults = state.faults if on_time else state.faults - 1
-        base = state._replace(timers=timers, clock=now, faults=faults)
+        base = Net(state.snaps, state.links, timers, now, faults, state.extra)
         snap, actions = self.run(actor, state.snaps[actor], TimerFired(conn), now)
         when = "" if on_time else " (early: fault)"
         step = Step(
@@ -301,45 +361,40 @@ class Network:
 
     def successors(self, state: Net) -> list[tuple[Step, Net]]:
         out: list[tuple[Step, Net]] = []
-        names = self.names
         quiet = True
-        for i, link in enumerate(state.links):
-            for direction in (0, 1):
-                channel = link.to_y if direction == 0 else link.to_x
+        snaps, all_links, clock = state.snaps, state.links, state.clock
+        deliveries = self._deliveries
+        for i, link in enumerate(all_links):
+            x, xc, y, yc, to_y, to_x, x_open, y_open, dead = link
+            for towards_y in (True, False):
+                channel = to_y if towards_y else to_x
                 if not channel:
                     continue
                 quiet = False
-                if direction == 0:
-                    receiver, conn, sender = link.y, link.yc, link.x
+                item, rest = channel[0], channel[1:]
+                if towards_y:
+                    receiver, conn, sender = y, yc, x
+                    if item == RESET:  # the socket is dead at the receiver's end
+                        popped = Link(x, xc, y, yc, (), to_x, x_open, False, dead)
+                    else:
+                        popped = Link(x, xc, y, yc, rest, to_x, x_open, y_open, dead)
                 else:
-                    receiver, conn, sender = link.x, link.xc, link.y
-                item = channel[0]
-                rest = channel[1:]
-                popped = link._replace(to_y=rest) if direction == 0 else link._replace(to_x=rest)
-                if item == RESET:  # the socket is dead at the receiver's end
-                    popped = (
-                        popped._replace(y_open=False, to_y=())
-                        if direction == 0
-                        else popped._replace(x_open=False, to_x=())
-                    )
-                links = list(state.links)
-                links[i] = popped
-                base = state._replace(links=tuple(links))
-                event: Event
-                if item == OPEN:
-                    local = self.address_of(receiver)
-                    event, text = Opened(conn, self.address_of(sender), local), "connected"
-                elif item == EOF:
-                    event, text = Closed(conn, None), "EOF"
-                elif item == RESET:
-                    event, text = Closed(conn, "connection reset"), "RESET"
+                    receiver, conn, sender = x, xc, y
+                    if item == RESET:
+                        popped = Link(x, xc, y, yc, to_y, (), False, y_open, dead)
+                    else:
+                        popped = Link(x, xc, y, yc, to_y, rest, x_open, y_open, dead)
+                if _alive(popped):
+                    links = (*all_links[:i], popped, *all_links[i + 1 :])
                 else:
-                    assert isinstance(item, bytes)
-                    event, text = Received(conn, item), self.label(item)
-                snap, actions = self.run(receiver, state.snaps[receiver], event, state.clock)
-                nxt = self.apply(base, receiver, snap, actions)
-                source = names[sender] if sender >= 0 else "network"
-                out.append((Step("deliver", names[receiver], text, source), nxt))
+                    links = (*all_links[:i], *all_links[i + 1 :])
+                base = Net(snaps, links, state.timers, clock, state.faults, state.extra)
+                snap = snaps[receiver]
+                hit = deliveries.get((receiver, snap, conn, sender, item, clock))
+                if hit is None:
+                    hit = self._deliver(receiver, snap, conn, sender, item, clock)
+                after, actions, step = hit
+                out.append((step, self.apply(base, receiver, after, actions)))
         out.extend(self.app_steps(state))
         if state.timers:
             # On time: when the network is quiet, the earliest deadlines fire. Early (a fault,
@@ -357,14 +412,25 @@ class Network:
             for i, link in enumerate(state.links):
                 if link.dead or link.y < 0 or not (link.x_open or link.y_open):
                     continue
-                dropped = link._replace(
-                    dead=True,
-                    to_y=(RESET,) if link.y_open else (),
-                    to_x=(RESET,) if link.x_open else (),
+                dropped = Link(
+                    link.x,
+                    link.xc,
+                    link.y,
+                    link.yc,
+                    (RESET,) if link.y_open else (),
+                    (RESET,) if link.x_open else (),
+                    link.x_open,
+                    link.y_open,
+                    True,
                 )
-                links = list(state.links)
-                links[i] = dropped
-                nxt = state._replace(links=tuple(links), faults=state.faults - 1)
-                step = Step("drop", names[link.x], "reset", names[link.y], fault=True)
+                nxt = Net(
+                    state.snaps,
+                    (*state.links[:i], dropped, *state.links[i + 1 :]),
+                    state.timers,
+                    state.clock,
+                    state.faults - 1,
+                    state.extra,
+                )
+                step = Step("drop", self.names[link.x], "reset", self.names[link.y], fault=True)
                 out.append((step, nxt))
         return out
