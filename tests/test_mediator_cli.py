@@ -78,3 +78,20 @@ def test_subprocess_serves_and_stops_cleanly(sig: signal.Signals) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def test_port_in_use_is_a_clean_error() -> None:
+    """A port another socket holds: one line naming the address, exit 1, no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "p2psc", "mediator", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "in use" in done.stderr and "Traceback" not in done.stderr, done.stderr

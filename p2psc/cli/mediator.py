@@ -136,15 +136,20 @@ def _run(args: argparse.Namespace) -> int:
             extra={"p2psc": {"event": "listening", "host": server.host, "port": server.port}},
         )
 
-    status = run_mediator(
-        args.host,
-        args.port,
-        config=config,
-        observer=_observe,
-        ready=ready,
-        use_uvloop=not args.no_uvloop,
-        legacy=not args.no_legacy,
-    )
+    try:
+        status = run_mediator(
+            args.host,
+            args.port,
+            config=config,
+            observer=_observe,
+            ready=ready,
+            use_uvloop=not args.no_uvloop,
+            legacy=not args.no_legacy,
+        )
+    except OSError as error:  # bind/listen failed: address in use, no such address, ...
+        why = error.strerror or str(error)
+        print(f"p2psc mediator: cannot listen on {args.host}:{args.port}: {why}", file=sys.stderr)
+        return 1
     log.info("stopped", extra={"p2psc": {"event": "stopped"}})
     return status
 
