@@ -217,8 +217,14 @@ async def test_mediator_rejects_a_wrong_answer_with_a_reason() -> None:
 async def raw_register(
     me: Keypair, them: PublicKey, port: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.FrameDecoder]:
-    """Register like a real peer would, by hand; returns the open Mediator connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """Register like a real peer would, by hand (from a socket with SO_REUSEADDR and
+    SO_REUSEPORT, so its port can be bound again); returns the open Mediator connection."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setblocking(False)
+    await bounded(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(wire.Advertise(1, me.public_key.raw, them.raw).encode())
     decoder = wire.FrameDecoder()
     (challenge,) = decoder.feed(await bounded(reader.read(4096)))
@@ -346,6 +352,76 @@ async def test_a_stranger_on_the_peer_port_does_not_break_the_pairing() -> None:
         conn.writer.write(b"ok")
         assert await bounded(r2.readexactly(2)) == b"ok"
         junk.close()
+        w2.close()
+        await close(conn)
+
+
+async def _dial_until_listening(
+    target: tuple[str, int], local_port: int | None = None
+) -> socket.socket:
+    """Connect to ``target`` (from ``local_port`` if given), retrying refusals for a while."""
+    loop = asyncio.get_running_loop()
+    for _ in range(200):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if local_port is not None:
+            sock.bind(("127.0.0.1", local_port))
+        sock.setblocking(False)
+        try:
+            await bounded(loop.sock_connect(sock, target), 2.0)
+            return sock
+        except OSError:
+            sock.close()
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"nothing ever listened on {target}")
+
+
+@aio
+async def test_a_stranger_on_the_client_port_does_not_break_the_pairing() -> None:
+    """The Client listens too (spec/protocol.md, the peer side): a stranger that reaches that
+    listener gets the PeerChallenge, cannot answer it, and is dropped; the real Peer, arriving
+    later on the same listener, wins."""
+    client_key, peer_key = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, notes):
+        addr = ("127.0.0.1", server.port)
+        client = asyncio.create_task(connect(client_key, peer_key.public_key, addr, **FAST))
+        await notes.registered(client_key.public_key)
+        reader, writer, decoder = await raw_register(peer_key, client_key.public_key, server.port)
+        local_port = writer.get_extra_info("sockname")[1]
+        disconnect = await next_message(reader, decoder)
+        assert isinstance(disconnect, wire.PeerDisconnect)
+        writer.close()  # our confirmation: the Client is introduced now (we do not listen)
+        target = disconnect.client.to_tuple()
+        # the stranger reaches the Client's listener first and answers with nonsense
+        stranger = await _dial_until_listening(target)
+        r1, w1 = await asyncio.open_connection(sock=stranger)
+        challenge = await next_message(r1, wire.FrameDecoder())
+        assert isinstance(challenge, wire.PeerChallenge)
+        w1.write(wire.PeerChallengeResponse(bytes(80), bytes(32)).encode())
+        assert await bounded(r1.read(100)) == b""  # dropped by the Client
+        # the real Peer, from its Mediator-facing port, with the real handshake
+        sock = await _dial_until_listening(target, local_port)
+        r2, w2 = await asyncio.open_connection(sock=sock)
+        dec = wire.FrameDecoder()
+        challenge = await next_message(r2, dec)
+        assert isinstance(challenge, wire.PeerChallenge)
+        info = nonce_info("PeerChallenge", peer_key.public_key.raw, client_key.public_key.raw)
+        nonce = HPKE.open(peer_key, challenge.encrypted_nonce, info)
+        ours = bytes(range(32))
+        back = nonce_info(
+            "PeerChallengeResponse", client_key.public_key.raw, peer_key.public_key.raw
+        )
+        w2.write(
+            wire.PeerChallengeResponse(HPKE.seal(client_key.public_key, ours, back), nonce).encode()
+        )
+        response = await next_message(r2, dec)
+        assert isinstance(response, wire.PeerResponse) and response.decrypted_nonce == ours
+        w2.write(wire.PeerAcknowledgement().encode() + b"hi")
+        conn = await bounded(client)
+        assert conn.role == "client" and conn.peer_key == peer_key.public_key
+        assert await bounded(conn.reader.readexactly(2)) == b"hi"
+        w1.close()
         w2.close()
         await close(conn)
 
