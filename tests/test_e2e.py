@@ -308,6 +308,27 @@ async def test_client_that_never_connects() -> None:
         assert loop.time() - started < 6.0
 
 
+async def _dial_until_listening(
+    target: tuple[str, int], local_port: int | None = None
+) -> socket.socket:
+    """Connect to ``target`` (from ``local_port`` if given), retrying refusals for a while."""
+    loop = asyncio.get_running_loop()
+    for _ in range(200):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if local_port is not None:
+            sock.bind(("127.0.0.1", local_port))
+        sock.setblocking(False)
+        try:
+            await bounded(loop.sock_connect(sock, target), 2.0)
+            return sock
+        except OSError:
+            sock.close()
+            await asyncio.sleep(0.01)
+    raise AssertionError(f"nothing ever listened on {target}")
+
+
 @aio
 async def test_a_stranger_on_the_peer_port_does_not_break_the_pairing() -> None:
     """Someone connects to the Peer's listener and sends garbage before the real Client."""
@@ -326,12 +347,7 @@ async def test_a_stranger_on_the_peer_port_does_not_break_the_pairing() -> None:
         junk.write(b"GET / HTTP/1.0\r\n\r\n")
         await junk.drain()
         # the real Client, by hand, from its Mediator-facing port, with the real handshake
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(("127.0.0.1", local_port))
-        sock.setblocking(False)
-        await bounded(asyncio.get_running_loop().sock_connect(sock, ident.peer.to_tuple()))
+        sock = await _dial_until_listening(ident.peer.to_tuple(), local_port)
         r2, w2 = await asyncio.open_connection(sock=sock)
         nonce = bytes(range(32))
         info = nonce_info("PeerChallenge", peer_key.public_key.raw, client_key.public_key.raw)
@@ -354,27 +370,6 @@ async def test_a_stranger_on_the_peer_port_does_not_break_the_pairing() -> None:
         junk.close()
         w2.close()
         await close(conn)
-
-
-async def _dial_until_listening(
-    target: tuple[str, int], local_port: int | None = None
-) -> socket.socket:
-    """Connect to ``target`` (from ``local_port`` if given), retrying refusals for a while."""
-    loop = asyncio.get_running_loop()
-    for _ in range(200):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if local_port is not None:
-            sock.bind(("127.0.0.1", local_port))
-        sock.setblocking(False)
-        try:
-            await bounded(loop.sock_connect(sock, target), 2.0)
-            return sock
-        except OSError:
-            sock.close()
-            await asyncio.sleep(0.01)
-    raise AssertionError(f"nothing ever listened on {target}")
 
 
 @aio
