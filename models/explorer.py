@@ -218,7 +218,8 @@ class Violation(Generic[S]):
 
 @dataclass
 class Result(Generic[S]):
-    """What one exploration found and what it cost."""
+    """What one exploration found and what it cost. ``terminals`` counts the final states
+    (no successor, or only faults: see :meth:`Model.successors`)."""
 
     model: str
     states: int = 0
@@ -429,7 +430,7 @@ def format_report(result: Result[S], describe: Callable[[S], str] | None = None)
         f"  states       {result.states:,}",
         f"  transitions  {result.transitions:,}",
         f"  depth        {result.depth}" + (" (bounded)" if result.bounded else ""),
-        f"  terminals    {result.terminals:,}",
+        f"  final states {result.terminals:,}",
         f"  time         {result.elapsed:.2f} s ({result.states_per_second:,.0f} states/s)",
     ]
     coverage = result.coverage

@@ -7,8 +7,8 @@ every registration order is covered; every interleaving of deliveries is explore
 connection between the paired peers is a modelled link (a Connect reaches a peer only while it
 listens on that port: no NAT in the model, so an outgoing punch towards a non-listening Client is
 refused and retried by the core); the peers then run the real peer handshake over it. Timers fire
-when the network is quiet (earliest first); with ``faults`` any timer may fire at any moment
-(arbitrary delays) and one connection may drop. Crypto is
+when the network is quiet (earliest first); with ``faults``, once per run, any timer may fire
+early (an arbitrary delay elsewhere) or any connection may drop, at any moment. Crypto is
 :class:`models.symbolic_crypto.SymbolicCrypto` with fixed nonces, so states stay deterministic.
 
 Properties (``spec/properties.md``):

@@ -26,17 +26,18 @@ Properties (``spec/properties.md``):
 
 Speed (the explorer's budget is measured on this model). A global state is a tuple of five
 small ints, ``(side A, side B, channel to A, channel to B, bookkeeping)``, each an *interned*
-id of a richer hashable value:
+id (:mod:`models.interning`) of a richer hashable value:
 
-- a *side* id stands for ``(protocol table, core snapshot, rounds it may still start)``;
+- a *side* id stands for ``(protocol table, core snapshot)``;
 - a *channel* id for ``(bytes in flight, whether EOF follows them)``;
-- a *bookkeeping* id for ``(round results not yet compared, violation, faults left)``.
+- a *bookkeeping* id for ``(round results not yet compared, violation, faults left, rounds A
+  may still start, rounds B may still start)``.
 
 Interning is a bijection, so deduplicating ids is exactly deduplicating the full states; it only
 makes a state cheap to hash and to build. Each local step (receive a byte, start a round, time
-out) is computed once per ``(table, snapshot, input)`` by the real core and memoised with its
-trace labels; the moves of a side id, the channel operations and the comparisons of round
-results are memoised per id too, so the hot path is list indexing and tuple building.
+out) is computed once per side id by the real core and memoised with its trace labels; channel
+operations and bookkeeping updates are memoised per id too, so the hot path is list indexing and
+tuple building.
 """
 
 from __future__ import annotations
@@ -82,19 +83,17 @@ T_FAILED = 0
 T_SLEEP = 1
 T_RUN = 2
 
-CoreMove = tuple[str, NegotiatorSnapshot, bytes, int | None]
-"""One outcome of one core step: (label, snapshot after, bytes sent, completed-round token)."""
 Move = tuple[Step, Step, int, bytes, int | None, bool]
 """(label as A's step, as B's step, side id after, bytes sent, token or None, failed)."""
 Moves = tuple[Move, ...]
 ConfigSpec = tuple[tuple[int, ...], tuple[Simultaneous, ...], tuple[frozenset[int], frozenset[int]]]
 """(priority per id, policy per id, (ids A knows, ids B knows))."""
 
-Book = tuple[tuple[int, ...], str | None, int]
-"""Bookkeeping: (unmatched round results, violation, faults left). Unmatched results belong to
-the side that is ahead (at most one side is): A's tokens as ``t``, B's as ``-1 - t``. Faults
-left: 1 while the one fault may still happen, 0 once it did (or none allowed), -1 once the
-connection dropped (later sends are lost)."""
+Book = tuple[tuple[int, ...], str | None, int, int, int]
+"""Bookkeeping: (unmatched round results, violation, faults left, rounds left A, rounds left B).
+Unmatched results belong to the side that is ahead (at most one side is): A's tokens as ``t``,
+B's as ``-1 - t``. Faults left: 1 while the one fault may still happen, 0 once it did (or none
+allowed), -1 once the connection dropped (later sends are lost)."""
 
 _SIDES = ("A", "B")
 _EMPTY = 0
@@ -173,13 +172,11 @@ class NegotiatorPairModel:
         self._table_keys: dict[Hashable, int] = {}
         self._cores: list[Negotiator] = []
         self._known: list[tuple[int, ...]] = []
-        self._core_memo: dict[tuple[int, NegotiatorSnapshot, int | str], tuple[CoreMove, ...]]
-        self._core_memo = {}
         self._labels: dict[tuple[str, str], tuple[Step, Step]] = {}  # shared Step objects
-        # Side ids: (table, snapshot, rounds left), and what the hot path asks of each.
+        # Side ids: (table, snapshot), and what the hot path asks of each.
         self._sides = Interned()
         self._reads: list[bool] = []  # reads bytes: neither Failed nor ProtocolNegotiated
-        self._can_start: list[bool] = []  # idle with rounds left
+        self._idle: list[bool] = []  # may start a round (if it has rounds left)
         self._waiting: list[bool] = []  # waits for a byte of the peer
         self._failed: list[bool] = []
         self._receives: list[dict[int, Moves]] = []
@@ -195,6 +192,10 @@ class NegotiatorPairModel:
         self._books = Interned()
         self._violations: list[str | None] = []
         self._faults_left: list[int] = []
+        self._rounds_a: list[bool] = []  # A may start a round
+        self._rounds_b: list[bool] = []
+        self._started_a: list[int] = []  # bookkeeping id after A started a round (-1: unknown)
+        self._started_b: list[int] = []
         self._results: list[dict[int, int]] = []  # token (B's as -1 - t) -> bookkeeping id
         self.config_specs = list(
             configs if configs is not None else configurations(protocols, mixed_sets)
@@ -249,12 +250,12 @@ class NegotiatorPairModel:
 
     # --- interned ids ---------------------------------------------------------------------
 
-    def _side(self, table: int, snap: NegotiatorSnapshot, rounds: int) -> int:
-        side, new = self._sides((table, snap, rounds))
+    def _side(self, table: int, snap: NegotiatorSnapshot) -> int:
+        side, new = self._sides((table, snap))
         if new:
             name = snap[0]
             self._reads.append(name != FAILED and name != NEGOTIATED)
-            self._can_start.append(rounds > 0 and name in IDLE)
+            self._idle.append(name in IDLE)
             self._waiting.append(name in WAITING)
             self._failed.append(name == FAILED)
             self._receives.append({})
@@ -262,9 +263,9 @@ class NegotiatorPairModel:
             self._timeouts.append(None)
         return side
 
-    def side_of(self, side: int) -> tuple[int, NegotiatorSnapshot, int]:
-        """(protocol table, core snapshot, rounds left) behind a side id."""
-        value: tuple[int, NegotiatorSnapshot, int] = self._sides.values[side]
+    def side_of(self, side: int) -> tuple[int, NegotiatorSnapshot]:
+        """(protocol table, core snapshot) behind a side id."""
+        value: tuple[int, NegotiatorSnapshot] = self._sides.values[side]
         return value
 
     def _channel(self, value: tuple[bytes, bool]) -> int:
@@ -298,43 +299,62 @@ class NegotiatorPairModel:
         if new:
             self._violations.append(value[1])
             self._faults_left.append(value[2])
+            self._rounds_a.append(value[3] > 0)
+            self._rounds_b.append(value[4] > 0)
+            self._started_a.append(-1)
+            self._started_b.append(-1)
             self._results.append({})
         return book
+
+    def _started(self, book: int, side: int) -> int:
+        """Bookkeeping after ``side`` (0: A, 1: B) started a round (one round fewer left)."""
+        pending, viol, faults, rounds_a, rounds_b = self._books.values[book]
+        if side == 0:
+            after = self._started_a[book] = self._book(
+                (pending, viol, faults, rounds_a - 1, rounds_b)
+            )
+        else:
+            after = self._started_b[book] = self._book(
+                (pending, viol, faults, rounds_a, rounds_b - 1)
+            )
+        return after
 
     def _result(self, book: int, signed: int) -> int:
         """Bookkeeping after a side completed a round: A's token ``t`` as ``t``, B's as
         ``-1 - t``. Compare it with the other side's oldest unmatched result, or keep it
         until the other side completes that round."""
-        pending, viol, faults = self._books.values[book]
+        pending, viol, faults, rounds_a, rounds_b = self._books.values[book]
         if not pending or (pending[0] >= 0) == (signed >= 0):
-            after = self._book(((*pending, signed), viol, faults))
+            pending = (*pending, signed)
         else:
             a, b = (signed, -1 - pending[0]) if signed >= 0 else (pending[0], -1 - signed)
             if viol is None and not self._agree[a][b]:
                 viol = f"N1: round results differ: A {_tok(a)}, B {_tok(b)}"
-            after = self._book((pending[1:], viol, faults))
+            pending = pending[1:]
+        after = self._book((pending, viol, faults, rounds_a, rounds_b))
         self._results[book][signed] = after
         return after
 
+    def _with_faults(self, book: int, faults: int) -> int:
+        """The same bookkeeping with ``faults`` left (a fault happened)."""
+        pending, viol, _, rounds_a, rounds_b = self._books.values[book]
+        return self._book((pending, viol, faults, rounds_a, rounds_b))
+
     # --- memoised local steps -------------------------------------------------------------
 
-    def _core_moves(
+    def _run(
         self,
-        table: int,
-        snap: NegotiatorSnapshot,
-        key: int | str,
+        side: int,
         action: Callable[[Negotiator], bytes],
         starting: bool,
+        kind: str,
         what: str,
-    ) -> tuple[CoreMove, ...]:
-        """Run ``action`` on the core of ``table`` restored to ``snap`` (memoised on ``key``);
-        if the core asked whether to accept, run it again with the other answer."""
-        memo_key = (table, snap, key)
-        hit = self._core_memo.get(memo_key)
-        if hit is not None:
-            return hit
+    ) -> list[Move]:
+        """Run ``action`` on the real core of ``side``'s table restored to its snapshot; if the
+        core asked whether to accept, run it again with the other answer. One move each."""
+        table, snap = self.side_of(side)
         core = self._cores[table]
-        moves: list[CoreMove] = []
+        moves: list[Move] = []
         in_round = starting or snap[0] in WAITING
         with self._recording:
             for answer in (True, False):
@@ -348,81 +368,61 @@ class NegotiatorPairModel:
                 label = what
                 if self._asked:
                     label += " -> ACCEPT" if answer else " -> REJECT"
-                moves.append((label, after, out, _token(in_round, after)))
+                step_a, step_b = self._steps(kind, label)
+                target = self._side(table, after)
+                token = _token(in_round, after)
+                moves.append((step_a, step_b, target, out, token, after[0] == FAILED))
                 if not self._asked:
                     break
-        hit = tuple(moves)
-        self._core_memo[memo_key] = hit
-        return hit
+        return moves
 
-    def _moves(
-        self, side: int, core_moves: tuple[CoreMove, ...], kind: str, rounds_used: int
-    ) -> Moves:
-        table, _, rounds = self.side_of(side)
-        out = []
-        for label, after, sent, token in core_moves:
-            steps = self._labels.get((kind, label))
-            if steps is None:
-                fault = kind == "timer"  # the runner's deadline, modelled as a fault
-                if kind == "deliver":
-                    steps = (Step(kind, "A", label, "B"), Step(kind, "B", label, "A"))
-                else:
-                    steps = (
-                        Step(kind, "A", label, fault=fault),
-                        Step(kind, "B", label, fault=fault),
-                    )
-                self._labels[(kind, label)] = steps
-            target = self._side(table, after, rounds - rounds_used)
-            out.append((steps[0], steps[1], target, sent, token, after[0] == FAILED))
-        return tuple(out)
+    def _steps(self, kind: str, label: str) -> tuple[Step, Step]:
+        """The step labels for A and for B (shared objects: traces only need a few)."""
+        steps = self._labels.get((kind, label))
+        if steps is None:
+            fault = kind == "timer"  # the runner's deadline, modelled as a fault
+            if kind == "deliver":
+                steps = (Step(kind, "A", label, "B"), Step(kind, "B", label, "A"))
+            else:
+                steps = (Step(kind, "A", label, fault=fault), Step(kind, "B", label, fault=fault))
+            self._labels[(kind, label)] = steps
+        return steps
 
     def _receive(self, side: int, byte: int) -> Moves:
-        table, snap, _ = self.side_of(side)
         if byte == EOF:
-            core_moves = self._core_moves(table, snap, byte, _eof, False, "EOF")
+            moves = self._run(side, _eof, False, "deliver", "EOF")
         else:
             data = bytes((byte,))
-            core_moves = self._core_moves(
-                table, snap, byte, lambda core: core.receive_data(data), False, _byte_name(byte)
-            )
-        moves = self._moves(side, core_moves, "deliver", 0)
-        self._receives[side][byte] = moves
-        return moves
+
+            def receive(core: Negotiator) -> bytes:
+                return core.receive_data(data)
+
+            moves = self._run(side, receive, False, "deliver", _byte_name(byte))
+        hit = self._receives[side][byte] = tuple(moves)
+        return hit
 
     def _start(self, side: int) -> Moves:
-        table, snap, _ = self.side_of(side)
-        core_moves: list[CoreMove] = []
-        for propose in (None, *self._known[table]):
+        moves: list[Move] = []
+        for propose in (None, *self._known[self.side_of(side)[0]]):
             what = "KEEPALIVE" if propose is None else f"initiate {propose}"
-            core_moves.extend(
-                self._core_moves(
-                    table, snap, f"start {propose}", _starter(propose), True, f"start round: {what}"
-                )
-            )
-        moves = self._moves(side, tuple(core_moves), "app", 1)
-        self._starts[side] = moves
-        return moves
+            moves += self._run(side, _starter(propose), True, "app", f"start round: {what}")
+        hit = self._starts[side] = tuple(moves)
+        return hit
 
     def _timeout(self, side: int) -> Moves:
-        table, snap, _ = self.side_of(side)
-        core_moves = self._core_moves(
-            table, snap, "timeout", _timed_out, False, "no byte in time (fault)"
-        )
-        moves = self._moves(side, core_moves, "timer", 0)
-        self._timeouts[side] = moves
-        return moves
+        moves = self._run(side, _timed_out, False, "timer", "no byte in time (fault)")
+        hit = self._timeouts[side] = tuple(moves)
+        return hit
 
     # --- explorer interface ---------------------------------------------------------------
 
     def initial_states(self) -> list[State]:
         states = []
-        book = self._book(((), None, 1 if self.faults else 0))
+        book = self._book(((), None, 1 if self.faults else 0, self.rounds, self.rounds))
         for table_a, table_b in self._config_tables:
             snap_a = self.negotiator_class(self._cores[table_a].protocols).snapshot()
             snap_b = self.negotiator_class(self._cores[table_b].protocols).snapshot()
-            side_a = self._side(table_a, snap_a, self.rounds)
-            side_b = self._side(table_b, snap_b, self.rounds)
-            states.append((side_a, side_b, _EMPTY, _EMPTY, book))
+            states.append((self._side(table_a, snap_a), self._side(table_b, snap_b), 0, 0, book))
         return states
 
     def successors(self, state: State) -> list[tuple[Step, State]]:
@@ -458,8 +458,11 @@ class NegotiatorPairModel:
                     if after_book < 0:
                         after_book = self._result(book, token)
                 append((step, (after, sb, inbound, outbound, after_book)))
-        if self._can_start[sa]:
+        if self._idle[sa] and self._rounds_a[book]:
             moves = self._starts[sa] or self._start(sa)
+            started = self._started_a[book]
+            if started < 0:
+                started = self._started(book, 0)
             for step, _, after, sent, token, now_failed in moves:
                 inbound, outbound = ca, cb
                 if now_failed:
@@ -468,11 +471,11 @@ class NegotiatorPairModel:
                         outbound = with_eof[cb] if with_eof[cb] >= 0 else self._eof_after(cb)
                 elif sent and not b_failed and alive:
                     outbound = pushes[cb].get(sent) or self._push(cb, sent)
-                after_book = book
+                after_book = started
                 if token is not None:
-                    after_book = results[book].get(token, -1)
+                    after_book = results[started].get(token, -1)
                     if after_book < 0:
-                        after_book = self._result(book, token)
+                        after_book = self._result(started, token)
                 append((step, (after, sb, inbound, outbound, after_book)))
         # --- side B (the mirror image; its round results are recorded as -1 - token) ---
         head = self._heads[cb]
@@ -494,8 +497,11 @@ class NegotiatorPairModel:
                     if after_book < 0:
                         after_book = self._result(book, signed)
                 append((step, (sa, after, outbound, inbound, after_book)))
-        if self._can_start[sb]:
+        if self._idle[sb] and self._rounds_b[book]:
             moves = self._starts[sb] or self._start(sb)
+            started = self._started_b[book]
+            if started < 0:
+                started = self._started(book, 1)
             for _, step, after, sent, token, now_failed in moves:
                 inbound, outbound = cb, ca
                 if now_failed:
@@ -504,12 +510,12 @@ class NegotiatorPairModel:
                         outbound = with_eof[ca] if with_eof[ca] >= 0 else self._eof_after(ca)
                 elif sent and not a_failed and alive:
                     outbound = pushes[ca].get(sent) or self._push(ca, sent)
-                after_book = book
+                after_book = started
                 if token is not None:
                     signed = -1 - token
-                    after_book = results[book].get(signed, -1)
+                    after_book = results[started].get(signed, -1)
                     if after_book < 0:
-                        after_book = self._result(book, signed)
+                        after_book = self._result(started, signed)
                 append((step, (sa, after, outbound, inbound, after_book)))
         if self._faults_left[book] > 0:
             out.extend(self._faults(state))
@@ -521,12 +527,11 @@ class NegotiatorPairModel:
         sa, sb, ca, cb, book = state
         if self._channels.values[ca][1] or self._channels.values[cb][1]:
             return out  # the connection is already closing
-        pending, viol, _ = self._books.values[book]
         if not (self._failed[sa] or self._failed[sb]):
             closed = self._channel((b"", True))
-            dropped = self._book((pending, viol, -1))  # dead: later sends are lost
+            dropped = self._with_faults(book, -1)  # dead: later sends are lost
             out.append((self._drop_step, (sa, sb, closed, closed, dropped)))
-        used = self._book((pending, viol, 0))
+        used = self._with_faults(book, 0)
         for index, side in enumerate((sa, sb)):
             if not self._waiting[side]:
                 continue
@@ -567,11 +572,12 @@ class NegotiatorPairModel:
     def describe(self, state: State) -> str:
         parts = []
         tables = []
+        rounds = self._books.values[state[BOOK]][3:]
         for index in (0, 1):
-            table, snap, rounds = self.side_of(state[SA + index])
+            table, snap = self.side_of(state[SA + index])
             tables.append(table)
             negotiated = f"({snap[2]})" if snap[2] is not None else ""
-            parts.append(f"{_SIDES[index]}: {snap[0]}{negotiated}, {rounds} rounds left")
+            parts.append(f"{_SIDES[index]}: {snap[0]}{negotiated}, {rounds[index]} rounds left")
         config = self._config_of[(tables[0], tables[1])]
         return f"{self.describe_config(config)}; {'; '.join(parts)}"
 
