@@ -183,6 +183,7 @@ FRAME_COMPILED: Any = FRAME.compile()
 
 
 _ntop = socket.inet_ntop
+_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 
@@ -191,6 +192,17 @@ def _normalise_host(host: str) -> tuple[str, int, bytes]:
     """Return (canonical text, family, packed bytes) or raise ProtocolError."""
     if not isinstance(host, str):
         raise ProtocolError(f"address host must be text, got {type(host).__name__}")
+    # Fast path (the mediator converts every observed address): text that inet_pton accepts
+    # *and* that inet_ntop prints back unchanged is already canonical, and ipaddress accepts
+    # exactly that text with the same result, so it can skip ipaddress (~5 us). Anything else
+    # (non-canonical spellings, scope ids, garbage) takes the strict ipaddress path below.
+    family = _AF_INET6 if ":" in host else _AF_INET
+    try:
+        packed = _pton(family, host)
+        if _ntop(family, packed) == host:
+            return host, FAMILY_IPV6 if family == _AF_INET6 else FAMILY_IPV4, packed
+    except (OSError, ValueError):
+        pass
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
@@ -270,13 +282,17 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
+_new = object.__new__
+_setattr = object.__setattr__  # how a frozen dataclass's own __init__ sets its fields
+
+
 def _trusted_address(host: str, port: int) -> Address:
     """Build an Address from already-canonical decoded parts (skips re-validation of the host)."""
     if port == 0:
         raise ProtocolError("address port 0 is not allowed")
-    addr = object.__new__(Address)
-    object.__setattr__(addr, "host", host)
-    object.__setattr__(addr, "port", port)
+    addr = _new(Address)
+    _setattr(addr, "host", host)
+    _setattr(addr, "port", port)
     return addr
 
 
@@ -397,7 +413,14 @@ class Advertise(_Codec):
             raise ProtocolError(f"Advertise: truncated payload ({len(p)} bytes, at least 66)")
         local, off = _take_address(p, 65, True, "local")
         _end(p, off, "Advertise")
-        return cls(p[0], p[1:33], p[33:65], local)
+        # Every field is valid by construction here, so skip __post_init__'s checks (the
+        # mediator decodes one Advertise per registration).
+        msg = _new(cls)
+        _setattr(msg, "version", p[0])
+        _setattr(msg, "our_key", p[1:33])
+        _setattr(msg, "their_key", p[33:65])
+        _setattr(msg, "local", local)
+        return msg
 
     @classmethod
     def decode(cls, frame: bytes) -> Advertise:
@@ -445,7 +468,9 @@ class AdvertiseResponse(_Codec):
     @classmethod
     def from_payload(cls, p: bytes) -> AdvertiseResponse:
         _fixed(p, (NONCE_SIZE,), "AdvertiseResponse")
-        return cls(p)
+        msg = _new(cls)  # valid by construction: skip __post_init__ (one per registration)
+        _setattr(msg, "nonce", p)
+        return msg
 
     @classmethod
     def decode(cls, frame: bytes) -> AdvertiseResponse:
