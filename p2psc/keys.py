@@ -45,6 +45,7 @@ __all__ = [
     "nonces_equal",
     "open_nonce",
     "seal_nonce",
+    "system_nonces",
 ]
 
 KEY_SIZE = 32
@@ -67,6 +68,10 @@ INFO_PREFIX = b"p2psc v1 "
 
 NonceSource = Callable[[int], bytes]
 """Returns n random bytes; injected so tests and models can be deterministic."""
+
+system_nonces: NonceSource = os.urandom
+"""The production nonce source: the OS CSPRNG itself (``secrets.token_bytes`` returns the same
+bytes through two more Python calls; the mediator draws one nonce per registration)."""
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 _PEM_PRIVATE = b"-----BEGIN PRIVATE KEY-----"

@@ -11,6 +11,7 @@ from mediator_helpers import (
     Driver,
     abort_code,
     closed,
+    counting_nonces,
     messages,
     sym_key,
     timers,
@@ -18,7 +19,7 @@ from mediator_helpers import (
 
 from p2psc import wire
 from p2psc.core.io import Close, Send
-from p2psc.core.mediator import MediatorConfig, MediatorCore
+from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorNote
 from p2psc.keys import Keypair
 
 R = wire.Reason
@@ -533,3 +534,47 @@ def test_observed_addresses_of_both_families(alice: Keypair, bob: Keypair) -> No
     identified = d.close(2)
     (identification,) = messages(identified, 1)
     assert identification.peer == wire.Address("198.51.100.9", 5555)  # type: ignore[union-attr]
+
+
+def test_an_observer_with_kinds_gets_only_those_notes(alice: Keypair, bob: Keypair) -> None:
+    """An observer may list the note kinds it wants (the CLI lists those its log level shows);
+    the core then sends only those, and the pairing itself is unchanged."""
+
+    class Picky:
+        kinds = frozenset({"paired", "closed"})
+
+        def __init__(self) -> None:
+            self.notes: list[MediatorNote] = []
+
+        def __call__(self, note: MediatorNote) -> None:
+            self.notes.append(note)
+
+    everything, picky = Driver(), Driver()
+    observer = Picky()
+    picky.core = MediatorCore(picky.config, nonce_source=counting_nonces(), observer=observer)
+    for d in (everything, picky):
+        d.register_keypair(1, alice, _raw(bob))
+        d.register_keypair(2, bob, _raw(alice))
+        d.close(2)
+    assert [a for a in picky.log if not isinstance(a, Send)] == [
+        a for a in everything.log if not isinstance(a, Send)
+    ]
+    assert [n for n in everything.notes if n.kind in Picky.kinds] == observer.notes
+    assert [n.kind for n in observer.notes] == ["paired", "closed", "closed"]
+
+
+def test_the_cli_observer_asks_for_what_its_log_level_shows() -> None:
+    import logging
+
+    from p2psc.cli import mediator as cli
+
+    saved = cli.log.level
+    try:
+        cli.log.setLevel(logging.WARNING)
+        assert cli._LogObserver().kinds == {"refused", "rejected", "failed"}
+        cli.log.setLevel(logging.ERROR)
+        assert cli._LogObserver().kinds == frozenset()
+        cli.log.setLevel(logging.DEBUG)
+        assert cli._LogObserver().kinds == set(cli._LEVELS)
+    finally:
+        cli.log.setLevel(saved)

@@ -36,13 +36,15 @@ _TIMER_SLACK = 1.0
 class _Connection(asyncio.Protocol):
     """One accepted socket: forwards events to the server, holds the transport and timer."""
 
-    __slots__ = ("conn", "server", "timer", "transport")
+    __slots__ = ("conn", "server", "timer", "transport", "when")
 
     def __init__(self, server: MediatorServer) -> None:
         self.server = server
         self.conn = 0
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.when = 0.0
+        """When ``timer`` fires (its ``when()``, kept here to save a method call per event)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but implement it
@@ -181,8 +183,10 @@ class MediatorServer:
             if kind is Send:
                 send = cast(Send, action)
                 connection = connections.get(send.conn)
-                if connection is not None and connection.transport is not None:
-                    connection.transport.write(send.data)
+                if connection is not None:
+                    transport = connection.transport
+                    if transport is not None:
+                        transport.write(send.data)
             elif kind is SetTimer:
                 timer = cast(SetTimer, action)
                 connection = connections.get(timer.conn)
@@ -210,9 +214,11 @@ class MediatorServer:
                 connection.timer = None
             return
         if current is not None:
-            if current.when() <= deadline <= current.when() + _TIMER_SLACK:
+            when = connection.when
+            if when <= deadline <= when + _TIMER_SLACK:
                 return
             current.cancel()
+        connection.when = deadline
         connection.timer = self._loop.call_at(deadline, connection.fire)
 
     def _drop(self, connection: _Connection) -> None:

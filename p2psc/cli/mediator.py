@@ -44,23 +44,35 @@ def _fingerprint(raw: bytes | None) -> str | None:
         return raw[:8].hex()
 
 
-def _observe(note: MediatorNote) -> None:
-    """Turn a core note into one structured log record (only when that level is enabled)."""
-    level = _LEVELS.get(note.kind, logging.INFO)
-    if not log.isEnabledFor(level):
-        return
-    fields: dict[str, Any] = {"event": note.kind, "conn": note.conn}
-    if note.remote is not None:
-        fields["remote"] = f"{note.remote[0]}:{note.remote[1]}"
-    if note.our_key:
-        fields["key"] = _fingerprint(note.our_key)
-    if note.their_key:
-        fields["wants"] = _fingerprint(note.their_key)
-    if note.partner is not None:
-        fields["partner"] = note.partner
-    if note.reason:
-        fields["reason"] = note.reason
-    log.log(level, note.kind, extra={"p2psc": fields})
+class _LogObserver:
+    """Turns core notes into structured log records.
+
+    ``kinds`` (read by the core once, when it is built) lists the note kinds the log level
+    shows, so the core does not even build notes that would be dropped: at ``--log-level
+    warning`` or above a pairing costs no note at all.
+    """
+
+    __slots__ = ("kinds",)
+
+    def __init__(self) -> None:
+        self.kinds = frozenset(kind for kind, level in _LEVELS.items() if log.isEnabledFor(level))
+
+    def __call__(self, note: MediatorNote) -> None:
+        level = _LEVELS.get(note.kind, logging.INFO)
+        if not log.isEnabledFor(level):
+            return
+        fields: dict[str, Any] = {"event": note.kind, "conn": note.conn}
+        if note.remote is not None:
+            fields["remote"] = f"{note.remote[0]}:{note.remote[1]}"
+        if note.our_key:
+            fields["key"] = _fingerprint(note.our_key)
+        if note.their_key:
+            fields["wants"] = _fingerprint(note.their_key)
+        if note.partner is not None:
+            fields["partner"] = note.partner
+        if note.reason:
+            fields["reason"] = note.reason
+        log.log(level, note.kind, extra={"p2psc": fields})
 
 
 class _TextFormatter(logging.Formatter):
@@ -141,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
             args.host,
             args.port,
             config=config,
-            observer=_observe,
+            observer=_LogObserver(),  # after _setup_logging: its kinds follow the level
             ready=ready,
             use_uvloop=not args.no_uvloop,
             legacy=not args.no_legacy,

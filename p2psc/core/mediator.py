@@ -17,9 +17,9 @@ See ``spec/mediator.md`` for the normative behaviour this implements.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import cast
 
 from p2psc import wire
@@ -45,8 +45,9 @@ from p2psc.keys import (
     PublicKey,
     nonce_info,
     nonces_equal,
+    system_nonces,
 )
-from p2psc.machines.compiler import Transition, compile_machine
+from p2psc.machines.compiler import GuardOracle, MachineTable, Transition, compile_machine
 from p2psc.machines.mediator import MediatorSession
 
 __all__ = [
@@ -60,6 +61,48 @@ __all__ = [
 
 TABLE = compile_machine(MediatorSession)
 
+_Steps = Mapping[tuple[str, str], tuple[tuple[tuple[tuple[str, bool], ...], Transition], ...]]
+
+
+def _flatten(table: MachineTable) -> _Steps:
+    """The compiled table as ``(state, event) -> ((guard literals, transition), ...)`` in
+    declaration order: the same table in plain tuples, so :func:`_step` is one dict lookup and
+    a loop (every event of every connection steps it)."""
+    steps: dict[tuple[str, str], list[tuple[tuple[tuple[str, bool], ...], Transition]]] = {}
+    for t in table.transitions:
+        literals = tuple((g.name, g.expected) for g in t.guards)
+        steps.setdefault((t.source, t.event), []).append((literals, t))
+    return MappingProxyType({key: tuple(value) for key, value in steps.items()})
+
+
+_STEPS = dict(_flatten(TABLE))  # a plain dict: its .get is cheaper than a mappingproxy's
+_COMPILED = TABLE
+
+
+def _step(state: str, event: str, oracle: GuardOracle | None = None) -> Transition:
+    """Take ``event`` in ``state``: :meth:`MachineTable.step` on the flattened copy of the
+    compiled table (same transitions, same order, same errors).
+
+    Seam for tools: when the module attribute ``TABLE`` has been swapped for another object
+    with a ``step`` method (the explorer's coverage recorder does this), the core steps
+    through that object instead of the flattened fast path.
+    """
+    table = TABLE
+    if table is not _COMPILED:
+        return table.step(state, event, oracle)
+    for literals, transition in _STEPS.get((state, event), ()):
+        if not literals:
+            return transition
+        if oracle is None:
+            raise ValueError(f"{table.name}: {transition} needs a guard oracle")
+        for name, expected in literals:
+            if oracle(name) != expected:
+                break
+        else:
+            return transition
+    raise InvalidTransition(table.name, state, event)
+
+
 # State names (interned by the table; sessions share these very objects).
 AWAITING_ADVERTISE = "awaiting_advertise"
 CHALLENGED = "challenged"
@@ -68,9 +111,15 @@ DISCONNECTING = "disconnecting"
 CONFIRMING = "confirming"
 CLOSED = "closed"
 _PENDING = frozenset({AWAITING_ADVERTISE, CHALLENGED})
+_COUNTED = {AWAITING_ADVERTISE: "pending", CHALLENGED: "pending", WAITING: "waiting"}
+"""Which counter (see MediatorCore._count) a state is counted in; other states are in none."""
 _FRAMING = frozenset({AWAITING_ADVERTISE, CHALLENGED})
 
 _R = wire.Reason
+_HEADER_SIZE = wire.HEADER_SIZE
+_MAX_PAYLOAD = wire.MAX_PAYLOAD
+_VERSION = wire.PROTOCOL_VERSION
+_MAGIC0, _MAGIC1 = wire.MAGIC
 _GUARD_FAILURE: dict[str, tuple[int, str]] = {
     # guard name -> (reason code, text) for the advertise/response transitions that close.
     "version_supported": (_R.UNSUPPORTED_VERSION, "only protocol version 1 is supported"),
@@ -132,6 +181,10 @@ class MediatorNote:
 
 
 NoteObserver = Callable[[MediatorNote], None]
+"""Receives the core's notes. An observer that has a ``kinds`` attribute (a collection of note
+kinds) is sent only notes of those kinds, and the core does not build the others at all: a
+logging observer lists the kinds its log level shows, so a quiet mediator pays nothing per
+event for notes nobody reads."""
 
 SessionRow = tuple[
     ConnId,  # conn
@@ -207,7 +260,7 @@ class MediatorCore:
         self,
         config: MediatorConfig | None = None,
         *,
-        nonce_source: NonceSource = secrets.token_bytes,
+        nonce_source: NonceSource = system_nonces,
         crypto: NonceCrypto = HPKE,
         registry: Registry | None = None,
         observer: NoteObserver | None = None,
@@ -217,6 +270,9 @@ class MediatorCore:
         self._crypto = crypto
         self._registry: Registry = registry if registry is not None else InMemoryRegistry()
         self._observer = observer
+        kinds: Collection[str] | None = getattr(observer, "kinds", None)
+        self._note_kinds: frozenset[str] | None = None if kinds is None else frozenset(kinds)
+        """Note kinds the observer wants (None: all); see :data:`NoteObserver`."""
         self._sessions: dict[ConnId, _Session] = {}
         self._pending = 0
         self._pending_by_ip: dict[str, int] = {}
@@ -262,7 +318,7 @@ class MediatorCore:
         snapshot: MediatorSnapshot,
         config: MediatorConfig | None = None,
         *,
-        nonce_source: NonceSource = secrets.token_bytes,
+        nonce_source: NonceSource = system_nonces,
         crypto: NonceCrypto = HPKE,
         observer: NoteObserver | None = None,
     ) -> MediatorCore:
@@ -334,13 +390,20 @@ class MediatorCore:
             table.pop(ip, None)
 
     def _move(self, session: _Session, transition: Transition) -> None:
+        target = transition.target
+        if _COUNTED.get(session.state) is _COUNTED.get(target):  # e.g. pending -> pending
+            session.state = target
+            return
         self._count(session, -1)
-        session.state = transition.target
+        session.state = target
         self._count(session, +1)
 
     def _note(self, kind: str, conn: ConnId, session: _Session | None, reason: str = "") -> None:
         observer = self._observer
         if observer is None:
+            return
+        kinds = self._note_kinds
+        if kinds is not None and kind not in kinds:
             return
         if session is None:
             observer(MediatorNote(kind, conn, reason=reason))
@@ -382,7 +445,7 @@ class MediatorCore:
     ) -> None:
         """Take ``event`` (a way to ``closed``), send AdvertiseAbort(code) when ``code`` is set,
         close, and if the session was in a pairing, fail the partner too."""
-        TABLE.step(session.state, event)
+        _step(session.state, event)
         partner_conn = session.partner if session.state in (DISCONNECTING, CONFIRMING) else None
         if code is not None:
             out.append(Send(conn, _abort(code, text)))
@@ -392,7 +455,7 @@ class MediatorCore:
         if partner_conn is not None:
             partner = self._sessions.get(partner_conn)
             if partner is not None:
-                TABLE.step(partner.state, "partner_lost")
+                _step(partner.state, "partner_lost")
                 self._note("failed", partner_conn, partner, f"partner {event}: {text}")
                 out.append(Send(partner_conn, _abort(partner_code, f"partner {event}: {text}")))
                 self._close(partner_conn, partner, out, f"partner_lost: {event}")
@@ -416,7 +479,7 @@ class MediatorCore:
         else:
             refusal = None
         if refusal is not None:
-            TABLE.step(AWAITING_ADVERTISE, "busy")
+            _step(AWAITING_ADVERTISE, "busy")
             out.append(Send(conn, _retry(*refusal)))
             out.append(Close(conn, f"busy: {refusal[1]}"))
             self._note("refused", conn, None, refusal[1])
@@ -503,6 +566,18 @@ class MediatorCore:
         """
         buf = session.buf
         have = len(buf)
+        if have >= _HEADER_SIZE and buf[0] == _MAGIC0 and buf[1] == _MAGIC1 and buf[2] == _VERSION:
+            # The common case (a whole, well-formed header): same checks, fewer slices.
+            length = (buf[4] << 8) | buf[5]
+            if length <= _MAX_PAYLOAD:
+                end = _HEADER_SIZE + length
+                if have == end:
+                    session.buf = b""
+                    return buf
+                if have < end:
+                    return None
+                session.buf = buf[end:]
+                return buf[:end]
         magic = wire.MAGIC
         if buf[: min(have, len(magic))] != magic[: min(have, len(magic))]:
             raise ProtocolError("bad magic: not a p2psc v1 frame")
@@ -527,7 +602,7 @@ class MediatorCore:
     def _reject_version(
         self, conn: ConnId, session: _Session, reason: str, out: list[Action]
     ) -> None:
-        transition = TABLE.step(session.state, "advertise", _version_unsupported)
+        transition = _step(session.state, "advertise", _version_unsupported)
         assert transition.target == CLOSED
         out.append(Send(conn, _abort(_R.UNSUPPORTED_VERSION, reason)))
         self._note("rejected", conn, session, f"unsupported version: {reason}")
@@ -560,7 +635,7 @@ class MediatorCore:
                 return True
             raise InvalidTransition("MediatorSession", session.state, f"guard {name}")
 
-        transition = TABLE.step(session.state, "advertise", oracle)
+        transition = _step(session.state, "advertise", oracle)
         session.our, session.their, session.local = our, their, message.local
         if transition.target == CLOSED:
             code, text = _GUARD_FAILURE[transition.guards[0].name]
@@ -604,7 +679,7 @@ class MediatorCore:
                 return not same_ip and self._waiting_by_ip.get(ip, 0) >= config.max_waiting_per_ip
             raise InvalidTransition("MediatorSession", session.state, f"guard {name}")
 
-        transition = TABLE.step(session.state, "response", oracle)
+        transition = _step(session.state, "response", oracle)
         session.nonce = None
         if transition.target == CLOSED:
             code, text = _GUARD_FAILURE[transition.guards[0].name]
@@ -622,7 +697,7 @@ class MediatorCore:
         if previous is not None and previous != conn:
             older = self._sessions.get(previous)
             if older is not None and older.state == WAITING:
-                TABLE.step(older.state, "replaced")
+                _step(older.state, "replaced")
                 out.append(
                     Send(
                         previous,
@@ -649,7 +724,7 @@ class MediatorCore:
         if client is None or client_conn is None or client.state != WAITING:
             # Registry out of step with sessions (shared backend lost a race): treat as a plain
             # registration attempt failing softly; the advertiser may retry.
-            TABLE.step(session.state, "bad_input")
+            _step(session.state, "bad_input")
             out.append(Send(conn, _retry(_R.BUSY, "partner vanished while pairing, retry")))
             self._close(conn, session, out, "pairing race")
             return
@@ -664,7 +739,7 @@ class MediatorCore:
             self._bad(conn, session, f"cannot encode PeerDisconnect: {error.reason}", out)
             return
         self._move(session, transition)
-        partner_step = TABLE.step(client.state, "partner_arrived")
+        partner_step = _step(client.state, "partner_arrived")
         self._count(client, -1)  # it left the registry through claim()
         client.state = partner_step.target
         session.partner, client.partner = client_conn, conn
@@ -680,7 +755,7 @@ class MediatorCore:
         del now
         client_conn = session.partner
         client = self._sessions.get(client_conn) if client_conn is not None else None
-        TABLE.step(session.state, "eof")
+        _step(session.state, "eof")
         if client is None or client_conn is None:
             self._close(conn, session, out, "eof: confirmed, but the Client is gone")
             return
@@ -695,7 +770,7 @@ class MediatorCore:
             self._bad(client_conn, client, f"cannot encode PeerIdentification: {error.reason}", out)
             return
         self._close(conn, session, out, "eof: PeerDisconnect confirmed")
-        TABLE.step(client.state, "partner_confirmed")
+        _step(client.state, "partner_confirmed")
         out.append(Send(client_conn, identification))
         self._note("introduced", client_conn, client)
         client.partner = None

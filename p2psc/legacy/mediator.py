@@ -31,14 +31,21 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import secrets
+from typing import cast
 
 from p2psc import wire
 from p2psc.core.io import Action, Close, Closed, ConnId, Event, Received, Send, SetTimer, TimerFired
 from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorSnapshot, NoteObserver
 from p2psc.core.registry import Registry
 from p2psc.errors import CryptoError, ProtocolError
-from p2psc.keys import HPKE, SEALED_NONCE_SIZE, NonceCrypto, NonceSource, PublicKey
+from p2psc.keys import (
+    HPKE,
+    SEALED_NONCE_SIZE,
+    NonceCrypto,
+    NonceSource,
+    PublicKey,
+    system_nonces,
+)
 from p2psc.legacy import codec
 from p2psc.legacy.crypto import RSA_PKCS1V15, LegacyCrypto, RsaPublicKey
 
@@ -126,7 +133,7 @@ class LegacyAwareMediatorCore(MediatorCore):
         self,
         config: MediatorConfig | None = None,
         *,
-        nonce_source: NonceSource = secrets.token_bytes,
+        nonce_source: NonceSource = system_nonces,
         crypto: NonceCrypto = HPKE,
         registry: Registry | None = None,
         observer: NoteObserver | None = None,
@@ -170,7 +177,7 @@ class LegacyAwareMediatorCore(MediatorCore):
         snapshot: LegacyAwareSnapshot,
         config: MediatorConfig | None = None,
         *,
-        nonce_source: NonceSource = secrets.token_bytes,
+        nonce_source: NonceSource = system_nonces,
         crypto: NonceCrypto = HPKE,
         observer: NoteObserver | None = None,
         legacy_crypto: LegacyCrypto = RSA_PKCS1V15,
@@ -198,25 +205,34 @@ class LegacyAwareMediatorCore(MediatorCore):
     # --- the entry points ------------------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Action]:
+        # Every event of every connection passes here, so the version 1 case costs a few
+        # checks: the protocol is decided once, on a fresh connection's first bytes, and the
+        # output is only rewritten while some version 0 connection exists.
         conn = event.conn
-        if isinstance(event, TimerFired) and conn in self._introduce:
+        kind = type(event)
+        if kind is Received:
+            data = cast(Received, event).data
+            if data and conn not in self._legacy:
+                self._classify(conn, data[0])
+        elif kind is TimerFired and conn in self._introduce:
             peer, deadline = self._introduce[conn]
             if now < deadline:  # an older, earlier timer handle: wait on
                 return [SetTimer(conn, deadline)]
             # The legacy Peer had its time to bind: confirm it as a v1 Peer's EOF would.
             del self._introduce[conn]
             event = Closed(peer, None)
-        elif isinstance(event, Received) and conn not in self._legacy and event.data:
-            self._classify(conn, event.data[0])
-        actions = self._translate(super().handle(event, now), now)
-        if isinstance(event, Closed):
+        actions = super().handle(event, now)
+        if self._legacy:
+            actions = self._translate(actions, now)
+        if kind is Closed and self._introduce:
             pending = self._introduce.pop(conn, None)  # the Client left during the delay
             if pending is not None:
                 self._gone.discard(pending[0])
                 self._forget(pending[0])
-        for refused in sorted(self._refused):  # cross-protocol pairing (never reached)
-            self._refused.discard(refused)
-            actions += self.handle(Closed(refused, "refusing to pair across protocols"), now)
+        if self._refused:
+            for refused in sorted(self._refused):  # cross-protocol pairing (never reached)
+                self._refused.discard(refused)
+                actions += self.handle(Closed(refused, "refusing to pair across protocols"), now)
         return actions
 
     def shutdown(self, now: float) -> list[Action]:
