@@ -134,7 +134,10 @@ class KeepsGarbage(MediatorCore):
 
 class CrossedUnderLoad(MediatorCore):
     """Mixes up partners when many pairings are in flight (as a shared "last Client" variable
-    would): the Peer is given another confirming Client's address (§4)."""
+    would): the Peer is given another confirming Client's address (§4).
+
+    "Many" is 4 other Clients confirming at once, which only ``pairing-concurrent-pairs`` reaches
+    when scenarios run one at a time (the test runs this mutant with ``jobs=1``)."""
 
     def _pair(
         self, conn: ConnId, session: _Session, transition: Transition, now: float, out: list[Action]

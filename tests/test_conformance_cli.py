@@ -21,19 +21,19 @@ from p2psc.conformance import SCENARIOS
 from p2psc.core.mediator import MediatorConfig, MediatorCore
 
 CONFIG = MediatorConfig(
-    advertise_timeout=0.5, response_timeout=0.5, confirm_timeout=0.6, wait_timeout=30
+    advertise_timeout=1.0, response_timeout=1.0, confirm_timeout=1.0, wait_timeout=30
 )
 FAST = [
     "--timeout",
-    "1.5",
+    "2",
     "--silence",
     "0.3",
     "--idle-timeout",
-    "0.5",
+    "1",
     "--response-timeout",
-    "0.5",
+    "1",
     "--confirm-timeout",
-    "0.6",
+    "1",
 ]
 
 

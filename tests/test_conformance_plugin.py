@@ -22,7 +22,7 @@ pytest_plugins = ["pytester"]
 
 PLUGIN = "p2psc.conformance.pytest_plugin"
 CONFIG = MediatorConfig(
-    advertise_timeout=0.5, response_timeout=0.5, confirm_timeout=0.6, wait_timeout=30
+    advertise_timeout=1.0, response_timeout=1.0, confirm_timeout=1.0, wait_timeout=30
 )
 OPTIONS = """
 import pytest
@@ -31,7 +31,7 @@ from p2psc.conformance import HarnessOptions
 @pytest.fixture
 def p2psc_conformance_options():
     return HarnessOptions(
-        timeout=1.5, quiet=0.3, idle_timeout={idle}, response_timeout=0.5, confirm_timeout=0.6
+        timeout=2.0, quiet=0.3, idle_timeout={idle}, response_timeout=1.0, confirm_timeout=1.0
     )
 """
 TEST = """
@@ -51,19 +51,19 @@ def _plugin_args() -> list[str]:
 
 def test_user_fixture_starts_the_mediator(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
-        OPTIONS.format(idle=0.5)
+        OPTIONS.format(idle=1.0)
         + """
 from conformance_mutants import serve_in_thread
 from p2psc.core.mediator import MediatorConfig, MediatorCore
 
 @pytest.fixture(scope="session")
 def p2psc_mediator():
-    config = MediatorConfig(advertise_timeout=0.5, response_timeout=0.5, confirm_timeout=0.6)
+    config = MediatorConfig(advertise_timeout=1.0, response_timeout=1.0, confirm_timeout=1.0)
     with serve_in_thread(MediatorCore(config)) as address:
         yield address
 """
     )
-    pytester.makepyfile(test_conformance=TEST)
+    pytester.makepyfile(test_my_mediator=TEST)
     result = pytester.runpytest(*_plugin_args(), "-k", "a-then-b or ordering or timeout-idle")
     result.assert_outcomes(passed=3)
     listed = pytester.runpytest(*_plugin_args(), "--collect-only", "-q")
@@ -72,8 +72,8 @@ def p2psc_mediator():
 
 
 def test_failures_show_expected_observed_and_transcript(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(OPTIONS.format(idle=0.5))
-    pytester.makepyfile(test_conformance=TEST)
+    pytester.makeconftest(OPTIONS.format(idle=1.0))
+    pytester.makepyfile(test_my_mediator=TEST)
     with serve_in_thread(EarlyIdentification(CONFIG)) as (host, port):
         result = pytester.runpytest(
             *_plugin_args(), f"--p2psc-mediator={host}:{port}", "-k", "a-then-b or ordering"
@@ -91,8 +91,8 @@ def test_failures_show_expected_observed_and_transcript(pytester: pytest.Pyteste
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_recommended_failures_xfail_unless_strict(pytester: pytest.Pytester, strict: bool) -> None:
-    pytester.makeconftest(OPTIONS.format(idle=0.5))
-    pytester.makepyfile(test_conformance=TEST)
+    pytester.makeconftest(OPTIONS.format(idle=1.0))
+    pytester.makepyfile(test_my_mediator=TEST)
     if strict:
         pytester.makeini("[pytest]\np2psc_conformance_strict = true\n")
     with serve_in_thread(VagueReasons(CONFIG)) as (host, port):
@@ -109,7 +109,7 @@ def test_recommended_failures_xfail_unless_strict(pytester: pytest.Pytester, str
 
 def test_skips_legacy_and_missing_mediator(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(OPTIONS.format(idle=None))
-    pytester.makepyfile(test_conformance=TEST)
+    pytester.makepyfile(test_my_mediator=TEST)
     pytester.makeini("[pytest]\np2psc_conformance_legacy = true\n")
     with serve_in_thread(LegacyAwareMediatorCore(CONFIG)) as (host, port):
         result = pytester.runpytest(
@@ -127,7 +127,7 @@ def test_installed_entry_point_loads_the_plugin(pytester: pytest.Pytester) -> No
     names = {ep.value for ep in metadata.entry_points(group="pytest11")}
     if PLUGIN not in names:
         pytest.skip("p2psc is installed without its pytest11 entry point: pip install -e .")
-    pytester.makepyfile(test_conformance=TEST)
+    pytester.makepyfile(test_my_mediator=TEST)
     for conftest in ("", f"pytest_plugins = [{PLUGIN!r}]\n"):  # listing it too is harmless
         pytester.makeconftest(conftest)
         done = subprocess.run(
