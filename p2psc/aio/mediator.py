@@ -181,19 +181,25 @@ class MediatorServer:
         for action in actions:
             kind = type(action)
             if kind is Send:
-                send = cast(Send, action)
+                send: Send = action  # type: ignore[assignment]  # (exact type checked above)
                 connection = connections.get(send.conn)
                 if connection is not None:
                     transport = connection.transport
                     if transport is not None:
                         transport.write(send.data)
             elif kind is SetTimer:
-                timer = cast(SetTimer, action)
+                timer: SetTimer = action  # type: ignore[assignment]
                 connection = connections.get(timer.conn)
                 if connection is not None:
-                    self._set_timer(connection, timer.deadline)
+                    deadline = timer.deadline
+                    if connection.timer is not None and deadline is not None:
+                        when = connection.when  # the common case, inline: keep the handle
+                        if when <= deadline <= when + _TIMER_SLACK:
+                            continue
+                    self._set_timer(connection, deadline)
             elif kind is Close:
-                connection = connections.get(cast(Close, action).conn)
+                close: Close = action  # type: ignore[assignment]
+                connection = connections.get(close.conn)
                 if connection is not None:
                     self._drop(connection)
 

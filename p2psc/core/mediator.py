@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import cast
 
 from p2psc import wire
 from p2psc.core.io import (
@@ -344,17 +343,18 @@ class MediatorCore:
         out: list[Action] = []
         kind = type(event)
         # exact-type dispatch (cheaper than isinstance chains on the hot path)
+        # (the annotated assignments narrow the union without typing.cast's call per event)
         if kind is Received:
-            received = cast(Received, event)
+            received: Received = event  # type: ignore[assignment]
             self._on_received(received.conn, received.data, now, out)
         elif kind is Opened:
-            opened = cast(Opened, event)
+            opened: Opened = event  # type: ignore[assignment]
             self._on_opened(opened.conn, opened.remote, now, out)
         elif kind is Closed:
-            closed = cast(Closed, event)
+            closed: Closed = event  # type: ignore[assignment]
             self._on_closed(closed.conn, closed.error, now, out)
         elif kind is TimerFired:
-            self._on_timer(cast(TimerFired, event).conn, now, out)
+            self._on_timer(event.conn, now, out)
         return out
 
     def shutdown(self, now: float) -> list[Action]:

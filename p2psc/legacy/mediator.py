@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from typing import cast
 
 from p2psc import wire
 from p2psc.core.io import Action, Close, Closed, ConnId, Event, Received, Send, SetTimer, TimerFired
@@ -211,17 +210,24 @@ class LegacyAwareMediatorCore(MediatorCore):
         conn = event.conn
         kind = type(event)
         if kind is Received:
-            data = cast(Received, event).data
-            if data and conn not in self._legacy:
-                self._classify(conn, data[0])
-        elif kind is TimerFired and conn in self._introduce:
-            peer, deadline = self._introduce[conn]
-            if now < deadline:  # an older, earlier timer handle: wait on
-                return [SetTimer(conn, deadline)]
-            # The legacy Peer had its time to bind: confirm it as a v1 Peer's EOF would.
-            del self._introduce[conn]
-            event = Closed(peer, None)
-        actions = super().handle(event, now)
+            received: Received = event  # type: ignore[assignment]  # (exact type checked)
+            legacy = self._legacy
+            if conn not in legacy and received.data:
+                self._classify(conn, received.data[0])
+            if conn in legacy:
+                actions: list[Action] = []
+                self._on_legacy_received(conn, received.data, now, actions)
+            else:
+                actions = super().handle(event, now)
+        else:
+            if kind is TimerFired and conn in self._introduce:
+                peer, deadline = self._introduce[conn]
+                if now < deadline:  # an older, earlier timer handle: wait on
+                    return [SetTimer(conn, deadline)]
+                # The legacy Peer had its time to bind: confirm it as a v1 Peer's EOF would.
+                del self._introduce[conn]
+                event = Closed(peer, None)
+            actions = super().handle(event, now)
         if self._legacy:
             actions = self._translate(actions, now)
         if kind is Closed and self._introduce:
@@ -247,15 +253,13 @@ class LegacyAwareMediatorCore(MediatorCore):
         if codec.looks_legacy(first):
             self._legacy.add(conn)
 
-    def _on_received(self, conn: ConnId, data: bytes, now: float, out: list[Action]) -> None:
-        if conn not in self._legacy:
-            super()._on_received(conn, data, now, out)
-            return
+    def _on_legacy_received(self, conn: ConnId, data: bytes, now: float, out: list[Action]) -> None:
+        """Bytes on a version 0 connection (version 1 ones go straight to the core)."""
         session = self._sessions.get(conn)
         if session is None or not data:
             return
         if session.state not in ("awaiting_advertise", "challenged"):
-            super()._on_received(conn, data, now, out)  # refuses bytes in later states
+            self._on_received(conn, data, now, out)  # the core refuses bytes in later states
             return
         decoder = codec.LegacyDecoder.from_snapshot(session.buf)
         try:
