@@ -36,3 +36,18 @@ def test_diagrams_check_detects_stale_files(tmp_path: Path) -> None:
     if files:
         files[0].write_text(files[0].read_text() + "edited by hand\n")
         assert main(["diagrams", "--check", "--dir", str(tmp_path)]) == 1
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback() -> None:
+    """``p2psc ... | head``: stdout closes before we write; exit quietly with SIGPIPE's status."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2psc", "explore", "negotiator", "--protocols", "1", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the interpreter has even imported p2psc
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
