@@ -257,12 +257,16 @@ class RawPeer(Generic[M]):
         transcript: Transcript,
         timeout: float,
     ) -> _P:
-        """Connect to ``host:port`` within ``timeout``; OSError (or TimeoutError) on failure."""
+        """Connect to ``host:port`` within ``timeout``; OSError on any failure (a timeout
+        included, so that only a scenario's overall budget ever raises TimeoutError)."""
         loop = asyncio.get_running_loop()
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
-            timeout,
-        )
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
+                timeout,
+            )
+        except TimeoutError:
+            raise OSError(f"{host} did not resolve within {timeout:g} s") from None
         if not infos:
             raise OSError(f"{host} does not resolve")
         family, kind, proto, _, address = infos[0]
@@ -271,7 +275,10 @@ class RawPeer(Generic[M]):
             sock.setblocking(False)
             # Every write should leave as its own segment: split-frame scenarios rely on it.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+            except TimeoutError:
+                raise OSError(f"no connection to {host}:{port} within {timeout:g} s") from None
             peer = cls(label, sock, transcript, timeout)
         except BaseException:
             sock.close()
