@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from p2psc import wire
-from p2psc.aio.mediator import MediatorServer, serve_mediator
+from p2psc.aio.mediator import MediatorServer, _Connection, serve_mediator
+from p2psc.core.io import Action, SetTimer, TimerFired
 from p2psc.core.mediator import MediatorConfig
 from p2psc.keys import Keypair, nonce_info, open_nonce
 
@@ -431,3 +432,75 @@ def test_shutdown_aborts_open_sessions_and_stops_listening() -> None:
             await Raw.open(port)
 
     run(body)
+
+
+class _TimerCore:
+    """A stand-in core for the adapter's timers: arms what the test says, records TimerFired
+    (with the loop time it arrived at); no protocol at all."""
+
+    def __init__(self) -> None:
+        self.fired: list[tuple[int, float]] = []
+        self.now = 0.0
+        self.on_fire: Callable[[int], list[Action]] = lambda conn: []
+
+    def handle(self, event: object, now: float) -> list[Action]:
+        if isinstance(event, TimerFired):
+            self.fired.append((event.conn, now))
+            return self.on_fire(event.conn)
+        return []
+
+    def shutdown(self, now: float) -> list[Action]:
+        return []
+
+
+@pytest.mark.parametrize("uv", [False, True])
+def test_adapter_timers_fire_after_their_deadline_within_a_tick(uv: bool) -> None:
+    """Deadlines share bucketed loop timers: each is due in the first tick (1/64 s) at or
+    after it and fires no earlier; re-arming moves it, None cancels it, closing forgets it."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        core = _TimerCore()
+        server = MediatorServer(core, loop)  # type: ignore[arg-type]
+        connections = {}
+        for conn in range(1, 7):
+            connection = _Connection(server)
+            connection.conn = conn
+            server._connections[conn] = connection
+            connections[conn] = connection
+        now = loop.time()
+        deadlines = {1: now + 0.05, 2: now + 0.05, 3: now + 0.12}
+        server._execute([SetTimer(c, d) for c, d in deadlines.items()])
+        server._execute([SetTimer(4, now + 0.05), SetTimer(4, now + 0.2)])  # moved later
+        deadlines[4] = now + 0.2
+        server._execute([SetTimer(5, now + 0.05), SetTimer(5, None)])  # cancelled
+        server._execute([SetTimer(6, now + 0.05)])
+        server._drop(connections[6])  # closed
+        assert connections[1].tick == connections[2].tick  # one bucket, one loop timer
+        for conn, deadline in deadlines.items():  # due in the first tick at or after it
+            tick = connections[conn].tick
+            assert tick is not None and deadline <= tick / 64 < deadline + 1 / 64
+        await asyncio.sleep(0.35)
+        assert sorted(c for c, _ in core.fired) == [1, 2, 3, 4]
+        for conn, at in core.fired:
+            assert deadlines[conn] <= at + 0.002  # never early (loop clocks round to ms)
+        assert not server._ticks or all(not bucket for bucket in server._ticks.values())
+
+        # A deadline more than a minute away is bucketed by whole seconds.
+        server._execute([SetTimer(1, now + 3600.3)])
+        tick = connections[1].tick
+        assert tick is not None and tick % 64 == 0 and tick / 64 >= now + 3600.3
+
+        # Handling one timer may re-arm another one of the same bucket: it then fires at its
+        # new deadline, not with the old bucket.
+        core.fired.clear()
+        now = loop.time()
+        core.on_fire = lambda conn: [SetTimer(3, now + 0.15)] if conn == 2 else []
+        server._execute([SetTimer(2, now + 0.05), SetTimer(3, now + 0.05)])
+        await asyncio.sleep(0.1)
+        assert [c for c, _ in core.fired] == [2]
+        await asyncio.sleep(0.2)
+        assert [c for c, _ in core.fired] == [2, 3]
+        assert core.fired[1][1] >= now + 0.15 - 0.002
+
+    run(body, uv=uv)

@@ -2,8 +2,14 @@
 
 Why Protocol/Transport and not streams: a waiting registration must cost <= 4 KiB, and a
 StreamReader/StreamWriter pair plus a task per connection costs several times that. Here each
-connection is one ``__slots__`` protocol object and at most one ``loop.call_at`` timer handle;
-all protocol logic is in :class:`p2psc.core.mediator.MediatorCore` (this module has none).
+connection is one ``__slots__`` protocol object and one entry in a timer bucket; all protocol
+logic is in :class:`p2psc.core.mediator.MediatorCore` (this module has none).
+
+Timers are bucketed: a deadline is rounded *up* to a tick (1/64 s; whole seconds for deadlines
+more than a minute away), and all connections due in the same tick share one ``loop.call_at``
+handle. Re-arming or cancelling is then a dict update instead of a handle per change (the core
+moves a connection's deadline four times in a pairing), and a waiting registration holds no
+handle of its own. A timer fires at most one tick after its deadline, never before it.
 
 uvloop is used by :func:`run_mediator` when it is installed; :func:`serve_mediator` runs on
 whatever loop is current (plain asyncio or uvloop).
@@ -15,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import signal
 from collections.abc import Callable, Generator
 from types import TracebackType
@@ -28,23 +35,25 @@ from p2psc.legacy.mediator import LegacyAwareMediatorCore
 __all__ = ["MediatorServer", "run_mediator", "serve_mediator"]
 
 log = logging.getLogger("p2psc.mediator")
+_ceil = math.ceil
 
-_TIMER_SLACK = 1.0
-"""Seconds a kept timer handle may fire before the deadline it stands for (see _set_timer)."""
+_TICKS_PER_SECOND = 64
+"""Timer granularity near deadlines: they are rounded up to 1/64 s (see the module doc)."""
+_FAR = 60.0
+"""Deadlines further away than this (seconds) are rounded up to whole seconds instead."""
 
 
 class _Connection(asyncio.Protocol):
     """One accepted socket: forwards events to the server, holds the transport and timer."""
 
-    __slots__ = ("conn", "server", "timer", "transport", "when")
+    __slots__ = ("conn", "server", "tick", "transport")
 
     def __init__(self, server: MediatorServer) -> None:
         self.server = server
         self.conn = 0
         self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.when = 0.0
-        """When ``timer`` fires (its ``when()``, kept here to save a method call per event)."""
+        self.tick: int | None = None
+        """The timer bucket this connection is in (its deadline rounded up), if any."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but implement it
@@ -61,10 +70,6 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._lost(self, exc)
 
-    def fire(self) -> None:
-        self.timer = None
-        self.server._event(TimerFired(self.conn))
-
 
 class MediatorServer:
     """A listening mediator. ``async with`` closes it; :attr:`port` is the bound port."""
@@ -79,6 +84,8 @@ class MediatorServer:
         self._server: asyncio.Server | None = None
         self._connections: dict[int, _Connection] = {}
         self._ids = itertools.count(1)
+        self._ticks: dict[int, dict[int, _Connection]] = {}
+        """Timer buckets: tick (1/64 s since the loop clock's origin) -> connections due."""
         self._closing = False
         self._closed = asyncio.Event()
 
@@ -191,12 +198,7 @@ class MediatorServer:
                 timer: SetTimer = action  # type: ignore[assignment]
                 connection = connections.get(timer.conn)
                 if connection is not None:
-                    deadline = timer.deadline
-                    if connection.timer is not None and deadline is not None:
-                        when = connection.when  # the common case, inline: keep the handle
-                        if when <= deadline <= when + _TIMER_SLACK:
-                            continue
-                    self._set_timer(connection, deadline)
+                    self._set_timer(connection, timer.deadline)
             elif kind is Close:
                 close: Close = action  # type: ignore[assignment]
                 connection = connections.get(close.conn)
@@ -204,35 +206,51 @@ class MediatorServer:
                     self._drop(connection)
 
     def _set_timer(self, connection: _Connection, deadline: float | None) -> None:
-        """One ``call_at`` handle per connection, re-armed lazily.
-
-        A handle that fires at most :data:`_TIMER_SLACK` seconds before the new deadline is
-        kept: if it fires early the core answers with another SetTimer (it checks ``now``
-        against the session's deadline), so correctness holds while a handshake that completes
-        in milliseconds costs one timer instead of three. A deadline much further away (a
-        registration that starts waiting) replaces the handle, so a waiting registration never
-        wakes the loop before its own deadline.
-        """
-        current = connection.timer
+        """Move ``connection`` to the bucket of ``deadline`` (None: out of any bucket)."""
+        old = connection.tick
         if deadline is None:
-            if current is not None:
-                current.cancel()
-                connection.timer = None
+            if old is not None:
+                self._unbucket(connection, old)
             return
-        if current is not None:
-            when = connection.when
-            if when <= deadline <= when + _TIMER_SLACK:
-                return
-            current.cancel()
-        connection.when = deadline
-        connection.timer = self._loop.call_at(deadline, connection.fire)
+        if deadline - self._loop.time() > _FAR:  # far away: whole seconds, fewer buckets
+            tick = _ceil(deadline) * _TICKS_PER_SECOND
+        else:
+            tick = _ceil(deadline * _TICKS_PER_SECOND)
+        if tick == old:
+            return
+        if old is not None:
+            self._unbucket(connection, old)
+        ticks = self._ticks
+        bucket = ticks.get(tick)
+        if bucket is None:
+            bucket = ticks[tick] = {}
+            self._loop.call_at(tick / _TICKS_PER_SECOND, self._fire, tick)
+        bucket[connection.conn] = connection
+        connection.tick = tick
+
+    def _unbucket(self, connection: _Connection, tick: int) -> None:
+        connection.tick = None
+        bucket = self._ticks.get(tick)  # None while that bucket is being fired
+        if bucket is not None:
+            bucket.pop(connection.conn, None)
+
+    def _fire(self, tick: int) -> None:
+        """A bucket is due: each connection still armed for it gets TimerFired, in the order
+        they were armed. (Handling one may re-arm, cancel or close others of the bucket.)"""
+        bucket = self._ticks.pop(tick, None)
+        if not bucket:
+            return
+        connections = self._connections
+        for conn, connection in bucket.items():
+            if connection.tick == tick and connections.get(conn) is connection:
+                connection.tick = None
+                self._event(TimerFired(conn))
 
     def _drop(self, connection: _Connection) -> None:
         """Forget ``connection`` and close its transport (after flushing pending writes)."""
         self._connections.pop(connection.conn, None)
-        if connection.timer is not None:
-            connection.timer.cancel()
-            connection.timer = None
+        if connection.tick is not None:
+            self._unbucket(connection, connection.tick)
         if connection.transport is not None:
             connection.transport.close()
 

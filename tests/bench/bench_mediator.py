@@ -23,8 +23,8 @@ What it does:
    divided by the number waiting), then pairs ``--pairs`` fresh pairs through it with bounded
    concurrency, ``--rounds`` times: pairings/s, p50/p99 latency (first connect of a pair to
    PeerIdentification at the Client) and the CPU time per pairing of the mediator process and
-   of the load generator. Before the first level and after each one, the same generator pairs
-   the same number of pairs through each floor server (their CPU time per pairing).
+   of the load generator. After each round, the same generator pairs the same number of pairs
+   through each floor server (their CPU time per pairing) and the crypto cost is probed again.
 5. Prints the mediator's CPU per pairing as socket floor + crypto (the two seals) + the rest,
    all measured under the same load, and the ratios against the budgets.
 
@@ -723,9 +723,10 @@ async def run_load(
     crypto: CryptoCost,
     floors: list[Floor],
 ) -> tuple[int, list[Level]]:
-    """Fill and pair at each level. Before the first level and after each one, probe the
-    crypto cost and the floor servers again (the machine is shared: the least disturbed probe
-    is the fairest floor, and probes spread over the run see the same conditions)."""
+    """Fill and pair at each level. After every mediator round, probe the crypto cost and
+    each floor server once: the machine is shared, so the floors are sampled as often and
+    under the same conditions as the mediator, and the least disturbed sample of each is
+    compared with the mediator's least disturbed round."""
     pool = [Keypair.generate() for _ in range(64)]
     held: list[asyncio.Transport] = []
     warm = [Keypair.generate() for _ in range(2 * min(pairs, 500))]
@@ -736,10 +737,8 @@ async def run_load(
         )
     await settle(pid)
     base = rss_bytes(pid)
-    await probe_floors(floors, pairs, concurrency)
     results: list[Level] = []
     for level in levels:
-        crypto.probe(300)
         t0 = time.perf_counter()
         await fill(port, held, level - len(held), pool)
         await settle(pid)
@@ -749,6 +748,8 @@ async def run_load(
             keypairs = [Keypair.generate() for _ in range(2 * pairs)]
             row.rounds.append(await pair_round(port, pid, keypairs, concurrency))
             await settle(pid)
+            crypto.probe(100)
+            await probe_floors(floors, pairs, concurrency)
         results.append(row)
         print(
             _round_line(
@@ -758,7 +759,6 @@ async def run_load(
             ),
             flush=True,
         )
-        await probe_floors(floors, pairs, concurrency)
     for transport in held:
         transport.close()
     for floor in floors:
