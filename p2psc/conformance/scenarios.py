@@ -644,7 +644,8 @@ async def timeout_idle(ctx: ScenarioContext) -> None:
         peer,
         deadline,
         ctx.options.timeout,
-        f"no Advertise within advertise_timeout = {deadline:g} s (§6)",
+        f"no Advertise within advertise_timeout = {deadline:g} s (§6; tell the harness your "
+        "value with --idle-timeout)",
     )
 
 
@@ -657,7 +658,8 @@ async def timeout_response(ctx: ScenarioContext) -> None:
         peer,
         deadline,
         ctx.options.timeout,
-        f"no AdvertiseResponse within response_timeout = {deadline:g} s (§6)",
+        f"no AdvertiseResponse within response_timeout = {deadline:g} s (§6; tell the harness "
+        "your value with --response-timeout)",
     )
 
 
@@ -665,7 +667,10 @@ async def timeout_confirm(ctx: ScenarioContext) -> None:
     deadline = ctx.options.confirm_timeout
     assert deadline is not None
     client, peer, _ = await _pair_up_to_disconnect(ctx)
-    why = f"the Peer never closes: confirm_timeout = {deadline:g} s ends the pairing (§4, §6)"
+    why = (
+        f"the Peer never closes: confirm_timeout = {deadline:g} s ends the pairing (§4, §6; "
+        "tell the harness your value with --confirm-timeout)"
+    )
     await all_of(
         [
             _closed_with_timeout(client, deadline, ctx.options.timeout, why),
