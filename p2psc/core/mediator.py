@@ -39,6 +39,7 @@ from p2psc.errors import InvalidTransition, P2pscError, ProtocolError, Unsupport
 from p2psc.keys import (
     HPKE,
     NONCE_SIZE,
+    SEALED_NONCE_SIZE,
     NonceCrypto,
     NonceSource,
     PublicKey,
@@ -119,6 +120,7 @@ _HEADER_SIZE = wire.HEADER_SIZE
 _MAX_PAYLOAD = wire.MAX_PAYLOAD
 _VERSION = wire.PROTOCOL_VERSION
 _MAGIC0, _MAGIC1 = wire.MAGIC
+_CHALLENGE_HEADER = wire.AdvertiseChallenge(bytes(SEALED_NONCE_SIZE)).encode()[:_HEADER_SIZE]
 _GUARD_FAILURE: dict[str, tuple[int, str]] = {
     # guard name -> (reason code, text) for the advertise/response transitions that close.
     "version_supported": (_R.UNSUPPORTED_VERSION, "only protocol version 1 is supported"),
@@ -269,6 +271,9 @@ class MediatorCore:
         self._crypto = crypto
         self._registry: Registry = registry if registry is not None else InMemoryRegistry()
         self._observer = observer
+        self._plain_framing = type(self)._next_frame is MediatorCore._next_frame
+        """Whether _on_received may cut a lone whole frame itself (a subclass may frame
+        differently by overriding _next_frame)."""
         kinds: Collection[str] | None = getattr(observer, "kinds", None)
         self._note_kinds: frozenset[str] | None = None if kinds is None else frozenset(kinds)
         """Note kinds the observer wants (None: all); see :data:`NoteObserver`."""
@@ -528,10 +533,27 @@ class MediatorCore:
         if session.state not in _FRAMING:
             self._bad(conn, session, f"unexpected bytes in state {session.state}", out)
             return
-        session.buf += data
-        while session.state in _FRAMING and session.buf:
+        # The common case, one whole frame and nothing buffered, skips the buffer: it is the
+        # frame _next_frame would cut (same header checks), and the buffer stays empty.
+        whole = (
+            not session.buf
+            and self._plain_framing
+            and len(data) >= _HEADER_SIZE
+            and data[0] == _MAGIC0
+            and data[1] == _MAGIC1
+            and data[2] == _VERSION
+            and len(data) == _HEADER_SIZE + ((data[4] << 8) | data[5])
+            and len(data) <= _HEADER_SIZE + _MAX_PAYLOAD
+        )
+        if not whole:
+            session.buf += data
+        while True:
             try:
-                frame = self._next_frame(session)
+                if whole:
+                    frame: bytes | None = data
+                    whole = False
+                else:
+                    frame = self._next_frame(session)
                 if frame is None:
                     return
                 message = wire.decode(frame)
@@ -552,7 +574,11 @@ class MediatorCore:
                 name = type(message).__name__
                 self._bad(conn, session, f"{name} is not allowed in state {session.state}", out)
                 return
-        if session.buf and conn in self._sessions:
+            if not session.buf:
+                return
+            if session.state not in _FRAMING:
+                break
+        if conn in self._sessions:
             self._bad(conn, session, f"unexpected bytes in state {session.state}", out)
 
     # --- framing --------------------------------------------------------------------------
@@ -617,22 +643,23 @@ class MediatorCore:
         out: list[Action],
     ) -> None:
         our, their = message.our_key, message.their_key
-        sealed: list[bytes] = []
+        sealed = b""
 
         def oracle(name: str) -> bool:
-            if name == "version_supported":
-                return message.version == wire.PROTOCOL_VERSION
-            if name == "self_pairing":
-                return our == their
+            nonlocal sealed
             if name == "key_usable":
                 nonce = self._nonce_source(NONCE_SIZE)
                 try:
                     info = nonce_info("AdvertiseChallenge", our, their)
-                    sealed.append(self._crypto.seal(PublicKey.from_raw(our), nonce, info))
+                    sealed = self._crypto.seal(PublicKey.from_raw(our), nonce, info)
                 except (P2pscError, ValueError):
                     return False
                 session.nonce = nonce
                 return True
+            if name == "version_supported":
+                return message.version == wire.PROTOCOL_VERSION
+            if name == "self_pairing":
+                return our == their
             raise InvalidTransition("MediatorSession", session.state, f"guard {name}")
 
         transition = _step(session.state, "advertise", oracle)
@@ -644,10 +671,15 @@ class MediatorCore:
             self._close(conn, session, out, f"advertise: {text}")
             return
         self._move(session, transition)
-        session.deadline = now + self.config.response_timeout
-        out.append(Send(conn, wire.AdvertiseChallenge(encrypted_nonce=sealed[0]).encode()))
-        out.append(SetTimer(conn, session.deadline))
-        self._note("challenged", conn, session)
+        deadline = session.deadline = now + self.config.response_timeout
+        if type(sealed) is bytes and len(sealed) == SEALED_NONCE_SIZE:
+            challenge = _CHALLENGE_HEADER + sealed  # what AdvertiseChallenge(sealed).encode() is
+        else:
+            challenge = wire.AdvertiseChallenge(encrypted_nonce=sealed).encode()  # (it raises)
+        out.append(Send(conn, challenge))
+        out.append(SetTimer(conn, deadline))
+        if self._observer is not None:
+            self._note("challenged", conn, session)
 
     def _on_response(
         self,
