@@ -57,8 +57,15 @@ class CppLikeClient(threading.Thread):
             self.error = error
 
     def _run(self) -> str:
-        sock = socket.create_connection(self.mediator, timeout=TIMEOUT)
+        # Bound explicitly before connecting (not by connect() itself): the kernel may share an
+        # implicitly chosen port with unrelated outgoing connections of other processes, which
+        # would make the later listener bind fail at random on a busy machine. That weakness is
+        # the original's own; this test is about framing and timing, not port allocation.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(TIMEOUT)
+        sock.connect(self.mediator)
         with sock:
             send_message(
                 sock,

@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from p2psc.aio.holepunch import reusable_socket, wildcard
 from p2psc.core.io import (
     Close,
     Closed,
@@ -167,12 +168,13 @@ class _Driver:
         host, port = action.remote
         try:
             infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, _, proto, _, address = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            family, _, _, _, address = infos[0]
+            # The legacy Peer later listens on this very port. Binding it explicitly (with
+            # SO_REUSEADDR/SO_REUSEPORT) before connecting reserves it: a port that connect()
+            # picks implicitly may be handed to other, unrelated outgoing connections too, and
+            # those would make the listener's bind fail with "address in use".
+            sock = reusable_socket(family, wildcard(family), 0)
             try:
-                # The legacy Peer later listens on this very port: allow the rebind.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setblocking(False)
                 await self.loop.sock_connect(sock, address)
                 reader, writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
             except BaseException:
