@@ -799,6 +799,14 @@ def decode(frame: bytes) -> Message:
     """Decode exactly one whole frame (no bytes missing, none left over)."""
     frame = bytes(frame)
     n = len(frame)
+    if n >= HEADER_SIZE and frame[0] == 0x50 and frame[1] == 0x32 and frame[2] == PROTOCOL_VERSION:
+        # A well-formed frame (the common case) in one pass; anything else takes the checks
+        # below, in their order, for the first failing check's error.
+        from_payload = _FROM_PAYLOAD.get(frame[3])
+        length = (frame[4] << 8) | frame[5]
+        if from_payload is not None and length <= MAX_PAYLOAD and n == HEADER_SIZE + length:
+            fast: Message = from_payload(frame[HEADER_SIZE:])
+            return fast
     if n < HEADER_SIZE:
         raise ProtocolError(f"truncated frame: {n} bytes, the header alone is {HEADER_SIZE}")
     mtype, length = _check_header(frame, 0)
