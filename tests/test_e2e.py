@@ -19,6 +19,7 @@ import pytest
 
 from p2psc import wire
 from p2psc.aio.connect import P2PConnection, connect
+from p2psc.aio.holepunch import reusable_socket
 from p2psc.aio.mediator import MediatorServer, serve_mediator
 from p2psc.core.mediator import MediatorConfig, MediatorNote
 from p2psc.errors import (
@@ -217,12 +218,10 @@ async def test_mediator_rejects_a_wrong_answer_with_a_reason() -> None:
 async def raw_register(
     me: Keypair, them: PublicKey, port: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.FrameDecoder]:
-    """Register like a real peer would, by hand (from a socket with SO_REUSEADDR and
-    SO_REUSEPORT, so its port can be bound again); returns the open Mediator connection."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setblocking(False)
+    """Register like a real peer would, by hand, from a socket with SO_REUSEADDR and
+    SO_REUSEPORT that is bound explicitly (a port connect() picks implicitly may be shared with
+    unrelated connections, and then cannot be bound again); returns the Mediator connection."""
+    sock = reusable_socket(socket.AF_INET, "127.0.0.1", 0)
     await bounded(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)))
     reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(wire.Advertise(1, me.public_key.raw, them.raw).encode())
@@ -314,12 +313,7 @@ async def _dial_until_listening(
     """Connect to ``target`` (from ``local_port`` if given), retrying refusals for a while."""
     loop = asyncio.get_running_loop()
     for _ in range(200):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if local_port is not None:
-            sock.bind(("127.0.0.1", local_port))
-        sock.setblocking(False)
+        sock = reusable_socket(socket.AF_INET, "127.0.0.1", local_port or 0)
         try:
             await bounded(loop.sock_connect(sock, target), 2.0)
             return sock
