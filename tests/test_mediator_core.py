@@ -13,6 +13,7 @@ from mediator_helpers import (
     closed,
     counting_nonces,
     messages,
+    sym_answer,
     sym_key,
     timers,
 )
@@ -390,6 +391,33 @@ def test_frames_split_anywhere(alice: Keypair, bob: Keypair) -> None:
         assert d.send(1, frame[i : i + 1]) == []
     actions = d.send(1, frame[-1:])
     assert isinstance(messages(actions, 1)[0], wire.AdvertiseChallenge)
+
+
+def test_any_first_cut_gives_what_the_whole_frame_gives(alice: Keypair, bob: Keypair) -> None:
+    """A lone whole frame skips the receive buffer; every way of cutting the same bytes in two
+    (including a first piece that is a few header bytes) must end in the same actions, notes
+    and state as the whole frame in one piece."""
+    advertise = wire.Advertise(1, _raw(alice), _raw(bob)).encode()
+
+    def run(cut_advertise: int | None, cut_response: int | None) -> tuple[object, ...]:
+        d = Driver(symbolic=True)
+        d.open(1, A_REMOTE)
+        for frame, cut in ((advertise, cut_advertise), (None, cut_response)):
+            if frame is None:  # the answer to the challenge just received
+                (challenge,) = messages(d.log, 1)
+                assert isinstance(challenge, wire.AdvertiseChallenge)
+                frame = wire.AdvertiseResponse(sym_answer(challenge)).encode()
+            pieces = [frame] if cut is None else [frame[:cut], frame[cut:]]
+            for piece in pieces:
+                d.send(1, piece)
+        return (d.log, d.notes, d.core.snapshot())
+
+    whole = run(None, None)
+    assert whole[2][0][0][1] == "waiting"  # (the registration went through)
+    for cut in range(1, len(advertise)):
+        assert run(cut, None) == whole, cut
+    for cut in range(1, 38):
+        assert run(None, cut) == whole, cut
 
 
 def test_close_mid_frame(alice: Keypair, bob: Keypair) -> None:

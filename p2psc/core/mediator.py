@@ -120,6 +120,8 @@ _HEADER_SIZE = wire.HEADER_SIZE
 _MAX_PAYLOAD = wire.MAX_PAYLOAD
 _VERSION = wire.PROTOCOL_VERSION
 _MAGIC0, _MAGIC1 = wire.MAGIC
+_FRAME_START = wire.MAGIC + bytes((_VERSION,))
+_MAX_FRAME = _HEADER_SIZE + _MAX_PAYLOAD
 _CHALLENGE_HEADER = wire.AdvertiseChallenge(bytes(SEALED_NONCE_SIZE)).encode()[:_HEADER_SIZE]
 _GUARD_FAILURE: dict[str, tuple[int, str]] = {
     # guard name -> (reason code, text) for the advertise/response transitions that close.
@@ -396,12 +398,15 @@ class MediatorCore:
 
     def _move(self, session: _Session, transition: Transition) -> None:
         target = transition.target
-        if _COUNTED.get(session.state) is _COUNTED.get(target):  # e.g. pending -> pending
+        counted = _COUNTED.get(session.state)
+        if counted is _COUNTED.get(target):  # e.g. pending -> pending: no counter changes
             session.state = target
             return
-        self._count(session, -1)
+        if counted is not None:
+            self._count(session, -1)
         session.state = target
-        self._count(session, +1)
+        if target in _COUNTED:
+            self._count(session, +1)
 
     def _note(self, kind: str, conn: ConnId, session: _Session | None, reason: str = "") -> None:
         observer = self._observer
@@ -427,15 +432,18 @@ class MediatorCore:
 
     def _close(self, conn: ConnId, session: _Session, out: list[Action], reason: str) -> None:
         """Forget ``session`` completely (registry entry included) and emit its Close."""
-        if session.state == WAITING:
-            self._registry.unregister(session.our, session.their, conn)
-        self._count(session, -1)
+        state = session.state
+        if state in _COUNTED:
+            if state == WAITING:
+                self._registry.unregister(session.our, session.their, conn)
+            self._count(session, -1)
         session.state = CLOSED
         session.buf = b""
         session.nonce = None
         self._sessions.pop(conn, None)
         out.append(Close(conn, reason))
-        self._note("closed", conn, session, reason)
+        if self._observer is not None:
+            self._note("closed", conn, session, reason)
 
     def _fail(
         self,
@@ -539,11 +547,8 @@ class MediatorCore:
             not session.buf
             and self._plain_framing
             and len(data) >= _HEADER_SIZE
-            and data[0] == _MAGIC0
-            and data[1] == _MAGIC1
-            and data[2] == _VERSION
-            and len(data) == _HEADER_SIZE + ((data[4] << 8) | data[5])
-            and len(data) <= _HEADER_SIZE + _MAX_PAYLOAD
+            and data[:3] == _FRAME_START
+            and len(data) == _HEADER_SIZE + ((data[4] << 8) | data[5]) <= _MAX_FRAME
         )
         if not whole:
             session.buf += data
