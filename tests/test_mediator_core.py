@@ -590,6 +590,17 @@ def test_an_observer_with_kinds_gets_only_those_notes(alice: Keypair, bob: Keypa
     assert [n for n in everything.notes if n.kind in Picky.kinds] == observer.notes
     assert [n.kind for n in observer.notes] == ["paired", "closed", "closed"]
 
+    Picky.kinds = frozenset()  # wants nothing: is never called
+    quiet, deaf = Driver(), Picky()
+    quiet.core = MediatorCore(quiet.config, nonce_source=counting_nonces(), observer=deaf)
+    quiet.register_keypair(1, alice, _raw(bob))
+    quiet.register_keypair(2, bob, _raw(alice))
+    quiet.close(2)
+    assert [a for a in quiet.log if not isinstance(a, Send)] == [
+        a for a in everything.log if not isinstance(a, Send)
+    ]
+    assert deaf.notes == []
+
 
 def test_the_cli_observer_asks_for_what_its_log_level_shows() -> None:
     import logging

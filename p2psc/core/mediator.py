@@ -272,13 +272,14 @@ class MediatorCore:
         self._nonce_source = nonce_source
         self._crypto = crypto
         self._registry: Registry = registry if registry is not None else InMemoryRegistry()
-        self._observer = observer
         self._plain_framing = type(self)._next_frame is MediatorCore._next_frame
         """Whether _on_received may cut a lone whole frame itself (a subclass may frame
         differently by overriding _next_frame)."""
         kinds: Collection[str] | None = getattr(observer, "kinds", None)
         self._note_kinds: frozenset[str] | None = None if kinds is None else frozenset(kinds)
         """Note kinds the observer wants (None: all); see :data:`NoteObserver`."""
+        self._observer = None if self._note_kinds == frozenset() else observer
+        """None when nobody reads notes, which every note site tests first."""
         self._sessions: dict[ConnId, _Session] = {}
         self._pending = 0
         self._pending_by_ip: dict[str, int] = {}

@@ -213,68 +213,94 @@ class _RecordingNonces:
         return self.last
 
 
-def core_pairing_rate(waiting: int, pairs: int) -> tuple[float, float]:
-    """Pairings per CPU-second of MediatorCore alone (real HPKE seals, no sockets) with
-    ``waiting`` registrations held, best of 5 chunks; and the seconds the garbage collector
-    spent per pairing meanwhile. Checks that nothing in the core grows with the number waiting.
+class CoreRig:
+    """MediatorCore alone (real HPKE seals, no sockets) holding ``waiting`` registrations, for
+    pairing rates that check that nothing in the core grows with the number waiting.
 
-    Thread CPU time, not wall time: other processes on the machine preempt this one, which
-    wall time would count; each chunk's events are handed to the core back to back (answers
-    prepared from the recorded nonce, no HPKE open in the timed loop).
+    Time is thread CPU time, not wall time (other processes on the machine preempt this one,
+    which wall time would count); each chunk's events are handed to the core back to back
+    (answers prepared from the recorded nonce, no HPKE open in the timed loop). Rigs for
+    different levels measure chunks in turn, so a disturbance of the machine hits all levels
+    alike, and each keeps its best chunk.
     """
-    from p2psc.core.io import Closed, Opened, Received
-    from p2psc.core.mediator import MediatorConfig, MediatorCore
 
-    big = waiting + pairs + 10
-    config = MediatorConfig(
-        max_pending=big, max_pending_per_ip=big, max_waiting=big, max_waiting_per_ip=big
-    )
-    crypto = _SwitchCrypto()
-    nonces = _RecordingNonces()
-    core = MediatorCore(config, crypto=crypto, nonce_source=nonces)
-    conn = 0
-    for _ in range(waiting):
-        conn += 1
-        core.handle(Opened(conn, (SOURCES[conn % len(SOURCES)], 10000 + conn % 50000)), 0.0)
-        frame = wire.Advertise(1, secrets.token_bytes(32), secrets.token_bytes(32)).encode()
-        core.handle(Received(conn, frame), 0.0)
-        core.handle(Received(conn, wire.AdvertiseResponse(nonces.last).encode()), 0.0)
-    assert core.waiting == waiting
-    crypto.real = True
-    raw = [Keypair.generate().public_key.raw for _ in range(2 * pairs)]
-    advertise = [wire.Advertise(1, raw[i], raw[i ^ 1]).encode() for i in range(2 * pairs)]
-    header = wire.AdvertiseResponse(bytes(32)).encode()[: wire.HEADER_SIZE]
-    opened = [
-        Opened(i, ("127.0.0.1", 10000 + i % 50000)) for i in range(conn + 1, conn + 2 * pairs + 1)
-    ]
-    chunk = max(1, pairs // 5)
-    best = float("inf")
-    gc_seconds = [0.0]
-    gc_started = [0.0]
+    def __init__(self, waiting: int, pairs: int) -> None:
+        from p2psc.core.io import Opened, Received
+        from p2psc.core.mediator import MediatorConfig, MediatorCore
 
-    def gc_clock(phase: str, _info: dict[str, int]) -> None:
-        if phase == "start":
-            gc_started[0] = time.thread_time()
-        else:
-            gc_seconds[0] += time.thread_time() - gc_started[0]
+        big = waiting + pairs + 10
+        config = MediatorConfig(
+            max_pending=big, max_pending_per_ip=big, max_waiting=big, max_waiting_per_ip=big
+        )
+        self.crypto = _SwitchCrypto()
+        self.nonces = _RecordingNonces()
+        self.core = core = MediatorCore(config, crypto=self.crypto, nonce_source=self.nonces)
+        self.waiting = waiting
+        conn = 0
+        for _ in range(waiting):
+            conn += 1
+            core.handle(Opened(conn, (SOURCES[conn % len(SOURCES)], 10000 + conn % 50000)), 0.0)
+            frame = wire.Advertise(1, secrets.token_bytes(32), secrets.token_bytes(32)).encode()
+            core.handle(Received(conn, frame), 0.0)
+            core.handle(Received(conn, wire.AdvertiseResponse(self.nonces.last).encode()), 0.0)
+        assert core.waiting == waiting
+        self.crypto.real = True
+        raw = [Keypair.generate().public_key.raw for _ in range(2 * pairs)]
+        self.advertise = [wire.Advertise(1, raw[i], raw[i ^ 1]).encode() for i in range(2 * pairs)]
+        self.opened = [
+            Opened(i, ("127.0.0.1", 10000 + i % 50000))
+            for i in range(conn + 1, conn + 2 * pairs + 1)
+        ]
+        self.next = 0
+        self.best = float("inf")
+        self.paired = 0
+        self.gc_seconds = 0.0
 
-    gc.callbacks.append(gc_clock)
-    try:
-        for first in range(0, pairs - chunk + 1, chunk):
+    def chunk(self, pairs: int) -> None:
+        """Pair the next ``pairs`` pairs; keep the CPU seconds per pairing if the best yet."""
+        from p2psc.core.io import Closed, Received
+
+        core, nonces, advertise, opened = self.core, self.nonces, self.advertise, self.opened
+        header = wire.AdvertiseResponse(bytes(32)).encode()[: wire.HEADER_SIZE]
+        first = self.next
+        self.next += pairs
+        gc_started = [0.0]
+
+        def gc_clock(phase: str, _info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_started[0] = time.thread_time()
+            else:
+                self.gc_seconds += time.thread_time() - gc_started[0]
+
+        gc.callbacks.append(gc_clock)
+        try:
             start = time.thread_time()
-            for i in range(first, first + chunk):
+            for i in range(first, first + pairs):
                 for side in (2 * i, 2 * i + 1):
                     event = opened[side]
                     core.handle(event, 0.0)
                     core.handle(Received(event.conn, advertise[side]), 0.0)
                     core.handle(Received(event.conn, header + nonces.last), 0.0)
                 core.handle(Closed(event.conn), 0.0)  # the Peer confirms: both sessions end
-            best = min(best, (time.thread_time() - start) / chunk)
-    finally:
-        gc.callbacks.remove(gc_clock)
-    assert core.waiting == waiting and core.sessions == waiting
-    done = chunk * (pairs // chunk)
-    return 1 / best, gc_seconds[0] / done
+            self.best = min(self.best, (time.thread_time() - start) / pairs)
+        finally:
+            gc.callbacks.remove(gc_clock)
+        self.paired += pairs
+        assert core.waiting == self.waiting and core.sessions == self.waiting
+
+    @property
+    def rate(self) -> float:
+        """Pairings per CPU-second, best chunk."""
+        return 1 / self.best
+
+
+def core_pairing_rates(levels: list[int], pairs: int, chunks: int = 5) -> dict[int, CoreRig]:
+    """One CoreRig per level, measured in turn ``chunks`` times (``pairs`` pairs in all)."""
+    rigs = {level: CoreRig(level, pairs) for level in levels}
+    for _ in range(chunks):
+        for rig in rigs.values():
+            rig.chunk(pairs // chunks)
+    return rigs
 
 
 # --- the mediator process -------------------------------------------------------------------
@@ -825,16 +851,17 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    core_rates = {}
-    for level in (min(requested), max(requested)):
-        core_rates[level], gc_share = core_pairing_rate(level, 300 if args.quick else 1000)
+    rigs = core_pairing_rates(sorted({min(requested), max(requested)}), 300 if args.quick else 1000)
+    core_rates = {level: rig.rate for level, rig in rigs.items()}
+    for level, rig in rigs.items():
         print(
-            f"core only (real HPKE seals, no sockets, thread CPU time, best of 5 chunks):"
-            f" {core_rates[level]:.0f} pairings/s with {level:,} waiting"
-            f" ({1e6 / core_rates[level]:.0f} us per pairing; garbage collector"
-            f" {gc_share * 1e6:.1f} us per pairing)",
+            f"core only (real HPKE seals, no sockets, thread CPU time, best of 5 chunks"
+            f" taken in turn with the other level): {rig.rate:.0f} pairings/s with"
+            f" {level:,} waiting ({1e6 * rig.best:.0f} us per pairing; garbage collector"
+            f" {rig.gc_seconds / rig.paired * 1e6:.1f} us per pairing)",
             flush=True,
         )
+    del rigs
 
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -878,16 +905,20 @@ def main(argv: list[str] | None = None) -> int:
     low, high = rows[0], rows[-1]
     best = max(row.best.rate for row in rows)
     per_waiting = (high.rss - base) / high.waiting
-    cpu = low.best_cpu_per_pairing
+    rounds = [r for row in rows for r in row.rounds]
+    cpu = min(r.cpu_per_pairing for r in rounds)  # CPU per pairing is flat across the levels
     sockets, minimal = floors[0].best, floors[1].best
     print(f"mediator baseline RSS (warmed up, nothing waiting): {base / 2**20:.1f} MiB")
     print(
-        f"mediator CPU per pairing (best round @ {low.waiting:,} waiting) {cpu * 1e6:.0f} us"
+        f"mediator CPU per pairing, best of {len(rounds)} rounds (median"
+        f" {statistics.median(r.cpu_per_pairing for r in rounds) * 1e6:.0f}): {cpu * 1e6:.0f} us"
         f" = socket floor {sockets * 1e6:.0f} + crypto (2 seals, X25519 key parse)"
         f" {(minimal - sockets) * 1e6:.0f} + the rest {(cpu - minimal) * 1e6:.0f}"
         f" (core, adapter, legacy check, codec, timers); floors best of"
-        f" {len(floors[0].probes)} probes under the same load; 2 seals alone, unloaded:"
-        f" {crypto.seals * 1e6:.0f} us"
+        f" {len(floors[0].probes)} probes taken between those rounds (medians"
+        f" {statistics.median(r.cpu_per_pairing for r in floors[0].probes) * 1e6:.0f} and"
+        f" {statistics.median(r.cpu_per_pairing for r in floors[1].probes) * 1e6:.0f});"
+        f" 2 seals alone on an idle CPU: {crypto.seals * 1e6:.0f} us"
     )
     print("ratios [budget]:")
     print(
