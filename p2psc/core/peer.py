@@ -33,7 +33,6 @@ cannot break the pairing.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -69,7 +68,16 @@ from p2psc.errors import (
     ProtocolError,
     UnsupportedVersion,
 )
-from p2psc.keys import HPKE, NONCE_SIZE, Keypair, NonceCrypto, NonceSource, PublicKey, nonces_equal
+from p2psc.keys import (
+    HPKE,
+    NONCE_SIZE,
+    Keypair,
+    NonceCrypto,
+    NonceSource,
+    PublicKey,
+    nonces_equal,
+    system_nonces,
+)
 from p2psc.keys import nonce_info as _info
 from p2psc.machines.compiler import MachineTable, compile_machine
 from p2psc.machines.handshake import ClientHandshake, PeerHandshake
@@ -165,7 +173,7 @@ class PeerConfig:
     max_candidates: int = 8
     send_local: bool = True
     crypto: NonceCrypto = HPKE
-    nonce_source: NonceSource = secrets.token_bytes
+    nonce_source: NonceSource = system_nonces
     static_dh: StaticDH | None = field(default=x25519_static)
 
     def __post_init__(self) -> None:
