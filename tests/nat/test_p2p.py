@@ -49,6 +49,8 @@ from p2psc.keys import Keypair
 pytestmark = [pytest.mark.netns, needs_netns]
 
 DEADLINE = 8.0
+KILL_DEADLINE = 30.0
+REACTION = 4.0
 PUNCH = ["--punch-timeout", "3"]
 
 
@@ -148,7 +150,9 @@ def _established_count(topo: Topology) -> int:
 def test_mediator_killed_mid_coordination(topo: Topology) -> None:
     """The Client is registered and waiting, the Peer has connected and sent Advertise; the
     mediator is frozen (SIGSTOP) so it cannot answer, then killed. Both sides must report a
-    typed mediator error quickly, far inside their deadline."""
+    typed mediator error quickly, far inside their deadline. The deadline is long here
+    (``KILL_DEADLINE``) so that a slow start of the Peer on a loaded machine cannot expire the
+    waiting Client before the kill; the reaction must still come within ``REACTION`` seconds."""
     ra = topo.add_router("ra")
     a = topo.add_host("a", ra)
     b = topo.add_public_host("b")
@@ -156,11 +160,11 @@ def test_mediator_killed_mid_coordination(topo: Topology) -> None:
     procs: list[subprocess.Popen[str]] = []
     try:
         ka, kb = Keypair.generate(), Keypair.generate()
-        pa = a.popen(p2psc_argv(a, ka, kb, "client-side", 0.0, DEADLINE, PUNCH))
+        pa = a.popen(p2psc_argv(a, ka, kb, "client-side", 0.0, KILL_DEADLINE, PUNCH))
         procs.append(pa)
         assert wait_for_log(med, "registered", 15.0) is not None, "the Client never registered"
         os.kill(med.pid, signal.SIGSTOP)  # the `ip netns exec` wrapper exec()s: pid is ours
-        pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", 0.0, DEADLINE, PUNCH))
+        pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", 0.0, KILL_DEADLINE, PUNCH))
         procs.append(pb)
         end = time.monotonic() + 15.0
         while _established_count(topo) < 2 and time.monotonic() < end:
@@ -169,7 +173,7 @@ def test_mediator_killed_mid_coordination(topo: Topology) -> None:
         time.sleep(0.2)  # let the Peer's Advertise arrive in the frozen mediator's socket
         killed = time.monotonic()
         os.kill(med.pid, signal.SIGKILL)
-        client, peer = finish(pa, DEADLINE + 10), finish(pb, DEADLINE + 10)
+        client, peer = finish(pa, KILL_DEADLINE + 10), finish(pb, KILL_DEADLINE + 10)
         reacted = time.monotonic() - killed
     finally:
         for proc in procs:
@@ -179,4 +183,4 @@ def test_mediator_killed_mid_coordination(topo: Topology) -> None:
         stop(med)
     for side in (client, peer):
         assert side["error"] == "MediatorClosed", _clean(side)
-    assert reacted < DEADLINE / 2, (reacted, client, peer)
+    assert reacted < REACTION, (reacted, client, peer)
