@@ -156,3 +156,105 @@ class MediatorClosed(ConnectError):
 
 class HandshakeTimeout(ConnectError, TimeoutError):
     """A step of the handshake did not complete before its deadline."""
+
+
+# --- Secure channel (issue 19): the Noise handshake state and the record layer -------------------
+#
+#     CryptoError
+#     └── NoiseError               a Noise handshake or cipher state refused an operation
+#         ├── NoiseDecryptError    an AEAD tag did not verify (forged, tampered or misrouted data)
+#         ├── NoiseMalformedMessage  a handshake message of the wrong length, or too large
+#         ├── NoiseLowOrderPoint   a Diffie-Hellman result was all zeros (low-order public key)
+#         ├── NoiseNonceExhausted  the 64-bit nonce counter reached the reserved value 2**64-1
+#         └── NoiseStateError      an operation out of turn (write/read/split at the wrong time)
+#     ProtocolError
+#     └── ChannelError             the record layer failed; the channel is dead from then on
+#         ├── RecordTampered       a record failed authentication (tampered, reordered, replayed,
+#         │                        injected, or sent under another key)
+#         ├── RecordTooLarge       a length prefix above the record size limit
+#         ├── RecordMalformed      an authentic record with an unknown type or a non-empty close
+#         ├── DataAfterClose       bytes arrived after the authenticated close record
+#         ├── TruncatedStream      the transport ended without the authenticated close record
+#         └── ChannelClosed        the application used a channel that is closed or failed
+
+__all__ += [  # appended with the secure channel, kept next to its classes
+    "ChannelClosed",
+    "ChannelError",
+    "DataAfterClose",
+    "NoiseDecryptError",
+    "NoiseError",
+    "NoiseLowOrderPoint",
+    "NoiseMalformedMessage",
+    "NoiseNonceExhausted",
+    "NoiseStateError",
+    "RecordMalformed",
+    "RecordTampered",
+    "RecordTooLarge",
+    "TruncatedStream",
+]
+
+
+class NoiseError(CryptoError):
+    """A Noise handshake or cipher state refused an operation (:mod:`p2psc.noise`).
+
+    Why a CryptoError: every case is either forged or damaged cryptographic input or a misuse
+    that would weaken the keys; catching ``CryptoError`` catches them all."""
+
+
+class NoiseDecryptError(NoiseError):
+    """An AEAD tag did not verify: the data was forged, tampered with, or sealed under another
+    key (another session, another pair, another prologue). The state is unchanged."""
+
+
+class NoiseMalformedMessage(NoiseError):
+    """A handshake message whose length does not fit the pattern, or a message or payload above
+    Noise's 65535-byte limit. The state is unchanged."""
+
+
+class NoiseLowOrderPoint(NoiseError):
+    """A Diffie-Hellman result was all zeros: the other side sent a low-order public key, which
+    would make the shared secret predictable. Rejected as the Noise spec permits."""
+
+
+class NoiseNonceExhausted(NoiseError):
+    """The nonce counter reached 2**64-1, which Noise reserves: the cipher state is spent."""
+
+
+class NoiseStateError(NoiseError):
+    """A handshake operation out of turn: writing when it is the other side's turn to write,
+    reading when it is ours, anything after completion, or ``split()`` before it."""
+
+
+class ChannelError(ProtocolError):
+    """The record layer (:mod:`p2psc.core.channel`) failed. Nothing of the offending record
+    reached the application, and the channel stays failed: every later call raises again."""
+
+
+class RecordTampered(ChannelError):
+    """A record failed authentication. Tampering, reordering, replay, injection and a record
+    sealed under another key are indistinguishable here: each one fails the AEAD tag (the nonce
+    is the record's position in the stream), so one class covers them."""
+
+
+class RecordTooLarge(ChannelError):
+    """A record's length prefix exceeds the record size limit (``MAX_RECORD_CIPHERTEXT``).
+    Detected from the two length bytes alone, before anything is buffered."""
+
+
+class RecordMalformed(ChannelError):
+    """An authentic record that breaks the record format: an unknown type byte, or a close
+    record that carries data. Only a buggy (or hostile but keyed) peer sends one."""
+
+
+class DataAfterClose(ChannelError):
+    """Bytes arrived after the authenticated close record; the stream had already ended."""
+
+
+class TruncatedStream(ChannelError):
+    """The transport ended (EOF or reset) before the authenticated close record arrived: an
+    attacker or a failure cut the stream, and what arrived may be incomplete."""
+
+
+class ChannelClosed(ChannelError):
+    """The application used a channel after closing it (``seal`` after ``seal_close``) or after
+    it failed."""
