@@ -1,0 +1,302 @@
+"""The record layer of the secure channel, sans-IO: application bytes in, AEAD records out.
+
+After the Noise handshake (:mod:`p2psc.noise`) every application byte travels in records::
+
+    record    = length (2 bytes, big-endian) || ciphertext
+    ciphertext = ChaCha20-Poly1305(k, nonce = the CipherState counter, ad = empty,
+                                   plaintext = type (1 byte) || data)
+    type      = 0 DATA | 1 CLOSE (CLOSE carries no data)
+
+``spec/channel.md`` is the normative text; this module is its implementation. Why this shape:
+
+- **The length is outside the AEAD, the nonce is implicit.** The receiver must know where a
+  record ends before it can authenticate it; a forged length can only make the next tag fail (or
+  exceed the limit, which is refused from the two bytes alone). The nonce is the record's
+  position in the stream, so a reordered, replayed, dropped or injected record fails its tag:
+  one error, :class:`~p2psc.errors.RecordTampered`, covers them all.
+- **An authenticated close.** TCP's FIN is not authenticated; an attacker can forge one. The
+  CLOSE record is the only end of stream the application sees as EOF; a transport that ends
+  without it is :class:`~p2psc.errors.TruncatedStream`.
+- **Bounded memory.** The receiver holds at most one incomplete record
+  (:data:`MAX_RECORD_WIRE` - 1 bytes); everything complete is decrypted and handed out at once.
+- **Fail closed.** The first bad record kills the channel: nothing of it (nor anything decoded
+  after it) reaches the application, and every later call raises again.
+
+The two directions share no state except the failure flag, so a blocking adapter may seal in
+one thread while it feeds in another, as with a socket.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from p2psc.errors import (
+    ChannelClosed,
+    ChannelError,
+    DataAfterClose,
+    NoiseError,
+    RecordMalformed,
+    RecordTampered,
+    RecordTooLarge,
+    TruncatedStream,
+)
+from p2psc.noise import TAGLEN, CipherState
+
+__all__ = [
+    "END_OF_STREAM",
+    "HEADER_LEN",
+    "MAX_RECORD_CIPHERTEXT",
+    "MAX_RECORD_DATA",
+    "MAX_RECORD_WIRE",
+    "MIN_RECORD_CIPHERTEXT",
+    "TYPE_CLOSE",
+    "TYPE_DATA",
+    "EndOfStream",
+    "SecureChannel",
+]
+
+HEADER_LEN: Final = 2
+"""The length prefix: two bytes, big-endian, the ciphertext length that follows."""
+TYPE_DATA: Final = 0
+"""Record type of application data (possibly empty: the Client's key confirmation)."""
+TYPE_CLOSE: Final = 1
+"""Record type of the authenticated end of stream; carries no data."""
+MAX_RECORD_DATA: Final = 32768
+"""Application bytes per record, at most.
+
+Why 32 KiB: per-record cost (one AEAD call, a nonce, a header: a few microseconds in Python) is
+amortised over the data, so bigger records are faster, but a receiver must buffer a whole record
+before it can authenticate it. 32 KiB keeps that buffer small while a 64 KiB application write
+still costs two AEAD calls, as many as Noise's 65535-byte maximum would need (65536 > 65518)."""
+MIN_RECORD_CIPHERTEXT: Final = 1 + TAGLEN
+"""The shortest valid ciphertext: the type byte and the tag (17)."""
+MAX_RECORD_CIPHERTEXT: Final = MAX_RECORD_DATA + 1 + TAGLEN
+"""The longest valid ciphertext (32785): below Noise's 65535-byte message limit."""
+MAX_RECORD_WIRE: Final = HEADER_LEN + MAX_RECORD_CIPHERTEXT
+"""The longest record on the wire (32787): the receive buffer never holds a whole one."""
+
+_DATA_BYTE: Final = b"\x00"
+_CLOSE_BYTE: Final = b"\x01"
+_NO_AD: Final = b""
+
+
+class EndOfStream:
+    """The marker :meth:`SecureChannel.feed` returns after the last chunk when the peer's
+    authenticated close record arrives. Test with ``item is END_OF_STREAM`` or
+    ``isinstance(item, EndOfStream)``; there is one instance."""
+
+    __slots__ = ()
+    _instance: EndOfStream | None = None
+
+    def __new__(cls) -> EndOfStream:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "END_OF_STREAM"
+
+
+END_OF_STREAM: Final = EndOfStream()
+"""The single :class:`EndOfStream` instance."""
+
+
+class SecureChannel:
+    """Both directions of an established channel: ``send`` seals, ``recv`` opens.
+
+    ``send`` and ``recv`` are the two :class:`~p2psc.noise.CipherState` objects of
+    :meth:`~p2psc.noise.HandshakeState.split` for this side; the channel owns them from now on.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_closed",
+        "_failed",
+        "_need",
+        "_peer_closed",
+        "_records_received",
+        "_records_sent",
+        "_recv",
+        "_send",
+    )
+
+    def __init__(self, send: CipherState, recv: CipherState) -> None:
+        self._send = send
+        self._recv = recv
+        self._buf = bytearray()
+        self._need = HEADER_LEN
+        self._closed = False
+        self._peer_closed = False
+        self._failed: ChannelError | None = None
+        self._records_sent = 0
+        self._records_received = 0
+
+    # --- state --------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Raw bytes received but not yet decoded: part of one record, so always less than
+        :data:`MAX_RECORD_WIRE`. Adapters count it towards their receive buffer."""
+        return len(self._buf)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`seal_close` ran: we sent our end of stream."""
+        return self._closed
+
+    @property
+    def peer_closed(self) -> bool:
+        """True once the peer's authenticated close record arrived."""
+        return self._peer_closed
+
+    @property
+    def failed(self) -> ChannelError | None:
+        """The error that killed the channel, or None while it is healthy."""
+        return self._failed
+
+    @property
+    def records_sent(self) -> int:
+        """Records sealed so far (DATA and CLOSE)."""
+        return self._records_sent
+
+    @property
+    def records_received(self) -> int:
+        """Authentic records opened so far. The peer core commits when the Client's first one
+        (its key confirmation) arrives, even when it carried no data."""
+        return self._records_received
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def seal(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Records carrying ``data`` (split at :data:`MAX_RECORD_DATA`), ready for the wire.
+
+        Empty ``data`` gives one empty DATA record: the Client's key confirmation."""
+        if self._closed or self._failed is not None:
+            raise self._closed_error()
+        view = memoryview(data)
+        size = len(view)
+        encrypt = self._send.encrypt_with_ad
+        if size <= MAX_RECORD_DATA:
+            ciphertext = encrypt(_NO_AD, _DATA_BYTE + view)
+            self._records_sent += 1
+            return len(ciphertext).to_bytes(2, "big") + ciphertext
+        parts: list[bytes] = []
+        for start in range(0, size, MAX_RECORD_DATA):
+            ciphertext = encrypt(_NO_AD, _DATA_BYTE + view[start : start + MAX_RECORD_DATA])
+            parts.append(len(ciphertext).to_bytes(2, "big"))
+            parts.append(ciphertext)
+            self._records_sent += 1
+        return b"".join(parts)
+
+    def seal_close(self) -> bytes:
+        """The authenticated end of stream. After it, :meth:`seal` raises
+        :class:`~p2psc.errors.ChannelClosed`; receiving goes on (a half close, like
+        ``shutdown(SHUT_WR)``)."""
+        if self._closed or self._failed is not None:
+            raise self._closed_error()
+        ciphertext = self._send.encrypt_with_ad(_NO_AD, _CLOSE_BYTE)
+        self._closed = True
+        self._records_sent += 1
+        return len(ciphertext).to_bytes(2, "big") + ciphertext
+
+    def _closed_error(self) -> ChannelClosed:
+        if self._failed is not None:
+            return ChannelClosed(f"the channel failed: {self._failed.reason}")
+        return ChannelClosed("the channel is closed for sending")
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | EndOfStream]:
+        """Decode raw bytes from the transport, in any chunking.
+
+        Returns the application chunks of every record completed by ``data``, in order, then
+        :data:`END_OF_STREAM` if the close record arrived. A bad record raises a
+        :class:`~p2psc.errors.ChannelError` and nothing decoded in this call is returned: the
+        channel is dead and the caller closes the transport."""
+        if self._failed is not None:
+            raise self._again()
+        if self._peer_closed:
+            if data:
+                raise self._fail(DataAfterClose(f"{len(data)} bytes after the close record"))
+            return []
+        buf = self._buf
+        if buf:
+            # Append in place (amortised O(1)) and decode only once the record is complete, so
+            # a peer dribbling one byte per segment costs no quadratic copying.
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = buf
+        view = memoryview(data)
+        out: list[bytes | EndOfStream] = []
+        end = len(view)
+        pos = 0
+        decrypt = self._recv.decrypt_with_ad
+        while end - pos >= HEADER_LEN:
+            length = (view[pos] << 8) | view[pos + 1]
+            if length > MAX_RECORD_CIPHERTEXT:
+                raise self._fail(
+                    RecordTooLarge(f"record of {length} bytes > {MAX_RECORD_CIPHERTEXT}")
+                )
+            if length < MIN_RECORD_CIPHERTEXT:
+                raise self._fail(RecordTampered(f"record of {length} bytes cannot be authentic"))
+            stop = pos + HEADER_LEN + length
+            if stop > end:
+                break
+            try:
+                plaintext = decrypt(_NO_AD, view[pos + HEADER_LEN : stop])
+            except NoiseError as exc:
+                raise self._fail(
+                    RecordTampered(
+                        f"record {self._records_received} failed authentication "
+                        "(tampered, reordered, replayed or injected)"
+                    )
+                ) from exc
+            pos = stop
+            self._records_received += 1
+            kind = plaintext[0]
+            if kind == TYPE_DATA:
+                if len(plaintext) > 1:
+                    out.append(plaintext[1:])
+            elif kind == TYPE_CLOSE:
+                if len(plaintext) != 1:
+                    raise self._fail(RecordMalformed("a close record that carries data"))
+                self._peer_closed = True
+                if pos != end:
+                    raise self._fail(DataAfterClose(f"{end - pos} bytes after the close record"))
+                out.append(END_OF_STREAM)
+                break
+            else:
+                raise self._fail(RecordMalformed(f"unknown record type {kind}"))
+        rest = end - pos
+        if rest == 0:
+            self._buf = bytearray()
+        else:
+            # Keep the tail (less than one record) in a fresh buffer: ``data`` may be the
+            # caller's reusable receive buffer, and the old one may still be exported.
+            self._buf = bytearray(view[pos:])
+            self._need = (
+                HEADER_LEN + ((view[pos] << 8) | view[pos + 1])
+                if rest >= HEADER_LEN
+                else HEADER_LEN
+            )
+        return out
+
+    def transport_eof(self) -> None:
+        """The transport's byte stream ended. Fine after the close record; otherwise the
+        stream was cut: raises :class:`~p2psc.errors.TruncatedStream` (or the earlier error)."""
+        if self._failed is not None:
+            raise self._again()
+        if self._peer_closed:
+            return
+        partial = f" inside a record ({len(self._buf)} bytes of it)" if self._buf else ""
+        raise self._fail(TruncatedStream(f"the stream ended without a close record{partial}"))
+
+    def _fail(self, error: ChannelError) -> ChannelError:
+        self._failed = error
+        self._buf = bytearray()
+        return error
+
+    def _again(self) -> ChannelError:
+        assert self._failed is not None
+        return type(self._failed)(self._failed.reason)
