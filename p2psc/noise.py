@@ -147,25 +147,27 @@ def public_key(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
-def _dh(private: bytes, public: bytes) -> bytes:
+def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
     """X25519; an all-zero result (low-order ``public``) is refused, as Noise section 9.1 lets
     implementations do: it would make the DH contribute nothing an attacker does not know."""
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError as exc:  # cryptography refuses the all-zero shared secret
         raise NoiseLowOrderPoint("X25519 with a low-order public key") from exc
 
 
+_SHA256 = hashes.SHA256()
+_HASH = hashes.Hash(_SHA256)  # never finalized: copied, which is cheaper than a new object
+
+
 def _hash(data: bytes) -> bytes:
-    digest = hashes.Hash(hashes.SHA256())
+    digest = _HASH.copy()
     digest.update(data)
     return digest.finalize()
 
 
 def _hmac(key: bytes, data: bytes) -> bytes:
-    mac = hmac.HMAC(key, hashes.SHA256())
+    mac = hmac.HMAC(key, _SHA256)
     mac.update(data)
     return mac.finalize()
 
@@ -284,6 +286,7 @@ class HandshakeState:
     __slots__ = (
         "_ck",
         "_e",
+        "_e_key",
         "_e_pub",
         "_h",
         "_index",
@@ -294,6 +297,7 @@ class HandshakeState:
         "_re",
         "_rs",
         "_s",
+        "_s_key",
         "_s_pub",
     )
 
@@ -310,6 +314,11 @@ class HandshakeState:
     _e_pub: bytes | None
     _rs: bytes | None
     _re: bytes | None
+    # The cryptography key objects of s and e, built once: importing a raw X25519 private key
+    # costs a scalar multiplication (OpenSSL derives the public key), as much as a DH. Not
+    # part of the snapshot; rebuilt on first use after from_snapshot.
+    _s_key: X25519PrivateKey | None
+    _e_key: X25519PrivateKey | None
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -388,10 +397,8 @@ class HandshakeState:
         self._k = None
         self._n = 0
         self._index = 0
-        self._s = None if static_private is None else bytes(static_private)
-        self._s_pub = None if static_private is None else public_key(static_private)
-        self._e = None if ephemeral_private is None else bytes(ephemeral_private)
-        self._e_pub = None if ephemeral_private is None else public_key(ephemeral_private)
+        self._s, self._s_key, self._s_pub = _keypair(static_private)
+        self._e, self._e_key, self._e_pub = _keypair(ephemeral_private)
         self._rs = None if remote_static is None else bytes(remote_static)
         self._re = None if remote_ephemeral is None else bytes(remote_ephemeral)
         # Pre-messages: the initiator's first, then the responder's (section 7.1).
@@ -502,6 +509,7 @@ class HandshakeState:
             self._re,
         ) = snapshot
         self._pattern = PATTERNS[pattern]
+        self._s_key = self._e_key = None
         return self
 
     def __eq__(self, other: object) -> bool:
@@ -600,21 +608,42 @@ class HandshakeState:
         rs = self._rs if rs is None else rs
         ini = self._initiator
         if token == "ee":
-            ours, theirs = self._e, re
+            use_s, theirs = False, re
         elif token == "ss":
-            ours, theirs = self._s, rs
+            use_s, theirs = True, rs
         elif token == "es":  # initiator's e with responder's s
-            ours, theirs = (self._e, rs) if ini else (self._s, re)
+            use_s, theirs = (False, rs) if ini else (True, re)
         else:  # "se": initiator's s with responder's e
-            ours, theirs = (self._s, re) if ini else (self._e, rs)
+            use_s, theirs = (True, re) if ini else (False, rs)
+        ours = self._private(use_s)
         if ours is None or theirs is None:
             raise NoiseStateError(f"token {token!r} needs a key this state does not have")
         return _dh(ours, theirs)
+
+    def _private(self, static: bool) -> X25519PrivateKey | None:
+        """Our static or ephemeral key object, built from the raw key on first use."""
+        if static:
+            if self._s_key is None and self._s is not None:
+                self._s_key = X25519PrivateKey.from_private_bytes(self._s)
+            return self._s_key
+        if self._e_key is None and self._e is not None:
+            self._e_key = X25519PrivateKey.from_private_bytes(self._e)
+        return self._e_key
 
     def _turn_error(self, op: str) -> str:
         if self.complete:
             return f"cannot {op} a message: the handshake is complete"
         return f"cannot {op} message {self._index}: it is the other side's turn"
+
+
+def _keypair(
+    raw: bytes | None,
+) -> tuple[bytes | None, X25519PrivateKey | None, bytes | None]:
+    """(raw private, key object, raw public) of an optional private key; one import each."""
+    if raw is None:
+        return None, None, None
+    key = X25519PrivateKey.from_private_bytes(bytes(raw))
+    return bytes(raw), key, key.public_key().public_bytes_raw()
 
 
 class _Sym:
