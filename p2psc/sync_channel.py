@@ -44,6 +44,8 @@ __all__ = ["RECV_SIZE", "SecureSocket"]
 RECV_SIZE = 2**18
 """Raw bytes read from the socket per system call (asyncio's selector loop uses the same)."""
 
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
 
 class SecureSocket:
     """A blocking, socket-like object over a :class:`SecureChannel` and a connected socket.
@@ -177,6 +179,9 @@ class SecureSocket:
 
     def _write(self, records: bytes) -> None:
         """Send the backlog, then ``records``; on a timeout keep what is unsent for next time."""
+        if self._sock.gettimeout() is None and not self._backlog:
+            self._sock.sendall(records)  # no timeout, no partial progress to account for
+            return
         out = memoryview(self._backlog + records if self._backlog else records)
         self._backlog = b""
         sent = 0
@@ -241,16 +246,23 @@ class SecureSocket:
         self._sock.shutdown(how)
 
     def close(self) -> None:
-        """Send the close record if not sent yet (best effort), then close the socket."""
+        """Send the close record if not sent yet, then close the socket.
+
+        The close record is sent only if the kernel takes it at once (never blocking: a peer
+        that stopped reading must not make ``close`` hang), and only after any ciphertext a
+        timed-out send left behind; otherwise the peer sees a truncated stream, which is the
+        truth: not everything was delivered."""
         if self._closed:
             return
         self._closed = True
         try:
             with self._send_lock:
                 if not self._channel.closed and self._channel.failed is None:
-                    self._write(self._channel.seal_close())
+                    record = self._channel.seal_close()
+                    if not self._backlog:
+                        self._sock.send(record, _DONTWAIT)
         except (OSError, ChannelClosed):
-            pass  # the peer is gone or the channel is dead: nothing left to say
+            pass  # the peer is gone, the buffer is full, or the channel is dead
         finally:
             self._sock.close()
 

@@ -310,3 +310,24 @@ def test_timeouts_blocking_only_and_pending() -> None:
         SecureSocket(blocking, kk_channels()[0])
     blocking.close()
     other.close()
+
+
+def test_close_never_blocks_on_a_full_buffer() -> None:
+    """A peer that stopped reading cannot make close() hang; what was not delivered (the
+    unsent ciphertext, the close record) shows as a truncation at the peer, not a clean end."""
+    c_sock, s_sock = tcp_pair()
+    for s in (c_sock, s_sock):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2**16)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2**16)
+    client, server, _, _ = secure_pair(c_sock, s_sock)
+    client.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        for _ in range(1024):
+            client.sendall(bytes(65536))
+    client.settimeout(None)
+    closer = Worker(client.close)
+    closer.start()
+    closer.join_checked()  # returns: close() did not block on the full buffer
+    with pytest.raises(TruncatedStream):
+        recv_all(server)
+    server.close()
