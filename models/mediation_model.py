@@ -6,10 +6,11 @@ the other) and, optionally, ``C`` (wants ``A``, who does not want ``C``), all th
 every registration order is covered; every interleaving of deliveries is explored; the direct
 connection between the paired peers is a modelled link (a Connect reaches a peer only while it
 listens on that port: no NAT in the model, so an outgoing punch towards a non-listening Client is
-refused and retried by the core); the peers then run the real peer handshake over it. Timers fire
+refused and retried by the core); the peers then run the real Noise handshake over it. Timers fire
 when the network is quiet (earliest first); with ``faults``, once per run, any timer may fire
-early (an arbitrary delay elsewhere) or any connection may drop, at any moment. Crypto is
-:class:`models.symbolic_crypto.SymbolicCrypto` with fixed nonces, so states stay deterministic.
+early (an arbitrary delay elsewhere) or any connection may drop, at any moment. The Mediator's
+challenges use :class:`models.symbolic_crypto.SymbolicCrypto`; the direct handshake is the real
+Noise KK (X25519, ChaCha20-Poly1305) with fixed ephemerals, so states stay deterministic.
 
 Properties (``spec/properties.md``):
 
@@ -43,7 +44,7 @@ from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorSnapshot
 from p2psc.core.peer import FIRST_ACCEPTED, Established, PeerConfig, PeerCore
 from p2psc.keys import Keypair, PublicKey
 from p2psc.machines.compiler import compile_machine
-from p2psc.machines.handshake import ClientHandshake, PeerHandshake
+from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
 from p2psc.machines.mediator import MediatorSession
 
 __all__ = ["Book", "MediationModel", "build"]
@@ -108,14 +109,17 @@ class MediationModel(Network):
         self.name = f"{name} ({self.count - 1} peers{', faults' if faults else ''})"
         self.names = NAMES[: self.count]
         self.actors = self.names
-        tables = [compile_machine(cls) for cls in (MediatorSession, ClientHandshake, PeerHandshake)]
+        machines = (MediatorSession, Registration, Rendezvous, ClientCandidate, PeerCandidate)
+        tables = [compile_machine(cls) for cls in machines]
         super().__init__(
             faults=1 if faults else 0,
             coverage=Coverage(tables),
             patches=(
                 (mediator_module, "TABLE"),
-                (peer_module, "CLIENT_TABLE"),
-                (peer_module, "PEER_TABLE"),
+                (peer_module, "REGISTRATION_TABLE"),
+                (peer_module, "RENDEZVOUS_TABLE"),
+                (peer_module, "CLIENT_CANDIDATE_TABLE"),
+                (peer_module, "PEER_CANDIDATE_TABLE"),
             ),
         )
         self.crypto = SymbolicCrypto()

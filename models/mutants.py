@@ -179,6 +179,7 @@ class IdentifyEarlyMediator(MediatorCore):
         if session.partner is not None:
             early = wire.PeerIdentification(
                 version=wire.PROTOCOL_VERSION,
+                pairing_id=session.nonce or bytes(wire.PAIRING_ID_SIZE),
                 peer=wire.Address.from_tuple(session.remote),
                 peer_local=session.local,
             )
@@ -199,12 +200,13 @@ class ForgetClientMediator(MediatorCore):
 
 
 class KeepOpenPeer(PeerCore):
-    """On failure, forgets to close the direct connection it was handshaking on."""
+    """On failure, forgets to close its candidate connections (one of which the partner may
+    have committed to)."""
 
     def _finish_failed(self, error: P2pscError) -> list[PeerAction]:
-        active = self.active
+        candidates = set(self.candidates)
         actions = super()._finish_failed(error)
-        return [a for a in actions if not (isinstance(a, Close) and a.conn == active)]
+        return [a for a in actions if not (isinstance(a, Close) and a.conn in candidates)]
 
 
 MEDIATION_MUTANTS: dict[str, tuple[type[MediatorCore] | type[PeerCore], str]] = {

@@ -24,6 +24,7 @@ is a bug.
         ├── AdvertiseRetryExhausted  AdvertiseRetry answered more often than we retry
         ├── IdentityCheckFailed  a challenge was answered wrongly (mediator or peer)
         ├── PeerUnreachable      no direct TCP connection to the peer within the deadline
+        ├── UnusableAddress      the mediator named a partner address that cannot be one
         ├── MediatorClosed       the mediator closed the connection before pairing us
         └── HandshakeTimeout     a step did not complete before its deadline
 """
@@ -51,6 +52,7 @@ __all__ = [
     "PeerUnreachable",
     "ProtocolError",
     "UnsupportedVersion",
+    "UnusableAddress",
 ]
 
 
@@ -148,6 +150,11 @@ class IdentityCheckFailed(ConnectError):
 
 class PeerUnreachable(ConnectError):
     """No direct TCP connection to the peer formed before the deadline."""
+
+
+class UnusableAddress(ConnectError):
+    """The Mediator named a partner address that cannot be one (unspecified, multicast,
+    broadcast, port 0, or loopback while the Mediator is not): refused, never dialled."""
 
 
 class MediatorClosed(ConnectError):

@@ -1,9 +1,10 @@
 """Blocking ``p2psc.connect(...)``: the original library's one-call interface, no asyncio.
 
 Why: many programs are not async. This adapter drives the very same sans-IO
-:class:`~p2psc.core.peer.PeerCore` as :func:`p2psc.aio.connect`, over non-blocking plain sockets
+:class:`~p2psc.core.peer.PeerCore`, through the same :class:`~p2psc.core.peer_driver.PeerDriver`,
+as :func:`p2psc.aio.connect`, over non-blocking plain sockets
 and one :mod:`selectors` loop in the calling thread (no threads, no event loop). Sockets come
-from :mod:`p2psc.aio.holepunch` (shared port, SO_REUSEADDR/SO_REUSEPORT). It contains no
+from :mod:`p2psc.sockets` (shared port, SO_REUSEADDR/SO_REUSEPORT). It contains no
 protocol logic; every wait is bounded by the core's timers and by an outer deadline.
 """
 
@@ -15,81 +16,48 @@ import secrets
 import selectors
 import socket
 import time
-from dataclasses import dataclass, field
-from types import TracebackType
 
-from p2psc.aio.holepunch import listening_socket, reusable_socket, wildcard
-from p2psc.core.io import (
-    Close,
-    Closed,
-    Connect,
-    ConnId,
-    Event,
-    Failed,
-    Listen,
-    Opened,
-    Received,
-    Send,
-    SetTimer,
-    TimerFired,
-)
-from p2psc.core.peer import (
-    FIRST_ACCEPTED,
-    LISTENER,
-    Established,
-    PeerAction,
-    PeerConfig,
-    PeerCore,
-    peer_config,
-)
-from p2psc.errors import HandshakeTimeout
+from p2psc.core.channel import SecureChannel
+from p2psc.core.io import Close, Connect, ConnId, Send
+from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, peer_config
+from p2psc.core.peer_driver import IoOp, PeerDriver
+from p2psc.errors import P2pscError
 from p2psc.keys import HPKE, Keypair, NonceCrypto, NonceSource, PublicKey
+from p2psc.sockets import listening_socket, reusable_socket, wildcard
+from p2psc.sync_channel import SecureSocket
 
 __all__ = ["SyncConnection", "connect", "connect_with"]
 
 READ_SIZE = 65536
-OUTER_MARGIN = 2.0
 
 
-@dataclass
-class SyncConnection:
-    """A direct, authenticated connection as a blocking socket.
+class SyncConnection(SecureSocket):
+    """A direct, encrypted connection as a blocking, socket-like object.
 
-    ``sock`` is connected and blocking. Bytes the other side sent right after the handshake
-    (coalesced with its last handshake frame) are in ``leftover``; :meth:`recv` returns them
-    first, so prefer it over ``sock.recv`` (or read ``leftover`` yourself before ``sock``)."""
+    It is a :class:`~p2psc.sync_channel.SecureSocket` (``sendall``, ``recv``, ``recv_into``,
+    ``makefile``, ``settimeout``, ``fileno``, ``shutdown``, ``close``, context manager) over the
+    Noise channel, plus who is on the other end: ``peer_key`` (proven), ``role``,
+    ``session_secret`` and ``handshake_hash`` (see :class:`p2psc.aio.P2PConnection`)."""
 
-    sock: socket.socket
-    peer_key: PublicKey
-    role: str
-    session_secret: bytes
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    leftover: bytes = field(default=b"", repr=False)
-
-    def recv(self, bufsize: int = READ_SIZE) -> bytes:
-        """Like ``socket.recv``, but first returns what arrived with the handshake."""
-        if self.leftover:
-            data, self.leftover = self.leftover[:bufsize], self.leftover[bufsize:]
-            return data
-        return self.sock.recv(bufsize)
-
-    def sendall(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> SyncConnection:
-        return self
-
-    def __exit__(
+    def __init__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        sock: socket.socket,
+        channel: SecureChannel,
+        leftover: bytes,
+        *,
+        peer_key: PublicKey,
+        role: str,
+        session_secret: bytes,
+        handshake_hash: bytes,
     ) -> None:
-        self.close()
+        super().__init__(sock, channel, leftover)
+        self.peer_key = peer_key
+        self.role = role
+        self.session_secret = session_secret
+        self.handshake_hash = handshake_hash
+        self.path = "direct"
+        self.local = _pair(sock.getsockname())
+        self.remote = _pair(sock.getpeername())
 
 
 def connect(
@@ -106,6 +74,7 @@ def connect(
     punch_attempt_timeout: float = 2.0,
     advertise_retries: int = 3,
     retry_backoff: float = 0.5,
+    candidate_timeout: float = 5.0,
     send_local: bool = True,
     crypto: NonceCrypto = HPKE,
     nonce_source: NonceSource = secrets.token_bytes,
@@ -126,6 +95,7 @@ def connect(
         punch_attempt_timeout=punch_attempt_timeout,
         advertise_retries=advertise_retries,
         retry_backoff=retry_backoff,
+        candidate_timeout=candidate_timeout,
         send_local=send_local,
         crypto=crypto,
         nonce_source=nonce_source,
@@ -135,85 +105,84 @@ def connect(
 
 def connect_with(config: PeerConfig) -> SyncConnection:
     """:func:`connect` for a ready :class:`~p2psc.core.peer.PeerConfig`."""
-    driver = _Driver(PeerCore(config))
+    adapter = _Adapter(PeerCore(config))
     try:
-        return driver.run()
+        return adapter.run()
     finally:
-        driver.shutdown()
+        adapter.shutdown()
 
 
-class _Driver:
-    """Executes core actions on non-blocking sockets; one selector, the caller's thread."""
+class _Adapter:
+    """Moves bytes and time between non-blocking sockets (one selector, the caller's thread)
+    and the shared :class:`~p2psc.core.peer_driver.PeerDriver`."""
 
     def __init__(self, core: PeerCore) -> None:
-        self.core = core
+        self.driver = PeerDriver(core)
         self.selector = selectors.DefaultSelector()
         self.sockets: dict[ConnId, socket.socket] = {}
         self.connecting: set[ConnId] = set()
-        self.timers: dict[ConnId, float] = {}
-        self.pending: list[Event] = []
-        self.next_accepted = FIRST_ACCEPTED
         self.local_host: str | None = None
-        self.kept: ConnId | None = None
+        self.kept: socket.socket | None = None
 
     def run(self) -> SyncConnection:
-        start = time.monotonic()
-        bound = start + self.core.config.timeout + OUTER_MARGIN
-        actions = self.core.start(start)
-        while True:
-            for action in actions:
-                result = self._execute(action)
-                if result is not None:
-                    return result
-            event = self._next_event(bound)
-            actions = self.core.handle(event, time.monotonic())
-
-    def _next_event(self, bound: float) -> Event:
-        while True:
-            if self.pending:
-                return self.pending.pop(0)
-            now = time.monotonic()
-            if now >= bound:
-                raise HandshakeTimeout("connect did not finish within its deadline")
-            if self.timers:
-                conn, due = min(self.timers.items(), key=lambda item: item[1])
-                if due <= now:
-                    del self.timers[conn]
-                    return TimerFired(conn)
-                wait = min(due, bound) - now
-            else:
-                wait = bound - now
-            for key, _mask in self.selector.select(max(wait, 0.0)):
-                self._ready(key.data)
+        self._execute(self.driver.start(time.monotonic()))
+        while self.driver.result is None:
+            deadline = self.driver.next_deadline()
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = self.selector.select(wait)
+            for key, _mask in ready:
+                if self.driver.result is None:
+                    self._ready(key.data)
+            if self.driver.result is None:
+                self._execute(self.driver.tick(time.monotonic()))
+        result = self.driver.result
+        for conn in sorted(self.driver.closing):
+            self._drop(conn)
+        if isinstance(result, P2pscError):
+            raise result
+        assert isinstance(result, Established)
+        sock = self.sockets.pop(result.conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(sock)
+        sock.setblocking(True)
+        return SyncConnection(
+            sock,
+            result.channel,
+            result.leftover,
+            peer_key=result.peer_key,
+            role=result.role,
+            session_secret=result.session_secret,
+            handshake_hash=result.handshake_hash,
+        )
 
     def _ready(self, conn: ConnId) -> None:
         sock = self.sockets.get(conn)
         if sock is None:
             return
+        now = time.monotonic
         if conn == LISTENER:
             with contextlib.suppress(BlockingIOError, InterruptedError):
                 accepted, _ = sock.accept()
                 accepted.setblocking(False)
-                new = self.next_accepted
-                self.next_accepted += 1
+                new, ops = self.driver.accepted(
+                    _pair(accepted.getpeername()), _pair(accepted.getsockname()), now()
+                )
                 self.sockets[new] = accepted
                 self.selector.register(accepted, selectors.EVENT_READ, new)
-                self.pending.append(
-                    Opened(new, _pair(accepted.getpeername()), _pair(accepted.getsockname()))
-                )
+                self._execute(ops)
             return
         if conn in self.connecting:
             self.connecting.discard(conn)
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
                 self._drop(conn)
-                self.pending.append(Closed(conn, errno.errorcode.get(code, str(code))))
+                self._execute(self.driver.closed(conn, errno.errorcode.get(code, str(code)), now()))
                 return
             self.selector.modify(sock, selectors.EVENT_READ, conn)
             local = _pair(sock.getsockname())
             if self.local_host is None:
                 self.local_host = local[0]
-            self.pending.append(Opened(conn, _pair(sock.getpeername()), local))
+            self._execute(self.driver.opened(conn, _pair(sock.getpeername()), local, now()))
             return
         try:
             data = sock.recv(READ_SIZE)
@@ -221,66 +190,58 @@ class _Driver:
             return
         except OSError as error:
             self._drop(conn)
-            self.pending.append(Closed(conn, str(error)))
+            self._execute(self.driver.closed(conn, str(error), now()))
             return
         if not data:
             self._drop(conn)
-            self.pending.append(Closed(conn, None))
+            self._execute(self.driver.closed(conn, None, now()))
             return
-        self.pending.append(Received(conn, data))
+        self._execute(self.driver.received(conn, data, now()))
 
-    def _execute(self, action: PeerAction) -> SyncConnection | None:
-        if isinstance(action, Send):
-            sock = self.sockets.get(action.conn)
-            if sock is not None:
-                self._send_all(action.conn, sock, action.data)
-        elif isinstance(action, Close):
-            self._drop(action.conn)
-        elif isinstance(action, SetTimer):
-            if action.deadline is None:
-                self.timers.pop(action.conn, None)
+    def _execute(self, ops: list[IoOp]) -> None:
+        for op in ops:
+            if isinstance(op, Send):
+                sock = self.sockets.get(op.conn)
+                if sock is not None:
+                    self._send_all(op.conn, sock, op.data)
+            elif isinstance(op, Close):
+                self._drop(op.conn)
+            elif isinstance(op, Connect):
+                self._connect(op)
             else:
-                self.timers[action.conn] = action.deadline
-        elif isinstance(action, Connect):
-            self._connect(action)
-        elif isinstance(action, Listen):
-            try:
-                sock = listening_socket(self.local_host or "0.0.0.0", action.port)
-            except OSError as error:
-                self.pending.append(Closed(LISTENER, str(error)))
-            else:
-                self.sockets[LISTENER] = sock
-                self.selector.register(sock, selectors.EVENT_READ, LISTENER)
-        elif isinstance(action, Failed):
-            raise action.error
-        elif isinstance(action, Established):
-            return self._established(action)
-        return None
+                try:
+                    sock = listening_socket(self.local_host or "0.0.0.0", op.port)
+                except OSError as error:
+                    self._execute(self.driver.closed(LISTENER, str(error), time.monotonic()))
+                else:
+                    self.sockets[LISTENER] = sock
+                    self.selector.register(sock, selectors.EVENT_READ, LISTENER)
 
-    def _connect(self, action: Connect) -> None:
-        host, port = action.remote
+    def _connect(self, op: Connect) -> None:
+        host, port = op.remote
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             family, _, _, _, address = infos[0]
             fam = socket.AddressFamily(family)
-            local = self.local_host if action.from_port is not None else None
-            sock = reusable_socket(fam, local or wildcard(fam), action.from_port or 0)
+            local = self.local_host if op.from_port is not None else None
+            sock = reusable_socket(fam, local or wildcard(fam), op.from_port or 0)
         except OSError as error:
-            self.pending.append(Closed(action.conn, str(error)))
+            self._execute(self.driver.closed(op.conn, str(error), time.monotonic()))
             return
         code = sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             sock.close()
-            self.pending.append(Closed(action.conn, errno.errorcode.get(code, str(code))))
+            reason = errno.errorcode.get(code, str(code))
+            self._execute(self.driver.closed(op.conn, reason, time.monotonic()))
             return
-        self.sockets[action.conn] = sock
-        self.connecting.add(action.conn)
-        self.selector.register(sock, selectors.EVENT_WRITE, action.conn)
+        self.sockets[op.conn] = sock
+        self.connecting.add(op.conn)
+        self.selector.register(sock, selectors.EVENT_WRITE, op.conn)
 
     def _send_all(self, conn: ConnId, sock: socket.socket, data: bytes) -> None:
-        """Handshake frames are small; a full send buffer is waited for, boundedly."""
+        """Handshake messages are small; a full send buffer is waited for, boundedly."""
         view = memoryview(data)
-        give_up = time.monotonic() + self.core.config.step_timeout
+        give_up = time.monotonic() + self.driver.core.config.step_timeout
         while view:
             try:
                 view = view[sock.send(view) :]
@@ -290,7 +251,7 @@ class _Driver:
                 time.sleep(0.005)
             except OSError as error:
                 self._drop(conn)
-                self.pending.append(Closed(conn, str(error)))
+                self._execute(self.driver.closed(conn, str(error), time.monotonic()))
                 return
 
     def _drop(self, conn: ConnId) -> None:
@@ -300,29 +261,10 @@ class _Driver:
             return
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(sock)
-        if conn != self.kept:
-            sock.close()
-
-    def _established(self, action: Established) -> SyncConnection:
-        self.kept = action.conn
-        sock = self.sockets.pop(action.conn)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(sock)
-        leftover = action.leftover + b"".join(
-            e.data for e in self.pending if isinstance(e, Received) and e.conn == action.conn
-        )
-        sock.setblocking(True)
-        return SyncConnection(
-            sock=sock,
-            peer_key=action.peer_key,
-            role=action.role,
-            session_secret=action.session_secret,
-            local=_pair(sock.getsockname()),
-            remote=_pair(sock.getpeername()),
-            leftover=leftover,
-        )
+        sock.close()
 
     def shutdown(self) -> None:
+        """Close everything the attempt opened except the connection handed out."""
         for conn in list(self.sockets):
             self._drop(conn)
         self.selector.close()

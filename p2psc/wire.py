@@ -1,4 +1,4 @@
-"""The p2psc version 1 wire format: frames, the eleven messages, and a streaming decoder.
+"""The p2psc version 1 wire format: frames, the nine messages, and a streaming decoder.
 
 The layout is *declared* with construct (:data:`FRAME`, :data:`PAYLOADS`): that declaration is the
 reference, and ``spec/protocol.md`` describes it in prose. Production encode/decode use a
@@ -35,7 +35,9 @@ __all__ = [
     "MAX_PAYLOAD",
     "MAX_REASON_TEXT",
     "MESSAGE_CLASSES",
+    "NOISE_MESSAGE_MIN",
     "OPTIONAL_ADDRESS",
+    "PAIRING_ID_SIZE",
     "PAYLOADS",
     "PROTOCOL_VERSION",
     "REASON",
@@ -46,14 +48,12 @@ __all__ = [
     "AdvertiseResponse",
     "AdvertiseRetry",
     "FrameDecoder",
+    "HandshakeInit",
+    "HandshakeResponse",
     "Message",
     "MessageType",
-    "PeerAcknowledgement",
-    "PeerChallenge",
-    "PeerChallengeResponse",
     "PeerDisconnect",
     "PeerIdentification",
-    "PeerResponse",
     "Reason",
     "construct_decode",
     "construct_encode",
@@ -69,6 +69,10 @@ MAX_REASON_TEXT = 1024
 FAMILY_NONE = 0
 FAMILY_IPV4 = 4
 FAMILY_IPV6 = 6
+PAIRING_ID_SIZE = 16
+"""Bytes of the fresh pairing id the Mediator puts in PeerDisconnect and PeerIdentification."""
+NOISE_MESSAGE_MIN = 48
+"""Smallest Noise KK handshake message: an ephemeral key (32) and an empty payload's tag (16)."""
 
 
 class MessageType(IntEnum):
@@ -81,10 +85,9 @@ class MessageType(IntEnum):
     ADVERTISE_RETRY = 4
     PEER_DISCONNECT = 5
     PEER_IDENTIFICATION = 6
-    PEER_CHALLENGE = 7
-    PEER_CHALLENGE_RESPONSE = 8
-    PEER_RESPONSE = 9
-    PEER_ACKNOWLEDGEMENT = 10
+    HANDSHAKE_INIT = 7
+    HANDSHAKE_RESPONSE = 8
+    # 9 and 10 (wave 1's PeerResponse, PeerAcknowledgement) are retired: never reuse them.
 
 
 class Reason(IntEnum):
@@ -112,6 +115,7 @@ _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
 _KEY = c.Bytes(KEY_SIZE)
 _NONCE = c.Bytes(NONCE_SIZE)
 _SEALED = c.Bytes(SEALED_NONCE_SIZE)
+_PAIRING_ID = c.Bytes(PAIRING_ID_SIZE)
 
 ADDRESS = c.Struct(
     "family" / c.Int8ub,
@@ -142,17 +146,22 @@ PAYLOADS: dict[MessageType, c.Construct] = {
     MessageType.ADVERTISE_ABORT: c.Struct("reason" / REASON, c.Terminated),
     MessageType.ADVERTISE_RETRY: c.Struct("reason" / REASON, c.Terminated),
     MessageType.PEER_DISCONNECT: c.Struct(
-        "peer" / ADDRESS, "client" / ADDRESS, "client_local" / OPTIONAL_ADDRESS, c.Terminated
+        "pairing_id" / _PAIRING_ID,
+        "peer" / ADDRESS,
+        "client" / ADDRESS,
+        "client_local" / OPTIONAL_ADDRESS,
+        c.Terminated,
     ),
     MessageType.PEER_IDENTIFICATION: c.Struct(
-        "version" / c.Int8ub, "peer" / ADDRESS, "peer_local" / OPTIONAL_ADDRESS, c.Terminated
+        "version" / c.Int8ub,
+        "pairing_id" / _PAIRING_ID,
+        "peer" / ADDRESS,
+        "peer_local" / OPTIONAL_ADDRESS,
+        c.Terminated,
     ),
-    MessageType.PEER_CHALLENGE: c.Struct("encrypted_nonce" / _SEALED, c.Terminated),
-    MessageType.PEER_CHALLENGE_RESPONSE: c.Struct(
-        "encrypted_nonce" / _SEALED, "decrypted_nonce" / _NONCE, c.Terminated
-    ),
-    MessageType.PEER_RESPONSE: c.Struct("decrypted_nonce" / _NONCE, c.Terminated),
-    MessageType.PEER_ACKNOWLEDGEMENT: c.Struct(c.Terminated),
+    # Noise messages: at least NOISE_MESSAGE_MIN bytes (checked by the message classes).
+    MessageType.HANDSHAKE_INIT: c.Struct("noise" / c.GreedyBytes),
+    MessageType.HANDSHAKE_RESPONSE: c.Struct("noise" / c.GreedyBytes),
 }
 """Payload layout per message type."""
 
@@ -569,9 +578,14 @@ class AdvertiseRetry(_Codec):
 
 @dataclass(frozen=True, slots=True)
 class PeerDisconnect(_Codec):
-    """mediator -> later registrant (the Peer): both observed addresses; go hole-punch."""
+    """mediator -> later registrant (the Peer): both observed addresses; go hole-punch.
+
+    ``pairing_id`` is fresh per pairing and identical in the Client's PeerIdentification: both
+    peers bind it into the Noise prologue, so no handshake message of another pairing (of the same
+    two keys, or of others) is of any use in this one."""
 
     TYPE: ClassVar[MessageType] = MessageType.PEER_DISCONNECT
+    pairing_id: bytes
     peer: Address
     client: Address
     client_local: Address | None = None
@@ -579,30 +593,36 @@ class PeerDisconnect(_Codec):
     def __post_init__(self) -> None:
         local = self.client_local
         if (
-            type(self.peer) is Address
+            type(self.pairing_id) is bytes
+            and len(self.pairing_id) == PAIRING_ID_SIZE
+            and type(self.peer) is Address
             and type(self.client) is Address
             and (local is None or type(local) is Address)
         ):
             return  # the common case, in one test (the mediator builds one per pairing)
+        _check_bytes(self.pairing_id, PAIRING_ID_SIZE, "pairing_id", "PeerDisconnect")
         _check_addr(self.peer, False, "peer", "PeerDisconnect")
         _check_addr(self.client, False, "client", "PeerDisconnect")
         _check_addr(local, True, "client_local", "PeerDisconnect")
 
     def payload(self) -> bytes:
         return (
-            _address_bytes(self.peer)
+            self.pairing_id
+            + _address_bytes(self.peer)
             + _address_bytes(self.client)
             + _address_bytes(self.client_local)
         )
 
     @classmethod
     def from_payload(cls, p: bytes) -> PeerDisconnect:
-        peer, off = _take_address(p, 0, False, "peer")
+        if len(p) < PAIRING_ID_SIZE:
+            raise ProtocolError(f"PeerDisconnect: truncated payload ({len(p)} bytes)")
+        peer, off = _take_address(p, PAIRING_ID_SIZE, False, "peer")
         client, off = _take_address(p, off, False, "client")
         client_local, off = _take_address(p, off, True, "client_local")
         _end(p, off, "PeerDisconnect")
         assert peer is not None and client is not None
-        return cls(peer, client, client_local)
+        return cls(p[:PAIRING_ID_SIZE], peer, client, client_local)
 
     @classmethod
     def decode(cls, frame: bytes) -> PeerDisconnect:
@@ -611,10 +631,12 @@ class PeerDisconnect(_Codec):
 
 @dataclass(frozen=True, slots=True)
 class PeerIdentification(_Codec):
-    """mediator -> earlier registrant (the Client): the Peer's observed (and local) address."""
+    """mediator -> earlier registrant (the Client): the Peer's observed (and local) address and
+    the pairing id (see :class:`PeerDisconnect`)."""
 
     TYPE: ClassVar[MessageType] = MessageType.PEER_IDENTIFICATION
     version: int
+    pairing_id: bytes
     peer: Address
     peer_local: Address | None = None
 
@@ -623,124 +645,101 @@ class PeerIdentification(_Codec):
         if (
             type(self.version) is int
             and 0 <= self.version <= 255
+            and type(self.pairing_id) is bytes
+            and len(self.pairing_id) == PAIRING_ID_SIZE
             and type(self.peer) is Address
             and (local is None or type(local) is Address)
         ):
             return  # the common case, in one test (the mediator builds one per pairing)
         _check_u8(self.version, "version", "PeerIdentification")
+        _check_bytes(self.pairing_id, PAIRING_ID_SIZE, "pairing_id", "PeerIdentification")
         _check_addr(self.peer, False, "peer", "PeerIdentification")
         _check_addr(local, True, "peer_local", "PeerIdentification")
 
     def payload(self) -> bytes:
-        return bytes((self.version,)) + _address_bytes(self.peer) + _address_bytes(self.peer_local)
+        return (
+            bytes((self.version,))
+            + self.pairing_id
+            + _address_bytes(self.peer)
+            + _address_bytes(self.peer_local)
+        )
 
     @classmethod
     def from_payload(cls, p: bytes) -> PeerIdentification:
-        if not p:
-            raise ProtocolError("PeerIdentification: empty payload")
-        peer, off = _take_address(p, 1, False, "peer")
+        if len(p) < 1 + PAIRING_ID_SIZE:
+            raise ProtocolError(f"PeerIdentification: truncated payload ({len(p)} bytes)")
+        peer, off = _take_address(p, 1 + PAIRING_ID_SIZE, False, "peer")
         peer_local, off = _take_address(p, off, True, "peer_local")
         _end(p, off, "PeerIdentification")
         assert peer is not None
-        return cls(p[0], peer, peer_local)
+        return cls(p[0], p[1 : 1 + PAIRING_ID_SIZE], peer, peer_local)
 
     @classmethod
     def decode(cls, frame: bytes) -> PeerIdentification:
         return _decode_as(cls, frame)
 
 
-@dataclass(frozen=True, slots=True)
-class PeerChallenge(_Codec):
-    """Client -> Peer: a nonce sealed to the Peer's key."""
+class _NoiseMessage(_Codec):
+    """A Noise handshake message carried whole in one frame (its own bytes are authenticated
+    by Noise; the frame only delimits it and names its place in the handshake)."""
 
-    TYPE: ClassVar[MessageType] = MessageType.PEER_CHALLENGE
-    encrypted_nonce: bytes
+    __slots__ = ()
+    noise: bytes
+
+    def _check(self) -> None:
+        name = type(self).__name__
+        if type(self.noise) is not bytes:
+            raise ProtocolError(f"{name}.noise must be bytes, got {type(self.noise).__name__}")
+        if not NOISE_MESSAGE_MIN <= len(self.noise) <= MAX_PAYLOAD:
+            raise ProtocolError(
+                f"{name}: Noise message of {len(self.noise)} bytes "
+                f"(expected {NOISE_MESSAGE_MIN}..{MAX_PAYLOAD})"
+            )
+
+    def payload(self) -> bytes:
+        return self.noise
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeInit(_NoiseMessage):
+    """Client -> Peer, on every direct candidate: Noise KK message 1 (``-> e, es, ss``)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.HANDSHAKE_INIT
+    noise: bytes
 
     def __post_init__(self) -> None:
-        _check_bytes(self.encrypted_nonce, SEALED_NONCE_SIZE, "encrypted_nonce", "PeerChallenge")
-
-    def payload(self) -> bytes:
-        return self.encrypted_nonce
+        self._check()
 
     @classmethod
-    def from_payload(cls, p: bytes) -> PeerChallenge:
-        _fixed(p, (SEALED_NONCE_SIZE,), "PeerChallenge")
-        return cls(p)
+    def from_payload(cls, p: bytes) -> HandshakeInit:
+        return cls(bytes(p))
 
     @classmethod
-    def decode(cls, frame: bytes) -> PeerChallenge:
+    def decode(cls, frame: bytes) -> HandshakeInit:
         return _decode_as(cls, frame)
 
 
 @dataclass(frozen=True, slots=True)
-class PeerChallengeResponse(_Codec):
-    """Peer -> Client: its own nonce sealed to the Client, and the Client's nonce opened."""
+class HandshakeResponse(_NoiseMessage):
+    """Peer -> Client, on a candidate whose HandshakeInit was valid: Noise KK message 2
+    (``<- e, ee, se``)."""
 
-    TYPE: ClassVar[MessageType] = MessageType.PEER_CHALLENGE_RESPONSE
-    encrypted_nonce: bytes
-    decrypted_nonce: bytes
+    TYPE: ClassVar[MessageType] = MessageType.HANDSHAKE_RESPONSE
+    noise: bytes
 
     def __post_init__(self) -> None:
-        name = "PeerChallengeResponse"
-        _check_bytes(self.encrypted_nonce, SEALED_NONCE_SIZE, "encrypted_nonce", name)
-        _check_bytes(self.decrypted_nonce, NONCE_SIZE, "decrypted_nonce", name)
-
-    def payload(self) -> bytes:
-        return self.encrypted_nonce + self.decrypted_nonce
+        self._check()
 
     @classmethod
-    def from_payload(cls, p: bytes) -> PeerChallengeResponse:
-        _fixed(p, (SEALED_NONCE_SIZE, NONCE_SIZE), "PeerChallengeResponse")
-        return cls(p[:SEALED_NONCE_SIZE], p[SEALED_NONCE_SIZE:])
+    def from_payload(cls, p: bytes) -> HandshakeResponse:
+        return cls(bytes(p))
 
     @classmethod
-    def decode(cls, frame: bytes) -> PeerChallengeResponse:
+    def decode(cls, frame: bytes) -> HandshakeResponse:
         return _decode_as(cls, frame)
 
 
-@dataclass(frozen=True, slots=True)
-class PeerResponse(_Codec):
-    """Client -> Peer: the Peer's nonce opened."""
-
-    TYPE: ClassVar[MessageType] = MessageType.PEER_RESPONSE
-    decrypted_nonce: bytes
-
-    def __post_init__(self) -> None:
-        _check_bytes(self.decrypted_nonce, NONCE_SIZE, "decrypted_nonce", "PeerResponse")
-
-    def payload(self) -> bytes:
-        return self.decrypted_nonce
-
-    @classmethod
-    def from_payload(cls, p: bytes) -> PeerResponse:
-        _fixed(p, (NONCE_SIZE,), "PeerResponse")
-        return cls(p)
-
-    @classmethod
-    def decode(cls, frame: bytes) -> PeerResponse:
-        return _decode_as(cls, frame)
-
-
-@dataclass(frozen=True, slots=True)
-class PeerAcknowledgement(_Codec):
-    """Peer -> Client: both identities are proven; the socket now belongs to the application."""
-
-    TYPE: ClassVar[MessageType] = MessageType.PEER_ACKNOWLEDGEMENT
-
-    def payload(self) -> bytes:
-        return b""
-
-    @classmethod
-    def from_payload(cls, p: bytes) -> PeerAcknowledgement:
-        _fixed(p, (), "PeerAcknowledgement")
-        return cls()
-
-    @classmethod
-    def decode(cls, frame: bytes) -> PeerAcknowledgement:
-        return _decode_as(cls, frame)
-
-
-Message = Union[  # noqa: UP007  (Union[...] reads better than eleven `|` in a runtime alias)
+Message = Union[  # noqa: UP007  (Union[...] reads better than nine `|` in a runtime alias)
     Advertise,
     AdvertiseChallenge,
     AdvertiseResponse,
@@ -748,10 +747,8 @@ Message = Union[  # noqa: UP007  (Union[...] reads better than eleven `|` in a r
     AdvertiseRetry,
     PeerDisconnect,
     PeerIdentification,
-    PeerChallenge,
-    PeerChallengeResponse,
-    PeerResponse,
-    PeerAcknowledgement,
+    HandshakeInit,
+    HandshakeResponse,
 ]
 
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
@@ -764,10 +761,8 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         AdvertiseRetry,
         PeerDisconnect,
         PeerIdentification,
-        PeerChallenge,
-        PeerChallengeResponse,
-        PeerResponse,
-        PeerAcknowledgement,
+        HandshakeInit,
+        HandshakeResponse,
     )
 }
 """Message class per type."""
@@ -806,7 +801,7 @@ def _check_partial_header(buf: bytes | bytearray, off: int, avail: int) -> None:
             raise ProtocolError(f"bad magic {padded[:avail]!r} (expected b'P2')")
         return
     if avail == 3:
-        padded = padded[:3] + bytes((MessageType.PEER_ACKNOWLEDGEMENT,)) + b"\x00\x00"
+        padded = padded[:3] + bytes((MessageType.ADVERTISE,)) + b"\x00\x00"
     # The length is never judged early: its two bytes are not all there yet (it is 0 here).
     _check_header(padded[:4] + b"\x00\x00", 0)
 
@@ -924,12 +919,14 @@ def construct_decode(frame: bytes, *, compiled: bool = True) -> Message:
         peer = _addr_from_parsed(p.peer, False, "peer")
         client = _addr_from_parsed(p.client, False, "client")
         assert peer is not None and client is not None
-        return PeerDisconnect(peer, client, _addr_from_parsed(p.client_local, True, "client_local"))
+        return PeerDisconnect(
+            p.pairing_id, peer, client, _addr_from_parsed(p.client_local, True, "client_local")
+        )
     if mtype is MessageType.PEER_IDENTIFICATION:
         peer = _addr_from_parsed(p.peer, False, "peer")
         assert peer is not None
         return PeerIdentification(
-            p.version, peer, _addr_from_parsed(p.peer_local, True, "peer_local")
+            p.version, p.pairing_id, peer, _addr_from_parsed(p.peer_local, True, "peer_local")
         )
     cls = MESSAGE_CLASSES[mtype]
     fields = {k: v for k, v in p.items() if not k.startswith("_")}
@@ -951,6 +948,7 @@ def construct_encode(msg: Message, *, compiled: bool = True) -> bytes:
         payload = {"reason": {"code": msg.code, "text": msg.text.encode("utf-8")}}
     elif isinstance(msg, PeerDisconnect):
         payload = {
+            "pairing_id": msg.pairing_id,
             "peer": _addr_to_build(msg.peer),
             "client": _addr_to_build(msg.client),
             "client_local": _addr_to_build(msg.client_local),
@@ -958,6 +956,7 @@ def construct_encode(msg: Message, *, compiled: bool = True) -> bytes:
     elif isinstance(msg, PeerIdentification):
         payload = {
             "version": msg.version,
+            "pairing_id": msg.pairing_id,
             "peer": _addr_to_build(msg.peer),
             "peer_local": _addr_to_build(msg.peer_local),
         }

@@ -47,7 +47,10 @@ class EarlyIdentification(MediatorCore):
         super()._pair(conn, session, transition, now, out)
         if session.state == DISCONNECTING and session.partner is not None:
             identification = wire.PeerIdentification(
-                1, wire.Address.from_tuple(session.remote), session.local
+                1,
+                session.nonce or bytes(16),
+                wire.Address.from_tuple(session.remote),
+                session.local,
             )
             out.append(Send(session.partner, identification.encode()))
 
@@ -151,7 +154,9 @@ class CrossedUnderLoad(MediatorCore):
                 message = wire.decode(action.data)
                 if isinstance(message, wire.PeerDisconnect):
                     wrong = wire.Address.from_tuple(others[-1].remote)
-                    crossed = wire.PeerDisconnect(message.peer, wrong, message.client_local)
+                    crossed = wire.PeerDisconnect(
+                        message.pairing_id, message.peer, wrong, message.client_local
+                    )
                     out[index] = Send(conn, crossed.encode())
 
 

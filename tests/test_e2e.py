@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,9 @@ from p2psc import wire
 from p2psc.aio.connect import P2PConnection, connect
 from p2psc.aio.holepunch import reusable_socket
 from p2psc.aio.mediator import MediatorServer, serve_mediator
+from p2psc.core.channel import SecureChannel
 from p2psc.core.mediator import MediatorConfig, MediatorNote
+from p2psc.core.peer import prologue
 from p2psc.errors import (
     AdvertiseAborted,
     ConnectError,
@@ -31,6 +34,7 @@ from p2psc.errors import (
     PeerUnreachable,
 )
 from p2psc.keys import HPKE, Keypair, PublicKey, nonce_info
+from p2psc.noise import HandshakeState
 
 T = TypeVar("T")
 FAST = {"timeout": 8.0, "punch_timeout": 3.0, "step_timeout": 3.0}
@@ -323,6 +327,39 @@ async def _dial_until_listening(
     raise AssertionError(f"nothing ever listened on {target}")
 
 
+class HandNoise:
+    """One side of the direct handshake done by hand (Noise KK, as spec/protocol.md says), so a
+    test can act as the real partner, or replay what a real partner sent."""
+
+    def __init__(self, me: Keypair, them: PublicKey, pairing_id: bytes, initiator: bool) -> None:
+        client, peer = (me.public_key.raw, them.raw) if initiator else (them.raw, me.public_key.raw)
+        make = HandshakeState.initiator if initiator else HandshakeState.responder
+        self.handshake = make(
+            me.to_private_raw(), them.raw, prologue(pairing_id, client, peer), os.urandom(32)
+        )
+        self.channel: SecureChannel | None = None
+
+    def message(self) -> bytes:
+        return self.handshake.write_message(b"")
+
+    def read(self, message: bytes) -> None:
+        self.handshake.read_message(message)
+
+    def split(self) -> SecureChannel:
+        self.channel = SecureChannel(*self.handshake.split())
+        return self.channel
+
+
+async def read_plain(reader: asyncio.StreamReader, channel: SecureChannel, size: int) -> bytes:
+    """Application bytes from records until ``size`` bytes arrived (bounded)."""
+    got = b""
+    while len(got) < size:
+        raw = await bounded(reader.read(65536))
+        assert raw, "EOF before the expected data"
+        got += b"".join(item for item in channel.feed(raw) if isinstance(item, bytes))
+    return got
+
+
 @aio
 async def test_a_stranger_on_the_peer_port_does_not_break_the_pairing() -> None:
     """Someone connects to the Peer's listener and sends garbage before the real Client."""
@@ -343,33 +380,101 @@ async def test_a_stranger_on_the_peer_port_does_not_break_the_pairing() -> None:
         # the real Client, by hand, from its Mediator-facing port, with the real handshake
         sock = await _dial_until_listening(ident.peer.to_tuple(), local_port)
         r2, w2 = await asyncio.open_connection(sock=sock)
-        nonce = bytes(range(32))
-        info = nonce_info("PeerChallenge", peer_key.public_key.raw, client_key.public_key.raw)
-        w2.write(wire.PeerChallenge(HPKE.seal(peer_key.public_key, nonce, info)).encode())
-        dec = wire.FrameDecoder()
-        response = await next_message(r2, dec)
-        assert isinstance(response, wire.PeerChallengeResponse)
-        assert response.decrypted_nonce == nonce
-        theirs = HPKE.open(
-            client_key,
-            response.encrypted_nonce,
-            nonce_info("PeerChallengeResponse", client_key.public_key.raw, peer_key.public_key.raw),
-        )
-        w2.write(wire.PeerResponse(theirs).encode())
-        assert isinstance(await next_message(r2, dec), wire.PeerAcknowledgement)
+        hand = HandNoise(client_key, peer_key.public_key, ident.pairing_id, initiator=True)
+        w2.write(wire.HandshakeInit(hand.message()).encode())
+        response = await next_message(r2, wire.FrameDecoder())
+        assert isinstance(response, wire.HandshakeResponse)
+        hand.read(response.noise)
+        channel = hand.split()
+        w2.write(channel.seal(b"") + channel.seal(b"early"))  # key confirmation, then data
         conn = await bounded(peer)
         assert conn.role == "peer" and conn.peer_key == client_key.public_key
+        assert conn.handshake_hash == hand.handshake.handshake_hash
+        assert await bounded(conn.reader.readexactly(5)) == b"early"
         conn.writer.write(b"ok")
-        assert await bounded(r2.readexactly(2)) == b"ok"
+        assert await read_plain(r2, channel, 2) == b"ok"
         junk.close()
         w2.close()
         await close(conn)
 
 
 @aio
+async def test_silent_flood_and_replayed_handshakes_do_not_break_the_pairing() -> None:
+    """Issue 19's attack on loopback: 50 silent connections to the Peer's listener, plus the
+    first messages of an earlier pairing of the same two keys replayed on fresh connections,
+    all before the real Client arrives: the real pair still connects."""
+    client_key, peer_key = Keypair.generate(), Keypair.generate()
+    async with mediator() as (server, notes):
+        addr = ("127.0.0.1", server.port)
+        # an earlier, complete pairing of the same keys: the attacker recorded its HandshakeInit
+        old_reader, old_writer, old_dec = await raw_register(
+            client_key, peer_key.public_key, server.port
+        )
+        await notes.registered(client_key.public_key)
+        old_peer = asyncio.create_task(connect(peer_key, client_key.public_key, addr, **FAST))
+        old_ident = await next_message(old_reader, old_dec)
+        assert isinstance(old_ident, wire.PeerIdentification)
+        old_writer.close()
+        recorded = HandNoise(client_key, peer_key.public_key, old_ident.pairing_id, True)
+        recorded_init = wire.HandshakeInit(recorded.message()).encode()
+        old_sock = await _dial_until_listening(old_ident.peer.to_tuple())
+        r0, w0 = await asyncio.open_connection(sock=old_sock)
+        w0.write(recorded_init)
+        old_response = await next_message(r0, wire.FrameDecoder())
+        assert isinstance(old_response, wire.HandshakeResponse)
+        recorded.read(old_response.noise)
+        w0.write(recorded.split().seal(b""))
+        await close(await bounded(old_peer))
+        w0.close()
+
+        # the new pairing
+        reader, writer, decoder = await raw_register(client_key, peer_key.public_key, server.port)
+        await notes.registered(client_key.public_key)
+        local_port = writer.get_extra_info("sockname")[1]
+        peer = asyncio.create_task(connect(peer_key, client_key.public_key, addr, **FAST))
+        ident = await next_message(reader, decoder)
+        assert isinstance(ident, wire.PeerIdentification)
+        assert ident.pairing_id != old_ident.pairing_id  # fresh per pairing
+        writer.close()
+        target = ident.peer.to_tuple()
+        first = await _dial_until_listening(target)
+        attackers: list[asyncio.StreamWriter] = []
+        try:
+            attackers.append((await asyncio.open_connection(sock=first))[1])
+            for _ in range(49):  # silent ones
+                attackers.append((await bounded(asyncio.open_connection(*target)))[1])
+            replayed: list[asyncio.StreamReader] = []
+            for _ in range(5):  # the recorded first message, replayed
+                r, w = await bounded(asyncio.open_connection(*target))
+                w.write(recorded_init)
+                attackers.append(w)
+                replayed.append(r)
+            sock = await _dial_until_listening(target, local_port)
+            r2, w2 = await asyncio.open_connection(sock=sock)
+            hand = HandNoise(client_key, peer_key.public_key, ident.pairing_id, initiator=True)
+            w2.write(wire.HandshakeInit(hand.message()).encode())
+            response = await next_message(r2, wire.FrameDecoder())
+            assert isinstance(response, wire.HandshakeResponse)
+            hand.read(response.noise)
+            channel = hand.split()
+            w2.write(channel.seal(b""))
+            conn = await bounded(peer)
+            assert conn.peer_key == client_key.public_key
+            conn.writer.write(b"still us")
+            assert await read_plain(r2, channel, 8) == b"still us"
+            for r in replayed:  # never answered: closed without a HandshakeResponse
+                assert await bounded(r.read(100)) == b""
+            w2.close()
+            await close(conn)
+        finally:
+            for w in attackers:
+                w.close()
+
+
+@aio
 async def test_a_stranger_on_the_client_port_does_not_break_the_pairing() -> None:
     """The Client listens too (spec/protocol.md, the peer side): a stranger that reaches that
-    listener gets the PeerChallenge, cannot answer it, and is dropped; the real Peer, arriving
+    listener gets the HandshakeInit, cannot answer it, and is dropped; the real Peer, arriving
     later on the same listener, wins."""
     client_key, peer_key = Keypair.generate(), Keypair.generate()
     async with mediator() as (server, notes):
@@ -385,31 +490,27 @@ async def test_a_stranger_on_the_client_port_does_not_break_the_pairing() -> Non
         # the stranger reaches the Client's listener first and answers with nonsense
         stranger = await _dial_until_listening(target)
         r1, w1 = await asyncio.open_connection(sock=stranger)
-        challenge = await next_message(r1, wire.FrameDecoder())
-        assert isinstance(challenge, wire.PeerChallenge)
-        w1.write(wire.PeerChallengeResponse(bytes(80), bytes(32)).encode())
+        init = await next_message(r1, wire.FrameDecoder())
+        assert isinstance(init, wire.HandshakeInit)
+        w1.write(wire.HandshakeResponse(bytes(48)).encode())
         assert await bounded(r1.read(100)) == b""  # dropped by the Client
         # the real Peer, from its Mediator-facing port, with the real handshake
         sock = await _dial_until_listening(target, local_port)
         r2, w2 = await asyncio.open_connection(sock=sock)
         dec = wire.FrameDecoder()
-        challenge = await next_message(r2, dec)
-        assert isinstance(challenge, wire.PeerChallenge)
-        info = nonce_info("PeerChallenge", peer_key.public_key.raw, client_key.public_key.raw)
-        nonce = HPKE.open(peer_key, challenge.encrypted_nonce, info)
-        ours = bytes(range(32))
-        back = nonce_info(
-            "PeerChallengeResponse", client_key.public_key.raw, peer_key.public_key.raw
-        )
-        w2.write(
-            wire.PeerChallengeResponse(HPKE.seal(client_key.public_key, ours, back), nonce).encode()
-        )
-        response = await next_message(r2, dec)
-        assert isinstance(response, wire.PeerResponse) and response.decrypted_nonce == ours
-        w2.write(wire.PeerAcknowledgement().encode() + b"hi")
+        init = await next_message(r2, dec)
+        assert isinstance(init, wire.HandshakeInit)
+        hand = HandNoise(peer_key, client_key.public_key, disconnect.pairing_id, initiator=False)
+        hand.read(init.noise)
+        w2.write(wire.HandshakeResponse(hand.message()).encode())
+        channel = hand.split()
         conn = await bounded(client)
         assert conn.role == "client" and conn.peer_key == peer_key.public_key
-        assert await bounded(conn.reader.readexactly(2)) == b"hi"
+        # the Client's key confirmation arrives first, then its data
+        conn.writer.write(b"hi")
+        assert await read_plain(r2, channel, 2) == b"hi"
+        w2.write(channel.seal(b"back"))
+        assert await bounded(conn.reader.readexactly(4)) == b"back"
         w1.close()
         w2.close()
         await close(conn)

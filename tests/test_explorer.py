@@ -18,7 +18,7 @@ from models.explorer import Coverage, Step, explore, format_report, mermaid_trac
 from models.mutants import MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
 from p2psc.errors import InvalidTransition
 from p2psc.machines.compiler import compile_machine
-from p2psc.machines.handshake import ClientHandshake, PeerHandshake
+from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
 from p2psc.machines.mediator import MediatorSession
 from p2psc.machines.negotiator import NegotiatorMachine
 
@@ -269,7 +269,15 @@ def test_coverage_lists_transitions_never_taken() -> None:
 
 
 @pytest.mark.parametrize(
-    "machine", [NegotiatorMachine, MediatorSession, ClientHandshake, PeerHandshake]
+    "machine",
+    [
+        NegotiatorMachine,
+        MediatorSession,
+        Registration,
+        Rendezvous,
+        ClientCandidate,
+        PeerCandidate,
+    ],
 )
 def test_recording_table_steps_exactly_like_the_table(machine: type) -> None:
     """The coverage recorder replaces the cores' tables during exploration: for every state,

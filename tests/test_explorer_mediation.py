@@ -30,10 +30,11 @@ def test_real_cores_pair_safely_and_completely(third: bool) -> None:
     taken = _taken(model, "MediatorSession")
     assert any("partner_confirmed" in t for t in taken)
     assert any("partner_arrived" in t for t in taken)
-    client = _taken(model, "ClientHandshake")
-    assert "idle --start--> connecting_mediator" in client  # the app step is recorded too
-    assert any("acknowledgement" in t for t in client)
-    assert any("peer_response" in t for t in _taken(model, "PeerHandshake"))
+    registration = _taken(model, "Registration")
+    assert "idle --start--> connecting_mediator" in registration  # the app step is recorded too
+    assert any("confirmed" in t for t in _taken(model, "Rendezvous"))
+    assert any("response_valid" in t for t in _taken(model, "ClientCandidate"))
+    assert any("record_valid" in t for t in _taken(model, "PeerCandidate"))
 
 
 def test_two_peers_with_one_fault_anywhere() -> None:

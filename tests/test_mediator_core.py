@@ -70,7 +70,9 @@ def test_pairing_sends_disconnect_then_identification(
     paired = d.register_keypair(second, p_kp, _raw(p_want), local=p_local, remote=p_remote)
     assert messages(paired, first) == []  # the Client hears nothing yet
     (disconnect,) = messages(paired, second)
+    assert isinstance(disconnect, wire.PeerDisconnect) and len(disconnect.pairing_id) == 16
     assert disconnect == wire.PeerDisconnect(
+        pairing_id=disconnect.pairing_id,
         peer=wire.Address.from_tuple(p_remote),
         client=wire.Address.from_tuple(c_remote),
         client_local=c_local,
@@ -85,7 +87,10 @@ def test_pairing_sends_disconnect_then_identification(
     confirmed = d.close(second)  # the Peer's clean close = it is listening
     (identification,) = messages(confirmed, first)
     assert identification == wire.PeerIdentification(
-        version=1, peer=wire.Address.from_tuple(p_remote), peer_local=p_local
+        version=1,
+        pairing_id=disconnect.pairing_id,  # the same id in both pairing messages
+        peer=wire.Address.from_tuple(p_remote),
+        peer_local=p_local,
     )
     assert closed(confirmed) == [second, first]
     # PeerIdentification is sent before the Client's close

@@ -146,15 +146,22 @@ def test_two_peers_each_order(alice_first: bool, uv: bool) -> None:
             assert await client.silent(0.1)
             peer = await register(server.port, second_kp, first_kp, second_local)
             disconnect = await peer.recv()
+            assert isinstance(disconnect, wire.PeerDisconnect)
             assert disconnect == wire.PeerDisconnect(
-                peer=peer.sockname, client=client.sockname, client_local=first_local
+                pairing_id=disconnect.pairing_id,
+                peer=peer.sockname,
+                client=client.sockname,
+                client_local=first_local,
             )
             # the Peer stays open for a while: the Client must hear nothing meanwhile
             assert await client.silent(0.3)
             peer.close()
             identification = await client.recv()
             assert identification == wire.PeerIdentification(
-                version=1, peer=peer.sockname, peer_local=second_local
+                version=1,
+                pairing_id=disconnect.pairing_id,
+                peer=peer.sockname,
+                peer_local=second_local,
             )
             await client.expect_eof()
             await until(lambda: server.connections == 0)

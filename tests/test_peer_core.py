@@ -26,6 +26,7 @@ from p2psc.core.io import (
     TimerFired,
 )
 from p2psc.core.peer import (
+    CANDIDATE_TIMER,
     FIRST_ACCEPTED,
     LISTENER,
     MEDIATOR_BASE,
@@ -36,9 +37,10 @@ from p2psc.core.peer import (
     PeerAction,
     PeerConfig,
     PeerCore,
-    derive_session_secret,
     parse_host_port,
     peer_config,
+    prologue,
+    session_secret,
     take_frame,
 )
 from p2psc.errors import (
@@ -52,8 +54,10 @@ from p2psc.errors import (
     PeerUnreachable,
     ProtocolError,
     UnsupportedVersion,
+    UnusableAddress,
 )
 from p2psc.keys import HPKE, Keypair, nonce_info
+from p2psc.noise import HandshakeState
 
 MEDIATOR = ("127.0.0.1", 9999)
 A_LOCAL = ("127.0.0.1", 40001)
@@ -61,6 +65,8 @@ B_LOCAL = ("127.0.0.1", 40002)
 A_KEY = Keypair.generate()
 B_KEY = Keypair.generate()
 STRANGER = Keypair.generate()
+PID = bytes(range(16))
+"""The pairing id of the scripted Mediator."""
 
 
 def counting_nonces(start: int) -> Callable[[int], bytes]:
@@ -81,7 +87,21 @@ def failed(actions: Sequence[PeerAction]) -> P2pscError:
 
 
 def sends(actions: Sequence[PeerAction], conn: int) -> list[wire.Message]:
-    return [wire.decode(a.data) for a in actions if isinstance(a, Send) and a.conn == conn]
+    """The frames sent on ``conn`` (a transport record, which is no frame, is left out)."""
+    return [
+        wire.decode(a.data)
+        for a in actions
+        if isinstance(a, Send) and a.conn == conn and a.data[:2] == wire.MAGIC
+    ]
+
+
+def records(actions: Sequence[PeerAction], conn: int) -> list[bytes]:
+    """The Noise transport records sent on ``conn``."""
+    return [
+        a.data
+        for a in actions
+        if isinstance(a, Send) and a.conn == conn and a.data[:2] != wire.MAGIC
+    ]
 
 
 @dataclass
@@ -125,10 +145,10 @@ def registered(me: Keypair, them: Keypair, local: tuple[str, int], **options: ob
 def introduce(client: Side, peer: Side) -> tuple[list[PeerAction], list[PeerAction]]:
     """The Mediator's pairing: PeerDisconnect to the Peer, then PeerIdentification."""
     to_peer = wire.PeerDisconnect(
-        wire.Address(*peer.local), wire.Address(*client.local), wire.Address(*client.local)
+        PID, wire.Address(*peer.local), wire.Address(*client.local), wire.Address(*client.local)
     )
     peer_actions = peer.do(Received(MEDIATOR_BASE, to_peer.encode()))
-    to_client = wire.PeerIdentification(1, wire.Address(*peer.local), None)
+    to_client = wire.PeerIdentification(1, PID, wire.Address(*peer.local), None)
     client_actions = client.do(Received(MEDIATOR_BASE, to_client.encode()))
     return client_actions, peer_actions
 
@@ -196,7 +216,7 @@ def test_full_pairing_both_roles() -> None:
     assert peer.core.role == "peer" and peer.core.state == "punching"
 
     # The Client closes the Mediator connection and connects out from its own port.
-    assert Close(MEDIATOR_BASE, "PeerIdentification: connecting to Peer") in client_actions
+    assert Close(MEDIATOR_BASE, "PeerIdentification: punching") in client_actions
     assert [(c.remote, c.from_port) for c in connects(client_actions)] == [(B_LOCAL, A_LOCAL[1])]
     assert client.core.role == "client"
 
@@ -206,32 +226,22 @@ def test_full_pairing_both_roles() -> None:
     assert (c_est.role, p_est.role) == ("client", "peer")
     assert c_est.peer_key == B_KEY.public_key and p_est.peer_key == A_KEY.public_key
     assert c_est.session_secret == p_est.session_secret and len(c_est.session_secret) == 32
+    assert c_est.handshake_hash == p_est.handshake_hash
+    assert c_est.session_secret == session_secret(c_est.handshake_hash)
     assert c_est.leftover == b"" == p_est.leftover
-    # the order of the four frames on the direct connection
+    # on the direct connection: HandshakeInit, HandshakeResponse, the Client's confirmation
     client_sent = [type(m).__name__ for m in sends(client.log, cconn)]
     peer_sent = [type(m).__name__ for m in sends(peer.log, pconn)]
-    assert client_sent == ["PeerChallenge", "PeerResponse"]
-    assert peer_sent == ["PeerChallengeResponse", "PeerAcknowledgement"]
+    assert client_sent == ["HandshakeInit"] and peer_sent == ["HandshakeResponse"]
+    assert len(records(client.log, cconn)) == 1 and records(peer.log, pconn) == []
     assert client.core.finished and peer.core.finished
+    # the channels work both ways and are each other's mirror
+    sealed = c_est.channel.seal(b"hello peer")
+    assert p_est.channel.feed(sealed) == [b"hello peer"]
+    assert c_est.channel.feed(p_est.channel.seal(b"hello client")) == [b"hello client"]
 
 
-def test_session_secret_binds_transcript_and_keys() -> None:
-    client, peer, cconn, pconn = paired()
-    c_est, _ = shuttle(client, peer, cconn, pconn)
-    assert c_est is not None
-    other = derive_session_secret(
-        A_KEY.public_key, B_KEY.public_key, bytes(32), bytes(32), b"transcript"
-    )
-    assert other != c_est.session_secret
-    assert other != derive_session_secret(
-        A_KEY.public_key, B_KEY.public_key, bytes(32), bytes(32), b"transcript!"
-    )
-    assert other != derive_session_secret(
-        B_KEY.public_key, A_KEY.public_key, bytes(32), bytes(32), b"transcript"
-    )
-
-
-def test_two_runs_with_other_nonces_give_other_secrets() -> None:
+def test_two_runs_with_other_ephemerals_give_other_secrets() -> None:
     client, peer, cconn, pconn = paired()
     first, _ = shuttle(client, peer, cconn, pconn)
     client2 = registered(A_KEY, B_KEY, A_LOCAL, nonce_source=counting_nonces(77))
@@ -243,39 +253,46 @@ def test_two_runs_with_other_nonces_give_other_secrets() -> None:
     assert first.session_secret != second.session_secret
 
 
-def test_application_bytes_coalesced_with_the_acknowledgement_are_kept() -> None:
+def test_application_records_coalesced_with_the_handshake_are_kept() -> None:
+    """Bytes after the last handshake message arrive in the same read: they are handed over
+    as raw ``leftover`` for the channel, whatever the cuts."""
     client, peer, cconn, pconn = paired()
-    challenge = sends(client.log, cconn)
-    peer.do(Received(pconn, challenge[0].encode()))
-    client.do(Received(cconn, sends(peer.log, pconn)[0].encode()))
-    response = sends(client.log, cconn)[1]
-    actions = peer.do(Received(pconn, response.encode() + b"early client bytes"))
-    p_est = next(a for a in actions if isinstance(a, Established))
-    assert p_est.leftover == b"early client bytes"
-    ack = sends(actions, pconn)[0]
-    # Ack and application data in one read, cut in odd places
-    stream = ack.encode() + b"P2 looks like a frame but is application data"
-    got: list[PeerAction] = []
-    for chunk in (stream[:1], stream[1:4], stream[4:20]):
-        got += client.do(Received(cconn, chunk))
-    c_est = next(a for a in got if isinstance(a, Established))
-    assert c_est.leftover == stream[6:20] == b"P2 looks like "
+    (init,) = sends(client.log, cconn)
+    peer.do(Received(pconn, init.encode()))
+    (response,) = sends(peer.log, pconn)
+    c_actions = client.do(Received(cconn, response.encode() + b"early"))
+    c_est = next(a for a in c_actions if isinstance(a, Established))
+    assert c_est.leftover == b"early"
+    (confirmation,) = records(c_actions, cconn)
+    data = c_est.channel.seal(b"early client bytes")
+    stream = confirmation + data
+    p_est = None
+    later = b""  # what the adapter reads after Established goes to the channel, not the core
+    for chunk in (stream[:1], stream[1:3], stream[3:40], stream[40:]):
+        if p_est is not None:
+            later += chunk
+            continue
+        p_est = next(
+            (a for a in peer.do(Received(pconn, chunk)) if isinstance(a, Established)), None
+        )
+    assert p_est is not None and p_est.leftover == stream[len(confirmation) : 40]
+    assert p_est.channel.feed(p_est.leftover + later) == [b"early client bytes"]
+    assert p_est.session_secret == c_est.session_secret
     # later reads go straight to the application: the finished core does not consume them
-    assert client.do(Received(cconn, stream[20:])) == []
-    assert c_est.session_secret == p_est.session_secret
+    assert peer.do(Received(pconn, b"more")) == []
 
 
 def test_take_frame() -> None:
-    frame = wire.PeerAcknowledgement().encode()
+    frame = wire.HandshakeResponse(bytes(48)).encode()
     assert take_frame(b"") is None
     assert take_frame(frame[:3]) is None
-    assert take_frame(frame + b"xy") == (frame, wire.PeerAcknowledgement(), b"xy")
+    assert take_frame(frame + b"xy") == (frame, wire.HandshakeResponse(bytes(48)), b"xy")
     with pytest.raises(ProtocolError):
         take_frame(b"XX")
     with pytest.raises(UnsupportedVersion):
-        take_frame(b"P2\x02\x0a\x00\x00")
+        take_frame(b"P2\x02\x08\x00\x00")
     with pytest.raises(ProtocolError):
-        take_frame(b"P2\x01\x0a\xff\xff")  # length over the maximum
+        take_frame(b"P2\x01\x08\xff\xff")  # length over the maximum
 
 
 def test_snapshot_of_a_failed_core() -> None:
@@ -288,25 +305,18 @@ def test_snapshot_of_a_failed_core() -> None:
 
 
 def test_snapshot_then_continue_behaves_identically() -> None:
-    """Rebuild the Client from its snapshot right before PeerIdentification: same actions."""
+    """Rebuild the Client from its snapshot right before PeerIdentification: same actions (the
+    ephemeral comes from the injected source, so the HandshakeInit is byte for byte the same)."""
     peer = registered(B_KEY, A_KEY, B_LOCAL)
     original = registered(A_KEY, B_KEY, A_LOCAL)
     # the copy gets its own nonce source in the same position (the source is not state)
     same_nonces = replace(original.core.config, nonce_source=counting_nonces(1))
     copy = Side(PeerCore.from_snapshot(original.core.snapshot(), same_nonces), A_LOCAL)
-    ident = wire.PeerIdentification(1, wire.Address(*peer.local)).encode()
+    ident = wire.PeerIdentification(1, PID, wire.Address(*peer.local)).encode()
     first = original.do(Received(MEDIATOR_BASE, ident))
     second = copy.do(Received(MEDIATOR_BASE, ident))
     assert first == second
-    # HPKE seals are randomised: the two PeerChallenges differ in bytes but carry one nonce
-    one, two = original.core.snapshot(), copy.core.snapshot()
-    assert replace(one, transcript=b"") == replace(two, transcript=b"")
-    info = nonce_info("PeerChallenge", B_KEY.public_key.raw, A_KEY.public_key.raw)
-    opened = [
-        HPKE.open(B_KEY, wire.decode(snap.transcript).encrypted_nonce, info)  # type: ignore[union-attr]
-        for snap in (one, two)
-    ]
-    assert opened[0] == opened[1] == one.our_nonce
+    assert original.core.snapshot() == copy.core.snapshot()
 
 
 # --- Mediator-side failures --------------------------------------------------------------
@@ -330,6 +340,7 @@ def test_no_challenge_in_time() -> None:
     side = Side(PeerCore(config(A_KEY, B_KEY, step_timeout=3.0)), A_LOCAL)
     side.core.start(0.0)
     side.do(Opened(MEDIATOR_BASE, MEDIATOR, A_LOCAL))
+    side.now = 3.0
     actions = side.do(TimerFired(TIMER))
     assert isinstance(failed(actions), HandshakeTimeout)
     assert Close(MEDIATOR_BASE, failed(actions).reason) in actions
@@ -402,7 +413,9 @@ def test_mediator_closes_while_waiting() -> None:
 def test_mediator_closes_mid_frame() -> None:
     side = registered(A_KEY, B_KEY, A_LOCAL)
     side.do(
-        Received(MEDIATOR_BASE, wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()[:5])
+        Received(
+            MEDIATOR_BASE, wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL)).encode()[:5]
+        )
     )
     error = failed(side.do(Closed(MEDIATOR_BASE, None)))
     assert isinstance(error, MediatorClosed) and "middle of a frame" in error.reason
@@ -424,7 +437,7 @@ def test_peer_never_registers() -> None:
         b"P2\x01\x63\x00\x00",  # unknown type
         b"P2\x01\x05\xff\xff",  # oversized
         wire.AdvertiseResponse(bytes(32)).encode(),  # a message only a Mediator receives
-        wire.PeerAcknowledgement().encode(),  # a direct-connection message
+        wire.HandshakeInit(bytes(48)).encode(),  # a direct-connection message
     ],
 )
 def test_bad_bytes_from_the_mediator(data: bytes) -> None:
@@ -437,14 +450,14 @@ def test_bad_bytes_from_the_mediator(data: bytes) -> None:
 
 def test_unsupported_frame_version_from_the_mediator() -> None:
     side = registered(A_KEY, B_KEY, A_LOCAL)
-    frame = bytearray(wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode())
+    frame = bytearray(wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL)).encode())
     frame[2] = 2
     assert isinstance(failed(side.do(Received(MEDIATOR_BASE, bytes(frame)))), UnsupportedVersion)
 
 
 def test_unsupported_version_in_peer_identification() -> None:
     side = registered(A_KEY, B_KEY, A_LOCAL)
-    ident = wire.PeerIdentification(2, wire.Address(*B_LOCAL)).encode()
+    ident = wire.PeerIdentification(2, PID, wire.Address(*B_LOCAL)).encode()
     assert isinstance(failed(side.do(Received(MEDIATOR_BASE, ident))), UnsupportedVersion)
 
 
@@ -467,7 +480,9 @@ def test_client_retries_with_backoff_then_peer_unreachable() -> None:
         punch_backoff=2.0,
         punch_max_interval=0.3,
     )
-    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL), wire.Address("10.0.0.2", 5)).encode()
+    ident = wire.PeerIdentification(
+        1, PID, wire.Address(*B_LOCAL), wire.Address("10.0.0.2", 5)
+    ).encode()
     actions = client.do(Received(MEDIATOR_BASE, ident))
     attempts = connects(actions)
     assert [c.remote for c in attempts] == [B_LOCAL, ("10.0.0.2", 5)]  # observed, then local
@@ -495,7 +510,7 @@ def test_client_retries_with_backoff_then_peer_unreachable() -> None:
 
 def test_attempt_that_hangs_is_dropped_and_retried() -> None:
     client = registered(A_KEY, B_KEY, A_LOCAL, punch_attempt_timeout=1.0)
-    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+    ident = wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL)).encode()
     (attempt,) = connects(client.do(Received(MEDIATOR_BASE, ident)))
     client.now = 1.0
     actions = client.do(TimerFired(PUNCH_TIMER_BASE))
@@ -511,7 +526,7 @@ def test_attempt_that_hangs_is_dropped_and_retried() -> None:
 
 def test_client_listens_before_closing_the_mediator_connection() -> None:
     client = registered(A_KEY, B_KEY, A_LOCAL)
-    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+    ident = wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL)).encode()
     actions = client.do(Received(MEDIATOR_BASE, ident))
     listen = actions.index(Listen(LISTENER, A_LOCAL[1]))
     close = next(i for i, a in enumerate(actions) if isinstance(a, Close))
@@ -521,48 +536,49 @@ def test_client_listens_before_closing_the_mediator_connection() -> None:
 
 def test_client_challenges_every_candidate_and_commits_to_the_first_valid_answer() -> None:
     """Outgoing attempts and accepted connections are all candidates; each gets the same
-    PeerChallenge; a wrong answer drops only that candidate; the first valid one wins."""
-    client = registered(A_KEY, B_KEY, A_LOCAL)
+    HandshakeInit; a wrong answer drops only that candidate; the first valid one wins."""
     peer = registered(B_KEY, A_KEY, B_LOCAL)
-    _, peer_actions = introduce(client, peer)
     ident_local = wire.Address("10.0.0.2", 5)  # a private address that is someone else's
-    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL), ident_local).encode()
+    ident = wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL), ident_local).encode()
     client = registered(A_KEY, B_KEY, A_LOCAL)
-    first, second = connects(client.do(Received(MEDIATOR_BASE, ident)))
-    challenges = []
-    for conn, remote in ((second.conn, second.remote), (first.conn, first.remote)):
-        (challenge,) = sends(client.do(Opened(conn, remote, A_LOCAL)), conn)
-        challenges.append(challenge)
-    accepted = FIRST_ACCEPTED
-    (challenge,) = sends(client.do(Opened(accepted, B_LOCAL, A_LOCAL)), accepted)
-    challenges.append(challenge)
-    assert challenges[0] == challenges[1] == challenges[2]
-    assert isinstance(challenges[0], wire.PeerChallenge)
-    # the host behind the private address cannot answer: dropped, the others stay
-    stranger = wire.PeerChallengeResponse(bytes(80), bytes(32)).encode()
-    assert client.do(Received(second.conn, stranger)) == [
-        Close(
-            second.conn,
-            f"candidate rejected: does not own key "
-            f"{B_KEY.public_key.fingerprint()}: it returned a wrong nonce",
+    peer.do(
+        Received(
+            MEDIATOR_BASE,
+            wire.PeerDisconnect(PID, wire.Address(*B_LOCAL), wire.Address(*A_LOCAL)).encode(),
         )
-    ]
+    )
+    first, second = connects(client.do(Received(MEDIATOR_BASE, ident)))
+    inits = []
+    for conn, remote in ((second.conn, second.remote), (first.conn, first.remote)):
+        (init,) = sends(client.do(Opened(conn, remote, A_LOCAL)), conn)
+        inits.append(init)
+    accepted = FIRST_ACCEPTED
+    (init,) = sends(client.do(Opened(accepted, B_LOCAL, A_LOCAL)), accepted)
+    inits.append(init)
+    assert inits[0] == inits[1] == inits[2]
+    assert isinstance(inits[0], wire.HandshakeInit)
+    # the host behind the private address cannot answer: dropped, the others stay
+    forged = wire.HandshakeResponse(bytes(48)).encode()
+    actions = client.do(Received(second.conn, forged))
+    assert [a.conn for a in actions if isinstance(a, Close)] == [second.conn]
+    assert not any(isinstance(a, Failed | Established) for a in actions)
     assert client.core.state == "punching"
     # the real Peer answers on the accepted connection: commit there, close the rest
     peer.do(Opened(FIRST_ACCEPTED + 1, A_LOCAL, B_LOCAL))
-    peer.do(Received(FIRST_ACCEPTED + 1, challenges[2].encode()))
+    peer.do(Received(FIRST_ACCEPTED + 1, inits[2].encode()))
     (answer,) = sends(peer.log, FIRST_ACCEPTED + 1)
     actions = client.do(Received(accepted, answer.encode()))
-    assert client.core.state == "confirming"
+    assert client.core.finished
     assert Close(first.conn, "another direct connection won") in actions
     assert Close(LISTENER, "another direct connection won") in actions
-    assert [type(m) for m in sends(actions, accepted)] == [wire.PeerResponse]
-    assert peer_actions  # the Peer was introduced too
+    assert len(records(actions, accepted)) == 1  # the key confirmation
+    (est,) = [a for a in actions if isinstance(a, Established)]
+    assert est.conn == accepted and est.role == "client"
 
 
 def test_client_drops_a_candidate_that_closes_or_sends_garbage() -> None:
     client = registered(A_KEY, B_KEY, A_LOCAL, punch_timeout=3.0)
-    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+    ident = wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL)).encode()
     (attempt,) = connects(client.do(Received(MEDIATOR_BASE, ident)))
     client.do(Opened(attempt.conn, attempt.remote, A_LOCAL))
     client.do(Opened(FIRST_ACCEPTED, ("192.0.2.9", 1), A_LOCAL))
@@ -577,7 +593,7 @@ def test_client_drops_a_candidate_that_closes_or_sends_garbage() -> None:
 
 def test_client_goes_on_when_its_listener_fails() -> None:
     client = registered(A_KEY, B_KEY, A_LOCAL)
-    ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+    ident = wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL)).encode()
     client.do(Received(MEDIATOR_BASE, ident))
     assert client.do(Closed(LISTENER, "address in use")) == []
     assert client.core.state == "punching" and LISTENER not in client.core.open_conns
@@ -589,7 +605,7 @@ def test_client_goes_on_when_its_listener_fails() -> None:
 
 def test_client_that_never_connects() -> None:
     peer = registered(B_KEY, A_KEY, B_LOCAL, punch_timeout=4.0)
-    disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+    disconnect = wire.PeerDisconnect(PID, wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
     actions = peer.do(Received(MEDIATOR_BASE, disconnect.encode()))
     assert SetTimer(TIMER, 4.0) in actions
     peer.now = 4.0
@@ -599,28 +615,37 @@ def test_client_that_never_connects() -> None:
     assert any(isinstance(a, Close) and a.conn == LISTENER for a in actions)
 
 
+def _stranger_init(pairing_id: bytes = PID, key: Keypair = STRANGER) -> bytes:
+    """A HandshakeInit as someone else would make it: another key, or another pairing."""
+    handshake = HandshakeState.initiator(
+        key.to_private_raw(),
+        B_KEY.public_key.raw,
+        prologue(pairing_id, A_KEY.public_key.raw, B_KEY.public_key.raw),
+        bytes([7]) * 32,
+    )
+    return wire.HandshakeInit(handshake.write_message(b"")).encode()
+
+
 def test_peer_drops_stray_connections_and_still_pairs() -> None:
     client = registered(A_KEY, B_KEY, A_LOCAL)
     peer = registered(B_KEY, A_KEY, B_LOCAL)
     client_actions, _ = introduce(client, peer)
-    # three strangers reach the listener first: garbage, a wrong first message, a challenge
-    # sealed to the wrong key
+    # strangers reach the listener first: garbage, a wrong first message, a HandshakeInit
+    # from another key, and the real Client's key but another pairing (a replay)
     strays = {
         FIRST_ACCEPTED + 1: b"GET / HTTP/1.1\r\n",
-        FIRST_ACCEPTED + 2: wire.PeerAcknowledgement().encode(),
-        FIRST_ACCEPTED + 3: wire.PeerChallenge(
-            HPKE.seal(
-                STRANGER.public_key,
-                bytes(32),
-                nonce_info("PeerChallenge", B_KEY.public_key.raw, A_KEY.public_key.raw),
-            )
-        ).encode(),
+        FIRST_ACCEPTED + 2: wire.HandshakeResponse(bytes(48)).encode(),
+        FIRST_ACCEPTED + 3: _stranger_init(),
+        FIRST_ACCEPTED + 4: _stranger_init(bytes(16), A_KEY),
     }
     for conn, data in strays.items():
-        assert peer.do(Opened(conn, ("127.0.0.1", conn % 60000), B_LOCAL)) == []
+        assert (
+            peer.do(Opened(conn, ("192.0.2.1", conn % 60000), B_LOCAL))[0].conn == CANDIDATE_TIMER
+        )
         actions = peer.do(Received(conn, data))
         assert next(a for a in actions if isinstance(a, Close)).conn == conn
         assert not any(isinstance(a, Failed) for a in actions)
+        assert sends(actions, conn) == []  # nothing is answered to any of them
     assert peer.core.state == "punching"
     attempt = connects(client_actions)[0]
     client.do(Opened(attempt.conn, attempt.remote, A_LOCAL))
@@ -629,27 +654,90 @@ def test_peer_drops_stray_connections_and_still_pairs() -> None:
     assert c_est and p_est and c_est.session_secret == p_est.session_secret
 
 
+def test_a_relayed_init_is_answered_but_never_confirmed() -> None:
+    """An observer copies the Client's HandshakeInit onto a connection of its own: the Peer
+    answers there too, but commits only where the Client's key confirmation arrives."""
+    client, peer, cconn, pconn = paired()
+    (init,) = sends(client.log, cconn)
+    relay = FIRST_ACCEPTED + 9
+    peer.do(Opened(relay, ("192.0.2.66", 4444), B_LOCAL))
+    actions = peer.do(Received(relay, init.encode()))
+    assert [type(m) for m in sends(actions, relay)] == [wire.HandshakeResponse]
+    # the relay cannot make the confirmation: a record under other keys is rejected
+    forged = SecureChannel_for_test()
+    actions = peer.do(Received(relay, forged))
+    assert [a.conn for a in actions if isinstance(a, Close)] == [relay]
+    assert not peer.core.finished
+    c_est, p_est = shuttle(client, peer, cconn, pconn)
+    assert c_est and p_est and p_est.conn == pconn
+
+
+def SecureChannel_for_test() -> bytes:
+    """A well-formed record (length prefix and AEAD tag) under keys nobody agreed."""
+    from p2psc.core.channel import SecureChannel
+    from p2psc.noise import CipherState
+
+    return SecureChannel(CipherState(bytes(32)), CipherState(bytes(32))).seal(b"")
+
+
 def test_peer_reports_identity_failure_at_the_deadline() -> None:
     peer = registered(B_KEY, A_KEY, B_LOCAL, punch_timeout=2.0)
-    disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+    disconnect = wire.PeerDisconnect(PID, wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
     peer.do(Received(MEDIATOR_BASE, disconnect.encode()))
-    info = nonce_info("PeerChallenge", B_KEY.public_key.raw, A_KEY.public_key.raw)
-    wrong = wire.PeerChallenge(HPKE.seal(STRANGER.public_key, bytes(32), info)).encode()
     peer.do(Opened(FIRST_ACCEPTED, A_LOCAL, B_LOCAL))
-    peer.do(Received(FIRST_ACCEPTED, wrong))
+    peer.do(Received(FIRST_ACCEPTED, _stranger_init()))
     peer.now = 2.0
     error = failed(peer.do(TimerFired(TIMER)))
     assert isinstance(error, IdentityCheckFailed) and "1 candidate" in error.reason
 
 
-def test_peer_bounds_candidate_connections() -> None:
-    peer = registered(B_KEY, A_KEY, B_LOCAL, max_candidates=2)
-    disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+def _punching_peer(**options: object) -> Side:
+    peer = registered(B_KEY, A_KEY, B_LOCAL, **options)
+    disconnect = wire.PeerDisconnect(PID, wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
     peer.do(Received(MEDIATOR_BASE, disconnect.encode()))
-    assert peer.do(Opened(FIRST_ACCEPTED, A_LOCAL, B_LOCAL)) == []
-    assert peer.do(Opened(FIRST_ACCEPTED + 1, A_LOCAL, B_LOCAL)) == []
-    actions = peer.do(Opened(FIRST_ACCEPTED + 2, A_LOCAL, B_LOCAL))
-    assert actions == [Close(FIRST_ACCEPTED + 2, "too many candidate connections")]
+    return peer
+
+
+def test_peer_bounds_candidates_per_source_evicting_the_oldest_silent_one() -> None:
+    peer = _punching_peer(max_candidates_per_source=2)
+    stranger = ("192.0.2.7", 1000)
+    peer.do(Opened(FIRST_ACCEPTED, stranger, B_LOCAL))
+    peer.do(Opened(FIRST_ACCEPTED + 1, stranger, B_LOCAL))
+    actions = peer.do(Opened(FIRST_ACCEPTED + 2, stranger, B_LOCAL))
+    assert [a for a in actions if isinstance(a, Close)] == [
+        Close(FIRST_ACCEPTED, f"evicted: too many candidates from {stranger[0]}")
+    ]
+    assert set(peer.core.candidates) == {FIRST_ACCEPTED + 1, FIRST_ACCEPTED + 2}
+    # another source is not affected by this one's bound
+    assert not [
+        a for a in peer.do(Opened(FIRST_ACCEPTED + 3, A_LOCAL, B_LOCAL)) if isinstance(a, Close)
+    ]
+
+
+def test_peer_never_evicts_an_answered_candidate() -> None:
+    client, peer, cconn, pconn = paired()
+    peer.core.config = replace(peer.core.config, max_candidates=1)
+    (init,) = sends(client.log, cconn)
+    (response,) = sends(peer.do(Received(pconn, init.encode())), pconn)  # answered: not silent
+    actions = peer.do(Opened(FIRST_ACCEPTED + 5, ("192.0.2.8", 1), B_LOCAL))
+    assert actions == [Close(FIRST_ACCEPTED + 5, "too many candidate connections in total")]
+    (confirmation,) = records(client.do(Received(cconn, response.encode())), cconn)
+    assert any(isinstance(a, Established) for a in peer.do(Received(pconn, confirmation)))
+
+
+def test_silent_candidates_are_dropped_at_their_deadline() -> None:
+    peer = _punching_peer(candidate_timeout=1.5)
+    actions = peer.do(Opened(FIRST_ACCEPTED, ("192.0.2.7", 1), B_LOCAL))
+    assert SetTimer(CANDIDATE_TIMER, 1.5) in actions
+    peer.now = 1.0  # an early timer event is harmless: re-armed, nothing dropped
+    assert peer.do(TimerFired(CANDIDATE_TIMER)) == [SetTimer(CANDIDATE_TIMER, 1.5)]
+    peer.now = 1.5
+    actions = peer.do(TimerFired(CANDIDATE_TIMER))
+    assert (
+        Close(FIRST_ACCEPTED, "candidate rejected: silent past the candidate deadline") in actions
+    )
+    assert not peer.core.candidates and peer.core.state == "punching"
+    assert peer.do(TimerFired(CANDIDATE_TIMER)) == []  # a duplicate is ignored
 
 
 def test_peer_outgoing_connection_can_win() -> None:
@@ -667,92 +755,13 @@ def test_peer_outgoing_connection_can_win() -> None:
 
 def test_listener_that_cannot_bind() -> None:
     peer = registered(B_KEY, A_KEY, B_LOCAL)
-    disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+    disconnect = wire.PeerDisconnect(PID, wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
     peer.do(Received(MEDIATOR_BASE, disconnect.encode()))
     error = failed(peer.do(Closed(LISTENER, "Address already in use")))
     assert isinstance(error, PeerUnreachable) and "listen" in error.reason
 
 
 # --- direct handshake failures -----------------------------------------------------------
-
-
-def _client_deadline(client: Side) -> P2pscError:
-    client.now = client.core.config.punch_timeout
-    return failed(client.do(TimerFired(TIMER)))
-
-
-def test_client_rejects_a_wrong_echo() -> None:
-    """A wrong answer drops that candidate (it may be a stranger); if no candidate proves the
-    key by the deadline, the attempt fails as an identity failure, with the reason."""
-    client, _peer, cconn, _pconn = paired()
-    info = nonce_info("PeerChallengeResponse", A_KEY.public_key.raw, B_KEY.public_key.raw)
-    sealed = HPKE.seal(A_KEY.public_key, bytes(32), info)
-    bad = wire.PeerChallengeResponse(sealed, bytes([9]) * 32).encode()
-    actions = client.do(Received(cconn, bad))
-    assert [a for a in actions if isinstance(a, Close)] == [
-        Close(
-            cconn,
-            f"candidate rejected: does not own key {B_KEY.public_key.fingerprint()}: "
-            "it returned a wrong nonce",
-        )
-    ]
-    error = _client_deadline(client)
-    assert isinstance(error, IdentityCheckFailed) and "wrong nonce" in error.reason
-
-
-def test_client_rejects_a_response_nonce_that_does_not_open() -> None:
-    client, peer, cconn, pconn = paired()
-    peer.do(Received(pconn, sends(client.log, cconn)[0].encode()))
-    good = sends(peer.log, pconn)[0]
-    assert isinstance(good, wire.PeerChallengeResponse)
-    tampered = bytearray(good.encrypted_nonce)
-    tampered[-1] ^= 1
-    bad = wire.PeerChallengeResponse(bytes(tampered), good.decrypted_nonce).encode()
-    actions = client.do(Received(cconn, bad))
-    assert not sends(actions, cconn) and client.core.state == "punching"
-    error = _client_deadline(client)
-    assert isinstance(error, IdentityCheckFailed) and "does not open" in error.reason
-
-
-def test_peer_rejects_a_wrong_response() -> None:
-    client, peer, cconn, pconn = paired()
-    peer.do(Received(pconn, sends(client.log, cconn)[0].encode()))
-    actions = peer.do(Received(pconn, wire.PeerResponse(bytes(32)).encode()))
-    error = failed(actions)
-    assert isinstance(error, IdentityCheckFailed)
-    assert not [m for m in sends(actions, pconn) if isinstance(m, wire.PeerAcknowledgement)]
-
-
-def committed() -> tuple[Side, Side, int, int]:
-    """Both sides committed: the Peer answered (``answering``), the Client checked the answer
-    and sent PeerResponse (``confirming``), which the Peer has not read yet."""
-    client, peer, cconn, pconn = paired()
-    peer.do(Received(pconn, sends(client.log, cconn)[0].encode()))
-    client.do(Received(cconn, sends(peer.log, pconn)[0].encode()))
-    assert (client.core.state, peer.core.state) == ("confirming", "answering")
-    return client, peer, cconn, pconn
-
-
-@pytest.mark.parametrize("role", ["client", "peer"])
-def test_other_side_closes_during_the_handshake(role: str) -> None:
-    client, peer, cconn, pconn = committed()
-    side, conn = (client, cconn) if role == "client" else (peer, pconn)
-    error = failed(side.do(Closed(conn, None)))
-    assert isinstance(error, IdentityCheckFailed)
-
-
-@pytest.mark.parametrize("role", ["client", "peer"])
-def test_handshake_step_timeout(role: str) -> None:
-    client, peer, _cconn, _pconn = committed()
-    side = client if role == "client" else peer
-    side.now = 100.0
-    assert isinstance(failed(side.do(TimerFired(TIMER))), HandshakeTimeout)
-
-
-def test_garbage_on_the_committed_connection() -> None:
-    client, _peer, cconn, _pconn = committed()
-    error = failed(client.do(Received(cconn, b"\x00" * 10)))
-    assert isinstance(error, ProtocolError)
 
 
 def test_every_deadline_is_clipped_to_the_overall_timeout() -> None:
@@ -792,39 +801,6 @@ def test_config_validation_and_parsing() -> None:
     assert replace(by_hex, timeout=1.0).timeout == 1.0
 
 
-def test_session_secret_follows_the_spec_formula() -> None:
-    """Recompute spec/protocol.md 6.4 from the frames on the wire, independently of the core."""
-    import hashlib
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    client, peer, cconn, pconn = paired()
-    c_est, p_est = shuttle(client, peer, cconn, pconn)
-    assert c_est is not None and p_est is not None
-    c_frames = [a.data for a in client.log if isinstance(a, Send) and a.conn == cconn]
-    p_frames = [a.data for a in peer.log if isinstance(a, Send) and a.conn == pconn]
-    transcript = c_frames[0] + p_frames[0] + c_frames[1] + p_frames[1]
-    challenge_response = wire.decode(p_frames[0])
-    response = wire.decode(c_frames[1])
-    assert isinstance(challenge_response, wire.PeerChallengeResponse)
-    assert isinstance(response, wire.PeerResponse)
-    client_nonce = challenge_response.decrypted_nonce  # the Client's nonce, echoed by the Peer
-    peer_nonce = response.decrypted_nonce  # the Peer's nonce, echoed by the Client
-    shared = A_KEY.private_key.exchange(B_KEY.public_key.to_x25519())
-    expected = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=hashlib.sha256(transcript).digest(),
-        info=b"p2psc v1 session secret\x00" + A_KEY.public_key.raw + B_KEY.public_key.raw,
-    ).derive(shared + client_nonce + peer_nonce)
-    assert c_est.session_secret == expected == p_est.session_secret
-    # without the static term an observer of the four frames could compute it: it differs
-    assert expected != derive_session_secret(
-        A_KEY.public_key, B_KEY.public_key, client_nonce, peer_nonce, transcript
-    )
-
-
 def test_adapter_without_local_address() -> None:
     """An adapter that does not report the local address: no crash, a typed error (Peer) or
     attempts without a fixed port (Client)."""
@@ -838,10 +814,66 @@ def test_adapter_without_local_address() -> None:
         sealed = HPKE.seal(me.public_key, bytes(32), info)
         side.do(Received(MEDIATOR_BASE, wire.AdvertiseChallenge(sealed).encode()))
         if me is B_KEY:
-            disconnect = wire.PeerDisconnect(wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+            disconnect = wire.PeerDisconnect(PID, wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
             error = failed(side.do(Received(MEDIATOR_BASE, disconnect.encode())))
             assert isinstance(error, PeerUnreachable)
         else:
-            ident = wire.PeerIdentification(1, wire.Address(*B_LOCAL)).encode()
+            ident = wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL)).encode()
             (attempt,) = connects(side.do(Received(MEDIATOR_BASE, ident)))
             assert attempt.from_port is None
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "why"),
+    [
+        ("0.0.0.0", 80, "unspecified"),
+        ("::", 80, "unspecified"),
+        ("224.0.0.1", 80, "multicast"),
+        ("ff02::1", 80, "multicast"),
+        ("255.255.255.255", 80, "broadcast"),
+        ("::ffff:0.0.0.0", 80, "unspecified"),
+        ("127.0.0.1", 22, "loopback"),
+        ("::1", 22, "loopback"),
+    ],
+)
+@pytest.mark.parametrize("role", ["client", "peer"])
+def test_addresses_that_cannot_be_a_partner_are_refused(
+    host: str, port: int, why: str, role: str
+) -> None:
+    """A Mediator (or whoever rewrites its stream) cannot steer us to the unspecified address
+    (our own host), multicast, broadcast, or loopback while the Mediator is not on loopback."""
+    mediator = ("198.51.100.1", 9999)
+    me, them = (A_KEY, B_KEY) if role == "client" else (B_KEY, A_KEY)
+    side = Side(PeerCore(peer_config(me, them.public_key, mediator)), ("198.51.100.2", 5000))
+    side.core.start(0.0)
+    side.do(Opened(MEDIATOR_BASE, mediator, side.local))
+    info = nonce_info("AdvertiseChallenge", me.public_key.raw, them.public_key.raw)
+    sealed = HPKE.seal(me.public_key, bytes(32), info)
+    side.do(Received(MEDIATOR_BASE, wire.AdvertiseChallenge(sealed).encode()))
+    bad = wire.Address(host, port)
+    good = wire.Address("198.51.100.3", 6000)
+    message = (
+        wire.PeerIdentification(1, PID, bad)
+        if role == "client"
+        else wire.PeerDisconnect(PID, good, bad)
+    )
+    actions = side.do(Received(MEDIATOR_BASE, message.encode()))
+    error = failed(actions)
+    assert isinstance(error, UnusableAddress) and why in error.reason
+    assert wire.Address(host, port).host in error.reason
+    assert not connects(actions) and not any(isinstance(a, Listen) for a in actions)
+
+
+def test_loopback_partner_is_fine_when_the_mediator_is_on_loopback() -> None:
+    client = registered(A_KEY, B_KEY, A_LOCAL)  # the Mediator is 127.0.0.1 here
+    ident = wire.PeerIdentification(1, PID, wire.Address("127.0.0.1", 4000)).encode()
+    assert connects(client.do(Received(MEDIATOR_BASE, ident)))
+
+
+def test_an_early_or_stale_timer_event_is_harmless() -> None:
+    core = PeerCore(config(A_KEY, B_KEY, step_timeout=2.0))
+    core.start(0.0)
+    assert core.handle(TimerFired(TIMER), 0.001) == [SetTimer(TIMER, 2.0)]
+    assert core.handle(TimerFired(RETRY_TIMER), 5.0) == []  # never set
+    assert core.state == "connecting_mediator"
+    assert isinstance(failed(core.handle(TimerFired(TIMER), 2.0)), MediatorUnreachable)

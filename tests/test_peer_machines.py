@@ -1,74 +1,87 @@
-"""ClientHandshake / PeerHandshake: compiled tables match the classes; the shared half is exact."""
+"""The peer machines (Registration, Rendezvous, ClientCandidate, PeerCandidate): compiled tables
+match the classes; each has the deadlines and guards the core relies on."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from statemachine import StateMachine
 
 from p2psc.errors import InvalidTransition
 from p2psc.machines import machine_classes
 from p2psc.machines.compiler import MachineTable, compile_machine, reference_path
-from p2psc.machines.handshake import ClientHandshake, PeerHandshake
+from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
 
-CLIENT = compile_machine(ClientHandshake)
-PEER = compile_machine(PeerHandshake)
-SHARED_STATES = {"idle", "connecting_mediator", "advertising", "waiting", "backing_off"}
-HANDOVER = {"peer_disconnect", "peer_identification"}
+MACHINES: list[type[StateMachine]] = [Registration, Rendezvous, ClientCandidate, PeerCandidate]
+TABLES = {cls.__name__: compile_machine(cls) for cls in MACHINES}
+REG, REN = TABLES["Registration"], TABLES["Rendezvous"]
+CLIENT, PEER = TABLES["ClientCandidate"], TABLES["PeerCandidate"]
+
+
+def oracle(**values: bool):  # type: ignore[no-untyped-def]
+    return lambda name: values.get(name, False)
 
 
 def test_registered() -> None:
     classes = machine_classes()
-    assert classes["ClientHandshake"] is ClientHandshake
-    assert classes["PeerHandshake"] is PeerHandshake
+    for cls in MACHINES:
+        assert classes[cls.__name__] is cls
 
 
-def _shared(table: MachineTable) -> set[tuple[str, str, str, tuple[object, ...]]]:
-    return {
-        (t.source, t.event, t.target, t.guards)
-        for t in table.transitions
-        if t.source in SHARED_STATES and t.event not in HANDOVER
-    }
+def test_nothing_is_declared_twice() -> None:
+    """The registration phase is declared once (both roles), the rendezvous once; only the
+    per-candidate machines differ by role, and they share no event that means two things."""
+    assert REG.finals == {"client", "peer", "failed"}
+    assert REN.finals == {"established", "failed"}
+    assert set(CLIENT.events) & set(PEER.events) == {"bad_message", "silent", "closed"}
 
 
-def test_shared_half_is_identical() -> None:
-    """The core hands over from one table to the other at ``waiting``: the first half of both
-    must be the same machine, or the hand-over would change behaviour."""
-    assert _shared(CLIENT) == _shared(PEER)
-    assert len(_shared(CLIENT)) > 10
-    assert CLIENT.step("waiting", "peer_disconnect").target == "became_peer"
-    assert PEER.step("waiting", "peer_disconnect").target == "punching"
-    assert PEER.step("waiting", "peer_identification").target == "became_client"
+def test_every_live_registration_state_has_a_deadline() -> None:
+    for state in set(REG.states) - REG.finals - {"idle"}:
+        assert REG.step(state, "timeout").target == "failed", state
+    assert REN.step("punching", "timeout").target == "failed"
 
 
-@pytest.mark.parametrize("table", [CLIENT, PEER], ids=lambda t: t.name)
-def test_every_live_state_has_a_deadline(table: MachineTable) -> None:
-    for state in set(table.states) - table.finals - {"idle"}:
-        assert table.step(state, "timeout").target == "failed", state
-
-
-def test_guards() -> None:
-    def oracle(**values: bool):  # type: ignore[no-untyped-def]
-        return lambda name: values.get(name, False)
-
-    assert CLIENT.step("advertising", "advertise_challenge", oracle()).target == "failed"
+def test_registration_guards() -> None:
+    assert REG.step("advertising", "advertise_challenge", oracle()).target == "failed"
     ok = oracle(challenge_opens=True)
-    assert CLIENT.step("advertising", "advertise_challenge", ok).target == "waiting"
-    assert CLIENT.step("waiting", "advertise_retry", oracle()).target == "failed"
-    retry = oracle(can_retry=True)
-    assert CLIENT.step("waiting", "advertise_retry", retry).target == "backing_off"
-    assert CLIENT.step("waiting", "peer_identification", oracle()).target == "failed"
-    version = oracle(version_supported=True)
-    assert CLIENT.step("waiting", "peer_identification", version).target == "punching"
-    assert CLIENT.step("punching", "challenge_response", oracle()).target == "punching"
-    good = oracle(response_ok=True)
-    assert CLIENT.step("punching", "challenge_response", good).target == "confirming"
-    assert PEER.step("punching", "peer_challenge", oracle()).target == "punching"
-    assert PEER.step("punching", "peer_challenge", ok).target == "answering"
-    assert PEER.step("answering", "peer_response", oracle()).target == "failed"
-    assert PEER.step("answering", "peer_response", oracle(nonce_ok=True)).target == "established"
+    assert REG.step("advertising", "advertise_challenge", ok).target == "waiting"
+    assert REG.step("waiting", "advertise_retry", oracle()).target == "failed"
+    assert REG.step("waiting", "advertise_retry", oracle(can_retry=True)).target == "backing_off"
+    version_only = oracle(version_supported=True)
+    assert REG.step("waiting", "peer_identification", version_only).target == "failed"
+    both = oracle(version_supported=True, addresses_usable=True)
+    assert REG.step("waiting", "peer_identification", both).target == "client"
+    assert REG.step("waiting", "peer_disconnect", oracle(addresses_usable=True)).target == "failed"
+    usable = oracle(addresses_usable=True, can_listen=True)
+    assert REG.step("waiting", "peer_disconnect", usable).target == "peer"
     with pytest.raises(InvalidTransition):
-        CLIENT.step("punching", "malformed")
+        REG.step("connecting_mediator", "malformed")
+
+
+def test_candidate_guards() -> None:
+    """A candidate is confirmed only by the guard of its role's last message."""
+    assert CLIENT.step(CLIENT.initial, "handshake_response", oracle()).target == "rejected"
+    valid = oracle(response_valid=True)
+    assert CLIENT.step(CLIENT.initial, "handshake_response", valid).target == "confirmed"
+    assert PEER.step(PEER.initial, "handshake_init", oracle()).target == "rejected"
+    answered = PEER.step(PEER.initial, "handshake_init", oracle(init_valid=True)).target
+    assert answered == "answered"
+    # answering confirms nothing: only the Client's first record does
+    assert PEER.step(answered, "first_record", oracle()).target == "rejected"
+    assert PEER.step(answered, "first_record", oracle(record_valid=True)).target == "confirmed"
+    with pytest.raises(InvalidTransition):
+        PEER.step(PEER.initial, "first_record", oracle(record_valid=True))
+    for table in (CLIENT, PEER):
+        for state in set(table.states) - table.finals:
+            for event in ("silent", "closed", "bad_message"):
+                assert table.step(state, event).target == "rejected"
+
+
+def test_listen_failed_is_fatal_only_for_the_peer() -> None:
+    assert REN.step("punching", "listen_failed", oracle(can_go_on=True)).target == "punching"
+    assert REN.step("punching", "listen_failed", oracle()).target == "failed"
 
 
 def _table_path(
@@ -86,57 +99,37 @@ def _table_path(
     return path
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    events=st.lists(st.sampled_from(CLIENT.events), max_size=12),
-    guards=st.fixed_dictionaries({name: st.booleans() for name in sorted(CLIENT.guard_names)}),
-)
-def test_client_differential(events: list[str], guards: dict[str, bool]) -> None:
-    assert _table_path(CLIENT, events, guards) == reference_path(
-        ClientHandshake, events, guards.__getitem__
+@pytest.mark.parametrize("cls", MACHINES, ids=lambda c: c.__name__)
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_differential(cls: type[StateMachine], data: st.DataObject) -> None:
+    table = TABLES[cls.__name__]
+    events = data.draw(st.lists(st.sampled_from(table.events), max_size=10))
+    guards = data.draw(
+        st.fixed_dictionaries({name: st.booleans() for name in sorted(table.guard_names)})
     )
+    assert _table_path(table, events, guards) == reference_path(cls, events, guards.__getitem__)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    events=st.lists(st.sampled_from(PEER.events), max_size=12),
-    guards=st.fixed_dictionaries({name: st.booleans() for name in sorted(PEER.guard_names)}),
-)
-def test_peer_differential(events: list[str], guards: dict[str, bool]) -> None:
-    assert _table_path(PEER, events, guards) == reference_path(
-        PeerHandshake, events, guards.__getitem__
-    )
+HAPPY = {
+    "Registration": ["start", "mediator_opened", "advertise_challenge", "peer_identification"],
+    "Rendezvous": [
+        "attempt_failed",
+        "attempt_due",
+        "direct_opened",
+        "candidate_evicted",
+        "confirmed",
+    ],
+    "ClientCandidate": ["handshake_response"],
+    "PeerCandidate": ["handshake_init", "first_record"],
+}
 
 
-HAPPY_CLIENT = [
-    "start",
-    "mediator_opened",
-    "advertise_challenge",
-    "peer_identification",
-    "attempt_failed",
-    "attempt_due",
-    "direct_opened",
-    "challenge_response",
-    "acknowledgement",
-]
-HAPPY_PEER = [
-    "start",
-    "mediator_opened",
-    "advertise_challenge",
-    "peer_disconnect",
-    "direct_opened",
-    "candidate_rejected",
-    "peer_challenge",
-    "peer_response",
-]
-
-
-def test_happy_paths_agree_with_the_classes() -> None:
-    """Random sequences rarely reach the end; the two full handshakes are checked explicitly."""
-    yes = dict.fromkeys(CLIENT.guard_names | PEER.guard_names, True)
-    client = _table_path(CLIENT, HAPPY_CLIENT, yes)
-    assert client[-1] == "established"
-    assert client == reference_path(ClientHandshake, HAPPY_CLIENT, yes.__getitem__)
-    peer = _table_path(PEER, HAPPY_PEER, yes)
-    assert peer[-1] == "established"
-    assert peer == reference_path(PeerHandshake, HAPPY_PEER, yes.__getitem__)
+@pytest.mark.parametrize("cls", MACHINES, ids=lambda c: c.__name__)
+def test_happy_paths_agree_with_the_classes(cls: type[StateMachine]) -> None:
+    """Random sequences rarely reach the end; each happy path is checked explicitly."""
+    table = TABLES[cls.__name__]
+    yes = dict.fromkeys(table.guard_names, True)
+    path = _table_path(table, HAPPY[cls.__name__], yes)
+    assert path[-1] in table.finals and path[-1] not in ("failed", "rejected")
+    assert path == reference_path(cls, HAPPY[cls.__name__], yes.__getitem__)

@@ -69,13 +69,23 @@ def test_two_blocking_peers_pair_and_talk(mediator_port: int) -> None:
         assert {ca.role, cb.role} == {"client", "peer"}
         assert ca.peer_key == b.public_key and cb.peer_key == a.public_key
         assert ca.session_secret == cb.session_secret
-        assert ca.local == cb.remote
-        ca.sock.settimeout(10)
-        cb.sock.settimeout(10)
+        assert ca.local == cb.remote and ca.path == cb.path == "direct"
+        ca.settimeout(10)
+        cb.settimeout(10)
         ca.sendall(b"ping")
         assert _read(cb, 4) == b"ping"
         cb.sendall(b"pong" * 5000)
         assert _read(ca, 20000) == b"pong" * 5000
+        # the socket-like surface: recv_into, makefile, fileno, shutdown = authenticated EOF
+        buffer = bytearray(5)
+        ca.sendall(b"hello")
+        assert cb.recv_into(buffer) == 5 and bytes(buffer) == b"hello"
+        assert isinstance(ca.fileno(), int) and ca.fileno() >= 0
+        with cb.makefile("wb") as out:
+            out.write(b"line\n")
+        assert ca.makefile("rb").readline() == b"line\n"
+        cb.shutdown(socket.SHUT_WR)
+        assert ca.recv(10) == b""
 
 
 def test_blocking_and_async_peers_pair(mediator_port: int) -> None:
@@ -93,7 +103,7 @@ def test_blocking_and_async_peers_pair(mediator_port: int) -> None:
 
     def blocking_side() -> bytes:
         with sync.connect(a, b.public_key, addr, **FAST) as conn:
-            conn.sock.settimeout(10)
+            conn.settimeout(10)
             data = _read(conn, 10)
             conn.sendall(b"from sync")
             return data
@@ -118,19 +128,6 @@ def test_blocking_timeout_when_nobody_comes(mediator_port: int) -> None:
             ("127.0.0.1", mediator_port),
             timeout=0.8,
         )
-
-
-def test_leftover_is_returned_first() -> None:
-    left, right = socket.socketpair()
-    with left, right:
-        conn = sync.SyncConnection(
-            left, Keypair.generate().public_key, "client", bytes(32), ("", 0), ("", 0), b"abc"
-        )
-        right.sendall(b"def")
-        left.settimeout(5)
-        assert conn.recv(2) == b"ab"
-        assert conn.recv(10) == b"c"
-        assert conn.recv(10) == b"def"
 
 
 def _read(conn: sync.SyncConnection, size: int) -> bytes:

@@ -130,3 +130,36 @@ def test_spec_section_9_matches_the_vector_file() -> None:
     )
     for vector in VECTORS["frames"]:
         assert "\n".join(textwrap.wrap(vector["hex"], 64)) in SPEC
+
+
+def test_direct_handshake_vector() -> None:
+    """The fixed Noise KK handshake of section 9, recomputed from its inputs: prologue (pairing
+    id, both keys), both messages, the handshake hash and the session secret."""
+    from p2psc.core.peer import prologue, session_secret
+    from p2psc.noise import HandshakeState
+
+    hs = VECTORS["direct_handshake"]
+    keys = VECTORS["keys"]
+    alice, bob = (bytes.fromhex(keys[n]["public"]) for n in ("alice", "bob"))
+    pid = bytes.fromhex(hs["pairing_id"])
+    assert prologue(pid, alice, bob).hex() == hs["prologue"]
+    init = HandshakeState.initiator(
+        bytes.fromhex(keys["alice"]["private"]),
+        bob,
+        bytes.fromhex(hs["prologue"]),
+        bytes.fromhex(hs["client_ephemeral_private"]),
+    )
+    resp = HandshakeState.responder(
+        bytes.fromhex(keys["bob"]["private"]),
+        alice,
+        bytes.fromhex(hs["prologue"]),
+        bytes.fromhex(hs["peer_ephemeral_private"]),
+    )
+    first = init.write_message(b"")
+    assert first.hex() == hs["handshake_init"]
+    assert resp.read_message(first) == b""
+    second = resp.write_message(b"")
+    assert second.hex() == hs["handshake_response"]
+    assert init.read_message(second) == b""
+    assert init.handshake_hash.hex() == resp.handshake_hash.hex() == hs["handshake_hash"]
+    assert session_secret(init.handshake_hash).hex() == hs["session_secret"]

@@ -20,14 +20,12 @@ from p2psc.wire import (
     AdvertiseResponse,
     AdvertiseRetry,
     FrameDecoder,
+    HandshakeInit,
+    HandshakeResponse,
     Message,
     MessageType,
-    PeerAcknowledgement,
-    PeerChallenge,
-    PeerChallengeResponse,
     PeerDisconnect,
     PeerIdentification,
-    PeerResponse,
     Reason,
     construct_decode,
     construct_encode,
@@ -46,6 +44,8 @@ opt_addresses = st.one_of(st.none(), addresses)
 keys = st.binary(min_size=32, max_size=32)
 nonces = st.binary(min_size=32, max_size=32)
 sealed = st.binary(min_size=80, max_size=80)
+pairing_ids = st.binary(min_size=16, max_size=16)
+noise = st.binary(min_size=48, max_size=200)
 u8 = st.integers(0, 255)
 codes = st.one_of(st.sampled_from(list(Reason)), st.integers(0, 65535))
 texts = st.text(max_size=300).filter(lambda t: len(t.encode("utf-8", "surrogatepass")) <= 1024)
@@ -57,12 +57,10 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(AdvertiseResponse, nonces),
     st.builds(AdvertiseAbort, codes, texts),
     st.builds(AdvertiseRetry, codes, texts),
-    st.builds(PeerDisconnect, addresses, addresses, opt_addresses),
-    st.builds(PeerIdentification, u8, addresses, opt_addresses),
-    st.builds(PeerChallenge, sealed),
-    st.builds(PeerChallengeResponse, sealed, nonces),
-    st.builds(PeerResponse, nonces),
-    st.just(PeerAcknowledgement()),
+    st.builds(PeerDisconnect, pairing_ids, addresses, addresses, opt_addresses),
+    st.builds(PeerIdentification, u8, pairing_ids, addresses, opt_addresses),
+    st.builds(HandshakeInit, noise),
+    st.builds(HandshakeResponse, noise),
 )
 
 
@@ -126,9 +124,9 @@ def test_construct_and_fast_path_agree_on_mutations(msg: Message, data: st.DataO
 
 
 def test_decode_of_each_class_checks_type() -> None:
-    frame = PeerAcknowledgement().encode()
-    with pytest.raises(ProtocolError, match="expected PeerResponse"):
-        PeerResponse.decode(frame)
+    frame = HandshakeInit(bytes(48)).encode()
+    with pytest.raises(ProtocolError, match="expected HandshakeResponse"):
+        HandshakeResponse.decode(frame)
 
 
 def test_unknown_reason_code_stays_int() -> None:
@@ -189,7 +187,7 @@ def test_address_from_sockname_tuples() -> None:
 
 
 def test_bad_magic() -> None:
-    frame = bytearray(PeerAcknowledgement().encode())
+    frame = bytearray(HandshakeInit(bytes(48)).encode())
     frame[0:2] = b"XX"
     with pytest.raises(ProtocolError, match="magic"):
         decode(bytes(frame))
@@ -216,7 +214,7 @@ def test_length_above_maximum_rejected_before_payload() -> None:
 
 
 def test_truncated_frame() -> None:
-    frame = PeerResponse(b"\x01" * 32).encode()
+    frame = AdvertiseResponse(b"\x01" * 32).encode()
     with pytest.raises(ProtocolError, match="truncated"):
         decode(frame[:-1])
     with pytest.raises(ProtocolError, match="truncated"):
@@ -225,12 +223,12 @@ def test_truncated_frame() -> None:
 
 def test_trailing_bytes_after_frame() -> None:
     with pytest.raises(ProtocolError, match="trailing"):
-        decode(PeerAcknowledgement().encode() + b"\x00")
+        decode(HandshakeInit(bytes(48)).encode() + b"\x00")
 
 
 def test_trailing_bytes_inside_payload() -> None:
     with pytest.raises(ProtocolError, match="trailing"):
-        decode(header(MessageType.PEER_RESPONSE, 33) + b"\x00" * 33)
+        decode(header(MessageType.ADVERTISE_RESPONSE, 33) + b"\x00" * 33)
     adv = Advertise(1, b"a" * 32, b"b" * 32).encode()
     bad = header(0, len(adv) - HEADER_SIZE + 1) + adv[HEADER_SIZE:] + b"\x00"
     with pytest.raises(ProtocolError, match="trailing"):
@@ -239,13 +237,15 @@ def test_trailing_bytes_inside_payload() -> None:
 
 def test_payload_shorter_than_fields() -> None:
     with pytest.raises(ProtocolError, match="truncated"):
-        decode(header(MessageType.PEER_CHALLENGE_RESPONSE, 100) + b"\x00" * 100)
+        decode(header(MessageType.PEER_DISCONNECT, 10) + b"\x00" * 10)
     with pytest.raises(ProtocolError):
         decode(header(MessageType.ADVERTISE, 10) + b"\x00" * 10)
 
 
 def test_port_zero_rejected() -> None:
-    payload = b"\x04\x01\x02\x03\x04\x00\x00" + b"\x04\x01\x02\x03\x04\x00\x01" + b"\x00"
+    payload = (
+        bytes(16) + b"\x04\x01\x02\x03\x04\x00\x00" + b"\x04\x01\x02\x03\x04\x00\x01" + b"\x00"
+    )
     with pytest.raises(ProtocolError, match="port 0"):
         decode(header(MessageType.PEER_DISCONNECT, len(payload)) + payload)
     with pytest.raises(ProtocolError):
@@ -254,7 +254,7 @@ def test_port_zero_rejected() -> None:
 
 @pytest.mark.parametrize("family", [0, 1, 5, 7, 255])
 def test_bad_address_family(family: int) -> None:
-    payload = bytes([1, family]) + b"\x00" * 6 + b"\x00"
+    payload = bytes([1]) + bytes(16) + bytes([family]) + b"\x00" * 6 + b"\x00"
     with pytest.raises(ProtocolError, match="family"):
         decode(header(MessageType.PEER_IDENTIFICATION, len(payload)) + payload)
 
@@ -278,11 +278,13 @@ def test_wrong_key_length_rejected_on_construction() -> None:
     [
         lambda: AdvertiseChallenge(b"\x00" * 79),
         lambda: AdvertiseResponse(b"\x00" * 31),
-        lambda: PeerChallenge(b"\x00" * 81),
-        lambda: PeerChallengeResponse(b"\x00" * 80, b"\x00" * 33),
-        lambda: PeerResponse(b""),
+        lambda: HandshakeInit(b"\x00" * 47),
+        lambda: HandshakeResponse(b"\x00" * 4097),
+        lambda: HandshakeInit("not bytes"),
+        lambda: PeerDisconnect(bytes(15), Address("::1", 1), Address("::1", 2)),
+        lambda: PeerIdentification(1, bytes(17), Address("::1", 1)),
         lambda: Advertise(256, b"a" * 32, b"b" * 32),
-        lambda: PeerIdentification(-1, Address("::1", 1)),
+        lambda: PeerIdentification(-1, bytes(16), Address("::1", 1)),
         lambda: AdvertiseAbort(65536, ""),
         lambda: AdvertiseRetry(1, "x" * 1025),
         lambda: AdvertiseRetry(1, "\ud800"),
@@ -391,7 +393,7 @@ def test_decoder_rejects_a_bad_header_before_it_is_complete(
         FrameDecoder().feed(prefix)
 
 
-@pytest.mark.parametrize("prefix", [b"P", b"P2", b"P2\x01", b"P2\x01\x0a", b"P2\x01\x03\x10"])
+@pytest.mark.parametrize("prefix", [b"P", b"P2", b"P2\x01", b"P2\x01\x08", b"P2\x01\x03\x10"])
 def test_decoder_waits_on_a_valid_partial_header(prefix: bytes) -> None:
     dec = FrameDecoder()
     assert dec.feed(prefix) == [] and dec.has_partial and dec.buffered == len(prefix)
@@ -402,7 +404,7 @@ def test_decoder_fails_permanently() -> None:
     with pytest.raises(ProtocolError):
         dec.feed(b"XX")
     with pytest.raises(ProtocolError):
-        dec.feed(PeerAcknowledgement().encode())
+        dec.feed(HandshakeInit(bytes(48)).encode())
 
 
 def test_decoder_memory_bound() -> None:
@@ -419,7 +421,7 @@ def test_module_exports() -> None:
 
 
 def test_decoder_flood_in_one_chunk_keeps_nothing_buffered() -> None:
-    msgs = [PeerResponse(bytes([i % 256]) * 32) for i in range(5000)]
+    msgs = [AdvertiseResponse(bytes([i % 256]) * 32) for i in range(5000)]
     dec = FrameDecoder()
     assert dec.feed(b"".join(m.encode() for m in msgs)) == msgs
     assert dec.buffered == 0
@@ -437,9 +439,9 @@ def test_decoder_buffer_never_exceeds_one_frame() -> None:
 
 
 def test_decoder_delivers_earlier_feeds_before_a_bad_frame() -> None:
-    good = PeerAcknowledgement().encode()
+    good = HandshakeInit(bytes(48)).encode()
     dec = FrameDecoder()
-    assert dec.feed(good) == [PeerAcknowledgement()]
+    assert dec.feed(good) == [HandshakeInit(bytes(48))]
     with pytest.raises(ProtocolError):
         dec.feed(b"\x00" * 6)
     assert dec.failed and dec.buffered == 0

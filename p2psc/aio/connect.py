@@ -1,10 +1,19 @@
-"""``await p2psc.aio.connect(...)``: one direct, mutually authenticated TCP connection.
+"""``await p2psc.aio.connect(...)``: one direct, mutually authenticated, encrypted connection.
 
-All protocol logic lives in :class:`p2psc.core.peer.PeerCore`; this module executes its actions
-on real sockets (made by :mod:`p2psc.aio.holepunch`, so every socket of the attempt shares one
-local port) and feeds back what happened. Every wait has a deadline: the core's own timers
-(each clipped to the overall ``timeout``), and an outer bound slightly above ``timeout`` in
-case an action never completes.
+All protocol logic lives in :class:`p2psc.core.peer.PeerCore`, run by the shared
+:class:`p2psc.core.peer_driver.PeerDriver`; this module only executes its operations on real
+sockets (made by :mod:`p2psc.sockets`, so every socket of the attempt shares one local port) and
+reports what happened, from the loop's callbacks. Each connection is a plain
+:class:`asyncio.Protocol`, so nothing is buffered between the socket and the core: bytes go to
+the driver the moment they arrive, and when the attempt succeeds nothing of the kept connection
+is pending anywhere. Its transport is then handed, protocol swapped, to the secure channel
+(:func:`p2psc.aio.channel.secure_streams`), which gives the application a standard
+StreamReader/StreamWriter pair with flow control both ways.
+
+Every wait has a deadline (the driver's single next deadline: the core's timers and an outer
+bound). Cancelling ``connect()`` at any point closes every socket the attempt opened: the only
+await is on a future the callbacks complete, and the connection is built after it without
+another await, so a finished connection is never dropped unclosed.
 """
 
 from __future__ import annotations
@@ -12,52 +21,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from dataclasses import dataclass, field
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
+from typing import cast
 
-from p2psc.aio.holepunch import listening_socket, open_connection_from
-from p2psc.core.io import (
-    Close,
-    Closed,
-    Connect,
-    ConnId,
-    Event,
-    Failed,
-    Listen,
-    Opened,
-    Received,
-    Send,
-    SetTimer,
-    TimerFired,
-)
-from p2psc.core.peer import (
-    FIRST_ACCEPTED,
-    LISTENER,
-    Established,
-    PeerAction,
-    PeerConfig,
-    PeerCore,
-    peer_config,
-)
-from p2psc.errors import HandshakeTimeout, P2pscError
+from p2psc.aio.channel import secure_streams
+from p2psc.aio.holepunch import open_connection_from
+from p2psc.core.io import Close, Connect, ConnId, Listen, Send
+from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, peer_config
+from p2psc.core.peer_driver import IoOp, PeerDriver
+from p2psc.errors import P2pscError
 from p2psc.keys import HPKE, Keypair, NonceCrypto, NonceSource, PublicKey
+from p2psc.sockets import listening_socket
 
-__all__ = ["P2PConnection", "connect"]
+__all__ = ["P2PConnection", "connect", "connect_with"]
 
-READ_SIZE = 65536
-OUTER_MARGIN = 2.0
-"""Seconds the outer bound adds to ``timeout``: the core fails first, this only catches bugs."""
+READ_LIMIT = 2**16
 
 
 @dataclass
 class P2PConnection:
-    """A direct TCP connection to the owner of ``peer_key``, both identities proven.
+    """A direct, encrypted connection to the owner of ``peer_key``, both identities proven.
 
-    ``role`` is what the Mediator made us: ``"client"`` (registered first, challenged the
-    other side) or ``"peer"`` (registered later, listened and answered). ``session_secret`` is
-    32 bytes both sides derive identically (spec/protocol.md, "Session secret"). Bytes the other
-    side sent right after the handshake are already in ``reader``. Use as an async context
-    manager, or call :meth:`close` (and :meth:`wait_closed`)."""
+    ``reader``/``writer`` carry application bytes through the Noise channel (spec/protocol.md):
+    ``reader`` ends (EOF) only after the other side's authenticated close; a cut, tampered or
+    replayed stream raises a :class:`~p2psc.errors.ChannelError` from ``reader`` instead.
+    ``writer.write_eof()`` or :meth:`close` sends our authenticated close. ``drain()`` blocks
+    while the other side does not read (TCP flow control reaches through the channel).
+
+    ``role`` is what the Mediator made us: ``"client"`` (registered first, the Noise initiator)
+    or ``"peer"``. ``session_secret`` is 32 bytes both sides derive identically from the Noise
+    handshake hash (forward secret); ``handshake_hash`` is the hash itself, for channel binding.
+    ``path`` is ``"direct"``. Use as an async context manager, or call :meth:`close` (and
+    :meth:`wait_closed`)."""
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
@@ -66,13 +64,12 @@ class P2PConnection:
     session_secret: bytes
     local: tuple[str, int]
     remote: tuple[str, int]
-    _pump: asyncio.Task[None] | None = field(default=None, repr=False)
+    handshake_hash: bytes = b""
+    path: str = "direct"
 
     def close(self) -> None:
-        """Close the connection (flushes what was written first)."""
+        """Send the authenticated close (after what was written) and close the connection."""
         self.writer.close()
-        if self._pump is not None:
-            self._pump.cancel()
 
     async def wait_closed(self) -> None:
         """Wait (at most 5 s) until the connection is closed."""
@@ -106,6 +103,7 @@ async def connect(
     punch_attempt_timeout: float = 2.0,
     advertise_retries: int = 3,
     retry_backoff: float = 0.5,
+    candidate_timeout: float = 5.0,
     send_local: bool = True,
     crypto: NonceCrypto = HPKE,
     nonce_source: NonceSource = secrets.token_bytes,
@@ -116,8 +114,9 @@ async def connect(
     PEM); ``mediator_addr`` is ``(host, port)`` or ``"host:port"``.
 
     Deadlines: ``timeout`` bounds the whole call (registration, waiting for the other side,
-    hole punching and the handshake); ``step_timeout`` bounds each request/answer step (Mediator
-    connect, its challenge, each direct handshake message).
+    hole punching and the handshake); ``step_timeout`` bounds each request/answer step with the
+    Mediator; ``candidate_timeout`` bounds each direct connection's wait for its next handshake
+    message (a silent connection is dropped).
 
     Hole punching (tune these for NATs): after the Mediator introduces us, both sides connect
     out from the local port of their Mediator connection to the other's observed address (and
@@ -131,8 +130,9 @@ async def connect(
 
     Raises a :class:`~p2psc.errors.ConnectError` subclass (MediatorUnreachable,
     MediatorClosed, AdvertiseAborted, AdvertiseRetryExhausted, IdentityCheckFailed,
-    PeerUnreachable, HandshakeTimeout) or a :class:`~p2psc.errors.ProtocolError` (including
-    UnsupportedVersion) when the other side breaks the protocol.
+    PeerUnreachable, UnusableAddress, HandshakeTimeout) or a
+    :class:`~p2psc.errors.ProtocolError` (including UnsupportedVersion) when the other side
+    breaks the protocol.
     """
     config = peer_config(
         keypair,
@@ -147,6 +147,7 @@ async def connect(
         punch_attempt_timeout=punch_attempt_timeout,
         advertise_retries=advertise_retries,
         retry_backoff=retry_backoff,
+        candidate_timeout=candidate_timeout,
         send_local=send_local,
         crypto=crypto,
         nonce_source=nonce_source,
@@ -156,180 +157,197 @@ async def connect(
 
 async def connect_with(config: PeerConfig) -> P2PConnection:
     """:func:`connect` for a ready :class:`~p2psc.core.peer.PeerConfig`."""
-    driver = _Driver(PeerCore(config))
-    bound = config.timeout + OUTER_MARGIN
+    adapter = _Adapter(PeerCore(config))
     try:
-        return await asyncio.wait_for(driver.run(), bound)
-    except P2pscError:
-        raise  # HandshakeTimeout is a TimeoutError too: keep the core's reason
-    except TimeoutError:
-        raise HandshakeTimeout(f"connect did not finish within {bound:.1f} s") from None
+        return await adapter.run()
     finally:
-        driver.shutdown()
+        adapter.shutdown()
 
 
-class _Driver:
-    """Executes core actions; turns socket happenings into events (no protocol logic)."""
+class _Link(asyncio.Protocol):
+    """One socket: what happens on it goes to the driver, nothing more."""
+
+    def __init__(self, adapter: _Adapter, conn: ConnId | None) -> None:
+        self.adapter = adapter
+        self.conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.conn = self.adapter.opened(self.conn, cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.adapter.step(self.adapter.driver.received, self.conn, data)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None and self.adapter.transports.pop(self.conn, None) is not None:
+            why = None if exc is None else (str(exc) or type(exc).__name__)
+            self.adapter.step(self.adapter.driver.closed, self.conn, why)
+
+
+class _Adapter:
+    """Moves bytes and time between asyncio and the shared :class:`PeerDriver`."""
 
     def __init__(self, core: PeerCore) -> None:
-        self.core = core
+        self.driver = PeerDriver(core)
         self.loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.streams: dict[ConnId, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.transports: dict[ConnId, asyncio.Transport] = {}
         self.tasks: dict[ConnId, asyncio.Task[None]] = {}
-        self.timers: dict[ConnId, asyncio.TimerHandle] = {}
+        self.timer: asyncio.TimerHandle | None = None
         self.server: asyncio.Server | None = None
-        self.next_accepted = FIRST_ACCEPTED
+        self.listener: socket.socket | None = None
         self.local_host: str | None = None
-        self.kept: ConnId | None = None
+        self.connection: P2PConnection | None = None
 
     async def run(self) -> P2PConnection:
-        actions = self.core.start(self.loop.time())
-        while True:
-            for action in actions:
-                result = await self._execute(action)
-                if result is not None:
-                    return result
-            event = await self.events.get()
-            actions = self.core.handle(event, self.loop.time())
+        self.execute(self.driver.start(self.loop.time()))
+        await self.done  # the only await: a cancel lands here, and shutdown() cleans up
+        result = self.driver.result
+        if isinstance(result, P2pscError):
+            raise result
+        assert self.connection is not None
+        connection, self.connection = self.connection, None  # handed out: no longer ours
+        return connection
 
-    async def _execute(self, action: PeerAction) -> P2PConnection | None:
-        if isinstance(action, Send):
-            stream = self.streams.get(action.conn)
-            if stream is not None:
-                stream[1].write(action.data)
-        elif isinstance(action, Close):
-            self._close(action.conn)
-        elif isinstance(action, SetTimer):
-            self._set_timer(action.conn, action.deadline)
-        elif isinstance(action, Connect):
-            self.tasks[action.conn] = asyncio.create_task(self._connect(action))
-        elif isinstance(action, Listen):
-            await self._listen(action)
-        elif isinstance(action, Failed):
-            raise action.error
-        elif isinstance(action, Established):
-            return await self._established(action)
-        return None
+    def step(self, method: Callable[..., list[IoOp]], *args: object) -> None:
+        """Feed one happening to the driver and execute what it answers."""
+        if self.done.done():
+            return
+        self.execute(method(*args, self.loop.time()))
 
-    def _set_timer(self, conn: ConnId, deadline: float | None) -> None:
-        old = self.timers.pop(conn, None)
-        if old is not None:
-            old.cancel()
+    def execute(self, ops: list[IoOp]) -> None:
+        for op in ops:
+            if isinstance(op, Send):
+                transport = self.transports.get(op.conn)
+                if transport is not None:
+                    transport.write(op.data)
+            elif isinstance(op, Close):
+                self._close(op.conn)
+            elif isinstance(op, Connect):
+                self.tasks[op.conn] = asyncio.create_task(self._connect(op))
+            else:
+                self._listen(op)
+        result = self.driver.result
+        if result is not None:
+            for conn in sorted(self.driver.closing):
+                self._close(conn)
+            if isinstance(result, Established) and self.connection is None:
+                # in this very callback: no byte of the kept connection can slip past the core
+                self.connection = self._established(result)
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self._arm(self.driver.next_deadline())
+
+    def _arm(self, deadline: float | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if deadline is not None:
-            self.timers[conn] = self.loop.call_at(
-                deadline, self.events.put_nowait, TimerFired(conn)
-            )
+            self.timer = self.loop.call_at(deadline, self.step, self.driver.tick)
 
-    async def _connect(self, action: Connect) -> None:
-        local_host = self.local_host if action.from_port is not None else None
+    async def _connect(self, op: Connect) -> None:
+        local_host = self.local_host if op.from_port is not None else None
         try:
-            sock = await open_connection_from(action.remote, local_host, action.from_port)
+            sock = await open_connection_from(op.remote, local_host, op.from_port)
             try:
-                reader, writer = await asyncio.open_connection(sock=sock, limit=READ_SIZE)
+                await self.loop.create_connection(lambda: _Link(self, op.conn), sock=sock)
             except BaseException:
                 sock.close()
                 raise
         except OSError as error:
-            self.events.put_nowait(Closed(action.conn, str(error) or type(error).__name__))
-            return
-        self.streams[action.conn] = (reader, writer)
-        local = _pair(writer.get_extra_info("sockname"))
+            self.step(self.driver.closed, op.conn, str(error) or type(error).__name__)
+        finally:
+            self.tasks.pop(op.conn, None)
+
+    def opened(self, conn: ConnId | None, transport: asyncio.Transport) -> ConnId | None:
+        """A connection exists (``conn`` None: accepted on our listener); returns its name."""
+        remote = _pair(transport.get_extra_info("peername"))
+        local = _pair(transport.get_extra_info("sockname"))
+        if self.done.done():
+            transport.close()
+            return None
         if self.local_host is None:
             self.local_host = local[0]
-        self.events.put_nowait(Opened(action.conn, _pair(writer.get_extra_info("peername")), local))
-        await self._read(action.conn, reader)
+        if conn is None:
+            conn, ops = self.driver.accepted(remote, local, self.loop.time())
+            self.transports[conn] = transport
+        else:
+            self.transports[conn] = transport
+            ops = self.driver.opened(conn, remote, local, self.loop.time())
+        self.execute(ops)
+        return conn
 
-    async def _read(self, conn: ConnId, reader: asyncio.StreamReader) -> None:
+    def _listen(self, op: Listen) -> None:
+        # The socket listens before this returns (the Peer's ordering guarantee); serving it
+        # through the loop may complete later.
         try:
-            while data := await reader.read(READ_SIZE):
-                self.events.put_nowait(Received(conn, data))
+            self.listener = listening_socket(self.local_host or "0.0.0.0", op.port)
         except OSError as error:
-            self.events.put_nowait(Closed(conn, str(error) or type(error).__name__))
+            self.loop.call_soon(self.step, self.driver.closed, LISTENER, str(error))
             return
-        self.events.put_nowait(Closed(conn, None))
+        self.tasks[LISTENER] = asyncio.create_task(self._serve(self.listener))
 
-    async def _listen(self, action: Listen) -> None:
-        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            conn = self.next_accepted
-            self.next_accepted += 1
-            self.streams[conn] = (reader, writer)
-            self.events.put_nowait(
-                Opened(
-                    conn,
-                    _pair(writer.get_extra_info("peername")),
-                    _pair(writer.get_extra_info("sockname")),
-                )
-            )
-            self.tasks[conn] = asyncio.create_task(self._read(conn, reader))
-
+    async def _serve(self, sock: socket.socket) -> None:
         try:
-            sock = listening_socket(self.local_host or "0.0.0.0", action.port)
-            self.server = await asyncio.start_server(accepted, sock=sock, limit=READ_SIZE)
+            self.server = await self.loop.create_server(lambda: _Link(self, None), sock=sock)
         except OSError as error:
-            self.events.put_nowait(Closed(LISTENER, str(error)))
+            self.step(self.driver.closed, LISTENER, str(error))
+        finally:
+            self.tasks.pop(LISTENER, None)
 
     def _close(self, conn: ConnId) -> None:
+        task = self.tasks.pop(conn, None)
+        if task is not None:
+            task.cancel()
         if conn == LISTENER:
             if self.server is not None:
                 self.server.close()
                 self.server = None
+            if self.listener is not None:
+                self.listener.close()
+                self.listener = None
             return
-        task = self.tasks.pop(conn, None)
-        if task is not None and conn != self.kept:
-            task.cancel()
-        stream = self.streams.pop(conn, None)
-        if stream is not None:
-            stream[1].close()
+        transport = self.transports.pop(conn, None)
+        if transport is not None:
+            transport.close()
 
-    async def _established(self, action: Established) -> P2PConnection:
-        reader, writer = self.streams.pop(action.conn)
-        self.kept = action.conn
-        task = self.tasks.pop(action.conn, None)
-        if task is not None:
-            task.cancel()  # reader.read() is cancellation safe: unread bytes stay in reader
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        out = asyncio.StreamReader(limit=READ_SIZE)
-        out.feed_data(action.leftover)
-        while not self.events.empty():
-            event = self.events.get_nowait()
-            if isinstance(event, Received) and event.conn == action.conn:
-                out.feed_data(event.data)
-        pump = asyncio.create_task(_pump(reader, out))
+    def _established(self, result: Established) -> P2PConnection:
+        transport = self.transports.pop(result.conn)
+        reader, writer = secure_streams(
+            transport, result.channel, result.leftover, limit=READ_LIMIT
+        )
         return P2PConnection(
-            reader=out,
+            reader=reader,
             writer=writer,
-            peer_key=action.peer_key,
-            role=action.role,
-            session_secret=action.session_secret,
-            local=_pair(writer.get_extra_info("sockname")),
-            remote=_pair(writer.get_extra_info("peername")),
-            _pump=pump,
+            peer_key=result.peer_key,
+            role=result.role,
+            session_secret=result.session_secret,
+            local=_pair(transport.get_extra_info("sockname")),
+            remote=_pair(transport.get_extra_info("peername")),
+            handshake_hash=result.handshake_hash,
         )
 
     def shutdown(self) -> None:
         """Close everything the attempt opened except the connection handed out."""
-        for handle in self.timers.values():
-            handle.cancel()
-        self.timers.clear()
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        for conn in list(self.streams):
-            self._close(conn)
-        for task in self.tasks.values():
+        if not self.done.done():
+            self.done.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._close(LISTENER)
+        for task in list(self.tasks.values()):
             task.cancel()
-
-
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamReader) -> None:
-    try:
-        while data := await source.read(READ_SIZE):
-            sink.feed_data(data)
-    except OSError as error:
-        sink.set_exception(error)
-        return
-    sink.feed_eof()
+        self.tasks.clear()
+        for conn in list(self.transports):
+            self._close(conn)
+        if self.connection is not None:  # established, but the caller was cancelled first
+            self.connection.close()  # the partner gets an authenticated close at once
+            self.connection = None
 
 
 def _pair(name: object) -> tuple[str, int]:

@@ -26,6 +26,7 @@ from typing import BinaryIO
 from p2psc.aio.connect import P2PConnection, connect
 from p2psc.cli.keygen import read_passphrase
 from p2psc.core.peer import parse_host_port
+from p2psc.errors import ChannelError
 from p2psc.keys import Keypair, PublicKey
 
 __all__ = ["load_peer_key", "pipe", "register"]
@@ -133,14 +134,18 @@ def _run(args: argparse.Namespace) -> int:
         remote = f"{connection.remote[0]}:{connection.remote[1]}"
         session = session_id(connection.session_secret)
         say(
-            f"p2psc connect: connected as {connection.role} {local} -> {remote}, peer "
-            f"{connection.peer_key.fingerprint()} verified, session {session}"
+            f"p2psc connect: connected as {connection.role} {local} -> {remote}, path "
+            f"{connection.path}, encrypted (Noise KK), peer {connection.peer_key.fingerprint()} "
+            f"verified, session {session}"
         )
         await pipe(connection, sys.stdin.buffer, sys.stdout.buffer)
         return 0
 
     try:
         return asyncio.run(main())
+    except ChannelError as error:  # a cut, tampered or replayed stream: nothing of it was shown
+        print(f"p2psc connect: channel broken: {error}", file=sys.stderr)
+        return 1
     except ConnectionError as error:
         print(f"p2psc connect: connection lost: {error}", file=sys.stderr)
         return 1

@@ -79,7 +79,7 @@ async def run_demo(message: str = "hello", timeout: float = 10.0) -> int:
         bob_conn.close()
         await alice_conn.wait_closed()
         await bob_conn.wait_closed()
-    say("done: one direct, mutually authenticated TCP connection, data both ways")
+    say("done: one direct, mutually authenticated, encrypted connection, data both ways")
     return 0
 
 
@@ -87,8 +87,8 @@ def _report(say: Callable[[str], None], name: str, conn: P2PConnection) -> None:
     local = f"{conn.local[0]}:{conn.local[1]}"
     remote = f"{conn.remote[0]}:{conn.remote[1]}"
     say(
-        f"{name + ':':6s} direct connection {local} -> {remote} as {conn.role}; "
-        f"the other side proved it owns {conn.peer_key.fingerprint()}"
+        f"{name + ':':6s} direct connection {local} -> {remote} as {conn.role}, encrypted "
+        f"(Noise KK); the other side proved it owns {conn.peer_key.fingerprint()}"
     )
 
 

@@ -198,7 +198,7 @@ SessionRow = tuple[
     "wire.Address | None",  # advertised local address
     bytes,  # our_key ("" before Advertise)
     bytes,  # their_key
-    bytes | None,  # nonce while challenged
+    bytes | None,  # nonce while challenged; the Peer's session: the pairing id while pairing
     ConnId | None,  # partner while pairing
 ]
 MediatorSnapshot = tuple[tuple[SessionRow, ...], tuple[tuple[RegistryKey, int], ...], bool]
@@ -766,8 +766,10 @@ class MediatorCore:
             out.append(Send(conn, _retry(_R.BUSY, "partner vanished while pairing, retry")))
             self._close(conn, session, out, "pairing race")
             return
+        pairing_id = self._nonce_source(wire.PAIRING_ID_SIZE)
         try:
             disconnect = wire.PeerDisconnect(
+                pairing_id=pairing_id,
                 peer=wire.Address.from_tuple(session.remote),
                 client=wire.Address.from_tuple(client.remote),
                 client_local=client.local,
@@ -781,6 +783,7 @@ class MediatorCore:
         self._count(client, -1)  # it left the registry through claim()
         client.state = partner_step.target
         session.partner, client.partner = client_conn, conn
+        session.nonce = pairing_id  # the Client's PeerIdentification carries the same id
         deadline = now + self.config.confirm_timeout
         session.deadline = client.deadline = deadline
         out.append(Send(conn, disconnect))
@@ -800,6 +803,7 @@ class MediatorCore:
         try:
             identification = wire.PeerIdentification(
                 version=wire.PROTOCOL_VERSION,
+                pairing_id=session.nonce or b"",
                 peer=wire.Address.from_tuple(session.remote),
                 peer_local=session.local,
             ).encode()

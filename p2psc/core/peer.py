@@ -1,45 +1,54 @@
-"""Sans-IO core of a version 1 peer: both roles of ``connect()``, from the Mediator to a socket.
+"""Sans-IO core of a version 1 peer: both roles of ``connect()``, from the Mediator to a channel.
 
 Why one core for two roles: a peer learns whether it is the *Client* or the *Peer* only from the
-Mediator's first pairing message, so the first half (advertise, answer the Mediator's challenge,
-wait, retry on AdvertiseRetry) is shared. Control flow is the compiled
-:class:`~p2psc.machines.handshake.ClientHandshake` table, handed over to
-:class:`~p2psc.machines.handshake.PeerHandshake` when ``PeerDisconnect`` arrives. This module
-only evaluates guards and turns transitions into actions; it never touches a socket or a clock
-(``now`` comes in with every event) and draws nonces from an injected source.
+Mediator's first pairing message. Control flow is composed of the compiled machines of
+:mod:`p2psc.machines.handshake`: :class:`~p2psc.machines.handshake.Registration` until the
+Mediator introduces us, then :class:`~p2psc.machines.handshake.Rendezvous` (punching and
+candidate selection) with one :class:`~p2psc.machines.handshake.ClientCandidate` or
+:class:`~p2psc.machines.handshake.PeerCandidate` per direct connection. This module only
+evaluates guards and turns transitions into actions; it never touches a socket or a clock
+(``now`` comes with every event) and draws nonces and Noise ephemerals from an injected source.
 
 Connection and timer names (:data:`~p2psc.core.io.ConnId`): mediator attempt ``k`` is
 ``MEDIATOR_BASE + k``; our listener (either role) is :data:`LISTENER`; outgoing direct attempts are
 numbered from :data:`PUNCH_BASE`; the adapter names connections accepted on the listener from
 :data:`FIRST_ACCEPTED` upwards. Timers: :data:`TIMER` (the current step's deadline, never later
-than the overall deadline), :data:`RETRY_TIMER` (AdvertiseRetry backoff) and
-``PUNCH_TIMER_BASE + i`` (the retry/attempt clock of direct target ``i``).
+than the overall deadline), :data:`RETRY_TIMER` (AdvertiseRetry backoff),
+:data:`CANDIDATE_TIMER` (the earliest candidate deadline) and ``PUNCH_TIMER_BASE + i`` (the
+retry/attempt clock of direct target ``i``). The core remembers every deadline it set: a
+:class:`~p2psc.core.io.TimerFired` that arrives early is answered by re-arming the same timer,
+and one for a timer that is not (or no longer) set is ignored, so early or duplicate timer
+events are harmless.
 
 Hole punching (DESIGN.md section 7): both sides connect out from the local port of their
 Mediator connection to every known address of the other side (observed, and local when given),
 one attempt in flight per address, each attempt bounded by ``punch_attempt_timeout``, failed
 attempts retried after ``punch_interval * punch_backoff**n`` (capped at ``punch_max_interval``)
-until ``punch_timeout``. Both roles also listen on that port (the Peer before it closes its
-Mediator connection, the Client when PeerIdentification arrives), because a NAT that answers
-unsolicited SYNs with RST lets a connection form only towards a side that listens. Every
-direct connection that forms, outgoing or accepted, is a *candidate* (at most
-``max_candidates``): the Client sends the same PeerChallenge on each and commits to the first
-that answers with a valid PeerChallengeResponse; the Peer commits to the first candidate that
-carries a valid PeerChallenge and answers only there. Both sides agree without extra messages,
-and a stranger reaching a listener, or a host that happens to own a private address we try,
-cannot break the pairing.
+until ``punch_timeout``. Both roles also listen on that port, because a NAT that answers
+unsolicited SYNs with RST lets a connection form only towards a side that listens.
+
+The direct handshake is ``Noise_KK_25519_ChaChaPoly_SHA256`` (spec/protocol.md, "The direct
+handshake"). The Client is the initiator: it sends the same HandshakeInit on every candidate and
+commits to the first that answers with a HandshakeResponse completing the handshake, then sends
+its key-confirmation record there. The Peer answers every valid HandshakeInit (with a fresh
+ephemeral each) and commits only to the candidate whose first transport record is valid. The
+prologue binds the protocol version, the Mediator's fresh pairing id and both keys, so nothing
+from another pairing verifies. Strangers cannot evict the partner: candidates are bounded per
+source address and in total, and when a bound is reached the oldest *silent* accepted candidate
+is evicted (outgoing connections, which only we open, are never evicted); every candidate must
+complete its step before ``candidate_timeout``.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
+import ipaddress
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from p2psc import errors, wire
+from p2psc.core.channel import SecureChannel
 from p2psc.core.io import (
     Action,
     Close,
@@ -67,85 +76,101 @@ from p2psc.errors import (
     PeerUnreachable,
     ProtocolError,
     UnsupportedVersion,
+    UnusableAddress,
 )
 from p2psc.keys import (
     HPKE,
-    NONCE_SIZE,
     Keypair,
     NonceCrypto,
     NonceSource,
     PublicKey,
-    nonces_equal,
     system_nonces,
 )
 from p2psc.keys import nonce_info as _info
 from p2psc.machines.compiler import MachineTable, compile_machine
-from p2psc.machines.handshake import ClientHandshake, PeerHandshake
+from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
+from p2psc.noise import HandshakeSnapshot, HandshakeState
 
 __all__ = [
+    "CANDIDATE_TIMER",
     "FIRST_ACCEPTED",
     "LISTENER",
     "MEDIATOR_BASE",
+    "PROLOGUE_LABEL",
     "PUNCH_BASE",
     "PUNCH_TIMER_BASE",
     "RETRY_TIMER",
     "SESSION_SECRET_INFO",
     "TIMER",
+    "Candidate",
     "Established",
     "PeerAction",
     "PeerConfig",
     "PeerCore",
     "PeerSnapshot",
     "Slot",
-    "derive_session_secret",
+    "address_usable",
     "parse_host_port",
     "peer_config",
+    "prologue",
+    "session_secret",
     "take_frame",
-    "x25519_static",
 ]
 
 TIMER: ConnId = 0
 RETRY_TIMER: ConnId = 1
 LISTENER: ConnId = 2
+CANDIDATE_TIMER: ConnId = 3
 PUNCH_TIMER_BASE: ConnId = 4
 MEDIATOR_BASE: ConnId = 16
 PUNCH_BASE: ConnId = 64
 FIRST_ACCEPTED: ConnId = 1 << 20
 MAX_ADVERTISE_RETRIES = 32
 MAX_TARGETS = 2
+EPHEMERAL_SIZE = 32
 
+PROLOGUE_LABEL = b"p2psc v1 Noise_KK prologue\x00"
+"""First bytes of the Noise prologue (followed by version, pairing id, Client key, Peer key)."""
 SESSION_SECRET_INFO = b"p2psc v1 session secret\x00"
-"""HKDF ``info`` prefix of the session secret (followed by the Client's and the Peer's key)."""
+"""HKDF ``info`` of the session secret derived from the Noise handshake hash."""
 
-CLIENT_TABLE: MachineTable = compile_machine(ClientHandshake)
-PEER_TABLE: MachineTable = compile_machine(PeerHandshake)
-
-
-def x25519_static(keypair: Keypair, other: PublicKey) -> bytes:
-    """Static-static X25519 between our identity key and theirs (the secret part of the
-    session secret: both nonces travel in clear once opened, this does not)."""
-    try:
-        return keypair.private_key.exchange(other.to_x25519())
-    except Exception as exc:  # a low-order point yields an all-zero secret and ValueError
-        raise CryptoError(f"cannot agree a secret with this key: {exc}") from None
+REGISTRATION_TABLE: MachineTable = compile_machine(Registration)
+RENDEZVOUS_TABLE: MachineTable = compile_machine(Rendezvous)
+CLIENT_CANDIDATE_TABLE: MachineTable = compile_machine(ClientCandidate)
+PEER_CANDIDATE_TABLE: MachineTable = compile_machine(PeerCandidate)
 
 
-StaticDH = Callable[[Keypair, PublicKey], bytes]
+def prologue(pairing_id: bytes, client_key: bytes, peer_key: bytes) -> bytes:
+    """The Noise prologue both sides must agree on (spec/protocol.md): a message of another
+    pairing, another pair of keys or another protocol version never verifies."""
+    return PROLOGUE_LABEL + bytes((wire.PROTOCOL_VERSION,)) + pairing_id + client_key + peer_key
+
+
+def session_secret(handshake_hash: bytes) -> bytes:
+    """32 bytes for applications, from the Noise handshake hash (channel binding): identical on
+    both sides, unique per session, forward secret (the hash covers the ephemeral DH)."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=SESSION_SECRET_INFO)
+    return hkdf.derive(handshake_hash)
 
 
 @dataclass(frozen=True, slots=True)
 class Established:
     """The handshake succeeded on ``conn``: it now belongs to the application.
 
-    ``leftover`` holds bytes the other side sent after its last handshake frame and that
-    arrived coalesced with it; the adapter must deliver them first. The adapter hands ``conn``
-    to the caller; the core has already asked to close everything else."""
+    Every application byte on ``conn`` goes through ``channel`` (a
+    :class:`~p2psc.core.channel.SecureChannel` past the handshake and the key confirmation).
+    ``leftover`` holds raw bytes that arrived after the last handshake record and that the
+    adapter must feed to ``channel`` before anything it reads later; bytes the adapter read
+    from ``conn`` but has not yet handed to the core follow them. The core has already asked to
+    close everything else."""
 
     conn: ConnId
     peer_key: PublicKey
     role: str
     session_secret: bytes
+    channel: SecureChannel = field(compare=False, hash=False)
     leftover: bytes = b""
+    handshake_hash: bytes = b""
 
 
 PeerAction = Action | Established
@@ -153,10 +178,12 @@ PeerAction = Action | Established
 
 @dataclass(frozen=True)
 class PeerConfig:
-    """Who we are, whom we want, where the Mediator is, and every deadline and retry bound.
+    """Who we are, whom we want, where the Mediator is, and every deadline and bound.
 
     ``timeout`` bounds the whole attempt; every step deadline is clipped to it. See the module
-    docstring for the hole punching parameters."""
+    docstring for the hole punching parameters. ``candidate_timeout`` bounds each candidate's
+    wait for its next handshake message; ``max_candidates`` bounds accepted candidates in total
+    and ``max_candidates_per_source`` per source IP address."""
 
     keypair: Keypair
     peer_key: PublicKey
@@ -170,19 +197,22 @@ class PeerConfig:
     punch_attempt_timeout: float = 2.0
     advertise_retries: int = 3
     retry_backoff: float = 0.5
-    max_candidates: int = 8
+    candidate_timeout: float = 5.0
+    max_candidates: int = 32
+    max_candidates_per_source: int = 4
     send_local: bool = True
     crypto: NonceCrypto = HPKE
     nonce_source: NonceSource = system_nonces
-    static_dh: StaticDH | None = field(default=x25519_static)
 
     def __post_init__(self) -> None:
         if not 0 <= self.advertise_retries <= MAX_ADVERTISE_RETRIES:
             raise ValueError(f"advertise_retries must be in 0..{MAX_ADVERTISE_RETRIES}")
         if self.punch_interval <= 0 or self.punch_backoff < 1 or self.punch_attempt_timeout <= 0:
             raise ValueError("punch_interval and punch_attempt_timeout > 0, punch_backoff >= 1")
-        if self.max_candidates < 1:
-            raise ValueError("max_candidates must be at least 1")
+        if self.max_candidates < 1 or self.max_candidates_per_source < 1:
+            raise ValueError("max_candidates and max_candidates_per_source must be at least 1")
+        if self.candidate_timeout <= 0 or self.timeout <= 0 or self.step_timeout <= 0:
+            raise ValueError("timeout, step_timeout and candidate_timeout must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +226,19 @@ class Slot:
 
 
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    """One direct connection under test. ``source`` is the remote IP of an accepted one (None
+    for outgoing ones, which strangers cannot create), ``order`` its arrival rank (eviction takes
+    the oldest silent one), ``handshake`` the Peer's completed responder state once answered."""
+
+    state: str
+    source: str | None
+    order: int
+    deadline: float
+    handshake: HandshakeSnapshot | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PeerSnapshot:
     """Everything that distinguishes one core state from another (hashable)."""
 
@@ -205,17 +248,19 @@ class PeerSnapshot:
     deadline: float | None
     attempt: int
     mediator: ConnId | None
+    mediator_loopback: bool
     local: tuple[str, int] | None
     open_conns: frozenset[ConnId]
     rx: tuple[tuple[ConnId, bytes], ...]
     targets: tuple[tuple[str, int], ...]
     slots: tuple[Slot, ...]
     next_conn: ConnId
-    candidates: frozenset[ConnId]
-    active: ConnId | None
-    our_nonce: bytes | None
-    their_nonce: bytes | None
-    transcript: bytes
+    candidates: tuple[tuple[ConnId, Candidate], ...]
+    next_order: int
+    pairing_id: bytes
+    initiator: HandshakeSnapshot | None
+    init_frame: bytes
+    timers: tuple[tuple[ConnId, float], ...]
     rejected: tuple[int, str]
     error: tuple[str, str, int | None] | None
 
@@ -224,9 +269,9 @@ def take_frame(buf: bytes) -> tuple[bytes, wire.Message, bytes] | None:
     """Split the first whole frame off ``buf``: (frame, message, rest), or None if incomplete.
 
     Why not :meth:`wire.FrameDecoder.feed` alone: after the last handshake frame the stream
-    belongs to the application, so we must stop exactly at that frame's end and hand the rest
-    over. The header is still validated by a FrameDecoder (same rules, same errors), as soon as
-    the bytes that can be checked are in, so garbage is refused early and memory stays bounded.
+    belongs to the channel, so we must stop exactly at that frame's end and hand the rest over.
+    The header is still validated by a FrameDecoder (same rules, same errors), as soon as the
+    bytes that can be checked are in, so garbage is refused early and memory stays bounded.
     """
     if len(buf) < wire.HEADER_SIZE:
         if buf:
@@ -240,23 +285,38 @@ def take_frame(buf: bytes) -> tuple[bytes, wire.Message, bytes] | None:
     return frame, wire.decode(frame), bytes(buf[end:])
 
 
-def derive_session_secret(
-    client_key: PublicKey,
-    peer_key: PublicKey,
-    client_nonce: bytes,
-    peer_nonce: bytes,
-    transcript: bytes,
-    shared: bytes = b"",
-) -> bytes:
-    """HKDF-SHA256: ikm = shared | client_nonce | peer_nonce, salt = SHA-256(transcript),
-    info = SESSION_SECRET_INFO | client key | peer key; 32 bytes (spec/protocol.md)."""
-    hkdf = HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=hashlib.sha256(transcript).digest(),
-        info=SESSION_SECRET_INFO + client_key.raw + peer_key.raw,
-    )
-    return hkdf.derive(shared + client_nonce + peer_nonce)
+def address_usable(host: str, port: int, loopback_ok: bool) -> str | None:
+    """Why ``host:port`` cannot be a partner's address (None when it can): unspecified,
+    multicast or broadcast addresses and port 0 never can; loopback only when the Mediator
+    itself is reached over loopback (else a Mediator could point us at our own host's services).
+    IPv4-mapped IPv6 addresses are judged as the IPv4 address they map."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if not 0 < port < 65536:
+        return "port 0"
+    if ip.is_unspecified:
+        return "unspecified address"
+    if ip.is_multicast:
+        return "multicast address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "broadcast address"
+    if ip.is_loopback and not loopback_ok:
+        return "loopback address, but the Mediator is not on loopback"
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def peer_config(
@@ -267,7 +327,8 @@ def peer_config(
 ) -> PeerConfig:
     """Build a :class:`PeerConfig` from what users have at hand: ``peer_key`` as a PublicKey,
     32 raw bytes or text (hex or PEM); ``mediator`` as ``(host, port)`` or ``"host:port"``
-    (``"[v6]:port"``). Raises KeyFileError / ValueError for unusable input."""
+    (``"[v6]:port"``). ``options`` are :class:`PeerConfig` fields. Raises KeyFileError /
+    ValueError / TypeError for unusable input."""
     if isinstance(peer_key, bytes):
         key = PublicKey.from_raw(peer_key)
     elif isinstance(peer_key, str):
@@ -312,28 +373,34 @@ def _reason_name(code: int) -> str:
         return f"reason {code}"
 
 
+def _step(table: MachineTable, state: str, event: str, **guards: bool) -> str:
+    return table.step(state, event, guards.__getitem__).target
+
+
 class PeerCore:
     """One pairing attempt, driven by events; see the module docstring."""
 
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
-        self.table = CLIENT_TABLE
-        self.state = CLIENT_TABLE.initial
+        self.table = REGISTRATION_TABLE
+        self.state = REGISTRATION_TABLE.initial
         self.role: str | None = None
         self.deadline: float | None = None
         self.attempt = 0
         self.mediator: ConnId | None = None
+        self.mediator_loopback = False
         self.local: tuple[str, int] | None = None
         self.open_conns: frozenset[ConnId] = frozenset()
         self.rx: dict[ConnId, bytes] = {}
         self.targets: tuple[tuple[str, int], ...] = ()
         self.slots: tuple[Slot, ...] = ()
         self.next_conn: ConnId = PUNCH_BASE
-        self.candidates: frozenset[ConnId] = frozenset()
-        self.active: ConnId | None = None
-        self.our_nonce: bytes | None = None
-        self.their_nonce: bytes | None = None
-        self.transcript = b""
+        self.candidates: dict[ConnId, Candidate] = {}
+        self.next_order = 0
+        self.pairing_id = b""
+        self.initiator: HandshakeState | None = None
+        self.init_frame = b""
+        self.timers: dict[ConnId, float] = {}
         self.rejected: tuple[int, str] = (0, "")
         self.error: P2pscError | None = None
 
@@ -347,17 +414,19 @@ class PeerCore:
             deadline=self.deadline,
             attempt=self.attempt,
             mediator=self.mediator,
+            mediator_loopback=self.mediator_loopback,
             local=self.local,
             open_conns=self.open_conns,
             rx=tuple(sorted(self.rx.items())),
             targets=self.targets,
             slots=self.slots,
             next_conn=self.next_conn,
-            candidates=self.candidates,
-            active=self.active,
-            our_nonce=self.our_nonce,
-            their_nonce=self.their_nonce,
-            transcript=self.transcript,
+            candidates=tuple(sorted(self.candidates.items())),
+            next_order=self.next_order,
+            pairing_id=self.pairing_id,
+            initiator=None if self.initiator is None else self.initiator.snapshot(),
+            init_frame=self.init_frame,
+            timers=tuple(sorted(self.timers.items())),
             rejected=self.rejected,
             error=None
             if self.error is None
@@ -367,23 +436,27 @@ class PeerCore:
     @classmethod
     def from_snapshot(cls, snapshot: PeerSnapshot, config: PeerConfig) -> PeerCore:
         core = cls(config)
-        core.table = PEER_TABLE if snapshot.table == PEER_TABLE.name else CLIENT_TABLE
+        rendezvous = snapshot.table == RENDEZVOUS_TABLE.name
+        core.table = RENDEZVOUS_TABLE if rendezvous else REGISTRATION_TABLE
         core.state = snapshot.state
         core.role = snapshot.role
         core.deadline = snapshot.deadline
         core.attempt = snapshot.attempt
         core.mediator = snapshot.mediator
+        core.mediator_loopback = snapshot.mediator_loopback
         core.local = snapshot.local
         core.open_conns = snapshot.open_conns
         core.rx = dict(snapshot.rx)
         core.targets = snapshot.targets
         core.slots = snapshot.slots
         core.next_conn = snapshot.next_conn
-        core.candidates = snapshot.candidates
-        core.active = snapshot.active
-        core.our_nonce = snapshot.our_nonce
-        core.their_nonce = snapshot.their_nonce
-        core.transcript = snapshot.transcript
+        core.candidates = dict(snapshot.candidates)
+        core.next_order = snapshot.next_order
+        core.pairing_id = snapshot.pairing_id
+        if snapshot.initiator is not None:
+            core.initiator = HandshakeState.from_snapshot(snapshot.initiator)
+        core.init_frame = snapshot.init_frame
+        core.timers = dict(snapshot.timers)
         core.rejected = snapshot.rejected
         if snapshot.error is not None:
             name, reason, code = snapshot.error
@@ -395,6 +468,7 @@ class PeerCore:
 
     @property
     def finished(self) -> bool:
+        """True once the attempt ended (Established or Failed was emitted)."""
         return self.table.is_final(self.state)
 
     # --- driving --------------------------------------------------------------------------
@@ -424,32 +498,40 @@ class PeerCore:
         conn = event.conn
         if conn not in self.open_conns:
             return []
-        if conn in self.candidates and conn != self.active:
+        if conn in self.candidates:
             return self._candidate_bytes(conn, event.data, now)
-        return self._frames(conn, self.rx.get(conn, b"") + event.data, now)
+        return self._mediator_bytes(conn, self.rx.get(conn, b"") + event.data, now)
 
     # --- timers ---------------------------------------------------------------------------
 
+    def _set_timer(self, timer: ConnId, deadline: float | None) -> SetTimer:
+        if deadline is None:
+            self.timers.pop(timer, None)
+        else:
+            self.timers[timer] = deadline
+        return SetTimer(timer, deadline)
+
     def _timer(self, timer: ConnId, now: float) -> list[PeerAction]:
+        due = self.timers.get(timer)
+        if due is None:
+            return []  # cancelled, replaced or already handled: a stale event
+        if now < due:
+            return [SetTimer(timer, due)]  # early: the deadline has not passed yet
+        del self.timers[timer]
         if timer == TIMER:
             return self._timeout()
         if timer == RETRY_TIMER:
-            if self.state != "backing_off":
-                return []
             self._step("retry_due")
             self.attempt += 1
             return self._connect_mediator(now)
+        if timer == CANDIDATE_TIMER:
+            return self._silent_candidates(now)
         index = timer - PUNCH_TIMER_BASE
-        if self.state != "punching" or not 0 <= index < len(self.slots):
-            return []
         slot = self.slots[index]
-        if slot.done:
-            return []
         if slot.conn is not None:  # the attempt took too long: drop it, retry later
             self._step("attempt_failed")
             self._forget(slot.conn)
-            failed = Slot(None, slot.failures + 1)
-            self._set_slot(index, failed)
+            self._set_slot(index, Slot(None, slot.failures + 1))
             return [Close(slot.conn, "direct attempt timed out"), self._retry_timer(index, now)]
         self._step("attempt_due")
         return self._attempt(index, now)
@@ -470,7 +552,7 @@ class PeerCore:
             )
         elif state == "backing_off":
             error = HandshakeTimeout("the deadline passed while waiting to retry the Mediator")
-        elif state == "punching":
+        else:
             count, why = self.rejected
             targets = ", ".join(f"{h}:{p}" for h, p in self.targets)
             if count:
@@ -482,124 +564,51 @@ class PeerCore:
                 error = PeerUnreachable(
                     f"no direct TCP connection with the {other} ({targets}) before the deadline"
                 )
-        else:
-            error = HandshakeTimeout(f"the peer handshake timed out in state {state}")
         return self._finish_failed(error)
 
-    # --- connections ----------------------------------------------------------------------
+    # --- the Mediator -----------------------------------------------------------------------
 
     def _connect_mediator(self, now: float) -> list[PeerAction]:
         conn = MEDIATOR_BASE + self.attempt
         self.mediator = conn
         return [
             Connect(conn, self.config.mediator),
-            SetTimer(TIMER, self._clip(now + self.config.step_timeout)),
+            self._set_timer(TIMER, self._clip(now + self.config.step_timeout)),
         ]
 
-    def _opened(self, event: Opened, now: float) -> list[PeerAction]:
+    def _mediator_opened(self, event: Opened, now: float) -> list[PeerAction]:
         conn = event.conn
-        if conn == self.mediator and self.state == "connecting_mediator":
-            self._step("mediator_opened")
-            self.open_conns |= {conn}
-            self.local = event.local
-            local: wire.Address | None = None
-            if self.config.send_local and event.local is not None:
-                try:
-                    local = wire.Address.from_tuple(event.local)
-                except ProtocolError:
-                    local = None
-            advertise = wire.Advertise(
-                wire.PROTOCOL_VERSION,
-                self.config.keypair.public_key.raw,
-                self.config.peer_key.raw,
-                local,
-            )
-            return [
-                Send(conn, advertise.encode()),
-                SetTimer(TIMER, self._clip(now + self.config.step_timeout)),
-            ]
-        if self.state == "punching":
-            index = self._slot_of(conn)
-            if index is not None or (conn >= FIRST_ACCEPTED and LISTENER in self.open_conns):
-                self._step("direct_opened")
-                self.open_conns |= {conn}
-                actions: list[PeerAction] = []
-                if index is not None:  # this target is reached: no more attempts towards it
-                    self._set_slot(index, Slot(None, self.slots[index].failures, True))
-                    actions.append(SetTimer(PUNCH_TIMER_BASE + index, None))
-                return actions + self._add_candidate(conn)
-        return [Close(conn, "not expected")]
+        self._step("mediator_opened")
+        self.open_conns |= {conn}
+        self.local = event.local
+        self.mediator_loopback = _is_loopback(event.remote[0])
+        local: wire.Address | None = None
+        if self.config.send_local and event.local is not None:
+            try:
+                local = wire.Address.from_tuple(event.local)
+            except ProtocolError:
+                local = None
+        advertise = wire.Advertise(
+            wire.PROTOCOL_VERSION,
+            self.config.keypair.public_key.raw,
+            self.config.peer_key.raw,
+            local,
+        )
+        return [
+            Send(conn, advertise.encode()),
+            self._set_timer(TIMER, self._clip(now + self.config.step_timeout)),
+        ]
 
-    def _add_candidate(self, conn: ConnId) -> list[PeerAction]:
-        """Keep ``conn`` as a candidate; the Client challenges it at once (the same
-        PeerChallenge on every candidate: only the real Peer can answer it)."""
-        if len(self.candidates) >= self.config.max_candidates:
-            self._forget(conn)
-            return [Close(conn, "too many candidate connections")]
-        self.candidates |= {conn}
-        if self.role == "client":
-            return [Send(conn, self.transcript)]  # before commit: exactly our PeerChallenge
-        return []
-
-    def _closed(self, event: Closed, now: float) -> list[PeerAction]:
-        conn = event.conn
-        why = event.error or "closed"
-        if conn == self.mediator and self.state == "connecting_mediator":
-            self._step("lost")
-            host, port = self.config.mediator
-            return self._finish_failed(MediatorUnreachable(f"mediator {host}:{port}: {why}"))
-        if self.state == "punching":
-            index = self._slot_of(conn)
-            if index is not None:
-                self._step("attempt_failed")
-                self._forget(conn)
-                self._set_slot(index, Slot(None, self.slots[index].failures + 1))
-                return [self._retry_timer(index, now)]
-            if conn in self.candidates:
-                self._forget(conn)
-                self._step("candidate_rejected")
-                return []
-            if conn == LISTENER and conn in self.open_conns:
-                self._forget(conn)
-                if self.role == "client":  # an extra for RST-answering NATs: go on without it
-                    self._step("listen_failed")
-                    return []
-                self._step("lost")
-                return self._finish_failed(PeerUnreachable(f"cannot listen for the Client: {why}"))
-        if conn not in self.open_conns:
-            return []
-        partial = " in the middle of a frame" if self.rx.get(conn) else ""
-        self._forget(conn)
-        state = self.state
-        self._step("lost")
-        error: P2pscError
-        if conn == self.mediator:
-            error = MediatorClosed(f"the Mediator closed the connection before pairing us{partial}")
-        elif state == "confirming":
-            error = IdentityCheckFailed(
-                f"the Peer closed the direct connection during the handshake{partial}"
-            )
-        else:
-            error = IdentityCheckFailed(
-                f"the Client closed the direct connection before answering our challenge{partial}"
-            )
-        return self._finish_failed(error)
-
-    # --- frames ---------------------------------------------------------------------------
-
-    def _frames(self, conn: ConnId, buf: bytes, now: float) -> list[PeerAction]:
+    def _mediator_bytes(self, conn: ConnId, buf: bytes, now: float) -> list[PeerAction]:
         actions: list[PeerAction] = []
-        while not self.finished and conn in self.open_conns:
+        while not self.finished and conn == self.mediator:
             taken = take_frame(buf)
             if taken is None:
                 self.rx[conn] = buf
                 return actions
-            frame, message, buf = taken
+            _, message, buf = taken
             self.rx[conn] = buf
-            if conn == self.mediator:
-                actions += self._mediator_message(conn, message, now)
-            else:
-                actions += self._direct_message(conn, frame, message, buf, now)
+            actions += self._mediator_message(conn, message, now)
         return actions
 
     def _mediator_message(
@@ -624,7 +633,7 @@ class PeerCore:
                 )
             return [
                 Send(conn, wire.AdvertiseResponse(nonce).encode()),
-                SetTimer(TIMER, self._clip(None)),
+                self._set_timer(TIMER, self._clip(None)),
             ]
         if isinstance(message, wire.AdvertiseRetry):
             wait = config.retry_backoff * (2**self.attempt)
@@ -643,8 +652,8 @@ class PeerCore:
             self.mediator = None
             return [
                 Close(conn, "AdvertiseRetry: backing off"),
-                SetTimer(RETRY_TIMER, now + wait),
-                SetTimer(TIMER, self._clip(None)),
+                self._set_timer(RETRY_TIMER, now + wait),
+                self._set_timer(TIMER, self._clip(None)),
             ]
         if isinstance(message, wire.AdvertiseAbort):
             self._step(event)
@@ -657,42 +666,76 @@ class PeerCore:
             )
         if isinstance(message, wire.PeerIdentification):
             supported = message.version == wire.PROTOCOL_VERSION
-            self._step(event, version_supported=supported)
+            unusable = self._unusable(message.peer, message.peer_local)
+            self._step(event, version_supported=supported, addresses_usable=unusable is None)
             if not supported:
                 return self._finish_failed(
                     UnsupportedVersion(
                         f"PeerIdentification names protocol version {message.version}"
                     )
                 )
-            self.role = "client"
-            actions: list[PeerAction] = []
-            if self.local is not None:  # without it, connect out only (unbound attempts)
-                actions.append(Listen(LISTENER, self.local[1]))
-                self.open_conns |= {LISTENER}
-            actions.append(Close(conn, "PeerIdentification: connecting to Peer"))
-            self._forget(conn)
-            self.mediator = None
-            self.our_nonce = self._nonce()
-            sealed = config.crypto.seal(
-                config.peer_key, self.our_nonce, _info("PeerChallenge", theirs, ours)
-            )
-            self.transcript = wire.PeerChallenge(sealed).encode()
-            return actions + self._start_punching(message.peer, message.peer_local, now)
+            if unusable is not None:
+                return self._finish_failed(unusable)
+            return self._introduced(conn, "client", message, now)
         assert isinstance(message, wire.PeerDisconnect)
-        self._step(event)  # ClientHandshake: waiting -> became_peer
-        self.table, self.state = PEER_TABLE, "waiting"
-        self._step(event)  # PeerHandshake: waiting -> punching
-        self.role = "peer"
-        if self.local is None:  # an adapter that did not report the local address
+        unusable = self._unusable(message.client, message.client_local)
+        can_listen = self.local is not None  # the adapter reported the Mediator connection's port
+        self._step(event, addresses_usable=unusable is None, can_listen=can_listen)
+        if unusable is not None:
+            return self._finish_failed(unusable)
+        if not can_listen:
             return self._finish_failed(
                 PeerUnreachable("the local port of the Mediator connection is unknown")
             )
-        # Order matters: the listener exists before the Mediator sees our close (section 7).
-        actions = [Listen(LISTENER, self.local[1]), Close(conn, "PeerDisconnect: listening")]
+        return self._introduced(conn, "peer", message, now)
+
+    def _unusable(self, observed: wire.Address, local: wire.Address | None) -> P2pscError | None:
+        for address in (observed, local):
+            if address is None:
+                continue
+            why = address_usable(address.host, address.port, self.mediator_loopback)
+            if why is not None:
+                return UnusableAddress(
+                    f"the Mediator named {address.host}:{address.port} as our partner's "
+                    f"address: {why}"
+                )
+        return None
+
+    def _introduced(
+        self,
+        conn: ConnId,
+        role: str,
+        message: wire.PeerIdentification | wire.PeerDisconnect,
+        now: float,
+    ) -> list[PeerAction]:
+        """Registration is over: listen, drop the Mediator connection, start punching.
+
+        The Peer listens *before* its close reaches the Mediator (the close is its confirmation
+        that it listens: spec/mediator.md, the ordering guarantee)."""
+        config = self.config
+        self.role = role
+        self.pairing_id = message.pairing_id
+        self.table, self.state = RENDEZVOUS_TABLE, RENDEZVOUS_TABLE.initial
+        actions: list[PeerAction] = []
+        if self.local is not None:  # without it the Client connects out only (unbound attempts)
+            actions.append(Listen(LISTENER, self.local[1]))
+            self.open_conns |= {LISTENER}
+        actions.append(Close(conn, f"{type(message).__name__}: punching"))
         self._forget(conn)
         self.mediator = None
-        self.open_conns |= {LISTENER}
+        if isinstance(message, wire.PeerIdentification):
+            ours, theirs = config.keypair.public_key.raw, config.peer_key.raw
+            self.initiator = HandshakeState.initiator(
+                config.keypair.to_private_raw(),
+                theirs,
+                prologue(self.pairing_id, ours, theirs),
+                self._ephemeral(),
+            )
+            self.init_frame = wire.HandshakeInit(self.initiator.write_message(b"")).encode()
+            return actions + self._start_punching(message.peer, message.peer_local, now)
         return actions + self._start_punching(message.client, message.client_local, now)
+
+    # --- punching ---------------------------------------------------------------------------
 
     def _start_punching(
         self, observed: wire.Address, local: wire.Address | None, now: float
@@ -702,7 +745,9 @@ class PeerCore:
             targets.append(local.to_tuple())
         self.targets = tuple(targets[:MAX_TARGETS])
         self.slots = tuple(Slot() for _ in self.targets)
-        actions: list[PeerAction] = [SetTimer(TIMER, self._clip(now + self.config.punch_timeout))]
+        actions: list[PeerAction] = [
+            self._set_timer(TIMER, self._clip(now + self.config.punch_timeout))
+        ]
         for index in range(len(self.targets)):
             actions += self._attempt(index, now)
         return actions
@@ -714,7 +759,7 @@ class PeerCore:
         from_port = None if self.local is None else self.local[1]
         return [
             Connect(conn, self.targets[index], from_port),
-            SetTimer(PUNCH_TIMER_BASE + index, now + self.config.punch_attempt_timeout),
+            self._set_timer(PUNCH_TIMER_BASE + index, now + self.config.punch_attempt_timeout),
         ]
 
     def _retry_timer(self, index: int, now: float) -> SetTimer:
@@ -724,167 +769,323 @@ class PeerCore:
             config.punch_max_interval,
             config.punch_interval * config.punch_backoff ** min(failures - 1, 64),
         )
-        return SetTimer(PUNCH_TIMER_BASE + index, now + wait)
+        return self._set_timer(PUNCH_TIMER_BASE + index, now + wait)
 
-    def _stop_punching(self, keep: ConnId) -> list[PeerAction]:
-        """Commit to ``keep``: close every other direct connection and cancel punch timers."""
+    # --- connections ----------------------------------------------------------------------
+
+    def _opened(self, event: Opened, now: float) -> list[PeerAction]:
+        conn = event.conn
+        if conn == self.mediator and self.state == "connecting_mediator":
+            return self._mediator_opened(event, now)
+        if self.table.name == RENDEZVOUS_TABLE.name:
+            index = self._slot_of(conn)
+            if index is not None or (conn >= FIRST_ACCEPTED and LISTENER in self.open_conns):
+                self._step("direct_opened")
+                actions: list[PeerAction] = []
+                source: str | None = None
+                if index is not None:  # this target is reached: no more attempts towards it
+                    self._set_slot(index, Slot(None, self.slots[index].failures, True))
+                    actions.append(self._set_timer(PUNCH_TIMER_BASE + index, None))
+                else:
+                    source = event.remote[0]
+                return actions + self._add_candidate(conn, source, now)
+        return [Close(conn, "not expected")]
+
+    def _add_candidate(self, conn: ConnId, source: str | None, now: float) -> list[PeerAction]:
+        """Keep ``conn`` as a candidate, within the bounds (module docstring); the Client sends
+        its HandshakeInit at once (the same on every candidate: only the Peer can answer it)."""
         actions: list[PeerAction] = []
-        in_flight = self._in_flight()
-        for index, slot in enumerate(self.slots):
-            actions.append(SetTimer(PUNCH_TIMER_BASE + index, None))
-            self._set_slot(index, Slot(None, slot.failures, True))
-        for conn in sorted((self.open_conns | in_flight) - {keep}):
-            actions.append(Close(conn, "another direct connection won"))
-        self.open_conns = frozenset({keep})
-        self.candidates = frozenset()
-        self.rx = {keep: self.rx.get(keep, b"")}
-        self.active = keep
-        return actions
+        if source is not None:
+            config = self.config
+            same = [c for c, cand in self.candidates.items() if cand.source == source]
+            accepted = [c for c, cand in self.candidates.items() if cand.source is not None]
+            for pool, bound, what in (
+                (same, config.max_candidates_per_source, f"from {source}"),
+                (accepted, config.max_candidates, "in total"),
+            ):
+                if len([c for c in pool if c in self.candidates]) < bound:
+                    continue
+                victim = self._silent_victim(pool)
+                if victim is None:
+                    return [Close(conn, f"too many candidate connections {what}")]
+                actions += self._evict(victim, f"evicted: too many candidates {what}")
+        self.open_conns |= {conn}
+        initial = (
+            CLIENT_CANDIDATE_TABLE if self.role == "client" else PEER_CANDIDATE_TABLE
+        ).initial
+        self.candidates[conn] = Candidate(
+            initial, source, self.next_order, now + self.config.candidate_timeout
+        )
+        self.next_order += 1
+        if self.role == "client":
+            actions.append(Send(conn, self.init_frame))
+        return [*actions, self._candidate_timer()]
+
+    def _silent_victim(self, pool: list[ConnId]) -> ConnId | None:
+        """The oldest accepted candidate in ``pool`` that has not said anything valid yet."""
+        initial = (
+            CLIENT_CANDIDATE_TABLE if self.role == "client" else PEER_CANDIDATE_TABLE
+        ).initial
+        silent = [
+            (cand.order, conn)
+            for conn in pool
+            if (cand := self.candidates.get(conn)) is not None
+            and cand.source is not None
+            and cand.state == initial
+        ]
+        return min(silent)[1] if silent else None
+
+    def _evict(self, conn: ConnId, why: str) -> list[PeerAction]:
+        table = CLIENT_CANDIDATE_TABLE if self.role == "client" else PEER_CANDIDATE_TABLE
+        _step(table, self.candidates[conn].state, "silent")
+        self._step("candidate_evicted")
+        self._forget(conn)
+        return [Close(conn, why)]
+
+    def _candidate_timer(self) -> SetTimer:
+        deadlines = [cand.deadline for cand in self.candidates.values()]
+        return self._set_timer(CANDIDATE_TIMER, min(deadlines) if deadlines else None)
+
+    def _silent_candidates(self, now: float) -> list[PeerAction]:
+        actions: list[PeerAction] = []
+        for conn, cand in sorted(self.candidates.items()):
+            if cand.deadline <= now:
+                actions += self._reject(conn, "silent", "silent past the candidate deadline")
+        return [*actions, self._candidate_timer()]
+
+    def _closed(self, event: Closed, now: float) -> list[PeerAction]:
+        conn = event.conn
+        why = event.error or "closed"
+        if conn == self.mediator and self.state == "connecting_mediator":
+            self._step("lost")
+            host, port = self.config.mediator
+            return self._finish_failed(MediatorUnreachable(f"mediator {host}:{port}: {why}"))
+        if self.table.name == RENDEZVOUS_TABLE.name:
+            index = self._slot_of(conn)
+            if index is not None:
+                self._step("attempt_failed")
+                self._forget(conn)
+                self._set_slot(index, Slot(None, self.slots[index].failures + 1))
+                return [self._retry_timer(index, now)]
+            if conn in self.candidates:
+                return self._reject(conn, "closed", f"closed ({why})", gone=True)
+            if conn == LISTENER and conn in self.open_conns:
+                self._forget(conn)
+                # The Client's listener is an extra for RST-answering NATs: it goes on without
+                # it. The Peer's is how the Client reaches it (the ordering guarantee).
+                self._step("listen_failed", can_go_on=self.role == "client")
+                if self.role == "client":
+                    return []
+                return self._finish_failed(PeerUnreachable(f"cannot listen for the Client: {why}"))
+            return []
+        if conn not in self.open_conns:
+            return []
+        partial = " in the middle of a frame" if self.rx.get(conn) else ""
+        self._forget(conn)
+        self._step("lost")
+        return self._finish_failed(
+            MediatorClosed(f"the Mediator closed the connection before pairing us{partial}")
+        )
 
     # --- the direct handshake ---------------------------------------------------------------
 
     def _candidate_bytes(self, conn: ConnId, data: bytes, now: float) -> list[PeerAction]:
-        """Bytes on a candidate. Its first frame must prove the other key (a PeerChallenge that
-        opens with ours, or for the Client a valid PeerChallengeResponse), else the candidate is
-        dropped: anyone can reach a listening port."""
+        """Bytes on a candidate: the next handshake message, checked; anything else rejects the
+        candidate (and only it: anyone can reach a listening port)."""
+        cand = self.candidates[conn]
         buf = self.rx.get(conn, b"") + data
+        if cand.state == "answered":
+            return self._first_record(conn, cand, buf, now)
         try:
             taken = take_frame(buf)
         except ProtocolError as error:
-            return self._reject(conn, f"malformed: {error.reason}", identity=False)
+            return self._reject(conn, "bad_message", f"malformed: {error.reason}")
         if taken is None:
             self.rx[conn] = buf
             return []
-        frame, message, rest = taken
+        _, message, rest = taken
         if self.role == "client":
-            return self._candidate_response(conn, frame, message, rest, now)
-        if not isinstance(message, wire.PeerChallenge):
-            return self._reject(conn, f"sent {type(message).__name__} first", identity=False)
+            if not isinstance(message, wire.HandshakeResponse):
+                return self._reject(conn, "bad_message", f"sent {type(message).__name__}")
+            return self._handshake_response(conn, message, rest)
+        if not isinstance(message, wire.HandshakeInit):
+            return self._reject(conn, "bad_message", f"sent {type(message).__name__}")
+        return self._handshake_init(conn, cand, message, rest, now)
+
+    def _handshake_response(
+        self, conn: ConnId, message: wire.HandshakeResponse, rest: bytes
+    ) -> list[PeerAction]:
+        """The Client's check: the response completes the Noise handshake (only the owner of
+        the Peer's key, answering this pairing's HandshakeInit, can produce it). Tried on a copy,
+        so a forged response leaves our handshake state as it was."""
+        assert self.initiator is not None
+        handshake = self.initiator.copy()
+        try:
+            handshake.read_message(message.noise)
+            valid = True
+        except CryptoError:
+            valid = False
+        cand = self.candidates[conn]
+        state = _step(
+            CLIENT_CANDIDATE_TABLE, cand.state, "handshake_response", response_valid=valid
+        )
+        if not valid:
+            return self._reject(
+                conn,
+                None,
+                f"its HandshakeResponse does not verify: it does not own key "
+                f"{self.config.peer_key.fingerprint()} or answers another pairing",
+                identity=True,
+            )
+        self.candidates[conn] = Candidate(state, cand.source, cand.order, cand.deadline)
+        send, recv = handshake.split()
+        channel = SecureChannel(send, recv)
+        confirmation = channel.seal(b"")
+        actions = self._commit(conn)
+        actions.append(Send(conn, confirmation))
+        return actions + self._established(conn, channel, rest, handshake.handshake_hash)
+
+    def _handshake_init(
+        self,
+        conn: ConnId,
+        cand: Candidate,
+        message: wire.HandshakeInit,
+        rest: bytes,
+        now: float,
+    ) -> list[PeerAction]:
+        """The Peer's answer to a HandshakeInit that verifies under this pairing's prologue
+        (a fresh responder state and ephemeral per candidate). Answering commits to nothing."""
         config = self.config
         ours, client = config.keypair.public_key.raw, config.peer_key.raw
-        nonce = self._try_open(message.encrypted_nonce, _info("PeerChallenge", ours, client))
-        self._step("peer_challenge", challenge_opens=nonce is not None)
-        if nonce is None:
-            return self._reject(conn, "its PeerChallenge does not open with our key", True)
-        actions = self._stop_punching(conn)
-        self.their_nonce = nonce
-        self.our_nonce = self._nonce()
-        sealed = config.crypto.seal(
-            config.peer_key, self.our_nonce, _info("PeerChallengeResponse", client, ours)
+        handshake = HandshakeState.responder(
+            config.keypair.to_private_raw(),
+            client,
+            prologue(self.pairing_id, client, ours),
+            self._ephemeral(),
         )
-        reply = wire.PeerChallengeResponse(sealed, nonce).encode()
-        self.transcript = frame + reply
-        actions += [Send(conn, reply), SetTimer(TIMER, self._clip(now + config.step_timeout))]
-        self.rx[conn] = b""
-        return actions + self._frames(conn, rest, now)
-
-    def _candidate_response(
-        self, conn: ConnId, frame: bytes, message: wire.Message, rest: bytes, now: float
-    ) -> list[PeerAction]:
-        """The Client's check of a candidate's answer: our nonce echoed (constant time) and
-        the Peer's own nonce opened with our key. The first candidate that passes wins."""
-        if not isinstance(message, wire.PeerChallengeResponse):
-            return self._reject(conn, f"sent {type(message).__name__} first", identity=False)
-        config = self.config
-        ours, theirs = config.keypair.public_key.raw, config.peer_key.raw
-        assert self.our_nonce is not None
-        echoed = nonces_equal(message.decrypted_nonce, self.our_nonce)
-        nonce = None
-        if echoed:
-            nonce = self._try_open(
-                message.encrypted_nonce, _info("PeerChallengeResponse", ours, theirs)
-            )
-        self._step("challenge_response", response_ok=nonce is not None)
-        if nonce is None:
-            why = "its sealed nonce does not open" if echoed else "it returned a wrong nonce"
+        try:
+            handshake.read_message(message.noise)
+            valid = True
+        except CryptoError:
+            valid = False
+        state = _step(PEER_CANDIDATE_TABLE, cand.state, "handshake_init", init_valid=valid)
+        if not valid:
             return self._reject(
-                conn, f"does not own key {config.peer_key.fingerprint()}: {why}", True
+                conn,
+                None,
+                "its HandshakeInit does not verify: not the Client, or another pairing",
+                identity=True,
             )
-        actions = self._stop_punching(conn)
-        self.their_nonce = nonce
-        reply = wire.PeerResponse(nonce).encode()
-        self.transcript += frame + reply
-        actions += [Send(conn, reply), SetTimer(TIMER, self._clip(now + config.step_timeout))]
+        reply = wire.HandshakeResponse(handshake.write_message(b"")).encode()
+        deadline = now + config.candidate_timeout
+        cand = Candidate(state, cand.source, cand.order, deadline, handshake.snapshot())
+        self.candidates[conn] = cand
         self.rx[conn] = b""
-        return actions + self._frames(conn, rest, now)
+        actions: list[PeerAction] = [Send(conn, reply), self._candidate_timer()]
+        if rest:
+            actions += self._first_record(conn, cand, rest, now)
+        return actions
 
-    def _reject(self, conn: ConnId, why: str, identity: bool) -> list[PeerAction]:
-        if not identity:
-            self._step("candidate_rejected")
-        self._forget(conn)
-        count, last = self.rejected
-        self.rejected = (count + 1, why) if identity else (count, last)
-        return [Close(conn, f"candidate rejected: {why}")]
-
-    def _direct_message(
-        self, conn: ConnId, frame: bytes, message: wire.Message, rest: bytes, now: float
+    def _first_record(
+        self, conn: ConnId, cand: Candidate, buf: bytes, now: float
     ) -> list[PeerAction]:
-        config = self.config
-        if isinstance(message, wire.PeerAcknowledgement) and self.state == "confirming":
-            self._step("acknowledgement")
-            self.transcript += frame
-            return self._established(conn, "client", rest)
-        if isinstance(message, wire.PeerResponse) and self.state == "answering":
-            assert self.our_nonce is not None
-            ok = nonces_equal(message.decrypted_nonce, self.our_nonce)
-            self._step("peer_response", nonce_ok=ok)
-            if not ok:
-                return self._finish_failed(
-                    IdentityCheckFailed(
-                        f"the Client does not own key {config.peer_key.fingerprint()}: "
-                        "it returned a wrong nonce"
-                    )
-                )
-            ack = wire.PeerAcknowledgement().encode()
-            self.transcript += frame + ack
-            return [Send(conn, ack), *self._established(conn, "peer", rest)]
-        raise InvalidTransition(self.table.name, self.state, type(message).__name__)
+        """The Peer's commit rule: the Client's first transport record (its key confirmation,
+        an empty data record) decrypts under the keys of our answer on this candidate."""
+        del now
+        if len(buf) < 2:
+            self.rx[conn] = buf
+            return []
+        end = 2 + int.from_bytes(buf[:2], "big")
+        if len(buf) < end:
+            self.rx[conn] = buf
+            return []
+        assert cand.handshake is not None
+        handshake = HandshakeState.from_snapshot(cand.handshake)
+        channel = SecureChannel(*handshake.split())
+        try:
+            items = channel.feed(buf[:end])
+            valid = all(isinstance(item, bytes) and not item for item in items)
+        except P2pscError:
+            valid = False
+        state = _step(PEER_CANDIDATE_TABLE, cand.state, "first_record", record_valid=valid)
+        if not valid:
+            return self._reject(
+                conn, None, "its first record is not the Client's key confirmation", identity=True
+            )
+        self.candidates[conn] = Candidate(state, cand.source, cand.order, cand.deadline)
+        actions = self._commit(conn)
+        return actions + self._established(conn, channel, buf[end:], handshake.handshake_hash)
 
-    def _established(self, conn: ConnId, role: str, leftover: bytes) -> list[PeerAction]:
-        config = self.config
-        ours, theirs = config.keypair.public_key, config.peer_key
-        client, peer = (ours, theirs) if role == "client" else (theirs, ours)
-        assert self.our_nonce is not None and self.their_nonce is not None
-        client_nonce, peer_nonce = (
-            (self.our_nonce, self.their_nonce)
-            if role == "client"
-            else (self.their_nonce, self.our_nonce)
-        )
-        shared = b"" if config.static_dh is None else config.static_dh(config.keypair, theirs)
-        secret = derive_session_secret(
-            client, peer, client_nonce, peer_nonce, self.transcript, shared
-        )
+    def _reject(
+        self, conn: ConnId, event: str | None, why: str, identity: bool = False, gone: bool = False
+    ) -> list[PeerAction]:
+        """Drop one candidate. ``event`` is its machine's event (None when the caller already
+        stepped it); identity failures are remembered for the final error message; ``gone``:
+        the connection is already closed (nothing to close)."""
+        cand = self.candidates.get(conn)
+        if cand is not None and event is not None:
+            table = CLIENT_CANDIDATE_TABLE if self.role == "client" else PEER_CANDIDATE_TABLE
+            _step(table, cand.state, event)
+        self._step("candidate_rejected")
+        self._forget(conn)
+        if identity:
+            count, _ = self.rejected
+            self.rejected = (count + 1, why)
+        return [] if gone else [Close(conn, f"candidate rejected: {why}")]
+
+    def _commit(self, keep: ConnId) -> list[PeerAction]:
+        """Commit to ``keep``: close every other connection (the listener too) and cancel
+        every timer."""
+        actions: list[PeerAction] = []
+        in_flight = frozenset(slot.conn for slot in self.slots if slot.conn is not None)
+        for index, slot in enumerate(self.slots):
+            self._set_slot(index, Slot(None, slot.failures, True))
+        for conn in sorted((self.open_conns | in_flight) - {keep}):
+            actions.append(Close(conn, "another direct connection won"))
+        actions += [self._set_timer(timer, None) for timer in sorted(self.timers)]
+        self._step("confirmed")
+        self.open_conns = frozenset({keep})
+        self.candidates = {}
         self.rx = {}
+        return actions
+
+    def _established(
+        self, conn: ConnId, channel: SecureChannel, leftover: bytes, handshake_hash: bytes
+    ) -> list[PeerAction]:
+        assert self.role is not None
         self.open_conns = frozenset()
         return [
-            SetTimer(TIMER, None),
-            Established(conn, theirs, role, secret, bytes(leftover)),
+            Established(
+                conn,
+                self.config.peer_key,
+                self.role,
+                session_secret(handshake_hash),
+                channel,
+                bytes(leftover),
+                handshake_hash,
+            )
         ]
 
     # --- helpers --------------------------------------------------------------------------
 
     def _step(self, event: str, **guards: bool) -> None:
-        self.state = self.table.step(self.state, event, guards.__getitem__).target
+        self.state = _step(self.table, self.state, event, **guards)
 
     def _clip(self, deadline: float | None) -> float:
         assert self.deadline is not None
         return self.deadline if deadline is None else min(deadline, self.deadline)
 
-    def _nonce(self) -> bytes:
-        nonce = self.config.nonce_source(NONCE_SIZE)
-        if len(nonce) != NONCE_SIZE:
-            raise CryptoError(f"nonce source returned {len(nonce)} bytes, not {NONCE_SIZE}")
-        return bytes(nonce)
+    def _ephemeral(self) -> bytes:
+        key = self.config.nonce_source(EPHEMERAL_SIZE)
+        if len(key) != EPHEMERAL_SIZE:
+            raise CryptoError(f"nonce source returned {len(key)} bytes, not {EPHEMERAL_SIZE}")
+        return bytes(key)
 
     def _try_open(self, sealed: bytes, info: bytes) -> bytes | None:
         try:
             return self.config.crypto.open(self.config.keypair, sealed, info)
         except CryptoError:
             return None
-
-    def _in_flight(self) -> frozenset[ConnId]:
-        """Direct attempts still connecting (not open yet, but the adapter holds a socket)."""
-        return frozenset(slot.conn for slot in self.slots if slot.conn is not None)
 
     def _slot_of(self, conn: ConnId) -> int | None:
         for index, slot in enumerate(self.slots):
@@ -899,7 +1100,7 @@ class PeerCore:
 
     def _forget(self, conn: ConnId) -> None:
         self.open_conns -= {conn}
-        self.candidates -= {conn}
+        self.candidates.pop(conn, None)
         self.rx.pop(conn, None)
 
     def _fail(self, error: P2pscError, event: str) -> list[PeerAction]:
@@ -912,13 +1113,12 @@ class PeerCore:
 
     def _finish_failed(self, error: P2pscError) -> list[PeerAction]:
         self.error = error
-        conns = self.open_conns | self._in_flight()
+        in_flight = frozenset(slot.conn for slot in self.slots if slot.conn is not None)
+        conns = self.open_conns | in_flight
         actions: list[PeerAction] = [Close(conn, error.reason) for conn in sorted(conns)]
-        timers = [TIMER, RETRY_TIMER] + [PUNCH_TIMER_BASE + i for i in range(len(self.slots))]
-        actions += [SetTimer(timer, None) for timer in timers]
+        actions += [self._set_timer(timer, None) for timer in sorted(self.timers)]
         self.open_conns = frozenset()
-        self.candidates = frozenset()
+        self.candidates = {}
         self.rx = {}
-        self.active = None
         self.mediator = None
         return [*actions, Failed(error)]

@@ -15,8 +15,10 @@ MACHINES: tuple[str, ...] = (
     "p2psc.machines.negotiator:NegotiatorMachine",
     "p2psc.legacy.machines:LegacyPeerMachine",
     "p2psc.machines.mediator:MediatorSession",
-    "p2psc.machines.handshake:ClientHandshake",
-    "p2psc.machines.handshake:PeerHandshake",
+    "p2psc.machines.handshake:Registration",
+    "p2psc.machines.handshake:Rendezvous",
+    "p2psc.machines.handshake:ClientCandidate",
+    "p2psc.machines.handshake:PeerCandidate",
 )
 """Every machine class of the project, as ``module:ClassName``; the diagrams are made of these."""
 

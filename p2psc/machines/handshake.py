@@ -1,58 +1,54 @@
-"""The two roles of a version 1 peer, declared once as python-statemachine classes.
+"""A version 1 peer's control flow, declared as small python-statemachine classes.
 
-A peer does not choose its role: the Mediator assigns it. Both classes therefore share the same
-first half (connect to the Mediator, advertise, answer its challenge, wait for the partner;
-AdvertiseRetry with bounded, backed-off retries; AdvertiseAbort), with identical state and event
-names. :class:`p2psc.core.peer.PeerCore` steps the compiled :class:`ClientHandshake` table until
-the Mediator's first pairing message: ``PeerIdentification`` keeps it a *Client*, while
-``PeerDisconnect`` moves :class:`ClientHandshake` to its final ``became_peer`` state, after which
-the core continues in :class:`PeerHandshake` from ``waiting`` (a test checks the shared half of
-both tables is identical, so the hand-over is exact).
+A peer does not choose its role: the Mediator assigns it. So the peer side is composed of:
 
-Guards are evaluated by the core, by name:
+- :class:`Registration` (both roles): connect to the Mediator, advertise, answer its challenge,
+  wait for the partner (AdvertiseRetry with bounded, backed-off retries; AdvertiseAbort), and end
+  *introduced* as the Client (PeerIdentification) or as the Peer (PeerDisconnect).
+- :class:`Rendezvous` (both roles): hole punching and candidate selection. Every direct
+  connection that forms, outgoing or accepted, is a *candidate*; strangers can reach a listening
+  port, so a candidate proves itself only through the Noise handshake. ``Rendezvous`` ends
+  ``established`` when one candidate is *confirmed* (key confirmation, see below), else ``failed``.
+- One candidate machine per direct connection, by role: :class:`ClientCandidate` (the Client is
+  the Noise initiator: it sends HandshakeInit on every candidate and is confirmed by a valid
+  HandshakeResponse) and :class:`PeerCandidate` (the responder: answers a valid HandshakeInit and
+  is confirmed only by the Client's first valid transport record). Neither side commits before
+  key confirmation, so a replayed or relayed message never makes either side commit.
 
-- ``challenge_opens``: a sealed nonce (the Mediator's, or the Client's PeerChallenge) opened
-  with our private key under the expected ``info``.
-- ``can_retry``: an AdvertiseRetry arrived and another attempt fits both the retry budget and
-  the overall deadline.
+:class:`p2psc.core.peer.PeerCore` runs the compiled tables; it evaluates guards by name:
+
+- ``challenge_opens``: the Mediator's sealed nonce opened with our key under the expected info.
+- ``can_retry``: AdvertiseRetry arrived and another attempt fits the retry budget and deadline.
 - ``version_supported``: PeerIdentification names protocol version 1.
-- ``response_ok``: a candidate echoed our nonce (constant time) *and* its own sealed nonce
-  opened: it is the Peer.
-- ``nonce_ok``: the Client echoed the Peer's nonce (constant time).
+- ``addresses_usable``: every address the Mediator sent can be a partner (not unspecified,
+  multicast, broadcast; loopback only when the Mediator itself is on loopback).
+- ``can_listen``: the adapter reported the local port of the Mediator connection (the Peer must
+  listen on it before its close confirms PeerDisconnect).
+- ``can_go_on``: our listener failed, and we are the Client (for whom it is an extra).
+- ``response_valid``: a HandshakeResponse completed the Noise handshake (authenticated by the
+  Peer's static key, bound to this pairing by the prologue).
+- ``init_valid``: a HandshakeInit decrypted under this pairing's prologue and the Client's key.
+- ``record_valid``: the first transport record decrypted and is the empty key confirmation.
 """
 
 from __future__ import annotations
 
 from statemachine import State, StateMachine
 
-__all__ = ["ClientHandshake", "PeerHandshake"]
+__all__ = ["ClientCandidate", "PeerCandidate", "Registration", "Rendezvous"]
 
 
-class ClientHandshake(StateMachine):
-    """The earlier registrant: advertise, wait, get PeerIdentification, listen on the port of
-    its Mediator connection and connect out from it to the Peer (simultaneous open, bounded
-    retries), then challenge it: PeerChallenge, PeerChallengeResponse, PeerResponse,
-    PeerAcknowledgement.
-
-    ``punching`` loops on its own events while direct connections form (``direct_opened``:
-    each one, outgoing or accepted, is a *candidate* and gets the same PeerChallenge), fail or
-    answer wrongly (``candidate_rejected``, or ``challenge_response`` without ``response_ok``),
-    until one answers with a valid PeerChallengeResponse (then ``confirming``) or the deadline
-    passes (``timeout``). Why every candidate and not the first connection: a listening port,
-    or a private ``peer_local`` address that exists in our own network too, can be reached by
-    a host that is not the Peer; only the answer proves who is on the other end.
-    """
+class Registration(StateMachine):
+    """Register with the Mediator until it introduces us to the partner (either role)."""
 
     idle = State(initial=True)
     connecting_mediator = State()
     advertising = State()
     waiting = State()
     backing_off = State()
-    punching = State()
-    confirming = State()
-    established = State(final=True)
+    client = State(final=True)
+    peer = State(final=True)
     failed = State(final=True)
-    became_peer = State(final=True)
 
     start = idle.to(connecting_mediator)
     mediator_opened = connecting_mediator.to(advertising)
@@ -65,91 +61,74 @@ class ClientHandshake(StateMachine):
     )
     advertise_abort = advertising.to(failed) | waiting.to(failed)
     retry_due = backing_off.to(connecting_mediator)
-
-    peer_disconnect = waiting.to(became_peer)
-    peer_identification = waiting.to(punching, cond="version_supported") | waiting.to(failed)
-
-    attempt_due = punching.to.itself()  # type: ignore[no-untyped-call]
-    attempt_failed = punching.to.itself()  # type: ignore[no-untyped-call]
-    direct_opened = punching.to.itself()  # type: ignore[no-untyped-call]
-    candidate_rejected = punching.to.itself()  # type: ignore[no-untyped-call]
-    listen_failed = punching.to.itself()  # type: ignore[no-untyped-call]
-    challenge_response = punching.to(confirming, cond="response_ok") | punching.to.itself()  # type: ignore[no-untyped-call]
-    acknowledgement = confirming.to(established)
+    peer_identification = waiting.to(
+        client, cond="version_supported and addresses_usable"
+    ) | waiting.to(failed)
+    peer_disconnect = waiting.to(peer, cond="addresses_usable and can_listen") | waiting.to(failed)
 
     timeout = (
         connecting_mediator.to(failed)
         | advertising.to(failed)
         | waiting.to(failed)
         | backing_off.to(failed)
-        | punching.to(failed)
-        | confirming.to(failed)
     )
-    lost = (
-        connecting_mediator.to(failed)
-        | advertising.to(failed)
-        | waiting.to(failed)
-        | confirming.to(failed)
-    )
-    malformed = advertising.to(failed) | waiting.to(failed) | confirming.to(failed)
+    lost = connecting_mediator.to(failed) | advertising.to(failed) | waiting.to(failed)
+    malformed = advertising.to(failed) | waiting.to(failed)
 
 
-class PeerHandshake(StateMachine):
-    """The later registrant: advertise, get PeerDisconnect, listen on the Mediator-facing port
-    *before* closing that connection, connect out to the Client from the same port, and answer
-    the first valid PeerChallenge: PeerChallengeResponse, then PeerResponse, PeerAcknowledgement.
+class Rendezvous(StateMachine):
+    """Hole punching and candidate selection, after the introduction (either role).
 
-    In ``punching`` stray connections are tolerated: a candidate that sends garbage or a
-    challenge that does not open is dropped (``candidate_rejected``), since anyone can reach a
-    listening port; only the deadline ends the wait.
-    """
+    ``punching`` loops while attempts are due or fail, candidates open, are rejected (garbage,
+    a handshake that does not verify, silence past the candidate deadline) or evicted (a bounded
+    number per source address and in total; the silent ones first), until one candidate is
+    confirmed (``established``) or the punch deadline passes (``failed``). The listener stays
+    open until the commit."""
 
-    idle = State(initial=True)
-    connecting_mediator = State()
-    advertising = State()
-    waiting = State()
-    backing_off = State()
-    punching = State()
-    answering = State()
+    punching = State(initial=True)
     established = State(final=True)
     failed = State(final=True)
-    became_client = State(final=True)
-
-    start = idle.to(connecting_mediator)
-    mediator_opened = connecting_mediator.to(advertising)
-    advertise_challenge = advertising.to(waiting, cond="challenge_opens") | advertising.to(failed)
-    advertise_retry = (
-        advertising.to(backing_off, cond="can_retry")
-        | advertising.to(failed)
-        | waiting.to(backing_off, cond="can_retry")
-        | waiting.to(failed)
-    )
-    advertise_abort = advertising.to(failed) | waiting.to(failed)
-    retry_due = backing_off.to(connecting_mediator)
-
-    peer_identification = waiting.to(became_client)
-    peer_disconnect = waiting.to(punching)
 
     attempt_due = punching.to.itself()  # type: ignore[no-untyped-call]
     attempt_failed = punching.to.itself()  # type: ignore[no-untyped-call]
     direct_opened = punching.to.itself()  # type: ignore[no-untyped-call]
     candidate_rejected = punching.to.itself()  # type: ignore[no-untyped-call]
-    peer_challenge = punching.to(answering, cond="challenge_opens") | punching.to.itself()  # type: ignore[no-untyped-call]
-    peer_response = answering.to(established, cond="nonce_ok") | answering.to(failed)
+    candidate_evicted = punching.to.itself()  # type: ignore[no-untyped-call]
+    listen_failed = punching.to.itself(cond="can_go_on") | punching.to(failed)  # type: ignore[no-untyped-call]
+    confirmed = punching.to(established)
+    timeout = punching.to(failed)
 
-    timeout = (
-        connecting_mediator.to(failed)
-        | advertising.to(failed)
-        | waiting.to(failed)
-        | backing_off.to(failed)
-        | punching.to(failed)
-        | answering.to(failed)
+
+class ClientCandidate(StateMachine):
+    """One direct connection on the Client (Noise initiator): HandshakeInit went out when it
+    opened; a valid HandshakeResponse confirms it (the Client then sends its key-confirmation
+    record and commits). Anything else rejects this candidate only."""
+
+    awaiting_response = State(initial=True)
+    confirmed = State(final=True)
+    rejected = State(final=True)
+
+    handshake_response = awaiting_response.to(confirmed, cond="response_valid") | (
+        awaiting_response.to(rejected)
     )
-    lost = (
-        connecting_mediator.to(failed)
-        | advertising.to(failed)
-        | waiting.to(failed)
-        | punching.to(failed)
-        | answering.to(failed)
-    )
-    malformed = advertising.to(failed) | waiting.to(failed) | answering.to(failed)
+    bad_message = awaiting_response.to(rejected)
+    silent = awaiting_response.to(rejected)
+    closed = awaiting_response.to(rejected)
+
+
+class PeerCandidate(StateMachine):
+    """One direct connection on the Peer (Noise responder): a valid HandshakeInit is answered
+    with HandshakeResponse (``answered``); only the Client's first transport record, valid under
+    the keys of that answer, confirms it. A relayed HandshakeInit can be answered but never
+    confirmed: whoever relayed it cannot produce the record."""
+
+    awaiting_init = State(initial=True)
+    answered = State()
+    confirmed = State(final=True)
+    rejected = State(final=True)
+
+    handshake_init = awaiting_init.to(answered, cond="init_valid") | awaiting_init.to(rejected)
+    first_record = answered.to(confirmed, cond="record_valid") | answered.to(rejected)
+    bad_message = awaiting_init.to(rejected) | answered.to(rejected)
+    silent = awaiting_init.to(rejected) | answered.to(rejected)
+    closed = awaiting_init.to(rejected) | answered.to(rejected)

@@ -27,13 +27,11 @@ from p2psc.wire import (
     AdvertiseChallenge,
     AdvertiseResponse,
     AdvertiseRetry,
+    HandshakeInit,
+    HandshakeResponse,
     Message,
-    PeerAcknowledgement,
-    PeerChallenge,
-    PeerChallengeResponse,
     PeerDisconnect,
     PeerIdentification,
-    PeerResponse,
     Reason,
     encode,
 )
@@ -44,6 +42,29 @@ BOB = Keypair.from_private_raw(bytes.fromhex("b0" * 31 + "02"))  # the Peer
 NONCE_ADV = bytes(range(0x00, 0x20))
 NONCE_CLIENT = bytes(range(0x20, 0x40))
 NONCE_PEER = bytes(range(0x40, 0x60))
+PAIRING_ID = bytes(range(0x60, 0x70))
+EPHEMERAL_CLIENT = bytes([0x11]) * 32
+EPHEMERAL_PEER = bytes([0x22]) * 32
+
+
+def noise_messages() -> tuple[bytes, bytes]:
+    """The two Noise KK messages of the direct handshake with the fixed keys, pairing id and
+    ephemerals above (deterministic: spec/protocol.md section 9 shows them)."""
+    from p2psc.core.peer import prologue
+    from p2psc.noise import HandshakeState
+
+    a, b = ALICE.public_key.raw, BOB.public_key.raw
+    init = HandshakeState.initiator(
+        ALICE.to_private_raw(), b, prologue(PAIRING_ID, a, b), EPHEMERAL_CLIENT
+    )
+    resp = HandshakeState.responder(
+        BOB.to_private_raw(), a, prologue(PAIRING_ID, a, b), EPHEMERAL_PEER
+    )
+    first = init.write_message(b"")
+    resp.read_message(first)
+    second = resp.write_message(b"")
+    init.read_message(second)
+    return first, second
 
 
 def fields_json(msg: Message) -> dict[str, Any]:
@@ -64,14 +85,34 @@ def fields_json(msg: Message) -> dict[str, Any]:
     return out
 
 
+def direct_handshake() -> dict[str, str]:
+    """Inputs and outputs of the fixed Noise KK handshake (alice = Client, bob = Peer)."""
+    from p2psc.core.peer import prologue, session_secret
+    from p2psc.noise import HandshakeState
+
+    a, b = ALICE.public_key.raw, BOB.public_key.raw
+    first, second = noise_messages()
+    init = HandshakeState.initiator(
+        ALICE.to_private_raw(), b, prologue(PAIRING_ID, a, b), EPHEMERAL_CLIENT
+    )
+    init.write_message(b"")
+    init.read_message(second)
+    return {
+        "pairing_id": PAIRING_ID.hex(),
+        "client_ephemeral_private": EPHEMERAL_CLIENT.hex(),
+        "peer_ephemeral_private": EPHEMERAL_PEER.hex(),
+        "prologue": prologue(PAIRING_ID, a, b).hex(),
+        "handshake_init": first.hex(),
+        "handshake_response": second.hex(),
+        "handshake_hash": init.handshake_hash.hex(),
+        "session_secret": session_secret(init.handshake_hash).hex(),
+    }
+
+
 def main() -> int:
     a, b = ALICE.public_key.raw, BOB.public_key.raw
     sealed = []
-    for message, recipient, other, nonce in (
-        ("AdvertiseChallenge", ALICE, BOB, NONCE_ADV),
-        ("PeerChallenge", BOB, ALICE, NONCE_CLIENT),
-        ("PeerChallengeResponse", ALICE, BOB, NONCE_PEER),
-    ):
+    for message, recipient, other, nonce in (("AdvertiseChallenge", ALICE, BOB, NONCE_ADV),):
         info = nonce_info(message, recipient.public_key.raw, other.public_key.raw)
         sealed.append(
             {
@@ -83,7 +124,8 @@ def main() -> int:
                 "sealed": HPKE.seal(recipient.public_key, nonce, info).hex(),
             }
         )
-    s_adv, s_client, s_peer = (bytes.fromhex(s["sealed"]) for s in sealed)
+    (s_adv,) = (bytes.fromhex(s["sealed"]) for s in sealed)
+    first, second = noise_messages()
 
     v4a = Address("203.0.113.10", 40001)
     v4b = Address("198.51.100.20", 50002)
@@ -96,17 +138,15 @@ def main() -> int:
         ("AdvertiseAbort", AdvertiseAbort(Reason.SELF_PAIRING, "our_key equals their_key")),
         ("AdvertiseAbort with unknown code", AdvertiseAbort(1000, "géén reden")),
         ("AdvertiseRetry", AdvertiseRetry(Reason.BUSY, "")),
-        ("PeerDisconnect", PeerDisconnect(v6b, v4a, Address("10.0.0.5", 40001))),
-        ("PeerDisconnect without local address", PeerDisconnect(v4b, v4a)),
-        ("PeerIdentification", PeerIdentification(1, v4b)),
+        ("PeerDisconnect", PeerDisconnect(PAIRING_ID, v6b, v4a, Address("10.0.0.5", 40001))),
+        ("PeerDisconnect without local address", PeerDisconnect(PAIRING_ID, v4b, v4a)),
+        ("PeerIdentification", PeerIdentification(1, PAIRING_ID, v4b)),
         (
             "PeerIdentification with IPv6 local address",
-            PeerIdentification(1, v6b, Address("fd00::20", 50002)),
+            PeerIdentification(1, PAIRING_ID, v6b, Address("fd00::20", 50002)),
         ),
-        ("PeerChallenge", PeerChallenge(s_client)),
-        ("PeerChallengeResponse", PeerChallengeResponse(s_peer, NONCE_CLIENT)),
-        ("PeerResponse", PeerResponse(NONCE_PEER)),
-        ("PeerAcknowledgement", PeerAcknowledgement()),
+        ("HandshakeInit", HandshakeInit(first)),
+        ("HandshakeResponse", HandshakeResponse(second)),
     ]
     frames = [
         {
@@ -118,8 +158,9 @@ def main() -> int:
         }
         for name, msg in msgs
     ]
-    ack = encode(PeerAcknowledgement()).hex()
-    resp = encode(PeerResponse(NONCE_PEER)).hex()
+    retry = encode(AdvertiseRetry(Reason.BUSY, "")).hex()
+    resp = encode(AdvertiseResponse(NONCE_ADV)).hex()
+    pid = PAIRING_ID.hex()
 
     def bad(name: str, hex_: str, error: str, reason: str) -> dict[str, str]:
         return {"name": name, "hex": hex_, "error": error, "reason_contains": reason}
@@ -130,15 +171,22 @@ def main() -> int:
         bad("unknown type 11", "5032010b0000", "ProtocolError", "unknown message type"),
         bad("length above 4096", "503201031001", "ProtocolError", "exceeds"),
         bad("truncated payload", resp[:-2], "ProtocolError", "truncated"),
-        bad("trailing byte after frame", ack + "00", "ProtocolError", "trailing"),
-        bad("trailing byte in payload", "503201090021" + "00" * 33, "ProtocolError", "trailing"),
-        bad("port 0", "503201060009" + "01" + "04c63364140000" + "00", "ProtocolError", "port 0"),
+        bad("retired type 9", "503201090000", "ProtocolError", "unknown message type"),
+        bad("trailing byte after frame", retry + "00", "ProtocolError", "trailing"),
+        bad("trailing byte in payload", "503201020021" + "00" * 33, "ProtocolError", "32"),
+        bad(
+            "port 0",
+            "503201060019" + "01" + pid + "04c63364140000" + "00",
+            "ProtocolError",
+            "port 0",
+        ),
         bad(
             "address family 5",
-            "503201060009" + "01" + "05c6336414c352" + "00",
+            "503201060019" + "01" + pid + "05c6336414c352" + "00",
             "ProtocolError",
             "family",
         ),
+        bad("HandshakeInit too short", "503201070010" + "00" * 16, "ProtocolError", "Noise"),
         bad("non-UTF-8 reason", "503201030006" + "00000002fffe", "ProtocolError", "UTF-8"),
         bad(
             "reason text of 1025 bytes",
@@ -161,6 +209,7 @@ def main() -> int:
             "bob": {"private": BOB.to_private_raw().hex(), "public": b.hex()},
         },
         "sealed_nonces": sealed,
+        "direct_handshake": direct_handshake(),
         "frames": frames,
         "invalid_frames": invalid,
     }
@@ -203,7 +252,20 @@ def render_section(doc: dict[str, Any]) -> str:
             "```",
             "",
         ]
+    hs = doc["direct_handshake"]
+    out += [
+        "**The direct handshake** (Noise KK, alice the Client, bob the Peer; ephemeral keys fixed "
+        'for the\nvector, never in use): the prologue of the section "The peer side", both '
+        "Noise messages, the\nhandshake hash and the session secret of section 6.4.",
+        "",
+        "```",
+    ]
+    out += [f"{name:<26}= {_wrap(value, ' ' * 28)}" for name, value in hs.items()]
+    out += ["```", ""]
     names = {k["public"]: f"{n}'s public key" for n, k in doc["keys"].items()}
+    names[hs["pairing_id"]] = "the pairing id above"
+    names[hs["handshake_init"]] = "handshake_init above"
+    names[hs["handshake_response"]] = "handshake_response above"
     names.update(
         {x["sealed"]: f"the {x['message']} sealed nonce above" for x in doc["sealed_nonces"]}
     )

@@ -1,0 +1,102 @@
+"""PeerDriver: the adapter-neutral driver keeps timers, names accepted connections, never
+reports a close the core made itself, bounds the attempt, and says what to close at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2psc import wire
+from p2psc.core.io import Close, Connect, Listen, Send
+from p2psc.core.peer import FIRST_ACCEPTED, LISTENER, MEDIATOR_BASE, TIMER, PeerCore, peer_config
+from p2psc.core.peer_driver import OUTER_MARGIN, PeerDriver
+from p2psc.errors import HandshakeTimeout, MediatorClosed, MediatorUnreachable
+from p2psc.keys import HPKE, Keypair, nonce_info
+
+MEDIATOR = ("127.0.0.1", 9999)
+LOCAL = ("127.0.0.1", 40001)
+ME, THEM = Keypair.generate(), Keypair.generate()
+PID = bytes(16)
+
+
+def driver(**options: object) -> PeerDriver:
+    return PeerDriver(PeerCore(peer_config(ME, THEM.public_key, MEDIATOR, **options)))
+
+
+def registered(**options: object) -> PeerDriver:
+    d = driver(**options)
+    assert d.start(0.0) == [Connect(MEDIATOR_BASE, MEDIATOR)]
+    (advertise,) = d.opened(MEDIATOR_BASE, MEDIATOR, LOCAL, 0.0)
+    assert isinstance(advertise, Send)
+    info = nonce_info("AdvertiseChallenge", ME.public_key.raw, THEM.public_key.raw)
+    sealed = HPKE.seal(ME.public_key, bytes(32), info)
+    d.received(MEDIATOR_BASE, wire.AdvertiseChallenge(sealed).encode(), 0.0)
+    return d
+
+
+def test_timers_are_kept_by_the_driver_and_early_ticks_are_harmless() -> None:
+    d = driver(step_timeout=2.0, timeout=30.0)
+    d.start(0.0)
+    assert d.next_deadline() == 2.0  # the core's step timer, before the outer bound
+    assert d.tick(1.0) == [] and d.result is None
+    assert d.tick(2.0) == []  # the connect never completed: nothing the core holds to close
+    assert isinstance(d.result, MediatorUnreachable)
+    assert d.closing == {MEDIATOR_BASE}  # but the adapter still holds the pending connect
+    assert d.next_deadline() is None
+
+
+def test_outer_bound_fails_the_attempt_and_names_what_to_close() -> None:
+    d = driver(timeout=5.0, step_timeout=100.0)
+    d.start(0.0)
+    d.core.timers.clear()  # a core bug: no timer of its own would ever fire
+    d.timers.clear()
+    assert d.next_deadline() == 5.0 + OUTER_MARGIN
+    ops = d.tick(5.0 + OUTER_MARGIN)
+    assert isinstance(d.result, HandshakeTimeout)
+    assert ops == [Close(MEDIATOR_BASE, "outer bound")]
+
+
+def test_a_close_the_core_made_is_not_reported_back() -> None:
+    d = registered()
+    ident = wire.PeerIdentification(1, PID, wire.Address("127.0.0.1", 40002)).encode()
+    ops = d.received(MEDIATOR_BASE, ident, 0.1)
+    assert Close(MEDIATOR_BASE, "PeerIdentification: punching") in ops
+    assert Listen(LISTENER, LOCAL[1]) in ops
+    # the adapter reports the end of the connection it was told to close: not an event
+    assert d.closed(MEDIATOR_BASE, None, 0.2) == []
+    assert d.result is None and d.core.state == "punching"
+
+
+def test_accepted_connections_are_named_and_handed_to_the_core() -> None:
+    d = registered()
+    ident = wire.PeerIdentification(1, PID, wire.Address("127.0.0.1", 40002)).encode()
+    d.received(MEDIATOR_BASE, ident, 0.1)
+    conn, ops = d.accepted(("127.0.0.1", 50000), LOCAL, 0.2)
+    assert conn == FIRST_ACCEPTED
+    assert [type(op) for op in ops] == [Send]  # the Client's HandshakeInit on the candidate
+    conn2, _ = d.accepted(("127.0.0.1", 50001), LOCAL, 0.2)
+    assert conn2 == FIRST_ACCEPTED + 1
+
+
+def test_failure_sets_the_result_and_stops_everything() -> None:
+    d = registered()
+    assert d.closed(MEDIATOR_BASE, None, 0.1) == []  # the Mediator went away
+    assert isinstance(d.result, MediatorClosed)
+    assert d.closing == frozenset() and d.next_deadline() is None
+    # anything later: a late connection is refused, bytes and timers are ignored
+    assert d.received(MEDIATOR_BASE, b"x", 0.2) == []
+    assert d.tick(100.0) == []
+
+
+def test_unknown_or_closed_connections_are_refused() -> None:
+    d = registered()
+    assert d.opened(12345, ("127.0.0.1", 1), LOCAL, 0.1) == [Close(12345, "not expected")]
+    assert d.received(12345, b"data", 0.1) == []
+    assert d.closed(12345, "reset", 0.1) == []
+
+
+@pytest.mark.parametrize("now", [0.0, 1.999])
+def test_tick_before_any_deadline_does_nothing(now: float) -> None:
+    d = driver(step_timeout=2.0)
+    d.start(0.0)
+    assert d.tick(now) == [] and d.result is None
+    assert TIMER in d.timers
