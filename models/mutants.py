@@ -26,23 +26,35 @@ Mediator (properties M1..M4):
 
 Peer (property M3, with faults):
 
-- ``keep-open``: a peer that fails keeps its direct connection open, so a partner that already
-  established is never told (M3).
+- ``keep-open``: a peer that fails keeps its candidate connections open, so a partner that
+  already committed is never told (M3).
+
+Direct handshake with a stranger (properties D2..D4, ``models.direct_model``):
+
+- ``commit-on-init``: the Peer commits on the first HandshakeInit that verifies, without the
+  Client's key confirmation: a copied HandshakeInit makes it commit to the stranger (D2).
+- ``no-binding``: the Noise prologue leaves out the pairing id: the HandshakeInit recorded in an
+  earlier pairing of the same keys verifies and is answered (D4).
+- ``global-cap``: wave 1's global candidate cap that refuses newcomers: a stranger's silent
+  connections lock the Client out (D3).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from models.direct_model import DirectModel
 from models.mediation_model import MediationModel
 from models.negotiator_model import NegotiatorPairModel
 from p2psc import wire
+from p2psc.core.channel import SecureChannel
 from p2psc.core.io import Close, Send, SetTimer
 from p2psc.core.mediator import MediatorConfig, MediatorCore
 from p2psc.core.negotiator import Negotiator
-from p2psc.core.peer import PeerAction, PeerCore
+from p2psc.core.peer import PeerAction, PeerCore, prologue
 from p2psc.core.registry import InMemoryRegistry, RegistryKey
 from p2psc.errors import P2pscError
+from p2psc.noise import HandshakeState
 
 __all__ = [
     "MEDIATION_MUTANTS",
@@ -237,3 +249,51 @@ def all_mutants() -> Iterator[tuple[str, str, str]]:
         yield "negotiator", name, prop
     for name, (_, prop) in MEDIATION_MUTANTS.items():
         yield "mediation", name, prop
+    for name, (_, prop) in DIRECT_MUTANTS.items():
+        yield "direct", name, prop
+
+
+class CommitOnInitPeer(PeerCore):
+    """Commits to the first candidate whose HandshakeInit verifies, without waiting for the
+    Client's key confirmation."""
+
+    def _handshake_init(self, conn, cand, message, rest, now):  # type: ignore[no-untyped-def]
+        actions = super()._handshake_init(conn, cand, message, rest, now)
+        answered = self.candidates.get(conn)
+        if self.finished or answered is None or answered.handshake is None:
+            return actions
+        handshake = HandshakeState.from_snapshot(answered.handshake)
+        channel = SecureChannel(*handshake.split())
+        hash_ = handshake.handshake_hash
+        return actions + self._commit(conn) + self._established(conn, channel, b"", hash_)
+
+
+class NoBindingPeer(PeerCore):
+    """Leaves the pairing id out of the Noise prologue (both roles)."""
+
+    def _prologue(self, client_key: bytes, peer_key: bytes) -> bytes:
+        return prologue(bytes(16), client_key, peer_key)
+
+
+class GlobalCapPeer(PeerCore):
+    """Wave 1's rule: a global cap on candidates that refuses newcomers (no eviction)."""
+
+    def _add_candidate(self, conn, source, now):  # type: ignore[no-untyped-def]
+        if source is not None:
+            accepted = [c for c, cand in self.candidates.items() if cand.source is not None]
+            if len(accepted) >= self.config.max_candidates:
+                return [Close(conn, "too many candidate connections")]
+        return super()._add_candidate(conn, source, now)
+
+
+DIRECT_MUTANTS: dict[str, tuple[type[PeerCore], str]] = {
+    "commit-on-init": (CommitOnInitPeer, "D2"),
+    "no-binding": (NoBindingPeer, "D4"),
+    "global-cap": (GlobalCapPeer, "D3"),
+}
+"""Mutant name -> (broken peer class, the property it must break) of the direct model."""
+
+
+def direct_mutant(name: str, *, budget: int = 2) -> DirectModel:
+    cls, _ = DIRECT_MUTANTS[name]
+    return DirectModel(budget=budget, peer_class=cls, name=f"direct[mutant {name}]")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from models.mutants import MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
+from models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
 from p2psc.cli import main
 
 
@@ -67,7 +67,11 @@ def test_help_names_every_mutant(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["explore", "--help"])
     text = capsys.readouterr().out
-    for name, (_, prop) in (*NEGOTIATOR_MUTANTS.items(), *MEDIATION_MUTANTS.items()):
+    for name, (_, prop) in (
+        *NEGOTIATOR_MUTANTS.items(),
+        *MEDIATION_MUTANTS.items(),
+        *DIRECT_MUTANTS.items(),
+    ):
         assert f"{name} ({prop})" in text
 
 

@@ -877,3 +877,16 @@ def test_an_early_or_stale_timer_event_is_harmless() -> None:
     assert core.handle(TimerFired(RETRY_TIMER), 5.0) == []  # never set
     assert core.state == "connecting_mediator"
     assert isinstance(failed(core.handle(TimerFired(TIMER), 2.0)), MediatorUnreachable)
+
+
+def test_a_stranger_cannot_evict_the_partners_silent_connection() -> None:
+    """At the total bound, a silent candidate from an address the Mediator named for the
+    partner is kept; the stranger's own oldest silent connection goes instead (found by the
+    direct model: before this rule the partner's connection, silent until its HandshakeInit
+    arrived, was the oldest and was evicted)."""
+    peer = _punching_peer(max_candidates=2)
+    peer.do(Opened(FIRST_ACCEPTED, A_LOCAL, B_LOCAL))  # the Client, its init not yet read
+    peer.do(Opened(FIRST_ACCEPTED + 1, ("192.0.2.50", 1), B_LOCAL))
+    actions = peer.do(Opened(FIRST_ACCEPTED + 2, ("192.0.2.51", 1), B_LOCAL))
+    assert [a.conn for a in actions if isinstance(a, Close)] == [FIRST_ACCEPTED + 1]
+    assert FIRST_ACCEPTED in peer.core.candidates

@@ -12,11 +12,13 @@ examples:
   p2psc explore negotiator --faults --mixed-sets --protocols 2
   p2psc explore mediation --faults          # A, B and C; one drop or early timeout anywhere
   p2psc explore mediation --mutant identify-early
+  p2psc explore direct --stranger-budget 3  # Client, Peer and a stranger who replays anything
 
 mutants (--mutant NAME; the property each one breaks):
   negotiator: tie-local (N2), tie-yield (N1), drop-early-byte (N2)
   mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
               leaky-registry (M4)
+  direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = ["MODELS", "register"]
 MODELS: dict[str, str] = {
     "negotiator": "models.negotiator_model",
     "mediation": "models.mediation_model",
+    "direct": "models.direct_model",
 }
 """Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
 
@@ -77,14 +80,24 @@ def _progress(result: Any, frontier: int) -> None:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The model's build options; refuses options of the other model and unknown mutants."""
-    from models.mutants import MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
+    from models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
 
-    mutants: dict[str, Any] = (
-        NEGOTIATOR_MUTANTS if args.model == "negotiator" else MEDIATION_MUTANTS
-    )
+    by_model: dict[str, dict[str, Any]] = {
+        "negotiator": NEGOTIATOR_MUTANTS,
+        "mediation": MEDIATION_MUTANTS,
+        "direct": DIRECT_MUTANTS,
+    }
+    mutants = by_model[args.model]
     if args.mutant is not None and args.mutant not in mutants:
         listed = ", ".join(f"{name} ({entry[1]})" for name, entry in sorted(mutants.items()))
         parser.error(f"unknown {args.model} mutant {args.mutant!r}; choose from: {listed}")
+    if args.model != "direct" and args.stranger_budget is not None:
+        parser.error("--stranger-budget applies to the direct model only")
+    if args.model == "direct":
+        if args.faults or args.peers is not None or args.protocols is not None or args.mixed_sets:
+            parser.error("the direct model takes --stranger-budget and --mutant only")
+        budget = 2 if args.stranger_budget is None else args.stranger_budget
+        return {"budget": budget, "mutant": args.mutant}
     options: dict[str, Any] = {"faults": args.faults, "mutant": args.mutant}
     if args.model == "negotiator":
         if args.peers is not None:
@@ -125,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "explore",
-        help="exhaustively check a model of the cores (negotiator pair, mediation)",
+        help="exhaustively check a model of the cores (negotiator pair, mediation, direct)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -148,6 +161,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=(2, 3),
         default=None,
         help="mediation: A and B only (2), or also C, who wants A (3, the default)",
+    )
+    parser.add_argument(
+        "--stranger-budget",
+        type=_at_least(0),
+        default=None,
+        metavar="N",
+        help="direct: how many actions the stranger may take (default 2)",
     )
     parser.add_argument(
         "--faults",

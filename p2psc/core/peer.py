@@ -728,7 +728,7 @@ class PeerCore:
             self.initiator = HandshakeState.initiator(
                 config.keypair.to_private_raw(),
                 theirs,
-                prologue(self.pairing_id, ours, theirs),
+                self._prologue(ours, theirs),
                 self._ephemeral(),
             )
             self.init_frame = wire.HandshakeInit(self.initiator.write_message(b"")).encode()
@@ -822,18 +822,22 @@ class PeerCore:
         return [*actions, self._candidate_timer()]
 
     def _silent_victim(self, pool: list[ConnId]) -> ConnId | None:
-        """The oldest accepted candidate in ``pool`` that has not said anything valid yet."""
+        """The accepted candidate in ``pool`` to evict: one that has not said anything valid
+        yet, from an address the Mediator did not name for our partner if there is one (a
+        stranger elsewhere cannot push out the partner's connection before its first message
+        arrives), the oldest first."""
         initial = (
             CLIENT_CANDIDATE_TABLE if self.role == "client" else PEER_CANDIDATE_TABLE
         ).initial
+        partner_hosts = {host for host, _ in self.targets}
         silent = [
-            (cand.order, conn)
+            (cand.source in partner_hosts, cand.order, conn)
             for conn in pool
             if (cand := self.candidates.get(conn)) is not None
             and cand.source is not None
             and cand.state == initial
         ]
-        return min(silent)[1] if silent else None
+        return min(silent)[2] if silent else None
 
     def _evict(self, conn: ConnId, why: str) -> list[PeerAction]:
         table = CLIENT_CANDIDATE_TABLE if self.role == "client" else PEER_CANDIDATE_TABLE
@@ -960,7 +964,7 @@ class PeerCore:
         handshake = HandshakeState.responder(
             config.keypair.to_private_raw(),
             client,
-            prologue(self.pairing_id, client, ours),
+            self._prologue(client, ours),
             self._ephemeral(),
         )
         try:
@@ -1070,6 +1074,10 @@ class PeerCore:
 
     def _step(self, event: str, **guards: bool) -> None:
         self.state = _step(self.table, self.state, event, **guards)
+
+    def _prologue(self, client_key: bytes, peer_key: bytes) -> bytes:
+        """This pairing's Noise prologue (:func:`prologue`)."""
+        return prologue(self.pairing_id, client_key, peer_key)
 
     def _clip(self, deadline: float | None) -> float:
         assert self.deadline is not None
