@@ -890,3 +890,18 @@ def test_a_stranger_cannot_evict_the_partners_silent_connection() -> None:
     actions = peer.do(Opened(FIRST_ACCEPTED + 2, ("192.0.2.51", 1), B_LOCAL))
     assert [a.conn for a in actions if isinstance(a, Close)] == [FIRST_ACCEPTED + 1]
     assert FIRST_ACCEPTED in peer.core.candidates
+
+
+def test_peer_options_name_every_optional_config_field() -> None:
+    """``peer_config(**options)`` is typed by PeerOptions: it must list exactly the fields of
+    PeerConfig after the three positional ones, with the same types."""
+    import dataclasses
+    import typing
+
+    from p2psc.core.peer import PeerOptions
+
+    fields = {f.name: f.type for f in dataclasses.fields(PeerConfig)[3:]}
+    hints = typing.get_type_hints(PeerOptions)
+    assert set(hints) == set(fields)
+    with pytest.raises(TypeError):
+        peer_config(A_KEY, B_KEY.public_key, MEDIATOR, no_such_option=1)  # type: ignore[call-arg]

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -107,6 +108,7 @@ __all__ = [
     "PeerAction",
     "PeerConfig",
     "PeerCore",
+    "PeerOptions",
     "PeerSnapshot",
     "Slot",
     "address_usable",
@@ -319,23 +321,44 @@ def _is_loopback(host: str) -> bool:
     return ip.is_loopback
 
 
+class PeerOptions(TypedDict, total=False):
+    """The optional fields of :class:`PeerConfig`, for typed ``**options`` (a test keeps the
+    two in step)."""
+
+    timeout: float
+    step_timeout: float
+    punch_timeout: float
+    punch_interval: float
+    punch_backoff: float
+    punch_max_interval: float
+    punch_attempt_timeout: float
+    advertise_retries: int
+    retry_backoff: float
+    candidate_timeout: float
+    max_candidates: int
+    max_candidates_per_source: int
+    send_local: bool
+    crypto: NonceCrypto
+    nonce_source: NonceSource
+
+
 def peer_config(
     keypair: Keypair,
     peer_key: PublicKey | bytes | str,
     mediator: tuple[str, int] | str,
-    **options: object,
+    **options: Unpack[PeerOptions],
 ) -> PeerConfig:
     """Build a :class:`PeerConfig` from what users have at hand: ``peer_key`` as a PublicKey,
     32 raw bytes or text (hex or PEM); ``mediator`` as ``(host, port)`` or ``"host:port"``
-    (``"[v6]:port"``). ``options`` are :class:`PeerConfig` fields. Raises KeyFileError /
-    ValueError / TypeError for unusable input."""
+    (``"[v6]:port"``). ``options`` are the other :class:`PeerConfig` fields
+    (:class:`PeerOptions`). Raises KeyFileError / ValueError / TypeError for unusable input."""
     if isinstance(peer_key, bytes):
         key = PublicKey.from_raw(peer_key)
     elif isinstance(peer_key, str):
         key = PublicKey.parse(peer_key)
     else:
         key = peer_key
-    return PeerConfig(keypair, key, parse_host_port(mediator), **options)  # type: ignore[arg-type]
+    return PeerConfig(keypair, key, parse_host_port(mediator), **options)
 
 
 def parse_host_port(address: tuple[str, int] | str) -> tuple[str, int]:
