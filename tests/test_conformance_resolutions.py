@@ -9,6 +9,10 @@ spec paragraph it checks and would fail without the behaviour.
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 from mediator_helpers import Driver, abort_code, closed, messages, sym_answer, sym_key
 
@@ -21,6 +25,7 @@ from p2psc.legacy.crypto import RsaKeypair, decrypt_nonce
 from p2psc.legacy.mediator import LegacyAwareMediatorCore
 
 R = wire.Reason
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_limits_allow_exactly_n() -> None:
@@ -98,9 +103,21 @@ def test_the_advertise_version_field_comes_before_its_layout() -> None:
 
 
 def test_the_1025_byte_reason_vector_as_protocol_md_states_it() -> None:
-    """protocol.md §9: the vector is stated in full in the text; it decodes to an error."""
-    frame = bytes.fromhex("50320104040500050401") + b"a" * 1025
-    assert len(frame) == 1035
+    """protocol.md §9 states the long vector in full in its own text (frames.json is only a
+    copy): rebuilt from that text it is the file's vector, and it decodes to an error."""
+    text = (ROOT / "spec" / "protocol.md").read_text(encoding="utf-8")
+    row = re.search(
+        r"^\| reason text of 1025 bytes \| `([0-9a-f]+)` then (\d+) bytes `([0-9a-f]{2})` "
+        r"\((\d+) bytes in all\) \| ProtocolError \|$",
+        text,
+        re.MULTILINE,
+    )
+    assert row is not None
+    frame = bytes.fromhex(row[1]) + bytes.fromhex(row[3]) * int(row[2])
+    assert len(frame) == int(row[4]) == 1035
+    vectors = json.loads((ROOT / "tests" / "vectors" / "frames.json").read_text())
+    [vector] = [v for v in vectors["invalid_frames"] if v["name"] == "reason text of 1025 bytes"]
+    assert frame.hex() == vector["hex"]
     with pytest.raises(ProtocolError):
         wire.decode(frame)
 
