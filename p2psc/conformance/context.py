@@ -118,19 +118,26 @@ class Measurement:
     measured: float
     late: float
     """The tolerance the upper bound allowed."""
+    seen: bool = True
+    """False: nothing happened before the harness stopped waiting at ``measured``."""
 
     @property
     def early(self) -> bool:
-        return self.measured < self.configured
+        return self.seen and self.measured < self.configured
 
     @property
     def too_late(self) -> bool:
-        return self.measured > self.configured + self.late
+        return not self.seen or self.measured > self.configured + self.late
 
     def format(self) -> str:
         verdict = "EARLY" if self.early else "too late" if self.too_late else "ok"
+        got = (
+            f"measured {self.measured:.3f} s"
+            if self.seen
+            else (f"nothing after {self.measured:.3f} s")
+        )
         return (
-            f"{self.what}: measured {self.measured:.3f} s, configured {self.configured:g} s "
+            f"{self.what}: {got}, configured {self.configured:g} s "
             f"(pass: from {self.configured:g} to {self.configured + self.late:g} s): {verdict}"
         )
 
@@ -140,6 +147,7 @@ class Measurement:
             "configured": self.configured,
             "measured": round(self.measured, 4),
             "late": self.late,
+            "seen": self.seen,
         }
 
 
@@ -194,10 +202,13 @@ class ScenarioContext:
         self.measurements: list[Measurement] = []
         """Deadlines measured by this scenario (shown with its result, passed or not)."""
 
-    def measure(self, what: str, configured: float, since: float) -> Measurement:
-        """Record the time from ``since`` (scenario time) to now against ``configured``."""
+    def measure(
+        self, what: str, configured: float, since: float, *, seen: bool = True
+    ) -> Measurement:
+        """Record the time from ``since`` (scenario time) to now against ``configured``
+        (``seen=False``: the expected effect had not happened by now)."""
         measurement = Measurement(
-            what, configured, self.transcript.now() - since, self.options.late
+            what, configured, self.transcript.now() - since, self.options.late, seen
         )
         self.measurements.append(measurement)
         self.transcript.add("harness", EVENT, measurement.format())

@@ -21,7 +21,7 @@ from typing import Any
 
 from p2psc import wire
 from p2psc.conformance.context import HarnessOptions, ScenarioContext
-from p2psc.conformance.peer import RawPeer, V1Peer, all_of, fail, reason_name
+from p2psc.conformance.peer import RawPeer, ScenarioFailed, V1Peer, all_of, fail, reason_name
 from p2psc.conformance.scenario import Level, Scenario, Section
 from p2psc.keys import Keypair
 
@@ -300,6 +300,8 @@ async def pairing_peer_half_close(ctx: ScenarioContext) -> None:
         deadline=ctx.options.confirm_timeout,
         allowed=(),
     )
+    if (await peer.next(0)).kind == "reset":
+        fail(f"a clean close (FIN) at {peer.label} (§7 How the Mediator closes)", "a reset")
 
 
 async def pairing_independent_wishes(ctx: ScenarioContext) -> None:
@@ -440,10 +442,9 @@ async def identity_self_pairing_reason(ctx: ScenarioContext) -> None:
 async def version_unsupported(ctx: ScenarioContext) -> None:
     a, b = ctx.ordered_keypairs("A", "B")
     advertise = wire.Advertise(1, a.public_key.raw, b.public_key.raw).payload()
-    header_v2 = await ctx.connect("header version 2")
-    field_v2 = await ctx.connect("Advertise.version 2")
 
-    async def check(peer: V1Peer, frame: bytes, what: str) -> None:
+    async def check(label: str, frame: bytes, what: str) -> None:
+        peer = await ctx.connect(label)  # each sends at once: no idle deadline in the way
         await peer.send_raw(frame, what)
         await expect_abort(
             peer,
@@ -452,26 +453,28 @@ async def version_unsupported(ctx: ScenarioContext) -> None:
         )
         await peer.expect_close("after AdvertiseAbort(UNSUPPORTED_VERSION) (§5)")
 
-    header_v2_other = await ctx.connect("header version 2, type 99, length 4097")
-    field_v2_longer = await ctx.connect("Advertise.version 2, 76 bytes")
     await all_of(
         [
-            check(header_v2, _frame(0, advertise, version=2), "Advertise in a version 2 frame"),
             check(
-                field_v2,
+                "header version 2",
+                _frame(0, advertise, version=2),
+                "Advertise in a version 2 frame",
+            ),
+            check(
+                "Advertise.version 2",
                 _frame(0, bytes((2,)) + advertise[1:]),
                 "Advertise with version field 2 in a version 1 frame",
             ),
             # The version byte comes before the type and the length: nothing after it is
             # judged (§5 Version mismatch).
             check(
-                header_v2_other,
+                "header version 2, type 99, length 4097",
                 wire.MAGIC + bytes((2, 99)) + (wire.MAX_PAYLOAD + 1).to_bytes(2, "big"),
                 "version 2 header with type 99 and length 4097 (no payload)",
             ),
             # The version field comes before the layout: a future Advertise may be longer.
             check(
-                field_v2_longer,
+                "Advertise.version 2, 76 bytes",
                 _frame(0, bytes((2,)) + advertise[1:] + bytes(10)),
                 "Advertise with version field 2 and 10 more payload bytes",
             ),
@@ -765,12 +768,17 @@ async def _timed_out(
 ) -> None:
     """``peer`` must be closed after ``AdvertiseAbort(TIMEOUT)`` within the tolerance of the
     configured deadline (the lower bound is the ``deadline-*`` scenarios' job)."""
-    seen = await peer.expect_close(
-        why,
-        allowed=(wire.AdvertiseAbort, wire.AdvertiseRetry),
-        timeout=_late_bound(ctx, configured) - (ctx.transcript.now() - since),
-    )
-    measurement = ctx.measure(f"{what} at {peer.label}", configured, since)
+    label = f"{what} at {peer.label}"
+    try:
+        seen = await peer.expect_close(
+            why,
+            allowed=(wire.AdvertiseAbort, wire.AdvertiseRetry),
+            timeout=_late_bound(ctx, configured) - (ctx.transcript.now() - since),
+        )
+    except ScenarioFailed:
+        ctx.measure(label, configured, since, seen=peer.ended_at is not None)
+        raise
+    measurement = ctx.measure(label, configured, since)
     codes = [m.code for m in seen if isinstance(m, wire.AdvertiseAbort)]
     if R.TIMEOUT not in codes:
         observed = ", ".join(f"AdvertiseAbort({reason_name(c)})" for c in codes) or "no abort"
@@ -801,6 +809,7 @@ async def _not_early(
         if elapsed >= configured:  # arrived just as the wait ended: on time
             peer.push_back(got)
             return
+        ctx.measure(f"{what} at {peer.label}", configured, since)
         fail(
             f"nothing at {peer.label} before {what} = {configured:g} s have passed (§2: a "
             f"deadline MUST NOT fire early; if your mediator's {what} is not {configured:g} s, "
@@ -813,8 +822,7 @@ async def _not_early(
     got = await first.next(_late_bound(ctx, configured) - (ctx.transcript.now() - since))
     while got.kind == "message":
         got = await first.next(_late_bound(ctx, configured) - (ctx.transcript.now() - since))
-    if got.closed:
-        ctx.measure(f"{what} at {first.label}", configured, since)
+    ctx.measure(f"{what} at {first.label}", configured, since, seen=got.closed)
 
 
 def _handover(ctx: ScenarioContext, previous: float | None) -> float:
