@@ -10,6 +10,17 @@ fall back (§3 step 2.1).
 "Closes promptly" checks also make sure the close was caused by the bad input and not by a
 deadline that happened to expire meanwhile: an ``AdvertiseAbort(TIMEOUT)`` before the close, or
 a close later than the configured deadline, fails them.
+
+Deadlines are checked twice, by level: ``deadline-*`` (required) fail anything that reaches a
+connection before the configured value (§2: never early), ``timeout-*`` (recommended) check
+the TIMEOUT code and that the close comes within ``--late`` of it. Both measure from a moment
+the mediator's timer cannot precede and record a :class:`~p2psc.conformance.context.Measurement`
+that the report prints.
+
+Extending: a new rule about the two pairing messages (a field the wire gains, e.g. a pairing id
+both must carry) is one function appended to :data:`PAIRING_CHECKS`, and every pairing scenario
+applies it; a new transport (TLS to the mediator) changes only how
+:meth:`~p2psc.conformance.context.ScenarioContext.connect` opens a :class:`V1Peer`.
 """
 
 from __future__ import annotations
