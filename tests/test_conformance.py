@@ -242,6 +242,8 @@ def test_deadline_scenarios_print_measured_and_configured(reports: dict[str, Rep
     for result in real.values():
         for m in result.measurements:
             assert m.seen and m.configured <= m.measured <= m.configured + OPTIONS.late, result
+    as_json = real["timeout-idle"].to_dict()["measurements"]
+    assert as_json and as_json[0]["configured"] == 1.0 and as_json[0]["seen"] is True
     early = {r.name: r for r in reports["early-deadlines"].results}
     m = early["deadline-advertise-not-early"].measurements
     assert m and m[0].early and "EARLY" in m[0].format()
@@ -308,6 +310,31 @@ def test_every_scenario_names_a_real_spec_section() -> None:
     section4 = next(s for s in SCENARIOS if s.name == "pairing-ordering-guarantee").section
     assert section4.link == "spec/mediator.md#4-pairing-and-the-ordering-guarantee"
     assert section4.short == "spec/mediator.md §4"
+
+
+def test_section_tags_are_consistent() -> None:
+    """A rule's MUST and SHOULD scenarios cite the same section; deadlines are §2 (never early)
+    and §6 (their values); every § a summary cites exists in its document."""
+    by_name = {s.name: s for s in SCENARIOS}
+    siblings = {
+        "pairing-duplicate-reason": "pairing-duplicate-registration",
+        "identity-wrong-nonce-reason": "identity-wrong-nonce-closes",
+        "identity-self-pairing-reason": "identity-self-pairing",
+        "framing-malformed-reason": "framing-malformed-closes",
+        "fault-peer-gone-reason": "fault-peer-reset",
+    }
+    assert set(siblings) == {name for name in by_name if name.endswith("-reason")}
+    for reason, rule in siblings.items():
+        assert by_name[reason].section == by_name[rule].section, reason
+    for name, scenario in by_name.items():
+        if name.startswith("deadline-"):
+            assert scenario.section.number == "2" and scenario.level is Level.REQUIRED, name
+        if name.startswith("timeout-"):
+            assert scenario.section.number == "6" and scenario.level is Level.RECOMMENDED, name
+    for scenario in SCENARIOS:
+        numbers = {n.split(" ")[0].rstrip(".") for n in _headings(scenario.section.document)}
+        for cited in re.findall(r"§(\d+(?:\.\d+)?)", scenario.summary):
+            assert cited in numbers, (scenario.name, cited)
 
 
 def test_readme_table_lists_every_scenario_with_its_section_and_level() -> None:
