@@ -67,6 +67,12 @@ def test_ipv6_sources_are_counted_per_64() -> None:
     assert abort_code(d.open(7, ("192.0.2.3", 1)), 7) is None  # IPv4: per address
     d.close(1)
     assert abort_code(d.open(8, ("2001:db8:1:2::1", 2)), 8) is None  # a slot was freed
+    # IPv4-mapped addresses (an adapter that does not unmap them) still count per IPv4 address
+    assert abort_code(d.open(9, ("::ffff:198.51.100.1", 1)), 9) is None
+    assert abort_code(d.open(10, ("::ffff:198.51.100.2", 1)), 10) is None
+    assert abort_code(d.open(11, ("::ffff:198.51.100.3", 1)), 11) is None
+    assert abort_code(d.open(12, ("198.51.100.1", 2)), 12) is None
+    assert abort_code(d.open(13, ("198.51.100.1", 3)), 13) == R.BUSY  # same IPv4 source
 
 
 def test_shutdown_aborts_sessions_and_retries_late_arrivals() -> None:

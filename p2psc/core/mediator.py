@@ -241,9 +241,12 @@ class _Session:
 @functools.lru_cache(maxsize=4096)
 def _ipv6_source(host: str) -> str:
     try:
-        return str(ipaddress.IPv6Network((host.partition("%")[0], 64), strict=False))
+        address = ipaddress.IPv6Address(host.partition("%")[0])
     except ValueError:
         return host
+    if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
 
 
 def _source(host: str) -> str:
