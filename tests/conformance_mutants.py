@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import queue
 import threading
 from collections.abc import Callable, Iterator
 
 from p2psc import wire
 from p2psc.aio.mediator import serve_mediator
-from p2psc.core.io import Action, ConnId, Event, Send
+from p2psc.core.io import Action, Close, Closed, ConnId, Event, Send, SetTimer
 from p2psc.core.mediator import (
     CONFIRMING,
     DISCONNECTING,
@@ -208,7 +209,104 @@ class VagueReasons(MediatorCore):
         return actions
 
 
+def early_deadlines(config: MediatorConfig) -> MediatorCore:
+    """Every deadline at 60% of the configured value the harness is told (§2: never early)."""
+    return MediatorCore(
+        dataclasses.replace(
+            config,
+            advertise_timeout=config.advertise_timeout * 0.6,
+            response_timeout=config.response_timeout * 0.6,
+            confirm_timeout=config.confirm_timeout * 0.6,
+        )
+    )
+
+
+def early_confirm(config: MediatorConfig) -> MediatorCore:
+    """Only the confirmation deadline, at 0.1 s whatever is configured."""
+    return MediatorCore(dataclasses.replace(config, confirm_timeout=0.1))
+
+
+class NewcomerRegistry(InMemoryRegistry):
+    """Finds a waiting registration of the key a newcomer wants, whatever *that* one wants."""
+
+    def _of(self, owner: bytes) -> RegistryKey | None:
+        return next((k for k, _ in self.items() if k[0] == owner), None)
+
+    def lookup(self, our_key: bytes, their_key: bytes) -> int | None:
+        exact = super().lookup(our_key, their_key)
+        if exact is not None:
+            return exact
+        found = self._of(our_key)
+        return None if found is None else super().lookup(*found)
+
+    def claim(self, our_key: bytes, their_key: bytes) -> int | None:
+        exact = super().claim(our_key, their_key)
+        if exact is not None:
+            return exact
+        found = self._of(their_key)
+        return None if found is None else super().claim(found[1], found[0])
+
+
+class NewcomerPairs(MediatorCore):
+    """Pairs a newcomer C (wanting A) with a waiting A that wants B (§1 mutual intent)."""
+
+    def __init__(self, config: MediatorConfig | None = None) -> None:
+        super().__init__(config, registry=NewcomerRegistry())
+
+
+class StaleTimer(MediatorCore):
+    """Leaves the Peer's response_timeout running after pairing (§2: entering a state replaces
+    the deadline): the Peer is aborted early, counted from its challenge."""
+
+    def _pair(
+        self, conn: ConnId, session: _Session, transition: Transition, now: float, out: list[Action]
+    ) -> None:
+        old = session.deadline
+        super()._pair(conn, session, transition, now, out)
+        if session.state == DISCONNECTING:
+            session.deadline = old
+            out[:] = [a for a in out if not (isinstance(a, SetTimer) and a.conn == conn)]
+
+
+class EchoesCloses(MediatorCore):
+    """Our core behind an adapter that reports every close the core made as a Closed event:
+    harmless (the core has forgotten those connections), so it must pass everything."""
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        actions = super().handle(event, now)
+        for action in list(actions):
+            if isinstance(action, Close):
+                actions += super().handle(Closed(action.conn, None), now)
+        return actions
+
+
 # --- version 0 ---------------------------------------------------------------------------------
+
+
+class LegacyEchoesCloses(LegacyAwareMediatorCore):
+    """The legacy-aware core behind an adapter that reports every close the core made: the core
+    ignores a report on the Peer socket it closed itself, so this passes everything."""
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        actions = super().handle(event, now)
+        for action in list(actions):
+            if isinstance(action, Close):
+                actions += self.handle(Closed(action.conn, None), now)
+        return actions
+
+
+class LegacyEchoConfirms(LegacyAwareMediatorCore):
+    """The same adapter in front of a legacy core that does not ignore it (as ours did before):
+    the echoed close of the Peer counts as its confirmation and the Client is introduced at
+    once, before the C++ Peer could bind its port (spec/legacy.md §3 step 4)."""
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        actions = super().handle(event, now)
+        for action in list(actions):
+            if isinstance(action, Close) and action.conn in self._gone:
+                self._gone.discard(action.conn)
+                actions += self.handle(Closed(action.conn, None), now)
+        return actions
 
 
 class LegacyKeepsPeerOpen(LegacyAwareMediatorCore):
@@ -242,12 +340,19 @@ V1_MUTANTS: dict[str, Callable[[MediatorConfig], MediatorCore]] = {
     "no-idle-timeout": NoIdleTimeout,
     "reset-confirms": ResetConfirms,
     "vague-reasons": VagueReasons,
+    "early-deadlines": early_deadlines,
+    "early-confirm": early_confirm,
+    "newcomer-pairs": NewcomerPairs,
+    "stale-timer": StaleTimer,
+    "echoes-closes": EchoesCloses,
 }
 """Version 1 mutant name -> factory taking the (short) test configuration."""
 
 LEGACY_MUTANTS: dict[str, Callable[[MediatorConfig], MediatorCore]] = {
     "legacy-keeps-peer-open": LegacyKeepsPeerOpen,
     "legacy-chatty": LegacyChatty,
+    "legacy-echo-confirms": LegacyEchoConfirms,
+    "legacy-echoes-closes": LegacyEchoesCloses,
     "v1-only": MediatorCore,
 }
 """Version 0 mutants (``v1-only`` is a mediator without version 0 support at all)."""

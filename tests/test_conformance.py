@@ -15,6 +15,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conformance_mutants import LEGACY_MUTANTS, V1_MUTANTS
@@ -40,6 +41,7 @@ from p2psc.legacy import codec
 from p2psc.legacy.mediator import LegacyAwareMediatorCore
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T", MediatorConfig, HarnessOptions)
 
 # Short deadlines keep the module fast; they are still long enough for a loaded machine (every
 # run below shares one event loop), and the harness is told the same values.
@@ -47,7 +49,12 @@ CONFIG = MediatorConfig(
     advertise_timeout=1.0, response_timeout=1.0, confirm_timeout=1.0, wait_timeout=30
 )
 OPTIONS = HarnessOptions(
-    timeout=2.0, quiet=0.3, idle_timeout=1.0, response_timeout=1.0, confirm_timeout=1.0
+    timeout=2.0,
+    quiet=0.3,
+    advertise_timeout=1.0,
+    response_timeout=1.0,
+    confirm_timeout=1.0,
+    late=2.0,  # every run of the module shares one event loop on a busy machine
 )
 SEQUENTIAL = {"crossed-under-load"}
 """Mutants whose trigger (many pairings at once) other scenarios could reach by chance when
@@ -61,18 +68,33 @@ V1_EXPECTED: dict[str, set[str]] = {
         "pairing-ordering-guarantee",
         "fault-peer-reset",
         "fault-peer-sends-bytes",
+        "fault-client-sends-bytes",
         "fault-peer-gone-reason",
+        "deadline-confirm-not-early",
         "timeout-confirm",
     },
     "no-mutual-intent": {"pairing-mutual-intent-only"},
+    # The issue's four misses: deadlines at 60%, a newcomer paired with a waiting key that
+    # wants someone else, the Peer's response deadline left running after pairing, and an
+    # adapter echoing the core's own closes (harmless to our core: it must pass everything).
+    "early-deadlines": {
+        "deadline-advertise-not-early",
+        "deadline-response-not-early",
+        "deadline-confirm-not-early",
+    },
+    "newcomer-pairs": {"pairing-mutual-intent-newcomer"},
+    "stale-timer": {"deadline-confirm-not-early"},
+    "echoes-closes": set(),
     "no-identity-check": {"identity-wrong-nonce-closes", "identity-wrong-nonce-reason"},
     "ignores-oversized": {"framing-oversized-closes", "framing-malformed-reason"},
     "keeps-garbage": {
         "framing-malformed-closes",
         "framing-oversized-closes",
         "framing-bytes-while-waiting",
+        "framing-bytes-after-response",
         "framing-malformed-reason",
         "fault-peer-sends-bytes",
+        "fault-client-sends-bytes",
     },
     "crossed-under-load": {"pairing-concurrent-pairs"},
     "no-duplicate-handling": {"pairing-duplicate-registration", "pairing-duplicate-reason"},
@@ -90,7 +112,11 @@ V1_EXPECTED: dict[str, set[str]] = {
     },
 }
 LEGACY_EXPECTED: dict[str, set[str]] = {
-    "legacy-keeps-peer-open": {"legacy-pairing-a-then-b", "legacy-pairing-b-then-a"},
+    "legacy-keeps-peer-open": {
+        "legacy-pairing-a-then-b",
+        "legacy-pairing-b-then-a",
+        "legacy-introduce-delay",
+    },
     # The goodbye behind PeerIdentification arrives in the same read, and is a message too many.
     "legacy-chatty": {
         "legacy-pairing-a-then-b",
@@ -98,7 +124,34 @@ LEGACY_EXPECTED: dict[str, set[str]] = {
         "legacy-one-message-per-read",
     },
     "v1-only": {s.name for s in SCENARIOS if s.legacy},
+    # An adapter reporting the close of the Peer socket the core made itself: ignored by our
+    # core; counted as the Peer's confirmation by a core that does not ignore it.
+    "legacy-echoes-closes": set(),
+    "legacy-echo-confirms": {"legacy-introduce-delay"},
 }
+STRETCHED: dict[str, tuple[float, float, float]] = {
+    "early-deadlines": (2.0, 2.0, 2.0),
+    "stale-timer": (1.0, 6.0, 4.0),
+}
+"""Mutants run with longer (advertise, response, confirm) deadlines, told to the harness and
+given to the mutant: at 60% of 1 s, or with a stale 1 s response deadline running into every
+pairing, a loaded event loop shared by every run of this module could also fail scenarios that
+have nothing to do with the mutant. (A stale response deadline is caught when confirm_timeout
+is over half of response_timeout: the harness answers half way through it.)"""
+
+
+def _stretched(value: T, name: str) -> T:
+    advertise, response, confirm = STRETCHED[name]
+    return dataclasses.replace(
+        value, advertise_timeout=advertise, response_timeout=response, confirm_timeout=confirm
+    )
+
+
+RUNS_AT_ONCE = 5
+
+LOOSE: dict[str, set[str]] = {"early-confirm": {"deadline-confirm-not-early"}}
+"""Mutants whose other failures depend on timing (a 0.1 s confirmation deadline also ends
+pairings the harness completes at its own pace): only these scenarios must be among them."""
 
 
 async def _run_against(
@@ -118,9 +171,16 @@ async def _run_against(
 def reports() -> dict[str, Report]:
     """Every run of this module: our mediator (plain and legacy-aware) and each mutant.
 
-    The version 1 runs all start at once; the version 0 runs go one after another beside them,
-    sharing one run's worth of RSA keys, generated before any mediator starts (generation holds
-    the GIL, which would otherwise stall the shared event loop past the short deadlines)."""
+    The version 1 runs go RUNS_AT_ONCE at a time (each is some 35 scenarios of up to ~20
+    connections, all in this one event loop, and the deadlines are short); the version 0 runs go
+    one after another beside them, sharing one run's worth of RSA keys, generated before any
+    mediator starts (generation holds the GIL, which would otherwise stall the shared event loop
+    past the short deadlines)."""
+    gate = asyncio.Semaphore(RUNS_AT_ONCE)
+
+    async def gated(run: Awaitable[Report]) -> Report:
+        async with gate:
+            return await run
 
     async def legacy_runs() -> dict[str, Report]:
         done = {"real-legacy": await _run_against(LegacyAwareMediatorCore(CONFIG), legacy=True)}
@@ -136,9 +196,12 @@ def reports() -> dict[str, Report]:
         sequential = dataclasses.replace(OPTIONS, jobs=1, quiet=0.1)
         for name, factory in V1_MUTANTS.items():
             options = sequential if name in SEQUENTIAL else OPTIONS
-            runs[name] = _run_against(factory(CONFIG), legacy=False, options=options)
+            config = CONFIG
+            if name in STRETCHED:
+                config, options = _stretched(config, name), _stretched(options, name)
+            runs[name] = _run_against(factory(config), legacy=False, options=options)
         v1, legacy = await asyncio.wait_for(
-            asyncio.gather(asyncio.gather(*runs.values()), legacy_runs()), 120
+            asyncio.gather(asyncio.gather(*map(gated, runs.values())), legacy_runs()), 240
         )
         return {**dict(zip(runs, v1, strict=True)), **legacy}
 
@@ -157,6 +220,36 @@ def test_our_mediator_passes_every_scenario(reports: dict[str, Report]) -> None:
 @pytest.mark.parametrize("mutant", sorted(V1_EXPECTED))
 def test_v1_mutant_fails_exactly_its_scenarios(reports: dict[str, Report], mutant: str) -> None:
     _check_mutant(reports[mutant], V1_EXPECTED[mutant])
+
+
+@pytest.mark.parametrize("mutant", sorted(LOOSE))
+def test_loose_mutant_fails_at_least_its_scenarios(reports: dict[str, Report], mutant: str) -> None:
+    report = reports[mutant]
+    assert LOOSE[mutant] <= set(report.failing()), report.format_text()
+    assert not report.passed
+
+
+def test_deadline_scenarios_print_measured_and_configured(reports: dict[str, Report]) -> None:
+    """Every deadline scenario shows what it measured, on the PASS line too; an early
+    mediator's measurement is below the configured value and says so."""
+    for name in ("real", "early-deadlines"):
+        for result in reports[name].results:
+            if result.name.startswith(("deadline-", "timeout-")):
+                assert result.measurements, result.line() + "\n" + result.details()
+                line = result.line()
+                assert "configured" in line, line
+    real = {r.name: r for r in reports["real"].results}
+    for result in real.values():
+        for m in result.measurements:
+            assert m.seen and m.configured <= m.measured <= m.configured + OPTIONS.late, result
+    as_json = real["timeout-idle"].to_dict()["measurements"]
+    assert as_json and as_json[0]["configured"] == 1.0 and as_json[0]["seen"] is True
+    early = {r.name: r for r in reports["early-deadlines"].results}
+    m = early["deadline-advertise-not-early"].measurements
+    assert m and m[0].early and "EARLY" in m[0].format()
+    legacy = {r.name: r for r in reports["real-legacy"].results}
+    introduced = legacy["legacy-introduce-delay"].measurements
+    assert introduced and introduced[0].configured == 0.25 and not introduced[0].early
 
 
 @pytest.mark.parametrize("mutant", sorted(LEGACY_EXPECTED))
@@ -178,7 +271,7 @@ def _check_mutant(report: Report, expected: set[str]) -> None:
 
 
 def test_the_mutant_table_covers_every_mutant() -> None:
-    assert set(V1_EXPECTED) == set(V1_MUTANTS)
+    assert set(V1_EXPECTED) | set(LOOSE) == set(V1_MUTANTS)
     assert set(LEGACY_EXPECTED) == set(LEGACY_MUTANTS)
     # every scenario is shown to catch something, except those only a full outage would fail
     caught = set().union(*V1_EXPECTED.values(), *LEGACY_EXPECTED.values())
@@ -187,6 +280,7 @@ def test_the_mutant_table_covers_every_mutant() -> None:
         "pairing-a-then-b",
         "pairing-b-then-a",
         "pairing-local-addresses",
+        "pairing-peer-half-close",
         "pairing-independent-wishes",
         "identity-self-pairing",
         "version-unsupported",
@@ -216,6 +310,31 @@ def test_every_scenario_names_a_real_spec_section() -> None:
     section4 = next(s for s in SCENARIOS if s.name == "pairing-ordering-guarantee").section
     assert section4.link == "spec/mediator.md#4-pairing-and-the-ordering-guarantee"
     assert section4.short == "spec/mediator.md §4"
+
+
+def test_section_tags_are_consistent() -> None:
+    """A rule's MUST and SHOULD scenarios cite the same section; deadlines are §2 (never early)
+    and §6 (their values); every § a summary cites exists in its document."""
+    by_name = {s.name: s for s in SCENARIOS}
+    siblings = {
+        "pairing-duplicate-reason": "pairing-duplicate-registration",
+        "identity-wrong-nonce-reason": "identity-wrong-nonce-closes",
+        "identity-self-pairing-reason": "identity-self-pairing",
+        "framing-malformed-reason": "framing-malformed-closes",
+        "fault-peer-gone-reason": "fault-peer-reset",
+    }
+    assert set(siblings) == {name for name in by_name if name.endswith("-reason")}
+    for reason, rule in siblings.items():
+        assert by_name[reason].section == by_name[rule].section, reason
+    for name, scenario in by_name.items():
+        if name.startswith("deadline-"):
+            assert scenario.section.number == "2" and scenario.level is Level.REQUIRED, name
+        if name.startswith("timeout-"):
+            assert scenario.section.number == "6" and scenario.level is Level.RECOMMENDED, name
+    for scenario in SCENARIOS:
+        numbers = {n.split(" ")[0].rstrip(".") for n in _headings(scenario.section.document)}
+        for cited in re.findall(r"§(\d+(?:\.\d+)?)", scenario.summary):
+            assert cited in numbers, (scenario.name, cited)
 
 
 def test_readme_table_lists_every_scenario_with_its_section_and_level() -> None:
@@ -256,12 +375,17 @@ def test_options_are_validated() -> None:
     for bad in (
         {"timeout": 0},
         {"quiet": -1},
-        {"idle_timeout": float("nan")},
+        {"advertise_timeout": float("nan")},
+        {"idle_timeout": -1},
+        {"late": 0},
         {"jobs": 0},
     ):
         with pytest.raises(ConformanceError):
             HarnessOptions(**bad)  # type: ignore[arg-type]
     assert HarnessOptions(quiet=5, confirm_timeout=2).hold == 1
+    # the old name of advertise_timeout is still accepted
+    assert HarnessOptions(idle_timeout=3).advertise_timeout == 3
+    assert HarnessOptions(idle_timeout=None).advertise_timeout is None
     assert HarnessOptions(quiet=0.1).settle == 0.1
 
 
@@ -342,7 +466,12 @@ def test_report_renderings() -> None:
     assert "client A" in (cases["broken"].findtext("system-out") or "")
 
     passing = Report("x:1", [_result("ok", Level.REQUIRED, Outcome.PASSED), report.results[3]])
-    assert passing.passed and "CONFORMS" in passing.summary()
+    assert passing.passed and passing.summary().endswith("CONFORMS (1 warning)")
+    clean = Report("x:1", [_result("ok", Level.REQUIRED, Outcome.PASSED)])
+    assert clean.summary().endswith("x:1 CONFORMS")
+    # --verbose: a passing scenario's transcript too
+    assert "client A       -> Advertise(...)" not in clean.format_text()
+    assert "client A       -> Advertise(...)" in clean.format_text(verbose=True)
 
 
 # --- robustness -------------------------------------------------------------------------------
@@ -358,14 +487,14 @@ def _run(coro: Callable[[], Awaitable[None]]) -> None:
 def test_skipped_deadlines_and_an_unreachable_mediator() -> None:
     async def body() -> None:
         async with serve_mediator("127.0.0.1", 0, core=MediatorCore(CONFIG)) as server:
-            options = HarnessOptions(timeout=1.5, quiet=0.3, idle_timeout=None)
+            options = HarnessOptions(timeout=1.5, quiet=0.3, advertise_timeout=None)
             report = await run_conformance(
                 "127.0.0.1", server.port, options=options, only=["timeout-idle", "self-pairing"]
             )
             port = server.port
         by_name = {r.name: r for r in report.results}
         assert by_name["timeout-idle"].outcome is Outcome.SKIPPED
-        assert "--idle-timeout 0" in by_name["timeout-idle"].observed
+        assert "--advertise-timeout 0" in by_name["timeout-idle"].observed
         assert by_name["identity-self-pairing"].passed and report.passed
         with pytest.raises(ConformanceError, match=rf"cannot reach 127\.0\.0\.1:{port}"):
             await run_conformance("127.0.0.1", port, options=options)
@@ -390,14 +519,21 @@ def test_a_mediator_that_does_nothing_fails_fast_without_hanging(behaviour: str)
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         options = HarnessOptions(
-            timeout=0.5, quiet=0.2, idle_timeout=0.3, response_timeout=0.3, confirm_timeout=0.3
+            timeout=0.5,
+            quiet=0.2,
+            advertise_timeout=0.3,
+            response_timeout=0.3,
+            confirm_timeout=0.3,
         )
         try:
             report = await run_conformance("127.0.0.1", port, options=options, legacy=True)
         finally:
             server.close()
         assert not report.passed
-        assert all(not r.passed for r in report.results), report.format_text()
-        assert all(r.outcome is Outcome.FAILED for r in report.results), report.format_text()
+        # Saying nothing is never early: that one scenario is passed by the black hole.
+        silent_passes = {"deadline-advertise-not-early"} if behaviour == "silent" else set()
+        assert {r.name for r in report.results if r.passed} == silent_passes
+        others = [r for r in report.results if r.name not in silent_passes]
+        assert all(r.outcome is Outcome.FAILED for r in others), report.format_text()
 
     _run(body)

@@ -7,6 +7,7 @@ Exit status 0 (every required scenario passed, warnings allowed), 1 (a required 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ FAST = [
     "2",
     "--silence",
     "0.3",
-    "--idle-timeout",
+    "--advertise-timeout",
     "1",
     "--response-timeout",
     "1",
@@ -155,7 +156,31 @@ def test_recommended_failures_warn_but_exit_0() -> None:
     assert done.returncode == 0, done.stdout
     assert "WARN  identity-wrong-nonce-reason" in done.stdout
     assert "PASS  version-unsupported" in done.stdout
-    assert "0 failed" in done.stdout and " CONFORMS" in done.stdout
+    warnings = sum(line.startswith("WARN  ") for line in done.stdout.splitlines())
+    assert warnings >= 3
+    assert "0 failed" in done.stdout and f" CONFORMS ({warnings} warnings)" in done.stdout
+
+
+def test_verbose_shows_passing_transcripts_and_deadlines_are_measured() -> None:
+    """--verbose prints the transcript of a passing scenario; a deadline scenario prints
+    measured vs configured on its PASS line; the old option name still works."""
+    with serve_in_thread(MediatorCore(CONFIG)) as (host, port):
+        done = conformance(
+            f"{host}:{port}",
+            *FAST[:4],
+            "--idle-timeout",
+            "1",
+            "--only",
+            "pairing-a-then-b,deadline-advertise",
+            "--verbose",
+        )
+        quiet = conformance(f"{host}:{port}", *FAST, "--only", "pairing-a-then-b")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "PASS  pairing-a-then-b" in out
+    assert "<- PeerIdentification(version=1" in out  # a passing scenario's transcript
+    assert re.search(r"advertise_timeout at idle: measured 1\.\d+ s, configured 1 s", out)
+    assert quiet.returncode == 0 and "<- PeerIdentification" not in quiet.stdout
 
 
 def test_help_explains_the_levels(capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,5 +188,15 @@ def test_help_explains_the_levels(capsys: pytest.CaptureFixture[str]) -> None:
         main(["conformance", "--help"])
     assert exited.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for phrase in ("Required scenarios", "recommended", "many connections", "--idle-timeout"):
+    for phrase in (
+        "Required scenarios",
+        "recommended",
+        "many connections",
+        "--advertise-timeout",
+        "--idle-timeout",
+        "--introduce-delay",
+        "--late",
+        "--verbose",
+        "CONFORMS (N warnings)",
+    ):
         assert phrase in text

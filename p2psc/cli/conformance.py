@@ -6,10 +6,15 @@ SKIP, the spec section it checks) and, for each failure, what was expected, what
 and the frames exchanged.
 
 Required scenarios check a MUST of the specification; recommended ones check a SHOULD, a reason
-code, or a deadline whose configured value the harness must be told (--idle-timeout,
---response-timeout, --confirm-timeout; 0 skips that scenario). Exit status: 0 when every
-required scenario passed (failed recommended ones are warnings), 1 when one did not, 2 when the
-harness could not run at all (bad options, mediator unreachable).
+code, or how late a deadline fires. Deadlines are named as in spec/mediator.md §6 and the
+harness must be told their values (--advertise-timeout, --response-timeout, --confirm-timeout,
+and --introduce-delay of spec/legacy.md; 0 skips the scenarios that need one): a deadline
+that fires before its configured value fails a required scenario; one that fires more than
+--late after it, a recommended one. --verbose shows the transcript of passing scenarios too.
+
+Exit status: 0 when every required scenario passed (failed recommended ones are warnings, and
+the verdict reads "CONFORMS (N warnings)"), 1 when one did not, 2 when the harness could not
+run at all (bad options, mediator unreachable).
 
 It opens many connections to HOST:PORT (up to ~20 per scenario, --jobs scenarios at a time),
 registers throwaway keys and sends deliberately broken input: point it at a mediator you run,
@@ -102,9 +107,11 @@ def _run(args: argparse.Namespace) -> int:
         options = HarnessOptions(
             timeout=args.timeout,
             quiet=args.silence,
-            idle_timeout=args.idle_timeout or None,
+            advertise_timeout=args.advertise_timeout or None,
             response_timeout=args.response_timeout or None,
             confirm_timeout=args.confirm_timeout or None,
+            introduce_delay=args.introduce_delay or None,
+            late=args.late,
             nat=args.nat,
             jobs=args.jobs,
         )
@@ -122,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
 
         def progress(result: ScenarioResult) -> None:
             print(result.line(width), file=out, flush=True)
+            if args.verbose and result.passed:
+                print(result.details(verbose=True), file=out, flush=True)
 
         report: Report = asyncio.run(
             run_conformance(
@@ -189,19 +198,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="listen this long to conclude that nothing arrives, e.g. while a Peer holds its "
         "connection open (default %(default)s)",
     )
-    for flag, name in (
-        ("--idle-timeout", "advertise_timeout"),
-        ("--response-timeout", "response_timeout"),
-        ("--confirm-timeout", "confirm_timeout"),
+    for flags, name, default in (
+        (("--advertise-timeout", "--idle-timeout"), "advertise_timeout", 10.0),
+        (("--response-timeout",), "response_timeout", 10.0),
+        (("--confirm-timeout",), "confirm_timeout", 10.0),
+        (("--introduce-delay",), "introduce_delay", 0.25),
     ):
+        alias = f" ({flags[1]} is its old name)" if len(flags) > 1 else ""
         parser.add_argument(
-            flag,
+            *flags,
+            dest=name,
             type=_seconds,
-            default=10.0,
+            default=default,
             metavar="SECONDS",
             help=f"the mediator's {name} (default %(default)s, the spec's default); "
-            "0 skips the scenario that waits for it",
+            f"0 skips the scenarios that wait for it{alias}",
         )
+    parser.add_argument(
+        "--late",
+        type=_positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="how late a deadline may fire and still pass (spec/mediator.md §2: never early, "
+        "a little late; default %(default)s)",
+    )
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also show what was checked and the transcript of every passing scenario",
+    )
     parser.add_argument(
         "--nat",
         action="store_true",

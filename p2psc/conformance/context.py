@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 from p2psc import wire
-from p2psc.conformance.peer import LegacyPeer, RawPeer, Transcript, V1Peer, fail
+from p2psc.conformance.peer import EVENT, LegacyPeer, RawPeer, Transcript, V1Peer, fail
 from p2psc.errors import ConformanceError, CryptoError
 from p2psc.keys import Keypair, nonce_info, open_nonce
 from p2psc.legacy import codec
 from p2psc.legacy.crypto import RsaKeypair, RsaPublicKey, decrypt_nonce
 
-__all__ = ["HarnessOptions", "RsaKeyPool", "ScenarioContext"]
+__all__ = ["DEADLINES", "HarnessOptions", "Measurement", "RsaKeyPool", "ScenarioContext"]
 
 
 def _positive(name: str, value: float) -> None:
@@ -28,13 +28,27 @@ def _positive(name: str, value: float) -> None:
         raise ConformanceError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
+class _Unset:
+    """Marks an alias option that was not given."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+
+DEADLINES: tuple[str, ...] = ("advertise_timeout", "response_timeout", "confirm_timeout")
+"""The mediator deadlines the harness is told, named as in spec/mediator.md §6."""
+
+
 @dataclass(frozen=True, slots=True)
 class HarnessOptions:
     """How the harness waits, and what it must be told about the mediator's configuration.
 
-    The three deadlines are the mediator's own (spec/mediator.md §6, defaults 10 s); the harness
-    cannot discover them, so scenarios that wait for them use these values (plus ``timeout`` of
-    slack). ``None`` skips the scenarios that need that deadline.
+    The deadlines are the mediator's own, named as in spec/mediator.md §6 (defaults 10 s), plus
+    ``introduce_delay`` of spec/legacy.md §3 (0.25 s); the harness cannot discover them, so
+    scenarios that wait for them use these values. ``None`` skips the scenarios that need that
+    deadline. ``idle_timeout`` is the old name of ``advertise_timeout`` (still accepted).
     """
 
     timeout: float = 5.0
@@ -42,22 +56,33 @@ class HarnessOptions:
     quiet: float = 0.5
     """Seconds of silence that count as "nothing arrives" (also how long a Peer holds its
     connection open in the ordering scenario, capped below ``confirm_timeout``)."""
-    idle_timeout: float | None = 10.0
+    advertise_timeout: float | None = 10.0
     """The mediator's ``advertise_timeout``."""
     response_timeout: float | None = 10.0
     """The mediator's ``response_timeout``."""
     confirm_timeout: float | None = 10.0
     """The mediator's ``confirm_timeout``."""
+    introduce_delay: float | None = 0.25
+    """The mediator's delay between closing a version 0 Peer and introducing its Client
+    (spec/legacy.md §3 step 4; only ``--legacy`` runs use it)."""
+    late: float = 1.0
+    """How late a deadline may fire and still pass (spec/mediator.md §2: never early, "a little
+    late"): a close more than this after the configured deadline fails the upper bound."""
     nat: bool = False
     """The mediator sees the harness through a NAT: observed addresses are checked for
     consistency between the messages, not against the harness's own socket addresses."""
     jobs: int = 8
     """Scenarios run at the same time (each opens up to ~20 connections)."""
+    idle_timeout: InitVar[float | None] = _UNSET
+    """Alias of ``advertise_timeout`` (its name before the options followed the spec)."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, idle_timeout: float | None) -> None:
+        if idle_timeout is not _UNSET:
+            object.__setattr__(self, "advertise_timeout", idle_timeout)
         _positive("timeout", self.timeout)
         _positive("quiet", self.quiet)
-        for name in ("idle_timeout", "response_timeout", "confirm_timeout"):
+        _positive("late", self.late)
+        for name in (*DEADLINES, "introduce_delay"):
             value = getattr(self, name)
             if value is not None:
                 _positive(name, value)
@@ -77,6 +102,53 @@ class HarnessOptions:
         if self.confirm_timeout is None:
             return self.quiet
         return min(self.quiet, self.confirm_timeout / 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One deadline as the harness measured it, printed with the scenario's result.
+
+    ``measured`` runs from a moment the mediator's timer cannot have started before (just
+    before the harness's connect or write) to the moment the harness saw the effect, so a
+    correct mediator never shows a measurement below ``configured``."""
+
+    what: str
+    """The spec's name of the deadline, e.g. ``advertise_timeout``."""
+    configured: float
+    measured: float
+    late: float
+    """The tolerance the upper bound allowed."""
+    seen: bool = True
+    """False: nothing happened before the harness stopped waiting at ``measured``."""
+
+    @property
+    def early(self) -> bool:
+        return self.seen and self.measured < self.configured
+
+    @property
+    def too_late(self) -> bool:
+        return not self.seen or self.measured > self.configured + self.late
+
+    def format(self) -> str:
+        verdict = "EARLY" if self.early else "too late" if self.too_late else "ok"
+        got = (
+            f"measured {self.measured:.3f} s"
+            if self.seen
+            else (f"nothing after {self.measured:.3f} s")
+        )
+        return (
+            f"{self.what}: {got}, configured {self.configured:g} s "
+            f"(pass: from {self.configured:g} to {self.configured + self.late:g} s): {verdict}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "configured": self.configured,
+            "measured": round(self.measured, 4),
+            "late": self.late,
+            "seen": self.seen,
+        }
 
 
 class RsaKeyPool:
@@ -127,6 +199,20 @@ class ScenarioContext:
         self.transcript = Transcript(loop.time)
         self._peers: list[RawPeer[Any]] = []
         self._rsa = list(rsa_keys or [])
+        self.measurements: list[Measurement] = []
+        """Deadlines measured by this scenario (shown with its result, passed or not)."""
+
+    def measure(
+        self, what: str, configured: float, since: float, *, seen: bool = True
+    ) -> Measurement:
+        """Record the time from ``since`` (scenario time) to now against ``configured``
+        (``seen=False``: the expected effect had not happened by now)."""
+        measurement = Measurement(
+            what, configured, self.transcript.now() - since, self.options.late, seen
+        )
+        self.measurements.append(measurement)
+        self.transcript.add("harness", EVENT, measurement.format())
+        return measurement
 
     # --- keys -------------------------------------------------------------------------------
 

@@ -102,6 +102,35 @@ async def legacy_pairing_b_then_a(ctx: ScenarioContext) -> None:
     await _pairing_in_order(ctx, smaller_first=False)
 
 
+async def legacy_introduce_delay(ctx: ScenarioContext) -> None:
+    delay = ctx.options.introduce_delay
+    assert delay is not None
+    a, b = ctx.rsa_keypairs(2)
+    client = await ctx.legacy_register("client A", a, b.public_key)
+    await client.expect_silence(ctx.options.settle, "a registration waits silently")
+    peer = await ctx.legacy_register("peer B", b, a.public_key)
+    # The mediator's delay starts when it closes the Peer, after it read the Peer's
+    # AdvertiseResponse: measured from just before that write, it is never measured short.
+    since = peer.sent_at
+    assert since is not None
+    await peer.expect(codec.PeerDisconnect, "the later registrant is the Peer (§3 step 3)")
+    await peer.expect_close("the mediator closes the Peer's connection itself (§3 step 3)")
+    identification = await client.next(delay + ctx.options.late + ctx.options.timeout)
+    if not isinstance(identification.message, codec.PeerIdentification):
+        fail(
+            "PeerIdentification at client A (§3 step 4)",
+            identification.describe(client.render),
+        )
+    measured = ctx.measure("introduce_delay", delay, since)
+    if measured.early:
+        fail(
+            f"PeerIdentification no earlier than introduce_delay = {delay:g} s after the "
+            "mediator closed the Peer, so that the C++ Peer is listening before the Client's "
+            "one connect (§3 step 4; tell the harness your value with --introduce-delay)",
+            f"it came {measured.measured:.3f} s after the Peer's AdvertiseResponse was sent",
+        )
+
+
 async def legacy_one_message_per_read(ctx: ScenarioContext) -> None:
     a, b, c = ctx.rsa_keypairs(3)
     client, peer, _ = await _legacy_pair(ctx, a, b, ("A", "B"))
@@ -153,7 +182,7 @@ async def _bad_bytes(ctx: ScenarioContext, cases: list[tuple[str, bytes, str]]) 
         await expect_prompt_close(
             peer,
             why,
-            deadline=ctx.options.idle_timeout,
+            deadline=ctx.options.advertise_timeout,
             allowed=(codec.AdvertiseAbort, codec.AdvertiseChallenge),
         )
     peer = await ctx.legacy_register("healthy peer", healthy_b, healthy_a.public_key)
@@ -243,6 +272,19 @@ LEGACY_SCENARIOS: tuple[Scenario, ...] = (
         "the same with the larger key first",
         legacy_pairing_b_then_a,
         2,
+    ),
+    _scenario(
+        "legacy-introduce-delay",
+        FLOW,
+        "the Client is introduced no earlier than introduce_delay (--introduce-delay) after "
+        "the mediator closed the Peer, whose port must be free for it to listen on",
+        legacy_introduce_delay,
+        2,
+        skip_unless=lambda o: (
+            None
+            if o.introduce_delay is not None
+            else "the mediator's introduce_delay is not known (--introduce-delay 0)"
+        ),
     ),
     _scenario(
         "legacy-one-message-per-read",

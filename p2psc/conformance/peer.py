@@ -245,6 +245,14 @@ class RawPeer(Generic[M]):
         self._closed_by_us = False
         self.sockname: wire.Address = wire.Address.from_tuple(sock.getsockname())
         """This connection's own address (what the mediator observes, absent a NAT)."""
+        self.started_at = transcript.now()
+        """Scenario time just *before* the connect began (set by :meth:`open`): the mediator
+        cannot have accepted the connection earlier, so a deadline measured from here is never
+        measured short."""
+        self.sent_at: float | None = None
+        """Scenario time just *before* the last write began (None: nothing sent yet)."""
+        self.ended_at: float | None = None
+        """Scenario time at which the harness saw the mediator end the connection."""
 
     # --- opening ----------------------------------------------------------------------------
 
@@ -270,6 +278,7 @@ class RawPeer(Generic[M]):
         if not infos:
             raise OSError(f"{host} does not resolve")
         family, kind, proto, _, address = infos[0]
+        started = transcript.now()
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
@@ -280,6 +289,7 @@ class RawPeer(Generic[M]):
             except TimeoutError:
                 raise OSError(f"no connection to {host}:{port} within {timeout:g} s") from None
             peer = cls(label, sock, transcript, timeout)
+            peer.started_at = started
         except BaseException:
             sock.close()
             raise
@@ -300,6 +310,7 @@ class RawPeer(Generic[M]):
 
     async def send_raw(self, data: bytes, what: str | None = None) -> None:
         """Write ``data`` in one call (one segment with TCP_NODELAY), recorded as ``what``."""
+        self.sent_at = self._transcript.now()
         self._transcript.add(self.label, SENT, what or _hex_preview(data))
         loop = asyncio.get_running_loop()
         try:
@@ -342,10 +353,12 @@ class RawPeer(Generic[M]):
                 return Got("timeout", detail=f"{wait:g} s")
             except OSError as error:
                 self._transcript.add(self.label, EVENT, f"reset by the mediator ({error!r})")
+                self.ended_at = self._transcript.now()
                 self._end = Got("reset", detail=type(error).__name__)
                 return self._end
             if not data:
                 self._transcript.add(self.label, EVENT, "closed by the mediator (EOF)")
+                self.ended_at = self._transcript.now()
                 self._end = Got("eof")
                 return self._end
             self.reads.append(data)
@@ -360,6 +373,12 @@ class RawPeer(Generic[M]):
                 self._transcript.add(self.label, RECEIVED, self.render(message))
             self._inbox.extend(messages)
         return Got("message", self._inbox.popleft())
+
+    def push_back(self, got: Got[M]) -> None:
+        """Undo one :meth:`next` that returned a message (the end of a connection is sticky
+        anyway), for a caller that only peeked at when it arrived."""
+        if got.kind == "message" and got.message is not None:
+            self._inbox.appendleft(got.message)
 
     async def expect(self, cls: type[T], why: str, timeout: float | None = None) -> T:
         """The next message, which must be a ``cls``; otherwise the scenario fails."""
@@ -413,6 +432,13 @@ class RawPeer(Generic[M]):
         self._closed_by_us = True
         self._transcript.add(self.label, EVENT, "harness closes (FIN)")
         self._sock.close()
+
+    def half_close(self) -> None:
+        """Shut down the sending side only (FIN) and keep reading: what the mediator does next
+        (its own close) stays observable."""
+        self._transcript.add(self.label, EVENT, "harness shuts down its sending side (FIN)")
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
 
     def reset(self) -> None:
         """An abortive close: RST (SO_LINGER 0), as a crashed process or a NAT drop looks."""

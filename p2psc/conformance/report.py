@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from p2psc.conformance.context import Measurement
 from p2psc.conformance.peer import TranscriptEntry
 from p2psc.conformance.scenario import Level
 
@@ -49,6 +50,8 @@ class ScenarioResult:
     expected: str = ""
     observed: str = ""
     transcript: tuple[TranscriptEntry, ...] = ()
+    measurements: tuple[Measurement, ...] = ()
+    """Deadlines this scenario measured: shown under its line whatever the outcome."""
 
     @property
     def passed(self) -> bool:
@@ -78,15 +81,19 @@ class ScenarioResult:
         }[self.outcome]
 
     def line(self, width: int = 32) -> str:
-        """One report line: status, name, level, section link, duration."""
-        return (
+        """One report line: status, name, level, section link, duration; then one indented
+        line per measured deadline (measured vs configured)."""
+        text = (
             f"{self.status:<5} {self.name:<{width}} {self.level.value:<11} "
             f"{self.link}  {self.duration:.2f}s"
         )
+        for measurement in self.measurements:
+            text += f"\n      {measurement.format()}"
+        return text
 
-    def details(self, indent: str = "      ") -> str:
-        """Expected vs observed and the transcript (empty for a pass)."""
-        if self.outcome is Outcome.PASSED:
+    def details(self, indent: str = "      ", *, verbose: bool = False) -> str:
+        """Expected vs observed and the transcript (empty for a pass unless ``verbose``)."""
+        if self.outcome is Outcome.PASSED and not verbose:
             return ""
         lines = [f"{indent}checks:   {self.summary}"]
         if self.expected:
@@ -111,6 +118,7 @@ class ScenarioResult:
             "expected": self.expected,
             "observed": self.observed,
             "transcript": [entry.to_dict() for entry in self.transcript],
+            "measurements": [m.to_dict() for m in self.measurements],
         }
 
 
@@ -152,6 +160,8 @@ class Report:
     def summary(self) -> str:
         c = self.counts()
         verdict = "CONFORMS" if self.passed else "DOES NOT CONFORM"
+        if self.passed and c["warnings"]:
+            verdict += f" ({c['warnings']} warning{'s' if c['warnings'] != 1 else ''})"
         return (
             f"{len(self.results)} scenarios: {c['passed']} passed, {c['failed']} failed, "
             f"{c['errors']} errors, {c['warnings']} warnings, {c['skipped']} skipped "
@@ -159,26 +169,36 @@ class Report:
             + ("" if self.passed else " (a required scenario did not pass)")
         )
 
-    def format_details(self) -> str:
-        """Expected vs observed and the transcript of each non-passing scenario, then the
-        summary line (what follows the per-scenario lines)."""
+    def format_details(self, *, verbose: bool = False) -> str:
+        """Expected vs observed and the transcript of each non-passing scenario (of every
+        scenario that ran, with ``verbose``), then the summary line (what follows the
+        per-scenario lines)."""
         lines: list[str] = []
+        shown = (
+            (Outcome.FAILED, Outcome.ERROR, Outcome.PASSED)
+            if verbose
+            else (
+                Outcome.FAILED,
+                Outcome.ERROR,
+            )
+        )
         for result in self.results:
-            if result.outcome in (Outcome.FAILED, Outcome.ERROR):
+            if result.outcome in shown:
                 lines.append("")
                 lines.append(
                     f"{result.status} {result.name} ({result.level.value}, {result.section})"
                 )
-                lines.append(result.details())
+                lines.append(result.details(verbose=verbose))
         lines.append("")
         lines.append(self.summary())
         return "\n".join(lines)
 
-    def format_text(self) -> str:
-        """The whole human report: one line per scenario, details of each non-pass, summary."""
+    def format_text(self, *, verbose: bool = False) -> str:
+        """The whole human report: one line per scenario, details of each non-pass (of every
+        scenario with ``verbose``), summary."""
         width = max((len(r.name) for r in self.results), default=10)
         lines = [result.line(width) for result in self.results]
-        return "\n".join(lines) + "\n" + self.format_details()
+        return "\n".join(lines) + "\n" + self.format_details(verbose=verbose)
 
     def to_dict(self) -> dict[str, Any]:
         return {

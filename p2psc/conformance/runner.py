@@ -112,10 +112,10 @@ def _budget(scenario: Scenario, options: HarnessOptions) -> float:
     """Overall seconds a scenario may take (every wait inside has its own, shorter deadline)."""
     deadlines = sum(
         d
-        for d in (options.idle_timeout, options.response_timeout, options.confirm_timeout)
+        for d in (options.advertise_timeout, options.response_timeout, options.confirm_timeout)
         if d is not None
     )
-    return 12 * options.timeout + 12 * options.quiet + deadlines + 10
+    return 12 * options.timeout + 12 * options.quiet + 2 * deadlines + 4 * options.late + 10
 
 
 async def run_scenario(
@@ -137,6 +137,7 @@ async def run_scenario(
             expected=expected,
             observed=observed,
             transcript=tuple(ctx.transcript.entries) if ctx is not None else (),
+            measurements=tuple(ctx.measurements) if ctx is not None else (),
         )
 
     ctx: ScenarioContext | None = None

@@ -10,6 +10,17 @@ fall back (§3 step 2.1).
 "Closes promptly" checks also make sure the close was caused by the bad input and not by a
 deadline that happened to expire meanwhile: an ``AdvertiseAbort(TIMEOUT)`` before the close, or
 a close later than the configured deadline, fails them.
+
+Deadlines are checked twice, by level: ``deadline-*`` (required) fail anything that reaches a
+connection before the configured value (§2: never early), ``timeout-*`` (recommended) check
+the TIMEOUT code and that the close comes within ``--late`` of it. Both measure from a moment
+the mediator's timer cannot precede and record a :class:`~p2psc.conformance.context.Measurement`
+that the report prints.
+
+Extending: a new rule about the two pairing messages (a field the wire gains, e.g. a pairing id
+both must carry) is one function appended to :data:`PAIRING_CHECKS`, and every pairing scenario
+applies it; a new transport (TLS to the mediator) changes only how
+:meth:`~p2psc.conformance.context.ScenarioContext.connect` opens a :class:`V1Peer`.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from typing import Any
 
 from p2psc import wire
 from p2psc.conformance.context import HarnessOptions, ScenarioContext
-from p2psc.conformance.peer import RawPeer, V1Peer, all_of, fail, reason_name
+from p2psc.conformance.peer import RawPeer, ScenarioFailed, V1Peer, all_of, fail, reason_name
 from p2psc.conformance.scenario import Level, Scenario, Section
 from p2psc.keys import Keypair
 
@@ -32,6 +43,7 @@ REQUIRED = Level.REQUIRED
 RECOMMENDED = Level.RECOMMENDED
 
 S1 = Section("mediator.md", "1", "Roles and words")
+S2 = Section("mediator.md", "2", "Sessions and states")
 S3 = Section("mediator.md", "3", "The Mediator handshake")
 S4 = Section("mediator.md", "4", "Pairing and the ordering guarantee")
 S5 = Section("mediator.md", "5", "Duplicate registration, self pairing, version mismatch")
@@ -82,6 +94,35 @@ async def expect_prompt_close(
     return seen
 
 
+PairingCheck = Callable[
+    [ScenarioContext, wire.PeerDisconnect, wire.PeerIdentification, V1Peer, V1Peer], None
+]
+"""A check of one completed pairing (disconnect, identification, client, peer): raise
+ScenarioFailed via :func:`fail` when the messages are wrong."""
+
+
+def _check_addresses(
+    ctx: ScenarioContext,
+    disconnect: wire.PeerDisconnect,
+    identification: wire.PeerIdentification,
+    client: V1Peer,
+    peer: V1Peer,
+) -> None:
+    ctx.check_observed("PeerIdentification.peer", identification.peer, peer)
+    ctx.check_equal(
+        "PeerIdentification.peer",
+        identification.peer,
+        disconnect.peer,
+        "both messages carry the Peer's observed address",
+    )
+
+
+PAIRING_CHECKS: list[PairingCheck] = [_check_addresses]
+"""Every check :func:`complete_pairing` applies to the two pairing messages, so that every
+pairing scenario applies it. A new rule about them (a field added to the wire) is one
+function appended here."""
+
+
 async def complete_pairing(
     ctx: ScenarioContext,
     client: V1Peer,
@@ -120,23 +161,28 @@ async def complete_pairing(
         "the earlier registrant is the Client; it is introduced after the Peer's clean close (§4)",
     )
     ctx.check_equal("PeerIdentification.version", identification.version, 1, "§4 Confirmation")
-    ctx.check_observed("PeerIdentification.peer", identification.peer, peer)
-    ctx.check_equal(
-        "PeerIdentification.peer",
-        identification.peer,
-        disconnect.peer,
-        "both messages carry the Peer's observed address",
-    )
+    for check in PAIRING_CHECKS:
+        check(ctx, disconnect, identification, client, peer)
     ctx.check_equal(
         "PeerIdentification.peer_local",
         identification.peer_local,
         peer_local,
         "the local address the Peer advertised, or none (§4 Confirmation)",
     )
-    await client.expect_close(
-        "after PeerIdentification the mediator closes the Client's connection (§4 Confirmation)"
+    await expect_clean_close(
+        client,
+        "after PeerIdentification the mediator closes the Client's connection (§4 Confirmation)",
     )
     return disconnect, identification
+
+
+async def expect_clean_close(peer: V1Peer, why: str) -> None:
+    """The mediator must close ``peer`` with a FIN (EOF), not a reset: the harness read
+    everything, so a reset would be the mediator's choice (§7 How the Mediator closes)."""
+    await peer.expect_close(why)
+    end = await peer.next(0)
+    if end.kind == "reset":
+        fail(f"a clean close (FIN) at {peer.label} ({why}; §7)", end.describe(peer.render))
 
 
 async def _pair_up_to_disconnect(
@@ -231,6 +277,42 @@ async def pairing_mutual_intent_only(ctx: ScenarioContext) -> None:
     await wants_b.expect_silence(
         ctx.options.settle, "A still waits: B was paired with C, who wanted B back"
     )
+
+
+async def pairing_mutual_intent_newcomer(ctx: ScenarioContext) -> None:
+    a, b, c = ctx.keypair("A"), ctx.keypair("B"), ctx.keypair("C")
+    wants_b = await ctx.register_waiting("A (wants B)", a, b.public_key.raw)
+    newcomer = await ctx.register("C (wants A)", c, a.public_key.raw)
+    why = (
+        "C wants A, but the waiting A wants B: no mutual intent, nobody is paired "
+        "(§1 Mutual intent, §3 step 4.1)"
+    )
+    quiet = ctx.options.quiet
+    await all_of([wants_b.expect_silence(quiet, why), newcomer.expect_silence(quiet, why)])
+    peer = await ctx.register("B (wants A)", b, a.public_key.raw)
+    await complete_pairing(ctx, wants_b, peer)
+    await newcomer.expect_silence(
+        ctx.options.settle, "C still waits: A was paired with B, who wanted A back"
+    )
+
+
+async def pairing_peer_half_close(ctx: ScenarioContext) -> None:
+    client, peer, _ = await _pair_up_to_disconnect(ctx)
+    peer.half_close()
+    await client.expect(
+        wire.PeerIdentification,
+        "the Peer's FIN is its confirmation, even while it still reads (§4 Confirmation)",
+    )
+    await expect_clean_close(client, "after PeerIdentification the Client is closed (§4)")
+    await expect_prompt_close(
+        peer,
+        "after the Peer's clean close the mediator closes the Peer's connection too, at once "
+        "(§4 Confirmation)",
+        deadline=ctx.options.confirm_timeout,
+        allowed=(),
+    )
+    if (await peer.next(0)).kind == "reset":
+        fail(f"a clean close (FIN) at {peer.label} (§7 How the Mediator closes)", "a reset")
 
 
 async def pairing_independent_wishes(ctx: ScenarioContext) -> None:
@@ -357,7 +439,7 @@ async def identity_self_pairing(ctx: ScenarioContext) -> None:
         await expect_prompt_close(
             peer,
             "our_key == their_key is refused before any challenge (§3 step 2.2, §5)",
-            deadline=ctx.options.idle_timeout,
+            deadline=ctx.options.advertise_timeout,
         )
 
     await _with_healthy_pairing(ctx, disturbance)
@@ -371,10 +453,9 @@ async def identity_self_pairing_reason(ctx: ScenarioContext) -> None:
 async def version_unsupported(ctx: ScenarioContext) -> None:
     a, b = ctx.ordered_keypairs("A", "B")
     advertise = wire.Advertise(1, a.public_key.raw, b.public_key.raw).payload()
-    header_v2 = await ctx.connect("header version 2")
-    field_v2 = await ctx.connect("Advertise.version 2")
 
-    async def check(peer: V1Peer, frame: bytes, what: str) -> None:
+    async def check(label: str, frame: bytes, what: str) -> None:
+        peer = await ctx.connect(label)  # each sends at once: no idle deadline in the way
         await peer.send_raw(frame, what)
         await expect_abort(
             peer,
@@ -385,11 +466,28 @@ async def version_unsupported(ctx: ScenarioContext) -> None:
 
     await all_of(
         [
-            check(header_v2, _frame(0, advertise, version=2), "Advertise in a version 2 frame"),
             check(
-                field_v2,
+                "header version 2",
+                _frame(0, advertise, version=2),
+                "Advertise in a version 2 frame",
+            ),
+            check(
+                "Advertise.version 2",
                 _frame(0, bytes((2,)) + advertise[1:]),
                 "Advertise with version field 2 in a version 1 frame",
+            ),
+            # The version byte comes before the type and the length: nothing after it is
+            # judged (§5 Version mismatch).
+            check(
+                "header version 2, type 99, length 4097",
+                wire.MAGIC + bytes((2, 99)) + (wire.MAX_PAYLOAD + 1).to_bytes(2, "big"),
+                "version 2 header with type 99 and length 4097 (no payload)",
+            ),
+            # The version field comes before the layout: a future Advertise may be longer.
+            check(
+                "Advertise.version 2, 76 bytes",
+                _frame(0, bytes((2,)) + advertise[1:] + bytes(10)),
+                "Advertise with version field 2 and 10 more payload bytes",
             ),
         ]
     )
@@ -444,7 +542,7 @@ async def framing_malformed_closes(ctx: ScenarioContext) -> None:
         await expect_prompt_close(
             peer,
             f"{label}: a frame that cannot be decoded or is not the expected message (§7)",
-            deadline=opts.idle_timeout,
+            deadline=opts.advertise_timeout,
         )
 
     async def second_advertise() -> None:
@@ -474,7 +572,7 @@ async def framing_oversized_closes(ctx: ScenarioContext) -> None:
             peer,
             f"a header announcing {length} > {wire.MAX_PAYLOAD} bytes is refused as soon as "
             "it arrives, before any payload (§6)",
-            deadline=opts.idle_timeout,
+            deadline=opts.advertise_timeout,
         )
 
     async def oversized_response() -> None:
@@ -536,6 +634,31 @@ async def framing_bytes_while_waiting(ctx: ScenarioContext) -> None:
     await partner.expect_silence(
         ctx.options.quiet, "A's registration ended with its connection, so B waits unpaired (§7)"
     )
+
+
+async def framing_bytes_after_response(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    client = await ctx.register_waiting("client A (innocent)", a, b.public_key.raw)
+    peer, challenge = await ctx.advertise("B (byte after its response)", b, a.public_key.raw)
+    nonce = ctx.open_challenge(b, a.public_key.raw, challenge, peer.label)
+    await peer.send_raw(
+        wire.AdvertiseResponse(nonce).encode() + b"\x00",
+        "a correct AdvertiseResponse and 1 more byte, in one write",
+    )
+    why = (
+        "bytes behind the AdvertiseResponse are refused before it is acted on: nothing is "
+        "paired or registered (§3 step 3)"
+    )
+    await all_of(
+        [
+            expect_prompt_close(peer, why, deadline=ctx.options.response_timeout),
+            client.expect_silence(
+                ctx.options.quiet, "the waiting Client is not disturbed by B's violation (§3)"
+            ),
+        ]
+    )
+    again = await ctx.register("peer B (again)", b, a.public_key.raw)
+    await complete_pairing(ctx, client, again)
 
 
 async def framing_malformed_reason(ctx: ScenarioContext) -> None:
@@ -600,6 +723,24 @@ async def fault_client_leaves(ctx: ScenarioContext) -> None:
     )
 
 
+async def fault_client_sends_bytes(ctx: ScenarioContext) -> None:
+    client, peer, _ = await _pair_up_to_disconnect(ctx)
+    await client.send_raw(b"\x00", "1 byte while its Peer is confirming")
+    deadline = ctx.options.confirm_timeout
+    await all_of(
+        [
+            expect_prompt_close(
+                client, "a Client that sends anything while confirming (§4, §7)", deadline=deadline
+            ),
+            expect_prompt_close(
+                peer,
+                "its Client misbehaved: the pairing fails and the Peer is closed (§4 Failure)",
+                deadline=deadline,
+            ),
+        ]
+    )
+
+
 async def fault_peer_gone_reason(ctx: ScenarioContext) -> None:
     async def peer_resets() -> None:
         client, peer, _ = await _pair_up_to_disconnect(ctx, "1")
@@ -617,7 +758,9 @@ async def fault_peer_gone_reason(ctx: ScenarioContext) -> None:
 # --- deadlines --------------------------------------------------------------------------------
 
 
-def _needs(name: str, flag: str) -> Callable[[HarnessOptions], str | None]:
+def _needs(name: str) -> Callable[[HarnessOptions], str | None]:
+    flag = "--" + name.replace("_", "-")
+
     def check(options: HarnessOptions) -> str | None:
         if getattr(options, name) is None:
             return f"the mediator's {name} is not known ({flag} 0)"
@@ -626,55 +769,167 @@ def _needs(name: str, flag: str) -> Callable[[HarnessOptions], str | None]:
     return check
 
 
-async def _closed_with_timeout(peer: V1Peer, deadline: float, slack: float, why: str) -> None:
-    seen = await peer.expect_close(
-        why, allowed=(wire.AdvertiseAbort, wire.AdvertiseRetry), timeout=deadline + slack
-    )
+def _late_bound(ctx: ScenarioContext, configured: float) -> float:
+    """How long to wait for a deadline's close: the tolerance, plus the harness's own wait."""
+    return configured + ctx.options.late + ctx.options.timeout
+
+
+async def _timed_out(
+    ctx: ScenarioContext, peer: V1Peer, what: str, configured: float, since: float, why: str
+) -> None:
+    """``peer`` must be closed after ``AdvertiseAbort(TIMEOUT)`` within the tolerance of the
+    configured deadline (the lower bound is the ``deadline-*`` scenarios' job)."""
+    label = f"{what} at {peer.label}"
+    try:
+        seen = await peer.expect_close(
+            why,
+            allowed=(wire.AdvertiseAbort, wire.AdvertiseRetry),
+            timeout=_late_bound(ctx, configured) - (ctx.transcript.now() - since),
+        )
+    except ScenarioFailed:
+        ctx.measure(label, configured, since, seen=peer.ended_at is not None)
+        raise
+    measurement = ctx.measure(label, configured, since)
     codes = [m.code for m in seen if isinstance(m, wire.AdvertiseAbort)]
     if R.TIMEOUT not in codes:
         observed = ", ".join(f"AdvertiseAbort({reason_name(c)})" for c in codes) or "no abort"
         fail(f"AdvertiseAbort(TIMEOUT) at {peer.label} before the close ({why})", observed)
+    if measurement.too_late:
+        fail(
+            f"the close at {peer.label} at most {ctx.options.late:g} s after {what} = "
+            f"{configured:g} s (§2: a deadline MAY fire a little late; the harness's tolerance "
+            "is --late)",
+            f"closed {measurement.measured:.3f} s after the step began",
+        )
+
+
+async def _not_early(
+    ctx: ScenarioContext, peers: list[V1Peer], what: str, configured: float, since: float
+) -> None:
+    """Nothing at all (no message, no close) may reach any of ``peers`` before ``configured``
+    seconds after ``since``; then the time of the first close is recorded (not judged: how late
+    it may come is the ``timeout-*`` scenarios' job)."""
+    flag = "--" + what.replace("_", "-")
+
+    async def one(peer: V1Peer) -> None:
+        left = configured - (ctx.transcript.now() - since)
+        got = await peer.next(max(left, 0.0))
+        if got.kind == "timeout":
+            return
+        elapsed = ctx.transcript.now() - since
+        if elapsed >= configured:  # arrived just as the wait ended: on time
+            peer.push_back(got)
+            return
+        ctx.measure(f"{what} at {peer.label}", configured, since)
+        fail(
+            f"nothing at {peer.label} before {what} = {configured:g} s have passed (§2: a "
+            f"deadline MUST NOT fire early; if your mediator's {what} is not {configured:g} s, "
+            f"tell the harness with {flag})",
+            f"{got.describe(peer.render)} after {elapsed:.3f} s",
+        )
+
+    await all_of(one(peer) for peer in peers)
+    first = peers[0]
+    got = await first.next(_late_bound(ctx, configured) - (ctx.transcript.now() - since))
+    while got.kind == "message":
+        got = await first.next(_late_bound(ctx, configured) - (ctx.transcript.now() - since))
+    ctx.measure(f"{what} at {first.label}", configured, since, seen=got.closed)
+
+
+def _handover(ctx: ScenarioContext, previous: float | None) -> float:
+    """How long a step waits before it ends, so that the previous state's deadline, if a
+    mediator left it running, would fire well inside the next step's (§2: entering a state
+    replaces the deadline)."""
+    return 0.0 if previous is None else previous / 2
+
+
+async def deadline_advertise_not_early(ctx: ScenarioContext) -> None:
+    configured = ctx.options.advertise_timeout
+    assert configured is not None
+    peer = await ctx.connect("idle")
+    await _not_early(ctx, [peer], "advertise_timeout", configured, peer.started_at)
+
+
+async def deadline_response_not_early(ctx: ScenarioContext) -> None:
+    configured = ctx.options.response_timeout
+    assert configured is not None
+    a, b = ctx.ordered_keypairs("A", "B")
+    peer = await ctx.connect("A (never answers)")
+    await asyncio.sleep(_handover(ctx, ctx.options.advertise_timeout))
+    await peer.send(wire.Advertise(1, a.public_key.raw, b.public_key.raw))
+    since = peer.sent_at
+    assert since is not None
+    await peer.expect(wire.AdvertiseChallenge, "the answer to a valid Advertise (§3)")
+    await _not_early(ctx, [peer], "response_timeout", configured, since)
+
+
+async def deadline_confirm_not_early(ctx: ScenarioContext) -> None:
+    configured = ctx.options.confirm_timeout
+    assert configured is not None
+    a, b = ctx.ordered_keypairs("A", "B")
+    client = await ctx.register_waiting("client A", a, b.public_key.raw)
+    peer, challenge = await ctx.advertise("peer B (never closes)", b, a.public_key.raw)
+    nonce = ctx.open_challenge(b, a.public_key.raw, challenge, peer.label)
+    await asyncio.sleep(_handover(ctx, ctx.options.response_timeout))
+    await peer.send(wire.AdvertiseResponse(nonce))
+    since = peer.sent_at
+    assert since is not None
+    await peer.expect(wire.PeerDisconnect, "the later registrant is the Peer (§4 step 2)")
+    await _not_early(ctx, [peer, client], "confirm_timeout", configured, since)
 
 
 async def timeout_idle(ctx: ScenarioContext) -> None:
-    deadline = ctx.options.idle_timeout
-    assert deadline is not None
+    configured = ctx.options.advertise_timeout
+    assert configured is not None
     peer = await ctx.connect("idle")
-    await _closed_with_timeout(
+    await _timed_out(
+        ctx,
         peer,
-        deadline,
-        ctx.options.timeout,
-        f"no Advertise within advertise_timeout = {deadline:g} s (§6; tell the harness your "
-        "value with --idle-timeout)",
+        "advertise_timeout",
+        configured,
+        peer.started_at,
+        f"no Advertise within advertise_timeout = {configured:g} s (§6; tell the harness your "
+        "value with --advertise-timeout)",
     )
 
 
 async def timeout_response(ctx: ScenarioContext) -> None:
-    deadline = ctx.options.response_timeout
-    assert deadline is not None
+    configured = ctx.options.response_timeout
+    assert configured is not None
     a, b = ctx.ordered_keypairs("A", "B")
-    peer, _ = await ctx.advertise("A (never answers)", a, b.public_key.raw)
-    await _closed_with_timeout(
+    peer = await ctx.connect("A (never answers)")
+    await peer.send(wire.Advertise(1, a.public_key.raw, b.public_key.raw))
+    since = peer.sent_at
+    assert since is not None
+    await peer.expect(wire.AdvertiseChallenge, "the answer to a valid Advertise (§3)")
+    await _timed_out(
+        ctx,
         peer,
-        deadline,
-        ctx.options.timeout,
-        f"no AdvertiseResponse within response_timeout = {deadline:g} s (§6; tell the harness "
-        "your value with --response-timeout)",
+        "response_timeout",
+        configured,
+        since,
+        f"no AdvertiseResponse within response_timeout = {configured:g} s (§6; tell the "
+        "harness your value with --response-timeout)",
     )
 
 
 async def timeout_confirm(ctx: ScenarioContext) -> None:
-    deadline = ctx.options.confirm_timeout
-    assert deadline is not None
-    client, peer, _ = await _pair_up_to_disconnect(ctx)
+    configured = ctx.options.confirm_timeout
+    assert configured is not None
+    a, b = ctx.ordered_keypairs("A", "B")
+    client = await ctx.register_waiting("client A", a, b.public_key.raw)
+    peer = await ctx.register("peer B (never closes)", b, a.public_key.raw)
+    since = peer.sent_at
+    assert since is not None
+    await peer.expect(wire.PeerDisconnect, "the later registrant is the Peer (§4 step 2)")
     why = (
-        f"the Peer never closes: confirm_timeout = {deadline:g} s ends the pairing (§4, §6; "
+        f"the Peer never closes: confirm_timeout = {configured:g} s ends the pairing (§4, §6; "
         "tell the harness your value with --confirm-timeout)"
     )
     await all_of(
         [
-            _closed_with_timeout(client, deadline, ctx.options.timeout, why),
-            _closed_with_timeout(peer, deadline, ctx.options.timeout, why),
+            _timed_out(ctx, client, "confirm_timeout", configured, since, why),
+            _timed_out(ctx, peer, "confirm_timeout", configured, since, why),
         ]
     )
 
@@ -730,6 +985,22 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
         pairing_mutual_intent_only,
     ),
     _scenario(
+        "pairing-mutual-intent-newcomer",
+        S1,
+        REQUIRED,
+        "A waits for B; C, wanting A, arrives: nobody is paired (A wants someone else); B then "
+        "pairs with A and C waits on",
+        pairing_mutual_intent_newcomer,
+    ),
+    _scenario(
+        "pairing-peer-half-close",
+        S4,
+        REQUIRED,
+        "a Peer that only shuts down its sending side confirms: the Client is introduced and "
+        "the mediator closes the Peer's connection at once",
+        pairing_peer_half_close,
+    ),
+    _scenario(
         "pairing-independent-wishes",
         S5,
         REQUIRED,
@@ -781,7 +1052,7 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
     ),
     _scenario(
         "identity-self-pairing-reason",
-        S8,
+        S5,
         RECOMMENDED,
         "self pairing gets AdvertiseAbort(SELF_PAIRING)",
         identity_self_pairing_reason,
@@ -833,6 +1104,14 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
         framing_bytes_while_waiting,
     ),
     _scenario(
+        "framing-bytes-after-response",
+        S3,
+        REQUIRED,
+        "a byte behind a correct AdvertiseResponse (same write) closes that connection before "
+        "anything is paired: the waiting partner is undisturbed and pairs later",
+        framing_bytes_after_response,
+    ),
+    _scenario(
         "framing-malformed-reason",
         S7,
         RECOMMENDED,
@@ -862,6 +1141,13 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
         fault_client_leaves,
     ),
     _scenario(
+        "fault-client-sends-bytes",
+        S4,
+        REQUIRED,
+        "the Client sends a byte while its Peer is confirming: both connections are closed",
+        fault_client_sends_bytes,
+    ),
+    _scenario(
         "fault-peer-gone-reason",
         S4,
         RECOMMENDED,
@@ -869,33 +1155,63 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
         fault_peer_gone_reason,
     ),
     _scenario(
+        "deadline-advertise-not-early",
+        S2,
+        REQUIRED,
+        "a connection that sends nothing hears nothing and stays open for the whole "
+        "advertise_timeout (--advertise-timeout): a deadline never fires early",
+        deadline_advertise_not_early,
+        skip_unless=_needs("advertise_timeout"),
+        long=True,
+    ),
+    _scenario(
+        "deadline-response-not-early",
+        S2,
+        REQUIRED,
+        "an Advertise sent half way through advertise_timeout: the challenged session then "
+        "lasts the whole response_timeout (--response-timeout), the old deadline is gone",
+        deadline_response_not_early,
+        skip_unless=_needs("response_timeout"),
+        long=True,
+    ),
+    _scenario(
+        "deadline-confirm-not-early",
+        S2,
+        REQUIRED,
+        "a Peer that answers half way through response_timeout and never closes: neither side "
+        "hears anything for the whole confirm_timeout (--confirm-timeout), no stale timer",
+        deadline_confirm_not_early,
+        skip_unless=_needs("confirm_timeout"),
+        long=True,
+    ),
+    _scenario(
         "timeout-idle",
         S6,
         RECOMMENDED,
-        "a connection that sends nothing gets AdvertiseAbort(TIMEOUT) and is closed after "
-        "advertise_timeout (--idle-timeout)",
+        "a connection that sends nothing gets AdvertiseAbort(TIMEOUT) and is closed within "
+        "--late of advertise_timeout (--advertise-timeout)",
         timeout_idle,
-        skip_unless=_needs("idle_timeout", "--idle-timeout"),
+        skip_unless=_needs("advertise_timeout"),
         long=True,
     ),
     _scenario(
         "timeout-response",
         S6,
         RECOMMENDED,
-        "an unanswered challenge gets AdvertiseAbort(TIMEOUT) and a close after "
+        "an unanswered challenge gets AdvertiseAbort(TIMEOUT) and a close within --late of "
         "response_timeout (--response-timeout)",
         timeout_response,
-        skip_unless=_needs("response_timeout", "--response-timeout"),
+        skip_unless=_needs("response_timeout"),
         long=True,
     ),
     _scenario(
         "timeout-confirm",
-        S4,
+        S6,
         RECOMMENDED,
-        "a Peer that never closes: after confirm_timeout (--confirm-timeout) both sides get "
-        "AdvertiseAbort(TIMEOUT), and the Client is never introduced",
+        "a Peer that never closes: within --late of confirm_timeout (--confirm-timeout) both "
+        "sides get AdvertiseAbort(TIMEOUT), and the Client is never introduced",
         timeout_confirm,
-        skip_unless=_needs("confirm_timeout", "--confirm-timeout"),
+        skip_unless=_needs("confirm_timeout"),
         long=True,
     ),
 )

@@ -17,6 +17,8 @@ See ``spec/mediator.md`` for the normative behaviour this implements.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -236,6 +238,24 @@ class _Session:
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _ipv6_source(host: str) -> str:
+    try:
+        address = ipaddress.IPv6Address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+def _source(host: str) -> str:
+    """The "source IP" the per-address limits count (spec/mediator.md §6): an IPv4 address
+    itself, an IPv6 address's /64 prefix (one host is usually given a whole /64, so counting
+    per /128 would let it fill the registry from addresses it gets for free)."""
+    return host if ":" not in host else _ipv6_source(host)
+
+
 def _version_unsupported(name: str) -> bool:
     return name != "version_supported"
 
@@ -390,7 +410,7 @@ class MediatorCore:
             table = self._waiting_by_ip
         else:
             return
-        ip = session.remote[0]
+        ip = _source(session.remote[0])
         count = table.get(ip, 0) + delta
         if count > 0:
             table[ip] = count
@@ -482,7 +502,7 @@ class MediatorCore:
         if conn in self._sessions:
             return  # adapter bug: never reuse a live id; ignore rather than corrupt state
         remote = (remote[0], remote[1])
-        ip = remote[0]
+        ip = _source(remote[0])
         config = self.config
         if self._shutting_down:
             refusal: tuple[int, str] | None = (_R.SHUTTING_DOWN, "mediator shutting down")
@@ -562,6 +582,16 @@ class MediatorCore:
                     frame = self._next_frame(session)
                 if frame is None:
                     return
+                if (
+                    frame[3] == 0  # Advertise: its version field is judged before its layout
+                    and len(frame) > _HEADER_SIZE
+                    and frame[_HEADER_SIZE] != _VERSION
+                    and session.state == AWAITING_ADVERTISE
+                ):
+                    version = frame[_HEADER_SIZE]
+                    text = f"Advertise version {version} is not supported (only 1)"
+                    self._reject_version(conn, session, text, out)
+                    return
                 message = wire.decode(frame)
             except UnsupportedVersion as error:
                 if session.state == AWAITING_ADVERTISE:
@@ -575,6 +605,9 @@ class MediatorCore:
             if isinstance(message, wire.Advertise) and session.state == AWAITING_ADVERTISE:
                 self._on_advertise(conn, session, message, now, out)
             elif isinstance(message, wire.AdvertiseResponse) and session.state == CHALLENGED:
+                if session.buf:  # refused before it can pair or register (spec §3 step 3)
+                    self._bad(conn, session, "bytes after the AdvertiseResponse", out)
+                    return
                 self._on_response(conn, session, message, now, out)
             else:
                 name = type(message).__name__
@@ -698,7 +731,7 @@ class MediatorCore:
         registry = self._registry
         config = self.config
         our, their = session.our, session.their
-        ip = session.remote[0]
+        ip = _source(session.remote[0])
         expected = session.nonce or b""
 
         def oracle(name: str) -> bool:
@@ -713,7 +746,7 @@ class MediatorCore:
                 if previous is None and len(registry) >= config.max_waiting:
                     return True
                 older = self._sessions.get(previous) if previous is not None else None
-                same_ip = older is not None and older.remote[0] == ip
+                same_ip = older is not None and _source(older.remote[0]) == ip
                 return not same_ip and self._waiting_by_ip.get(ip, 0) >= config.max_waiting_per_ip
             raise InvalidTransition("MediatorSession", session.state, f"guard {name}")
 

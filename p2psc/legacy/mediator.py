@@ -209,6 +209,11 @@ class LegacyAwareMediatorCore(MediatorCore):
         # output is only rewritten while some version 0 connection exists.
         conn = event.conn
         kind = type(event)
+        if self._gone and conn in self._gone:
+            # We closed this Peer's socket ourselves; an adapter that reports that close (or
+            # anything else on it) must not count as the Peer's confirmation: the Client is
+            # introduced by the introduce timer only (spec/legacy.md §3 step 4).
+            return []
         if kind is Received:
             received: Received = event  # type: ignore[assignment]  # (exact type checked)
             legacy = self._legacy

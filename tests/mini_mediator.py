@@ -1,0 +1,337 @@
+"""A second Mediator, deliberately small, written from ``spec/`` alone: no MediatorCore.
+
+Why it exists: the conformance harness was only ever shown to fail *our* core with one rule
+broken, so a blind spot shared by the core and the harness could hide. This one has another
+design (one asyncio task per connection, plain stream reads with per-state deadlines, futures
+between partners, its own frame codec written from spec/protocol.md), and broken variants of
+it (``FLAWS``) that ``tests/test_conformance_mini.py`` runs the harness against. Only the
+HPKE seal comes from ``p2psc.keys``: the project never hand-makes crypto.
+
+It implements spec/mediator.md §2-§8 as written, including the resolutions of its
+ambiguities (header version before type and length, the Advertise version field before the
+layout, bytes behind the AdvertiseResponse refused before pairing, the Peer's connection closed
+after its clean close, a byte from a confirming Client fails the pairing). Limits: only the
+global ``max_pending`` and ``max_waiting`` (the harness cannot reach either). Not a test module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import os
+import struct
+from dataclasses import dataclass, field
+
+from p2psc.errors import P2pscError
+from p2psc.keys import HPKE, PublicKey
+
+MAGIC = b"P2"
+MAX_PAYLOAD = 4096
+ADVERTISE, CHALLENGE, RESPONSE, ABORT, RETRY, DISCONNECT, IDENTIFICATION = range(7)
+LAST_TYPE = 10
+(
+    UNSUPPORTED_VERSION,
+    IDENTITY_CHECK_FAILED,
+    DUPLICATE_REGISTRATION,
+    SELF_PAIRING,
+    BUSY,
+    TIMEOUT,
+    MALFORMED,
+    PEER_GONE,
+) = range(1, 9)
+
+FLAWS = frozenset(
+    {
+        "early-deadlines",  # every deadline at 60% of its configured value (§2)
+        "newcomer-pairs",  # pairs C (wants A) with a waiting A that wants B (§1)
+        "stale-timer",  # the Peer keeps its response deadline after pairing (§2)
+        "pairs-then-refuses",  # acts on an AdvertiseResponse before refusing bytes behind it
+        "version-after-layout",  # decodes the Advertise layout before its version field
+        "keeps-peer-open",  # never closes the Peer's connection after its FIN (§4)
+        "ignores-client-bytes",  # a byte from a confirming Client is ignored (§4 Failure)
+    }
+)
+
+
+@dataclass(frozen=True)
+class MiniConfig:
+    advertise_timeout: float = 10.0
+    response_timeout: float = 10.0
+    wait_timeout: float = 3600.0
+    confirm_timeout: float = 10.0
+    max_pending: int = 4096
+    max_waiting: int = 100_000
+
+
+class _Refuse(Exception):
+    """End this session with AdvertiseAbort(code) (AdvertiseRetry for BUSY), then close."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code, self.text = code, text
+
+
+class _Gone(Exception):
+    """The advertiser closed or reset its connection: close, send nothing."""
+
+
+# --- the codec, from spec/protocol.md §2-§4 -----------------------------------------------------
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return MAGIC + bytes((1, kind)) + struct.pack(">H", len(payload)) + payload
+
+
+def reason(kind: int, code: int, text: str) -> bytes:
+    data = text.encode()[:1024]
+    return frame(kind, struct.pack(">HH", code, len(data)) + data)
+
+
+def address(host: str, port: int) -> bytes:
+    ip = ipaddress.ip_address(host)
+    return bytes((ip.version,)) + ip.packed + struct.pack(">H", port)
+
+
+def parse_optional_address(data: bytes) -> bytes:
+    """Validate an optional address taking all of ``data``; return its encoding."""
+    sizes = {0: 1, 4: 7, 6: 19}
+    if not data or data[0] not in sizes:
+        raise _Refuse(MALFORMED, "bad address family")
+    if len(data) != sizes[data[0]]:
+        raise _Refuse(MALFORMED, "truncated or trailing Advertise payload")
+    if data[0] and data[-2:] == b"\x00\x00":
+        raise _Refuse(MALFORMED, "port 0")
+    return data
+
+
+def info(our: bytes, their: bytes) -> bytes:
+    return b"p2psc v1 AdvertiseChallenge\x00" + our + their
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Session:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    remote: tuple[str, int]
+    our: bytes = b""
+    their: bytes = b""
+    local: bytes = b"\x00"
+    response_deadline: float = 0.0
+    ended: asyncio.Future[None] = field(default_factory=lambda: asyncio.Future())
+    paired: asyncio.Future[Session] = field(default_factory=lambda: asyncio.Future())
+
+    def end(self, last: bytes = b"") -> None:
+        """Send ``last`` (if any) and close with a FIN; idempotent."""
+        if self.ended.done():
+            return
+        if last:
+            self.writer.write(last)
+        self.writer.close()
+        self.ended.set_result(None)
+
+
+class MiniMediator:
+    def __init__(self, config: MiniConfig, flaws: frozenset[str] = frozenset()) -> None:
+        assert flaws <= FLAWS, flaws - FLAWS
+        self.config = config
+        self.flaws = flaws
+        self.registry: dict[tuple[bytes, bytes], Session] = {}
+        self.pending = 0
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def _deadline(self, seconds: float) -> float:
+        scale = 0.6 if "early-deadlines" in self.flaws else 1.0
+        return asyncio.get_running_loop().time() + seconds * scale
+
+    async def start(self, host: str = "127.0.0.1") -> int:
+        self.server = await asyncio.start_server(self._accept, host, 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        peer = writer.get_extra_info("peername")
+        session = Session(reader, writer, (str(peer[0]), int(peer[1])))
+        try:
+            await self._run(session)
+        except _Refuse as refusal:
+            kind = RETRY if refusal.code == BUSY else ABORT
+            session.end(reason(kind, refusal.code, refusal.text))
+        except (_Gone, ConnectionError):
+            session.end()
+        finally:
+            session.end()
+            self.tasks.discard(task)
+
+    async def _read(self, session: Session, size: int, deadline: float) -> bytes:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await session.reader.readexactly(size)
+        except TimeoutError:
+            raise _Refuse(TIMEOUT, "deadline passed") from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise _Gone from None
+
+    async def _frame(self, session: Session, deadline: float, first: bool) -> tuple[int, bytes]:
+        """One frame; the header is judged before any payload is read (protocol.md §2)."""
+        header = await self._read(session, 6, deadline)
+        if header[:2] != MAGIC:
+            raise _Refuse(MALFORMED, "bad magic")
+        if header[2] != 1:  # before type and length: a future version may change them
+            raise _Refuse(UNSUPPORTED_VERSION if first else MALFORMED, "version")
+        kind, length = header[3], struct.unpack(">H", header[4:6])[0]
+        if kind > LAST_TYPE or length > MAX_PAYLOAD:
+            raise _Refuse(MALFORMED, "unknown type or oversized")
+        return kind, await self._read(session, length, deadline)
+
+    async def _run(self, s: Session) -> None:
+        config = self.config
+        if self.pending >= config.max_pending:
+            raise _Refuse(BUSY, "busy")
+        self.pending += 1
+        try:
+            await self._handshake(s)
+        finally:
+            self.pending -= 1
+        await self._register_or_pair(s)
+
+    async def _handshake(self, s: Session) -> None:
+        config = self.config
+        kind, payload = await self._frame(s, self._deadline(config.advertise_timeout), True)
+        if kind != ADVERTISE:
+            raise _Refuse(MALFORMED, "expected Advertise")
+        if "version-after-layout" in self.flaws and len(payload) >= 66:
+            parse_optional_address(payload[65:])
+        if payload and payload[0] != 1:
+            raise _Refuse(UNSUPPORTED_VERSION, "Advertise version")
+        if len(payload) < 66:
+            raise _Refuse(MALFORMED, "truncated Advertise")
+        s.our, s.their = payload[1:33], payload[33:65]
+        s.local = parse_optional_address(payload[65:])
+        if s.our == s.their:
+            raise _Refuse(SELF_PAIRING, "self pairing")
+        nonce = os.urandom(32)
+        try:
+            sealed = HPKE.seal(PublicKey.from_raw(s.our), nonce, info(s.our, s.their))
+        except (P2pscError, ValueError):
+            raise _Refuse(IDENTITY_CHECK_FAILED, "cannot seal") from None
+        s.writer.write(frame(CHALLENGE, sealed))
+        s.response_deadline = self._deadline(config.response_timeout)
+        kind, payload = await self._frame(s, s.response_deadline, False)
+        if kind != RESPONSE or len(payload) != 32:
+            raise _Refuse(MALFORMED, "expected AdvertiseResponse")
+        if not hmac.compare_digest(payload, nonce):
+            raise _Refuse(IDENTITY_CHECK_FAILED, "wrong nonce")
+
+    async def _register_or_pair(self, s: Session) -> None:
+        reading = asyncio.ensure_future(s.reader.read(1))
+        try:
+            await asyncio.sleep(0)  # whatever already arrived behind the response is read now
+            if reading.done() and "pairs-then-refuses" not in self.flaws:
+                raise _Refuse(MALFORMED, "bytes after the AdvertiseResponse")
+            client = self.registry.pop((s.their, s.our), None)
+            if client is None and "newcomer-pairs" in self.flaws:
+                key = next((k for k in self.registry if k[0] == s.their), None)
+                client = None if key is None else self.registry.pop(key)
+            if client is not None:
+                await self._peer(s, client, reading)
+            else:
+                await self._wait(s, reading)
+        finally:
+            reading.cancel()
+
+    async def _wait(self, s: Session, reading: asyncio.Future[bytes]) -> None:
+        key = (s.our, s.their)
+        older = self.registry.get(key)
+        if older is None and len(self.registry) >= self.config.max_waiting:
+            raise _Refuse(BUSY, "busy")
+        if older is not None:
+            older.end(reason(ABORT, DUPLICATE_REGISTRATION, "replaced"))
+        self.registry[key] = s
+        try:
+            deadline = self._deadline(self.config.wait_timeout)
+            loop = asyncio.get_running_loop()
+            await asyncio.wait(
+                {reading, s.ended, s.paired},
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            if self.registry.get(key) is s:
+                del self.registry[key]
+        if s.ended.done():
+            return  # replaced
+        if s.paired.done():
+            await self._client(s, s.paired.result(), reading)
+            return
+        if not reading.done():
+            raise _Refuse(TIMEOUT, "nobody came")
+        self._after_handshake(reading)
+
+    def _after_handshake(self, reading: asyncio.Future[bytes]) -> None:
+        """A finished read after the handshake: EOF or reset ends quietly, a byte is MALFORMED."""
+        if reading.exception() is not None or not reading.result():
+            raise _Gone
+        raise _Refuse(MALFORMED, "a byte after the handshake")
+
+    async def _client(self, s: Session, peer: Session, reading: asyncio.Future[bytes]) -> None:
+        """Confirming: the Peer's task owns the deadline and the introduction."""
+        while True:
+            await asyncio.wait({reading, s.ended}, return_when=asyncio.FIRST_COMPLETED)
+            if s.ended.done():
+                return
+            if (
+                "ignores-client-bytes" in self.flaws
+                and not reading.exception()
+                and reading.result()
+            ):
+                reading = asyncio.ensure_future(s.reader.read(1))
+                continue
+            try:
+                self._after_handshake(reading)
+            finally:
+                peer.end(reason(ABORT, PEER_GONE, "the Client left"))
+
+    async def _peer(self, s: Session, client: Session, reading: asyncio.Future[bytes]) -> None:
+        if "stale-timer" in self.flaws:
+            deadline = s.response_deadline
+        else:
+            deadline = self._deadline(self.config.confirm_timeout)
+        host, port = s.remote
+        disconnect = address(host, port) + address(*client.remote) + client.local
+        s.writer.write(frame(DISCONNECT, disconnect))
+        client.paired.set_result(s)
+        loop = asyncio.get_running_loop()
+        await asyncio.wait(
+            {reading, client.ended},
+            timeout=max(0.0, deadline - loop.time()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if client.ended.done():
+            raise _Refuse(PEER_GONE, "the Client left")
+        if not reading.done():
+            client.end(reason(ABORT, TIMEOUT, "the Peer did not confirm"))
+            raise _Refuse(TIMEOUT, "you did not close")
+        if reading.exception() is None and reading.result() == b"":
+            identification = bytes((1,)) + address(host, port) + s.local
+            client.end(frame(IDENTIFICATION, identification))
+            if "keeps-peer-open" in self.flaws:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(3600)
+            return
+        client.end(reason(ABORT, PEER_GONE, "the Peer misbehaved or vanished"))
+        self._after_handshake(reading)
