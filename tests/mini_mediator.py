@@ -312,7 +312,8 @@ class MiniMediator:
         else:
             deadline = self._deadline(self.config.confirm_timeout)
         host, port = s.remote
-        disconnect = address(host, port) + address(*client.remote) + client.local
+        pairing_id = os.urandom(16)  # fresh per pairing, the same in both messages (§4)
+        disconnect = pairing_id + address(host, port) + address(*client.remote) + client.local
         s.writer.write(frame(DISCONNECT, disconnect))
         client.paired.set_result(s)
         loop = asyncio.get_running_loop()
@@ -327,7 +328,7 @@ class MiniMediator:
             client.end(reason(ABORT, TIMEOUT, "the Peer did not confirm"))
             raise _Refuse(TIMEOUT, "you did not close")
         if reading.exception() is None and reading.result() == b"":
-            identification = bytes((1,)) + address(host, port) + s.local
+            identification = bytes((1,)) + pairing_id + address(host, port) + s.local
             client.end(frame(IDENTIFICATION, identification))
             if "keeps-peer-open" in self.flaws:
                 with contextlib.suppress(asyncio.CancelledError):

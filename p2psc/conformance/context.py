@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import InitVar, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from p2psc import wire
 from p2psc.conformance.peer import EVENT, LegacyPeer, RawPeer, Transcript, V1Peer, fail
@@ -184,6 +184,10 @@ RSA_POOL = RsaKeyPool()
 
 class ScenarioContext:
     """Everything one scenario body uses: target, options, transcript, peers, keys."""
+
+    pairing_ids: ClassVar[set[bytes]] = set()
+    """Every pairing id seen by this process: a Mediator must never repeat one (protocol.md
+    4.5), across scenarios and runs alike (16 random bytes never collide by chance)."""
 
     def __init__(
         self,

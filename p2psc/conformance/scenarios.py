@@ -117,7 +117,31 @@ def _check_addresses(
     )
 
 
-PAIRING_CHECKS: list[PairingCheck] = [_check_addresses]
+def _check_pairing_id(
+    ctx: ScenarioContext,
+    disconnect: wire.PeerDisconnect,
+    identification: wire.PeerIdentification,
+    client: V1Peer,
+    peer: V1Peer,
+) -> None:
+    """protocol.md 4.5: one pairing id in both messages, never seen in an earlier pairing (the
+    peers bind it into their Noise prologue; a repeated id lets a recorded handshake verify)."""
+    del client, peer
+    ctx.check_equal(
+        "PeerIdentification.pairing_id",
+        identification.pairing_id.hex(),
+        disconnect.pairing_id.hex(),
+        "both pairing messages carry the same pairing id",
+    )
+    if disconnect.pairing_id in ctx.pairing_ids:
+        fail(
+            "a fresh pairing id in every pairing (protocol.md 4.5)",
+            f"pairing id {disconnect.pairing_id.hex()} was already used in an earlier pairing",
+        )
+    ctx.pairing_ids.add(disconnect.pairing_id)
+
+
+PAIRING_CHECKS: list[PairingCheck] = [_check_addresses, _check_pairing_id]
 """Every check :func:`complete_pairing` applies to the two pairing messages, so that every
 pairing scenario applies it. A new rule about them (a field added to the wire) is one
 function appended here."""
