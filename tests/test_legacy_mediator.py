@@ -418,3 +418,54 @@ def test_cross_protocol_pairing_is_refused_explicitly(
     closed = {x.conn for x in actions if isinstance(x, Close)}
     assert closed == {1, 2}
     assert core.sessions == 0 and core.waiting == 0
+
+
+def test_trickled_bytes_are_scanned_once(
+    rsa_keys: list[RsaKeypair], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 4: one byte per segment must not rebuild and rescan the buffer each time
+    (that cost ~2 ms per segment). The decoder lives across segments: it is built once per
+    connection, and every byte is scanned once; the snapshot still shows the partial bytes."""
+    built: list[int] = []
+    real = codec.LegacyDecoder.from_snapshot.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[codec.LegacyDecoder], buffered: bytes) -> codec.LegacyDecoder:
+        built.append(len(buffered))
+        decoder: codec.LegacyDecoder = real(cls, buffered)
+        return decoder
+
+    monkeypatch.setattr(codec.LegacyDecoder, "from_snapshot", classmethod(counting))
+    scanned: list[int] = []
+    scan = codec.LegacyDecoder._scan
+
+    def counting_scan(self: codec.LegacyDecoder) -> int | None:
+        before = self._scanned
+        end = scan(self)
+        scanned.append(self._scanned - before)
+        return end
+
+    monkeypatch.setattr(codec.LegacyDecoder, "_scan", counting_scan)
+    a, b = rsa_keys[0], rsa_keys[1]
+    advertise = codec.encode(codec.Advertise(0, a.public_key.to_wire(), b.public_key.to_wire()))
+    core = LegacyAwareMediatorCore()
+    core.handle(Opened(1, ("127.0.0.1", 40001)), 0.0)
+    for i in range(len(advertise) - 1):
+        assert core.handle(Received(1, advertise[i : i + 1]), 0.0) == []
+    assert len(built) <= 1 and sum(scanned) == len(advertise) - 1, (built, sum(scanned))
+    [row] = core.snapshot()[0][0]
+    assert row[4] == advertise[:-1]  # the partial message, as a snapshot shows it
+    rebuilt = LegacyAwareMediatorCore.from_snapshot(core.snapshot())
+    for each in (core, rebuilt):
+        [challenge] = legacy_sends(each.handle(Received(1, advertise[-1:]), 0.0), 1)
+        assert isinstance(challenge, codec.AdvertiseChallenge)
+        assert each.state_of(1) == "challenged"
+
+
+def test_closing_in_the_middle_of_a_legacy_message_says_so(rsa_keys: list[RsaKeypair]) -> None:
+    notes: list[str] = []
+    core = LegacyAwareMediatorCore(observer=lambda note: notes.append(note.reason))
+    core.handle(Opened(1, ("127.0.0.1", 40001)), 0.0)
+    core.handle(Received(1, b'{"type":0,'), 0.0)
+    core.handle(Closed(1, None), 0.0)
+    assert any("in the middle of a frame" in reason for reason in notes), notes
+    assert core.sessions == 0

@@ -157,6 +157,10 @@ class LegacyAwareMediatorCore(MediatorCore):
         self._gone: set[ConnId] = set()
         """Legacy Peers whose socket we closed after PeerDisconnect; the session lives on."""
         self._refused: set[ConnId] = set()
+        self._decoders: dict[ConnId, codec.LegacyDecoder] = {}
+        """Per legacy connection, the decoder holding its partial message: kept across
+        segments so every received byte is scanned once (a trickling sender costs linear
+        time, issue 21). Its bytes appear as the session's ``buf`` only in snapshots."""
 
     # --- introspection and snapshots -------------------------------------------------------
 
@@ -168,7 +172,17 @@ class LegacyAwareMediatorCore(MediatorCore):
         snapshot is opaque outside its own class)."""
         legacy = tuple(sorted(self._legacy))
         introduce = tuple(sorted(self._introduce.items()))
-        return (super().snapshot(), legacy, introduce, tuple(sorted(self._gone)))
+        # Each decoder's partial message goes in its session's buf, where a snapshot keeps a
+        # partial message (and where from_snapshot's decoders will find it again).
+        held = [c for c, d in self._decoders.items() if d.buffered and c in self._sessions]
+        for conn in held:
+            self._sessions[conn].buf = self._decoders[conn].snapshot()
+        try:
+            base = super().snapshot()
+        finally:
+            for conn in held:
+                self._sessions[conn].buf = b""
+        return (base, legacy, introduce, tuple(sorted(self._gone)))
 
     @classmethod
     def from_snapshot(  # type: ignore[override]
@@ -220,6 +234,12 @@ class LegacyAwareMediatorCore(MediatorCore):
             else:
                 actions = super().handle(event, now)
         else:
+            if kind is Closed and conn in self._decoders:
+                # the core tells "closed in the middle of a frame" by the session's buf
+                decoder = self._decoders.pop(conn)
+                session = self._sessions.get(conn)
+                if session is not None and decoder.has_partial:
+                    session.buf = decoder.snapshot()
             if kind is TimerFired and conn in self._introduce:
                 peer, deadline = self._introduce[conn]
                 if now < deadline:  # an older, earlier timer handle: wait on
@@ -261,14 +281,16 @@ class LegacyAwareMediatorCore(MediatorCore):
         if session.state not in ("awaiting_advertise", "challenged"):
             self._on_received(conn, data, now, out)  # the core refuses bytes in later states
             return
-        decoder = codec.LegacyDecoder.from_snapshot(session.buf)
+        decoder = self._decoders.get(conn)
+        if decoder is None:  # first bytes, or a core rebuilt from a snapshot
+            decoder = self._decoders[conn] = codec.LegacyDecoder.from_snapshot(session.buf)
+            session.buf = b""
         try:
             messages = decoder.feed(data)
         except ProtocolError as error:
-            session.buf = b""
+            del self._decoders[conn]
             self._bad(conn, session, f"legacy: {error.reason}", out)
             return
-        session.buf = decoder.snapshot()
         for message in messages:
             self._legacy_message(conn, message, now, out)
 
@@ -375,7 +397,11 @@ class LegacyAwareMediatorCore(MediatorCore):
             self._introduce[client] = (conn, 0.0)  # deadline set by _translate
             return [
                 Send(conn, codec.encode(codec.PeerDisconnect(message.peer.port))),
-                Close(conn, "legacy: closed after PeerDisconnect so the Peer can bind its port"),
+                Close(
+                    conn,
+                    "legacy: closed after PeerDisconnect so the Peer can bind its port",
+                    fin_with_send=True,
+                ),
             ]
         if isinstance(message, wire.PeerIdentification):
             identification = codec.PeerIdentification(
@@ -386,5 +412,6 @@ class LegacyAwareMediatorCore(MediatorCore):
 
     def _forget(self, conn: ConnId) -> None:
         self._legacy.discard(conn)
+        self._decoders.pop(conn, None)
         self._challenges.pop(conn, None)
         self._introduce.pop(conn, None)
