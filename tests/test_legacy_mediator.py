@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import select
 import subprocess
 import sys
@@ -20,13 +21,13 @@ import pytest
 from p2psc import wire
 from p2psc.aio.mediator import serve_mediator
 from p2psc.core.io import Action, Close, Closed, Opened, Received, Send, SetTimer, TimerFired
-from p2psc.core.mediator import MediatorCore
+from p2psc.core.mediator import MediatorCore, MediatorNote
 from p2psc.errors import P2pscError
 from p2psc.keys import Keypair, nonce_info, open_nonce
 from p2psc.legacy import codec
 from p2psc.legacy.client import connect_legacy
 from p2psc.legacy.crypto import RsaKeypair, decrypt_nonce
-from p2psc.legacy.mediator import LegacyAwareMediatorCore, legacy_registry_key
+from p2psc.legacy.mediator import LegacyAwareMediatorCore, LegacyNote, legacy_registry_key
 
 
 @pytest.fixture(scope="module")
@@ -469,3 +470,32 @@ def test_closing_in_the_middle_of_a_legacy_message_says_so(rsa_keys: list[RsaKey
     core.handle(Closed(1, None), 0.0)
     assert any("in the middle of a frame" in reason for reason in notes), notes
     assert core.sessions == 0
+
+
+def test_log_lines_show_the_fingerprints_that_keygen_and_connect_print(
+    rsa_keys: list[RsaKeypair], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12 item 5: the mediator logged SHA-256 of the registry key, keygen --rsa and
+    connect --legacy print SHA-256 of the DER; an operator could not match them."""
+    from p2psc.cli.mediator import _LogObserver
+
+    a, b = rsa_keys[0], rsa_keys[1]
+    with caplog.at_level(logging.INFO, logger="p2psc.mediator"):
+        core = LegacyAwareMediatorCore(observer=_LogObserver())
+        register(core, 1, a, b, 0.0)
+        register(core, 2, b, a, 0.0)
+    lines = [getattr(r, "p2psc", {}) for r in caplog.records]
+    registered = [f for f in lines if f.get("event") == "registered"]
+    paired = [f for f in lines if f.get("event") == "paired"]
+    assert registered and paired, lines
+    fa, fb = a.public_key.fingerprint(), b.public_key.fingerprint()
+    assert (registered[0]["key"], registered[0]["wants"]) == (fa, fb)
+    assert (paired[0]["key"], paired[0]["wants"]) == (fb, fa)
+    # the notes themselves say it, for any observer
+    notes: list[MediatorNote] = []
+    core = LegacyAwareMediatorCore(observer=notes.append)
+    register(core, 1, a, b, 0.0)
+    assert notes and all(isinstance(n, LegacyNote) for n in notes if n.our_key)
+    assert {
+        (n.our_fingerprint, n.their_fingerprint) for n in notes if isinstance(n, LegacyNote)
+    } == {(fa, fb)}
