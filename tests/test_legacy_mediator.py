@@ -84,6 +84,8 @@ def test_pairing_timing_rules(rsa_keys: list[RsaKeypair]) -> None:
     # the Peer: PeerDisconnect {port}, then its connection is closed at once
     sends = [x for x in actions if isinstance(x, (Send, Close)) and x.conn == 2]
     assert len(sends) == 2 and isinstance(sends[1], Close)
+    # ... in the same segment as the message (the C++ Peer rebinds the port at once)
+    assert sends[1].fin_with_send and actions.index(sends[1]) == actions.index(sends[0]) + 1
     assert legacy_sends(actions, 2) == [codec.PeerDisconnect(40002)]
     # the Client: nothing yet, a short timer instead of the confirmation deadline
     assert legacy_sends(actions, 1) == []
@@ -499,3 +501,25 @@ def test_log_lines_show_the_fingerprints_that_keygen_and_connect_print(
     assert {
         (n.our_fingerprint, n.their_fingerprint) for n in notes if isinstance(n, LegacyNote)
     } == {(fa, fb)}
+
+
+def test_version_1_never_asks_for_the_fin_with_a_send() -> None:
+    """The one-segment close is for legacy Peers only: a whole version 1 pairing through the
+    legacy-aware core emits no Close with ``fin_with_send``."""
+    from p2psc.keys import HPKE
+
+    a, b = Keypair.generate(), Keypair.generate()
+    core = LegacyAwareMediatorCore()
+    actions: list[Action] = []
+    for conn, me, them in ((1, a, b), (2, b, a)):
+        actions += core.handle(Opened(conn, ("127.0.0.1", 40000 + conn)), 0.0)
+        advertise = wire.Advertise(1, me.public_key.raw, them.public_key.raw).encode()
+        out = core.handle(Received(conn, advertise), 0.0)
+        challenge = wire.decode(next(x.data for x in out if isinstance(x, Send)))
+        assert isinstance(challenge, wire.AdvertiseChallenge)
+        info = nonce_info("AdvertiseChallenge", me.public_key.raw, them.public_key.raw)
+        nonce = HPKE.open(me, challenge.encrypted_nonce, info)
+        actions += out + core.handle(Received(conn, wire.AdvertiseResponse(nonce).encode()), 0.0)
+    actions += core.handle(Closed(2, None), 0.0)  # the v1 Peer confirms by closing
+    assert any(isinstance(x, Send) and x.conn == 1 for x in actions[-3:]), actions
+    assert not any(isinstance(x, Close) and x.fin_with_send for x in actions)
