@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from p2psc.errors import AdvertiseAborted, MediatorUnreachable
+from p2psc.errors import AdvertiseAborted, HandshakeTimeout, MediatorUnreachable
 from p2psc.legacy import codec
 from p2psc.legacy.client import connect_legacy
 from p2psc.legacy.crypto import RsaKeypair, RsaPublicKey, encrypt_nonce, new_nonce
@@ -122,3 +122,21 @@ async def unreachable_mediator(keys: list[RsaKeypair]) -> None:
     await server.wait_closed()
     with pytest.raises(MediatorUnreachable):
         await connect_legacy(keys[0], keys[1].public_key, ("127.0.0.1", port), step_timeout=5)
+
+
+def test_pairing_timeout_names_the_pairing_timeout(keys: list[RsaKeypair]) -> None:
+    """Issue 12 item 5: ``--timeout 3`` failed after 3.6 s saying "within 73 s" (the outer
+    bound's text replaced the core's own HandshakeTimeout, itself a TimeoutError)."""
+
+    async def body() -> None:
+        server = await asyncio.start_server(ScriptedMediator().session, "127.0.0.1", 0)
+        async with server:
+            address = server.sockets[0].getsockname()[:2]
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(HandshakeTimeout) as caught:
+                await connect_legacy(keys[0], keys[1].public_key, address, pairing_timeout=0.5)
+            assert loop.time() - start < 5
+        assert "did not pair us within 0.5 s" in caught.value.reason, caught.value.reason
+
+    asyncio.run(asyncio.wait_for(body(), 20))

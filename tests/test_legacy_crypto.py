@@ -114,6 +114,20 @@ def test_plain_pkcs1v15_ciphertext_of_a_decimal_string_decrypts(alice: RsaKeypai
     assert decrypt_nonce(alice, base64.b64encode(raw).decode()) == "1804289383"
 
 
+def test_unpadded_base64_of_the_cpp_encoder_decrypts(alice: RsaKeypair) -> None:
+    """The C++ library's base64 encoder drops the '=' padding: 342 characters for RSA-2048
+    (issue 12). Both forms must decrypt; a length no base64 text can have must not."""
+    raw = alice.public_key.key.encrypt(b"1804289383", padding.PKCS1v15())
+    padded = base64.b64encode(raw).decode()
+    unpadded = padded.rstrip("=")
+    assert (len(padded), len(unpadded)) == (344, 342)
+    assert decrypt_nonce(alice, unpadded) == "1804289383"
+    assert decrypt_nonce(alice, padded) == "1804289383"
+    for bad in (unpadded + "A", unpadded[:-1] + "=", unpadded + "="):
+        with pytest.raises(CryptoError):
+            decrypt_nonce(alice, bad)
+
+
 def test_decrypt_failures_are_crypto_errors(alice: RsaKeypair, bob: RsaKeypair) -> None:
     encrypted = encrypt_nonce(alice.public_key, "123456")
     with pytest.raises(CryptoError):

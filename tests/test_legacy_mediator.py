@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import select
 import subprocess
 import sys
@@ -20,13 +21,13 @@ import pytest
 from p2psc import wire
 from p2psc.aio.mediator import serve_mediator
 from p2psc.core.io import Action, Close, Closed, Opened, Received, Send, SetTimer, TimerFired
-from p2psc.core.mediator import MediatorCore
+from p2psc.core.mediator import MediatorCore, MediatorNote
 from p2psc.errors import P2pscError
 from p2psc.keys import Keypair, nonce_info, open_nonce
 from p2psc.legacy import codec
 from p2psc.legacy.client import connect_legacy
 from p2psc.legacy.crypto import RsaKeypair, decrypt_nonce
-from p2psc.legacy.mediator import LegacyAwareMediatorCore, legacy_registry_key
+from p2psc.legacy.mediator import LegacyAwareMediatorCore, LegacyNote, legacy_registry_key
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,8 @@ def test_pairing_timing_rules(rsa_keys: list[RsaKeypair]) -> None:
     # the Peer: PeerDisconnect {port}, then its connection is closed at once
     sends = [x for x in actions if isinstance(x, (Send, Close)) and x.conn == 2]
     assert len(sends) == 2 and isinstance(sends[1], Close)
+    # ... in the same segment as the message (the C++ Peer rebinds the port at once)
+    assert sends[1].fin_with_send and actions.index(sends[1]) == actions.index(sends[0]) + 1
     assert legacy_sends(actions, 2) == [codec.PeerDisconnect(40002)]
     # the Client: nothing yet, a short timer instead of the confirmation deadline
     assert legacy_sends(actions, 1) == []
@@ -418,3 +421,105 @@ def test_cross_protocol_pairing_is_refused_explicitly(
     closed = {x.conn for x in actions if isinstance(x, Close)}
     assert closed == {1, 2}
     assert core.sessions == 0 and core.waiting == 0
+
+
+def test_trickled_bytes_are_scanned_once(
+    rsa_keys: list[RsaKeypair], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 4: one byte per segment must not rebuild and rescan the buffer each time
+    (that cost ~2 ms per segment). The decoder lives across segments: it is built once per
+    connection, and every byte is scanned once; the snapshot still shows the partial bytes."""
+    built: list[int] = []
+    real = codec.LegacyDecoder.from_snapshot.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type[codec.LegacyDecoder], buffered: bytes) -> codec.LegacyDecoder:
+        built.append(len(buffered))
+        decoder: codec.LegacyDecoder = real(cls, buffered)
+        return decoder
+
+    monkeypatch.setattr(codec.LegacyDecoder, "from_snapshot", classmethod(counting))
+    scanned: list[int] = []
+    scan = codec.LegacyDecoder._scan
+
+    def counting_scan(self: codec.LegacyDecoder) -> int | None:
+        before = self._scanned
+        end = scan(self)
+        scanned.append(self._scanned - before)
+        return end
+
+    monkeypatch.setattr(codec.LegacyDecoder, "_scan", counting_scan)
+    a, b = rsa_keys[0], rsa_keys[1]
+    advertise = codec.encode(codec.Advertise(0, a.public_key.to_wire(), b.public_key.to_wire()))
+    core = LegacyAwareMediatorCore()
+    core.handle(Opened(1, ("127.0.0.1", 40001)), 0.0)
+    for i in range(len(advertise) - 1):
+        assert core.handle(Received(1, advertise[i : i + 1]), 0.0) == []
+    assert len(built) <= 1 and sum(scanned) == len(advertise) - 1, (built, sum(scanned))
+    [row] = core.snapshot()[0][0]
+    assert row[4] == advertise[:-1]  # the partial message, as a snapshot shows it
+    rebuilt = LegacyAwareMediatorCore.from_snapshot(core.snapshot())
+    for each in (core, rebuilt):
+        [challenge] = legacy_sends(each.handle(Received(1, advertise[-1:]), 0.0), 1)
+        assert isinstance(challenge, codec.AdvertiseChallenge)
+        assert each.state_of(1) == "challenged"
+
+
+def test_closing_in_the_middle_of_a_legacy_message_says_so(rsa_keys: list[RsaKeypair]) -> None:
+    notes: list[str] = []
+    core = LegacyAwareMediatorCore(observer=lambda note: notes.append(note.reason))
+    core.handle(Opened(1, ("127.0.0.1", 40001)), 0.0)
+    core.handle(Received(1, b'{"type":0,'), 0.0)
+    core.handle(Closed(1, None), 0.0)
+    assert any("in the middle of a frame" in reason for reason in notes), notes
+    assert core.sessions == 0
+
+
+def test_log_lines_show_the_fingerprints_that_keygen_and_connect_print(
+    rsa_keys: list[RsaKeypair], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12 item 5: the mediator logged SHA-256 of the registry key, keygen --rsa and
+    connect --legacy print SHA-256 of the DER; an operator could not match them."""
+    from p2psc.cli.mediator import _LogObserver
+
+    a, b = rsa_keys[0], rsa_keys[1]
+    with caplog.at_level(logging.INFO, logger="p2psc.mediator"):
+        core = LegacyAwareMediatorCore(observer=_LogObserver())
+        register(core, 1, a, b, 0.0)
+        register(core, 2, b, a, 0.0)
+    lines = [getattr(r, "p2psc", {}) for r in caplog.records]
+    registered = [f for f in lines if f.get("event") == "registered"]
+    paired = [f for f in lines if f.get("event") == "paired"]
+    assert registered and paired, lines
+    fa, fb = a.public_key.fingerprint(), b.public_key.fingerprint()
+    assert (registered[0]["key"], registered[0]["wants"]) == (fa, fb)
+    assert (paired[0]["key"], paired[0]["wants"]) == (fb, fa)
+    # the notes themselves say it, for any observer
+    notes: list[MediatorNote] = []
+    core = LegacyAwareMediatorCore(observer=notes.append)
+    register(core, 1, a, b, 0.0)
+    assert notes and all(isinstance(n, LegacyNote) for n in notes if n.our_key)
+    assert {
+        (n.our_fingerprint, n.their_fingerprint) for n in notes if isinstance(n, LegacyNote)
+    } == {(fa, fb)}
+
+
+def test_version_1_never_asks_for_the_fin_with_a_send() -> None:
+    """The one-segment close is for legacy Peers only: a whole version 1 pairing through the
+    legacy-aware core emits no Close with ``fin_with_send``."""
+    from p2psc.keys import HPKE
+
+    a, b = Keypair.generate(), Keypair.generate()
+    core = LegacyAwareMediatorCore()
+    actions: list[Action] = []
+    for conn, me, them in ((1, a, b), (2, b, a)):
+        actions += core.handle(Opened(conn, ("127.0.0.1", 40000 + conn)), 0.0)
+        advertise = wire.Advertise(1, me.public_key.raw, them.public_key.raw).encode()
+        out = core.handle(Received(conn, advertise), 0.0)
+        challenge = wire.decode(next(x.data for x in out if isinstance(x, Send)))
+        assert isinstance(challenge, wire.AdvertiseChallenge)
+        info = nonce_info("AdvertiseChallenge", me.public_key.raw, them.public_key.raw)
+        nonce = HPKE.open(me, challenge.encrypted_nonce, info)
+        actions += out + core.handle(Received(conn, wire.AdvertiseResponse(nonce).encode()), 0.0)
+    actions += core.handle(Closed(2, None), 0.0)  # the v1 Peer confirms by closing
+    assert any(isinstance(x, Send) and x.conn == 1 for x in actions[-3:]), actions
+    assert not any(isinstance(x, Close) and x.fin_with_send for x in actions)

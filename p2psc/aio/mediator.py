@@ -22,7 +22,9 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 import signal
+import socket
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, cast
@@ -185,7 +187,7 @@ class MediatorServer:
 
     def _execute(self, actions: list[Action]) -> None:
         connections = self._connections
-        for action in actions:
+        for index, action in enumerate(actions):
             kind = type(action)
             if kind is Send:
                 send: Send = action  # type: ignore[assignment]  # (exact type checked above)
@@ -193,7 +195,10 @@ class MediatorServer:
                 if connection is not None:
                     transport = connection.transport
                     if transport is not None:
-                        transport.write(send.data)
+                        if index + 1 < len(actions) and _fin_follows(actions[index + 1], send.conn):
+                            _send_with_fin(transport, send.data)
+                        else:
+                            transport.write(send.data)
             elif kind is SetTimer:
                 timer: SetTimer = action  # type: ignore[assignment]
                 connection = connections.get(timer.conn)
@@ -253,6 +258,35 @@ class MediatorServer:
             self._unbucket(connection, connection.tick)
         if connection.transport is not None:
             connection.transport.close()
+
+
+def _fin_follows(action: Action, conn: int) -> bool:
+    return isinstance(action, Close) and action.fin_with_send and action.conn == conn
+
+
+def _send_with_fin(transport: asyncio.Transport, data: bytes) -> None:
+    """Write ``data`` and end the stream in one TCP segment (see :class:`Close`): TCP_CORK
+    holds the written bytes back in the kernel, and the FIN of the shutdown that follows is
+    added to that held segment, which then leaves at once. The shutdown is done here, on a
+    duplicate of the descriptor, when the transport has handed everything to the kernel
+    (uvloop's own ``write_eof`` would wait for the next loop iteration, and a cork holds bytes
+    for 200 ms at most). Where TCP_CORK does not exist the bytes and the FIN may leave in two
+    segments."""
+    cork = getattr(socket, "TCP_CORK", None)
+    sock = transport.get_extra_info("socket")
+    if cork is not None and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    transport.write(data)
+    if sock is not None and transport.get_write_buffer_size() == 0:
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as duplicate:
+                duplicate.shutdown(socket.SHUT_WR)
+            return
+        except OSError:
+            pass
+    if transport.can_write_eof():
+        transport.write_eof()
 
 
 class _Serving:

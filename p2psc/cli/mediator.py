@@ -64,10 +64,13 @@ class _LogObserver:
         fields: dict[str, Any] = {"event": note.kind, "conn": note.conn}
         if note.remote is not None:
             fields["remote"] = f"{note.remote[0]}:{note.remote[1]}"
+        # legacy notes carry the RSA fingerprints that keygen --rsa and connect --legacy print
         if note.our_key:
-            fields["key"] = _fingerprint(note.our_key)
+            fields["key"] = getattr(note, "our_fingerprint", None) or _fingerprint(note.our_key)
         if note.their_key:
-            fields["wants"] = _fingerprint(note.their_key)
+            fields["wants"] = getattr(note, "their_fingerprint", None) or _fingerprint(
+                note.their_key
+            )
         if note.partner is not None:
             fields["partner"] = note.partner
         if note.reason:

@@ -85,10 +85,16 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    """Close ``conn`` cleanly (after flushing earlier sends). ``reason`` is for logs."""
+    """Close ``conn`` cleanly (after flushing earlier sends). ``reason`` is for logs.
+
+    ``fin_with_send``: the :class:`Send` right before this Close (same conn, same action list)
+    and the FIN must leave in ONE TCP segment, so the other side sees the message and the end
+    of the stream at once (a legacy C++ Peer closes and rebinds its port the moment it has read
+    PeerDisconnect: spec/legacy.md section 3)."""
 
     conn: ConnId
     reason: str = ""
+    fin_with_send: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,6 +152,12 @@ def run_connect(args: argparse.Namespace) -> int:
     peer = load_peer_key(args.peer)
     mediator = args.mediator if isinstance(args.mediator, tuple) else parse_mediator(args.mediator)
     print(WARNING, file=sys.stderr)
+    print(
+        f"p2psc connect --legacy: we are {keypair.public_key.fingerprint()}, asking "
+        f"{mediator[0]}:{mediator[1]} for {peer.fingerprint()} (the fingerprints the mediator "
+        "logs)",
+        file=sys.stderr,
+    )
 
     async def main() -> int:
         connection = await connect_legacy(

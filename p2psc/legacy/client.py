@@ -31,7 +31,7 @@ from p2psc.core.io import (
     SetTimer,
     TimerFired,
 )
-from p2psc.errors import HandshakeTimeout
+from p2psc.errors import HandshakeTimeout, P2pscError
 from p2psc.legacy.crypto import RsaKeypair, RsaPublicKey
 from p2psc.legacy.peer import (
     FIRST_ACCEPTED,
@@ -91,9 +91,12 @@ async def connect_legacy(
     step_timeout: float = 10.0,
     pairing_timeout: float = 300.0,
     connect_timeout: float = 5.0,
+    ack_grace: float = 0.25,
 ) -> LegacyConnection:
     """Pair with ``their_key`` through the legacy (version 0) protocol at ``mediator``.
 
+    As the Peer, the connection is returned ``ack_grace`` seconds after PeerAcknowledgement
+    was sent, so that the caller's first bytes never reach a C++ Client in the same read.
     Raises a :class:`p2psc.errors.ConnectError` subclass on failure."""
     config = LegacyPeerConfig(
         keypair=keypair,
@@ -102,12 +105,15 @@ async def connect_legacy(
         step_timeout=step_timeout,
         pairing_timeout=pairing_timeout,
         connect_timeout=connect_timeout,
+        ack_grace=ack_grace,
     )
     driver = _Driver(LegacyPeerCore(config))
-    bound = pairing_timeout + connect_timeout + 6 * step_timeout + 5.0
+    bound = pairing_timeout + connect_timeout + 6 * step_timeout + ack_grace + 5.0
     try:
         return await asyncio.wait_for(driver.run(), bound)
-    except TimeoutError:
+    except P2pscError:  # the core's own verdict (its HandshakeTimeout is a TimeoutError too)
+        raise
+    except TimeoutError:  # only the outer bound: an action that never completed
         raise HandshakeTimeout(f"legacy connect did not finish within {bound:.0f} s") from None
     finally:
         driver.shutdown()
@@ -245,6 +251,9 @@ class _Driver:
             stream[1].close()
 
     async def _established(self, action: Established) -> LegacyConnection:
+        hold = action.send_after - self.loop.time()
+        if hold > 0:  # the caller may write at once: give the peer time to read the last message
+            await asyncio.sleep(hold)
         reader, writer = self.streams.pop(action.conn)
         self.kept = action.conn
         task = self.tasks.pop(action.conn, None)

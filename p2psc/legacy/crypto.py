@@ -237,7 +237,8 @@ def _check_nonce(nonce: str) -> None:
 
 
 def encrypt_nonce(public_key: RsaPublicKey, nonce: str) -> str:
-    """RSA PKCS#1 v1.5 encrypt the decimal ``nonce`` to ``public_key``; standard base64."""
+    """RSA PKCS#1 v1.5 encrypt the decimal ``nonce`` to ``public_key``; standard base64 with
+    its padding (the C++ decoder stops at the first ``=``, so it reads both forms)."""
     _check_nonce(nonce)
     try:
         ciphertext = public_key.key.encrypt(nonce.encode("ascii"), _PAD)
@@ -248,9 +249,15 @@ def encrypt_nonce(public_key: RsaPublicKey, nonce: str) -> str:
 
 def decrypt_nonce(keypair: RsaKeypair, encrypted: str) -> str:
     """Inverse of :func:`encrypt_nonce`. CryptoError when the base64, the padding (wrong key,
-    tampering) or the plaintext (not a decimal string) is wrong."""
+    tampering) or the plaintext (not a decimal string) is wrong.
+
+    The base64 may come with or without its ``=`` padding: the C++ library's encoder drops it
+    (342 characters for RSA-2048, not 344), and its decoder accepts both forms, so we do too."""
     try:
-        ciphertext = base64.b64decode(encrypted.encode("ascii"), validate=True)
+        text = encrypted.encode("ascii")
+        if len(text) % 4 and b"=" not in text:  # unpadded (C++): restore the padding
+            text += b"=" * (-len(text) % 4)
+        ciphertext = base64.b64decode(text, validate=True)
     except (UnicodeEncodeError, binascii.Error):
         raise CryptoError("legacy encrypted nonce is not standard base64") from None
     if len(ciphertext) != keypair.public_key.bits // 8 + (keypair.public_key.bits % 8 > 0):

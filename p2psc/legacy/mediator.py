@@ -31,10 +31,18 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 
 from p2psc import wire
 from p2psc.core.io import Action, Close, Closed, ConnId, Event, Received, Send, SetTimer, TimerFired
-from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorSnapshot, NoteObserver
+from p2psc.core.mediator import (
+    MediatorConfig,
+    MediatorCore,
+    MediatorNote,
+    MediatorSnapshot,
+    NoteObserver,
+)
 from p2psc.core.registry import Registry
 from p2psc.errors import CryptoError, ProtocolError
 from p2psc.keys import (
@@ -53,6 +61,7 @@ __all__ = [
     "LEGACY_DOMAIN",
     "LegacyAwareMediatorCore",
     "LegacyAwareSnapshot",
+    "LegacyNote",
     "legacy_registry_key",
 ]
 
@@ -72,6 +81,38 @@ LegacyAwareSnapshot = tuple[
 whose connection we closed)."""
 
 _NONCE_DIGITS_MAX = 78  # 2**256 - 1 has 78 decimal digits
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyNote(MediatorNote):
+    """A note about legacy registrations: the keys' fingerprints as ``p2psc keygen --rsa`` and
+    ``p2psc connect --legacy`` print them (SHA-256 of the PKCS#1 DER), since the registry keys
+    in ``our_key``/``their_key`` are hashes an operator cannot match to a key file."""
+
+    our_fingerprint: str | None = None
+    their_fingerprint: str | None = None
+
+
+class _NamingObserver:
+    """Passes notes on, as :class:`LegacyNote` when they name legacy registry keys."""
+
+    __slots__ = ("inner", "kinds", "names")
+
+    def __init__(self, inner: NoteObserver, names: dict[bytes, str]) -> None:
+        self.inner = inner
+        self.names = names
+        kinds = getattr(inner, "kinds", None)
+        if kinds is not None:  # the core reads it once: keep the observer's choice of kinds
+            self.kinds = kinds
+
+    def __call__(self, note: MediatorNote) -> None:
+        names = self.names
+        ours = names.get(note.our_key) if note.our_key else None
+        theirs = names.get(note.their_key) if note.their_key else None
+        if ours is not None or theirs is not None:
+            fields = {f.name: getattr(note, f.name) for f in dataclass_fields(MediatorNote)}
+            note = LegacyNote(**fields, our_fingerprint=ours, their_fingerprint=theirs)
+        self.inner(note)
 
 
 def legacy_registry_key(key: RsaPublicKey) -> bytes:
@@ -139,6 +180,11 @@ class LegacyAwareMediatorCore(MediatorCore):
         legacy_crypto: LegacyCrypto = RSA_PKCS1V15,
         introduce_delay: float = DEFAULT_INTRODUCE_DELAY,
     ) -> None:
+        self._names: dict[bytes, str] = {}
+        """Registry key -> RSA fingerprint of the legacy keys of live connections (for notes)."""
+        self._named: dict[ConnId, tuple[bytes, bytes]] = {}
+        if observer is not None:
+            observer = _NamingObserver(observer, self._names)
         super().__init__(
             config, nonce_source=nonce_source, crypto=crypto, registry=registry, observer=observer
         )
@@ -157,6 +203,10 @@ class LegacyAwareMediatorCore(MediatorCore):
         self._gone: set[ConnId] = set()
         """Legacy Peers whose socket we closed after PeerDisconnect; the session lives on."""
         self._refused: set[ConnId] = set()
+        self._decoders: dict[ConnId, codec.LegacyDecoder] = {}
+        """Per legacy connection, the decoder holding its partial message: kept across
+        segments so every received byte is scanned once (a trickling sender costs linear
+        time, issue 21). Its bytes appear as the session's ``buf`` only in snapshots."""
 
     # --- introspection and snapshots -------------------------------------------------------
 
@@ -168,7 +218,17 @@ class LegacyAwareMediatorCore(MediatorCore):
         snapshot is opaque outside its own class)."""
         legacy = tuple(sorted(self._legacy))
         introduce = tuple(sorted(self._introduce.items()))
-        return (super().snapshot(), legacy, introduce, tuple(sorted(self._gone)))
+        # Each decoder's partial message goes in its session's buf, where a snapshot keeps a
+        # partial message (and where from_snapshot's decoders will find it again).
+        held = [c for c, d in self._decoders.items() if d.buffered and c in self._sessions]
+        for conn in held:
+            self._sessions[conn].buf = self._decoders[conn].snapshot()
+        try:
+            base = super().snapshot()
+        finally:
+            for conn in held:
+                self._sessions[conn].buf = b""
+        return (base, legacy, introduce, tuple(sorted(self._gone)))
 
     @classmethod
     def from_snapshot(  # type: ignore[override]
@@ -225,6 +285,12 @@ class LegacyAwareMediatorCore(MediatorCore):
             else:
                 actions = super().handle(event, now)
         else:
+            if kind is Closed and conn in self._decoders:
+                # the core tells "closed in the middle of a frame" by the session's buf
+                decoder = self._decoders.pop(conn)
+                session = self._sessions.get(conn)
+                if session is not None and decoder.has_partial:
+                    session.buf = decoder.snapshot()
             if kind is TimerFired and conn in self._introduce:
                 peer, deadline = self._introduce[conn]
                 if now < deadline:  # an older, earlier timer handle: wait on
@@ -266,14 +332,16 @@ class LegacyAwareMediatorCore(MediatorCore):
         if session.state not in ("awaiting_advertise", "challenged"):
             self._on_received(conn, data, now, out)  # the core refuses bytes in later states
             return
-        decoder = codec.LegacyDecoder.from_snapshot(session.buf)
+        decoder = self._decoders.get(conn)
+        if decoder is None:  # first bytes, or a core rebuilt from a snapshot
+            decoder = self._decoders[conn] = codec.LegacyDecoder.from_snapshot(session.buf)
+            session.buf = b""
         try:
             messages = decoder.feed(data)
         except ProtocolError as error:
-            session.buf = b""
+            del self._decoders[conn]
             self._bad(conn, session, f"legacy: {error.reason}", out)
             return
-        session.buf = decoder.snapshot()
         for message in messages:
             self._legacy_message(conn, message, now, out)
 
@@ -293,6 +361,7 @@ class LegacyAwareMediatorCore(MediatorCore):
                 our_key=legacy_registry_key(ours),
                 their_key=legacy_registry_key(theirs),
             )
+            self._name(conn, advertise.our_key, ours, advertise.their_key, theirs)
             self._context = (conn, ours)
             try:
                 self._on_advertise(conn, session, advertise, now, out)
@@ -380,7 +449,11 @@ class LegacyAwareMediatorCore(MediatorCore):
             self._introduce[client] = (conn, 0.0)  # deadline set by _translate
             return [
                 Send(conn, codec.encode(codec.PeerDisconnect(message.peer.port))),
-                Close(conn, "legacy: closed after PeerDisconnect so the Peer can bind its port"),
+                Close(
+                    conn,
+                    "legacy: closed after PeerDisconnect so the Peer can bind its port",
+                    fin_with_send=True,
+                ),
             ]
         if isinstance(message, wire.PeerIdentification):
             identification = codec.PeerIdentification(
@@ -389,7 +462,25 @@ class LegacyAwareMediatorCore(MediatorCore):
             return [Send(conn, codec.encode(identification))]
         return [Close(conn, f"legacy: no version 0 form of {type(message).__name__}")]
 
+    def _name(
+        self, conn: ConnId, our: bytes, ours: RsaPublicKey, their: bytes, theirs: RsaPublicKey
+    ) -> None:
+        """Remember the fingerprints of a legacy connection's keys, for its notes. Entries of
+        connections gone are dropped once they outnumber the live ones (bounded memory)."""
+        if self._observer is None:
+            return
+        names = self._names
+        if len(self._named) > 2 * len(self._sessions) + 64:
+            self._named = {c: k for c, k in self._named.items() if c in self._sessions}
+            live = {key for pair in self._named.values() for key in pair}
+            for key in [k for k in names if k not in live]:
+                del names[key]
+        names[our] = ours.fingerprint()
+        names[their] = theirs.fingerprint()
+        self._named[conn] = (our, their)
+
     def _forget(self, conn: ConnId) -> None:
         self._legacy.discard(conn)
+        self._decoders.pop(conn, None)
         self._challenges.pop(conn, None)
         self._introduce.pop(conn, None)

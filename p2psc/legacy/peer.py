@@ -84,11 +84,15 @@ _TABLE = compile_machine(LegacyPeerMachine)
 @dataclass(frozen=True, slots=True)
 class Established:
     """The handshake succeeded on ``conn``; ``leftover`` = application bytes already received.
-    The adapter hands ``conn`` to the caller and closes everything else."""
+    The adapter hands ``conn`` to the caller and closes everything else, but not before
+    ``send_after`` (the core's clock): until then no application byte may be sent, so that a
+    C++ Client, which parses each ``read()`` as exactly one object, reads PeerAcknowledgement
+    alone (spec/legacy.md section 5)."""
 
     conn: ConnId
     role: str
     leftover: bytes = b""
+    send_after: float = 0.0
 
 
 LegacyAction = Action | Established
@@ -105,6 +109,8 @@ class LegacyPeerConfig:
     pairing_timeout: float = 300.0
     connect_timeout: float = 5.0
     retry_interval: float = 0.05
+    ack_grace: float = 0.25
+    """As the Peer: seconds between PeerAcknowledgement and the first application byte."""
     crypto: LegacyCrypto = RSA_PKCS1V15
     nonce_source: NonceSource = secrets.token_bytes
 
@@ -311,7 +317,19 @@ class LegacyPeerCore:
             return self._finish_failed(
                 PeerUnreachable(f"no connection with the other peer ({state})")
             )
-        return self._finish_failed(HandshakeTimeout(f"legacy handshake timed out in {state}"))
+        if state == "awaiting_pairing":
+            return self._finish_failed(
+                HandshakeTimeout(
+                    f"the mediator did not pair us within {self.config.pairing_timeout:g} s "
+                    "(is the other peer registered, asking for our key?)"
+                )
+            )
+        return self._finish_failed(
+            HandshakeTimeout(
+                f"legacy handshake step {state} did not finish within "
+                f"{self.config.step_timeout:g} s"
+            )
+        )
 
     def _message(
         self, message: codec.LegacyMessage, now: float, leftover: bytes
@@ -386,7 +404,7 @@ class LegacyPeerCore:
             return [
                 Send(conn, codec.encode(codec.PeerAcknowledgement())),
                 SetTimer(TIMER, None),
-                Established(conn, "peer"),
+                Established(conn, "peer", send_after=now + config.ack_grace),
             ]
         if isinstance(message, codec.PeerChallengeResponse):
             ok = self.our_nonce is not None and nonces_equal(

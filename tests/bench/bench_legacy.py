@@ -7,13 +7,19 @@ Run: .venv/bin/python tests/bench/bench_legacy.py [--quick]
 - the mediator's per-registration crypto: RSA-2048 PKCS#1 v1.5 encryption of a nonce against an
   HPKE seal (version 1), and the client's RSA decryption against an HPKE open;
 - one whole legacy registration through LegacyAwareMediatorCore.handle (Opened, Advertise,
-  AdvertiseResponse) against a version 1 registration through the plain MediatorCore.
+  AdvertiseResponse) against a version 1 registration through the plain MediatorCore;
+- CPU per received segment while a sender trickles one byte per segment (issue 21: an attacker
+  doing so used to cost the version 0 path ~2 ms per segment, 700x version 1): the legacy
+  Advertise, and a worst-case 4 KiB object of short tokens, fed byte by byte (all but the last
+  byte, so only the decoder's per-segment work is timed) against a version 1 Advertise frame
+  fed the same way, through the same LegacyAwareMediatorCore. Budget: within 5x.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 import timeit
 from collections.abc import Callable
 
@@ -88,6 +94,39 @@ def main() -> None:
     print(f"legacy registration, mediator core:           {legacy_us:8.1f} us")
     print(f"v1 registration, mediator core (baseline):    {v1_us:8.1f} us")
     print(f"  ratio legacy / v1:                          {legacy_us / v1_us:8.2f}")
+
+    print_trickle(advertise, v1_advertise, quick)
+
+
+def cpu_per_segment_us(stream: bytes, rounds: int) -> float:
+    """Best over ``rounds`` of the process CPU time per one-byte segment of ``stream``."""
+    best = float("inf")
+    for _ in range(rounds):
+        core = LegacyAwareMediatorCore()
+        core.handle(Opened(1, ("127.0.0.1", 5)), 0.0)
+        segments = [Received(1, stream[i : i + 1]) for i in range(len(stream))]
+        handle = core.handle
+        start = time.process_time()
+        for segment in segments:
+            handle(segment, 0.0)
+        elapsed = time.process_time() - start
+        assert core.state_of(1) == "awaiting_advertise"  # nothing completed, nothing refused
+        best = min(best, elapsed / len(segments))
+    return best * 1e6
+
+
+def print_trickle(advertise: bytes, v1_advertise: bytes, quick: bool) -> None:
+    rounds = 3 if quick else 7
+    tokens = b'{"type":0,"payload":{"version":0,"our_key":"k","their_key":"k","x":['
+    tokens += b'"a",' * ((codec.MAX_OBJECT_SIZE - len(tokens) - 8) // 4)
+    v1_us = cpu_per_segment_us(v1_advertise[:-1], rounds)
+    v0_us = cpu_per_segment_us(advertise[:-1], rounds)
+    worst_us = cpu_per_segment_us(tokens, rounds)
+    print(f"CPU per 1-byte segment, v1 Advertise (baseline): {v1_us:8.2f} us")
+    print(f"CPU per 1-byte segment, legacy Advertise:        {v0_us:8.2f} us")
+    print(f"  ratio v0 / v1 (budget 5):                      {v0_us / v1_us:8.2f}")
+    print(f"CPU per 1-byte segment, {len(tokens)}-byte token object: {worst_us:8.2f} us")
+    print(f"  ratio worst v0 / v1 (budget 5):                {worst_us / v1_us:8.2f}")
 
 
 if __name__ == "__main__":
