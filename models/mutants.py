@@ -34,8 +34,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from models.mediation_model import MediationModel
-from models.negotiator_model import NegotiatorPairModel
+from p2psc.models.mediation_model import MediationModel
+from p2psc.models.negotiator_model import NegotiatorPairModel
+
 from p2psc import wire
 from p2psc.core.io import Close, Send, SetTimer
 from p2psc.core.mediator import MediatorConfig, MediatorCore
