@@ -5,7 +5,7 @@ Prints states, transitions, depth, states/s and which declared machine transitio
 taken. Exit status 0 when every property holds, 1 on a violation, with the shortest
 counterexample as text and as a Mermaid ``sequenceDiagram``; 2 on bad arguments. With
 ``--mutant`` a deliberately broken core is explored instead (the run must fail). The models live
-in the top-level ``models`` package of the repository.
+in ``models/`` at the top of the repository and install as ``p2psc.models``.
 
 examples:
   p2psc explore negotiator                  # 3 protocols, 3 rounds, every configuration
@@ -99,13 +99,8 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
 
 def _run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.explore_parser
-    try:
-        from p2psc.models.explorer import explore, format_report
-    except ImportError:  # pragma: no cover - only outside a source checkout
-        print(
-            "p2psc explore: the 'models' package is missing (run from a checkout)", file=sys.stderr
-        )
-        return 2
+    from p2psc.models.explorer import explore, format_report
+
     options = _options(args, parser)
     model = importlib.import_module(MODELS[args.model]).build(**options)
     show = (not args.quiet and sys.stderr.isatty()) or args.progress
