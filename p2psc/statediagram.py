@@ -1,0 +1,331 @@
+"""Readable, complete Mermaid state diagrams of any python-statemachine class.
+
+Why not the library's own renderer: it keeps one arrow per (source, target, event), so guarded
+alternatives of one event to the same target vanish, and Mermaid then draws one self-loop per
+state, so every other self-loop label is lost. Here every declared transition of the compiled
+table (:func:`p2psc.machines.compiler.compile_machine`) is kept, and the picture is made
+readable by rules that need nothing machine-specific:
+
+- **One arrow per (source, target)**, its events stacked one per line, so no label is lost.
+- **``[else]``** marks an unguarded transition that is tried after guarded ones of the same
+  event and state (the fall-through branch of the declaration order).
+- **Aborts are folded**: an unguarded event that leads from at least :data:`FOLD_MIN_SOURCES`
+  states into the same final state is written once, in a note beside that state, with the
+  states it does *not* apply to computed ("every state but ..."), instead of one arrow each.
+- **Outcome states are coloured**: final states whose name says failure (fail, error, abort)
+  red, other final states green (grey where folded aborts also end there), with a legend.
+- **Top to bottom**, states in declaration order, so the main path runs straight down.
+
+:func:`diagram` gives the structure (what the completeness test compares with the class);
+:func:`mermaid` writes it out; :func:`page` wraps it in the Markdown page of ``spec/diagrams``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2psc.machines.compiler import MachineTable, Transition, compile_machine
+
+__all__ = [
+    "FOLD_MIN_SOURCES",
+    "Diagram",
+    "Edge",
+    "Fold",
+    "SpecReference",
+    "diagram",
+    "fold_text",
+    "label",
+    "mermaid",
+    "page",
+    "spec_reference",
+    "wrap",
+]
+
+FOLD_MIN_SOURCES = 3
+"""An unguarded event into a final state from this many states or more is folded into a note."""
+
+_FAILURE = re.compile(r"fail|error|abort", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One arrow: every transition from ``source`` to ``target``, one label line each."""
+
+    source: str
+    target: str
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Events written once in a note beside ``target`` instead of an arrow from each source."""
+
+    target: str
+    events: tuple[str, ...]
+    sources: frozenset[str]
+    exceptions: tuple[str, ...]
+    """States that could take part (not final, not ``target``) but do not have these events."""
+
+
+@dataclass(frozen=True)
+class Diagram:
+    """What is drawn for one machine; every declared transition is in exactly one edge or fold."""
+
+    name: str
+    states: tuple[str, ...]
+    titles: dict[str, str]
+    initial: str
+    finals: frozenset[str]
+    edges: tuple[Edge, ...]
+    folds: tuple[Fold, ...]
+    kinds: dict[str, str]
+    """State -> ``"failure"``, ``"success"`` or ``"end"`` for final states."""
+
+
+def label(transition: Transition, fall_through: bool) -> str:
+    """``event``, ``event [guard & !other]`` or ``event [else]``."""
+    if transition.guards:
+        return f"{transition.event} [{' & '.join(map(str, transition.guards))}]"
+    return f"{transition.event} [else]" if fall_through else transition.event
+
+
+def _labels(table: MachineTable) -> list[tuple[Transition, str]]:
+    """Every transition with its label; an unguarded one after a guarded one of the same
+    (state, event) is the fall-through branch."""
+    out = []
+    for transition in table.transitions:
+        earlier = table.candidates(transition.source, transition.event)
+        position = earlier.index(transition)
+        fall_through = not transition.guards and any(t.guards for t in earlier[:position])
+        out.append((transition, label(transition, fall_through)))
+    return out
+
+
+def diagram(machine_class: type) -> Diagram:
+    """Lay out ``machine_class``: edges with stacked labels, folded aborts, coloured finals."""
+    table = compile_machine(machine_class)
+    machine: Any = machine_class
+    titles = {state.id: str(state.name) for state in machine.states}
+    labelled = _labels(table)
+
+    # Candidates for folding: unguarded, non-fall-through, into a final state, not a self-loop.
+    sources: dict[tuple[str, str], set[str]] = {}
+    for transition, text in labelled:
+        final = transition.target in table.finals and transition.source != transition.target
+        if text == transition.event and final:
+            sources.setdefault((transition.event, transition.target), set()).add(transition.source)
+    folded = {key: frozenset(s) for key, s in sources.items() if len(s) >= FOLD_MIN_SOURCES}
+
+    by_group: dict[tuple[str, frozenset[str]], list[str]] = {}
+    for (event, target), group in folded.items():
+        by_group.setdefault((target, group), []).append(event)
+    order = {state: i for i, state in enumerate(table.states)}
+    folds = []
+    for (target, group), events in by_group.items():
+        eligible = [s for s in table.states if s not in table.finals and s != target]
+        folds.append(
+            Fold(
+                target=target,
+                events=tuple(events),
+                sources=group,
+                exceptions=tuple(s for s in eligible if s not in group),
+            )
+        )
+    folds.sort(key=lambda f: (order[f.target], -len(f.sources), f.events))
+
+    lines: dict[tuple[str, str], list[str]] = {}
+    for transition, text in labelled:
+        key = (transition.event, transition.target)
+        if text == transition.event and key in folded and transition.source in folded[key]:
+            continue
+        lines.setdefault((transition.source, transition.target), []).append(text)
+    edges = tuple(
+        Edge(source, target, tuple(texts))
+        for (source, target), texts in sorted(
+            lines.items(), key=lambda item: (order[item[0][0]], order[item[0][1]])
+        )
+    )
+
+    folded_into = {f.target for f in folds}
+    kinds = {}
+    for state in table.finals:
+        if _FAILURE.search(state) or _FAILURE.search(titles[state]):
+            kinds[state] = "failure"
+        else:
+            kinds[state] = "end" if state in folded_into else "success"
+    return Diagram(
+        name=table.name,
+        states=table.states,
+        titles=titles,
+        initial=table.initial,
+        finals=table.finals,
+        edges=edges,
+        folds=tuple(folds),
+        kinds=kinds,
+    )
+
+
+_STYLES = {  # Mermaid class names (``end`` alone would be a keyword)
+    "failure": "fill:#fde0dc,stroke:#c62828,stroke-width:3px,color:#000",
+    "success": "fill:#dcf2dc,stroke:#2e7d32,stroke-width:3px,color:#000",
+    "end": "fill:#eceff1,stroke:#455a64,stroke-width:3px,color:#000",
+}
+
+
+def _node(state: str) -> str:
+    """Mermaid id of a state: prefixed, so no state name can be a Mermaid keyword."""
+    return f"s_{state}"
+
+
+def _list(names: Sequence[str], titles: dict[str, str]) -> str:
+    return ", ".join(titles[name] for name in names)
+
+
+def fold_text(fold: Fold, titles: dict[str, str], states: Sequence[str]) -> str:
+    """``from every state but X, Y: event, other`` (or the sources, when that list is shorter)."""
+    if not fold.exceptions:
+        where = "from every state"
+    elif len(fold.exceptions) <= len(fold.sources):
+        where = f"from every state but {_list(fold.exceptions, titles)}"
+    else:
+        where = f"from {_list([s for s in states if s in fold.sources], titles)}"
+    return f"{where}: {', '.join(fold.events)}"
+
+
+WRAP = 34
+"""Label lines longer than this break before a `` & `` (the next line starts with ``& ``)."""
+
+
+def wrap(line: str) -> list[str]:
+    """Split a long guard conjunction over lines, so one label cannot widen the whole diagram."""
+    parts = line.split(" & ")
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 3 + len(part) > WRAP:
+            lines.append(f"& {part}")
+        else:
+            lines[-1] += f" & {part}"
+    return lines
+
+
+def mermaid(d: Diagram) -> str:
+    """The ``stateDiagram-v2`` source of a laid-out diagram."""
+    out = ["stateDiagram-v2", "    direction TB"]
+    for kind, style in _STYLES.items():
+        out.append(f"    classDef outcome_{kind} {style}")
+    for state in d.states:
+        out.append(f'    state "{d.titles[state]}" as {_node(state)}')
+    out.append(f"    [*] --> {_node(d.initial)}")
+    for edge in d.edges:
+        text = "<br/>".join(part for line in edge.lines for part in wrap(line))
+        out.append(f"    {_node(edge.source)} --> {_node(edge.target)} : {text}")
+    by_target: dict[str, list[Fold]] = {}
+    for fold in d.folds:
+        by_target.setdefault(fold.target, []).append(fold)
+    for target, folds in by_target.items():
+        out.append(f"    note left of {_node(target)}")
+        out.append(f"        Also into {d.titles[target]}")
+        out.extend(f"        {fold_text(fold, d.titles, d.states)}" for fold in folds)
+        out.append("    end note")
+    for state in d.states:
+        if state in d.kinds:
+            out.append(f"    class {_node(state)} outcome_{d.kinds[state]}")
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class SpecReference:
+    """Where the specification describes a machine: a document and the section that names it."""
+
+    document: str
+    heading: str
+    anchor: str
+
+
+def _slug(heading: str) -> str:
+    """The anchor MkDocs (Python-Markdown's toc) and GitHub give a heading."""
+    text = re.sub(r"[^\w\s-]", "", heading).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def _documents(spec_dir: Path) -> list[Path]:
+    """The spec documents in the order spec/README.md lists them, then any others by name."""
+    listed = re.findall(r"\]\(([\w-]+\.md)\)", (spec_dir / "README.md").read_text())
+    ordered = [spec_dir / name for name in dict.fromkeys(listed) if (spec_dir / name).is_file()]
+    rest = sorted(p for p in spec_dir.glob("*.md") if p not in ordered and p.name != "README.md")
+    return ordered + rest
+
+
+def spec_reference(machine_class: type, spec_dir: Path) -> SpecReference | None:
+    """The section that first names the class: in the first document (in the index's order)
+    that names it, the heading above the first mention (None when no document names it)."""
+    word = re.compile(rf"\b{re.escape(machine_class.__name__)}\b")
+    document = next((p for p in _documents(spec_dir) if word.search(p.read_text())), None)
+    if document is None:
+        return None
+    heading, anchor, in_fence = "", "", False
+    for line in document.read_text().splitlines():
+        if line.startswith("```"):
+            in_fence = not in_fence
+        elif not in_fence and line.startswith("#"):
+            heading = line.lstrip("#").strip()
+            # Under the title the whole document is meant: link it without an anchor.
+            anchor = "" if line.startswith("# ") else _slug(heading)
+        if word.search(line):
+            break
+    return SpecReference(document.name, heading, anchor)
+
+
+_LEGEND = """\
+**Reading the diagram.** Each arrow carries every event that takes that step, one per line:
+`event [guard]` is taken when the guard holds (`!guard`: when it does not; `&`: both), and
+`event [else]` when none of the guarded lines above it for that event and state was. Transitions
+are tried in the order the class declares them. The note beside a final state lists the events
+that lead there from many states (errors, deadlines, closed connections), with the states they
+do not apply to, instead of an arrow from each. Final states have a thick border:
+<span style="background:#fde0dc;border:2px solid #c62828;padding:0 .3em">failure</span>,
+<span style="background:#dcf2dc;border:2px solid #2e7d32;padding:0 .3em">success</span>,
+<span style="background:#eceff1;border:2px solid #455a64;padding:0 .3em">end</span>
+(reached both ways)."""
+
+
+def _purpose(machine_class: type) -> str:
+    doc = (machine_class.__doc__ or "").strip()
+    first = doc.split("\n\n", 1)[0]
+    return " ".join(first.split()) if first else f"The {machine_class.__name__} machine."
+
+
+def page(machine_class: type, spec_dir: Path) -> str:
+    """The Markdown page of ``spec/diagrams/<Name>.md``: two sentences, the diagram, a legend."""
+    d = diagram(machine_class)
+    ref = spec_reference(machine_class, spec_dir)
+    if ref is None:
+        implements = "No document of the specification names this machine yet."
+    else:
+        target = f"../{ref.document}" + (f"#{ref.anchor}" if ref.anchor else "")
+        where = ref.heading if not ref.anchor else f"{ref.document}, {ref.heading}"
+        implements = f"It implements [{where}]({target})."
+    purpose = _purpose(machine_class)
+    if not purpose.endswith("."):
+        purpose += "."
+    return "\n".join(
+        [
+            f"# {machine_class.__name__}",
+            "",
+            f"{purpose} {implements}",
+            "",
+            "```mermaid",
+            mermaid(d),
+            "```",
+            "",
+            _LEGEND,
+            "",
+            f"Generated by `p2psc diagrams` from `{machine_class.__module__}."
+            f"{machine_class.__name__}`; do not edit by hand.",
+            "",
+        ]
+    )

@@ -1,0 +1,193 @@
+"""The generated state diagrams show every declared transition, and nothing that is not declared.
+
+The committed pages in ``spec/diagrams/`` are parsed back from their Mermaid text (independently
+of the generator's own structures) and compared with the transitions each registered machine
+class declares: every (source, target, event, guard) must be an arrow label or a line of a note,
+``[else]`` exactly on fall-through branches. Any machine added to
+:data:`p2psc.machines.MACHINES` is checked with no change here.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from statemachine import State, StateMachine
+
+from p2psc.machines import machine_classes
+from p2psc.machines.compiler import compile_machine
+from p2psc.statediagram import FOLD_MIN_SOURCES, diagram, mermaid, page
+
+SPEC = Path(__file__).resolve().parents[1] / "spec"
+MACHINES = machine_classes()
+
+Drawn = tuple[str, str, str, str]
+"""(source, target, event, guards) where guards is ``"a & !b"``, ``""`` or ``"else"``."""
+
+
+def _declared(machine_class: type) -> set[Drawn]:
+    table = compile_machine(machine_class)
+    out = set()
+    for t in table.transitions:
+        earlier = table.candidates(t.source, t.event)
+        fall_through = any(e.guards for e in earlier[: earlier.index(t)])
+        guards = " & ".join(map(str, t.guards)) or ("else" if fall_through else "")
+        out.add((t.source, t.target, t.event, guards))
+    return out
+
+
+_LINE = re.compile(r"^(?P<event>\w+)(?: \[(?P<guards>[^\]]+)\])?$")
+
+
+def _parse_label(text: str) -> list[tuple[str, str]]:
+    """``a<br/>b [g<br/>& h]`` -> [("a", ""), ("b", "g & h")]: a line starting with ``& `` goes
+    on with the line before it."""
+    lines: list[str] = []
+    for part in text.split("<br/>"):
+        if part.startswith("& ") and lines:
+            lines[-1] += f" {part}"
+        else:
+            lines.append(part)
+    out = []
+    for line in lines:
+        match = _LINE.match(line)
+        assert match, f"unreadable label line {line!r}"
+        out.append((match["event"], match["guards"] or ""))
+    return out
+
+
+def _parse(source: str) -> tuple[dict[str, str], set[Drawn]]:
+    """States (id -> title) and every transition a reader can see in a Mermaid diagram."""
+    titles: dict[str, str] = {}
+    drawn: set[Drawn] = set()
+    lines = iter(source.splitlines())
+    for raw in lines:
+        line = raw.strip()
+        if m := re.match(r'^state "(?P<title>[^"]+)" as s_(?P<id>\w+)$', line):
+            titles[m["id"]] = m["title"]
+        elif m := re.match(r"^s_(?P<src>\w+) --> s_(?P<dst>\w+) : (?P<label>.+)$", line):
+            for event, guards in _parse_label(m["label"]):
+                drawn.add((m["src"], m["dst"], event, guards))
+        elif m := re.match(r"^note (?:left|right) of s_(?P<target>\w+)$", line):
+            body = []
+            for note_line in lines:
+                if note_line.strip() == "end note":
+                    break
+                body.append(note_line.strip())
+            drawn |= _parse_note(m["target"], body, titles)
+    return titles, drawn
+
+
+def _parse_note(target: str, body: list[str], titles: dict[str, str]) -> set[Drawn]:
+    by_title = {title: state for state, title in titles.items()}
+    assert body[0] == f"Also into {titles[target]}"
+    drawn = set()
+    for line in body[1:]:
+        where, _, events = line.partition(": ")
+        if where == "from every state" or where.startswith("from every state but "):
+            but = where.removeprefix("from every state").removeprefix(" but ")
+            excluded = {by_title[name] for name in but.split(", ") if name}
+            sources = set(titles) - excluded - {target}
+        else:
+            sources = {by_title[name] for name in where.removeprefix("from ").split(", ")}
+        drawn |= {(s, target, e, "") for s in sources for e in events.split(", ")}
+    return drawn
+
+
+def _committed_mermaid(name: str) -> str:
+    text = (SPEC / "diagrams" / f"{name}.md").read_text()
+    match = re.search(r"```mermaid\n(.*?)\n```", text, re.DOTALL)
+    assert match, f"no Mermaid block in spec/diagrams/{name}.md"
+    return match.group(1)
+
+
+def _finals(machine_class: type) -> frozenset[str]:
+    return compile_machine(machine_class).finals
+
+
+@pytest.mark.parametrize("name", sorted(MACHINES))
+def test_every_declared_transition_is_drawn_and_nothing_else(name: str) -> None:
+    machine_class = MACHINES[name]
+    titles, drawn = _parse(_committed_mermaid(name))
+    table = compile_machine(machine_class)
+    assert set(titles) == set(table.states)
+    # "from every state" in a note means every state that is not final.
+    drawn = {d for d in drawn if d[0] not in table.finals}
+    declared = _declared(machine_class)
+    assert declared - drawn == set(), "declared but not drawn"
+    assert drawn - declared == set(), "drawn but not declared"
+
+
+@pytest.mark.parametrize("name", sorted(MACHINES))
+def test_one_arrow_per_pair_of_states(name: str) -> None:
+    pairs = re.findall(r"^\s*s_(\w+) --> s_(\w+) :", _committed_mermaid(name), re.MULTILINE)
+    assert len(pairs) == len(set(pairs))
+
+
+@pytest.mark.parametrize("name", sorted(MACHINES))
+def test_each_page_says_what_the_machine_is_for_and_which_spec_section_it_implements(
+    name: str,
+) -> None:
+    text = (SPEC / "diagrams" / f"{name}.md").read_text()
+    intro = text.split("```mermaid", 1)[0]
+    link = re.search(r"It implements \[[^\]]+\]\(\.\./(?P<doc>[\w-]+\.md)(#[\w-]+)?\)\.", intro)
+    assert link, f"spec/diagrams/{name}.md does not name the spec section it implements"
+    assert (SPEC / link["doc"]).is_file()
+    assert "Reading the diagram" in text  # the legend
+
+
+class _Toy(StateMachine):
+    """A machine made to exercise every rule: folds with exceptions, self-loops, else."""
+
+    a = State(initial=True)
+    b = State()
+    c = State()
+    d = State()
+    failed = State(final=True)
+    done = State(final=True)
+
+    go = a.to(b, cond="ready") | a.to(c)
+    tick = b.to.itself() | c.to.itself()  # type: ignore[no-untyped-call]
+    poke = b.to.itself() | b.to(d, cond="x and not y")  # type: ignore[no-untyped-call]
+    finish = d.to(done)
+    lost = a.to(failed) | b.to(failed) | c.to(failed) | d.to(failed)
+    timeout = b.to(failed) | c.to(failed) | d.to(failed)
+    reset = a.to(failed) | c.to(failed)
+
+
+def test_rules_on_a_toy_machine() -> None:
+    d = diagram(_Toy)
+    source = mermaid(d)
+    _, drawn = _parse(source)
+    assert {x for x in drawn if x[0] not in d.finals} == _declared(_Toy)
+    # Two self-loop events of b and its guarded poke: one arrow each pair, nothing lost.
+    assert "s_b --> s_b : tick<br/>poke" in source
+    assert "s_a --> s_c : go [else]" in source
+    assert "s_b --> s_d : poke [x & !y]" in source
+    # lost and timeout are folded (>= FOLD_MIN_SOURCES sources); reset (2 sources) is drawn.
+    assert FOLD_MIN_SOURCES == 3
+    assert "from every state: lost" in source
+    assert "from every state but A: timeout" in source
+    assert "s_a --> s_failed : reset" in source and "s_c --> s_failed : reset" in source
+    assert d.kinds == {"failed": "failure", "done": "success"}
+
+
+def test_a_broken_generator_would_be_caught() -> None:
+    """The parser sees a lost label, an extra label and a wrong exception."""
+    source = mermaid(diagram(_Toy))
+    declared = _declared(_Toy)
+    for broken in (
+        source.replace("tick<br/>poke", "tick"),
+        source.replace("go [else]", "go"),
+        source.replace("every state but A: timeout", "every state: timeout"),
+    ):
+        _, drawn = _parse(broken)
+        assert {x for x in drawn if x[0] not in _finals(_Toy)} != declared
+
+
+def test_a_page_for_an_unreferenced_machine_says_so(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("# spec\n")
+    assert "No document of the specification names this machine yet." in page(_Toy, tmp_path)
+    (tmp_path / "x.md").write_text("# X\n\n## 2. Toys\n\nThe `_Toy` machine.\n")
+    assert "It implements [x.md, 2. Toys](../x.md#2-toys)." in page(_Toy, tmp_path)
