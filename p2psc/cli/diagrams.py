@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from p2psc.machines import machine_classes
-from p2psc.statediagram import page
+from p2psc.statediagram import index_page, page
 
 __all__ = ["register", "render_all", "render_machine"]
 
@@ -30,7 +30,9 @@ def render_machine(machine_class: type) -> str:
 
 def render_all() -> dict[str, str]:
     """File name -> content for every registered machine."""
-    return {f"{name}.md": render_machine(cls) for name, cls in machine_classes().items()}
+    classes = machine_classes()
+    pages = {f"{name}.md": render_machine(cls) for name, cls in classes.items()}
+    return {"README.md": index_page(classes), **pages}
 
 
 def _run(args: argparse.Namespace) -> int:

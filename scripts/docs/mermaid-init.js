@@ -1,0 +1,26 @@
+// Renders every diagram of the page with the bundled Mermaid (assets/mermaid.min.js), never a
+// CDN copy. When done, <body data-mermaid="done"> (or "failed") tells a test it may look.
+(function () {
+  mermaid.initialize({
+    startOnLoad: false,
+    securityLevel: "strict",
+    theme: "default",
+    fontFamily: "Roboto, Helvetica, Arial, sans-serif",
+    fontSize: 16,
+    state: { useMaxWidth: true, nodeSpacing: 40, rankSpacing: 50 },
+  });
+  const nodes = document.querySelectorAll("div.mermaid");
+  if (nodes.length === 0) {
+    document.body.dataset.mermaid = "done";
+    return;
+  }
+  mermaid
+    .run({ nodes: nodes })
+    .then(function () {
+      document.body.dataset.mermaid = "done";
+    })
+    .catch(function (error) {
+      console.error("mermaid:", error);
+      document.body.dataset.mermaid = "failed";
+    });
+})();
