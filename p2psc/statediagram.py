@@ -9,11 +9,15 @@ readable by rules that need nothing machine-specific:
 - **One arrow per (source, target)**, its events stacked one per line, so no label is lost.
 - **``[else]``** marks an unguarded transition that is tried after guarded ones of the same
   event and state (the fall-through branch of the declaration order).
-- **Aborts are folded**: an unguarded event that leads from at least :data:`FOLD_MIN_SOURCES`
-  states into the same final state is written once, in a note beside that state, with the
-  states it does *not* apply to computed ("every state but ..."), instead of one arrow each.
-- **Outcome states are coloured**: final states whose name says failure (fail, error, abort)
-  red, other final states green (grey where folded aborts also end there), with a legend.
+- **Self-loops are written inside their state** (``↻ event``): Mermaid draws one loop per
+  state and places its label badly.
+- **Failure is a note, not arrows**: a final state whose name says failure (fail, error,
+  abort) gets no arrows; the note beside it lists every way in, grouped by the states they
+  apply to, computed as "from every state but ..." when that is shorter (h11 draws no arrow
+  into ERROR either). Into other final states, an unguarded event from at least
+  :data:`FOLD_MIN_SOURCES` states is folded into such a note too.
+- **Outcome states are coloured**: failure red, other final states green (grey where folded
+  aborts also end there), with a legend.
 - **Top to bottom**, states in declaration order, so the main path runs straight down.
 
 :func:`diagram` gives the structure (what the completeness test compares with the class);
@@ -63,7 +67,7 @@ class Edge:
 
 @dataclass(frozen=True)
 class Fold:
-    """Events written once in a note beside ``target`` instead of an arrow from each source."""
+    """Labels written once in a note beside ``target`` instead of an arrow from each source."""
 
     target: str
     events: tuple[str, ...]
@@ -83,6 +87,8 @@ class Diagram:
     finals: frozenset[str]
     edges: tuple[Edge, ...]
     folds: tuple[Fold, ...]
+    stays: dict[str, tuple[str, ...]]
+    """State -> labels of its self-loops, written inside the state (``↻ event``)."""
     kinds: dict[str, str]
     """State -> ``"failure"``, ``"success"`` or ``"end"`` for final states."""
 
@@ -106,44 +112,48 @@ def _labels(table: MachineTable) -> list[tuple[Transition, str]]:
     return out
 
 
+def _is_failure(state: str, title: str) -> bool:
+    return bool(_FAILURE.search(state) or _FAILURE.search(title))
+
+
 def diagram(machine_class: type) -> Diagram:
-    """Lay out ``machine_class``: edges with stacked labels, folded aborts, coloured finals."""
+    """Lay out ``machine_class``: edges with stacked labels, self-loops inside their state,
+    notes for the ways into failure states and for aborts shared by many states."""
     table = compile_machine(machine_class)
     machine: Any = machine_class
     titles = {state.id: str(state.name) for state in machine.states}
-    labelled = _labels(table)
-
-    # Candidates for folding: unguarded, non-fall-through, into a final state, not a self-loop.
-    sources: dict[tuple[str, str], set[str]] = {}
-    for transition, text in labelled:
-        final = transition.target in table.finals and transition.source != transition.target
-        if text == transition.event and final:
-            sources.setdefault((transition.event, transition.target), set()).add(transition.source)
-    folded = {key: frozenset(s) for key, s in sources.items() if len(s) >= FOLD_MIN_SOURCES}
-
-    by_group: dict[tuple[str, frozenset[str]], list[str]] = {}
-    for (event, target), group in folded.items():
-        by_group.setdefault((target, group), []).append(event)
     order = {state: i for i, state in enumerate(table.states)}
-    folds = []
-    for (target, group), events in by_group.items():
-        eligible = [s for s in table.states if s not in table.finals and s != target]
-        folds.append(
-            Fold(
-                target=target,
-                events=tuple(events),
-                sources=group,
-                exceptions=tuple(s for s in eligible if s not in group),
-            )
-        )
-    folds.sort(key=lambda f: (order[f.target], -len(f.sources), f.events))
+    labelled = _labels(table)
+    failures = {s for s in table.finals if _is_failure(s, titles[s])}
 
+    # Into a failure state nothing is drawn as an arrow (like h11's ERROR: the note beside it
+    # lists every way in); into another final state, an unguarded event from many states is.
+    into: dict[tuple[str, str], set[str]] = {}
+    for transition, text in labelled:
+        if transition.target in table.finals and transition.source != transition.target:
+            into.setdefault((text, transition.target), set()).add(transition.source)
+    folded = {
+        key: frozenset(group)
+        for key, group in into.items()
+        if key[1] in failures or ("[" not in key[0] and len(group) >= FOLD_MIN_SOURCES)
+    }
+    by_group: dict[tuple[str, frozenset[str]], list[str]] = {}
+    for (text, target), group in folded.items():
+        by_group.setdefault((target, group), []).append(text)
+    folds = []
+    for (target, group), texts in by_group.items():
+        eligible = [s for s in table.states if s not in table.finals and s != target]
+        exceptions = tuple(s for s in eligible if s not in group)
+        folds.append(Fold(target, tuple(texts), group, exceptions))
+    folds.sort(key=lambda f: (order[f.target], -len(f.sources), min(order[s] for s in f.sources)))
+
+    stays: dict[str, list[str]] = {}
     lines: dict[tuple[str, str], list[str]] = {}
     for transition, text in labelled:
-        key = (transition.event, transition.target)
-        if text == transition.event and key in folded and transition.source in folded[key]:
-            continue
-        lines.setdefault((transition.source, transition.target), []).append(text)
+        if transition.source == transition.target:
+            stays.setdefault(transition.source, []).append(text)
+        elif transition.source not in folded.get((text, transition.target), ()):
+            lines.setdefault((transition.source, transition.target), []).append(text)
     edges = tuple(
         Edge(source, target, tuple(texts))
         for (source, target), texts in sorted(
@@ -154,7 +164,7 @@ def diagram(machine_class: type) -> Diagram:
     folded_into = {f.target for f in folds}
     kinds = {}
     for state in table.finals:
-        if _FAILURE.search(state) or _FAILURE.search(titles[state]):
+        if state in failures:
             kinds[state] = "failure"
         else:
             kinds[state] = "end" if state in folded_into else "success"
@@ -166,6 +176,7 @@ def diagram(machine_class: type) -> Diagram:
         finals=table.finals,
         edges=edges,
         folds=tuple(folds),
+        stays={state: tuple(texts) for state, texts in stays.items()},
         kinds=kinds,
     )
 
@@ -187,17 +198,17 @@ def _list(names: Sequence[str], titles: dict[str, str]) -> str:
 
 
 def fold_text(fold: Fold, titles: dict[str, str], states: Sequence[str]) -> str:
-    """``from every state but X, Y: event, other`` (or the sources, when that list is shorter)."""
+    """``event, other from every state but X, Y`` (or from the sources, when that is shorter)."""
     if not fold.exceptions:
         where = "from every state"
-    elif len(fold.exceptions) <= len(fold.sources):
+    elif len(fold.exceptions) < len(fold.sources):
         where = f"from every state but {_list(fold.exceptions, titles)}"
     else:
         where = f"from {_list([s for s in states if s in fold.sources], titles)}"
-    return f"{where}: {', '.join(fold.events)}"
+    return f"{', '.join(fold.events)} {where}"
 
 
-WRAP = 34
+WRAP = 26
 """Label lines longer than this break before a `` & `` (the next line starts with ``& ``)."""
 
 
@@ -220,6 +231,11 @@ def mermaid(d: Diagram) -> str:
         out.append(f"    classDef outcome_{kind} {style}")
     for state in d.states:
         out.append(f'    state "{d.titles[state]}" as {_node(state)}')
+    for state, texts in d.stays.items():
+        for text in texts:
+            first, *rest = wrap(text)
+            out.append(f"    {_node(state)} : ↻ {first}")
+            out.extend(f"    {_node(state)} : {part}" for part in rest)
     out.append(f"    [*] --> {_node(d.initial)}")
     for edge in d.edges:
         text = "<br/>".join(part for line in edge.lines for part in wrap(line))
@@ -227,9 +243,11 @@ def mermaid(d: Diagram) -> str:
     by_target: dict[str, list[Fold]] = {}
     for fold in d.folds:
         by_target.setdefault(fold.target, []).append(fold)
+    drawn_into = {edge.target for edge in d.edges}
     for target, folds in by_target.items():
         out.append(f"    note left of {_node(target)}")
-        out.append(f"        Also into {d.titles[target]}")
+        also = "Also into" if target in drawn_into else "Into"
+        out.append(f"        {also} {d.titles[target]}")
         out.extend(f"        {fold_text(fold, d.titles, d.states)}" for fold in folds)
         out.append("    end note")
     for state in d.states:
@@ -285,9 +303,11 @@ _LEGEND = """\
 **Reading the diagram.** Each arrow carries every event that takes that step, one per line:
 `event [guard]` is taken when the guard holds (`!guard`: when it does not; `&`: both), and
 `event [else]` when none of the guarded lines above it for that event and state was. Transitions
-are tried in the order the class declares them. The note beside a final state lists the events
-that lead there from many states (errors, deadlines, closed connections), with the states they
-do not apply to, instead of an arrow from each. Final states have a thick border:
+are tried in the order the class declares them. `↻ event` inside a state keeps the machine in
+that state. The note beside a final state lists the ways into it that are not drawn as
+arrows: every way into a failure, and the events that end many states at once (errors,
+deadlines, closed connections), with the states they do not apply to. Final states have a
+thick border:
 <span style="background:#fde0dc;border:2px solid #c62828;padding:0 .3em">failure</span>,
 <span style="background:#dcf2dc;border:2px solid #2e7d32;padding:0 .3em">success</span>,
 <span style="background:#eceff1;border:2px solid #455a64;padding:0 .3em">end</span>

@@ -61,11 +61,20 @@ def _parse(source: str) -> tuple[dict[str, str], set[Drawn]]:
     """States (id -> title) and every transition a reader can see in a Mermaid diagram."""
     titles: dict[str, str] = {}
     drawn: set[Drawn] = set()
+    stays: dict[str, list[str]] = {}
     lines = iter(source.splitlines())
     for raw in lines:
         line = raw.strip()
         if m := re.match(r'^state "(?P<title>[^"]+)" as s_(?P<id>\w+)$', line):
             titles[m["id"]] = m["title"]
+        elif m := re.match(r"^s_(?P<id>\w+) : (?P<text>.+)$", line):
+            # A self-loop written inside its state: "↻ label", continued by "& ..." lines.
+            state_lines = stays.setdefault(m["id"], [])
+            if m["text"].startswith("↻ "):
+                state_lines.append(m["text"].removeprefix("↻ "))
+            else:
+                assert m["text"].startswith("& ") and state_lines, line
+                state_lines[-1] += "<br/>" + m["text"]
         elif m := re.match(r"^s_(?P<src>\w+) --> s_(?P<dst>\w+) : (?P<label>.+)$", line):
             for event, guards in _parse_label(m["label"]):
                 drawn.add((m["src"], m["dst"], event, guards))
@@ -76,22 +85,27 @@ def _parse(source: str) -> tuple[dict[str, str], set[Drawn]]:
                     break
                 body.append(note_line.strip())
             drawn |= _parse_note(m["target"], body, titles)
+    for state, texts in stays.items():
+        for text in texts:
+            drawn |= {(state, state, e, g) for e, g in _parse_label(text)}
     return titles, drawn
 
 
 def _parse_note(target: str, body: list[str], titles: dict[str, str]) -> set[Drawn]:
     by_title = {title: state for state, title in titles.items()}
-    assert body[0] == f"Also into {titles[target]}"
+    assert body[0] in (f"Also into {titles[target]}", f"Into {titles[target]}")
     drawn = set()
     for line in body[1:]:
-        where, _, events = line.partition(": ")
+        labels, _, where = line.partition(" from ")
+        where = f"from {where}"
         if where == "from every state" or where.startswith("from every state but "):
             but = where.removeprefix("from every state").removeprefix(" but ")
             excluded = {by_title[name] for name in but.split(", ") if name}
             sources = set(titles) - excluded - {target}
         else:
             sources = {by_title[name] for name in where.removeprefix("from ").split(", ")}
-        drawn |= {(s, target, e, "") for s in sources for e in events.split(", ")}
+        for text in labels.split(", "):
+            drawn |= {(s, target, e, g) for s in sources for e, g in _parse_label(text)}
     return drawn
 
 
@@ -161,16 +175,42 @@ def test_rules_on_a_toy_machine() -> None:
     source = mermaid(d)
     _, drawn = _parse(source)
     assert {x for x in drawn if x[0] not in d.finals} == _declared(_Toy)
-    # Two self-loop events of b and its guarded poke: one arrow each pair, nothing lost.
-    assert "s_b --> s_b : tick<br/>poke" in source
+    # Self-loops are written inside their state; the guarded poke is an arrow.
+    assert "s_b : ↻ tick\n    s_b : ↻ poke" in source and "s_c : ↻ tick" in source
     assert "s_a --> s_c : go [else]" in source
     assert "s_b --> s_d : poke [x & !y]" in source
-    # lost and timeout are folded (>= FOLD_MIN_SOURCES sources); reset (2 sources) is drawn.
-    assert FOLD_MIN_SOURCES == 3
-    assert "from every state: lost" in source
-    assert "from every state but A: timeout" in source
-    assert "s_a --> s_failed : reset" in source and "s_c --> s_failed : reset" in source
+    # Every way into the failure state is in its note, grouped by the states it applies to.
+    assert "s_failed :" not in source and "--> s_failed" not in source
+    assert "Into Failed" in source
+    assert "lost from every state" in source
+    assert "timeout from every state but A" in source
+    assert "reset from A, C" in source
     assert d.kinds == {"failed": "failure", "done": "success"}
+
+
+class _Ending(StateMachine):
+    """Into a final state that is not a failure only shared unguarded events are folded."""
+
+    a = State(initial=True)
+    b = State()
+    c = State()
+    closed = State(final=True)
+
+    step = a.to(b) | b.to(c)
+    finish = c.to(closed)
+    eof = a.to(closed) | b.to(closed) | c.to(closed)
+    give_up = a.to(closed, cond="tired") | b.to(closed, cond="tired") | c.to(closed, cond="tired")
+
+
+def test_only_unguarded_events_from_many_states_fold_into_other_final_states() -> None:
+    d = diagram(_Ending)
+    source = mermaid(d)
+    assert FOLD_MIN_SOURCES == 3
+    assert "Also into Closed\n        eof from every state" in source
+    assert "s_c --> s_closed : finish<br/>give_up [tired]" in source
+    assert d.kinds == {"closed": "end"}
+    _, drawn = _parse(source)
+    assert {x for x in drawn if x[0] not in d.finals} == _declared(_Ending)
 
 
 def test_a_broken_generator_would_be_caught() -> None:
@@ -178,9 +218,9 @@ def test_a_broken_generator_would_be_caught() -> None:
     source = mermaid(diagram(_Toy))
     declared = _declared(_Toy)
     for broken in (
-        source.replace("tick<br/>poke", "tick"),
+        source.replace("s_b : ↻ poke\n", ""),
         source.replace("go [else]", "go"),
-        source.replace("every state but A: timeout", "every state: timeout"),
+        source.replace("timeout from every state but A", "timeout from every state"),
     ):
         _, drawn = _parse(broken)
         assert {x for x in drawn if x[0] not in _finals(_Toy)} != declared

@@ -179,4 +179,3 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         return f"]({folder}README.md{match['anchor'] or ''})"
 
     return _DIRECTORY_LINK.sub(to_readme, markdown)
-
