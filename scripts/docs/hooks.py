@@ -179,3 +179,20 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         return f"]({folder}README.md{match['anchor'] or ''})"
 
     return _DIRECTORY_LINK.sub(to_readme, markdown)
+
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):<code>~?(?P<name>[\w.]+)</code>")
+
+
+def on_page_content(html: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    """Docstrings use Sphinx roles (``:class:`~p2psc.keys.PublicKey```), which mkdocstrings
+    leaves as text: show the name as code, as the ``~`` asks (last part only)."""
+
+    def name(match: re.Match[str]) -> str:
+        text = match["name"]
+        shown = (
+            text.rsplit(".", 1)[-1] if match.group(0).split("<code>")[1].startswith("~") else text
+        )
+        return f"<code>{shown}</code>"
+
+    return _ROLE.sub(name, html)
