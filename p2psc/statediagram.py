@@ -273,7 +273,8 @@ def _slug(heading: str) -> str:
 
 def _documents(spec_dir: Path) -> list[Path]:
     """The spec documents in the order spec/README.md lists them, then any others by name."""
-    listed = re.findall(r"\]\(([\w-]+\.md)\)", (spec_dir / "README.md").read_text())
+    index = spec_dir / "README.md"
+    listed = re.findall(r"\]\(([\w-]+\.md)\)", index.read_text()) if index.is_file() else []
     ordered = [spec_dir / name for name in dict.fromkeys(listed) if (spec_dir / name).is_file()]
     rest = sorted(p for p in spec_dir.glob("*.md") if p not in ordered and p.name != "README.md")
     return ordered + rest
