@@ -8,8 +8,9 @@
   themselves. The changelog page is made from ``CHANGELOG.md`` at build time.
 - **URLs.** The guides (``spec/guide/``) form the top of the site, the specification lives
   under ``spec/``: ``index.html`` is Getting started, ``spec/index.html`` the spec's index.
-- **Diagrams.** The "State diagrams" section lists every page of ``spec/diagrams/``, so a new
-  machine's diagram appears with no edit here; diagram pages get the full content width.
+- **Navigation.** The "Specification" and "State diagrams" sections list every document of
+  ``spec/`` and every page of ``spec/diagrams/``, so a new document or a new machine's diagram
+  appears with no edit here; diagram pages get the full content width.
 """
 
 from __future__ import annotations
@@ -120,6 +121,28 @@ def fetch(asset: NpmAsset) -> dict[str, Path]:
     return local
 
 
+def _title(path: Path) -> str:
+    """A spec document's H1, without a trailing "(normative)"-style remark."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# "):
+            return re.sub(r"\s*\([^)]*\)\s*$", "", line[2:]).strip()
+    return path.stem
+
+
+def _spec_pages(docs: Path) -> list[Any]:
+    """The spec's index, then its documents in the order the index lists them, then any
+    others by name: a new spec document appears in the site by itself."""
+    listed = re.findall(r"\]\(([\w-]+\.md)\)", (docs / "README.md").read_text())
+    names = [n for n in dict.fromkeys(listed) if (docs / n).is_file()]
+    names += sorted(p.name for p in docs.glob("*.md") if p.name not in {*names, "README.md"})
+    return [{"Overview": "README.md"}, *({_title(docs / n): n} for n in names)]
+
+
+def _diagram_pages(docs: Path) -> list[Any]:
+    pages = sorted(p for p in (docs / "diagrams").glob("*.md") if p.name != "README.md")
+    return [{"Overview": "diagrams/README.md"}, *({p.stem: f"diagrams/{p.name}"} for p in pages)]
+
+
 _ASSETS: dict[str, Path] = {}
 
 
@@ -130,12 +153,13 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
     _ASSETS.update(OWN_ASSETS)
     polyfills = [p for p in config.extra.get("polyfills", []) if "iframe-worker" not in str(p)]
     config.extra["polyfills"] = [*polyfills, "assets/iframe-worker-shim.js"]
-    diagrams = sorted(Path(config.docs_dir, "diagrams").glob("*.md"))
-    pages: list[Any] = [{"Overview": "diagrams/README.md"}]
-    pages += [{p.stem: f"diagrams/{p.name}"} for p in diagrams if p.name != "README.md"]
+    docs = Path(config.docs_dir)
+    generated = {"Specification": _spec_pages(docs), "State diagrams": _diagram_pages(docs)}
     for item in config.nav or []:
-        if isinstance(item, dict) and "State diagrams" in item:
-            item["State diagrams"] = pages
+        if isinstance(item, dict):
+            for section, pages in generated.items():
+                if section in item:
+                    item[section] = pages
     config.extra_javascript.extend(["assets/mermaid.min.js", "assets/p2psc-mermaid.js"])
     config.extra_css.append("assets/p2psc.css")
     return config
