@@ -41,7 +41,7 @@ __all__ = [
     "Fold",
     "SpecReference",
     "diagram",
-    "fold_text",
+    "fold_lines",
     "index_page",
     "label",
     "mermaid",
@@ -197,15 +197,16 @@ def _list(names: Sequence[str], titles: dict[str, str]) -> str:
     return ", ".join(titles[name] for name in names)
 
 
-def fold_text(fold: Fold, titles: dict[str, str], states: Sequence[str]) -> str:
-    """``event, other from every state but X, Y`` (or from the sources, when that is shorter)."""
+def fold_lines(fold: Fold, titles: dict[str, str], states: Sequence[str]) -> tuple[str, str]:
+    """Two lines of a note: ``• event, other`` and ``from every state but X, Y`` (or ``from``
+    the sources, when that list is shorter)."""
     if not fold.exceptions:
         where = "from every state"
     elif len(fold.exceptions) < len(fold.sources):
         where = f"from every state but {_list(fold.exceptions, titles)}"
     else:
         where = f"from {_list([s for s in states if s in fold.sources], titles)}"
-    return f"{', '.join(fold.events)} {where}"
+    return f"• {', '.join(fold.events)}", where
 
 
 WRAP = 26
@@ -248,7 +249,8 @@ def mermaid(d: Diagram) -> str:
         out.append(f"    note left of {_node(target)}")
         also = "Also into" if target in drawn_into else "Into"
         out.append(f"        {also} {d.titles[target]}")
-        out.extend(f"        {fold_text(fold, d.titles, d.states)}" for fold in folds)
+        for fold in folds:
+            out.extend(f"        {line}" for line in fold_lines(fold, d.titles, d.states))
         out.append("    end note")
     for state in d.states:
         if state in d.kinds:

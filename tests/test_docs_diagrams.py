@@ -95,9 +95,10 @@ def _parse_note(target: str, body: list[str], titles: dict[str, str]) -> set[Dra
     by_title = {title: state for state, title in titles.items()}
     assert body[0] in (f"Also into {titles[target]}", f"Into {titles[target]}")
     drawn = set()
-    for line in body[1:]:
-        labels, _, where = line.partition(" from ")
-        where = f"from {where}"
+    assert len(body) % 2 == 1, body  # the title, then two lines per group
+    for labels, where in zip(body[1::2], body[2::2], strict=True):
+        assert labels.startswith("• ") and where.startswith("from "), (labels, where)
+        labels = labels.removeprefix("• ")
         if where == "from every state" or where.startswith("from every state but "):
             but = where.removeprefix("from every state").removeprefix(" but ")
             excluded = {by_title[name] for name in but.split(", ") if name}
@@ -182,9 +183,9 @@ def test_rules_on_a_toy_machine() -> None:
     # Every way into the failure state is in its note, grouped by the states it applies to.
     assert "s_failed :" not in source and "--> s_failed" not in source
     assert "Into Failed" in source
-    assert "lost from every state" in source
-    assert "timeout from every state but A" in source
-    assert "reset from A, C" in source
+    assert "• lost\n        from every state\n" in source
+    assert "• timeout\n        from every state but A\n" in source
+    assert "• reset\n        from A, C\n" in source
     assert d.kinds == {"failed": "failure", "done": "success"}
 
 
@@ -206,7 +207,7 @@ def test_only_unguarded_events_from_many_states_fold_into_other_final_states() -
     d = diagram(_Ending)
     source = mermaid(d)
     assert FOLD_MIN_SOURCES == 3
-    assert "Also into Closed\n        eof from every state" in source
+    assert "Also into Closed\n        • eof\n        from every state" in source
     assert "s_c --> s_closed : finish<br/>give_up [tired]" in source
     assert d.kinds == {"closed": "end"}
     _, drawn = _parse(source)
@@ -220,7 +221,9 @@ def test_a_broken_generator_would_be_caught() -> None:
     for broken in (
         source.replace("s_b : ↻ poke\n", ""),
         source.replace("go [else]", "go"),
-        source.replace("timeout from every state but A", "timeout from every state"),
+        source.replace(
+            "• timeout\n        from every state but A", "• timeout\n        from every state"
+        ),
     ):
         _, drawn = _parse(broken)
         assert {x for x in drawn if x[0] not in _finals(_Toy)} != declared

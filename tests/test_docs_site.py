@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from p2psc.machines import machine_classes
-from p2psc.statediagram import diagram, fold_text, wrap
+from p2psc.statediagram import diagram, fold_lines, wrap
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "build" / "docs-screenshots"
@@ -188,7 +188,8 @@ def test_diagram_renders_offline_complete_and_readable(site: Path, browser: Any,
             for part in wrap(line):
                 assert part in text, f"label {part!r} of {edge.source}->{edge.target} not drawn"
     for fold in expected.folds:
-        assert fold_text(fold, expected.titles, expected.states) in text
+        for line in fold_lines(fold, expected.titles, expected.states):
+            assert line in text, f"note line {line!r} not drawn"
 
     labels = shown["labels"]
     assert len(labels) == len(expected.edges)

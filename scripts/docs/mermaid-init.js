@@ -8,6 +8,9 @@
     fontFamily: "Roboto, Helvetica, Arial, sans-serif",
     fontSize: 16,
     state: { useMaxWidth: true, nodeSpacing: 40, rankSpacing: 50 },
+    // Where a label wraps (Mermaid takes it from the flowchart settings for every diagram):
+    // wider than the default 200 px, so a note's "from every state but ..." stays on one line.
+    flowchart: { wrappingWidth: 300 },
   });
   const nodes = document.querySelectorAll("div.mermaid");
   if (nodes.length === 0) {
