@@ -68,6 +68,9 @@ def test_the_site_has_every_part(site: Path) -> None:
         assert (site / "spec" / f"{name}.html").is_file()
     for name in machine_classes():
         assert (site / "spec" / "diagrams" / f"{name}.html").is_file()
+    overview = (site / "spec" / "diagrams" / "index.html").read_text()
+    assert all(f"{name}.html" in overview for name in machine_classes())
+    assert "Unreleased" in (site / "guide" / "changelog.html").read_text()
     api = (site / "guide" / "api" / "connect.html").read_text()
     assert "doc-function" in api or "doc-class" in api  # rendered by mkdocstrings
     for asset in ("mermaid.min.js", "iframe-worker-shim.js"):
