@@ -209,19 +209,24 @@ def fold_lines(fold: Fold, titles: dict[str, str], states: Sequence[str]) -> tup
     return f"• {', '.join(fold.events)}", where
 
 
-WRAP = 26
-"""Label lines longer than this break before a `` & `` (the next line starts with ``& ``)."""
+WRAP = 22
+"""Label lines longer than this break before the guard (the next line starts with ``[``) or
+before a `` & `` (the next line starts with ``& ``)."""
 
 
 def wrap(line: str) -> list[str]:
-    """Split a long guard conjunction over lines, so one label cannot widen the whole diagram."""
-    parts = line.split(" & ")
-    lines = [parts[0]]
-    for part in parts[1:]:
-        if len(lines[-1]) + 3 + len(part) > WRAP:
-            lines.append(f"& {part}")
+    """Split a long label over lines, so one label cannot widen the whole diagram."""
+    event, bracket, guards = line.partition(" [")
+    pieces = [event]
+    if bracket:
+        first, *rest = guards.split(" & ")
+        pieces += [f"[{first}", *(f"& {part}" for part in rest)]
+    lines = [pieces[0]]
+    for piece in pieces[1:]:
+        if len(lines[-1]) + 1 + len(piece) > WRAP:
+            lines.append(piece)
         else:
-            lines[-1] += f" & {part}"
+            lines[-1] += f" {piece}"
     return lines
 
 

@@ -41,11 +41,11 @@ _LINE = re.compile(r"^(?P<event>\w+)(?: \[(?P<guards>[^\]]+)\])?$")
 
 
 def _parse_label(text: str) -> list[tuple[str, str]]:
-    """``a<br/>b [g<br/>& h]`` -> [("a", ""), ("b", "g & h")]: a line starting with ``& `` goes
-    on with the line before it."""
+    """``a<br/>b [g<br/>& h]`` -> [("a", ""), ("b", "g & h")]: a line starting with ``& `` or
+    ``[`` goes on with the line before it."""
     lines: list[str] = []
     for part in text.split("<br/>"):
-        if part.startswith("& ") and lines:
+        if part.startswith(("& ", "[")) and lines:
             lines[-1] += f" {part}"
         else:
             lines.append(part)
@@ -73,7 +73,7 @@ def _parse(source: str) -> tuple[dict[str, str], set[Drawn]]:
             if m["text"].startswith("↻ "):
                 state_lines.append(m["text"].removeprefix("↻ "))
             else:
-                assert m["text"].startswith("& ") and state_lines, line
+                assert m["text"].startswith(("& ", "[")) and state_lines, line
                 state_lines[-1] += "<br/>" + m["text"]
         elif m := re.match(r"^s_(?P<src>\w+) --> s_(?P<dst>\w+) : (?P<label>.+)$", line):
             for event, guards in _parse_label(m["label"]):

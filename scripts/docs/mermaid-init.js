@@ -5,9 +5,10 @@
     startOnLoad: false,
     securityLevel: "strict",
     theme: "default",
-    fontFamily: "Roboto, Helvetica, Arial, sans-serif",
+    // Arial metrics everywhere: Debian's fonts-liberation (installed by .ci/run) stands in for it.
+    fontFamily: "Arial, Helvetica, \"Liberation Sans\", sans-serif",
     fontSize: 16,
-    state: { useMaxWidth: true, nodeSpacing: 40, rankSpacing: 50 },
+    state: { useMaxWidth: true, nodeSpacing: 24, rankSpacing: 50 },
     // Where a label wraps (Mermaid takes it from the flowchart settings for every diagram):
     // wider than the default 200 px, so a note's "from every state but ..." stays on one line.
     flowchart: { wrappingWidth: 300 },
