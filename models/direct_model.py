@@ -33,8 +33,9 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from p2psc.models.explorer import Coverage, Step
+
 import p2psc.core.peer as peer_module
-from models.explorer import Coverage, Step
 from p2psc import wire
 from p2psc.core.io import (
     Close,
@@ -484,7 +485,7 @@ def _label(data: bytes) -> str:
 def build(*, budget: int = 2, mutant: str | None = None) -> DirectModel:
     """Entry point of ``p2psc explore direct``."""
     if mutant is not None:
-        from models.mutants import direct_mutant
+        from p2psc.models.mutants import direct_mutant
 
         return direct_mutant(mutant, budget=budget)
     return DirectModel(budget=budget)

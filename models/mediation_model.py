@@ -33,11 +33,12 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
+from p2psc.models.explorer import Coverage, Step
+from p2psc.models.network import Net, Network
+from p2psc.models.symbolic_crypto import SymbolicCrypto, fixed_nonces
+
 import p2psc.core.mediator as mediator_module
 import p2psc.core.peer as peer_module
-from models.explorer import Coverage, Step
-from models.network import Net, Network
-from models.symbolic_crypto import SymbolicCrypto, fixed_nonces
 from p2psc import wire
 from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen
 from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorSnapshot
@@ -444,7 +445,7 @@ def _registry_consistent(snapshot: Any) -> str | None:
 def build(*, faults: bool = False, mutant: str | None = None, third: bool = True) -> MediationModel:
     """Entry point of ``p2psc explore mediation`` (A, B and, with ``third``, C)."""
     if mutant is not None:
-        from models.mutants import mediation_mutant
+        from p2psc.models.mutants import mediation_mutant
 
         return mediation_mutant(mutant, faults=faults, third=third)
     return MediationModel(third=third, faults=faults)

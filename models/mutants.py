@@ -43,9 +43,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from models.direct_model import DirectModel
-from models.mediation_model import MediationModel
-from models.negotiator_model import NegotiatorPairModel
+from p2psc.models.direct_model import DirectModel
+from p2psc.models.mediation_model import MediationModel
+from p2psc.models.negotiator_model import NegotiatorPairModel
+
 from p2psc import wire
 from p2psc.core.channel import SecureChannel
 from p2psc.core.io import Close, Send, SetTimer

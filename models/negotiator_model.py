@@ -45,10 +45,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Hashable, Sequence
 
+from p2psc.models.explorer import Coverage, Step
+from p2psc.models.interning import Interned
+from p2psc.models.network import Recording
+
 import p2psc.core.negotiator as negotiator_module
-from models.explorer import Coverage, Step
-from models.interning import Interned
-from models.network import Recording
 from p2psc.core.negotiator import (
     ACCEPT,
     KEEPALIVE,
@@ -662,7 +663,7 @@ def build(
 ) -> NegotiatorPairModel:
     """Entry point of ``p2psc explore negotiator`` (three protocols, three rounds by default)."""
     if mutant is not None:
-        from models.mutants import negotiator_mutant
+        from p2psc.models.mutants import negotiator_mutant
 
         return negotiator_mutant(
             mutant, protocols=protocols or 3, rounds=3, faults=faults, mixed_sets=mixed_sets

@@ -28,8 +28,9 @@ from collections.abc import Callable, Hashable
 from types import ModuleType
 from typing import Any, NamedTuple
 
-from models.explorer import Coverage, Step
-from models.interning import Interned
+from p2psc.models.explorer import Coverage, Step
+from p2psc.models.interning import Interned
+
 from p2psc.core.io import (
     Action,
     Close,

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from p2psc.models.explorer import Coverage, Step, explore, format_report, mermaid_trace, text_trace
+from p2psc.models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
 from statemachine import State, StateMachine
 
-from models.explorer import Coverage, Step, explore, format_report, mermaid_trace, text_trace
-from models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
 from p2psc.errors import InvalidTransition
 from p2psc.machines.compiler import compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous

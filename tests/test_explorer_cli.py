@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from p2psc.models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
 
-from models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
 from p2psc.cli import main
 
 

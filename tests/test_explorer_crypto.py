@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from p2psc.models.symbolic_crypto import SEALED_SIZE, SymbolicCrypto, fixed_nonces
 
-from models.symbolic_crypto import SEALED_SIZE, SymbolicCrypto, fixed_nonces
 from p2psc.errors import CryptoError
 from p2psc.keys import Keypair, nonce_info
 

@@ -4,10 +4,10 @@ its mutants (spec/properties.md section 3a)."""
 from __future__ import annotations
 
 import pytest
+from p2psc.models.direct_model import DirectModel, build
+from p2psc.models.explorer import explore, format_report, mermaid_trace
+from p2psc.models.mutants import DIRECT_MUTANTS
 
-from models.direct_model import DirectModel, build
-from models.explorer import explore, format_report, mermaid_trace
-from models.mutants import DIRECT_MUTANTS
 from p2psc.cli import main
 
 

@@ -7,10 +7,9 @@ early timeout at every point are marked slow (CI runs them; seconds each).
 from __future__ import annotations
 
 import pytest
-
-from models.explorer import explore, format_report, mermaid_trace
-from models.mediation_model import MediationModel
-from models.mutants import MEDIATION_MUTANTS, NEEDS_FAULTS, mediation_mutant
+from p2psc.models.explorer import explore, format_report, mermaid_trace
+from p2psc.models.mediation_model import MediationModel
+from p2psc.models.mutants import MEDIATION_MUTANTS, NEEDS_FAULTS, mediation_mutant
 
 
 def _taken(model: MediationModel, machine: str) -> set[str]:

@@ -7,10 +7,9 @@ them; each takes seconds).
 from __future__ import annotations
 
 import pytest
-
-from models.explorer import explore, format_report, mermaid_trace
-from models.mutants import NEGOTIATOR_MUTANTS, negotiator_mutant
-from models.negotiator_model import NegotiatorPairModel, configurations
+from p2psc.models.explorer import explore, format_report, mermaid_trace
+from p2psc.models.mutants import NEGOTIATOR_MUTANTS, negotiator_mutant
+from p2psc.models.negotiator_model import NegotiatorPairModel, configurations
 
 
 def _taken(model: NegotiatorPairModel) -> set[str]:

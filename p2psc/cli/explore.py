@@ -31,9 +31,9 @@ from typing import Any
 __all__ = ["MODELS", "register"]
 
 MODELS: dict[str, str] = {
-    "negotiator": "models.negotiator_model",
-    "mediation": "models.mediation_model",
-    "direct": "models.direct_model",
+    "negotiator": "p2psc.models.negotiator_model",
+    "mediation": "p2psc.models.mediation_model",
+    "direct": "p2psc.models.direct_model",
 }
 """Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
 
@@ -80,7 +80,7 @@ def _progress(result: Any, frontier: int) -> None:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The model's build options; refuses options of the other model and unknown mutants."""
-    from models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
+    from p2psc.models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
 
     by_model: dict[str, dict[str, Any]] = {
         "negotiator": NEGOTIATOR_MUTANTS,
@@ -113,7 +113,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
 def _run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.explore_parser
     try:
-        from models.explorer import explore, format_report
+        from p2psc.models.explorer import explore, format_report
     except ImportError:  # pragma: no cover - only outside a source checkout
         print(
             "p2psc explore: the 'models' package is missing (run from a checkout)", file=sys.stderr

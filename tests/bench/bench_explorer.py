@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from models.explorer import Coverage, Result, Step, explore
-from models.mediation_model import MediationModel
-from models.negotiator_model import NegotiatorPairModel
+from p2psc.models.explorer import Coverage, Result, Step, explore
+from p2psc.models.mediation_model import MediationModel
+from p2psc.models.negotiator_model import NegotiatorPairModel
+
 from p2psc.core.negotiator import Negotiator, ProtocolSpec, ProtocolTable
 
 BUDGET = 100_000
