@@ -25,7 +25,9 @@ is a bug.
         ├── IdentityCheckFailed  a challenge was answered wrongly (mediator or peer)
         ├── PeerUnreachable      no direct TCP connection to the peer within the deadline
         ├── MediatorClosed       the mediator closed the connection before pairing us
-        └── HandshakeTimeout     a step did not complete before its deadline
+        ├── HandshakeTimeout     a step did not complete before its deadline
+        └── MediatorTlsError     TLS to the mediator failed (handshake, bad record, files)
+            └── TlsVerificationFailed  the mediator's certificate did not match (``mismatch``)
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ __all__ = [
     "LegacyOversized",
     "LegacyProtocolError",
     "MediatorClosed",
+    "MediatorTlsError",
     "MediatorUnreachable",
     "NegotiationError",
     "NegotiationTimeout",
     "P2pscError",
     "PeerUnreachable",
     "ProtocolError",
+    "TlsVerificationFailed",
     "UnsupportedVersion",
 ]
 
@@ -156,3 +160,19 @@ class MediatorClosed(ConnectError):
 
 class HandshakeTimeout(ConnectError, TimeoutError):
     """A step of the handshake did not complete before its deadline."""
+
+
+class MediatorTlsError(ConnectError):
+    """TLS between a client and the mediator failed: the handshake broke, a record was bad, or
+    (mediator side) its certificate or key could not be loaded. See :mod:`p2psc.tls`."""
+
+
+class TlsVerificationFailed(MediatorTlsError):
+    """The mediator's certificate did not verify. ``mismatch`` says what did not match:
+    ``name`` (not valid for the host name asked for), ``ca`` (no trusted issuer: system store
+    or ``--mediator-ca``), ``expired`` (outside its validity period) or ``fingerprint`` (not
+    the pinned certificate)."""
+
+    def __init__(self, reason: str, *, mismatch: str) -> None:
+        super().__init__(reason)
+        self.mismatch = mismatch
