@@ -101,9 +101,9 @@ def test_looks_like_tls() -> None:
 
 
 def test_server_context_says_which_file_is_wrong(tmp_path: Path, pki: dict[str, Issued]) -> None:
-    with pytest.raises(MediatorTlsError, match="missing.pem"):
+    with pytest.raises(MediatorTlsError, match=r"missing\.pem"):
         server_context(tmp_path / "missing.pem", pki["good"].key)
-    with pytest.raises(MediatorTlsError, match="good.pem"):
+    with pytest.raises(MediatorTlsError, match=r"good\.pem"):
         server_context(pki["good"].cert, pki["self_signed"].key)  # key of another cert
 
 
