@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -38,6 +39,7 @@ class Flood:
         self.open = 0
         self.stopping = False
         self.transports: list[asyncio.BaseTransport] = []
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def connect(self, source: str) -> None:
         if self.stopping or self.connects >= self.max_connects:
@@ -51,7 +53,7 @@ class Flood:
         except OSError:
             self.failures += 1
             await asyncio.sleep(0.05)
-            loop.create_task(self.connect(source))
+            self._spawn(source)
             return
         self.open += 1
         self.transports.append(transport)
@@ -60,7 +62,12 @@ class Flood:
         self.open -= 1
         if not self.stopping:
             self.evicted += 1
-            asyncio.get_running_loop().create_task(self.connect(source))
+            self._spawn(source)
+
+    def _spawn(self, source: str) -> None:
+        task = asyncio.get_running_loop().create_task(self.connect(source))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def run(self, duration: float) -> None:
         per_source = [self.count // len(self.sources)] * len(self.sources)
@@ -76,10 +83,8 @@ class Flood:
         end = loop.time() + duration
         stop = asyncio.Event()
         loop.add_reader(sys.stdin.fileno(), stop.set)  # the caller closes stdin: stop
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(0.0, end - loop.time()))
-        except TimeoutError:
-            pass
         self.stopping = True
         for transport in self.transports:
             transport.abort()

@@ -36,6 +36,13 @@ needs_descriptors = pytest.mark.skipif(
 )
 
 
+def _flood_argv(port: int, sources: list[str], count: int) -> list[str]:
+    return [
+        *(sys.executable, str(FLOOD), "--port", str(port), "--sources", ",".join(sources)),
+        *("--count", str(count), "--duration", "60", "--max-connects", "50000"),
+    ]
+
+
 def _line(proc: subprocess.Popen[str], timeout: float) -> dict[str, object]:
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -86,8 +93,7 @@ def test_pairing_succeeds_while_the_flood_is_held(
     mediators.append(mediator)
     port = int(mediator.wait_for("listening")["port"])
     flood = subprocess.Popen(
-        [sys.executable, str(FLOOD), "--port", str(port), "--sources", ",".join(sources)]
-        + ["--count", str(count), "--duration", "60", "--max-connects", "50000"],
+        [*_flood_argv(port, sources, count)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
