@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,9 @@ class HarnessOptions:
     consistency between the messages, not against the harness's own socket addresses."""
     jobs: int = 8
     """Scenarios run at the same time (each opens up to ~20 connections)."""
+    tls: ssl.SSLContext | None = None
+    """Version 1 connections run inside TLS with this client context (``--tls``,
+    :func:`p2psc.tls.client_context`); version 0 ones stay in clear."""
 
     def __post_init__(self) -> None:
         _positive("timeout", self.timeout)
@@ -155,7 +159,9 @@ class ScenarioContext:
 
     async def connect(self, label: str) -> V1Peer:
         """A new raw version 1 connection to the mediator."""
-        peer = await V1Peer.open(label, self.host, self.port, self.transcript, self.options.timeout)
+        peer = await V1Peer.open(
+            label, self.host, self.port, self.transcript, self.options.timeout, self.options.tls
+        )
         self._peers.append(peer)
         return peer
 
