@@ -615,7 +615,7 @@ def test_the_cli_observer_asks_for_what_its_log_level_shows() -> None:
     saved = cli.log.level
     try:
         cli.log.setLevel(logging.WARNING)
-        assert cli._LogObserver().kinds == {"refused", "rejected", "failed"}
+        assert cli._LogObserver().kinds == {"refused", "evicted", "rejected", "failed"}
         cli.log.setLevel(logging.ERROR)
         assert cli._LogObserver().kinds == frozenset()
         cli.log.setLevel(logging.DEBUG)

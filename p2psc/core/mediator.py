@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from types import MappingProxyType
 
 from p2psc import wire
@@ -305,11 +306,15 @@ def _version_unsupported(name: str) -> bool:
     return name != "version_supported"
 
 
+@lru_cache(maxsize=512)
 def _abort(code: int, text: str) -> bytes:
     return wire.AdvertiseAbort(code=code, text=text).encode()
 
 
+@lru_cache(maxsize=512)
 def _retry(code: int, text: str) -> bytes:
+    """(Cached, as _abort: most reasons are constant texts, and under a flood every eviction
+    sends the same AdvertiseRetry; encoding it each time was a visible share of the cost.)"""
     return wire.AdvertiseRetry(code=code, text=text).encode()
 
 
