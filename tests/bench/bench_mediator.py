@@ -169,17 +169,25 @@ class _PlainCrypto:
         return sealed[:32]
 
 
+def _core_config(limit: int) -> Any:
+    """Limits of ``limit`` everywhere, and a challenge budget the measurement never reaches
+    (all its registrations come from a few addresses at a frozen clock)."""
+    from p2psc.core.mediator import MediatorConfig
+
+    wanted: dict[str, Any] = dict.fromkeys(
+        ("max_pending", "max_pending_per_ip", "max_waiting", "max_waiting_per_ip"), limit
+    )
+    wanted.update(challenge_rate=1e9, challenge_burst=10**9)
+    known = MediatorConfig.__dataclass_fields__  # (the same bench runs against older cores)
+    return MediatorConfig(**{k: v for k, v in wanted.items() if k in known})
+
+
 def core_bytes_per_registration(count: int) -> float:
     """tracemalloc growth of MediatorCore per waiting registration (no sockets, no adapter)."""
     from p2psc.core.io import Opened, Received
-    from p2psc.core.mediator import MediatorConfig, MediatorCore
+    from p2psc.core.mediator import MediatorCore
 
-    config = MediatorConfig(
-        max_pending=count + 1,
-        max_pending_per_ip=count + 1,
-        max_waiting=count + 1,
-        max_waiting_per_ip=count + 1,
-    )
+    config = _core_config(count + 1)
     core = MediatorCore(config, crypto=_PlainCrypto())
     frames = []
     for _ in range(count):
@@ -242,12 +250,9 @@ class CoreRig:
 
     def __init__(self, waiting: int, pairs: int) -> None:
         from p2psc.core.io import Opened, Received
-        from p2psc.core.mediator import MediatorConfig, MediatorCore
+        from p2psc.core.mediator import MediatorCore
 
-        big = waiting + pairs + 10
-        config = MediatorConfig(
-            max_pending=big, max_pending_per_ip=big, max_waiting=big, max_waiting_per_ip=big
-        )
+        config = _core_config(waiting + pairs + 10)
         self.crypto = _SwitchCrypto()
         self.nonces = _RecordingNonces()
         self.core = core = MediatorCore(config, crypto=self.crypto, nonce_source=self.nonces)
