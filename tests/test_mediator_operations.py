@@ -341,3 +341,29 @@ def test_metrics_endpoint(mediators: list[Mediator]) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_listens_on_every_family_and_counts_ipv6_per_prefix() -> None:
+    """The adapter binds its own listening sockets (one per family for host ""), and an IPv6
+    client is counted under its /64 (spec/mediator.md 6.1)."""
+    import asyncio
+
+    from p2psc.aio.mediator import serve_mediator
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+
+    async def body() -> None:
+        async with serve_mediator("::1", 0) as server:
+            reader, writer = await asyncio.open_connection("::1", server.port)
+            deadline = asyncio.get_running_loop().time() + 5
+            while server.core.pending != 1:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            assert server.core._pending_by_ip == {"::/64": 1}
+            writer.close()
+        async with serve_mediator("", 0) as server:
+            families = {listener.family for listener in server._listeners}
+            assert socket.AF_INET in families
+
+    asyncio.run(asyncio.wait_for(body(), 20))

@@ -510,21 +510,29 @@ def serve_mediator(
 
 
 def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """Listening sockets for ``host:port`` (the first address getaddrinfo gives; SO_REUSEADDR
-    as asyncio's ``create_server(reuse_address=True)``)."""
+    """Listening sockets for ``host:port``, as ``loop.create_server(host, port,
+    reuse_address=True)`` makes them: one per address ``getaddrinfo`` gives (``""``: every
+    family), SO_REUSEADDR, IPv6 sockets IPv6-only (the IPv4 socket serves IPv4)."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    listeners: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and not host:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual-stack "any"
-        sock.bind(address)
-        sock.listen(backlog)
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
     except BaseException:
-        sock.close()
+        for sock in listeners:
+            sock.close()
         raise
-    return [sock]
+    return listeners
 
 
 def run_mediator(

@@ -354,11 +354,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     limits = parser.add_argument_group(
         "limits",
-        "Defaults in parentheses are ceilings: at start each limit not given is lowered to fit "
-        "RLIMIT_NOFILE (connections = soft limit - 64, unverified = a quarter of that, "
-        "waiting = the rest); explicit limits that do not fit refuse to start. Over an "
-        "unverified limit the oldest unverified connection of the fullest origin is evicted "
-        "(AdvertiseRetry BUSY), not the newcomer.",
+        "Defaults in parentheses are ceilings: at start each limit not given is lowered\n"
+        "to fit RLIMIT_NOFILE (connections = soft limit - 64, unverified = a quarter of\n"
+        "that, waiting = the rest); explicit limits that do not fit refuse to start.\n"
+        "Over an unverified limit the oldest unverified connection of the fullest origin\n"
+        "(an address; an IPv6 /64) is evicted with AdvertiseRetry(BUSY), not the newcomer.\n"
+        "See spec/mediator.md, section 6.",
     )
     limits.add_argument(
         "--max-connections",
@@ -416,8 +417,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     tls = parser.add_argument_group(
         "TLS",
-        "TLS on the same port: a connection starting with a TLS ClientHello (0x16) runs the "
-        "protocol inside TLS; clear version 1 and version 0 are still served unless refused.",
+        "TLS on the same port: a connection starting with a TLS ClientHello (0x16) runs\n"
+        "the protocol inside TLS; clear version 1 and version 0 are still served unless\n"
+        "refused (--require-tls, --no-legacy).",
     )
     tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain (SIGHUP reloads)")
     tls.add_argument("--tls-key", metavar="FILE", help="PEM private key (default: in --tls-cert)")
