@@ -355,7 +355,7 @@ def test_listens_on_every_family_and_counts_ipv6_per_prefix() -> None:
 
     async def body() -> None:
         async with serve_mediator("::1", 0) as server:
-            reader, writer = await asyncio.open_connection("::1", server.port)
+            _, writer = await asyncio.open_connection("::1", server.port)
             deadline = asyncio.get_running_loop().time() + 5
             while server.core.pending != 1:
                 assert asyncio.get_running_loop().time() < deadline
