@@ -9,11 +9,11 @@ import json
 import logging
 import os
 import resource
-import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -97,7 +97,11 @@ _MEDIATOR = [sys.executable, "-m", "p2psc", "mediator", "--port", "0"]
 
 
 class Mediator:
-    """A ``p2psc mediator`` subprocess and its JSON log lines."""
+    """A ``p2psc mediator`` subprocess and its JSON log lines.
+
+    A thread reads stderr all the time: a debug-level mediator writes more than a pipe holds,
+    and a pipe nobody drains would block the mediator in the middle of serving (it did, in a
+    full conformance run)."""
 
     def __init__(self, args: list[str], nofile: int | None = None) -> None:
         def limit() -> None:
@@ -110,31 +114,36 @@ class Mediator:
             stdout=subprocess.DEVNULL,
             preexec_fn=limit,
         )
-        self._tail = b""
         self.lines: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._ended = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            with contextlib.suppress(ValueError), self._changed:
+                self.lines.append(json.loads(raw))
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
 
     def wait_for(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
-        assert self.proc.stderr is not None
-        fd = self.proc.stderr.fileno()
         end = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for entry in self.lines[seen:]:
-                seen += 1
-                if entry.get("event") == event:
-                    self.lines.remove(entry)
-                    return entry
-            left = end - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError(f"no {event!r} line; got {self.lines}")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise EOFError(f"mediator exited; got {self.lines}")
-            self._tail += chunk
-            *complete, self._tail = self._tail.split(b"\n")
-            for line in complete:
-                with contextlib.suppress(ValueError):
-                    self.lines.append(json.loads(line))
+        with self._changed:
+            while True:
+                for entry in self.lines:
+                    if entry.get("event") == event:
+                        self.lines.remove(entry)
+                        return entry
+                if self._ended:
+                    raise EOFError(f"mediator exited; got {self.lines}")
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {event!r} line; got {self.lines}")
+                self._changed.wait(left)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -144,6 +153,7 @@ class Mediator:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 
