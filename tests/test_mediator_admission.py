@@ -145,30 +145,82 @@ def test_tls_handshakes_are_paid_from_the_challenge_budget() -> None:
     assert isinstance(messages(actions, 1)[0], wire.AdvertiseChallenge)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_counters_stay_consistent_under_random_churn(seed: int) -> None:
+@pytest.mark.parametrize("seed", range(8))
+def test_eviction_follows_the_documented_order_under_random_churn(seed: int) -> None:
+    """Random opens, closes and Advertises from a few origins against a small table: the
+    counters match the sessions, no limit is exceeded, and every eviction picks exactly the
+    connection spec/mediator.md 6.1 names (a model recomputes it from the session list)."""
     import random
 
     rng = random.Random(seed)
     config = MediatorConfig(max_pending=7, max_pending_per_ip=3, max_connections=12)
     d = Driver(config, symbolic=True)
-    for conn in range(1, 400):
-        live = list(d.core._sessions)
+    order: list[int] = []  # every live connection, oldest first
+    advertised: list[int] = []  # challenged connections, in the order they were challenged
+    for conn in range(1, 500):
+        sessions = d.core._sessions
+        live = list(sessions)
         choice = rng.random()
         if choice < 0.5 or not live:
-            d.open(conn, (f"192.0.2.{rng.randrange(4)}", conn))
+            origin = f"192.0.2.{rng.randrange(4)}"
+            pending = [
+                c for c in order if sessions[c].state in ("awaiting_advertise", "challenged")
+            ]
+
+            def oldest(candidates: list[int]) -> int | None:
+                idle = [c for c in candidates if c not in advertised]
+                rest = [c for c in advertised if c in candidates]  # oldest challenge first
+                return (idle or rest or [None])[0]
+
+            mine = [c for c in pending if sessions[c].origin == origin]
+            expected: int | None = None
+            if len(mine) >= config.max_pending_per_ip:
+                expected = oldest(mine)
+            elif len(pending) >= config.max_pending or len(sessions) >= 12:
+                counts: dict[str, int] = {}
+                for c in pending:
+                    counts[sessions[c].origin] = counts.get(sessions[c].origin, 0) + 1
+                if counts:
+                    top = max(counts.values())
+                    # any origin of the largest size may be chosen; the oldest within it
+                    options = {
+                        oldest([c for c in pending if sessions[c].origin == o])
+                        for o, n in counts.items()
+                        if n == top
+                    }
+                    actions = d.open(conn, (origin, conn))
+                    evicted = [c for c in closed(actions) if c != conn]
+                    assert len(evicted) == 1 and evicted[0] in options, (evicted, options)
+                    order.remove(evicted[0])
+                    order.append(conn)
+                    continue
+            actions = d.open(conn, (origin, conn))
+            evicted = [c for c in closed(actions) if c != conn]
+            assert evicted == ([] if expected is None else [expected])
+            for c in evicted:
+                order.remove(c)
+            if conn in d.core._sessions:
+                order.append(conn)
         elif choice < 0.7:
-            d.close(rng.choice(live))
+            victim = rng.choice(live)
+            d.close(victim)
+            order.remove(victim)
         else:
             target = rng.choice(live)
             if d.core.state_of(target) == "awaiting_advertise":
                 d.send(target, wire.Advertise(1, sym_key(target), sym_key(0)).encode())
+                advertised.append(target)
+                if target not in d.core._sessions:
+                    order.remove(target)
         sessions = d.core._sessions
-        pending = [s for s in sessions.values() if s.state in ("awaiting_advertise", "challenged")]
-        assert d.core.pending == len(pending) <= config.max_pending
+        assert sorted(order) == sorted(sessions)
+        pending_now = [
+            s for s in sessions.values() if s.state in ("awaiting_advertise", "challenged")
+        ]
+        assert d.core.pending == len(pending_now) <= config.max_pending
         assert len(sessions) <= 12
         by_origin: dict[str, int] = {}
-        for s in pending:
+        for s in pending_now:
             by_origin[s.origin] = by_origin.get(s.origin, 0) + 1
         assert d.core._pending_by_ip == by_origin
         assert max(by_origin.values(), default=0) <= config.max_pending_per_ip

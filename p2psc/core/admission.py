@@ -10,7 +10,7 @@ or two), and idle connections are what gets evicted first:
 
 - per origin (an IPv4 address, an IPv6 /64 by default: one host gets a whole /64 for free), a
   newcomer over ``max_pending_per_ip`` evicts that origin's oldest connection that has not
-  sent its Advertise yet ("idle"), else its oldest challenged one;
+  sent its Advertise yet ("idle"), else the one challenged longest ago;
 - over ``max_pending`` (or the connection cap), a newcomer evicts from the origin that holds
   the *most* unverified connections, so a flood from a few addresses pays for itself and a
   client alone on its address is the last to go;
