@@ -8,6 +8,7 @@ from mediator_helpers import Driver, abort_code, closed, messages, sym_answer, s
 
 from p2psc import wire
 from p2psc.core.admission import Admission, origin_of
+from p2psc.core.io import Opened
 from p2psc.core.mediator import MediatorConfig
 
 R = wire.Reason
@@ -224,3 +225,19 @@ def test_eviction_follows_the_documented_order_under_random_churn(seed: int) -> 
             by_origin[s.origin] = by_origin.get(s.origin, 0) + 1
         assert d.core._pending_by_ip == by_origin
         assert max(by_origin.values(), default=0) <= config.max_pending_per_ip
+
+
+def test_snapshot_keeps_the_eviction_order() -> None:
+    """A core rebuilt from a snapshot evicts the same connection as the original."""
+    from p2psc.core.mediator import MediatorCore
+
+    d = Driver(MediatorConfig(max_pending_per_ip=3), symbolic=True)
+    ip = "192.0.2.1"
+    d.open(5, (ip, 5))
+    d.open(3, (ip, 3))  # opened later, lower id: order is not the id order
+    d.advertise(9, sym_key(9), sym_key(1), remote=(ip, 9))
+    twin = MediatorCore.from_snapshot(d.core.snapshot(), d.config)
+    assert twin.snapshot() == d.core.snapshot()
+    actions = d.open(10, (ip, 10))
+    assert closed(actions) == [5]
+    assert closed(twin.handle(Opened(10, (ip, 10)), d.now)) == [5]

@@ -30,7 +30,10 @@ from collections import OrderedDict
 
 from p2psc.core.io import ConnId
 
-__all__ = ["Admission", "origin_of"]
+__all__ = ["Admission", "AdmissionSnapshot", "origin_of"]
+
+AdmissionSnapshot = tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
+"""Per origin: its idle and its challenged connections, oldest first."""
 
 
 def origin_of(ip: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:
@@ -143,6 +146,33 @@ class Admission:
             del counts[origin]
         while self._largest and self._largest not in by_size:
             self._largest -= 1  # counts move by one, so this loops at most once
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    def snapshot(self) -> AdmissionSnapshot:
+        """The eviction order (counts follow from it), hashable.
+
+        Challenge budgets are left out on purpose: they are rate state that refills with time
+        and outlives connections, so a mediator with no connection left would never again equal
+        a fresh one (the explorer and the tests compare exactly that), and a model that never
+        comes near ``challenge_burst`` seals per origin gains nothing from them. A core rebuilt
+        from a snapshot starts with full budgets."""
+        return tuple(
+            sorted(
+                (origin, tuple(entry.idle), tuple(entry.challenged))
+                for origin, entry in self._origins.items()
+            )
+        )
+
+    def restore(self, snapshot: AdmissionSnapshot) -> None:
+        """Replace the eviction order with what :meth:`snapshot` returned."""
+        self.total, self.counts, self._origins = 0, {}, {}
+        self._by_size, self._largest = {}, 0
+        for origin, idle, challenged in snapshot:
+            for conn in idle:
+                self.add(conn, origin)
+            for conn in challenged:
+                self.add(conn, origin, challenged=True)
 
     # --- eviction ------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from functools import lru_cache
 from types import MappingProxyType
 
 from p2psc import wire
-from p2psc.core.admission import Admission, origin_of
+from p2psc.core.admission import Admission, AdmissionSnapshot, origin_of
 from p2psc.core.io import (
     Action,
     Close,
@@ -248,8 +248,12 @@ SessionRow = tuple[
     ConnId | None,  # partner while pairing
     bool,  # arrived over TLS
 ]
-MediatorSnapshot = tuple[tuple[SessionRow, ...], tuple[tuple[RegistryKey, int], ...], bool]
-"""What :meth:`MediatorCore.snapshot` returns: sessions by conn, registry entries, shutting down."""
+MediatorSnapshot = tuple[
+    tuple[SessionRow, ...], tuple[tuple[RegistryKey, int], ...], bool, AdmissionSnapshot
+]
+"""What :meth:`MediatorCore.snapshot` returns: sessions by conn, registry entries, shutting
+down, and the eviction order of unverified connections (not the per-origin challenge budgets:
+see :meth:`p2psc.core.admission.Admission.snapshot`)."""
 
 
 class _Session:
@@ -393,13 +397,16 @@ class MediatorCore:
     # --- snapshots ------------------------------------------------------------------------
 
     def snapshot(self) -> MediatorSnapshot:
-        """Everything that determines future behaviour, as nested tuples (hashable).
+        """Everything that determines future behaviour, as nested tuples (hashable), except
+        the per-origin challenge budgets (rate state that outlives connections; a rebuilt core
+        starts with full budgets).
 
-        The registry is included as its sorted entries; counters are derived from sessions.
+        The registry is included as its sorted entries; counters are derived from sessions
+        and the eviction order.
         """
         sessions = tuple(s.as_tuple(conn) for conn, s in sorted(self._sessions.items()))
         registry = tuple(sorted(self._registry.items()))
-        return (sessions, registry, self._shutting_down)
+        return (sessions, registry, self._shutting_down, self._admission.snapshot())
 
     @classmethod
     def from_snapshot(
@@ -412,7 +419,7 @@ class MediatorCore:
         observer: NoteObserver | None = None,
     ) -> MediatorCore:
         """Rebuild a core (with an in-memory registry) from :meth:`snapshot` output."""
-        sessions, registry, shutting_down = snapshot
+        sessions, registry, shutting_down, admission = snapshot
         core = cls(config, nonce_source=nonce_source, crypto=crypto, observer=observer)
         core._shutting_down = bool(shutting_down)
         for row in sessions:
@@ -421,7 +428,9 @@ class MediatorCore:
             session.buf, session.local, session.our, session.their = buf, local, our, their
             session.nonce, session.partner, session.secure = nonce, partner, secure
             core._sessions[conn] = session
-            core._count(conn, session, +1)
+            if session.state == WAITING:
+                core._count(conn, session, +1)
+        core._admission.restore(admission)
         for (our, their), handle in registry:
             core._registry.register(our, their, handle)
         return core
