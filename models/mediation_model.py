@@ -179,7 +179,7 @@ class MediationModel(Network):
             f"{self.names[i]}={book.outcomes[i] or ('waiting' if book.started[i] else 'idle')}"
             for i in range(1, self.count)
         )
-        sessions, registry, _ = self._mediator_snapshot(state)
+        sessions, registry, *_ = self._mediator_snapshot(state)
         live = ", ".join(f"conn {row[0]}:{row[1]}" for row in sessions) or "none"
         return f"{outcomes}; mediator sessions: {live}; registry entries: {len(registry)}"
 
@@ -204,7 +204,7 @@ class MediationModel(Network):
         problem = self._pair_outcome(state, book)
         if problem is not None:
             return problem
-        sessions, registry, _ = self._mediator_snapshot(state)
+        sessions, registry, *_ = self._mediator_snapshot(state)
         if sessions or registry:
             return f"M4: mediator leaks {len(sessions)} sessions and {len(registry)} registrations"
         return None
@@ -426,7 +426,7 @@ def _book(state: Net) -> Book:
 
 def _registry_consistent(snapshot: Any) -> str | None:
     """M4 in every state: registry entries <-> sessions in state ``waiting``."""
-    sessions, registry, _ = snapshot
+    sessions, registry, *_ = snapshot
     waiting = {row[0]: row for row in sessions if row[1] == "waiting"}
     handles = set()
     for (our, their), handle in registry:

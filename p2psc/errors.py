@@ -26,7 +26,9 @@ is a bug.
         ├── PeerUnreachable      no direct TCP connection to the peer within the deadline
         ├── UnusableAddress      the mediator named a partner address that cannot be one
         ├── MediatorClosed       the mediator closed the connection before pairing us
-        └── HandshakeTimeout     a step did not complete before its deadline
+        ├── HandshakeTimeout     a step did not complete before its deadline
+        └── MediatorTlsError     TLS to the mediator failed (handshake, bad record, files)
+            └── TlsVerificationFailed  the mediator's certificate did not match (``mismatch``)
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ __all__ = [
     "LegacyOversized",
     "LegacyProtocolError",
     "MediatorClosed",
+    "MediatorTlsError",
     "MediatorUnreachable",
     "NegotiationError",
     "NegotiationTimeout",
     "P2pscError",
     "PeerUnreachable",
     "ProtocolError",
+    "TlsVerificationFailed",
     "UnsupportedVersion",
     "UnusableAddress",
 ]
@@ -265,3 +269,19 @@ class TruncatedStream(ChannelError):
 class ChannelClosed(ChannelError):
     """The application used a channel after closing it (``seal`` after ``seal_close``) or after
     it failed."""
+
+
+class MediatorTlsError(ConnectError):
+    """TLS between a client and the mediator failed: the handshake broke, a record was bad, or
+    (mediator side) its certificate or key could not be loaded. See :mod:`p2psc.tls`."""
+
+
+class TlsVerificationFailed(MediatorTlsError):
+    """The mediator's certificate did not verify. ``mismatch`` says what did not match:
+    ``name`` (not valid for the host name asked for), ``ca`` (no trusted issuer: system store
+    or ``--mediator-ca``), ``expired`` (outside its validity period) or ``fingerprint`` (not
+    the pinned certificate)."""
+
+    def __init__(self, reason: str, *, mismatch: str) -> None:
+        super().__init__(reason)
+        self.mismatch = mismatch

@@ -23,6 +23,7 @@ from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, peer_co
 from p2psc.core.peer_driver import IoOp, PeerDriver
 from p2psc.errors import P2pscError
 from p2psc.keys import HPKE, Keypair, NonceCrypto, NonceSource, PublicKey
+from p2psc.peer_tls import make_driver, mediator_target
 from p2psc.sockets import listening_socket, reusable_socket, wildcard
 from p2psc.sync_channel import SecureSocket
 
@@ -78,14 +79,19 @@ def connect(
     send_local: bool = True,
     crypto: NonceCrypto = HPKE,
     nonce_source: NonceSource = secrets.token_bytes,
+    tls: bool = False,
+    mediator_ca: str | None = None,
+    mediator_pin: str | None = None,
 ) -> SyncConnection:
-    """Blocking twin of :func:`p2psc.aio.connect`: same arguments, same errors, same meaning
-    of every deadline and hole punching parameter (see its docstring). Returns a
-    :class:`SyncConnection` (blocking socket, peer key, role, session secret)."""
+    """Blocking twin of :func:`p2psc.aio.connect`: same arguments (TLS to the Mediator
+    included), same errors, same meaning of every deadline and hole punching parameter (see its
+    docstring). Returns a :class:`SyncConnection` (a socket-like object over the secure
+    channel, with the peer key, role and session secret)."""
+    address, use_tls = mediator_target(mediator_addr, tls=tls)
     config = peer_config(
         keypair,
         peer_key,
-        mediator_addr,
+        address,
         timeout=timeout,
         step_timeout=step_timeout,
         punch_timeout=punch_timeout,
@@ -100,12 +106,14 @@ def connect(
         crypto=crypto,
         nonce_source=nonce_source,
     )
-    return connect_with(config)
+    driver = make_driver(PeerCore(config), tls=use_tls, ca=mediator_ca, pin=mediator_pin)
+    return connect_with(config, driver)
 
 
-def connect_with(config: PeerConfig) -> SyncConnection:
-    """:func:`connect` for a ready :class:`~p2psc.core.peer.PeerConfig`."""
-    adapter = _Adapter(PeerCore(config))
+def connect_with(config: PeerConfig, driver: PeerDriver | None = None) -> SyncConnection:
+    """:func:`connect` for a ready :class:`~p2psc.core.peer.PeerConfig` (and, optionally, a
+    ready driver: :func:`p2psc.peer_tls.make_driver` makes one with TLS to the Mediator)."""
+    adapter = _Adapter(driver or PeerDriver(PeerCore(config)))
     try:
         return adapter.run()
     finally:
@@ -116,8 +124,8 @@ class _Adapter:
     """Moves bytes and time between non-blocking sockets (one selector, the caller's thread)
     and the shared :class:`~p2psc.core.peer_driver.PeerDriver`."""
 
-    def __init__(self, core: PeerCore) -> None:
-        self.driver = PeerDriver(core)
+    def __init__(self, driver: PeerDriver) -> None:
+        self.driver = driver
         self.selector = selectors.DefaultSelector()
         self.sockets: dict[ConnId, socket.socket] = {}
         self.connecting: set[ConnId] = set()

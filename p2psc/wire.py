@@ -103,6 +103,7 @@ class Reason(IntEnum):
     MALFORMED = 7
     PEER_GONE = 8
     SHUTTING_DOWN = 9
+    TLS_REQUIRED = 10
 
 
 _REASONS: dict[int, Reason] = {int(r): r for r in Reason}

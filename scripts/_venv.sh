@@ -3,7 +3,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-EXTRAS="${P2PSC_EXTRAS:-test,speed}"
+EXTRAS="${P2PSC_EXTRAS:-test,speed,metrics}"
 PY="$(command -v python3.11 || command -v python3)"
 if [ ! -x "$VENV/bin/python" ]; then
   if ! "$PY" -m venv "$VENV" 2>/dev/null; then

@@ -436,29 +436,34 @@ def test_close_mid_frame(alice: Keypair, bob: Keypair) -> None:
 # --- limits ---------------------------------------------------------------------------------
 
 
-def test_pending_limits_refuse_at_accept() -> None:
+def test_pending_limits_evict_the_oldest_unverified() -> None:
+    """Over a pending limit the newcomer is admitted and the oldest unverified connection (of
+    its origin for the per-address limit; of the largest origin for the global one) is evicted
+    with AdvertiseRetry(BUSY) (issue 21: refusing newcomers let idle connections lock out
+    honest clients)."""
     d = Driver(MediatorConfig(max_pending=3, max_pending_per_ip=2))
     d.open(1, ("192.0.2.1", 1))
     d.open(2, ("192.0.2.1", 2))
-    refused = d.open(3, ("192.0.2.1", 3))  # per-IP limit
-    assert abort_code(refused, 3) == R.BUSY and closed(refused) == [3]
-    assert isinstance(messages(refused, 3)[0], wire.AdvertiseRetry)
+    actions = d.open(3, ("192.0.2.1", 3))  # per-address limit: 1 (the oldest) goes
+    assert closed(actions) == [1] and abort_code(actions, 1) == R.BUSY
+    assert isinstance(messages(actions, 1)[0], wire.AdvertiseRetry)
+    assert d.core.state_of(3) == "awaiting_advertise"
     d.open(4, ("192.0.2.2", 1))
-    refused = d.open(5, ("192.0.2.3", 1))  # global limit
-    assert abort_code(refused, 5) == R.BUSY
+    actions = d.open(5, ("192.0.2.3", 1))  # global limit: 192.0.2.1 holds the most
+    assert closed(actions) == [2] and abort_code(actions, 2) == R.BUSY
     assert d.core.pending == 3 and d.core.sessions == 3
-    d.close(1)
-    assert closed(d.open(6, ("192.0.2.1", 4))) == []  # a slot is free again
+    assert {n.cause for n in d.notes if n.kind == "evicted"} == {"pending_origin", "pending_global"}
 
 
 def test_flood_of_half_open_connections_is_bounded() -> None:
     config = MediatorConfig(max_pending=50, max_pending_per_ip=50)
     d = Driver(config)
-    refused = 0
+    evicted = 0
     for conn in range(1, 10_001):
         actions = d.open(conn, ("192.0.2.1", conn % 60000 + 1))
-        refused += bool(closed(actions))
-    assert d.core.sessions == 50 and refused == 10_000 - 50
+        evicted += len(closed(actions))
+    assert d.core.sessions == 50 and evicted == 10_000 - 50
+    assert d.core.pending == 50 and set(d.core._sessions) == set(range(9951, 10_001))
     d.log.clear()
 
 
@@ -544,7 +549,7 @@ def test_snapshot_twin_replays_every_step_identically() -> None:
             type(m).__name__ for a in expected if isinstance(a, Send) for m in [wire.decode(a.data)]
         )
     assert {"AdvertiseChallenge", "PeerDisconnect", "PeerIdentification", "AdvertiseAbort"} <= kinds
-    assert core.sessions == 0 and core.snapshot() == ((), (), False)
+    assert core.sessions == 0 and core.snapshot() == ((), (), False, ())
 
 
 def test_shutdown_while_pairing_tells_both_sides_shutting_down(
@@ -615,7 +620,7 @@ def test_the_cli_observer_asks_for_what_its_log_level_shows() -> None:
     saved = cli.log.level
     try:
         cli.log.setLevel(logging.WARNING)
-        assert cli._LogObserver().kinds == {"refused", "rejected", "failed"}
+        assert cli._LogObserver().kinds == {"refused", "evicted", "rejected", "failed"}
         cli.log.setLevel(logging.ERROR)
         assert cli._LogObserver().kinds == frozenset()
         cli.log.setLevel(logging.DEBUG)

@@ -21,7 +21,9 @@ def test_registered_and_shaped_as_specified() -> None:
     assert TABLE.guard_names == frozenset(
         {
             "version_supported",
+            "transport_allowed",
             "self_pairing",
+            "challenge_budget",
             "key_usable",
             "nonce_matches",
             "partner_waiting",

@@ -149,3 +149,43 @@ def test_load_peer_key_forms(tmp_path: Path) -> None:
         load_peer_key(str(tmp_path / "missing.pem"))
     assert session_id(bytes(32)) != session_id(bytes(31) + b"\x01")
     assert len(session_id(bytes(32))) == 23
+
+
+def test_reason_texts_from_the_network_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """A mediator (or whoever rewrites its clear stream) answers with escape sequences in its
+    reason text: `p2psc connect` shows them escaped, never raw (issue 21 item 5)."""
+    import socket
+
+    from p2psc import wire
+
+    a_pem, _b_pem, _a, b = keyfiles(tmp_path)
+    hostile = "\x1b[2J\x1b[Hp2psc connect: connected as client, peer verified\r\n"
+    abort = wire.AdvertiseAbort(wire.Reason.BUSY, hostile).encode()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(20)
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(10)
+                conn.recv(4096)  # the Advertise
+                conn.sendall(abort)
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        argv = [*P2PSC, "connect", "--key", str(a_pem), "--peer", b.public_key.hex()]
+        done = subprocess.run(
+            [*argv, "--mediator", f"127.0.0.1:{port}", "--timeout", "10"],
+            capture_output=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        thread.join(10)
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "AdvertiseAborted" in err
+    assert "\x1b" not in err and "\r" not in err
+    assert "\\x1b[2J" in err  # shown, escaped

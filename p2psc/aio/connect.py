@@ -34,6 +34,7 @@ from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, peer_co
 from p2psc.core.peer_driver import IoOp, PeerDriver
 from p2psc.errors import P2pscError
 from p2psc.keys import HPKE, Keypair, NonceCrypto, NonceSource, PublicKey
+from p2psc.peer_tls import make_driver, mediator_target
 from p2psc.sockets import listening_socket
 
 __all__ = ["P2PConnection", "connect", "connect_with"]
@@ -107,11 +108,21 @@ async def connect(
     send_local: bool = True,
     crypto: NonceCrypto = HPKE,
     nonce_source: NonceSource = secrets.token_bytes,
+    tls: bool = False,
+    mediator_ca: str | None = None,
+    mediator_pin: str | None = None,
 ) -> P2PConnection:
     """Pair with the owner of ``peer_key`` through the Mediator at ``mediator_addr``.
 
     ``peer_key`` is a :class:`~p2psc.keys.PublicKey`, 32 raw bytes, or text (64 hex chars or
-    PEM); ``mediator_addr`` is ``(host, port)`` or ``"host:port"``.
+    PEM); ``mediator_addr`` is ``(host, port)``, ``"host:port"`` or ``"tls://host:port"``.
+
+    TLS to the Mediator (``tls://`` or ``tls=True``) hides who wants to meet whom from the path;
+    the certificate is verified against the system trust store and the host name, or against
+    ``mediator_ca`` (a PEM file), or must be exactly the one whose SHA-256 fingerprint is
+    ``mediator_pin``. A failure is :class:`~p2psc.errors.TlsVerificationFailed` (its
+    ``mismatch`` says what did not match) or :class:`~p2psc.errors.MediatorTlsError`; there is
+    never a fallback to clear text.
 
     Deadlines: ``timeout`` bounds the whole call (registration, waiting for the other side,
     hole punching and the handshake); ``step_timeout`` bounds each request/answer step with the
@@ -134,10 +145,11 @@ async def connect(
     :class:`~p2psc.errors.ProtocolError` (including UnsupportedVersion) when the other side
     breaks the protocol.
     """
+    address, use_tls = mediator_target(mediator_addr, tls=tls)
     config = peer_config(
         keypair,
         peer_key,
-        mediator_addr,
+        address,
         timeout=timeout,
         step_timeout=step_timeout,
         punch_timeout=punch_timeout,
@@ -152,12 +164,14 @@ async def connect(
         crypto=crypto,
         nonce_source=nonce_source,
     )
-    return await connect_with(config)
+    driver = make_driver(PeerCore(config), tls=use_tls, ca=mediator_ca, pin=mediator_pin)
+    return await connect_with(config, driver)
 
 
-async def connect_with(config: PeerConfig) -> P2PConnection:
-    """:func:`connect` for a ready :class:`~p2psc.core.peer.PeerConfig`."""
-    adapter = _Adapter(PeerCore(config))
+async def connect_with(config: PeerConfig, driver: PeerDriver | None = None) -> P2PConnection:
+    """:func:`connect` for a ready :class:`~p2psc.core.peer.PeerConfig` (and, optionally, a
+    ready driver: :func:`p2psc.peer_tls.make_driver` makes one with TLS to the Mediator)."""
+    adapter = _Adapter(driver or PeerDriver(PeerCore(config)))
     try:
         return await adapter.run()
     finally:
@@ -191,8 +205,8 @@ class _Link(asyncio.Protocol):
 class _Adapter:
     """Moves bytes and time between asyncio and the shared :class:`PeerDriver`."""
 
-    def __init__(self, core: PeerCore) -> None:
-        self.driver = PeerDriver(core)
+    def __init__(self, driver: PeerDriver) -> None:
+        self.driver = driver
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.transports: dict[ConnId, asyncio.Transport] = {}

@@ -13,18 +13,31 @@ handle of its own. A timer fires at most one tick after its deadline, never befo
 
 uvloop is used by :func:`run_mediator` when it is installed; :func:`serve_mediator` runs on
 whatever loop is current (plain asyncio or uvloop).
+
+TLS (issue 21) is peeled here, below the core: a connection whose first byte is 0x16 gets a
+:class:`p2psc.tls.TlsServerSession` (``ssl.MemoryBIO``; the bytes already read are fed to it,
+which ``loop.start_tls`` could not do), once :meth:`MediatorCore.start_tls` allowed it; the core
+then sees plaintext only. Version 0 and plaintext version 1 pass through untouched.
+
+The listening socket is accepted from here (``add_reader`` + ``accept()``), not by
+``loop.create_server``: uvloop closes a server whose accept fails with EMFILE/ENFILE without a
+word, and asyncio only tells its own logger. Here such a failure is logged with its reason
+(rate-limited), accepting pauses for :data:`ACCEPT_RETRY_DELAY` and the mediator keeps serving
+the connections it has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import math
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, cast
@@ -32,7 +45,10 @@ from typing import Any, cast
 from p2psc.core.io import Action, Close, Closed, Event, Opened, Received, Send, SetTimer, TimerFired
 from p2psc.core.mediator import MediatorConfig, MediatorCore, NoteObserver
 from p2psc.core.registry import Registry
+from p2psc.errors import MediatorTlsError
 from p2psc.legacy.mediator import LegacyAwareMediatorCore
+from p2psc.text import printable
+from p2psc.tls import TLS_HANDSHAKE_RECORD, TlsServerSession
 
 __all__ = ["MediatorServer", "run_mediator", "serve_mediator"]
 
@@ -43,12 +59,20 @@ _TICKS_PER_SECOND = 64
 """Timer granularity near deadlines: they are rounded up to 1/64 s (see the module doc)."""
 _FAR = 60.0
 """Deadlines further away than this (seconds) are rounded up to whole seconds instead."""
+ACCEPT_RETRY_DELAY = 0.1
+"""Seconds accepting pauses after accept() failed for lack of descriptors or memory."""
+_ACCEPT_BATCH = 256
+"""Connections accepted per readiness event at most (then other work gets a turn)."""
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH}
+)
 
 
 class _Connection(asyncio.Protocol):
     """One accepted socket: forwards events to the server, holds the transport and timer."""
 
-    __slots__ = ("conn", "server", "tick", "transport")
+    __slots__ = ("conn", "fresh", "server", "tick", "tls", "transport")
 
     def __init__(self, server: MediatorServer) -> None:
         self.server = server
@@ -56,6 +80,9 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.tick: int | None = None
         """The timer bucket this connection is in (its deadline rounded up), if any."""
+        self.fresh = True
+        """No byte received yet (the first one may be a TLS ClientHello)."""
+        self.tls: TlsServerSession | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, but implement it
@@ -63,9 +90,21 @@ class _Connection(asyncio.Protocol):
         self.server._opened(self, self.transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.fresh:
+            self.fresh = False
+            if data[0] == TLS_HANDSHAKE_RECORD and self.server._tls is not None:
+                self.server._start_tls(self, data)
+                return
+        if self.tls is not None:
+            self.server._tls_received(self, self.tls, data)
+            return
         self.server._event(Received(self.conn, data))
 
     def eof_received(self) -> bool:
+        # Over TLS a clean close is close_notify (handled in _tls_received); a bare FIN after
+        # it, or instead of it, is still taken as the end of the stream (a FIN is no more
+        # forgeable by an on-path attacker than in clear, and the confirmation it carries
+        # is only an ordering hint: see spec/mediator.md, section 4).
         self.server._event(Closed(self.conn, None))
         return False
 
@@ -80,10 +119,17 @@ class MediatorServer:
         self,
         core: MediatorCore,
         loop: asyncio.AbstractEventLoop,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.core = core
         self._loop = loop
-        self._server: asyncio.Server | None = None
+        self._tls = tls
+        """Server TLS context (None: no TLS; a 0x16 first byte is then malformed input)."""
+        self._listeners: list[socket.socket] = []
+        self._accepting = False
+        self.accept_errors = 0
+        """accept() calls that failed for lack of descriptors or memory (EMFILE, ENFILE...)."""
+        self._accept_logged = -math.inf
         self._connections: dict[int, _Connection] = {}
         self._ids = itertools.count(1)
         self._ticks: dict[int, dict[int, _Connection]] = {}
@@ -111,20 +157,28 @@ class MediatorServer:
         """Open connections (any state)."""
         return len(self._connections)
 
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS context new connections get (None: TLS is off)."""
+        return self._tls
+
+    def set_tls(self, context: ssl.SSLContext | None) -> None:
+        """Serve new TLS connections with ``context`` (a reloaded certificate); connections
+        already running keep the session they have."""
+        self._tls = context
+
     async def close(self) -> None:
         """Stop accepting, abort every session with AdvertiseAbort(SHUTTING_DOWN), close all."""
         if self._closing:
             await self._closed.wait()
             return
         self._closing = True
-        if self._server is not None:
-            self._server.close()
+        self._stop_accepting()
+        for listener in self._listeners:
+            listener.close()
         self._execute(self.core.shutdown(self._loop.time()))
         for connection in list(self._connections.values()):  # defensive: core closed them all
             self._drop(connection)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5.0)
         await asyncio.sleep(0)  # let transports flush their last frames
         self._closed.set()
 
@@ -149,9 +203,125 @@ class MediatorServer:
     # --- plumbing (called by _Connection) -------------------------------------------------
 
     def _sockname(self) -> tuple[Any, ...]:
-        if self._server is None or not self._server.sockets:
+        if not self._listeners or self._listeners[0].fileno() < 0:
             raise RuntimeError("mediator is not listening")
-        return tuple(self._server.sockets[0].getsockname())
+        return tuple(self._listeners[0].getsockname())
+
+    # --- accepting ------------------------------------------------------------------------
+
+    def _listen(self, listeners: list[socket.socket]) -> None:
+        self._listeners = listeners
+        for listener in listeners:
+            listener.setblocking(False)
+        self._start_accepting()
+
+    def _start_accepting(self) -> None:
+        if self._closing or self._accepting:
+            return
+        self._accepting = True
+        for listener in self._listeners:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
+
+    def _stop_accepting(self) -> None:
+        if not self._accepting:
+            return
+        self._accepting = False
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(listener.fileno())
+
+    def _accept(self, listener: socket.socket) -> None:
+        accepted: list[socket.socket] = []
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as error:
+                if error.errno in _TRANSIENT_ERRNOS:
+                    continue  # that one connection died in the backlog: take the next
+                self._accept_failed(error)
+                break
+            accepted.append(sock)
+        if accepted:
+            self._loop.create_task(self._adopt(accepted))
+
+    def _accept_failed(self, error: OSError) -> None:
+        """accept() failed (EMFILE, ENFILE, ...): log it (at most once a second), pause
+        accepting briefly so the loop does not spin on a listener it cannot serve, go on."""
+        self.accept_errors += 1
+        now = self._loop.time()
+        if now - self._accept_logged >= 1.0:
+            self._accept_logged = now
+            name = errno.errorcode.get(error.errno or 0, "?")
+            log.error(
+                "accept failed",
+                extra={
+                    "p2psc": {
+                        "event": "accept_failed",
+                        "errno": name,
+                        "reason": printable(error.strerror or str(error)),
+                        "connections": len(self._connections),
+                        "failures": self.accept_errors,
+                    }
+                },
+            )
+        if error.errno in _RESOURCE_ERRNOS:
+            self._stop_accepting()
+            self._loop.call_later(ACCEPT_RETRY_DELAY, self._start_accepting)
+
+    async def _adopt(self, socks: list[socket.socket]) -> None:
+        """Give accepted sockets a transport and a :class:`_Connection` each."""
+        if self._closing:
+            for sock in socks:
+                sock.close()
+            return
+        loop = self._loop
+        results = await asyncio.gather(
+            *(loop.connect_accepted_socket(lambda: _Connection(self), sock) for sock in socks),
+            return_exceptions=True,
+        )
+        for sock, result in zip(socks, results, strict=True):
+            if isinstance(result, BaseException):  # the socket died before it got a transport
+                sock.close()
+                log.debug("accepted socket lost: %s", printable(result))
+
+    # --- TLS ------------------------------------------------------------------------------
+
+    def _start_tls(self, connection: _Connection, data: bytes) -> None:
+        """The first byte was a TLS ClientHello: if the core allows it, run TLS from here."""
+        context = self._tls
+        assert context is not None
+        conn = connection.conn
+        self._execute(self.core.start_tls(conn, self._loop.time()))
+        if self._connections.get(conn) is not connection:
+            return  # refused (the core closed it)
+        connection.tls = session = TlsServerSession(context)
+        self._tls_received(connection, session, data)
+
+    def _tls_received(
+        self, connection: _Connection, session: TlsServerSession, data: bytes
+    ) -> None:
+        conn = connection.conn
+        try:
+            plain = session.receive(data)
+        except MediatorTlsError as error:
+            self._tls_flush(connection, session)  # the alert, if any
+            connection.tls = None  # nothing more can be sent in this session
+            self._event(Closed(conn, f"tls: {error.reason}"))
+            self._drop(connection)
+            return
+        self._tls_flush(connection, session)
+        if plain:
+            self._event(Received(conn, plain))
+        if session.closed_by_peer and self._connections.get(conn) is connection:
+            self._event(Closed(conn, None))
+
+    @staticmethod
+    def _tls_flush(connection: _Connection, session: TlsServerSession) -> None:
+        out = session.data_to_send()
+        if out and connection.transport is not None:
+            connection.transport.write(out)
 
     def _opened(self, connection: _Connection, transport: asyncio.Transport) -> None:
         conn = next(self._ids)
@@ -195,7 +365,11 @@ class MediatorServer:
                 if connection is not None:
                     transport = connection.transport
                     if transport is not None:
-                        if index + 1 < len(actions) and _fin_follows(actions[index + 1], send.conn):
+                        if connection.tls is not None:  # version 0 is never TLS: no FIN rule
+                            self._tls_send(connection, connection.tls, send.data)
+                        elif index + 1 < len(actions) and _fin_follows(
+                            actions[index + 1], send.conn
+                        ):
                             _send_with_fin(transport, send.data)
                         else:
                             transport.write(send.data)
@@ -209,6 +383,16 @@ class MediatorServer:
                 connection = connections.get(close.conn)
                 if connection is not None:
                     self._drop(connection)
+
+    def _tls_send(self, connection: _Connection, session: TlsServerSession, data: bytes) -> None:
+        try:
+            out = session.send(data)
+        except MediatorTlsError:
+            connection.tls = None
+            self._drop(connection)
+            return
+        if out and connection.transport is not None:
+            connection.transport.write(out)
 
     def _set_timer(self, connection: _Connection, deadline: float | None) -> None:
         """Move ``connection`` to the bucket of ``deadline`` (None: out of any bucket)."""
@@ -256,8 +440,16 @@ class MediatorServer:
         self._connections.pop(connection.conn, None)
         if connection.tick is not None:
             self._unbucket(connection, connection.tick)
-        if connection.transport is not None:
-            connection.transport.close()
+        transport = connection.transport
+        if transport is not None:
+            session = connection.tls
+            if session is not None:
+                connection.tls = None
+                with contextlib.suppress(MediatorTlsError):
+                    closing = session.close()  # close_notify: a clean end of our stream
+                    if closing:
+                        transport.write(closing)
+            transport.close()
 
 
 def _fin_follows(action: Action, conn: int) -> bool:
@@ -324,6 +516,7 @@ def serve_mediator(
     backlog: int = 1024,
     core: MediatorCore | None = None,
     legacy: bool = True,
+    tls: ssl.SSLContext | None = None,
 ) -> _Serving:
     """Listen on ``host:port`` (port 0: any free port) and mediate.
 
@@ -334,6 +527,8 @@ def serve_mediator(
     deterministic nonces that way). ``legacy`` also serves protocol version 0 (the original C++
     clients: JSON and RSA, INSECURE, see spec/legacy.md) on the same port, recognised by the
     first byte of each connection; ``legacy=False`` is ``p2psc mediator --no-legacy``.
+    ``tls`` (:func:`p2psc.tls.server_context`) also serves TLS on the same port: a connection
+    whose first byte is 0x16 (a ClientHello) runs the same protocol inside TLS.
     """
 
     async def start() -> MediatorServer:
@@ -341,13 +536,37 @@ def serve_mediator(
         mediator_core = core or (LegacyAwareMediatorCore if legacy else MediatorCore)(
             config, registry=registry, observer=observer
         )
-        server = MediatorServer(mediator_core, loop)
-        server._server = await loop.create_server(
-            lambda: _Connection(server), host, port, backlog=backlog, reuse_address=True
-        )
+        server = MediatorServer(mediator_core, loop, tls)
+        server._listen(_bind(host, port, backlog))
         return server
 
     return _Serving(start)
+
+
+def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for ``host:port``, as ``loop.create_server(host, port,
+    reuse_address=True)`` makes them: one per address ``getaddrinfo`` gives (``""``: every
+    family), SO_REUSEADDR, IPv6 sockets IPv6-only (the IPv4 socket serves IPv4)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
 
 
 def run_mediator(
@@ -359,20 +578,40 @@ def run_mediator(
     ready: Callable[[MediatorServer], None] | None = None,
     use_uvloop: bool = True,
     legacy: bool = True,
+    tls: Callable[[], ssl.SSLContext] | None = None,
 ) -> int:
     """Run a mediator until SIGINT or SIGTERM, then shut down cleanly; return exit status 0.
 
     Uses uvloop when installed (and ``use_uvloop``), plain asyncio otherwise. ``ready`` is
-    called once the socket is bound (the CLI logs the address from it).
+    called once the socket is bound (the CLI logs the address from it). ``tls`` loads the
+    server TLS context (certificate and key files); it is called at start and again on
+    SIGHUP, so a renewed certificate is picked up without a restart (a reload that fails is
+    logged and the previous certificate stays).
     """
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        server = await serve_mediator(host, port, config=config, observer=observer, legacy=legacy)
+        context = tls() if tls is not None else None
+        server = await serve_mediator(
+            host, port, config=config, observer=observer, legacy=legacy, tls=context
+        )
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
+        if tls is not None:
+
+            def reload() -> None:
+                try:
+                    server.set_tls(tls())
+                except MediatorTlsError as error:
+                    fields = {"event": "tls_reload_failed", "reason": printable(error.reason)}
+                    log.error("tls reload failed", extra={"p2psc": fields})
+                    return
+                log.info("tls reloaded", extra={"p2psc": {"event": "tls_reloaded"}})
+
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, reload)
         if ready is not None:
             ready(server)
         await stop.wait()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from p2psc import __version__
 from p2psc.errors import P2pscError
+from p2psc.text import printable
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -56,7 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = func(args)
     except P2pscError as error:
-        print(f"p2psc {args.command}: {type(error).__name__}: {error.reason}", file=sys.stderr)
+        # Reasons quote what the network sent (a mediator's reason text): escaped, so a peer
+        # cannot move the cursor or forge a line on our terminal.
+        print(
+            f"p2psc {args.command}: {type(error).__name__}: {printable(error.reason)}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

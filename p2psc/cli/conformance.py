@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -114,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
             late=args.late,
             nat=args.nat,
             jobs=args.jobs,
+            tls=_tls_context(args),
         )
         # With a machine-readable report on stdout, the human one goes to stderr.
         out: TextIO = sys.stderr if "-" in (args.json, args.junit) else sys.stdout
@@ -153,6 +155,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"p2psc conformance: error: {error.reason}", file=sys.stderr)
         return 2
     return 0 if report.passed else 1
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """``--tls``: verify against the system store; ``--tls-insecure``: no verification."""
+    if not (args.tls or args.tls_insecure):
+        return None
+    from p2psc.tls import client_context
+
+    return client_context(insecure=args.tls_insecure)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -233,6 +244,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="the mediator sees this host through a NAT: check observed addresses for "
         "consistency instead of against the local socket addresses",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="speak TLS to the mediator (version 1 connections), verified against the system "
+        "trust store and the target's host name",
+    )
+    parser.add_argument(
+        "--tls-insecure",
+        action="store_true",
+        help="--tls without any certificate verification (self-signed test mediators)",
     )
     parser.add_argument(
         "--jobs",

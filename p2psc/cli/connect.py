@@ -1,6 +1,7 @@
 """``p2psc connect``: pair with a peer through a Mediator and pipe stdin/stdout over it (netcat).
 
-    p2psc connect --key my.pem --peer THEIR_PUBKEY_HEX_OR_FILE --mediator HOST:PORT [--timeout S]
+    p2psc connect --key my.pem --peer THEIR_PUBKEY_HEX_OR_FILE --mediator [tls://]HOST:PORT
+        [--mediator-ca FILE | --mediator-pin SHA256] [--timeout S]
 
 Both sides run the same command, each naming the other's public key. When the Mediator has
 introduced them and both identities are proven, whatever arrives on stdin goes to the peer and
@@ -25,9 +26,10 @@ from typing import BinaryIO
 
 from p2psc.aio.connect import P2PConnection, connect
 from p2psc.cli.keygen import read_passphrase
-from p2psc.core.peer import parse_host_port
 from p2psc.errors import ChannelError
 from p2psc.keys import Keypair, PublicKey
+from p2psc.peer_tls import mediator_target
+from p2psc.text import printable
 
 __all__ = ["load_peer_key", "pipe", "register"]
 
@@ -111,24 +113,27 @@ def _run(args: argparse.Namespace) -> int:
     passphrase = read_passphrase(args.passphrase_env, args.passphrase_file, ask=args.ask_passphrase)
     keypair = Keypair.load(args.key, passphrase)
     peer = load_peer_key(args.peer)
-    mediator = parse_host_port(args.mediator)
+    (host, port), use_tls = mediator_target(args.mediator)
 
     def say(text: str) -> None:
         if not args.quiet:
             print(text, file=sys.stderr)
 
     say(
-        f"p2psc connect: we are {keypair.public_key.fingerprint()}, asking {mediator[0]}:"
-        f"{mediator[1]} for {peer.fingerprint()}"
+        f"p2psc connect: we are {keypair.public_key.fingerprint()}, asking "
+        f"{'tls://' if use_tls else ''}{printable(host)}:{port} for {peer.fingerprint()}"
     )
 
     async def main() -> int:
         connection = await connect(
             keypair,
             peer,
-            mediator,
+            (host, port),
             timeout=args.timeout,
             punch_timeout=args.punch_timeout,
+            tls=use_tls,
+            mediator_ca=args.mediator_ca,
+            mediator_pin=args.mediator_pin,
         )
         local = f"{connection.local[0]}:{connection.local[1]}"
         remote = f"{connection.remote[0]}:{connection.remote[1]}"
@@ -144,16 +149,16 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(main())
     except ChannelError as error:  # a cut, tampered or replayed stream: nothing of it was shown
-        print(f"p2psc connect: channel broken: {error}", file=sys.stderr)
+        print(f"p2psc connect: channel broken: {printable(error)}", file=sys.stderr)
         return 1
     except ConnectionError as error:
-        print(f"p2psc connect: connection lost: {error}", file=sys.stderr)
+        print(f"p2psc connect: connection lost: {printable(error)}", file=sys.stderr)
         return 1
 
 
 def _mediator(text: str) -> str:
     try:
-        parse_host_port(text)
+        mediator_target(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
@@ -171,7 +176,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--peer", required=True, help="their public key: 64 hex characters, PEM, or a file"
     )
     parser.add_argument(
-        "--mediator", required=True, type=_mediator, help="HOST:PORT (or [v6]:PORT) of the mediator"
+        "--mediator",
+        required=True,
+        type=_mediator,
+        help="HOST:PORT (or [v6]:PORT) of the mediator; tls://HOST:PORT to reach it over TLS "
+        "(hides from the path who wants to meet whom)",
+    )
+    parser.add_argument(
+        "--mediator-ca",
+        metavar="FILE",
+        help="with tls://: trust this CA bundle (PEM) instead of the system trust store",
+    )
+    parser.add_argument(
+        "--mediator-pin",
+        metavar="SHA256",
+        help="with tls://: accept exactly the certificate with this SHA-256 fingerprint",
     )
     parser.add_argument(
         "--timeout",

@@ -1,8 +1,14 @@
-"""``p2psc mediator``: run a Mediator server until SIGINT/SIGTERM.
+"""``p2psc mediator``: run a Mediator server until SIGINT/SIGTERM (SIGHUP reloads the TLS
+certificate).
 
 Logs (to stderr) one structured line per registration, pairing, introduction and failure, with
 the reason and the fingerprints of both keys, as text or as JSON lines (``--log-format json``).
-Limits and deadlines are those of spec/mediator.md; the flags override the defaults.
+Evictions and refusals (floods) are logged at most 10 a second per kind, then summarised.
+Text from the network is logged with control characters escaped.
+
+Limits and deadlines are those of spec/mediator.md, section 6; the flags override them. At
+start the soft RLIMIT_NOFILE is raised to the hard limit; limits not given are derived from
+the descriptors available (64 kept free), and explicit limits that do not fit are refused.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from p2psc.core.mediator import MediatorConfig, MediatorNote
+from p2psc.core.mediator import MediatorConfig, MediatorNote, NoteObserver
+from p2psc.text import printable
 
 __all__ = ["register"]
 
@@ -22,6 +31,7 @@ log = logging.getLogger("p2psc.mediator")
 
 _LEVELS = {
     "refused": logging.WARNING,
+    "evicted": logging.WARNING,
     "rejected": logging.WARNING,
     "failed": logging.WARNING,
     "replaced": logging.INFO,
@@ -44,24 +54,47 @@ def _fingerprint(raw: bytes | None) -> str | None:
         return raw[:8].hex()
 
 
+_FLOOD_KINDS = frozenset({"refused", "evicted"})
+"""Kinds a flood produces by the thousand: logged at most _FLOOD_RATE a second each."""
+_FLOOD_RATE = 10
+
+
 class _LogObserver:
     """Turns core notes into structured log records.
 
     ``kinds`` (read by the core once, when it is built) lists the note kinds the log level
     shows, so the core does not even build notes that would be dropped: at ``--log-level
-    warning`` or above a pairing costs no note at all.
+    warning`` or above a pairing costs no note at all. Refusals and evictions are
+    rate-limited (a flood must not become a disk-filling log): past ``_FLOOD_RATE`` a second
+    per kind they are counted, and the count is logged with the next line of that kind.
     """
 
-    __slots__ = ("kinds",)
+    __slots__ = ("_clock", "_suppressed", "_window", "kinds")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = time.monotonic) -> None:
         self.kinds = frozenset(kind for kind, level in _LEVELS.items() if log.isEnabledFor(level))
+        self._window: dict[str, tuple[float, int]] = {}
+        self._suppressed: dict[str, int] = {}
+        self._clock = clock
 
     def __call__(self, note: MediatorNote) -> None:
         level = _LEVELS.get(note.kind, logging.INFO)
         if not log.isEnabledFor(level):
             return
         fields: dict[str, Any] = {"event": note.kind, "conn": note.conn}
+        if note.kind in _FLOOD_KINDS:
+            now = self._clock()
+            start, count = self._window.get(note.kind, (now, 0))
+            if now - start >= 1.0:
+                start, count = now, 0
+            if count >= _FLOOD_RATE:
+                self._window[note.kind] = (start, count + 1)
+                self._suppressed[note.kind] = self._suppressed.get(note.kind, 0) + 1
+                return
+            self._window[note.kind] = (start, count + 1)
+            suppressed = self._suppressed.pop(note.kind, 0)
+            if suppressed:
+                fields["suppressed"] = suppressed
         if note.remote is not None:
             fields["remote"] = f"{note.remote[0]}:{note.remote[1]}"
         # legacy notes carry the RSA fingerprints that keygen --rsa and connect --legacy print
@@ -74,21 +107,46 @@ class _LogObserver:
         if note.partner is not None:
             fields["partner"] = note.partner
         if note.reason:
-            fields["reason"] = note.reason
+            fields["reason"] = printable(note.reason, limit=512)
+        if note.cause:
+            fields["cause"] = note.cause
         log.log(level, note.kind, extra={"p2psc": fields})
+
+
+class _Observers:
+    """Several note observers as one (the core takes one): kinds is the union."""
+
+    def __init__(self, observers: Sequence[NoteObserver]) -> None:
+        self._observers = [(o, getattr(o, "kinds", None)) for o in observers]
+        wanted: set[str] = set()
+        for _, kinds in self._observers:
+            if kinds is None:
+                self.kinds = None
+                break
+            wanted |= set(kinds)
+        else:
+            self.kinds = frozenset(wanted)
+
+    def __call__(self, note: MediatorNote) -> None:
+        for observer, kinds in self._observers:
+            if kinds is None or note.kind in kinds:
+                observer(note)
 
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = getattr(record, "p2psc", {})
         when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        extra = " ".join(
-            f"{k}={json.dumps(v) if isinstance(v, str) and ' ' in v else v}"
-            for k, v in fields.items()
-            if k != "event"
-        )
-        text = f"{when}Z {record.levelname} {record.getMessage()}"
+        extra = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items() if k != "event")
+        text = f"{when}Z {record.levelname} {printable(record.getMessage())}"
         return f"{text} {extra}" if extra else text
+
+
+def _text_value(value: object) -> str:
+    """One field of a text log line: control characters escaped (a reason text from the
+    network must not move the cursor or start a forged line), quoted when it has spaces."""
+    text = printable(value, limit=1024)  # (backslashes doubled: a \" below is unambiguous)
+    return '"' + text.replace('"', '\\"') + '"' if " " in text or '"' in text else text
 
 
 class _JsonFormatter(logging.Formatter):
@@ -121,6 +179,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _prefix(bits: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not 0 <= value <= bits:
+            raise argparse.ArgumentTypeError(f"must be 0..{bits}")
+        return value
+
+    return parse
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -128,43 +196,127 @@ def _port(text: str) -> int:
     return value
 
 
-def _run(args: argparse.Namespace) -> int:
-    from p2psc.aio.mediator import MediatorServer, run_mediator
+_LIMIT_FLAGS = (
+    "max_connections",
+    "max_pending",
+    "max_pending_per_ip",
+    "max_waiting",
+    "max_waiting_per_ip",
+)
 
-    _setup_logging(args.log_level, args.log_format)
+
+def _config(args: argparse.Namespace) -> tuple[MediatorConfig, frozenset[str]]:
+    """The configuration the flags ask for, and which limits were given explicitly."""
     defaults = MediatorConfig()
     step = args.timeout
-    config = MediatorConfig(
+    explicit = frozenset(name for name in _LIMIT_FLAGS if getattr(args, name) is not None)
+    limits = {name: getattr(args, name) for name in explicit}
+    config = replace(
+        defaults,
         advertise_timeout=step or defaults.advertise_timeout,
         response_timeout=step or defaults.response_timeout,
         confirm_timeout=step or defaults.confirm_timeout,
         wait_timeout=None if args.wait_timeout == 0 else args.wait_timeout,
-        max_pending=args.max_pending,
-        max_pending_per_ip=args.max_pending_per_ip,
-        max_waiting=args.max_waiting,
-        max_waiting_per_ip=args.max_waiting_per_ip,
+        ipv4_prefix=args.ipv4_prefix,
+        ipv6_prefix=args.ipv6_prefix,
+        challenge_rate=args.challenge_rate,
+        challenge_burst=args.challenge_burst,
+        require_tls=args.require_tls,
+        **limits,
     )
+    return config, explicit
+
+
+def _fail(message: str) -> int:
+    print(f"p2psc mediator: {printable(message)}", file=sys.stderr)
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from p2psc.aio.mediator import MediatorServer, run_mediator
+    from p2psc.errors import MediatorTlsError
+    from p2psc.fdlimits import LimitsDoNotFit, fit_limits, raise_nofile_limit
+
+    _setup_logging(args.log_level, args.log_format)
+    if args.require_tls and not args.tls_cert:
+        return _fail("--require-tls needs --tls-cert (and --tls-key)")
+    if args.tls_key and not args.tls_cert:
+        return _fail("--tls-key needs --tls-cert")
+    try:
+        wanted, explicit = _config(args)
+    except ValueError as error:
+        return _fail(str(error))
+    nofile = raise_nofile_limit()
+    try:
+        config = fit_limits(wanted, nofile, explicit)
+    except LimitsDoNotFit as error:
+        return _fail(f"cannot start: {error}")
+
+    tls_loader = None
+    if args.tls_cert:
+        from p2psc.tls import server_context
+
+        cert, key = args.tls_cert, args.tls_key
+
+        def tls_loader() -> Any:
+            return server_context(cert, key)
+
+        try:
+            tls_loader()  # fail now, with one line, rather than inside the event loop
+        except MediatorTlsError as error:
+            return _fail(error.reason)
+
+    observers: list[NoteObserver] = [_LogObserver()]  # after _setup_logging: kinds follow it
+    metrics = None
+    if args.metrics_port is not None:
+        from p2psc.metrics import MediatorMetrics, MetricsUnavailable
+
+        try:
+            metrics = MediatorMetrics()
+        except MetricsUnavailable as error:
+            return _fail(str(error))
+        observers.append(metrics)
 
     def ready(server: MediatorServer) -> None:
-        log.info(
-            "listening",
-            extra={"p2psc": {"event": "listening", "host": server.host, "port": server.port}},
-        )
+        # one line: where, whether TLS, and the limits in force (derived or explicit)
+        fields: dict[str, Any] = {
+            "event": "listening",
+            "host": server.host,
+            "port": server.port,
+            "tls": server.tls is not None,
+        }
+        fields.update({name: getattr(config, name) for name in _LIMIT_FLAGS})
+        fields.update(nofile=nofile.soft, nofile_hard=nofile.hard)
+        if nofile.raised_from is not None:
+            fields["nofile_raised_from"] = nofile.raised_from
+        log.info("listening", extra={"p2psc": fields})
+        if metrics is not None:
+            metrics.bind(server)
+            try:
+                host, port = metrics.serve(args.metrics_port, args.metrics_host)
+            except OSError as error:
+                why = printable(error.strerror or str(error))
+                log.error(
+                    "metrics unavailable",
+                    extra={"p2psc": {"event": "metrics_failed", "reason": why}},
+                )
+                return
+            log.info("metrics", extra={"p2psc": {"event": "metrics", "host": host, "port": port}})
 
     try:
         status = run_mediator(
             args.host,
             args.port,
             config=config,
-            observer=_LogObserver(),  # after _setup_logging: its kinds follow the level
+            observer=observers[0] if len(observers) == 1 else _Observers(observers),
             ready=ready,
             use_uvloop=not args.no_uvloop,
             legacy=not args.no_legacy,
+            tls=tls_loader,
         )
     except OSError as error:  # bind/listen failed: address in use, no such address, ...
         why = error.strerror or str(error)
-        print(f"p2psc mediator: cannot listen on {args.host}:{args.port}: {why}", file=sys.stderr)
-        return 1
+        return _fail(f"cannot listen on {args.host}:{args.port}: {why}")
     log.info("stopped", extra={"p2psc": {"event": "stopped"}})
     return status
 
@@ -203,29 +355,93 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=defaults.wait_timeout,
         help="seconds a registration may wait for its partner, 0 = no limit (%(default)s)",
     )
-    parser.add_argument(
+    limits = parser.add_argument_group(
+        "limits",
+        "Defaults in parentheses are ceilings: at start each limit not given is lowered\n"
+        "to fit RLIMIT_NOFILE (connections = soft limit - 64, unverified = a quarter of\n"
+        "that, waiting = the rest); explicit limits that do not fit refuse to start.\n"
+        "Over an unverified limit the oldest unverified connection of the fullest origin\n"
+        "(an address; an IPv6 /64) is evicted with AdvertiseRetry(BUSY), not the newcomer.\n"
+        "See spec/mediator.md, section 6.",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=None,
+        help="connections in any state, one descriptor each (RLIMIT_NOFILE - 64)",
+    )
+    limits.add_argument(
         "--max-pending",
         type=_positive_int,
-        default=defaults.max_pending,
-        help="unverified connections, all sources (%(default)s)",
+        default=None,
+        help=f"unverified connections, all sources ({defaults.max_pending})",
     )
-    parser.add_argument(
+    limits.add_argument(
         "--max-pending-per-ip",
         type=_positive_int,
-        default=defaults.max_pending_per_ip,
-        help="unverified connections per source address (%(default)s)",
+        default=None,
+        help=f"unverified connections per origin ({defaults.max_pending_per_ip})",
     )
-    parser.add_argument(
+    limits.add_argument(
         "--max-waiting",
         type=_positive_int,
-        default=defaults.max_waiting,
-        help="verified registrations waiting for their partner (%(default)s)",
+        default=None,
+        help=f"verified registrations waiting for their partner ({defaults.max_waiting})",
     )
-    parser.add_argument(
+    limits.add_argument(
         "--max-waiting-per-ip",
         type=_positive_int,
-        default=defaults.max_waiting_per_ip,
-        help="waiting registrations per source address (%(default)s)",
+        default=None,
+        help=f"waiting registrations per origin ({defaults.max_waiting_per_ip})",
+    )
+    limits.add_argument(
+        "--ipv6-prefix",
+        type=_prefix(128),
+        default=defaults.ipv6_prefix,
+        help="per-origin limits count IPv6 sources per this prefix length (%(default)s)",
+    )
+    limits.add_argument(
+        "--ipv4-prefix",
+        type=_prefix(32),
+        default=defaults.ipv4_prefix,
+        help="per-origin limits count IPv4 sources per this prefix length (%(default)s)",
+    )
+    limits.add_argument(
+        "--challenge-rate",
+        type=_positive_float,
+        default=defaults.challenge_rate,
+        help="HPKE challenges and TLS handshakes per second per origin (%(default)s)",
+    )
+    limits.add_argument(
+        "--challenge-burst",
+        type=_positive_int,
+        default=defaults.challenge_burst,
+        help="... of which this many at once (%(default)s)",
+    )
+    tls = parser.add_argument_group(
+        "TLS",
+        "TLS on the same port: a connection starting with a TLS ClientHello (0x16) runs\n"
+        "the protocol inside TLS; clear version 1 and version 0 are still served unless\n"
+        "refused (--require-tls, --no-legacy).",
+    )
+    tls.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain (SIGHUP reloads)")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key (default: in --tls-cert)")
+    tls.add_argument(
+        "--require-tls",
+        action="store_true",
+        help="refuse clear version 1 registrations (AdvertiseAbort TLS_REQUIRED)",
+    )
+    metrics = parser.add_argument_group("metrics")
+    metrics.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus metrics on this port (needs p2psc[metrics])",
+    )
+    metrics.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics endpoint (%(default)s: loopback only)",
     )
     parser.add_argument("--no-uvloop", action="store_true", help="use plain asyncio")
     parser.add_argument(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from dataclasses import InitVar, dataclass
 from typing import Any, ClassVar
 
@@ -75,6 +76,9 @@ class HarnessOptions:
     """Scenarios run at the same time (each opens up to ~20 connections)."""
     idle_timeout: InitVar[float | None] = _UNSET
     """Alias of ``advertise_timeout`` (its name before the options followed the spec)."""
+    tls: ssl.SSLContext | None = None
+    """Version 1 connections run inside TLS with this client context (``--tls``,
+    :func:`p2psc.tls.client_context`); version 0 ones stay in clear."""
 
     def __post_init__(self, idle_timeout: float | None) -> None:
         if idle_timeout is not _UNSET:
@@ -245,7 +249,9 @@ class ScenarioContext:
 
     async def connect(self, label: str) -> V1Peer:
         """A new raw version 1 connection to the mediator."""
-        peer = await V1Peer.open(label, self.host, self.port, self.transcript, self.options.timeout)
+        peer = await V1Peer.open(
+            label, self.host, self.port, self.transcript, self.options.timeout, self.options.tls
+        )
         self._peers.append(peer)
         return peer
 

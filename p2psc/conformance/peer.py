@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 from p2psc import wire
-from p2psc.errors import ProtocolError
+from p2psc.errors import MediatorTlsError, ProtocolError
 from p2psc.legacy import codec
+from p2psc.tls import TlsClientSession
 
 __all__ = [
     "Got",
@@ -243,6 +245,8 @@ class RawPeer(Generic[M]):
         self._inbox: deque[M] = deque()
         self._end: Got[M] | None = None
         self._closed_by_us = False
+        self._tls: TlsClientSession | None = None
+        """The TLS session when the connection runs inside TLS (``--tls``)."""
         self.sockname: wire.Address = wire.Address.from_tuple(sock.getsockname())
         """This connection's own address (what the mediator observes, absent a NAT)."""
         self.started_at = transcript.now()
@@ -264,9 +268,12 @@ class RawPeer(Generic[M]):
         port: int,
         transcript: Transcript,
         timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> _P:
         """Connect to ``host:port`` within ``timeout``; OSError on any failure (a timeout
-        included, so that only a scenario's overall budget ever raises TimeoutError)."""
+        included, so that only a scenario's overall budget ever raises TimeoutError).
+        With ``tls``, the TLS handshake is part of opening (a TLS failure is an OSError too,
+        with the typed error's reason)."""
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(
@@ -290,11 +297,35 @@ class RawPeer(Generic[M]):
                 raise OSError(f"no connection to {host}:{port} within {timeout:g} s") from None
             peer = cls(label, sock, transcript, timeout)
             peer.started_at = started
+            if tls is not None:
+                await peer._start_tls(tls, host, timeout)
         except BaseException:
             sock.close()
             raise
         transcript.add(label, EVENT, f"connected from {peer.sockname}")
         return peer
+
+    async def _start_tls(self, context: ssl.SSLContext, host: str, timeout: float) -> None:
+        """Run the TLS handshake on the fresh socket (p2psc.tls, sans-IO)."""
+        loop = asyncio.get_running_loop()
+        session = TlsClientSession(context, host if context.check_hostname else None)
+        try:
+            await asyncio.wait_for(loop.sock_sendall(self._sock, session.start()), timeout)
+            while not session.handshake_done:
+                data = await asyncio.wait_for(loop.sock_recv(self._sock, 65536), timeout)
+                if not data:
+                    raise OSError("the mediator closed the connection during the TLS handshake")
+                early = session.receive(data)
+                await asyncio.wait_for(
+                    loop.sock_sendall(self._sock, session.data_to_send()), timeout
+                )
+                if early:
+                    self._inbox.extend(self._decode(early))
+        except TimeoutError:
+            raise OSError(f"no TLS handshake within {timeout:g} s") from None
+        except MediatorTlsError as error:
+            raise OSError(error.reason) from None
+        self._tls = session
 
     # --- codec hooks ------------------------------------------------------------------------
 
@@ -312,6 +343,8 @@ class RawPeer(Generic[M]):
         """Write ``data`` in one call (one segment with TCP_NODELAY), recorded as ``what``."""
         self.sent_at = self._transcript.now()
         self._transcript.add(self.label, SENT, what or _hex_preview(data))
+        if self._tls is not None:
+            data = self._tls.send(data)
         loop = asyncio.get_running_loop()
         try:
             # Fast path: a small write into an empty socket buffer completes at once, without
@@ -356,6 +389,15 @@ class RawPeer(Generic[M]):
                 self.ended_at = self._transcript.now()
                 self._end = Got("reset", detail=type(error).__name__)
                 return self._end
+            if self._tls is not None and data:
+                try:
+                    plain = self._tls_receive(data)
+                except MediatorTlsError as error:
+                    self._end = Got("invalid", detail=f"TLS: {error.reason}")
+                    return self._end
+                if plain is None:
+                    continue  # a TLS record without application data (yet)
+                data = plain
             if not data:
                 self._transcript.add(self.label, EVENT, "closed by the mediator (EOF)")
                 self.ended_at = self._transcript.now()
@@ -379,6 +421,19 @@ class RawPeer(Generic[M]):
         anyway), for a caller that only peeked at when it arrived."""
         if got.kind == "message" and got.message is not None:
             self._inbox.appendleft(got.message)
+
+    def _tls_receive(self, data: bytes) -> bytes | None:
+        """Decrypt ``data``: plaintext, ``b""`` at the mediator's close_notify, None when the
+        records held no application data."""
+        assert self._tls is not None
+        plain = self._tls.receive(data)
+        out = self._tls.data_to_send()
+        if out:
+            with contextlib.suppress(OSError):
+                self._sock.send(out)
+        if plain:
+            return plain
+        return b"" if self._tls.closed_by_peer else None
 
     async def expect(self, cls: type[T], why: str, timeout: float | None = None) -> T:
         """The next message, which must be a ``cls``; otherwise the scenario fails."""
@@ -431,6 +486,9 @@ class RawPeer(Generic[M]):
             return
         self._closed_by_us = True
         self._transcript.add(self.label, EVENT, "harness closes (FIN)")
+        if self._tls is not None:  # close_notify before the FIN
+            with contextlib.suppress(OSError, MediatorTlsError):
+                self._sock.send(self._tls.close())
         self._sock.close()
 
     def half_close(self) -> None:

@@ -17,13 +17,13 @@ See ``spec/mediator.md`` for the normative behaviour this implements.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from types import MappingProxyType
 
 from p2psc import wire
+from p2psc.core.admission import Admission, AdmissionSnapshot, origin_of
 from p2psc.core.io import (
     Action,
     Close,
@@ -132,7 +132,19 @@ _GUARD_FAILURE: dict[str, tuple[int, str]] = {
     "key_usable": (_R.IDENTITY_CHECK_FAILED, "cannot seal a nonce to the advertised key"),
     "nonce_matches": (_R.IDENTITY_CHECK_FAILED, "AdvertiseResponse does not match the nonce"),
     "registry_full": (_R.BUSY, "too many waiting registrations, retry later"),
+    "transport_allowed": (_R.TLS_REQUIRED, "this mediator requires TLS (connect with tls://)"),
+    "challenge_budget": (_R.BUSY, "too many challenges for your address, retry later"),
 }
+_GUARD_CAUSE: dict[str, str] = {
+    "version_supported": "unsupported_version",
+    "self_pairing": "self_pairing",
+    "key_usable": "bad_key",
+    "nonce_matches": "identity_check_failed",
+    "registry_full": "waiting_full",
+    "transport_allowed": "tls_required",
+    "challenge_budget": "challenge_rate",
+}
+"""guard name -> the short, bounded label of a rejection (metrics label, log field)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +170,21 @@ class MediatorConfig:
     """Verified registrations waiting for their partner, all sources together."""
     max_waiting_per_ip: int = 10_000
     """Verified waiting registrations from one source IP address (NATs share addresses)."""
+    max_connections: int | None = None
+    """Connections in any state (one file descriptor each). None: no cap beyond the pending
+    and waiting limits; the server derives one from RLIMIT_NOFILE. Over it, a newcomer evicts
+    an unverified connection, or is refused when there is none."""
+    ipv4_prefix: int = 32
+    """Per-address limits count IPv4 sources per /ipv4_prefix network (32: per address)."""
+    ipv6_prefix: int = 64
+    """Per-address limits count IPv6 sources per /ipv6_prefix network (one host often owns a
+    whole /64, so counting exact addresses would let it open unlimited connections)."""
+    challenge_rate: float = 50.0
+    """HPKE-sealed challenges per second and origin, refilled continuously ..."""
+    challenge_burst: int = 200
+    """... up to this many at once; an Advertise over the budget gets AdvertiseRetry(BUSY)."""
+    require_tls: bool = False
+    """Refuse version 1 Advertise frames that did not arrive over TLS (TLS_REQUIRED)."""
 
     def __post_init__(self) -> None:
         for name in ("advertise_timeout", "response_timeout", "confirm_timeout"):
@@ -165,9 +192,21 @@ class MediatorConfig:
                 raise ValueError(f"{name} must be > 0")
         if self.wait_timeout is not None and not self.wait_timeout > 0:
             raise ValueError("wait_timeout must be > 0 or None")
-        for name in ("max_pending", "max_pending_per_ip", "max_waiting", "max_waiting_per_ip"):
+        for name in (
+            "max_pending",
+            "max_pending_per_ip",
+            "max_waiting",
+            "max_waiting_per_ip",
+            "challenge_burst",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1 or None")
+        if not 0 <= self.ipv4_prefix <= 32 or not 0 <= self.ipv6_prefix <= 128:
+            raise ValueError("ipv4_prefix must be 0..32 and ipv6_prefix 0..128")
+        if not self.challenge_rate > 0:
+            raise ValueError("challenge_rate must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +214,19 @@ class MediatorNote:
     """Something worth a log line: registrations, pairings, failures (with reason)."""
 
     kind: str
-    """refused | rejected | challenged | registered | replaced | paired | introduced |
-    failed | closed"""
+    """refused | evicted | rejected | challenged | registered | replaced | paired |
+    introduced | failed | closed"""
     conn: ConnId
     remote: tuple[str, int] | None = None
     our_key: bytes | None = None
     their_key: bytes | None = None
     partner: ConnId | None = None
     reason: str = ""
+    cause: str = ""
+    """A short label from a fixed set (for metrics and log filters): for refused/evicted
+    ``pending_origin``, ``pending_global``, ``connections``, ``shutting_down``; for rejected
+    the failed check (``identity_check_failed``, ``waiting_full``...); for failed the event
+    (``timeout``, ``eof``, ``lost``, ``bad_input``, ``shutdown``, ``partner_...``)."""
 
 
 NoteObserver = Callable[[MediatorNote], None]
@@ -202,19 +246,42 @@ SessionRow = tuple[
     bytes,  # their_key
     bytes | None,  # nonce while challenged; the Peer's session: the pairing id while pairing
     ConnId | None,  # partner while pairing
+    bool,  # arrived over TLS
 ]
-MediatorSnapshot = tuple[tuple[SessionRow, ...], tuple[tuple[RegistryKey, int], ...], bool]
-"""What :meth:`MediatorCore.snapshot` returns: sessions by conn, registry entries, shutting down."""
+MediatorSnapshot = tuple[
+    tuple[SessionRow, ...], tuple[tuple[RegistryKey, int], ...], bool, AdmissionSnapshot
+]
+"""What :meth:`MediatorCore.snapshot` returns: sessions by conn, registry entries, shutting
+down, and the eviction order of unverified connections (not the per-origin challenge budgets:
+see :meth:`p2psc.core.admission.Admission.snapshot`)."""
 
 
 class _Session:
     """Per-connection state; deliberately tiny (a waiting registration budget is 4 KiB)."""
 
-    __slots__ = ("buf", "deadline", "local", "nonce", "our", "partner", "remote", "state", "their")
+    __slots__ = (
+        "buf",
+        "deadline",
+        "local",
+        "nonce",
+        "origin",
+        "our",
+        "partner",
+        "remote",
+        "secure",
+        "state",
+        "their",
+    )
 
-    def __init__(self, state: str, remote: tuple[str, int], deadline: float | None) -> None:
+    def __init__(
+        self, state: str, remote: tuple[str, int], deadline: float | None, origin: str
+    ) -> None:
         self.state = state
         self.remote = remote
+        self.origin = origin
+        """What per-address limits count this session under (see admission.origin_of)."""
+        self.secure = False
+        """The connection is TLS (the adapter called MediatorCore.start_tls)."""
         self.deadline = deadline
         self.buf = b""
         self.local: wire.Address | None = None
@@ -235,36 +302,23 @@ class _Session:
             self.their,
             self.nonce,
             self.partner,
+            self.secure,
         )
-
-
-@functools.lru_cache(maxsize=4096)
-def _ipv6_source(host: str) -> str:
-    try:
-        address = ipaddress.IPv6Address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if address.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket
-        return str(address.ipv4_mapped)
-    return str(ipaddress.IPv6Network((address, 64), strict=False))
-
-
-def _source(host: str) -> str:
-    """The "source IP" the per-address limits count (spec/mediator.md §6): an IPv4 address
-    itself, an IPv6 address's /64 prefix (one host is usually given a whole /64, so counting
-    per /128 would let it fill the registry from addresses it gets for free)."""
-    return host if ":" not in host else _ipv6_source(host)
 
 
 def _version_unsupported(name: str) -> bool:
     return name != "version_supported"
 
 
+@lru_cache(maxsize=512)
 def _abort(code: int, text: str) -> bytes:
     return wire.AdvertiseAbort(code=code, text=text).encode()
 
 
+@lru_cache(maxsize=512)
 def _retry(code: int, text: str) -> bytes:
+    """(Cached, as _abort: most reasons are constant texts, and under a flood every eviction
+    sends the same AdvertiseRetry; encoding it each time was a visible share of the cost.)"""
     return wire.AdvertiseRetry(code=code, text=text).encode()
 
 
@@ -301,9 +355,11 @@ class MediatorCore:
         self._observer = None if self._note_kinds == frozenset() else observer
         """None when nobody reads notes, which every note site tests first."""
         self._sessions: dict[ConnId, _Session] = {}
-        self._pending = 0
-        self._pending_by_ip: dict[str, int] = {}
+        config = self.config
+        self._admission = Admission(config.challenge_rate, config.challenge_burst)
+        """Unverified connections: counts per origin, eviction order, challenge budgets."""
         self._waiting_by_ip: dict[str, int] = {}
+        """Waiting registrations per origin (an address, or an IPv6 prefix)."""
         self._shutting_down = False
 
     # --- introspection ------------------------------------------------------------------
@@ -311,7 +367,17 @@ class MediatorCore:
     @property
     def pending(self) -> int:
         """Unverified connections (awaiting Advertise or the AdvertiseResponse)."""
-        return self._pending
+        return self._admission.total
+
+    @property
+    def _pending_by_ip(self) -> dict[str, int]:
+        """Unverified connections per origin (read-only view for tests and diagnostics)."""
+        return self._admission.counts
+
+    def origin(self, ip: str) -> str:
+        """The origin per-address limits count ``ip`` under (IPv6: its configured prefix)."""
+        config = self.config
+        return origin_of(ip, config.ipv4_prefix, config.ipv6_prefix)
 
     @property
     def waiting(self) -> int:
@@ -331,13 +397,16 @@ class MediatorCore:
     # --- snapshots ------------------------------------------------------------------------
 
     def snapshot(self) -> MediatorSnapshot:
-        """Everything that determines future behaviour, as nested tuples (hashable).
+        """Everything that determines future behaviour, as nested tuples (hashable), except
+        the per-origin challenge budgets (rate state that outlives connections; a rebuilt core
+        starts with full budgets).
 
-        The registry is included as its sorted entries; counters are derived from sessions.
+        The registry is included as its sorted entries; counters are derived from sessions
+        and the eviction order.
         """
         sessions = tuple(s.as_tuple(conn) for conn, s in sorted(self._sessions.items()))
         registry = tuple(sorted(self._registry.items()))
-        return (sessions, registry, self._shutting_down)
+        return (sessions, registry, self._shutting_down, self._admission.snapshot())
 
     @classmethod
     def from_snapshot(
@@ -350,16 +419,18 @@ class MediatorCore:
         observer: NoteObserver | None = None,
     ) -> MediatorCore:
         """Rebuild a core (with an in-memory registry) from :meth:`snapshot` output."""
-        sessions, registry, shutting_down = snapshot
+        sessions, registry, shutting_down, admission = snapshot
         core = cls(config, nonce_source=nonce_source, crypto=crypto, observer=observer)
         core._shutting_down = bool(shutting_down)
         for row in sessions:
-            conn, state, remote, deadline, buf, local, our, their, nonce, partner = row
-            session = _Session(state, remote, deadline)
+            conn, state, remote, deadline, buf, local, our, their, nonce, partner, secure = row
+            session = _Session(state, remote, deadline, core.origin(remote[0]))
             session.buf, session.local, session.our, session.their = buf, local, our, their
-            session.nonce, session.partner = nonce, partner
+            session.nonce, session.partner, session.secure = nonce, partner, secure
             core._sessions[conn] = session
-            core._count(session, +1)
+            if session.state == WAITING:
+                core._count(conn, session, +1)
+        core._admission.restore(admission)
         for (our, their), handle in registry:
             core._registry.register(our, their, handle)
         return core
@@ -400,36 +471,46 @@ class MediatorCore:
 
     # --- bookkeeping ----------------------------------------------------------------------
 
-    def _count(self, session: _Session, delta: int) -> None:
-        """Keep the pending / per-IP counters in step with ``session.state``."""
+    def _count(self, conn: ConnId, session: _Session, delta: int) -> None:
+        """Keep the pending / per-origin counters in step with ``session.state``."""
         state = session.state
         if state in _PENDING:
-            table = self._pending_by_ip
-            self._pending += delta
-        elif state == WAITING:
-            table = self._waiting_by_ip
-        else:
+            if delta > 0:
+                self._admission.add(conn, session.origin, challenged=state == CHALLENGED)
+            else:
+                self._admission.remove(conn, session.origin)
             return
-        ip = _source(session.remote[0])
-        count = table.get(ip, 0) + delta
+        if state != WAITING:
+            return
+        table = self._waiting_by_ip
+        origin = session.origin
+        count = table.get(origin, 0) + delta
         if count > 0:
-            table[ip] = count
+            table[origin] = count
         else:
-            table.pop(ip, None)
+            table.pop(origin, None)
 
-    def _move(self, session: _Session, transition: Transition) -> None:
+    def _move(self, conn: ConnId, session: _Session, transition: Transition) -> None:
         target = transition.target
         counted = _COUNTED.get(session.state)
         if counted is _COUNTED.get(target):  # e.g. pending -> pending: no counter changes
             session.state = target
             return
         if counted is not None:
-            self._count(session, -1)
+            self._count(conn, session, -1)
         session.state = target
         if target in _COUNTED:
-            self._count(session, +1)
+            self._count(conn, session, +1)
 
-    def _note(self, kind: str, conn: ConnId, session: _Session | None, reason: str = "") -> None:
+    def _note(
+        self,
+        kind: str,
+        conn: ConnId,
+        session: _Session | None,
+        reason: str = "",
+        cause: str = "",
+        remote: tuple[str, int] | None = None,
+    ) -> None:
         observer = self._observer
         if observer is None:
             return
@@ -437,7 +518,7 @@ class MediatorCore:
         if kinds is not None and kind not in kinds:
             return
         if session is None:
-            observer(MediatorNote(kind, conn, reason=reason))
+            observer(MediatorNote(kind, conn, remote, reason=reason, cause=cause))
         else:
             observer(
                 MediatorNote(
@@ -448,6 +529,7 @@ class MediatorCore:
                     session.their or None,
                     session.partner,
                     reason,
+                    cause,
                 )
             )
 
@@ -457,7 +539,7 @@ class MediatorCore:
         if state in _COUNTED:
             if state == WAITING:
                 self._registry.unregister(session.our, session.their, conn)
-            self._count(session, -1)
+            self._count(conn, session, -1)
         session.state = CLOSED
         session.buf = b""
         session.nonce = None
@@ -484,13 +566,15 @@ class MediatorCore:
         if code is not None:
             out.append(Send(conn, _abort(code, text)))
         if event not in ("eof",):
-            self._note("failed", conn, session, f"{event}: {text}")
+            self._note("failed", conn, session, f"{event}: {text}", event)
         self._close(conn, session, out, f"{event}: {text}")
         if partner_conn is not None:
             partner = self._sessions.get(partner_conn)
             if partner is not None:
                 _step(partner.state, "partner_lost")
-                self._note("failed", partner_conn, partner, f"partner {event}: {text}")
+                self._note(
+                    "failed", partner_conn, partner, f"partner {event}: {text}", f"partner_{event}"
+                )
                 out.append(Send(partner_conn, _abort(partner_code, f"partner {event}: {text}")))
                 self._close(partner_conn, partner, out, f"partner_lost: {event}")
 
@@ -502,27 +586,75 @@ class MediatorCore:
         if conn in self._sessions:
             return  # adapter bug: never reuse a live id; ignore rather than corrupt state
         remote = (remote[0], remote[1])
-        ip = _source(remote[0])
         config = self.config
+        origin = self.origin(remote[0])
+        admission = self._admission
+        victim: ConnId | None = None
+        why = cause = ""
+        refusal: tuple[int, str, str] | None = None
         if self._shutting_down:
-            refusal: tuple[int, str] | None = (_R.SHUTTING_DOWN, "mediator shutting down")
-        elif self._pending >= config.max_pending:
-            refusal = (_R.BUSY, "too many unverified connections, retry later")
-        elif self._pending_by_ip.get(ip, 0) >= config.max_pending_per_ip:
-            refusal = (_R.BUSY, "too many unverified connections from your address")
-        else:
-            refusal = None
+            refusal = (_R.SHUTTING_DOWN, "mediator shutting down", "shutting_down")
+        elif admission.counts.get(origin, 0) >= config.max_pending_per_ip:
+            victim, cause = admission.oldest_of(origin), "pending_origin"
+            why = "too many unverified connections from your address"
+        elif admission.total >= config.max_pending:
+            victim, cause = admission.oldest_of_largest(), "pending_global"
+            why = "too many unverified connections"
+        elif config.max_connections is not None and len(self._sessions) >= config.max_connections:
+            victim, cause = admission.oldest_of_largest(), "connections"
+            why = "too many connections"
+            if victim is None:  # every connection is verified: nobody to evict
+                refusal = (_R.BUSY, "too many connections, retry later", cause)
+        if victim is not None:
+            self._evict(victim, why, cause, out)
         if refusal is not None:
             _step(AWAITING_ADVERTISE, "busy")
-            out.append(Send(conn, _retry(*refusal)))
+            out.append(Send(conn, _retry(refusal[0], refusal[1])))
             out.append(Close(conn, f"busy: {refusal[1]}"))
-            self._note("refused", conn, None, refusal[1])
+            self._note("refused", conn, None, refusal[1], refusal[2], remote)
             return
         deadline = now + config.advertise_timeout
-        session = _Session(AWAITING_ADVERTISE, remote, deadline)
+        session = _Session(AWAITING_ADVERTISE, remote, deadline, origin)
         self._sessions[conn] = session
-        self._count(session, +1)
+        self._count(conn, session, +1)
         out.append(SetTimer(conn, deadline))
+
+    def _evict(self, victim: ConnId, why: str, cause: str, out: list[Action]) -> None:
+        """Close the unverified connection ``victim`` to make room for a newcomer."""
+        session = self._sessions[victim]
+        _step(session.state, "evicted")
+        text = f"evicted: {why}, retry later"
+        out.append(Send(victim, _retry(_R.BUSY, text)))
+        self._note("evicted", victim, session, why, cause)
+        self._close(victim, session, out, text)
+
+    def _clear_exempt(self, conn: ConnId) -> bool:
+        """Whether ``conn`` may register in clear although TLS is required (the version 0
+        legacy path, which has no TLS, overrides this; ``--no-legacy`` turns it off)."""
+        del conn
+        return False
+
+    def start_tls(self, conn: ConnId, now: float) -> list[Action]:
+        """The adapter saw a TLS ClientHello as the first byte of ``conn``; may it run TLS?
+
+        Yes (no actions) while the origin's challenge budget lasts: a TLS handshake costs the
+        mediator a key exchange and a signature, more than the HPKE seal the budget bounds, so
+        it is paid from the same budget. No: the connection is closed (nothing can be sent in
+        clear to a TLS client). Either way the session stays counted as unverified, so TLS
+        connections are limited and evicted exactly like plaintext ones.
+        """
+        session = self._sessions.get(conn)
+        if session is None or session.state != AWAITING_ADVERTISE or session.buf:
+            return []
+        out: list[Action] = []
+        if not self._admission.take_challenge(session.origin, now):
+            text = "too many TLS handshakes from your address"
+            _step(session.state, "bad_input")
+            self._note("rejected", conn, session, text, "challenge_rate")
+            self._close(conn, session, out, f"tls: {text}")
+            return out
+        session.secure = True
+        return out
 
     def _on_closed(self, conn: ConnId, error: str | None, now: float, out: list[Action]) -> None:
         session = self._sessions.get(conn)
@@ -670,7 +802,9 @@ class MediatorCore:
         transition = _step(session.state, "advertise", _version_unsupported)
         assert transition.target == CLOSED
         out.append(Send(conn, _abort(_R.UNSUPPORTED_VERSION, reason)))
-        self._note("rejected", conn, session, f"unsupported version: {reason}")
+        self._note(
+            "rejected", conn, session, f"unsupported version: {reason}", "unsupported_version"
+        )
         self._close(conn, session, out, f"advertise: {reason}")
 
     def _on_advertise(
@@ -697,6 +831,10 @@ class MediatorCore:
                 return True
             if name == "version_supported":
                 return message.version == wire.PROTOCOL_VERSION
+            if name == "transport_allowed":
+                return session.secure or not self.config.require_tls or self._clear_exempt(conn)
+            if name == "challenge_budget":
+                return session.secure or self._admission.take_challenge(session.origin, now)
             if name == "self_pairing":
                 return our == their
             raise InvalidTransition("MediatorSession", session.state, f"guard {name}")
@@ -704,12 +842,14 @@ class MediatorCore:
         transition = _step(session.state, "advertise", oracle)
         session.our, session.their, session.local = our, their, message.local
         if transition.target == CLOSED:
-            code, text = _GUARD_FAILURE[transition.guards[0].name]
-            out.append(Send(conn, _abort(code, text)))
-            self._note("rejected", conn, session, text)
+            guard = transition.guards[0].name
+            code, text = _GUARD_FAILURE[guard]
+            out.append(Send(conn, _retry(code, text) if code == _R.BUSY else _abort(code, text)))
+            self._note("rejected", conn, session, text, _GUARD_CAUSE[guard])
             self._close(conn, session, out, f"advertise: {text}")
             return
-        self._move(session, transition)
+        self._move(conn, session, transition)
+        self._admission.challenged(conn, session.origin)
         deadline = session.deadline = now + self.config.response_timeout
         if type(sealed) is bytes and len(sealed) == SEALED_NONCE_SIZE:
             challenge = _CHALLENGE_HEADER + sealed  # what AdvertiseChallenge(sealed).encode() is
@@ -731,7 +871,7 @@ class MediatorCore:
         registry = self._registry
         config = self.config
         our, their = session.our, session.their
-        ip = _source(session.remote[0])
+        origin = session.origin
         expected = session.nonce or b""
 
         def oracle(name: str) -> bool:
@@ -746,24 +886,25 @@ class MediatorCore:
                 if previous is None and len(registry) >= config.max_waiting:
                     return True
                 older = self._sessions.get(previous) if previous is not None else None
-                same_ip = older is not None and _source(older.remote[0]) == ip
-                return not same_ip and self._waiting_by_ip.get(ip, 0) >= config.max_waiting_per_ip
+                same = older is not None and older.origin == origin
+                return not same and self._waiting_by_ip.get(origin, 0) >= config.max_waiting_per_ip
             raise InvalidTransition("MediatorSession", session.state, f"guard {name}")
 
         transition = _step(session.state, "response", oracle)
         session.nonce = None
         if transition.target == CLOSED:
-            code, text = _GUARD_FAILURE[transition.guards[0].name]
+            guard = transition.guards[0].name
+            code, text = _GUARD_FAILURE[guard]
             payload = _retry(code, text) if code == _R.BUSY else _abort(code, text)
             out.append(Send(conn, payload))
-            self._note("rejected", conn, session, text)
+            self._note("rejected", conn, session, text, _GUARD_CAUSE[guard])
             self._close(conn, session, out, f"response: {text}")
             return
         if transition.target == DISCONNECTING:
             self._pair(conn, session, transition, now, out)
             return
         # waiting: register (replacing an older identical registration, if any)
-        self._move(session, transition)
+        self._move(conn, session, transition)
         previous = registry.register(our, their, conn)
         if previous is not None and previous != conn:
             older = self._sessions.get(previous)
@@ -777,7 +918,7 @@ class MediatorCore:
                 )
                 self._note("replaced", previous, older, f"replaced by connection {conn}")
                 # The registry entry now belongs to ``conn``: forget ``older`` without touching it.
-                self._count(older, -1)
+                self._count(previous, older, -1)
                 older.state = CLOSED
                 self._sessions.pop(previous, None)
                 out.append(Close(previous, "replaced: duplicate registration"))
@@ -811,9 +952,9 @@ class MediatorCore:
             self._registry.register(client.our, client.their, client_conn)
             self._bad(conn, session, f"cannot encode PeerDisconnect: {error.reason}", out)
             return
-        self._move(session, transition)
+        self._move(conn, session, transition)
         partner_step = _step(client.state, "partner_arrived")
-        self._count(client, -1)  # it left the registry through claim()
+        self._count(client_conn, client, -1)  # it left the registry through claim()
         client.state = partner_step.target
         session.partner, client.partner = client_conn, conn
         session.nonce = pairing_id  # the Client's PeerIdentification carries the same id

@@ -253,7 +253,7 @@ class LegacyAwareMediatorCore(MediatorCore):
             introduce_delay=introduce_delay,
         )
         # adopt the rebuilt base state (sessions, registry, counters)
-        for name in ("_sessions", "_registry", "_pending", "_pending_by_ip", "_waiting_by_ip"):
+        for name in ("_sessions", "_registry", "_admission", "_waiting_by_ip"):
             setattr(core, name, getattr(base, name))
         core._shutting_down = base._shutting_down
         core._legacy = set(legacy)
@@ -316,6 +316,9 @@ class LegacyAwareMediatorCore(MediatorCore):
         return self._translate(super().shutdown(now), now)
 
     # --- input ------------------------------------------------------------------------------
+
+    def _clear_exempt(self, conn: ConnId) -> bool:
+        return conn in self._legacy  # version 0 has no TLS; --require-tls covers version 1
 
     def _classify(self, conn: ConnId, first: int) -> None:
         session = self._sessions.get(conn)

@@ -9,6 +9,9 @@ it into ``spec/diagrams/MediatorSession.md``, which ``spec/mediator.md`` embeds 
 Guards are evaluated by the core, by name (transitions are tried in declaration order):
 
 - ``version_supported``: the Advertise carries protocol version 1.
+- ``transport_allowed``: the connection is TLS, or the mediator does not require TLS.
+- ``challenge_budget``: the sender's origin (address or IPv6 prefix) may still be sent an
+  HPKE-sealed challenge (a token bucket; TLS connections paid for theirs at the handshake).
 - ``self_pairing``: the Advertise names the sender's own key as the one it wants.
 - ``key_usable``: a nonce could be sealed to the advertised key (HPKE rejects a few degenerate
   X25519 points; a key nobody can own fails the identity check at once).
@@ -44,9 +47,14 @@ class MediatorSession(StateMachine):
     # Admission: over the pending-connection limits the connection is refused at once.
     busy = awaiting_advertise.to(closed)
 
+    # Over a pending limit, a newcomer evicts the oldest unverified connection (core/admission).
+    evicted = awaiting_advertise.to(closed) | challenged.to(closed)
+
     advertise = (
         awaiting_advertise.to(closed, unless="version_supported")
+        | awaiting_advertise.to(closed, unless="transport_allowed")
         | awaiting_advertise.to(closed, cond="self_pairing")
+        | awaiting_advertise.to(closed, unless="challenge_budget")
         | awaiting_advertise.to(closed, unless="key_usable")
         | awaiting_advertise.to(challenged)
     )

@@ -31,6 +31,20 @@ What it does:
 Budgets (DESIGN.md section 11): pairings/s >= 50% of the crypto floor; <= 4 KiB per waiting
 registration; pairing rate within 20% from the lowest to the highest level.
 
+``--hardening`` (issue 21) measures instead, in one run:
+
+6. **TLS**: pairings/s and mediator CPU per pairing with every connection inside TLS, against a
+   **TLS floor server** (the minimal uvloop floor server with ``ssl=``: the same TLS
+   handshakes, the same frames and the two seals, nothing else), and the same two in clear.
+7. **Floods**: the latency of a legitimate pairing from 127.0.0.1 (the victim's address) while
+   tests/mediator_flood.py holds (and keeps reopening) 256 idle connections from 127.0.0.1, and
+   4096 from 17 other loopback addresses, against the latency with no flood. Budget: p50 under
+   each flood within 2x of p50 without.
+
+The mediator runs with a challenge budget far above the load (``--challenge-rate``): every
+generated pairing comes from 127.0.0.1, and this benchmark measures throughput and latency,
+not the budget (tests/test_mediator_admission.py tests the budget).
+
 Reading the numbers: this is a shared 2-CPU machine. The generator needs about as much CPU per
 pairing as the mediator, so end-to-end pairings/s is bounded by whichever of the two gets less
 CPU; the mediator's CPU time per pairing is its capacity independent of the generator. Other
@@ -55,6 +69,8 @@ import sys
 import time
 import tracemalloc
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from p2psc import wire
 from p2psc.keys import HPKE, Keypair, PublicKey, nonce_info
@@ -153,17 +169,25 @@ class _PlainCrypto:
         return sealed[:32]
 
 
+def _core_config(limit: int) -> Any:
+    """Limits of ``limit`` everywhere, and a challenge budget the measurement never reaches
+    (all its registrations come from a few addresses at a frozen clock)."""
+    from p2psc.core.mediator import MediatorConfig
+
+    wanted: dict[str, Any] = dict.fromkeys(
+        ("max_pending", "max_pending_per_ip", "max_waiting", "max_waiting_per_ip"), limit
+    )
+    wanted.update(challenge_rate=1e9, challenge_burst=10**9)
+    known = MediatorConfig.__dataclass_fields__  # (the same bench runs against older cores)
+    return MediatorConfig(**{k: v for k, v in wanted.items() if k in known})
+
+
 def core_bytes_per_registration(count: int) -> float:
     """tracemalloc growth of MediatorCore per waiting registration (no sockets, no adapter)."""
     from p2psc.core.io import Opened, Received
-    from p2psc.core.mediator import MediatorConfig, MediatorCore
+    from p2psc.core.mediator import MediatorCore
 
-    config = MediatorConfig(
-        max_pending=count + 1,
-        max_pending_per_ip=count + 1,
-        max_waiting=count + 1,
-        max_waiting_per_ip=count + 1,
-    )
+    config = _core_config(count + 1)
     core = MediatorCore(config, crypto=_PlainCrypto())
     frames = []
     for _ in range(count):
@@ -226,12 +250,9 @@ class CoreRig:
 
     def __init__(self, waiting: int, pairs: int) -> None:
         from p2psc.core.io import Opened, Received
-        from p2psc.core.mediator import MediatorConfig, MediatorCore
+        from p2psc.core.mediator import MediatorCore
 
-        big = waiting + pairs + 10
-        config = MediatorConfig(
-            max_pending=big, max_pending_per_ip=big, max_waiting=big, max_waiting_per_ip=big
-        )
+        config = _core_config(waiting + pairs + 10)
         self.crypto = _SwitchCrypto()
         self.nonces = _RecordingNonces()
         self.core = core = MediatorCore(config, crypto=self.crypto, nonce_source=self.nonces)
@@ -312,7 +333,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_mediator(port: int, capacity: int) -> subprocess.Popen[bytes]:
+def start_mediator(
+    port: int, capacity: int, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    # Limits that fit the descriptors the mediator may open (it refuses limits that cannot,
+    # and raises its soft limit to the hard one as this process did).
+    available = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 64
+    pending = min(20_000, max(512, available // 10))
+    waiting = max(1, min(capacity, available - pending))
     cmd = [
         sys.executable,
         "-m",
@@ -327,13 +355,18 @@ def start_mediator(port: int, capacity: int) -> subprocess.Popen[bytes]:
         "--timeout",
         "120",
         "--max-pending",
-        "20000",
+        str(pending),
         "--max-pending-per-ip",
-        "20000",
+        str(pending),
         "--max-waiting",
-        str(capacity),
+        str(waiting),
         "--max-waiting-per-ip",
-        str(capacity),
+        str(waiting),
+        "--challenge-rate",
+        "1000000",
+        "--challenge-burst",
+        "1000000",
+        *extra,
     ]
     return _wait_listening(subprocess.Popen(cmd), port)
 
@@ -428,22 +461,36 @@ class _FloorSide(asyncio.Protocol):
             del self.waiting[self.keys]
 
 
-def floor_server(port: int, seal: bool) -> None:
-    """``--floor-server``: serve the floor protocol on 127.0.0.1:``port`` until killed."""
+def floor_server(port: int, seal: bool, tls: tuple[str, str] | None = None) -> None:
+    """``--floor-server``: serve the floor protocol on 127.0.0.1:``port`` until killed;
+    ``tls`` (certificate, key): inside TLS (uvloop's own TLS, the same ``ssl`` module)."""
+    import ssl
+
     import uvloop
 
     _FloorSide.seal = seal
+    context = None
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(*tls)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        await loop.create_server(_FloorSide, "127.0.0.1", port, backlog=1024, reuse_address=True)
+        await loop.create_server(
+            _FloorSide, "127.0.0.1", port, backlog=1024, reuse_address=True, ssl=context
+        )
         await asyncio.Event().wait()
 
     uvloop.run(serve())
 
 
-def start_floor_server(port: int, seal: bool) -> subprocess.Popen[bytes]:
+def start_floor_server(
+    port: int, seal: bool, tls: tuple[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, __file__, "--floor-server", str(port)] + (["--seal"] if seal else [])
+    if tls is not None:
+        cmd += ["--floor-tls", *tls]
     return _wait_listening(subprocess.Popen(cmd), port)
 
 
@@ -618,7 +665,13 @@ class Round:
 
 
 async def pair_round(
-    port: int, pid: int, keypairs: list[Keypair], concurrency: int, *, canned: bool = False
+    port: int,
+    pid: int,
+    keypairs: list[Keypair],
+    concurrency: int,
+    *,
+    canned: bool = False,
+    tls: Any = None,
 ) -> Round:
     """Pair ``len(keypairs) // 2`` pairs through the server on ``port`` (process ``pid``);
     keypairs are used two by two. ``concurrency`` workers each connect a pair's two sides
@@ -634,7 +687,11 @@ async def pair_round(
             run = PairRun(loop.create_future())
             for side in (sides[2 * i], sides[2 * i + 1]):
                 await loop.create_connection(
-                    lambda r=run, s=side: PairSide(r, s), "127.0.0.1", port
+                    lambda r=run, s=side: PairSide(r, s),
+                    "127.0.0.1",
+                    port,
+                    ssl=tls,
+                    server_hostname="localhost" if tls is not None else None,
                 )
             await run.done
             latencies.append(time.perf_counter() - run.begin)
@@ -806,12 +863,21 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="measure an already running mediator on 127.0.0.1:PORT (process PID) instead",
     )
+    parser.add_argument(
+        "--hardening",
+        action="store_true",
+        help="TLS vs a TLS floor, and pairing latency under floods (issue 21) instead",
+    )
+    parser.add_argument("--floods", action="store_true", help="--hardening without TLS")
     parser.add_argument("--floor-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--seal", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--floor-tls", nargs=2, metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.floor_server is not None:  # the floor servers are this file in another process
-        floor_server(args.floor_server, args.seal)
+        floor_server(args.floor_server, args.seal, args.floor_tls)
         return 0
+    if args.hardening or args.floods:
+        return hardening(args)
     default_levels = "100,2000" if args.quick else "100,10000,100000"
     requested = [int(x) for x in (args.levels or default_levels).split(",")]
     pairs = args.pairs or (300 if args.quick else 1000)
@@ -954,6 +1020,209 @@ def main(argv: list[str] | None = None) -> int:
         f" [0.80 .. 1.20]  (no sockets; core capacity / floor"
         f" {core_rates[lo] / floor:.2f})"
     )
+    return 0
+
+
+# --- issue 21: TLS and floods ---------------------------------------------------------------
+
+FLOOD = Path(__file__).resolve().parents[1] / "mediator_flood.py"
+FLOODS = {
+    "no flood": None,
+    "256 idle from 127.0.0.1 (the victim's address)": (256, ["127.0.0.1"]),
+    "4096 idle from 17 other addresses": (4096, [f"127.0.0.{n}" for n in range(2, 19)]),
+}
+
+
+def _tls_files(directory: Path) -> tuple[str, str]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tls_certs import make_leaf  # tests/tls_certs.py
+
+    leaf = make_leaf(directory, "bench")
+    return str(leaf.cert), str(leaf.key)
+
+
+def _client_tls() -> Any:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the bench's own self-signed certificate
+    return context
+
+
+def _start_flood(port: int, count: int, sources: list[str]) -> subprocess.Popen[str]:
+    cmd = [sys.executable, str(FLOOD), "--port", str(port), "--sources", ",".join(sources)]
+    cmd += ["--count", str(count), "--duration", "600", "--max-connects", "200000"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # {"held": N} once the flood is up
+    if not line:
+        raise RuntimeError("flood did not start")
+    return proc
+
+
+def _stop_flood(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    line = proc.stdout.readline().strip()
+    proc.wait(timeout=30)
+    return line
+
+
+async def hardening_load(
+    clear: tuple[int, int],
+    tls_port: int,
+    floors: dict[str, tuple[int, int]],
+    pairs: int,
+    concurrency: int,
+    rounds: int,
+) -> None:
+    tls = _client_tls()
+    port, pid = clear
+    warm = [Keypair.generate() for _ in range(2 * min(pairs, 300))]
+    for target, target_pid, context in (
+        (port, pid, None),
+        (tls_port, pid, tls),
+        (floors["clear"][0], floors["clear"][1], None),
+        (floors["tls"][0], floors["tls"][1], tls),
+    ):
+        await pair_round(target, target_pid, warm, concurrency, tls=context)
+    rows: dict[str, list[Round]] = {
+        name: [] for name in ("clear", "tls", "clear floor", "tls floor")
+    }
+    for _ in range(rounds):
+        for name, target, target_pid, context in (
+            ("clear", port, pid, None),
+            ("tls", tls_port, pid, tls),
+            ("clear floor", *floors["clear"], None),
+            ("tls floor", *floors["tls"], tls),
+        ):
+            keypairs = [Keypair.generate() for _ in range(2 * pairs)]
+            rows[name].append(
+                await pair_round(target, target_pid, keypairs, concurrency, tls=context)
+            )
+            await settle(target_pid)
+    print("TLS (every connection of every pairing inside TLS 1.3, ECDSA P-256 certificate):")
+    for name, taken in rows.items():
+        print(_round_line(f"  {name:<12}", taken), flush=True)
+    best = {name: max(r.rate for r in taken) for name, taken in rows.items()}
+    cpu = {name: min(r.cpu_per_pairing for r in taken) for name, taken in rows.items()}
+    print(
+        f"  pairings/s over TLS / TLS floor            = {best['tls'] / best['tls floor']:5.2f}"
+        f"  ({best['tls']:.0f} / {best['tls floor']:.0f}; generator shares the CPUs)"
+    )
+    print(
+        f"  mediator capacity over TLS / TLS floor's   = {cpu['tls floor'] / cpu['tls']:5.2f}"
+        f"  ({1 / cpu['tls']:.0f} vs {1 / cpu['tls floor']:.0f} pairings per CPU-second)"
+    )
+    print(
+        f"  TLS cost in the mediator                   = {(cpu['tls'] - cpu['clear']) * 1e6:5.0f}"
+        f" us per pairing (floor: {(cpu['tls floor'] - cpu['clear floor']) * 1e6:.0f} us)"
+    )
+
+
+async def latency_round(port: int, pid: int, pairs: int) -> Round:
+    keypairs = [Keypair.generate() for _ in range(2 * pairs)]
+    return await pair_round(port, pid, keypairs, 1)
+
+
+def tls_section(args: argparse.Namespace, pairs: int, rounds: int, loop_factory: Any) -> None:
+    import tempfile
+
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as directory:
+        cert, key = _tls_files(Path(directory))
+        try:
+            port = free_port()
+            procs.append(start_mediator(port, 20_000, ("--tls-cert", cert, "--tls-key", key)))
+            pid = procs[-1].pid
+            floors = {}
+            for name, tls in (("clear", None), ("tls", (cert, key))):
+                floor_port = free_port()
+                procs.append(start_floor_server(floor_port, True, tls))
+                floors[name] = (floor_port, procs[-1].pid)
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                runner.run(
+                    hardening_load((port, pid), port, floors, pairs, args.concurrency, rounds)
+                )
+        finally:
+            for proc in procs:
+                proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=30)
+
+
+def hardening(args: argparse.Namespace) -> int:
+    pairs = args.pairs or (200 if args.quick else 500)
+    rounds = args.rounds or (2 if args.quick else 3)
+    raise_nofile(10_000)
+    procs: list[subprocess.Popen[bytes]] = []
+    loop_factory = None
+    if not args.no_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+    print(
+        f"p2psc mediator hardening benchmark: {rounds} x {pairs} pairs, concurrency"
+        f" {args.concurrency}, {os.cpu_count()} CPUs",
+        flush=True,
+    )
+    if not args.floods:
+        tls_section(args, pairs, rounds, loop_factory)
+
+    # Floods: a mediator with the default admission limits, given explicitly.
+    latency_pairs = 100 if args.quick else 300
+    results: dict[str, list[Round]] = {}
+    try:
+        port = free_port()
+        procs.append(
+            _wait_listening(
+                subprocess.Popen(
+                    [
+                        *(sys.executable, "-m", "p2psc", "mediator", "--port", str(port)),
+                        *("--log-level", "error", "--max-pending", "4096"),
+                        *("--max-pending-per-ip", "256", "--challenge-rate", "100000"),
+                        *("--challenge-burst", "100000"),
+                    ]
+                ),
+                port,
+            )
+        )
+        pid = procs[-1].pid
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(latency_round(port, pid, 50))  # warm up
+            for _ in range(rounds):
+                for name, flood in FLOODS.items():
+                    attacker = None if flood is None else _start_flood(port, *flood)
+                    try:
+                        taken = runner.run(latency_round(port, pid, latency_pairs))
+                    finally:
+                        summary = _stop_flood(attacker) if attacker is not None else ""
+                    results.setdefault(name, []).append(taken)
+                    if summary:
+                        print(f"  ({name}: attacker {summary})", flush=True)
+                    runner.run(settle(pid))
+    finally:
+        for proc in procs:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+    print(
+        f"pairing latency of a legitimate pair from 127.0.0.1 ({latency_pairs} pairs one after"
+        f" another, {rounds} rounds per condition, conditions interleaved):"
+    )
+    base = statistics.median(statistics.median(r.latencies) for r in results["no flood"])
+    for name, taken in results.items():
+        p50 = statistics.median(statistics.median(r.latencies) for r in taken)
+        p99 = statistics.median(r.pct(0.99) for r in taken)
+        cpu = statistics.median(r.cpu_per_pairing for r in taken)
+        generator = statistics.median(r.generator_cpu / r.pairs for r in taken)
+        print(
+            f"  {name:<48} p50 {p50 * 1e3:6.2f} ms  p99 {p99 * 1e3:6.2f} ms"
+            f"  p50 / no flood = {p50 / base:5.2f} [<= 2.00]  (CPU per pairing: mediator"
+            f" {cpu * 1e6:.0f} us, generator {generator * 1e6:.0f} us)"
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ import os
 import select
 import subprocess
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,22 +67,50 @@ def start_mediator(
     return proc
 
 
+_LOG_TAILS: weakref.WeakKeyDictionary[subprocess.Popen[str], bytearray] = (
+    weakref.WeakKeyDictionary()
+)
+"""Bytes read from a mediator's stderr after its last complete line, per process."""
+_LOG_LINES: weakref.WeakKeyDictionary[subprocess.Popen[str], list[bytes]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Complete lines read from a mediator's stderr that no wait_for_log call has consumed yet."""
+
+
 def wait_for_log(proc: subprocess.Popen[str], event: str, timeout: float) -> dict[str, Any] | None:
-    """Read the mediator's JSON log lines until one has ``event``; None after ``timeout``."""
+    """Read the mediator's JSON log lines until one has ``event``; None after ``timeout``.
+
+    Why raw ``os.read`` and our own line buffer, not ``proc.stderr.readline()`` after
+    ``select``: ``readline`` on the buffered pipe reads *every* byte available, so when two log
+    lines arrived together (``challenged`` and ``registered`` a millisecond apart, read late
+    by a busy test process) the second sat in Python's buffer where ``select`` cannot see it,
+    and the next wait timed out although the line had been logged ("the Client never
+    registered"). Lines read past the wanted one are kept for the next call.
+    """
     assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    tail = _LOG_TAILS.setdefault(proc, bytearray())
+    lines = _LOG_LINES.setdefault(proc, [])
     end = time.monotonic() + timeout
-    while (left := end - time.monotonic()) > 0:
-        ready, _, _ = select.select([proc.stderr], [], [], left)
+    while True:
+        while lines:
+            with contextlib.suppress(ValueError):
+                entry: dict[str, Any] = json.loads(lines.pop(0))
+                if entry.get("event") == event:
+                    return entry
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             return None
-        line = proc.stderr.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             return None  # the mediator exited
-        with contextlib.suppress(ValueError):
-            entry: dict[str, Any] = json.loads(line)
-            if entry.get("event") == event:
-                return entry
-    return None
+        tail += chunk
+        *complete, rest = bytes(tail).split(b"\n")
+        tail[:] = rest
+        lines.extend(complete)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
