@@ -189,8 +189,10 @@ class NoIdleTimeout(MediatorCore):
 class ResetConfirms(MediatorCore):
     """Takes a reset of the Peer's connection as its confirmation (§4 (c))."""
 
-    def _on_closed(self, conn: ConnId, error: str | None, now: float, out: list[Action]) -> None:
-        super()._on_closed(conn, None, now, out)
+    def _on_closed(
+        self, conn: ConnId, clean: bool, error: str | None, now: float, out: list[Action]
+    ) -> None:
+        super()._on_closed(conn, True, None, now, out)
 
 
 class VagueReasons(MediatorCore):

@@ -100,3 +100,50 @@ def test_tick_before_any_deadline_does_nothing(now: float) -> None:
     d.start(0.0)
     assert d.tick(now) == [] and d.result is None
     assert TIMER in d.timers
+
+
+def test_closed_is_typed_never_a_free_string() -> None:
+    """Issue 20: a clean end and a failure are told apart by a typed field; the text is only a
+    reason. "eof" as a text is a failure, not a clean end."""
+    from p2psc.core.io import CloseKind, Closed
+
+    assert Closed(5).clean and Closed(5).kind is CloseKind.EOF
+    assert Closed.eof(5) == Closed(5)
+    assert not Closed(5, "eof").clean and Closed(5, "eof").kind is CloseKind.ERROR
+    assert Closed.failed(5, "").error == "failed" and not Closed.failed(5, "").clean
+    assert Closed(5, "mediator said bye", CloseKind.EOF).clean  # a reason may travel with EOF
+    assert hash(Closed(5)) == hash(Closed.eof(5))
+
+
+def test_only_a_clean_end_confirms_at_the_mediator() -> None:
+    """The Peer's reset after PeerDisconnect is never taken as its confirmation."""
+    from p2psc.core.io import Closed
+    from p2psc.core.mediator import MediatorCore
+
+    for closed, introduced in ((Closed.eof, True), (lambda c: Closed.failed(c, "reset"), False)):
+        core = MediatorCore()
+        sent = _pair_on(core)
+        actions = core.handle(closed(sent["peer"]), 1.0)
+        kinds = {type(wire.decode(a.data)).__name__ for a in actions if isinstance(a, Send)}
+        assert ("PeerIdentification" in kinds) is introduced, kinds
+
+
+def _pair_on(core: object) -> dict[str, int]:
+    """Register two connections that want each other on ``core``; returns their names."""
+    from p2psc.core.io import Opened, Received
+    from p2psc.core.mediator import MediatorCore
+
+    assert isinstance(core, MediatorCore)
+    a, b = Keypair.generate(), Keypair.generate()
+    for conn, me, them in ((1, a, b), (2, b, a)):
+        actions = core.handle(Opened(conn, ("192.0.2.1", 1000 + conn)), 0.0)
+        advertise = wire.Advertise(1, me.public_key.raw, them.public_key.raw)
+        actions = core.handle(Received(conn, advertise.encode()), 0.0)
+        challenge = next(
+            wire.decode(x.data) for x in actions if isinstance(x, Send) and x.conn == conn
+        )
+        assert isinstance(challenge, wire.AdvertiseChallenge)
+        info = nonce_info("AdvertiseChallenge", me.public_key.raw, them.public_key.raw)
+        nonce = HPKE.open(me, challenge.encrypted_nonce, info)
+        core.handle(Received(conn, wire.AdvertiseResponse(nonce).encode()), 0.0)
+    return {"client": 1, "peer": 2}

@@ -42,8 +42,8 @@ from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, cast
 
-from p2psc.core.io import Action, Close, Closed, Event, Opened, Received, Send, SetTimer, TimerFired
-from p2psc.core.mediator import MediatorConfig, MediatorCore, NoteObserver
+from p2psc.core.io import Close, Closed, Event, Opened, Received, Send, SetTimer, TimerFired
+from p2psc.core.mediator import MediatorAction, MediatorConfig, MediatorCore, NoteObserver
 from p2psc.core.registry import Registry
 from p2psc.errors import MediatorTlsError
 from p2psc.legacy.mediator import LegacyAwareMediatorCore
@@ -355,7 +355,7 @@ class MediatorServer:
             return
         self._execute(actions)
 
-    def _execute(self, actions: list[Action]) -> None:
+    def _execute(self, actions: list[MediatorAction]) -> None:
         connections = self._connections
         for index, action in enumerate(actions):
             kind = type(action)
@@ -452,7 +452,7 @@ class MediatorServer:
             transport.close()
 
 
-def _fin_follows(action: Action, conn: int) -> bool:
+def _fin_follows(action: MediatorAction, conn: int) -> bool:
     return isinstance(action, Close) and action.fin_with_send and action.conn == conn
 
 

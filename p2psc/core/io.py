@@ -10,6 +10,7 @@ All classes are frozen, slotted and hashable, so the explorer can store them in 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from p2psc.errors import P2pscError
@@ -17,6 +18,7 @@ from p2psc.errors import P2pscError
 __all__ = [
     "Action",
     "Close",
+    "CloseKind",
     "Closed",
     "ConnId",
     "Connect",
@@ -54,12 +56,48 @@ class Received:
     data: bytes
 
 
+class CloseKind(enum.Enum):
+    """How a connection ended: the distinction the protocols rely on, never a free string."""
+
+    EOF = "eof"
+    """The other side ended its stream cleanly (TCP FIN read as end of file; over TLS, its
+    close_notify too). At the Mediator this is the Peer's confirmation of PeerDisconnect."""
+    ERROR = "error"
+    """Anything else: a reset, a refused or failed connect, a timeout, a broken TLS session."""
+
+
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """``conn`` is gone: EOF, reset or a failed connect. ``error`` is a short human reason."""
+    """``conn`` is gone. ``kind`` says how (:class:`CloseKind`); ``error`` is a short human
+    reason, for logs and messages only: no core decides anything on its text.
+
+    ``Closed(conn)`` and ``Closed.eof(conn)`` report a clean end of stream; ``Closed(conn,
+    "reason")`` and ``Closed.failed(conn, "reason")`` anything else (a reset must never be
+    reported as EOF: at the Mediator that would forge the Peer's confirmation)."""
 
     conn: ConnId
     error: str | None = None
+    kind: CloseKind | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            kind = CloseKind.EOF if self.error is None else CloseKind.ERROR
+            object.__setattr__(self, "kind", kind)
+
+    @property
+    def clean(self) -> bool:
+        """True for a clean end of stream (:attr:`CloseKind.EOF`)."""
+        return self.kind is CloseKind.EOF
+
+    @classmethod
+    def eof(cls, conn: ConnId) -> Closed:
+        """The other side ended its stream cleanly."""
+        return cls(conn, None, CloseKind.EOF)
+
+    @classmethod
+    def failed(cls, conn: ConnId, reason: str) -> Closed:
+        """The connection broke, or never formed; ``reason`` says how."""
+        return cls(conn, reason or "failed", CloseKind.ERROR)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,6 @@ from types import MappingProxyType
 from p2psc import wire
 from p2psc.core.admission import Admission, AdmissionSnapshot, origin_of
 from p2psc.core.io import (
-    Action,
     Close,
     Closed,
     ConnId,
@@ -52,7 +51,12 @@ from p2psc.keys import (
 from p2psc.machines.compiler import GuardOracle, MachineTable, Transition, compile_machine
 from p2psc.machines.mediator import MediatorSession
 
+MediatorAction = Send | Close | SetTimer
+"""What :class:`MediatorCore` emits: it never connects, listens, or fails as a whole (the
+adapter executes exactly these three; spec/embedding.md section 3)."""
+
 __all__ = [
+    "MediatorAction",
     "MediatorConfig",
     "MediatorCore",
     "MediatorNote",
@@ -437,9 +441,9 @@ class MediatorCore:
 
     # --- the one entry point --------------------------------------------------------------
 
-    def handle(self, event: Event, now: float) -> list[Action]:
+    def handle(self, event: Event, now: float) -> list[MediatorAction]:
         """Apply one adapter event at time ``now``; return the actions to execute, in order."""
-        out: list[Action] = []
+        out: list[MediatorAction] = []
         kind = type(event)
         # exact-type dispatch (cheaper than isinstance chains on the hot path)
         # (the annotated assignments narrow the union without typing.cast's call per event)
@@ -451,16 +455,16 @@ class MediatorCore:
             self._on_opened(opened.conn, opened.remote, now, out)
         elif kind is Closed:
             closed: Closed = event  # type: ignore[assignment]
-            self._on_closed(closed.conn, closed.error, now, out)
+            self._on_closed(closed.conn, closed.clean, closed.error, now, out)
         elif kind is TimerFired:
             self._on_timer(event.conn, now, out)
         return out
 
-    def shutdown(self, now: float) -> list[Action]:
+    def shutdown(self, now: float) -> list[MediatorAction]:
         """Abort every session with SHUTTING_DOWN and refuse new connections from now on."""
         del now  # no deadline involved; kept for a uniform signature
         self._shutting_down = True
-        out: list[Action] = []
+        out: list[MediatorAction] = []
         for conn in sorted(self._sessions):
             session = self._sessions.get(conn)
             if session is not None:
@@ -533,7 +537,9 @@ class MediatorCore:
                 )
             )
 
-    def _close(self, conn: ConnId, session: _Session, out: list[Action], reason: str) -> None:
+    def _close(
+        self, conn: ConnId, session: _Session, out: list[MediatorAction], reason: str
+    ) -> None:
         """Forget ``session`` completely (registry entry included) and emit its Close."""
         state = session.state
         if state in _COUNTED:
@@ -555,7 +561,7 @@ class MediatorCore:
         event: str,
         code: int | None,
         text: str,
-        out: list[Action],
+        out: list[MediatorAction],
         *,
         partner_code: int = _R.PEER_GONE,
     ) -> None:
@@ -581,7 +587,7 @@ class MediatorCore:
     # --- events ---------------------------------------------------------------------------
 
     def _on_opened(
-        self, conn: ConnId, remote: tuple[str, int], now: float, out: list[Action]
+        self, conn: ConnId, remote: tuple[str, int], now: float, out: list[MediatorAction]
     ) -> None:
         if conn in self._sessions:
             return  # adapter bug: never reuse a live id; ignore rather than corrupt state
@@ -619,7 +625,7 @@ class MediatorCore:
         self._count(conn, session, +1)
         out.append(SetTimer(conn, deadline))
 
-    def _evict(self, victim: ConnId, why: str, cause: str, out: list[Action]) -> None:
+    def _evict(self, victim: ConnId, why: str, cause: str, out: list[MediatorAction]) -> None:
         """Close the unverified connection ``victim`` to make room for a newcomer."""
         session = self._sessions[victim]
         _step(session.state, "evicted")
@@ -634,7 +640,7 @@ class MediatorCore:
         del conn
         return False
 
-    def start_tls(self, conn: ConnId, now: float) -> list[Action]:
+    def start_tls(self, conn: ConnId, now: float) -> list[MediatorAction]:
         """The adapter saw a TLS ClientHello as the first byte of ``conn``; may it run TLS?
 
         Yes (no actions) while the origin's challenge budget lasts: a TLS handshake costs the
@@ -646,7 +652,7 @@ class MediatorCore:
         session = self._sessions.get(conn)
         if session is None or session.state != AWAITING_ADVERTISE or session.buf:
             return []
-        out: list[Action] = []
+        out: list[MediatorAction] = []
         if not self._admission.take_challenge(session.origin, now):
             text = "too many TLS handshakes from your address"
             _step(session.state, "bad_input")
@@ -656,22 +662,24 @@ class MediatorCore:
         session.secure = True
         return out
 
-    def _on_closed(self, conn: ConnId, error: str | None, now: float, out: list[Action]) -> None:
+    def _on_closed(
+        self, conn: ConnId, clean: bool, error: str | None, now: float, out: list[MediatorAction]
+    ) -> None:
         session = self._sessions.get(conn)
         if session is None:
             return
-        if error is None and session.state == DISCONNECTING:
+        if clean and session.state == DISCONNECTING:  # only a clean end is the confirmation
             self._confirmed(conn, session, now, out)
             return
-        if error is None:
+        if clean:
             text = "closed by the other side"
             if session.buf:
                 text += " in the middle of a frame"
             self._fail(conn, session, "eof", None, text, out)
         else:
-            self._fail(conn, session, "lost", None, error, out)
+            self._fail(conn, session, "lost", None, error or "connection lost", out)
 
-    def _on_timer(self, conn: ConnId, now: float, out: list[Action]) -> None:
+    def _on_timer(self, conn: ConnId, now: float, out: list[MediatorAction]) -> None:
         session = self._sessions.get(conn)
         if session is None:
             return
@@ -687,7 +695,9 @@ class MediatorCore:
         }[session.state]
         self._fail(conn, session, "timeout", _R.TIMEOUT, step, out, partner_code=_R.TIMEOUT)
 
-    def _on_received(self, conn: ConnId, data: bytes, now: float, out: list[Action]) -> None:
+    def _on_received(
+        self, conn: ConnId, data: bytes, now: float, out: list[MediatorAction]
+    ) -> None:
         session = self._sessions.get(conn)
         if session is None or not data:
             return
@@ -793,11 +803,11 @@ class MediatorCore:
 
     # --- handshake steps --------------------------------------------------------------------
 
-    def _bad(self, conn: ConnId, session: _Session, reason: str, out: list[Action]) -> None:
+    def _bad(self, conn: ConnId, session: _Session, reason: str, out: list[MediatorAction]) -> None:
         self._fail(conn, session, "bad_input", _R.MALFORMED, reason, out)
 
     def _reject_version(
-        self, conn: ConnId, session: _Session, reason: str, out: list[Action]
+        self, conn: ConnId, session: _Session, reason: str, out: list[MediatorAction]
     ) -> None:
         transition = _step(session.state, "advertise", _version_unsupported)
         assert transition.target == CLOSED
@@ -813,7 +823,7 @@ class MediatorCore:
         session: _Session,
         message: wire.Advertise,
         now: float,
-        out: list[Action],
+        out: list[MediatorAction],
     ) -> None:
         our, their = message.our_key, message.their_key
         sealed = b""
@@ -866,7 +876,7 @@ class MediatorCore:
         session: _Session,
         message: wire.AdvertiseResponse,
         now: float,
-        out: list[Action],
+        out: list[MediatorAction],
     ) -> None:
         registry = self._registry
         config = self.config
@@ -928,7 +938,12 @@ class MediatorCore:
         self._note("registered", conn, session)
 
     def _pair(
-        self, conn: ConnId, session: _Session, transition: Transition, now: float, out: list[Action]
+        self,
+        conn: ConnId,
+        session: _Session,
+        transition: Transition,
+        now: float,
+        out: list[MediatorAction],
     ) -> None:
         """``session`` (the later registrant) becomes the Peer, the waiting partner the Client."""
         client_conn = self._registry.claim(session.our, session.their)
@@ -965,7 +980,9 @@ class MediatorCore:
         out.append(SetTimer(client_conn, deadline))
         self._note("paired", conn, session)
 
-    def _confirmed(self, conn: ConnId, session: _Session, now: float, out: list[Action]) -> None:
+    def _confirmed(
+        self, conn: ConnId, session: _Session, now: float, out: list[MediatorAction]
+    ) -> None:
         """The Peer closed cleanly after PeerDisconnect: it is listening; introduce it."""
         del now
         client_conn = session.partner

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 
 from p2psc import wire
-from p2psc.core.io import Action, Close, Closed, ConnId, Event, Received, Send, SetTimer, TimerFired
+from p2psc.core.io import Close, Closed, ConnId, Event, Received, Send, SetTimer, TimerFired
 from p2psc.core.mediator import (
+    MediatorAction,
     MediatorConfig,
     MediatorCore,
     MediatorNote,
@@ -263,7 +264,7 @@ class LegacyAwareMediatorCore(MediatorCore):
 
     # --- the entry points ------------------------------------------------------------------
 
-    def handle(self, event: Event, now: float) -> list[Action]:
+    def handle(self, event: Event, now: float) -> list[MediatorAction]:
         # Every event of every connection passes here, so the version 1 case costs a few
         # checks: the protocol is decided once, on a fresh connection's first bytes, and the
         # output is only rewritten while some version 0 connection exists.
@@ -280,7 +281,7 @@ class LegacyAwareMediatorCore(MediatorCore):
             if conn not in legacy and received.data:
                 self._classify(conn, received.data[0])
             if conn in legacy:
-                actions: list[Action] = []
+                actions: list[MediatorAction] = []
                 self._on_legacy_received(conn, received.data, now, actions)
             else:
                 actions = super().handle(event, now)
@@ -312,7 +313,7 @@ class LegacyAwareMediatorCore(MediatorCore):
                 actions += self.handle(Closed(refused, "refusing to pair across protocols"), now)
         return actions
 
-    def shutdown(self, now: float) -> list[Action]:
+    def shutdown(self, now: float) -> list[MediatorAction]:
         return self._translate(super().shutdown(now), now)
 
     # --- input ------------------------------------------------------------------------------
@@ -327,7 +328,9 @@ class LegacyAwareMediatorCore(MediatorCore):
         if codec.looks_legacy(first):
             self._legacy.add(conn)
 
-    def _on_legacy_received(self, conn: ConnId, data: bytes, now: float, out: list[Action]) -> None:
+    def _on_legacy_received(
+        self, conn: ConnId, data: bytes, now: float, out: list[MediatorAction]
+    ) -> None:
         """Bytes on a version 0 connection (version 1 ones go straight to the core)."""
         session = self._sessions.get(conn)
         if session is None or not data:
@@ -349,7 +352,7 @@ class LegacyAwareMediatorCore(MediatorCore):
             self._legacy_message(conn, message, now, out)
 
     def _legacy_message(
-        self, conn: ConnId, message: codec.LegacyMessage, now: float, out: list[Action]
+        self, conn: ConnId, message: codec.LegacyMessage, now: float, out: list[MediatorAction]
     ) -> None:
         session = self._sessions[conn]
         if isinstance(message, codec.Advertise) and session.state == "awaiting_advertise":
@@ -382,11 +385,11 @@ class LegacyAwareMediatorCore(MediatorCore):
 
     # --- output -----------------------------------------------------------------------------
 
-    def _translate(self, actions: list[Action], now: float) -> list[Action]:
+    def _translate(self, actions: list[MediatorAction], now: float) -> list[MediatorAction]:
         """Rewrite what the core sends to legacy connections; schedule legacy introductions."""
         if not self._legacy:
             return actions
-        out: list[Action] = []
+        out: list[MediatorAction] = []
         fresh: list[ConnId] = []  # Peers sent PeerDisconnect (and closed) in this batch
         for action in actions:
             conn = action.conn if isinstance(action, (Send, Close, SetTimer)) else None
@@ -426,7 +429,9 @@ class LegacyAwareMediatorCore(MediatorCore):
         session = self._sessions.get(conn)
         return session is not None and session.partner in self._legacy
 
-    def _translate_send(self, conn: ConnId, frame: bytes, fresh: list[ConnId]) -> list[Action]:
+    def _translate_send(
+        self, conn: ConnId, frame: bytes, fresh: list[ConnId]
+    ) -> list[MediatorAction]:
         try:
             message = wire.decode(frame)
         except ProtocolError:  # cannot happen: the core encodes what it sends
