@@ -1,0 +1,294 @@
+"""p2psc.trio.connect pairs with asyncio peers through either mediator, and its stream is the
+secure channel (issue 20).
+
+Each cross-framework test runs every side on its own thread with its own event loop: the
+mediator (asyncio's serve_mediator, or p2psc.trio's), and one thread per peer. A thread-safe
+observer on the mediator tells when the first peer has registered, so the registration order
+(first = Client, Noise initiator) is exact, not a sleep. Data goes both ways through the
+channel, in payloads spanning several records, then each side ends with the authenticated close
+and sees the other's.
+
+trio is in the ``test`` extra, so CI always runs these; elsewhere they skip when trio is absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import pytest
+
+if os.environ.get("CI"):
+    import trio  # CI installs the test extra: a missing trio must fail, not skip
+else:
+    trio = pytest.importorskip("trio")
+import trio.testing
+
+import p2psc.trio
+from p2psc.aio.connect import connect as aio_connect
+from p2psc.aio.mediator import serve_mediator as aio_serve_mediator
+from p2psc.core.mediator import MediatorNote
+from p2psc.errors import (
+    ChannelClosed,
+    MediatorUnreachable,
+    RecordTampered,
+    TruncatedStream,
+)
+from p2psc.keys import Keypair
+
+T = TypeVar("T")
+FAST: dict[str, Any] = {"timeout": 8.0, "punch_timeout": 4.0, "step_timeout": 4.0}
+SIZE = 200_000
+"""Bytes each side sends: several 32 KiB records and several reads."""
+
+
+class Registrations:
+    """A mediator observer any thread can wait on: which keys have registered."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.keys: list[bytes] = []
+
+    def __call__(self, note: MediatorNote) -> None:
+        if note.kind == "registered" and note.our_key is not None:
+            with self.cond:
+                self.keys.append(note.our_key)
+                self.cond.notify_all()
+
+    def wait(self, key: Keypair, timeout: float = 10.0) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: key.public_key.raw in self.keys, timeout)
+        assert ok, "the first peer never registered"
+
+
+@contextmanager
+def aio_mediator(observer: Registrations) -> Iterator[tuple[str, int]]:
+    """asyncio's serve_mediator on a loop in a thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(_aio_start(observer), loop).result(10)
+    try:
+        yield ("127.0.0.1", server.port)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+async def _aio_start(observer: Registrations) -> Any:
+    return await aio_serve_mediator("127.0.0.1", 0, observer=observer)
+
+
+@contextmanager
+def trio_mediator(observer: Registrations | None = None, **options: Any) -> Iterator[Any]:
+    """p2psc.trio.serve_mediator in trio.run on a thread; yields the MediatorServer."""
+    ready: Future[tuple[Any, Any]] = Future()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: p2psc.trio.serve_mediator(
+                    "127.0.0.1", 0, observer=observer, task_status=task_status, **options
+                )
+            )
+            ready.set_result((server, trio.lowlevel.current_trio_token()))
+
+    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    thread.start()
+    server, token = ready.result(10)
+    try:
+        yield server
+    finally:
+        trio.from_thread.run_sync(server.close, trio_token=token)
+        thread.join(10)
+        assert not thread.is_alive(), "the trio mediator did not shut down"
+
+
+def payload(tag: bytes) -> bytes:
+    return (tag * (SIZE // len(tag) + 1))[:SIZE]
+
+
+def trio_peer(me: Keypair, them: Keypair, addr: tuple[str, int]) -> tuple[str, bytes, bytes]:
+    """Pair, send our payload right away, read theirs, close authenticated, see their close."""
+
+    async def main() -> tuple[str, bytes, bytes]:
+        with trio.fail_after(30):
+            conn = await p2psc.trio.connect(me, them.public_key, addr, **FAST)
+            async with conn:
+                assert conn.peer_key == them.public_key and conn.path == "direct"
+                got = bytearray()
+
+                async def read() -> None:
+                    while len(got) < SIZE:
+                        chunk = await conn.receive_some()
+                        assert chunk, "EOF before the payload"
+                        got.extend(chunk)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read)
+                    await conn.send_all(payload(me.public_key.raw[:4]))
+                await conn.send_eof()
+                assert await conn.receive_some() == b""  # their authenticated close
+            return conn.role, conn.session_secret, bytes(got)
+
+    return trio.run(main)
+
+
+def aio_peer(me: Keypair, them: Keypair, addr: tuple[str, int]) -> tuple[str, bytes, bytes]:
+    async def main() -> tuple[str, bytes, bytes]:
+        async with asyncio.timeout(30):
+            conn = await aio_connect(me, them.public_key, addr, **FAST)
+            async with conn:
+                assert conn.peer_key == them.public_key
+                conn.writer.write(payload(me.public_key.raw[:4]))
+                got = await conn.reader.readexactly(SIZE)
+                conn.writer.write_eof()
+                assert await conn.reader.read() == b""
+            return conn.role, conn.session_secret, got
+
+    return asyncio.run(main())
+
+
+PEERS: dict[str, Callable[[Keypair, Keypair, tuple[str, int]], tuple[str, bytes, bytes]]] = {
+    "trio": trio_peer,
+    "asyncio": aio_peer,
+}
+
+
+@contextmanager
+def any_mediator(kind: str, observer: Registrations) -> Iterator[tuple[str, int]]:
+    if kind == "asyncio":
+        with aio_mediator(observer) as addr:
+            yield addr
+    else:
+        with trio_mediator(observer) as server:
+            yield server.address
+
+
+@pytest.mark.parametrize("mediator", ["asyncio", "trio"])
+@pytest.mark.parametrize(
+    ("first", "second"), [("trio", "asyncio"), ("asyncio", "trio"), ("trio", "trio")]
+)
+def test_cross_pairing(mediator: str, first: str, second: str) -> None:
+    a, b = Keypair.generate(), Keypair.generate()
+    registrations = Registrations()
+    with any_mediator(mediator, registrations) as addr, ThreadPoolExecutor(2) as pool:
+        early = pool.submit(PEERS[first], a, b, addr)
+        registrations.wait(a)
+        late = pool.submit(PEERS[second], b, a, addr)
+        role_a, secret_a, got_a = early.result(timeout=40)
+        role_b, secret_b, got_b = late.result(timeout=40)
+    assert (role_a, role_b) == ("client", "peer")
+    assert secret_a == secret_b and len(secret_a) == 32
+    assert got_a == payload(b.public_key.raw[:4])
+    assert got_b == payload(a.public_key.raw[:4])
+
+
+# --- the stream: one trio-trio pair through the trio mediator, in one trio.run ----------------
+
+
+async def _pair(server: Any) -> tuple[Any, Any]:
+    a, b = Keypair.generate(), Keypair.generate()
+    conns: dict[str, Any] = {}
+
+    async def one(name: str, me: Keypair, them: Keypair) -> None:
+        conns[name] = await p2psc.trio.connect(me, them.public_key, server.address, **FAST)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, "a", a, b)
+        nursery.start_soon(one, "b", b, a)
+    return conns["a"], conns["b"]
+
+
+def with_pair(body: Callable[[Any, Any], Any]) -> None:
+    async def main() -> None:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                server = await nursery.start(p2psc.trio.serve_mediator)
+                ca, cb = await _pair(server)
+                try:
+                    assert ca.local == cb.remote and ca.remote == cb.local
+                    assert ca.handshake_hash == cb.handshake_hash != b""
+                    await body(ca, cb)
+                finally:
+                    await ca.aclose()
+                    await cb.aclose()
+                    server.close()
+
+    trio.run(main)
+
+
+def test_a_cut_stream_is_a_truncation_not_an_end() -> None:
+    async def body(ca: Any, cb: Any) -> None:
+        await ca.send_all(b"partial")
+        assert await cb.receive_some() == b"partial"
+        ca.transport.socket.close()  # a FIN without the close record
+        with pytest.raises(TruncatedStream):
+            await cb.receive_some()
+        with pytest.raises(TruncatedStream):  # and every later call again
+            await cb.receive_some()
+
+    with_pair(body)
+
+
+def test_a_tampered_record_is_refused_and_nothing_of_it_delivered() -> None:
+    async def body(ca: Any, cb: Any) -> None:
+        record = bytearray(ca.channel.seal(b"secret"))
+        record[-1] ^= 1
+        await ca.transport.send_all(bytes(record))
+        with pytest.raises(RecordTampered):
+            await cb.receive_some()
+        with pytest.raises(ChannelClosed):
+            await cb.send_all(b"more")
+
+    with_pair(body)
+
+
+def test_send_eof_is_the_authenticated_half_close() -> None:
+    async def body(ca: Any, cb: Any) -> None:
+        await ca.send_all(b"last words")
+        await ca.send_eof()
+        with pytest.raises(ChannelClosed):
+            await ca.send_all(b"after eof")
+        got = b""
+        while chunk := await cb.receive_some(3):  # max_bytes honoured
+            assert len(chunk) <= 3
+            got += chunk
+        assert got == b"last words"
+        await cb.send_all(b"still open")  # the other direction lives on
+        assert await ca.receive_some() == b"still open"
+        await cb.wait_send_all_might_not_block()
+
+    with_pair(body)
+
+
+def test_receiving_in_two_tasks_at_once_is_refused() -> None:
+    async def body(ca: Any, cb: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cb.receive_some)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await cb.receive_some()
+            await ca.send_all(b"x")
+
+    with_pair(body)
+
+
+def test_mediator_unreachable() -> None:
+    async def main() -> None:
+        with trio.socket.socket() as probe:
+            await probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]  # bound, not listening: refused
+            with pytest.raises(MediatorUnreachable):
+                await p2psc.trio.connect(
+                    Keypair.generate(), Keypair.generate().public_key, ("127.0.0.1", port), **FAST
+                )
+
+    trio.run(main)
