@@ -53,8 +53,8 @@ class TrioConnection(SecureStream):
         self.role = result.role
         self.session_secret = result.session_secret
         self.handshake_hash = result.handshake_hash
-        self.local = _pair(sock.getsockname())
-        self.remote = _pair(sock.getpeername())
+        self.local = _address(sock.getsockname)
+        self.remote = _address(sock.getpeername)  # ("", 0) if it was reset meanwhile
         self.path = "direct"
 
 
@@ -214,7 +214,7 @@ class _Adapter:
                     if self.driver.result is not None:
                         return
                     sock, address = listener.sock.accept()
-                except (BlockingIOError, InterruptedError):
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue
                 except trio.ClosedResourceError:
                     return
@@ -222,7 +222,7 @@ class _Adapter:
                     self._gone(LISTENER, str(error))
                     return
                 sock.setblocking(False)
-                remote, local = _pair(address), _pair(sock.getsockname())
+                remote, local = _pair(address), _address(sock.getsockname)
                 conn, ops = self.driver.accepted(remote, local, trio.current_time())
                 self.links[conn] = link = Link(sock)
                 self.nursery.start_soon(self._read, conn, link)
@@ -275,6 +275,13 @@ class _Adapter:
         self.connecting.clear()
         for conn in list(self.links):
             self._drop(conn, flush=False)
+
+
+def _address(get: Callable[[], object]) -> tuple[str, int]:
+    try:
+        return _pair(get())
+    except OSError:
+        return ("", 0)
 
 
 def _pair(name: object) -> tuple[str, int]:
