@@ -14,11 +14,13 @@ trio is in the ``test`` extra, so CI always runs these; elsewhere they skip when
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import pytest
@@ -33,8 +35,10 @@ import p2psc.trio
 from p2psc.aio.connect import connect as aio_connect
 from p2psc.aio.mediator import serve_mediator as aio_serve_mediator
 from p2psc.core.mediator import MediatorNote
+from p2psc.core.peer import LISTENER
 from p2psc.errors import (
     ChannelClosed,
+    HandshakeTimeout,
     MediatorUnreachable,
     RecordTampered,
     TruncatedStream,
@@ -292,3 +296,102 @@ def test_mediator_unreachable() -> None:
                 )
 
     trio.run(main)
+
+
+def test_timeout_when_nobody_comes() -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(p2psc.trio.serve_mediator)
+            with pytest.raises(HandshakeTimeout, match="did not register"):
+                await p2psc.trio.connect(
+                    Keypair.generate(), Keypair.generate().public_key, server.address, timeout=0.8
+                )
+            server.close()
+
+    trio.run(main)
+
+
+def test_a_receiver_that_stops_reading_stops_the_sender() -> None:
+    """Backpressure through the channel: with the receiver not reading, send_all stops
+    returning once the kernel buffers are full; what got through is bounded by them."""
+
+    async def body(ca: Any, cb: Any) -> None:
+        chunk, sent = b"\x00" * 65536, 0
+        with trio.move_on_after(1.0) as stalled:
+            while sent < 256 * 2**20:
+                await ca.send_all(chunk)
+                sent += len(chunk)
+        assert stalled.cancelled_caught, "256 MiB went into a receiver that never reads"
+        assert sent < 64 * 2**20
+        got = 0
+        ca.transport.socket.close()  # (the half-written record ends the test stream)
+        with pytest.raises(TruncatedStream):
+            while True:
+                got += len(await cb.receive_some())
+        assert 0 < got <= sent
+
+    with_pair(body)
+
+
+def test_silent_strangers_on_the_peer_listener_do_not_break_the_pairing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Six silent connections reach the trio Peer's listener during the pairing: the pair still
+    connects, and each stranger is closed by the end of the attempt (no descriptor kept)."""
+    connect_module = importlib.import_module("p2psc.trio.connect")
+    adapters: list[Any] = []
+    original = connect_module._Adapter
+
+    class Recording(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            adapters.append(self)
+
+    monkeypatch.setattr(connect_module, "_Adapter", Recording)
+    strangers: list[socket.socket] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(p2psc.trio.serve_mediator)
+            a, b = Keypair.generate(), Keypair.generate()
+            result: list[Any] = []
+
+            async def client() -> None:
+                result.append(await p2psc.trio.connect(a, b.public_key, server.address, **FAST))
+
+            async def strangers_at_the_listener() -> None:
+                while len(adapters) < 2 or LISTENER not in adapters[1].links:
+                    await trio.sleep(0)
+                target = adapters[1].links[LISTENER].sock.getsockname()
+                for _ in range(6):
+                    stranger = socket.socket()
+                    stranger.setblocking(False)
+                    stranger.connect_ex(target)
+                    strangers.append(stranger)
+
+            async with trio.open_nursery() as pairing:
+                pairing.start_soon(client)
+                while server.core.waiting != 1:
+                    await trio.sleep(0.005)
+                pairing.start_soon(strangers_at_the_listener)
+                peer = await p2psc.trio.connect(b, a.public_key, server.address, **FAST)
+            assert peer.role == "peer" and peer.peer_key == a.public_key
+            await result[0].send_all(b"still us")
+            assert await peer.receive_some() == b"still us"
+            await peer.aclose()
+            await result[0].aclose()
+            server.close()
+
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        trio.run(main)
+        assert len(strangers) == 6
+        assert len(os.listdir("/proc/self/fd")) <= before + len(strangers)  # only ours remain
+        for stranger in strangers:  # closed by the Peer: EOF or a reset, never silence
+            stranger.setblocking(True)
+            stranger.settimeout(5)
+            with suppress(ConnectionResetError):
+                assert stranger.recv(100) == b""
+    finally:
+        for stranger in strangers:
+            stranger.close()
