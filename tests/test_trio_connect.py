@@ -13,6 +13,7 @@ trio is in the ``test`` extra, so CI always runs these; elsewhere they skip when
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib
 import os
@@ -21,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -395,3 +397,21 @@ def test_silent_strangers_on_the_peer_listener_do_not_break_the_pairing(
     finally:
         for stranger in strangers:
             stranger.close()
+
+
+def test_the_trio_package_imports_no_asyncio() -> None:
+    """Every module of p2psc.trio imports neither asyncio nor p2psc.aio (python-statemachine,
+    a core dependency, loads asyncio itself; this checks our own code, statically)."""
+    package = Path(p2psc.trio.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert len(modules) >= 5
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(("asyncio", "p2psc.aio")), f"{module.name}: {name}"

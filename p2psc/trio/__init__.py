@@ -8,6 +8,11 @@
 Built from spec/embedding.md alone; no asyncio anywhere in this package.
 """
 
+try:
+    import trio as _trio  # noqa: F401  (only to explain a missing install)
+except ImportError as missing:  # pragma: no cover - depends on the environment
+    raise ImportError("p2psc.trio needs trio: pip install 'p2psc[trio]'") from missing
+
 from p2psc.trio.connect import TrioConnection, connect, connect_with
 from p2psc.trio.mediator import MediatorServer, serve_mediator
 from p2psc.trio.negotiator import Handler, RunResult, run_negotiator
