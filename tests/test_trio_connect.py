@@ -415,3 +415,37 @@ def test_the_trio_package_imports_no_asyncio() -> None:
                 continue
             for name in names:
                 assert not name.startswith(("asyncio", "p2psc.aio")), f"{module.name}: {name}"
+
+
+def test_many_trio_pairs_at_once_through_the_trio_mediator() -> None:
+    """Twelve pairings at the same time in one trio.run: each pair finds its own partner and
+    the mediator ends with no connection left."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(p2psc.trio.serve_mediator)
+            pairs = [(Keypair.generate(), Keypair.generate()) for _ in range(12)]
+            conns: dict[bytes, Any] = {}
+
+            async def one(me: Keypair, them: Keypair) -> None:
+                conn = await p2psc.trio.connect(me, them.public_key, server.address, **FAST)
+                conns[me.public_key.raw] = conn
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as everyone:
+                    for a, b in pairs:
+                        everyone.start_soon(one, a, b)
+                        everyone.start_soon(one, b, a)
+                for a, b in pairs:
+                    ca, cb = conns[a.public_key.raw], conns[b.public_key.raw]
+                    assert ca.peer_key == b.public_key and cb.peer_key == a.public_key
+                    assert {ca.role, cb.role} == {"client", "peer"}
+                    await ca.send_all(a.public_key.raw)
+                    assert await cb.receive_some() == a.public_key.raw
+                    await ca.aclose()
+                    await cb.aclose()
+                while server.connections:
+                    await trio.sleep(0.01)
+            server.close()
+
+    trio.run(main)
