@@ -18,7 +18,7 @@ import socket
 
 import trio
 
-__all__ = ["READ_SIZE", "Link", "close_socket", "readable", "receive"]
+__all__ = ["READ_SIZE", "Link", "close_socket", "readable"]
 
 READ_SIZE = 65536
 
@@ -38,19 +38,11 @@ async def readable(sock: socket.socket) -> None:
     await trio.lowlevel.wait_readable(sock)
 
 
-async def receive(sock: socket.socket) -> bytes:
-    """Wait for and read one chunk (``b""``: EOF). Raises OSError, or ClosedResourceError when
-    the socket was closed meanwhile."""
-    while True:
-        await readable(sock)
-        try:
-            return sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            continue
-
-
 class Link:
-    """A connected socket plus its outbox. ``reading`` is the cancel scope of its reader task."""
+    """A connected socket plus its outbox. ``reading`` is the cancel scope of a reader task that
+    must stop before the socket closes (set by the owner; a reader without one stops when the
+    socket is closed), and the flusher's scope exists only while there is something to flush:
+    a mediator holds one Link per waiting registration, so each object counts."""
 
     __slots__ = ("closing", "flushing", "out", "reading", "sock")
 
@@ -58,8 +50,8 @@ class Link:
         self.sock = sock
         self.out = bytearray()
         """Bytes queued but not yet taken by the kernel."""
-        self.reading = trio.CancelScope()
-        self.flushing = trio.CancelScope()
+        self.reading: trio.CancelScope | None = None
+        self.flushing: trio.CancelScope | None = None
         self.closing = False
         """Close once the outbox is empty (a ``Close`` arrived while bytes were queued)."""
 
@@ -77,11 +69,12 @@ class Link:
             return
         if sent < len(data):
             self.out += data[sent:]
-            nursery.start_soon(self._flush)
+            self.flushing = trio.CancelScope()
+            nursery.start_soon(self._flush, self.flushing)
 
-    async def _flush(self) -> None:
+    async def _flush(self, scope: trio.CancelScope) -> None:
         try:
-            with self.flushing:
+            with scope:
                 while self.out:
                     if self.sock.fileno() < 0:
                         raise trio.ClosedResourceError("socket closed")
@@ -98,9 +91,11 @@ class Link:
 
     def close(self, *, flush: bool) -> None:
         """Stop reading and close: after the outbox drained when ``flush``, else at once."""
-        self.reading.cancel()
+        if self.reading is not None:
+            self.reading.cancel()
         if flush and self.out:
             self.closing = True
             return
-        self.flushing.cancel()
+        if self.flushing is not None:
+            self.flushing.cancel()
         close_socket(self.sock)

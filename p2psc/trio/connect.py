@@ -207,7 +207,7 @@ class _Adapter:
         await self._read(op.conn, link)
 
     async def _serve(self, listener: Link) -> None:
-        with listener.reading:
+        with _reading(listener):
             while True:
                 try:
                     await readable(listener.sock)
@@ -230,7 +230,7 @@ class _Adapter:
                 self.changed.set()
 
     async def _read(self, conn: ConnId, link: Link) -> None:
-        with link.reading:
+        with _reading(link):
             while True:
                 try:
                     await readable(link.sock)
@@ -275,6 +275,14 @@ class _Adapter:
         self.connecting.clear()
         for conn in list(self.links):
             self._drop(conn, flush=False)
+
+
+def _reading(link: Link) -> trio.CancelScope:
+    """The reader's scope: a Close stops the reader even while the socket lingers to flush."""
+    link.reading = trio.CancelScope()
+    if link.closing:  # closed (to flush) before its reader even started
+        link.reading.cancel()
+    return link.reading
 
 
 def _address(get: Callable[[], object]) -> tuple[str, int]:

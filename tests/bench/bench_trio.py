@@ -12,15 +12,20 @@ disturbance over both), and the second registration starts once the first is reg
 mediator (its observer), so both runs do the same steps in the same order.
 
 Prints the median and p90 per framework and the ratio trio/asyncio (1.0 = same latency; lower
-is faster). Asserts nothing: figures are for the closing note.
+is faster). Then the memory each mediator adapter (plus its core) holds per open connection
+that has not sent anything yet (tracemalloc growth over ``--idle`` connections from raw
+sockets made before tracing starts), trio's against asyncio's. Asserts nothing: figures are for
+the closing note.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import statistics
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import trio
@@ -28,7 +33,7 @@ import trio
 import p2psc.trio
 from p2psc.aio.connect import connect as aio_connect
 from p2psc.aio.mediator import serve_mediator as aio_serve
-from p2psc.core.mediator import MediatorNote
+from p2psc.core.mediator import MediatorConfig, MediatorNote
 from p2psc.keys import Keypair
 from p2psc.trio import connect as trio_connect
 from p2psc.trio import serve_mediator as trio_serve
@@ -101,6 +106,64 @@ async def _connect_into(
     result.append(await trio_connect(a, b.public_key, addr))
 
 
+ROOMY = MediatorConfig(max_pending_per_ip=100_000, max_pending=100_000)
+"""Every idle connection comes from 127.0.0.1: lift the per-address limit (default 256)."""
+
+
+def idle_sockets(count: int) -> list[socket.socket]:
+    socks = [socket.socket() for _ in range(count)]
+    for sock in socks:
+        sock.setblocking(False)
+    return socks
+
+
+def dial(socks: list[socket.socket], port: int) -> None:
+    for sock in socks:
+        sock.connect_ex(("127.0.0.1", port))
+
+
+def aio_idle_bytes(count: int) -> float:
+    async def main() -> float:
+        socks = idle_sockets(count)
+        async with aio_serve("127.0.0.1", 0, backlog=count, config=ROOMY) as server:
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            dial(socks, server.port)
+            async with asyncio.timeout(60):
+                while server.connections < count:
+                    await asyncio.sleep(0.01)
+            grown = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+        for sock in socks:
+            sock.close()
+        return grown / count
+
+    return asyncio.run(main())
+
+
+def trio_idle_bytes(count: int) -> float:
+    async def main() -> float:
+        socks = idle_sockets(count)
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: trio_serve(backlog=count, config=ROOMY, task_status=task_status)
+            )
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            dial(socks, server.port)
+            with trio.fail_after(60):
+                while server.connections < count:
+                    await trio.sleep(0.01)
+            grown = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            server.close()
+        for sock in socks:
+            sock.close()
+        return grown / count
+
+    return trio.run(main)
+
+
 def describe(name: str, times: list[float]) -> str:
     ordered = sorted(times)
     p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
@@ -114,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairings", type=int, default=40, help="per framework (default 40)")
     parser.add_argument("--blocks", type=int, default=4, help="alternating blocks (default 4)")
+    parser.add_argument("--idle", type=int, default=500, help="idle connections (default 500)")
     args = parser.parse_args()
     per_block = max(1, args.pairings // args.blocks)
     runs: dict[str, Callable[[list[tuple[Keypair, Keypair]]], list[float]]] = {
@@ -130,6 +194,12 @@ def main() -> None:
         print(describe(name, times))
     ratio = statistics.median(figures["trio"]) / statistics.median(figures["asyncio"])
     print(f"trio/asyncio median pairing latency = {ratio:.2f}x")
+    aio_bytes, trio_bytes = aio_idle_bytes(args.idle), trio_idle_bytes(args.idle)
+    print(
+        f"mediator memory per idle connection (adapter + core, tracemalloc): "
+        f"asyncio {aio_bytes:.0f} B, trio {trio_bytes:.0f} B, trio/asyncio = "
+        f"{trio_bytes / aio_bytes:.2f}x"
+    )
 
 
 if __name__ == "__main__":
