@@ -29,11 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_limits_allow_exactly_n() -> None:
-    """§6 "A limit of N admits N": the (N+1)th is refused, the Nth is not."""
+    """§6 "A limit of N admits N": N unverified connections are held; the (N+1)th is admitted
+    by evicting the oldest unverified one (§6.1), so the count never exceeds N. The waiting
+    limit refuses the (N+1)th registration."""
     d = Driver(MediatorConfig(max_pending=2), symbolic=True)
-    assert abort_code(d.open(1, ("10.0.0.1", 1)), 1) is None
-    assert abort_code(d.open(2, ("10.0.0.2", 1)), 2) is None
-    assert abort_code(d.open(3, ("10.0.0.3", 1)), 3) == R.BUSY
+    assert closed(d.open(1, ("10.0.0.1", 1))) == []
+    assert closed(d.open(2, ("10.0.0.2", 1))) == []
+    actions = d.open(3, ("10.0.0.3", 1))
+    assert closed(actions) == [1] and abort_code(actions, 1) == R.BUSY
+    assert abort_code(actions, 3) is None and d.core.pending == 2
     d = Driver(MediatorConfig(max_waiting=2), symbolic=True)
     d.register_symbolic(1, sym_key(1), sym_key(9))
     d.register_symbolic(2, sym_key(2), sym_key(9))
@@ -56,23 +60,21 @@ def test_a_replacing_registration_is_not_refused_by_the_waiting_limit() -> None:
 
 def test_ipv6_sources_are_counted_per_64() -> None:
     """§6: per-address limits count an IPv6 source by its /64 prefix (a host gets a whole /64
-    for free); IPv4 addresses one by one."""
+    for free); IPv4 addresses one by one, IPv4-mapped addresses as the IPv4 address. Over the
+    per-source limit, that source's oldest unverified connection makes room (§6.1)."""
     d = Driver(MediatorConfig(max_pending_per_ip=2), symbolic=True)
-    assert abort_code(d.open(1, ("2001:db8:1:2::1", 1)), 1) is None
-    assert abort_code(d.open(2, ("2001:db8:1:2:ffff::9", 1)), 2) is None
-    assert abort_code(d.open(3, ("2001:db8:1:2::abcd", 1)), 3) == R.BUSY  # same /64
-    assert abort_code(d.open(4, ("2001:db8:1:3::1", 1)), 4) is None  # another /64
-    assert abort_code(d.open(5, ("192.0.2.1", 1)), 5) is None
-    assert abort_code(d.open(6, ("192.0.2.2", 1)), 6) is None
-    assert abort_code(d.open(7, ("192.0.2.3", 1)), 7) is None  # IPv4: per address
-    d.close(1)
-    assert abort_code(d.open(8, ("2001:db8:1:2::1", 2)), 8) is None  # a slot was freed
-    # IPv4-mapped addresses (an adapter that does not unmap them) still count per IPv4 address
-    assert abort_code(d.open(9, ("::ffff:198.51.100.1", 1)), 9) is None
-    assert abort_code(d.open(10, ("::ffff:198.51.100.2", 1)), 10) is None
-    assert abort_code(d.open(11, ("::ffff:198.51.100.3", 1)), 11) is None
-    assert abort_code(d.open(12, ("198.51.100.1", 2)), 12) is None
-    assert abort_code(d.open(13, ("198.51.100.1", 3)), 13) == R.BUSY  # same IPv4 source
+    assert closed(d.open(1, ("2001:db8:1:2::1", 1))) == []
+    assert closed(d.open(2, ("2001:db8:1:2:ffff::9", 1))) == []
+    assert closed(d.open(3, ("2001:db8:1:2::abcd", 1))) == [1]  # same /64: its oldest goes
+    assert closed(d.open(4, ("2001:db8:1:3::1", 1))) == []  # another /64
+    assert closed(d.open(5, ("192.0.2.1", 1))) == []
+    assert closed(d.open(6, ("192.0.2.2", 1))) == []
+    assert closed(d.open(7, ("192.0.2.3", 1))) == []  # IPv4: per address
+    # IPv4-mapped addresses (an adapter that does not unmap them) count per IPv4 address
+    assert closed(d.open(9, ("::ffff:198.51.100.1", 1))) == []
+    assert closed(d.open(10, ("::ffff:198.51.100.2", 1))) == []
+    assert closed(d.open(12, ("198.51.100.1", 2))) == []
+    assert closed(d.open(13, ("198.51.100.1", 3))) == [9]  # the same IPv4 source as conn 9
 
 
 def test_shutdown_aborts_sessions_and_retries_late_arrivals() -> None:
@@ -158,9 +160,11 @@ def test_an_adapter_echoing_the_cores_own_close_changes_nothing(
     a, b = rsa_keys
     _legacy_register(core, 1, a, b)
     actions = _legacy_register(core, 2, b, a)
-    assert Close(2, "legacy: closed after PeerDisconnect so the Peer can bind its port") in [
-        x for x in actions if isinstance(x, Close)
+    closes = [x for x in actions if isinstance(x, Close)]
+    assert [(x.conn, x.reason) for x in closes] == [
+        (2, "legacy: closed after PeerDisconnect so the Peer can bind its port")
     ]
+    assert closes[0].fin_with_send  # the FIN travels with PeerDisconnect (legacy.md §3)
     assert core.handle(Closed(2, None), 0.01) == []
     assert core.handle(Closed(2, "reset"), 0.02) == []
     assert core.handle(Received(2, b"{}"), 0.03) == []

@@ -22,7 +22,7 @@ import p2psc
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-EXTRAS = {"speed", "trio", "redis", "test", "docs"}
+EXTRAS = {"speed", "trio", "redis", "metrics", "test", "docs"}
 
 
 def _package_folders() -> set[str]:
