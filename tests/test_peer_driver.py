@@ -105,7 +105,7 @@ def test_tick_before_any_deadline_does_nothing(now: float) -> None:
 def test_closed_is_typed_never_a_free_string() -> None:
     """Issue 20: a clean end and a failure are told apart by a typed field; the text is only a
     reason. "eof" as a text is a failure, not a clean end."""
-    from p2psc.core.io import CloseKind, Closed
+    from p2psc.core.io import Closed, CloseKind
 
     assert Closed(5).clean and Closed(5).kind is CloseKind.EOF
     assert Closed.eof(5) == Closed(5)

@@ -29,8 +29,8 @@ import socket
 
 import trio
 
-from p2psc.core.io import Action, Close, Closed, Event, Opened, Received, Send, SetTimer, TimerFired
-from p2psc.core.mediator import MediatorConfig, MediatorCore, NoteObserver
+from p2psc.core.io import Close, Closed, Event, Opened, Received, Send, SetTimer, TimerFired
+from p2psc.core.mediator import MediatorAction, MediatorConfig, MediatorCore, NoteObserver
 from p2psc.core.registry import Registry
 from p2psc.legacy.mediator import LegacyAwareMediatorCore
 from p2psc.sockets import family_of
@@ -150,7 +150,7 @@ class MediatorServer:
             return
         self._execute(actions)
 
-    def _execute(self, actions: list[Action]) -> None:
+    def _execute(self, actions: list[MediatorAction]) -> None:
         assert self._nursery is not None
         for action in actions:
             if isinstance(action, Send):
