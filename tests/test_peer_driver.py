@@ -147,3 +147,29 @@ def _pair_on(core: object) -> dict[str, int]:
         nonce = HPKE.open(me, challenge.encrypted_nonce, info)
         core.handle(Received(conn, wire.AdvertiseResponse(nonce).encode()), 0.0)
     return {"client": 1, "peer": 2}
+
+
+def test_the_mediator_core_unmaps_ipv4_mapped_addresses() -> None:
+    """Issue 20: the address rule lives in the core, not in each adapter: a dual-stack
+    listener's ``::ffff:a.b.c.d`` is the IPv4 client a.b.c.d in PeerDisconnect and
+    PeerIdentification."""
+    from p2psc.core.io import Opened, Received
+    from p2psc.core.mediator import MediatorCore
+
+    core = MediatorCore()
+    a, b = Keypair.generate(), Keypair.generate()
+    sent: list[wire.Message] = []
+    for conn, me, them in ((1, a, b), (2, b, a)):
+        core.handle(Opened(conn, (f"::ffff:192.0.2.{conn}", 4000 + conn)), 0.0)
+        advertise = wire.Advertise(1, me.public_key.raw, them.public_key.raw)
+        actions = core.handle(Received(conn, advertise.encode()), 0.0)
+        challenge = next(wire.decode(x.data) for x in actions if isinstance(x, Send))
+        assert isinstance(challenge, wire.AdvertiseChallenge)
+        info = nonce_info("AdvertiseChallenge", me.public_key.raw, them.public_key.raw)
+        answer = wire.AdvertiseResponse(HPKE.open(me, challenge.encrypted_nonce, info))
+        actions = core.handle(Received(conn, answer.encode()), 0.0)
+        sent += [wire.decode(x.data) for x in actions if isinstance(x, Send)]
+    (disconnect,) = sent
+    assert isinstance(disconnect, wire.PeerDisconnect)
+    assert disconnect.peer == wire.Address("192.0.2.2", 4002)
+    assert disconnect.client == wire.Address("192.0.2.1", 4001)

@@ -333,10 +333,8 @@ class MediatorServer:
             return
         # No SO_KEEPALIVE: every state has a deadline shorter than the kernel's keepalive idle
         # time (2 h), so it would only cost a syscall per connection.
-        host = str(peername[0])
-        if host.startswith("::ffff:") and "." in host:  # dual-stack listener, IPv4 client
-            host = host[7:]
-        self._event(Opened(conn, (host, int(peername[1]))))
+        # (an IPv4-mapped address from a dual-stack listener is the core's to unmap)
+        self._event(Opened(conn, (str(peername[0]), int(peername[1]))))
 
     def _lost(self, connection: _Connection, exc: Exception | None) -> None:
         if self._connections.get(connection.conn) is not connection:

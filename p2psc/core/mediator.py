@@ -591,7 +591,12 @@ class MediatorCore:
     ) -> None:
         if conn in self._sessions:
             return  # adapter bug: never reuse a live id; ignore rather than corrupt state
-        remote = (remote[0], remote[1])
+        host = remote[0]
+        if host.startswith("::ffff:") and "." in host:
+            # A dual-stack listener reports an IPv4 client as IPv4-mapped IPv6: the client's
+            # address is the IPv4 one (what it must be told, and how limits count it).
+            host = host[7:]
+        remote = (host, remote[1])
         config = self.config
         origin = self.origin(remote[0])
         admission = self._admission

@@ -96,11 +96,9 @@ class MediatorServer:
             sock.setblocking(False)
             conn = next(self._ids)
             self.links[conn] = link = Link(sock)
-            host = str(address[0])
-            if host.startswith("::ffff:") and "." in host:  # dual-stack listener, IPv4 client
-                host = host[7:]
             nursery.start_soon(self._read, conn, link)
-            self._event(Opened(conn, (host, int(address[1]))))
+            # (an IPv4-mapped address from a dual-stack listener is the core's to unmap)
+            self._event(Opened(conn, (str(address[0]), int(address[1]))))
 
     async def _read(self, conn: int, link: Link) -> None:
         """Until EOF or an error (reported), or until we close the socket (not reported; no
