@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import p2psc.core.mediator as mediator_module
 import p2psc.core.peer as peer_module
 from models.explorer import Coverage, Step
-from models.network import Net, Network
+from models.network import Net, Packed, PackedNetwork
 from models.symbolic_crypto import SymbolicCrypto, fixed_nonces
 from p2psc import wire
 from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen
@@ -90,7 +90,7 @@ def _replace_at(values: tuple[Any, ...], index: int, value: Any) -> tuple[Any, .
     return (*values[:index], value, *values[index + 1 :])
 
 
-class MediationModel(Network):
+class MediationModel(PackedNetwork):
     """See the module docstring; mutants swap in a broken ``mediator_class`` or ``peer_class``."""
 
     actors: Sequence[str]
@@ -145,6 +145,9 @@ class MediationModel(Network):
         empty = mediator_class(config, crypto=self.crypto).snapshot()
         peers = tuple(PeerCore(self.peer_configs[i]).snapshot() for i in range(1, self.count))
         self._starts: dict[tuple[int, int, float], tuple[int, tuple[Action, ...]]] = {}
+        self._packed_starts: dict[tuple[int, int, float], tuple[int, int]] = {}
+        self._started_extra: dict[tuple[int, int], int] = {}
+        self._start_steps = [Step("app", name, "start: connect to the mediator") for name in NAMES]
         self._consistent: dict[int, str | None] = {}  # M4 per mediator snapshot id
         self._initial = Net(
             snaps=tuple(self.intern(snapshot) for snapshot in (empty, *peers)),
@@ -166,13 +169,14 @@ class MediationModel(Network):
 
     # --- explorer interface -------------------------------------------------------------------
 
-    def initial_states(self) -> list[Net]:
-        return [self._initial]
+    def initial_states(self) -> list[Packed]:
+        return [self.pack(self._initial)]
 
     def coverage(self) -> Coverage | None:
         return self._coverage
 
-    def describe(self, state: Net) -> str:
+    def describe(self, packed: Packed) -> str:
+        state = self.unpack(packed)
         book = _book(state)
         outcomes = ", ".join(
             f"{self.names[i]}={book.outcomes[i] or ('waiting' if book.started[i] else 'idle')}"
@@ -182,16 +186,18 @@ class MediationModel(Network):
         live = ", ".join(f"conn {row[0]}:{row[1]}" for row in sessions) or "none"
         return f"{outcomes}; mediator sessions: {live}; registry entries: {len(registry)}"
 
-    def invariant(self, state: Net) -> str | None:
-        book = _book(state)
+    def invariant(self, state: Packed) -> str | None:
+        book: Book = self.extra_of(state)
         if book.violation is not None:
             return book.violation
-        snap = state.snaps[MEDIATOR]
-        if snap not in self._consistent:
-            self._consistent[snap] = _registry_consistent(self.snapshot(snap))
-        return self._consistent[snap]
+        snap = state[MEDIATOR]
+        consistent = self._consistent.get(snap, "")
+        if consistent == "":
+            consistent = self._consistent[snap] = _registry_consistent(self.snapshot(snap))
+        return consistent
 
-    def terminal(self, state: Net) -> str | None:
+    def terminal(self, packed: Packed) -> str | None:
+        state = self.unpack(packed)
         book = _book(state)
         key = book.outcomes[1:]
         self.outcome_counts[key] = self.outcome_counts.get(key, 0) + 1
@@ -311,20 +317,58 @@ class MediationModel(Network):
         for i in range(1, self.count):
             if book.started[i]:
                 continue
-            key = (i, state.snaps[i], state.clock)
-            hit = self._starts.get(key)
-            if hit is None:
-                # Rebuilt inside the recording: a PeerCore keeps the table it was built with.
-                with self._recording:
-                    core = self.peer_class.from_snapshot(
-                        self.snapshot(state.snaps[i]), self.peer_configs[i]
-                    )
-                    actions: tuple[Action, ...] = tuple(core.start(state.clock))  # type: ignore[arg-type]
-                hit = self._starts[key] = (self.intern(core.snapshot()), actions)
+            hit = self._start(i, state.snaps[i], state.clock)
             base = state._replace(extra=book._replace(started=_replace_at(book.started, i, True)))
             nxt = self.apply(base, i, hit[0], hit[1])
             out.append((Step("app", self.names[i], "start: connect to the mediator"), nxt))
         return out
+
+    def app_moves(self, state: Packed) -> list[tuple[Step, Packed]]:
+        """:meth:`app_steps` on packed states: each peer that has not started may start."""
+        n = self.count
+        links, clock, faults, extra = state[2 * n :]
+        book: Book = self._extras.values[extra]
+        out = []
+        for i in range(1, n):
+            if book.started[i]:
+                continue
+            key = (i, state[i], clock)
+            hit = self._packed_starts.get(key)
+            if hit is None:
+                after, actions = self._start(i, state[i], clock)
+                hit = self._packed_starts[key] = (after, self._actions_id(i, actions))
+            started = self._started_extra.get((extra, i))
+            if started is None:
+                flags = _replace_at(book.started, i, True)
+                started = self._extras(book._replace(started=flags))[0]
+                self._started_extra[(extra, i)] = started
+            nxt = self.act(state, i, hit[0], hit[1], links, clock, faults, started)
+            out.append((self._start_steps[i], nxt))
+        return out
+
+    def bookkeeping(self, actor: int, actions: tuple[Action, ...]) -> bool:
+        """Which actions :meth:`on_actions` looks at (see there): the Mediator's pairing
+        messages; a peer's listeners, closes and outcomes."""
+        if actor == MEDIATOR:
+            return any(
+                len(data) >= 4
+                and data[3]
+                in (wire.MessageType.PEER_DISCONNECT, wire.MessageType.PEER_IDENTIFICATION)
+                for action in actions
+                if (data := getattr(action, "data", None)) is not None
+            )
+        return any(isinstance(action, Listen | Close | Established | Failed) for action in actions)
+
+    def _start(self, i: int, snap: int, clock: float) -> tuple[int, tuple[Action, ...]]:
+        key = (i, snap, clock)
+        hit = self._starts.get(key)
+        if hit is None:
+            # Rebuilt inside the recording: a PeerCore keeps the table it was built with.
+            with self._recording:
+                core = self.peer_class.from_snapshot(self.snapshot(snap), self.peer_configs[i])
+                actions: tuple[Action, ...] = tuple(core.start(clock))  # type: ignore[arg-type]
+            hit = self._starts[key] = (self.intern(core.snapshot()), actions)
+        return hit
 
     def on_actions(
         self, state: Net, actor: int, actions: tuple[Action, ...], extra: Hashable

@@ -434,3 +434,401 @@ class Network:
                 step = Step("drop", self.names[link.x], "reset", self.names[link.y], fault=True)
                 out.append((step, nxt))
         return out
+
+
+
+Packed = tuple[Any, ...]
+"""A packed global state: ``(snapshot id per actor..., timers id per actor..., links id, clock,
+faults left, extra id)``; see :class:`PackedNetwork`."""
+
+_LINKS, _CONNECT, _TIMERS, _EXTRA = 1, 2, 4, 8
+"""Flags of an actions id: it can change the links, it connects (so the links it makes depend on
+the extra, through :meth:`Network.resolve`), it can change the actor's timers, and
+:meth:`PackedNetwork.bookkeeping` says it can change the extra."""
+
+_NO_TIMERS = 0
+"""Timers id of an empty timer set (interned first)."""
+
+
+class PackedNetwork(Network):
+    """The same network semantics as :class:`Network`, explored on *packed* states.
+
+    Why: on the mediation model almost every global state has its own links, timers and
+    bookkeeping, so the cost per transition was the Python work of rebuilding and hashing nested
+    tuples, not the (already memoised) core steps. Here a state is a flat tuple of small ints
+    and the clock: ``(snapshot id per actor, timers id per actor, links id, clock, faults left,
+    extra id)``, each an interned id (:mod:`models.interning`: a bijection, so deduplicating
+    packed states is exactly deduplicating the :class:`Net` states behind them; :meth:`unpack`
+    gives them back). A timer belongs to the actor that set it, so an actor's timers are a
+    small set of their own (``(conn, deadline)`` pairs) that only that actor's steps change.
+    Every piece of work is memoised on the few ids it depends on:
+
+    - per links id: the deliverable heads (receiver, conn, sender, item, links id once popped),
+      whether the network is quiet, and the links id after each possible drop;
+    - per (delivery, receiver snapshot, clock): the core step, its actions id and its label;
+    - per (links id, actor, actions id; plus the extra id for a Connect): the links after the
+      actions; per (links id, extra id, actor, actions id), when :meth:`bookkeeping` says the
+      actions matter to it: the extra after them (both by :meth:`Network.apply`, the same code);
+    - per (timers id, actions id): the actor's timers after them.
+
+    Contract for the hooks (what makes the memo exact): ``resolve`` and ``on_actions`` read
+    only the links, the extra and their arguments (not snapshots, timers or the clock); hooks
+    still receive :class:`Net` states (unpacked on a memo miss). ``app_steps`` may be
+    overridden by :meth:`app_moves` for speed (the default packs what ``app_steps`` returns).
+    The successor order is :meth:`Network.successors`'s, so both explore the same states in the
+    same order (a test checks it on the mediation model).
+    """
+
+    def __init__(
+        self,
+        *,
+        faults: int = 0,
+        coverage: Coverage | None = None,
+        patches: tuple[tuple[ModuleType, str], ...] = (),
+    ) -> None:
+        super().__init__(faults=faults, coverage=coverage, patches=patches)
+        self._link_sets = Interned()
+        self._link_info: list[Any] = []
+        self._timer_sets = Interned()
+        self._timer_info: list[tuple[float, tuple[tuple[int, float, int], ...]]] = []
+        self._extras = Interned()
+        self._action_sets = Interned()
+        self._action_flags: list[int] = []
+        self._delivery_keys = Interned()
+        self._packed_deliveries: dict[tuple[int, int, float], tuple[int, int, Step]] = {}
+        self._fires: dict[tuple[int, int, int, float, bool], tuple[int, int, Step]] = {}
+        self._link_effects: dict[tuple[int, int, int], int] = {}
+        self._connect_effects: dict[tuple[int, int, int, int], int] = {}
+        self._extra_effects: dict[tuple[int, int, int, int], int] = {}
+        self._timer_effects: dict[tuple[int, int], int] = {}
+        self._timer_sets_facts: dict[tuple[int, ...], Any] = {}
+        assert self._timers_id(()) == _NO_TIMERS
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    def bookkeeping(self, actor: int, actions: tuple[Action, ...]) -> bool:
+        """Whether :meth:`Network.on_actions` can change the extra for these actions (called
+        once per distinct actions; a model whose bookkeeping ignores most actions says so here
+        and saves a lookup per transition). Default: always."""
+        return True
+
+    def app_moves(self, state: Packed) -> list[tuple[Step, Packed]]:
+        """Application steps of a packed state (default: :meth:`Network.app_steps`, packed)."""
+        return [(step, self.pack(nxt)) for step, nxt in self.app_steps(self.unpack(state))]
+
+    # --- packing ------------------------------------------------------------------------------
+
+    def pack(self, state: Net) -> Packed:
+        """The packed form of ``state``."""
+        n = len(self.names)
+        per_actor: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+        for actor, conn, deadline in state.timers:
+            per_actor[actor].append((conn, deadline))
+        return (
+            *state.snaps,
+            *(self._timers_id(tuple(sorted(timers))) for timers in per_actor),
+            self._links_id(state.links),
+            state.clock,
+            state.faults,
+            self._extras(state.extra)[0],
+        )
+
+    def unpack(self, state: Packed) -> Net:
+        """The :class:`Net` behind a packed state."""
+        n = len(self.names)
+        values = self._timer_sets.values
+        return Net(
+            tuple(state[:n]),
+            self._link_sets.values[state[2 * n]],
+            tuple(
+                (actor, conn, deadline)
+                for actor in range(n)
+                for conn, deadline in values[state[n + actor]]
+            ),
+            state[2 * n + 1],
+            state[2 * n + 2],
+            self._extras.values[state[2 * n + 3]],
+        )
+
+    def extra_of(self, state: Packed) -> Any:
+        """The model bookkeeping (``Net.extra``) of a packed state."""
+        return self._extras.values[state[-1]]
+
+    def _links_id(self, links: tuple[Link, ...]) -> int:
+        ident, new = self._link_sets(links)
+        if new:
+            self._link_info.append(None)
+        return ident
+
+    def _timers_id(self, timers: tuple[tuple[int, float], ...]) -> int:
+        ident, new = self._timer_sets(timers)
+        if new:
+            self._timer_info.append((float("inf"), ()))  # replaced below once interned
+            if timers:
+                entries = tuple(
+                    (conn, deadline, self._timers_id(tuple(t for t in timers if t[0] != conn)))
+                    for conn, deadline in timers
+                )
+                self._timer_info[ident] = (min(d for _, d in timers), entries)
+        return ident
+
+    def _actions_id(self, actor: int, actions: tuple[Action, ...]) -> int:
+        ident, new = self._action_sets((actor, actions))
+        if new:
+            flags = 0
+            for action in actions:
+                kind = type(action)
+                if kind is Send or kind is Close or kind is Connect:
+                    flags |= _LINKS
+                if kind is Connect:
+                    flags |= _CONNECT
+                if kind is SetTimer or kind is Close:
+                    flags |= _TIMERS
+            if self.bookkeeping(actor, actions):
+                flags |= _EXTRA
+            self._action_flags.append(flags)
+        return ident
+
+    def _links_facts(self, ident: int) -> tuple[tuple[Any, ...], bool, tuple[Any, ...]]:
+        """(deliverable heads, quiet, drops) of a links id, as :meth:`Network.successors`
+        enumerates them: heads in link order, towards ``y`` before towards ``x``."""
+        facts = self._link_info[ident]
+        if facts is not None:
+            return facts  # type: ignore[no-any-return]
+        all_links: tuple[Link, ...] = self._link_sets.values[ident]
+        heads = []
+        quiet = True
+        for i, link in enumerate(all_links):
+            x, xc, y, yc, to_y, to_x, x_open, y_open, dead = link
+            for towards_y in (True, False):
+                channel = to_y if towards_y else to_x
+                if not channel:
+                    continue
+                quiet = False
+                item, rest = channel[0], channel[1:]
+                if towards_y:
+                    receiver, conn, sender = y, yc, x
+                    if item == RESET:
+                        popped = Link(x, xc, y, yc, (), to_x, x_open, False, dead)
+                    else:
+                        popped = Link(x, xc, y, yc, rest, to_x, x_open, y_open, dead)
+                else:
+                    receiver, conn, sender = x, xc, y
+                    if item == RESET:
+                        popped = Link(x, xc, y, yc, to_y, (), False, y_open, dead)
+                    else:
+                        popped = Link(x, xc, y, yc, to_y, rest, x_open, y_open, dead)
+                if _alive(popped):
+                    links = (*all_links[:i], popped, *all_links[i + 1 :])
+                else:
+                    links = (*all_links[:i], *all_links[i + 1 :])
+                key = self._delivery_keys((receiver, conn, sender, item))[0]
+                heads.append((key, receiver, conn, sender, item, self._links_id(links)))
+        drops = []
+        for i, link in enumerate(all_links):
+            if link.dead or link.y < 0 or not (link.x_open or link.y_open):
+                continue
+            dropped = Link(
+                link.x,
+                link.xc,
+                link.y,
+                link.yc,
+                (RESET,) if link.y_open else (),
+                (RESET,) if link.x_open else (),
+                link.x_open,
+                link.y_open,
+                True,
+            )
+            step = Step("drop", self.names[link.x], "reset", self.names[link.y], fault=True)
+            drops.append((step, self._links_id((*all_links[:i], dropped, *all_links[i + 1 :]))))
+        facts = (tuple(heads), quiet, tuple(drops))
+        self._link_info[ident] = facts
+        return facts
+
+    # --- transitions --------------------------------------------------------------------------
+
+    def act(
+        self,
+        state: Packed,
+        actor: int,
+        after: int,
+        actions: int,
+        links: int,
+        clock: float,
+        faults: int,
+        extra: int,
+        timers: int | None = None,
+    ) -> Packed:
+        """The packed state after ``actor`` moved to snapshot id ``after`` and emitted the
+        actions of id ``actions`` (from :meth:`_actions_id`), from the given links id, clock,
+        faults and extra id (the step's base: e.g. the links with the delivered item popped)
+        and the actor's timers id (``None``: as in ``state``)."""
+        n = len(self.names)
+        if timers is None:
+            timers = state[n + actor]
+        flags = self._action_flags[actions]
+        new = list(state)
+        new[actor] = after
+        new[2 * n] = links
+        new[2 * n + 1] = clock
+        new[2 * n + 2] = faults
+        if flags:
+            if flags & _LINKS:
+                if flags & _CONNECT:
+                    hit = self._connect_effects.get((links, extra, actor, actions))
+                else:
+                    hit = self._link_effects.get((links, actor, actions))
+                if hit is None and flags & _CONNECT:
+                    hit = self._effect(state, actor, after, actions, links, clock, faults, extra)[0]
+                elif hit is None:
+                    hit = self._link_effect(actor, links, actions)
+                new[2 * n] = hit
+            if flags & _EXTRA:
+                hit = self._extra_effects.get((links, extra, actor, actions))
+                if hit is None:
+                    hit = self._effect(state, actor, after, actions, links, clock, faults, extra)[1]
+                extra = hit
+            if flags & _TIMERS:
+                hit = self._timer_effects.get((timers, actions))
+                timers = self._timer_effect(actor, timers, actions) if hit is None else hit
+        new[n + actor] = timers
+        new[2 * n + 3] = extra
+        return tuple(new)
+
+    def _effect(
+        self,
+        state: Packed,
+        actor: int,
+        after: int,
+        actions: int,
+        links: int,
+        clock: float,
+        faults: int,
+        extra: int,
+    ) -> tuple[int, int]:
+        """(links id, extra id) after the actions, by :meth:`Network.apply` itself."""
+        n = len(self.names)
+        base = Net(
+            tuple(state[:n]),
+            self._link_sets.values[links],
+            (),
+            clock,
+            faults,
+            self._extras.values[extra],
+        )
+        result = self.apply(base, actor, after, self._action_sets.values[actions][1])
+        effect = (self._links_id(result.links), self._extras(result.extra)[0])
+        self._connect_effects[(links, extra, actor, actions)] = effect[0]
+        self._link_effects[(links, actor, actions)] = effect[0]
+        self._extra_effects[(links, extra, actor, actions)] = effect[1]
+        return effect
+
+    def _link_effect(self, actor: int, links: int, actions: int) -> int:
+        """The links id after actions that send and close but do not connect (the link part
+        of :meth:`Network.apply`, which needs no hook for them)."""
+        changed = list(self._link_sets.values[links])
+        closed = False
+        for action in self._action_sets.values[actions][1]:
+            kind = type(action)
+            if kind is Send:
+                self._send(changed, actor, action.conn, action.data)  # type: ignore[attr-defined]
+            elif kind is Close:
+                self._close(changed, actor, action.conn, EOF)  # type: ignore[attr-defined]
+                closed = True
+        if closed:
+            changed = [link for link in changed if _alive(link)]
+        result = self._links_id(tuple(changed))
+        self._link_effects[(links, actor, actions)] = result
+        return result
+
+    def _timer_effect(self, actor: int, timers: int, actions: int) -> int:
+        """An actor's timers id after its actions (the timer part of :meth:`Network.apply`)."""
+        table = dict(self._timer_sets.values[timers])
+        for action in self._action_sets.values[actions][1]:
+            if type(action) is Close:
+                table.pop(action.conn, None)
+            elif type(action) is SetTimer:
+                if action.deadline is None:
+                    table.pop(action.conn, None)
+                else:
+                    table[action.conn] = action.deadline
+        result = self._timers_id(tuple(sorted(table.items())))
+        self._timer_effects[(timers, actions)] = result
+        return result
+
+    def _all_timers(
+        self, timer_ids: tuple[int, ...]
+    ) -> tuple[float, tuple[tuple[int, tuple[int, float, int]], ...]]:
+        """(earliest deadline, every (actor, timer)) of the actors' timers ids, in the order
+        of :meth:`Network.successors` (by actor, then conn)."""
+        info = self._timer_info
+        facts = (
+            min(info[t][0] for t in timer_ids),
+            tuple((actor, timer) for actor, t in enumerate(timer_ids) for timer in info[t][1]),
+        )
+        self._timer_sets_facts[timer_ids] = facts
+        return facts
+
+    def _packed_deliver(
+        self, key: int, receiver: int, snap: int, conn: int, sender: int, item: Item, now: float
+    ) -> tuple[int, int, Step]:
+        after, actions, step = self._deliver(receiver, snap, conn, sender, item, now)
+        hit = (after, self._actions_id(receiver, actions), step)
+        self._packed_deliveries[(key, snap, now)] = hit
+        return hit
+
+    def _packed_fire(
+        self, state: Packed, actor: int, timer: tuple[int, float, int], on_time: bool
+    ) -> tuple[Step, Packed]:
+        conn, deadline, without = timer
+        n = len(self.names)
+        now = max(state[2 * n + 1], deadline)
+        snap = state[actor]
+        key = (actor, conn, snap, now, on_time)
+        hit = self._fires.get(key)
+        if hit is None:
+            after, actions = self.run(actor, snap, TimerFired(conn), now)
+            when = "" if on_time else " (early: fault)"
+            step = Step(
+                "timer", self.names[actor], f"conn {conn} at t={now:g}{when}", fault=not on_time
+            )
+            hit = self._fires[key] = (after, self._actions_id(actor, actions), step)
+        faults = state[2 * n + 2] if on_time else state[2 * n + 2] - 1
+        nxt = self.act(state, actor, hit[0], hit[1], state[2 * n], now, faults, state[-1], without)
+        return hit[2], nxt
+
+    def successors(self, state: Packed) -> list[tuple[Step, Packed]]:  # type: ignore[override]
+        n = len(self.names)
+        links, clock, faults, extra = state[2 * n :]
+        facts = self._link_info[links]
+        heads, quiet, drops = facts if facts is not None else self._links_facts(links)
+        out: list[tuple[Step, Packed]] = []
+        append = out.append
+        deliveries = self._packed_deliveries
+        act = self.act
+        for key, receiver, conn, sender, item, popped in heads:
+            snap = state[receiver]
+            hit = deliveries.get((key, snap, clock))
+            if hit is None:
+                hit = self._packed_deliver(key, receiver, snap, conn, sender, item, clock)
+            append((hit[2], act(state, receiver, hit[0], hit[1], popped, clock, faults, extra)))
+        out.extend(self.app_moves(state))
+        timer_ids = state[n : 2 * n]
+        if any(timer_ids):
+            facts = self._timer_sets_facts.get(timer_ids)
+            if facts is None:
+                facts = self._all_timers(timer_ids)
+            first, entries = facts
+            early = []
+            fire = self._packed_fire
+            for actor, timer in entries:
+                if quiet and timer[1] == first:
+                    append(fire(state, actor, timer, True))
+                elif faults > 0:
+                    early.append((actor, timer))
+            out.extend(fire(state, actor, timer, False) for actor, timer in early)
+        if faults > 0:
+            head = state[: 2 * n]
+            for step, dropped in drops:
+                append((step, (*head, dropped, clock, faults - 1, extra)))
+        return out

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.explorer import explore, format_report, mermaid_trace
+from models.explorer import Coverage, Step, explore, format_report, mermaid_trace
 from models.mediation_model import MediationModel
+from models.network import Net, Network
 from models.mutants import MEDIATION_MUTANTS, NEEDS_FAULTS, mediation_mutant
 
 
@@ -91,3 +92,67 @@ def test_mutants_are_caught_with_three_peers_and_faults(name: str) -> None:
     result = explore(mediation_mutant(name, faults=True))
     assert result.violation is not None
     assert result.violation.message.startswith(MEDIATION_MUTANTS[name][1])
+
+
+class _Unpacked:
+    """The same model explored on plain :class:`models.network.Net` states by the reference
+    :meth:`Network.successors` (no packed memo): what :class:`PackedNetwork` must reproduce."""
+
+    def __init__(self, model: MediationModel) -> None:
+        self.model = model
+        self.name = model.name
+        self.actors = model.actors
+
+    def initial_states(self) -> list[Net]:
+        return [self.model.unpack(state) for state in self.model.initial_states()]
+
+    def successors(self, state: Net) -> list[tuple[Step, Net]]:
+        return Network.successors(self.model, state)
+
+    def invariant(self, state: Net) -> str | None:
+        return self.model.invariant(self.model.pack(state))
+
+    def terminal(self, state: Net) -> str | None:
+        return self.model.terminal(self.model.pack(state))
+
+    def describe(self, state: Net) -> str:
+        return self.model.describe(self.model.pack(state))
+
+    def coverage(self) -> Coverage | None:
+        return self.model.coverage()
+
+
+@pytest.mark.parametrize(("third", "faults"), [(False, False), (True, False), (False, True)])
+def test_packed_states_explore_exactly_the_reference_network(third: bool, faults: bool) -> None:
+    packed_model = MediationModel(third=third, faults=faults)
+    packed = explore(packed_model)
+    reference_model = MediationModel(third=third, faults=faults)
+    reference = explore(_Unpacked(reference_model))
+    assert packed.ok and reference.ok
+    assert (packed.states, packed.transitions, packed.terminals, packed.depth) == (
+        reference.states,
+        reference.transitions,
+        reference.terminals,
+        reference.depth,
+    )
+    assert packed_model.outcome_counts == reference_model.outcome_counts
+    # Same successors, in the same order, state by state (the first few hundred states).
+    frontier = packed_model.initial_states()
+    seen = 0
+    while frontier and seen < 300:
+        state = frontier.pop(0)
+        seen += 1
+        ours = packed_model.successors(state)
+        theirs = Network.successors(packed_model, packed_model.unpack(state))
+        assert [(str(s), packed_model.unpack(t)) for s, t in ours] == [
+            (str(s), t) for s, t in theirs
+        ]
+        frontier.extend(t for _, t in ours)
+
+
+def test_packed_states_catch_the_mutants_with_the_same_trace() -> None:
+    model = mediation_mutant("identify-early", third=False)
+    packed = explore(model)
+    reference = explore(_Unpacked(mediation_mutant("identify-early", third=False)))
+    assert packed.violation is not None and reference.violation is not None
+    assert [str(s) for s in packed.violation.steps] == [str(s) for s in reference.violation.steps]
