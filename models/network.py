@@ -436,7 +436,6 @@ class Network:
         return out
 
 
-
 Packed = tuple[Any, ...]
 """A packed global state: ``(snapshot id per actor..., timers id per actor..., links id, clock,
 faults left, extra id)``; see :class:`PackedNetwork`."""
@@ -731,9 +730,9 @@ class PackedNetwork(Network):
         for action in self._action_sets.values[actions][1]:
             kind = type(action)
             if kind is Send:
-                self._send(changed, actor, action.conn, action.data)  # type: ignore[attr-defined]
+                self._send(changed, actor, action.conn, action.data)
             elif kind is Close:
-                self._close(changed, actor, action.conn, EOF)  # type: ignore[attr-defined]
+                self._close(changed, actor, action.conn, EOF)
                 closed = True
         if closed:
             changed = [link for link in changed if _alive(link)]

@@ -10,8 +10,8 @@ import pytest
 
 from models.explorer import Coverage, Step, explore, format_report, mermaid_trace
 from models.mediation_model import MediationModel
-from models.network import Net, Network
 from models.mutants import MEDIATION_MUTANTS, NEEDS_FAULTS, mediation_mutant
+from models.network import Net, Network
 
 
 def _taken(model: MediationModel, machine: str) -> set[str]:
