@@ -31,6 +31,7 @@ Properties (``spec/properties.md``):
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import p2psc.core.mediator as mediator_module
@@ -67,6 +68,10 @@ PEER_TIMING: dict[str, Any] = {
     "advertise_retries": 0,
 }
 """Coarse peer timing keeps the number of distinct deadlines (hence states) small."""
+LIMITS_TIMING: dict[str, Any] = {"advertise_retries": 1, "retry_backoff": 1.0}
+"""With ``limits``: one AdvertiseRetry is honoured (after a 1 s backoff), the second is not."""
+GARBAGE = b"\x00 not a p2psc frame"
+"""With ``garbage``: the bytes injected (once per run) into a connection (bad magic)."""
 
 
 def peer_address(actor: int) -> tuple[str, int]:
@@ -104,15 +109,22 @@ class MediationModel(PackedNetwork):
         peer_class: type[PeerCore] = PeerCore,
         config: MediatorConfig = MEDIATOR_CONFIG,
         name: str = "mediation",
+        limits: bool = False,
+        garbage: bool = False,
     ) -> None:
         self.count = 4 if third else 3
-        self.name = f"{name} ({self.count - 1} peers{', faults' if faults else ''})"
+        settings = [f"{self.count - 1} peers"]
+        settings += ["faults"] * faults + ["limits"] * limits + ["garbage"] * garbage
+        self.name = f"{name} ({', '.join(settings)})"
+        if limits:
+            config = replace(config, max_pending=1, max_waiting=1)
+        timing = {**PEER_TIMING, **(LIMITS_TIMING if limits else {})}
         self.names = NAMES[: self.count]
         self.actors = self.names
         machines = (MediatorSession, Registration, Rendezvous, ClientCandidate, PeerCandidate)
         tables = [compile_machine(cls) for cls in machines]
         super().__init__(
-            faults=1 if faults else 0,
+            faults=1 if faults or garbage else 0,
             coverage=Coverage(tables),
             patches=(
                 (mediator_module, "TABLE"),
@@ -123,6 +135,10 @@ class MediationModel(PackedNetwork):
             ),
         )
         self.crypto = SymbolicCrypto()
+        self.garbage = GARBAGE if garbage else None
+        # Under the limits a registration refused with BUSY may legitimately end failed.
+        self.completes = not limits
+        self.drops_and_early_timers = faults
         self.mediator_class = mediator_class
         self.peer_class = peer_class
         self.config = config
@@ -136,7 +152,7 @@ class MediationModel(PackedNetwork):
                 MEDIATOR_ADDR,
                 crypto=self.crypto,
                 nonce_source=fixed_nonces(NAMES[i].encode()),
-                **PEER_TIMING,
+                **timing,
             )
             for i in range(1, self.count)
         }
@@ -216,7 +232,12 @@ class MediationModel(PackedNetwork):
 
     def _pair_outcome(self, state: Net, book: Book) -> str | None:
         a, b = book.outcomes[1], book.outcomes[2]
-        if state.faults >= self.fault_budget and not book.alone and (a, b) != ("established",) * 2:
+        if (
+            self.completes
+            and state.faults >= self.fault_budget
+            and not book.alone
+            and (a, b) != ("established",) * 2
+        ):
             return (
                 f"M3: no fault occurred and A and B both registered before either gave up, "
                 f"yet A {a} and B {b}"
@@ -485,10 +506,17 @@ def _registry_consistent(snapshot: Any) -> str | None:
     return None
 
 
-def build(*, faults: bool = False, mutant: str | None = None, third: bool = True) -> MediationModel:
+def build(
+    *,
+    faults: bool = False,
+    mutant: str | None = None,
+    third: bool = True,
+    limits: bool = False,
+    garbage: bool = False,
+) -> MediationModel:
     """Entry point of ``p2psc explore mediation`` (A, B and, with ``third``, C)."""
     if mutant is not None:
         from models.mutants import mediation_mutant
 
         return mediation_mutant(mutant, faults=faults, third=third)
-    return MediationModel(third=third, faults=faults)
+    return MediationModel(third=third, faults=faults, limits=limits, garbage=garbage)

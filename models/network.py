@@ -149,6 +149,12 @@ class Network:
     """
 
     names: tuple[str, ...] = ()
+    garbage: bytes | None = None
+    """When set, a fault may also inject these bytes into any live connection, towards either
+    open end (malformed input from the network or an attacker on the path)."""
+    drops_and_early_timers: bool = True
+    """Whether the fault budget may be spent on drops and early timers (a model that only wants
+    ``garbage`` faults clears it)."""
 
     def __init__(
         self,
@@ -405,10 +411,10 @@ class Network:
             for timer in state.timers:
                 if quiet and timer[2] == first:
                     out.append(self._fire(state, timer, on_time=True))
-                elif state.faults > 0:
+                elif state.faults > 0 and self.drops_and_early_timers:
                     early.append(timer)
             out.extend(self._fire(state, timer, on_time=False) for timer in early)
-        if state.faults > 0:
+        if state.faults > 0 and self.drops_and_early_timers:
             for i, link in enumerate(state.links):
                 if link.dead or link.y < 0 or not (link.x_open or link.y_open):
                     continue
@@ -433,6 +439,38 @@ class Network:
                 )
                 step = Step("drop", self.names[link.x], "reset", self.names[link.y], fault=True)
                 out.append((step, nxt))
+        if state.faults > 0 and self.garbage is not None:
+            extra = state.extra
+            for step, links in self._injections(state.links):
+                nxt = Net(state.snaps, links, state.timers, state.clock, state.faults - 1, extra)
+                out.append((step, nxt))
+        return out
+
+    def _injections(self, links: tuple[Link, ...]) -> list[tuple[Step, tuple[Link, ...]]]:
+        """Every way to inject :attr:`garbage` at the end of a live connection's direction."""
+        out = []
+        garbage = self.garbage
+        assert garbage is not None
+        for i, link in enumerate(links):
+            if link.dead or link.y < 0:
+                continue
+            x, xc, y, yc, to_y, to_x, x_open, y_open, dead = link
+            for towards_y in (True, False):
+                if not (y_open if towards_y else x_open):
+                    continue
+                channel = to_y if towards_y else to_x
+                if channel and channel[-1] in (EOF, RESET):
+                    continue  # nothing follows a close
+                if towards_y:
+                    changed = Link(x, xc, y, yc, (*to_y, garbage), to_x, x_open, y_open, dead)
+                    receiver, sender = y, x
+                else:
+                    changed = Link(x, xc, y, yc, to_y, (*to_x, garbage), x_open, y_open, dead)
+                    receiver, sender = x, y
+                step = Step(
+                    "inject", self.names[receiver], "malformed bytes", self.names[sender], True
+                )
+                out.append((step, (*links[:i], changed, *links[i + 1 :])))
         return out
 
 
@@ -589,8 +627,9 @@ class PackedNetwork(Network):
         return ident
 
     def _links_facts(self, ident: int) -> tuple[tuple[Any, ...], bool, tuple[Any, ...]]:
-        """(deliverable heads, quiet, drops) of a links id, as :meth:`Network.successors`
-        enumerates them: heads in link order, towards ``y`` before towards ``x``."""
+        """(deliverable heads, quiet, faults) of a links id, as :meth:`Network.successors`
+        enumerates them: heads in link order, towards ``y`` before towards ``x``; faults are the
+        drops, then the :attr:`garbage` injections, each with the links id it leads to."""
         facts = self._link_info[ident]
         if facts is not None:
             return facts  # type: ignore[no-any-return]
@@ -640,6 +679,10 @@ class PackedNetwork(Network):
             )
             step = Step("drop", self.names[link.x], "reset", self.names[link.y], fault=True)
             drops.append((step, self._links_id((*all_links[:i], dropped, *all_links[i + 1 :]))))
+        if not self.drops_and_early_timers:
+            drops = []
+        if self.garbage is not None:
+            drops += [(step, self._links_id(links)) for step, links in self._injections(all_links)]
         facts = (tuple(heads), quiet, tuple(drops))
         self._link_info[ident] = facts
         return facts
@@ -820,10 +863,11 @@ class PackedNetwork(Network):
             first, entries = facts
             early = []
             fire = self._packed_fire
+            can_fault = faults > 0 and self.drops_and_early_timers
             for actor, timer in entries:
                 if quiet and timer[1] == first:
                     append(fire(state, actor, timer, True))
-                elif faults > 0:
+                elif can_fault:
                     early.append((actor, timer))
             out.extend(fire(state, actor, timer, False) for actor, timer in early)
         if faults > 0:
