@@ -89,6 +89,7 @@ class Book(NamedTuple):
     told_disconnect: tuple[bool, ...]
     alone: bool  # A or B gave up before the other one had even started
     violation: str | None
+    shut_down: bool = False  # the operator shut the Mediator down (option ``shutdown``)
 
 
 def _replace_at(values: tuple[Any, ...], index: int, value: Any) -> tuple[Any, ...]:
@@ -111,10 +112,12 @@ class MediationModel(PackedNetwork):
         name: str = "mediation",
         limits: bool = False,
         garbage: bool = False,
+        shutdown: bool = False,
     ) -> None:
         self.count = 4 if third else 3
         settings = [f"{self.count - 1} peers"]
         settings += ["faults"] * faults + ["limits"] * limits + ["garbage"] * garbage
+        settings += ["shutdown"] * shutdown
         self.name = f"{name} ({', '.join(settings)})"
         if limits:
             config = replace(config, max_pending=1, max_waiting=1)
@@ -136,8 +139,12 @@ class MediationModel(PackedNetwork):
         )
         self.crypto = SymbolicCrypto()
         self.garbage = GARBAGE if garbage else None
-        # Under the limits a registration refused with BUSY may legitimately end failed.
-        self.completes = not limits
+        # Under the limits a registration refused with BUSY may legitimately end failed, and
+        # a shutdown ends every registration.
+        self.completes = not (limits or shutdown)
+        self.can_shut_down = shutdown
+        self._shutdowns: dict[tuple[int, float], tuple[int, tuple[Action, ...]]] = {}
+        self._shutdown_step = Step("app", "mediator", "operator shuts the mediator down")
         self.drops_and_early_timers = faults
         self.mediator_class = mediator_class
         self.peer_class = peer_class
@@ -342,7 +349,26 @@ class MediationModel(PackedNetwork):
             base = state._replace(extra=book._replace(started=_replace_at(book.started, i, True)))
             nxt = self.apply(base, i, hit[0], hit[1])
             out.append((Step("app", self.names[i], "start: connect to the mediator"), nxt))
+        if self.can_shut_down and not book.shut_down:
+            after, actions = self._shut_down(state.snaps[MEDIATOR], state.clock)
+            base = state._replace(extra=book._replace(shut_down=True))
+            out.append((self._shutdown_step, self.apply(base, MEDIATOR, after, actions)))
         return out
+
+    def _shut_down(self, snap: int, clock: float) -> tuple[int, tuple[Action, ...]]:
+        """The Mediator's snapshot id and actions after ``shutdown`` (memoised)."""
+        hit = self._shutdowns.get((snap, clock))
+        if hit is None:
+            with self._recording:
+                core = self.mediator_class.from_snapshot(
+                    self.snapshot(snap),  # type: ignore[arg-type]
+                    self.config,
+                    nonce_source=self._mediator_nonces,
+                    crypto=self.crypto,
+                )
+                actions = tuple(core.shutdown(clock))
+            hit = self._shutdowns[(snap, clock)] = (self.intern(core.snapshot()), actions)
+        return hit
 
     def app_moves(self, state: Packed) -> list[tuple[Step, Packed]]:
         """:meth:`app_steps` on packed states: each peer that has not started may start."""
@@ -365,6 +391,12 @@ class MediationModel(PackedNetwork):
                 self._started_extra[(extra, i)] = started
             nxt = self.act(state, i, hit[0], hit[1], links, clock, faults, started)
             out.append((self._start_steps[i], nxt))
+        if self.can_shut_down and not book.shut_down:
+            after, actions = self._shut_down(state[MEDIATOR], clock)
+            done = self._extras(book._replace(shut_down=True))[0]
+            ident = self._actions_id(MEDIATOR, actions)
+            nxt = self.act(state, MEDIATOR, after, ident, links, clock, faults, done)
+            out.append((self._shutdown_step, nxt))
         return out
 
     def bookkeeping(self, actor: int, actions: tuple[Action, ...]) -> bool:
@@ -513,10 +545,13 @@ def build(
     third: bool = True,
     limits: bool = False,
     garbage: bool = False,
+    shutdown: bool = False,
 ) -> MediationModel:
     """Entry point of ``p2psc explore mediation`` (A, B and, with ``third``, C)."""
     if mutant is not None:
         from models.mutants import mediation_mutant
 
         return mediation_mutant(mutant, faults=faults, third=third)
-    return MediationModel(third=third, faults=faults, limits=limits, garbage=garbage)
+    return MediationModel(
+        third=third, faults=faults, limits=limits, garbage=garbage, shutdown=shutdown
+    )
