@@ -361,7 +361,7 @@ class MediationModel(PackedNetwork):
         if hit is None:
             with self._recording:
                 core = self.mediator_class.from_snapshot(
-                    self.snapshot(snap),  # type: ignore[arg-type]
+                    self.snapshot(snap),
                     self.config,
                     nonce_source=self._mediator_nonces,
                     crypto=self.crypto,
