@@ -36,6 +36,7 @@ __all__ = [
     "Result",
     "Step",
     "Violation",
+    "coverage_percent",
     "explore",
     "format_report",
     "mermaid_trace",
@@ -423,8 +424,22 @@ def mermaid_trace(violation: Violation[S], actors: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def format_report(result: Result[S], describe: Callable[[S], str] | None = None) -> str:
-    """Human summary: counts, speed, coverage, and the counterexample if any."""
+def coverage_percent(result: Result[Any]) -> float | None:
+    """Declared machine transitions taken, in percent (None: the model declares none)."""
+    coverage = result.coverage
+    if coverage is None or not coverage.declared:
+        return None
+    return 100.0 * coverage.covered / coverage.declared
+
+
+def format_report(
+    result: Result[S],
+    describe: Callable[[S], str] | None = None,
+    where: Callable[[str, str], str | None] | None = None,
+) -> str:
+    """Human summary: counts, speed, coverage, and the counterexample if any. ``where(machine,
+    transition)`` says which configuration takes a transition this run did not take, or why no
+    model can (see :mod:`models.coverage`); it is printed under that transition."""
     lines = [
         f"model {result.model}: {'OK' if result.ok else 'VIOLATION'}",
         f"  states       {result.states:,}",
@@ -442,6 +457,9 @@ def format_report(result: Result[S], describe: Callable[[S], str] | None = None)
         )
         for machine, transition in coverage.missing():
             lines.append(f"    never taken: {machine}: {transition}")
+            hint = where(machine, str(transition)) if where is not None else None
+            if hint is not None:
+                lines.append(f"      ({hint})")
     lines.extend(f"  note: {note}" for note in result.notes)
     if result.violation is not None:
         lines.append(text_trace(result.violation, describe))

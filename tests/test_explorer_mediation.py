@@ -156,3 +156,53 @@ def test_packed_states_catch_the_mutants_with_the_same_trace() -> None:
     reference = explore(_Unpacked(mediation_mutant("identify-early", third=False)))
     assert packed.violation is not None and reference.violation is not None
     assert [str(s) for s in packed.violation.steps] == [str(s) for s in reference.violation.steps]
+
+
+def test_limits_retry_with_backoff_and_refuse_when_busy() -> None:
+    model = MediationModel(third=True, limits=True)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    registration = _taken(model, "Registration")
+    assert "backing_off --retry_due--> connecting_mediator" in registration
+    assert "waiting --advertise_retry [can_retry]--> backing_off" in registration
+    assert "waiting --advertise_retry--> failed" in registration  # the retry budget runs out
+    mediator = _taken(model, "MediatorSession")
+    assert "challenged --response [registry_full]--> closed" in mediator
+    assert "awaiting_advertise --busy--> closed" in mediator
+    # Pairing still completes when the limits leave room.
+    assert ("established", "established", "failed") in model.outcome_counts
+
+
+def test_malformed_input_anywhere_is_refused_cleanly() -> None:
+    model = MediationModel(third=False, garbage=True)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    mediator = _taken(model, "MediatorSession")
+    for state in ("awaiting_advertise", "challenged", "waiting", "disconnecting", "confirming"):
+        assert f"{state} --bad_input--> closed" in mediator
+    assert {"advertising --malformed--> failed", "waiting --malformed--> failed"} <= _taken(
+        model, "Registration"
+    )
+    assert "answered --first_record--> rejected" in _taken(model, "PeerCandidate")
+    assert "awaiting_response --bad_message--> rejected" in _taken(model, "ClientCandidate")
+
+
+def test_shutdown_at_any_moment_ends_every_session() -> None:
+    model = MediationModel(third=False, shutdown=True)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    mediator = _taken(model, "MediatorSession")
+    for state in ("awaiting_advertise", "challenged", "waiting", "disconnecting", "confirming"):
+        assert f"{state} --shutdown--> closed" in mediator
+    assert ("failed", "failed") in model.outcome_counts
+
+
+def test_the_completion_claim_is_what_catches_a_limits_failure() -> None:
+    """Under the limits M3 does not claim completion: the same exploration with the claim on
+    finds the legitimate BUSY failure (so the claim is really switched off, not vacuous)."""
+    model = MediationModel(third=True, limits=True)
+    model.completes = True
+    result = explore(model)
+    assert result.violation is not None
+    assert result.violation.message.startswith("M3: no fault occurred")
+    assert any("AdvertiseRetry(BUSY)" in step.text for step in result.violation.steps)

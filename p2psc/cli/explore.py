@@ -12,6 +12,11 @@ examples:
   p2psc explore negotiator --faults --mixed-sets --protocols 2
   p2psc explore mediation --faults          # A, B and C; one drop or early timeout anywhere
   p2psc explore mediation --mutant identify-early
+  p2psc explore mediation --peers 2 --faults --limits --coverage-fail-under 60
+
+Each "never taken" transition is followed by the configuration that takes it, or by why no model
+can and the test that exercises it instead (models/coverage.py). With --coverage-fail-under PCT
+the exit status is 1 when less than PCT percent of the declared transitions were taken.
 
 mutants (--mutant NAME; the property each one breaks):
   negotiator: tie-local (N2), tie-yield (N1), drop-early-byte (N2)
@@ -64,6 +69,16 @@ def _at_least(minimum: int) -> Any:
     return parse
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentage is 0..100: {value:g}")
+    return value
+
+
 def _progress(result: Any, frontier: int) -> None:
     print(
         f"\r  {result.states:>12,} states  {result.transitions:>13,} transitions  "
@@ -90,17 +105,23 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         if args.peers is not None:
             parser.error("--peers applies to the mediation model only")
         options.update(protocols=args.protocols, mixed_sets=args.mixed_sets)
+        if args.limits or args.garbage or args.shutdown:
+            parser.error("--limits, --garbage and --shutdown apply to the mediation model only")
     else:
         if args.protocols is not None or args.mixed_sets:
             parser.error("--protocols and --mixed-sets apply to the negotiator model only")
         options.update(third=(args.peers or 3) == 3)
+        if args.mutant is None:
+            options.update(limits=args.limits, garbage=args.garbage, shutdown=args.shutdown)
+        elif args.limits or args.garbage or args.shutdown:
+            parser.error("--limits, --garbage and --shutdown do not combine with --mutant")
     return options
 
 
 def _run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.explore_parser
     try:
-        from models.explorer import explore, format_report
+        from models.explorer import coverage_percent, explore, format_report
     except ImportError:  # pragma: no cover - only outside a source checkout
         print(
             "p2psc explore: the 'models' package is missing (run from a checkout)", file=sys.stderr
@@ -118,8 +139,21 @@ def _run(args: argparse.Namespace) -> int:
     if show:
         _progress(result, 0)  # the final counts on the same line
         print(file=sys.stderr)
-    print(format_report(result, model.describe))
-    return 0 if result.ok else 1
+    from models.coverage import where
+
+    print(format_report(result, model.describe, where))
+    if not result.ok:
+        return 1
+    if args.coverage_fail_under is not None:
+        percent = coverage_percent(result)
+        if percent is None or percent < args.coverage_fail_under:
+            shown = "no coverage" if percent is None else f"{percent:.1f}%"
+            print(
+                f"coverage {shown} is under --coverage-fail-under {args.coverage_fail_under:g}%",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -179,6 +213,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--progress",
         action="store_true",
         help="progress line on stderr about every second, even if stderr is not a terminal",
+    )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="mediation: Mediator limits of one pending and one waiting registration (BUSY), "
+        "peers that honour one AdvertiseRetry",
+    )
+    parser.add_argument(
+        "--garbage",
+        action="store_true",
+        help="mediation: a fault may inject a malformed frame into any connection (once per run)",
+    )
+    parser.add_argument(
+        "--shutdown",
+        action="store_true",
+        help="mediation: the operator may shut the Mediator down at any moment",
+    )
+    parser.add_argument(
+        "--coverage-fail-under",
+        type=_percent,
+        default=None,
+        metavar="PCT",
+        help="exit 1 when under PCT percent of the declared machine transitions were taken",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.set_defaults(func=_run, explore_parser=parser)
