@@ -213,7 +213,7 @@ class MediationModel(PackedNetwork):
         book: Book = self.extra_of(state)
         if book.violation is not None:
             return book.violation
-        snap = state[MEDIATOR]
+        snap = self.snap_of(state, MEDIATOR)
         consistent = self._consistent.get(snap, "")
         if consistent == "":
             consistent = self._consistent[snap] = _registry_consistent(self.snapshot(snap))
@@ -373,7 +373,7 @@ class MediationModel(PackedNetwork):
     def app_moves(self, state: Packed) -> list[tuple[Step, Packed]]:
         """:meth:`app_steps` on packed states: each peer that has not started may start."""
         n = self.count
-        links, clock, faults, extra = state[2 * n :]
+        links, clock, faults, extra = state[n:]
         book: Book = self._extras.values[extra]
         out = []
         for i in range(1, n):
@@ -382,8 +382,9 @@ class MediationModel(PackedNetwork):
             key = (i, state[i], clock)
             hit = self._packed_starts.get(key)
             if hit is None:
-                after, actions = self._start(i, state[i], clock)
-                hit = self._packed_starts[key] = (after, self._actions_id(i, actions))
+                after, actions = self._start(i, self.snap_of(state, i), clock)
+                ident = self._actions_id(i, actions)
+                hit = self._packed_starts[key] = (self.advance(state[i], after, ident), ident)
             started = self._started_extra.get((extra, i))
             if started is None:
                 flags = _replace_at(book.started, i, True)
@@ -392,10 +393,11 @@ class MediationModel(PackedNetwork):
             nxt = self.act(state, i, hit[0], hit[1], links, clock, faults, started)
             out.append((self._start_steps[i], nxt))
         if self.can_shut_down and not book.shut_down:
-            after, actions = self._shut_down(state[MEDIATOR], clock)
+            after, actions = self._shut_down(self.snap_of(state, MEDIATOR), clock)
             done = self._extras(book._replace(shut_down=True))[0]
             ident = self._actions_id(MEDIATOR, actions)
-            nxt = self.act(state, MEDIATOR, after, ident, links, clock, faults, done)
+            local = self.advance(state[MEDIATOR], after, ident)
+            nxt = self.act(state, MEDIATOR, local, ident, links, clock, faults, done)
             out.append((self._shutdown_step, nxt))
         return out
 

@@ -475,8 +475,9 @@ class Network:
 
 
 Packed = tuple[Any, ...]
-"""A packed global state: ``(snapshot id per actor..., timers id per actor..., links id, clock,
-faults left, extra id)``; see :class:`PackedNetwork`."""
+"""A packed global state: ``(local id per actor..., links id, clock, faults left, extra id)``,
+where an actor's *local* id stands for (its snapshot id, its timers); see
+:class:`PackedNetwork`."""
 
 _LINKS, _CONNECT, _TIMERS, _EXTRA = 1, 2, 4, 8
 """Flags of an actions id: it can change the links, it connects (so the links it makes depend on
@@ -485,6 +486,7 @@ the extra, through :meth:`Network.resolve`), it can change the actor's timers, a
 
 _NO_TIMERS = 0
 """Timers id of an empty timer set (interned first)."""
+_INF = float("inf")
 
 
 class PackedNetwork(Network):
@@ -493,27 +495,28 @@ class PackedNetwork(Network):
     Why: on the mediation model almost every global state has its own links, timers and
     bookkeeping, so the cost per transition was the Python work of rebuilding and hashing nested
     tuples, not the (already memoised) core steps. Here a state is a flat tuple of small ints
-    and the clock: ``(snapshot id per actor, timers id per actor, links id, clock, faults left,
-    extra id)``, each an interned id (:mod:`models.interning`: a bijection, so deduplicating
-    packed states is exactly deduplicating the :class:`Net` states behind them; :meth:`unpack`
-    gives them back). A timer belongs to the actor that set it, so an actor's timers are a
-    small set of their own (``(conn, deadline)`` pairs) that only that actor's steps change.
-    Every piece of work is memoised on the few ids it depends on:
+    and the clock: ``(local id per actor, links id, clock, faults left, extra id)``, each an
+    interned id (:mod:`models.interning`: a bijection, so deduplicating packed states is exactly
+    deduplicating the :class:`Net` states behind them; :meth:`unpack` gives them back). A timer
+    belongs to the actor that set it and only that actor's steps change it, so an actor's
+    *local* id stands for its snapshot id together with its own timers (``(conn, deadline)``
+    pairs). Every piece of work is memoised on the few ids it depends on:
 
     - per links id: the deliverable heads (receiver, conn, sender, item, links id once popped),
-      whether the network is quiet, and the links id after each possible drop;
-    - per (delivery, receiver snapshot, clock): the core step, its actions id and its label;
+      whether the network is quiet, and the links id after each possible fault;
+    - per (delivery, receiver local id, clock): the core step, its actions id, its label and
+      the local id after it (timers included); likewise per timer firing;
     - per (links id, actor, actions id; plus the extra id for a Connect): the links after the
       actions; per (links id, extra id, actor, actions id), when :meth:`bookkeeping` says the
-      actions matter to it: the extra after them (both by :meth:`Network.apply`, the same code);
-    - per (timers id, actions id): the actor's timers after them.
+      actions matter to it: the extra after them (both by :meth:`Network.apply`, the same code).
 
     Contract for the hooks (what makes the memo exact): ``resolve`` and ``on_actions`` read
     only the links, the extra and their arguments (not snapshots, timers or the clock); hooks
     still receive :class:`Net` states (unpacked on a memo miss). ``app_steps`` may be
-    overridden by :meth:`app_moves` for speed (the default packs what ``app_steps`` returns).
-    The successor order is :meth:`Network.successors`'s, so both explore the same states in the
-    same order (a test checks it on the mediation model).
+    overridden by :meth:`app_moves` for speed (the default packs what ``app_steps`` returns;
+    :meth:`advance` and :meth:`act` build the packed successor). The successor order is
+    :meth:`Network.successors`'s, so both explore the same states in the same order (a test
+    checks it on the mediation model).
     """
 
     def __init__(
@@ -528,17 +531,21 @@ class PackedNetwork(Network):
         self._link_info: list[Any] = []
         self._timer_sets = Interned()
         self._timer_info: list[tuple[float, tuple[tuple[int, float, int], ...]]] = []
+        self._locals = Interned()
+        self._local_snap: list[int] = []
+        self._local_timers: list[int] = []
+        self._local_first: list[float] = []
         self._extras = Interned()
         self._action_sets = Interned()
         self._action_flags: list[int] = []
         self._delivery_keys = Interned()
         self._packed_deliveries: dict[tuple[int, int, float], tuple[int, int, Step]] = {}
         self._fires: dict[tuple[int, int, int, float, bool], tuple[int, int, Step]] = {}
+        self._advances: dict[tuple[int, int, int], int] = {}
         self._link_effects: dict[tuple[int, int, int], int] = {}
         self._connect_effects: dict[tuple[int, int, int, int], int] = {}
         self._extra_effects: dict[tuple[int, int, int, int], int] = {}
         self._timer_effects: dict[tuple[int, int], int] = {}
-        self._timer_sets_facts: dict[tuple[int, ...], Any] = {}
         assert self._timers_id(()) == _NO_TIMERS
 
     # --- hooks --------------------------------------------------------------------------------
@@ -562,8 +569,10 @@ class PackedNetwork(Network):
         for actor, conn, deadline in state.timers:
             per_actor[actor].append((conn, deadline))
         return (
-            *state.snaps,
-            *(self._timers_id(tuple(sorted(timers))) for timers in per_actor),
+            *(
+                self._local_id(snap, self._timers_id(tuple(sorted(timers))))
+                for snap, timers in zip(state.snaps, per_actor, strict=True)
+            ),
             self._links_id(state.links),
             state.clock,
             state.faults,
@@ -575,21 +584,33 @@ class PackedNetwork(Network):
         n = len(self.names)
         values = self._timer_sets.values
         return Net(
-            tuple(state[:n]),
-            self._link_sets.values[state[2 * n]],
+            tuple(self._local_snap[local] for local in state[:n]),
+            self._link_sets.values[state[n]],
             tuple(
                 (actor, conn, deadline)
                 for actor in range(n)
-                for conn, deadline in values[state[n + actor]]
+                for conn, deadline in values[self._local_timers[state[actor]]]
             ),
-            state[2 * n + 1],
-            state[2 * n + 2],
-            self._extras.values[state[2 * n + 3]],
+            state[n + 1],
+            state[n + 2],
+            self._extras.values[state[n + 3]],
         )
+
+    def snap_of(self, state: Packed, actor: int) -> int:
+        """The snapshot id of ``actor`` in a packed state (see :meth:`Network.snapshot`)."""
+        return self._local_snap[state[actor]]
 
     def extra_of(self, state: Packed) -> Any:
         """The model bookkeeping (``Net.extra``) of a packed state."""
         return self._extras.values[state[-1]]
+
+    def _local_id(self, snap: int, timers: int) -> int:
+        ident, new = self._locals((snap, timers))
+        if new:
+            self._local_snap.append(snap)
+            self._local_timers.append(timers)
+            self._local_first.append(self._timer_info[timers][0])
+        return ident
 
     def _links_id(self, links: tuple[Link, ...]) -> int:
         ident, new = self._link_sets(links)
@@ -600,7 +621,7 @@ class PackedNetwork(Network):
     def _timers_id(self, timers: tuple[tuple[int, float], ...]) -> int:
         ident, new = self._timer_sets(timers)
         if new:
-            self._timer_info.append((float("inf"), ()))  # replaced below once interned
+            self._timer_info.append((_INF, ()))  # replaced below once interned
             if timers:
                 entries = tuple(
                     (conn, deadline, self._timers_id(tuple(t for t in timers if t[0] != conn)))
@@ -689,59 +710,60 @@ class PackedNetwork(Network):
 
     # --- transitions --------------------------------------------------------------------------
 
+    def advance(self, local: int, after: int, actions: int, timers: int | None = None) -> int:
+        """The local id of an actor that was at ``local`` (or at its snapshot with the timers
+        id ``timers``, e.g. with a fired timer removed), moved to snapshot id ``after`` and
+        emitted the actions of id ``actions`` (from :meth:`_actions_id`)."""
+        if timers is None:
+            timers = self._local_timers[local]
+        if self._action_flags[actions] & _TIMERS:
+            changed = self._timer_effects.get((timers, actions))
+            timers = self._timer_effect(timers, actions) if changed is None else changed
+        return self._local_id(after, timers)
+
     def act(
         self,
         state: Packed,
         actor: int,
-        after: int,
+        local: int,
         actions: int,
         links: int,
         clock: float,
         faults: int,
         extra: int,
-        timers: int | None = None,
     ) -> Packed:
-        """The packed state after ``actor`` moved to snapshot id ``after`` and emitted the
-        actions of id ``actions`` (from :meth:`_actions_id`), from the given links id, clock,
-        faults and extra id (the step's base: e.g. the links with the delivered item popped)
-        and the actor's timers id (``None``: as in ``state``)."""
+        """The packed state after ``actor`` moved to local id ``local`` (see :meth:`advance`)
+        having emitted the actions of id ``actions``, from the given links id, clock, faults and
+        extra id (the step's base: e.g. the links with the delivered item popped)."""
         n = len(self.names)
-        if timers is None:
-            timers = state[n + actor]
         flags = self._action_flags[actions]
         new = list(state)
-        new[actor] = after
-        new[2 * n] = links
-        new[2 * n + 1] = clock
-        new[2 * n + 2] = faults
-        if flags:
-            if flags & _LINKS:
-                if flags & _CONNECT:
-                    hit = self._connect_effects.get((links, extra, actor, actions))
-                else:
-                    hit = self._link_effects.get((links, actor, actions))
-                if hit is None and flags & _CONNECT:
-                    hit = self._effect(state, actor, after, actions, links, clock, faults, extra)[0]
-                elif hit is None:
-                    hit = self._link_effect(actor, links, actions)
-                new[2 * n] = hit
-            if flags & _EXTRA:
-                hit = self._extra_effects.get((links, extra, actor, actions))
-                if hit is None:
-                    hit = self._effect(state, actor, after, actions, links, clock, faults, extra)[1]
-                extra = hit
-            if flags & _TIMERS:
-                hit = self._timer_effects.get((timers, actions))
-                timers = self._timer_effect(actor, timers, actions) if hit is None else hit
-        new[n + actor] = timers
-        new[2 * n + 3] = extra
+        new[actor] = local
+        new[n] = links
+        new[n + 1] = clock
+        new[n + 2] = faults
+        if flags & _LINKS:
+            if flags & _CONNECT:
+                hit = self._connect_effects.get((links, extra, actor, actions))
+            else:
+                hit = self._link_effects.get((links, actor, actions))
+            if hit is None and flags & _CONNECT:
+                hit = self._effect(state, actor, actions, links, clock, faults, extra)[0]
+            elif hit is None:
+                hit = self._link_effect(actor, links, actions)
+            new[n] = hit
+        if flags & _EXTRA:
+            hit = self._extra_effects.get((links, extra, actor, actions))
+            if hit is None:
+                hit = self._effect(state, actor, actions, links, clock, faults, extra)[1]
+            extra = hit
+        new[n + 3] = extra
         return tuple(new)
 
     def _effect(
         self,
         state: Packed,
         actor: int,
-        after: int,
         actions: int,
         links: int,
         clock: float,
@@ -750,15 +772,11 @@ class PackedNetwork(Network):
     ) -> tuple[int, int]:
         """(links id, extra id) after the actions, by :meth:`Network.apply` itself."""
         n = len(self.names)
+        snaps = tuple(self._local_snap[local] for local in state[:n])
         base = Net(
-            tuple(state[:n]),
-            self._link_sets.values[links],
-            (),
-            clock,
-            faults,
-            self._extras.values[extra],
+            snaps, self._link_sets.values[links], (), clock, faults, self._extras.values[extra]
         )
-        result = self.apply(base, actor, after, self._action_sets.values[actions][1])
+        result = self.apply(base, actor, snaps[actor], self._action_sets.values[actions][1])
         effect = (self._links_id(result.links), self._extras(result.extra)[0])
         self._connect_effects[(links, extra, actor, actions)] = effect[0]
         self._link_effects[(links, actor, actions)] = effect[0]
@@ -783,7 +801,7 @@ class PackedNetwork(Network):
         self._link_effects[(links, actor, actions)] = result
         return result
 
-    def _timer_effect(self, actor: int, timers: int, actions: int) -> int:
+    def _timer_effect(self, timers: int, actions: int) -> int:
         """An actor's timers id after its actions (the timer part of :meth:`Network.apply`)."""
         table = dict(self._timer_sets.values[timers])
         for action in self._action_sets.values[actions][1]:
@@ -798,25 +816,14 @@ class PackedNetwork(Network):
         self._timer_effects[(timers, actions)] = result
         return result
 
-    def _all_timers(
-        self, timer_ids: tuple[int, ...]
-    ) -> tuple[float, tuple[tuple[int, tuple[int, float, int]], ...]]:
-        """(earliest deadline, every (actor, timer)) of the actors' timers ids, in the order
-        of :meth:`Network.successors` (by actor, then conn)."""
-        info = self._timer_info
-        facts = (
-            min(info[t][0] for t in timer_ids),
-            tuple((actor, timer) for actor, t in enumerate(timer_ids) for timer in info[t][1]),
-        )
-        self._timer_sets_facts[timer_ids] = facts
-        return facts
-
     def _packed_deliver(
-        self, key: int, receiver: int, snap: int, conn: int, sender: int, item: Item, now: float
+        self, key: int, receiver: int, local: int, conn: int, sender: int, item: Item, now: float
     ) -> tuple[int, int, Step]:
+        snap = self._local_snap[local]
         after, actions, step = self._deliver(receiver, snap, conn, sender, item, now)
-        hit = (after, self._actions_id(receiver, actions), step)
-        self._packed_deliveries[(key, snap, now)] = hit
+        ident = self._actions_id(receiver, actions)
+        hit = (self.advance(local, after, ident), ident, step)
+        self._packed_deliveries[(key, local, now)] = hit
         return hit
 
     def _packed_fire(
@@ -824,54 +831,84 @@ class PackedNetwork(Network):
     ) -> tuple[Step, Packed]:
         conn, deadline, without = timer
         n = len(self.names)
-        now = max(state[2 * n + 1], deadline)
-        snap = state[actor]
-        key = (actor, conn, snap, now, on_time)
+        now = max(state[n + 1], deadline)
+        local = state[actor]
+        key = (actor, conn, local, now, on_time)
         hit = self._fires.get(key)
         if hit is None:
-            after, actions = self.run(actor, snap, TimerFired(conn), now)
+            after, actions = self.run(actor, self._local_snap[local], TimerFired(conn), now)
             when = "" if on_time else " (early: fault)"
             step = Step(
                 "timer", self.names[actor], f"conn {conn} at t={now:g}{when}", fault=not on_time
             )
-            hit = self._fires[key] = (after, self._actions_id(actor, actions), step)
-        faults = state[2 * n + 2] if on_time else state[2 * n + 2] - 1
-        nxt = self.act(state, actor, hit[0], hit[1], state[2 * n], now, faults, state[-1], without)
-        return hit[2], nxt
+            ident = self._actions_id(actor, actions)
+            hit = self._fires[key] = (self.advance(local, after, ident, without), ident, step)
+        faults = state[n + 2] if on_time else state[n + 2] - 1
+        return hit[2], self.act(state, actor, hit[0], hit[1], state[n], now, faults, state[-1])
 
     def successors(self, state: Packed) -> list[tuple[Step, Packed]]:  # type: ignore[override]
         n = len(self.names)
-        links, clock, faults, extra = state[2 * n :]
+        links, clock, faults, extra = state[n:]
         facts = self._link_info[links]
         heads, quiet, drops = facts if facts is not None else self._links_facts(links)
         out: list[tuple[Step, Packed]] = []
         append = out.append
         deliveries = self._packed_deliveries
         act = self.act
+        flags_of = self._action_flags
+        link_effects = self._link_effects
+        extra_effects = self._extra_effects
         for key, receiver, conn, sender, item, popped in heads:
-            snap = state[receiver]
-            hit = deliveries.get((key, snap, clock))
+            local = state[receiver]
+            hit = deliveries.get((key, local, clock))
             if hit is None:
-                hit = self._packed_deliver(key, receiver, snap, conn, sender, item, clock)
-            append((hit[2], act(state, receiver, hit[0], hit[1], popped, clock, faults, extra)))
+                hit = self._packed_deliver(key, receiver, local, conn, sender, item, clock)
+            after, actions, step = hit
+            # :meth:`act`, inlined for the common case where every effect is memoised already.
+            flags = flags_of[actions]
+            new = list(state)
+            new[receiver] = after
+            new[n] = popped
+            if flags:
+                if flags & _CONNECT:
+                    nxt = act(state, receiver, after, actions, popped, clock, faults, extra)
+                    append((step, nxt))
+                    continue
+                if flags & _LINKS:
+                    changed = link_effects.get((popped, receiver, actions))
+                    if changed is None:
+                        changed = self._link_effect(receiver, popped, actions)
+                    new[n] = changed
+                if flags & _EXTRA:
+                    changed = extra_effects.get((popped, extra, receiver, actions))
+                    if changed is None:
+                        nxt = act(state, receiver, after, actions, popped, clock, faults, extra)
+                        append((step, nxt))
+                        continue
+                    new[-1] = changed
+            append((step, tuple(new)))
         out.extend(self.app_moves(state))
-        timer_ids = state[n : 2 * n]
-        if any(timer_ids):
-            facts = self._timer_sets_facts.get(timer_ids)
-            if facts is None:
-                facts = self._all_timers(timer_ids)
-            first, entries = facts
-            early = []
-            fire = self._packed_fire
-            can_fault = faults > 0 and self.drops_and_early_timers
-            for actor, timer in entries:
-                if quiet and timer[1] == first:
-                    append(fire(state, actor, timer, True))
-                elif can_fault:
-                    early.append((actor, timer))
-            out.extend(fire(state, actor, timer, False) for actor, timer in early)
+        can_fault = faults > 0 and self.drops_and_early_timers
+        if quiet or can_fault:
+            local_first = self._local_first
+            firsts = [local_first[local] for local in state[:n]]
+            first = min(firsts)
+            if first != _INF:
+                info = self._timer_info
+                local_timers = self._local_timers
+                early = []
+                fire = self._packed_fire
+                for actor in range(n):
+                    if firsts[actor] == _INF:
+                        continue
+                    for timer in info[local_timers[state[actor]]][1]:
+                        if quiet and timer[1] == first:
+                            append(fire(state, actor, timer, True))
+                        elif can_fault:
+                            early.append((actor, timer))
+                out.extend(fire(state, actor, timer, False) for actor, timer in early)
         if faults > 0:
-            head = state[: 2 * n]
+            head = state[:n]
             for step, dropped in drops:
                 append((step, (*head, dropped, clock, faults - 1, extra)))
         return out
