@@ -250,6 +250,7 @@ def explore(
     max_states: int = 50_000_000,
     progress: Callable[[Result[S], int], None] | None = None,
     progress_interval: float = 1.0,
+    symmetry: bool = False,
 ) -> Result[S]:
     """Breadth-first search of every state of ``model`` reachable from its initial states.
 
@@ -258,6 +259,13 @@ def explore(
     terminal state at depth ``d`` first). ``max_depth`` bounds the search (states at that depth are
     not expanded and ``bounded`` is set); ``max_states`` caps memory. ``progress(result,
     frontier_size)`` is called about every ``progress_interval`` seconds.
+
+    ``symmetry``: when the model has a ``canonical(state)`` method (the representative of the
+    state's class under the model's symmetries, e.g. renaming interchangeable actors), only one
+    state per class is stored and expanded. Sound when every property is invariant under those
+    symmetries (the model's duty; a test compares reduced and unreduced runs). A counterexample
+    is then a trace of representatives: each step leads to a state *equivalent* to the next one
+    (``Result.notes`` says so).
     """
     thresholds = gc.get_threshold()
     # Why: ``parents`` soon holds millions of small acyclic tuples, and every full (oldest
@@ -266,7 +274,8 @@ def explore(
     # (so cycles a model makes per step are reclaimed); the thresholds are restored on return.
     gc.set_threshold(thresholds[0], thresholds[1] if len(thresholds) > 1 else 10, 1 << 30)
     try:
-        return _explore(model, max_depth, max_states, progress, progress_interval)
+        canonical = getattr(model, "canonical", None) if symmetry else None
+        return _explore(model, max_depth, max_states, progress, progress_interval, canonical)
     finally:
         gc.set_threshold(*thresholds)
 
@@ -277,9 +286,15 @@ def _explore(
     max_states: int,
     progress: Callable[[Result[S], int], None] | None,
     progress_interval: float,
+    canonical: Callable[[S], S] | None = None,
 ) -> Result[S]:
     parents: dict[S, tuple[S | None, Step | None]] = {}
     result: Result[S] = Result(model=model.name, actors=tuple(model.actors))
+    if canonical is not None:
+        result.notes.append(
+            "symmetry reduction: one state per class of interchangeable actors (a trace steps "
+            "through representatives: each step reaches a state equivalent to the next)"
+        )
     started = time.perf_counter()
     invariant = model.invariant
     successors = model.successors
@@ -305,6 +320,8 @@ def _explore(
 
     frontier: list[S] = []
     for state in model.initial_states():
+        if canonical is not None:
+            state = canonical(state)
         if state in parents:
             continue
         parents[state] = (None, None)
@@ -355,6 +372,8 @@ def _explore(
                 continue  # only looking for a shallower deadlock now
             transitions += len(nexts)
             for step, target in nexts:
+                if canonical is not None:
+                    target = canonical(target)
                 if target in parents:
                     continue
                 parents[target] = (state, step)

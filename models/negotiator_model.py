@@ -197,6 +197,7 @@ class NegotiatorPairModel:
         self._started_a: list[int] = []  # bookkeeping id after A started a round (-1: unknown)
         self._started_b: list[int] = []
         self._results: list[dict[int, int]] = []  # token (B's as -1 - t) -> bookkeeping id
+        self._mirrors: dict[int, int] = {}  # bookkeeping id -> the sides' roles swapped
         self.config_specs = list(
             configs if configs is not None else configurations(protocols, mixed_sets)
         )
@@ -547,6 +548,24 @@ class NegotiatorPairModel:
                     nxt = (sa, after, self._eof_after(ca), _EMPTY, after_book)
                     out.append((step_b, nxt))
         return out
+
+    def canonical(self, state: State) -> State:
+        """The representative of ``state`` under the one symmetry of the model: swapping the
+        two sides (their snapshots and tables, their inbound channels, their rounds left and the
+        sign of their unmatched round results). Both N1 and N2 are symmetric, and every
+        configuration's mirror image is a configuration too (the same set on both sides, or,
+        with mixed sets, every ordered pair), so exploring one state of each pair is enough."""
+        sa, sb, ca, cb, book = state
+        mirrored = (sb, sa, cb, ca, self._mirror(book))
+        return mirrored if mirrored < state else state
+
+    def _mirror(self, book: int) -> int:
+        mirror = self._mirrors.get(book)
+        if mirror is None:
+            pending, viol, faults, rounds_a, rounds_b = self._books.values[book]
+            swapped = tuple(-1 - token for token in pending)
+            mirror = self._mirrors[book] = self._book((swapped, viol, faults, rounds_b, rounds_a))
+        return mirror
 
     def decode(self, state: State) -> tuple[Hashable, ...]:
         """The full state behind the ids: (side A, side B, channel to A, channel to B,

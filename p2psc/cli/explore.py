@@ -130,11 +130,14 @@ def _run(args: argparse.Namespace) -> int:
     options = _options(args, parser)
     model = importlib.import_module(MODELS[args.model]).build(**options)
     show = (not args.quiet and sys.stderr.isatty()) or args.progress
+    if args.symmetry and not hasattr(model, "canonical"):
+        parser.error(f"the {args.model} model declares no symmetry (see spec/properties.md)")
     result = explore(
         model,
         max_depth=args.max_depth,
         max_states=args.max_states,
         progress=_progress if show else None,
+        symmetry=args.symmetry,
     )
     if show:
         _progress(result, 0)  # the final counts on the same line
@@ -229,6 +232,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--shutdown",
         action="store_true",
         help="mediation: the operator may shut the Mediator down at any moment",
+    )
+    parser.add_argument(
+        "--symmetry",
+        action="store_true",
+        help="negotiator: explore one state per mirror-image pair (the two sides swapped)",
     )
     parser.add_argument(
         "--coverage-fail-under",
