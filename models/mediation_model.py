@@ -51,9 +51,10 @@ from p2psc.machines.mediator import MediatorSession
 __all__ = ["Book", "MediationModel", "build"]
 
 MEDIATOR = 0
-NAMES = ("mediator", "A", "B", "C")
+NAMES = ("mediator", "A", "B", "C", "D")
 MEDIATOR_ADDR = ("10.0.0.1", 7000)
-WANTS = {1: 2, 2: 1, 3: 1}
+WANTS = {1: 2, 2: 1, 3: 1, 4: 2}
+"""Who wants whom: A and B each other; C wants A and D wants B, and nobody wants them back."""
 MEDIATOR_CONFIG = MediatorConfig(
     advertise_timeout=5.0, response_timeout=5.0, wait_timeout=60.0, confirm_timeout=5.0
 )
@@ -106,6 +107,7 @@ class MediationModel(PackedNetwork):
         *,
         third: bool = True,
         faults: bool = False,
+        peers: int | None = None,
         mediator_class: type[MediatorCore] = MediatorCore,
         peer_class: type[PeerCore] = PeerCore,
         config: MediatorConfig = MEDIATOR_CONFIG,
@@ -114,7 +116,11 @@ class MediationModel(PackedNetwork):
         garbage: bool = False,
         shutdown: bool = False,
     ) -> None:
-        self.count = 4 if third else 3
+        if peers is None:
+            peers = 3 if third else 2
+        if not 2 <= peers <= 4:
+            raise ValueError("peers must be 2..4 (A and B, then C who wants A, D who wants B)")
+        self.count = peers + 1
         settings = [f"{self.count - 1} peers"]
         settings += ["faults"] * faults + ["limits"] * limits + ["garbage"] * garbage
         settings += ["shutdown"] * shutdown
@@ -149,9 +155,9 @@ class MediationModel(PackedNetwork):
         self.mediator_class = mediator_class
         self.peer_class = peer_class
         self.config = config
-        self.keypairs = {i: Keypair.from_private_raw(bytes([i]) * 32) for i in range(1, 4)}
+        self.keypairs = {i: Keypair.from_private_raw(bytes([i]) * 32) for i in range(1, 5)}
         self.keys = {i: kp.public_key.raw for i, kp in self.keypairs.items()}
-        self.by_address = {peer_address(i): i for i in range(1, 4)}
+        self.by_address = {peer_address(i): i for i in range(1, 5)}
         self.peer_configs = {
             i: PeerConfig(
                 self.keypairs[i],
@@ -227,8 +233,9 @@ class MediationModel(PackedNetwork):
         for i in range(1, self.count):
             if book.outcomes[i] is None:
                 return f"M3: {self.names[i]} was never told the outcome (left waiting)"
-        if self.count > 3 and book.outcomes[3] != "failed":
-            return f"M3: C, whom nobody wants, ended {book.outcomes[3]}"
+        for i in range(3, self.count):
+            if book.outcomes[i] != "failed":
+                return f"M3: {self.names[i]}, whom nobody wants, ended {book.outcomes[i]}"
         problem = self._pair_outcome(state, book)
         if problem is not None:
             return problem
@@ -545,6 +552,7 @@ def build(
     faults: bool = False,
     mutant: str | None = None,
     third: bool = True,
+    peers: int | None = None,
     limits: bool = False,
     garbage: bool = False,
     shutdown: bool = False,
@@ -555,5 +563,10 @@ def build(
 
         return mediation_mutant(mutant, faults=faults, third=third)
     return MediationModel(
-        third=third, faults=faults, limits=limits, garbage=garbage, shutdown=shutdown
+        third=third,
+        peers=peers,
+        faults=faults,
+        limits=limits,
+        garbage=garbage,
+        shutdown=shutdown,
     )

@@ -2,7 +2,7 @@
 connection, over every configuration and every interleaving.
 
 Configurations (one initial state each): every protocol set drawn from ``protocols`` ids
-(1..3), every priority from :data:`PRIORITIES` per protocol (ties included), every
+(1..4), every priority from :data:`PRIORITIES` per protocol (ties included), every
 simultaneous-initiate policy (RUN/FAIL) per protocol. Both sides know the same set (the spec
 requires both sides to agree on ids, priorities and policies); ``mixed_sets`` explores every
 pair of *different* sets too (a side that receives an id it does not know must fail cleanly).
@@ -152,8 +152,8 @@ class NegotiatorPairModel:
         configs: Sequence[ConfigSpec] | None = None,
         name: str = "negotiator",
     ) -> None:
-        if not 1 <= protocols <= 3:
-            raise ValueError("protocols must be 1..3")
+        if not 1 <= protocols <= 4:
+            raise ValueError("protocols must be 1..4")
         if rounds < 1:
             raise ValueError("rounds must be >= 1")
         plural = "s" if protocols != 1 else ""

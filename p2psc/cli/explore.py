@@ -11,6 +11,7 @@ examples:
   p2psc explore negotiator                  # 3 protocols, 3 rounds, every configuration
   p2psc explore negotiator --faults --mixed-sets --protocols 2
   p2psc explore mediation --faults          # A, B and C; one drop or early timeout anywhere
+  p2psc explore mediation --peers 4 --garbage   # also D, who wants B; one malformed frame
   p2psc explore mediation --mutant identify-early
   p2psc explore mediation --peers 2 --faults --limits --coverage-fail-under 60
 
@@ -39,7 +40,7 @@ MODELS: dict[str, str] = {
 }
 """Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
 
-MAX_PROTOCOLS = 3
+MAX_PROTOCOLS = 4
 
 
 def _protocols(text: str) -> int:
@@ -110,9 +111,10 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
     else:
         if args.protocols is not None or args.mixed_sets:
             parser.error("--protocols and --mixed-sets apply to the negotiator model only")
-        options.update(third=(args.peers or 3) == 3)
+        options.update(third=(args.peers or 3) >= 3)
         if args.mutant is None:
             options.update(limits=args.limits, garbage=args.garbage, shutdown=args.shutdown)
+            options.update(peers=args.peers or 3)
         elif args.limits or args.garbage or args.shutdown:
             parser.error("--limits, --garbage and --shutdown do not combine with --mutant")
     return options
@@ -172,7 +174,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_protocols,
         default=None,
         metavar="N",
-        help=f"negotiator: protocol ids 1..{MAX_PROTOCOLS} (default {MAX_PROTOCOLS})",
+        help=f"negotiator: protocol ids 1..{MAX_PROTOCOLS} (default 3)",
     )
     parser.add_argument(
         "--mixed-sets",
@@ -182,9 +184,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--peers",
         type=int,
-        choices=(2, 3),
+        choices=(2, 3, 4),
         default=None,
-        help="mediation: A and B only (2), or also C, who wants A (3, the default)",
+        help="mediation: A and B only (2), also C, who wants A (3, the default), and D, who "
+        "wants B (4)",
     )
     parser.add_argument(
         "--faults",
