@@ -172,14 +172,14 @@ class MediationModel(PackedNetwork):
         self._mediator_nonces = fixed_nonces(b"mediator")
         self._steps = [self._mediator_step] + [self._peer_step(i) for i in range(1, self.count)]
         empty = mediator_class(config, crypto=self.crypto).snapshot()
-        peers = tuple(PeerCore(self.peer_configs[i]).snapshot() for i in range(1, self.count))
+        snapshots = tuple(PeerCore(self.peer_configs[i]).snapshot() for i in range(1, self.count))
         self._starts: dict[tuple[int, int, float], tuple[int, tuple[Action, ...]]] = {}
         self._packed_starts: dict[tuple[int, int, float], tuple[int, int]] = {}
         self._started_extra: dict[tuple[int, int], int] = {}
         self._start_steps = [Step("app", name, "start: connect to the mediator") for name in NAMES]
         self._consistent: dict[int, str | None] = {}  # M4 per mediator snapshot id
         self._initial = Net(
-            snaps=tuple(self.intern(snapshot) for snapshot in (empty, *peers)),
+            snaps=tuple(self.intern(snapshot) for snapshot in (empty, *snapshots)),
             links=(),
             timers=(),
             clock=0.0,
