@@ -206,3 +206,34 @@ def test_the_completion_claim_is_what_catches_a_limits_failure() -> None:
     assert result.violation is not None
     assert result.violation.message.startswith("M3: no fault occurred")
     assert any("AdvertiseRetry(BUSY)" in step.text for step in result.violation.steps)
+
+
+def test_four_peers_pair_safely_and_completely() -> None:
+    model = MediationModel(peers=4)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    # C wants A and D wants B; nobody wants them back: both fail, A and B still pair.
+    assert ("established", "established", "failed", "failed") in model.outcome_counts
+    assert all(outcome[2:] == ("failed", "failed") for outcome in model.outcome_counts)
+
+
+def test_whoever_nobody_wants_must_fail() -> None:
+    """M3 really checks D: a model in which D's outcome is forced to 'established' fails."""
+    model = MediationModel(peers=4)
+    state = model.unpack(model.initial_states()[0])
+    book = state.extra
+    forced = book._replace(  # type: ignore[attr-defined]
+        started=(True,) * 5, outcomes=(None, "failed", "failed", "failed", "established")
+    )
+    assert model.terminal(model.pack(state._replace(extra=forced))) == (
+        "M3: D, whom nobody wants, ended established"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["limits", "garbage"])
+def test_four_peers_with_limits_or_garbage(option: str) -> None:
+    model = MediationModel(peers=4, **{option: True})
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    assert result.states > 100_000

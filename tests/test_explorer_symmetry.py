@@ -121,3 +121,11 @@ def test_cli_symmetry(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["explore", "mediation", "--symmetry", "--quiet"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_four_protocols_within_ci_time_with_symmetry() -> None:
+    model = NegotiatorPairModel(protocols=4, rounds=3)
+    result = explore(model, symmetry=True)
+    assert result.ok
+    assert result.states > 1_000_000
