@@ -237,3 +237,12 @@ def test_four_peers_with_limits_or_garbage(option: str) -> None:
     result = explore(model)
     assert result.ok, format_report(result, model.describe)
     assert result.states > 100_000
+
+
+@pytest.mark.slow
+def test_four_peers_with_one_fault_anywhere() -> None:
+    """The largest mediation model CI runs (about 3.5 million states; minutes)."""
+    model = MediationModel(peers=4, faults=True)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    assert result.states > 3_000_000
