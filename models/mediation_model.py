@@ -177,7 +177,8 @@ class MediationModel(PackedNetwork):
         self._packed_starts: dict[tuple[int, int, float], tuple[int, int]] = {}
         self._started_extra: dict[tuple[int, int], int] = {}
         self._start_steps = [Step("app", name, "start: connect to the mediator") for name in NAMES]
-        self._consistent: dict[int, str | None] = {}  # M4 per mediator snapshot id
+        self._consistent: dict[int, str | None] = {}  # M4 per mediator local id
+        self._no_app_moves: set[int] = set()  # extra ids in which nobody can start
         self._initial = Net(
             snaps=tuple(self.intern(snapshot) for snapshot in (empty, *snapshots)),
             links=(),
@@ -216,13 +217,14 @@ class MediationModel(PackedNetwork):
         return f"{outcomes}; mediator sessions: {live}; registry entries: {len(registry)}"
 
     def invariant(self, state: Packed) -> str | None:
-        book: Book = self.extra_of(state)
-        if book.violation is not None:
-            return book.violation
-        snap = self.snap_of(state, MEDIATOR)
-        consistent = self._consistent.get(snap, "")
+        violation = self._extras.values[state[-1]].violation
+        if violation is not None:
+            return violation  # type: ignore[no-any-return]
+        local = state[MEDIATOR]  # M4 depends on the Mediator's snapshot only: memoised per id
+        consistent = self._consistent.get(local, "")
         if consistent == "":
-            consistent = self._consistent[snap] = _registry_consistent(self.snapshot(snap))
+            snap = self.snap_of(state, MEDIATOR)
+            consistent = self._consistent[local] = _registry_consistent(self.snapshot(snap))
         return consistent
 
     def terminal(self, packed: Packed) -> str | None:
@@ -380,8 +382,14 @@ class MediationModel(PackedNetwork):
     def app_moves(self, state: Packed) -> list[tuple[Step, Packed]]:
         """:meth:`app_steps` on packed states: each peer that has not started may start."""
         n = self.count
-        links, clock, faults, extra = state[n:]
+        extra = state[-1]
+        if extra in self._no_app_moves:
+            return []
+        links, clock, faults, _ = state[n:]
         book: Book = self._extras.values[extra]
+        if all(book.started) and (book.shut_down or not self.can_shut_down):
+            self._no_app_moves.add(extra)
+            return []
         out = []
         for i in range(1, n):
             if book.started[i]:
