@@ -42,7 +42,7 @@ from models.symbolic_crypto import SymbolicCrypto, fixed_nonces
 from p2psc import wire
 from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen
 from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorSnapshot
-from p2psc.core.peer import FIRST_ACCEPTED, Established, PeerConfig, PeerCore
+from p2psc.core.peer import FIRST_ACCEPTED, LISTENER, Established, PeerConfig, PeerCore
 from p2psc.keys import Keypair, PublicKey
 from p2psc.machines.compiler import compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
@@ -418,7 +418,8 @@ class MediationModel(PackedNetwork):
 
     def bookkeeping(self, actor: int, actions: tuple[Action, ...]) -> bool:
         """Which actions :meth:`on_actions` looks at (see there): the Mediator's pairing
-        messages; a peer's listeners, closes and outcomes."""
+        messages; a peer's listeners (set up, or closed: the only conn a peer listens on is
+        :data:`~p2psc.core.peer.LISTENER`) and outcomes."""
         if actor == MEDIATOR:
             return any(
                 len(data) >= 4
@@ -427,7 +428,11 @@ class MediationModel(PackedNetwork):
                 for action in actions
                 if (data := getattr(action, "data", None)) is not None
             )
-        return any(isinstance(action, Listen | Close | Established | Failed) for action in actions)
+        return any(
+            isinstance(action, Listen | Established | Failed)
+            or (isinstance(action, Close) and action.conn == LISTENER)
+            for action in actions
+        )
 
     def _start(self, i: int, snap: int, clock: float) -> tuple[int, tuple[Action, ...]]:
         key = (i, snap, clock)
