@@ -36,6 +36,7 @@ __all__ = [
     "Result",
     "Step",
     "Violation",
+    "coverage_percent",
     "explore",
     "format_report",
     "mermaid_trace",
@@ -249,6 +250,7 @@ def explore(
     max_states: int = 50_000_000,
     progress: Callable[[Result[S], int], None] | None = None,
     progress_interval: float = 1.0,
+    symmetry: bool = False,
 ) -> Result[S]:
     """Breadth-first search of every state of ``model`` reachable from its initial states.
 
@@ -257,6 +259,13 @@ def explore(
     terminal state at depth ``d`` first). ``max_depth`` bounds the search (states at that depth are
     not expanded and ``bounded`` is set); ``max_states`` caps memory. ``progress(result,
     frontier_size)`` is called about every ``progress_interval`` seconds.
+
+    ``symmetry``: when the model has a ``canonical(state)`` method (the representative of the
+    state's class under the model's symmetries, e.g. renaming interchangeable actors), only one
+    state per class is stored and expanded. Sound when every property is invariant under those
+    symmetries (the model's duty; a test compares reduced and unreduced runs). A counterexample
+    is then a trace of representatives: each step leads to a state *equivalent* to the next one
+    (``Result.notes`` says so).
     """
     thresholds = gc.get_threshold()
     # Why: ``parents`` soon holds millions of small acyclic tuples, and every full (oldest
@@ -265,7 +274,8 @@ def explore(
     # (so cycles a model makes per step are reclaimed); the thresholds are restored on return.
     gc.set_threshold(thresholds[0], thresholds[1] if len(thresholds) > 1 else 10, 1 << 30)
     try:
-        return _explore(model, max_depth, max_states, progress, progress_interval)
+        canonical = getattr(model, "canonical", None) if symmetry else None
+        return _explore(model, max_depth, max_states, progress, progress_interval, canonical)
     finally:
         gc.set_threshold(*thresholds)
 
@@ -276,9 +286,15 @@ def _explore(
     max_states: int,
     progress: Callable[[Result[S], int], None] | None,
     progress_interval: float,
+    canonical: Callable[[S], S] | None = None,
 ) -> Result[S]:
     parents: dict[S, tuple[S | None, Step | None]] = {}
     result: Result[S] = Result(model=model.name, actors=tuple(model.actors))
+    if canonical is not None:
+        result.notes.append(
+            "symmetry reduction: one state per class of interchangeable actors (a trace steps "
+            "through representatives: each step reaches a state equivalent to the next)"
+        )
     started = time.perf_counter()
     invariant = model.invariant
     successors = model.successors
@@ -304,6 +320,8 @@ def _explore(
 
     frontier: list[S] = []
     for state in model.initial_states():
+        if canonical is not None:
+            state = canonical(state)
         if state in parents:
             continue
         parents[state] = (None, None)
@@ -354,6 +372,8 @@ def _explore(
                 continue  # only looking for a shallower deadlock now
             transitions += len(nexts)
             for step, target in nexts:
+                if canonical is not None:
+                    target = canonical(target)
                 if target in parents:
                     continue
                 parents[target] = (state, step)
@@ -423,8 +443,22 @@ def mermaid_trace(violation: Violation[S], actors: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def format_report(result: Result[S], describe: Callable[[S], str] | None = None) -> str:
-    """Human summary: counts, speed, coverage, and the counterexample if any."""
+def coverage_percent(result: Result[Any]) -> float | None:
+    """Declared machine transitions taken, in percent (None: the model declares none)."""
+    coverage = result.coverage
+    if coverage is None or not coverage.declared:
+        return None
+    return 100.0 * coverage.covered / coverage.declared
+
+
+def format_report(
+    result: Result[S],
+    describe: Callable[[S], str] | None = None,
+    where: Callable[[str, str], str | None] | None = None,
+) -> str:
+    """Human summary: counts, speed, coverage, and the counterexample if any. ``where(machine,
+    transition)`` says which configuration takes a transition this run did not take, or why no
+    model can (see :mod:`models.coverage`); it is printed under that transition."""
     lines = [
         f"model {result.model}: {'OK' if result.ok else 'VIOLATION'}",
         f"  states       {result.states:,}",
@@ -442,6 +476,9 @@ def format_report(result: Result[S], describe: Callable[[S], str] | None = None)
         )
         for machine, transition in coverage.missing():
             lines.append(f"    never taken: {machine}: {transition}")
+            hint = where(machine, str(transition)) if where is not None else None
+            if hint is not None:
+                lines.append(f"      ({hint})")
     lines.extend(f"  note: {note}" for note in result.notes)
     if result.violation is not None:
         lines.append(text_trace(result.violation, describe))

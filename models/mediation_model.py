@@ -31,10 +31,11 @@ Properties (``spec/properties.md``):
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 from p2psc.models.explorer import Coverage, Step
-from p2psc.models.network import Net, Network
+from p2psc.models.network import Net, Packed, PackedNetwork
 from p2psc.models.symbolic_crypto import SymbolicCrypto, fixed_nonces
 
 import p2psc.core.mediator as mediator_module
@@ -42,7 +43,7 @@ import p2psc.core.peer as peer_module
 from p2psc import wire
 from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen
 from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorSnapshot
-from p2psc.core.peer import FIRST_ACCEPTED, Established, PeerConfig, PeerCore
+from p2psc.core.peer import FIRST_ACCEPTED, LISTENER, Established, PeerConfig, PeerCore
 from p2psc.keys import Keypair, PublicKey
 from p2psc.machines.compiler import compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
@@ -51,9 +52,10 @@ from p2psc.machines.mediator import MediatorSession
 __all__ = ["Book", "MediationModel", "build"]
 
 MEDIATOR = 0
-NAMES = ("mediator", "A", "B", "C")
+NAMES = ("mediator", "A", "B", "C", "D")
 MEDIATOR_ADDR = ("10.0.0.1", 7000)
-WANTS = {1: 2, 2: 1, 3: 1}
+WANTS = {1: 2, 2: 1, 3: 1, 4: 2}
+"""Who wants whom: A and B each other; C wants A and D wants B, and nobody wants them back."""
 MEDIATOR_CONFIG = MediatorConfig(
     advertise_timeout=5.0, response_timeout=5.0, wait_timeout=60.0, confirm_timeout=5.0
 )
@@ -68,6 +70,10 @@ PEER_TIMING: dict[str, Any] = {
     "advertise_retries": 0,
 }
 """Coarse peer timing keeps the number of distinct deadlines (hence states) small."""
+LIMITS_TIMING: dict[str, Any] = {"advertise_retries": 1, "retry_backoff": 1.0}
+"""With ``limits``: one AdvertiseRetry is honoured (after a 1 s backoff), the second is not."""
+GARBAGE = b"\x00 not a p2psc frame"
+"""With ``garbage``: the bytes injected (once per run) into a connection (bad magic)."""
 
 
 def peer_address(actor: int) -> tuple[str, int]:
@@ -85,13 +91,14 @@ class Book(NamedTuple):
     told_disconnect: tuple[bool, ...]
     alone: bool  # A or B gave up before the other one had even started
     violation: str | None
+    shut_down: bool = False  # the operator shut the Mediator down (option ``shutdown``)
 
 
 def _replace_at(values: tuple[Any, ...], index: int, value: Any) -> tuple[Any, ...]:
     return (*values[:index], value, *values[index + 1 :])
 
 
-class MediationModel(Network):
+class MediationModel(PackedNetwork):
     """See the module docstring; mutants swap in a broken ``mediator_class`` or ``peer_class``."""
 
     actors: Sequence[str]
@@ -101,19 +108,33 @@ class MediationModel(Network):
         *,
         third: bool = True,
         faults: bool = False,
+        peers: int | None = None,
         mediator_class: type[MediatorCore] = MediatorCore,
         peer_class: type[PeerCore] = PeerCore,
         config: MediatorConfig = MEDIATOR_CONFIG,
         name: str = "mediation",
+        limits: bool = False,
+        garbage: bool = False,
+        shutdown: bool = False,
     ) -> None:
-        self.count = 4 if third else 3
-        self.name = f"{name} ({self.count - 1} peers{', faults' if faults else ''})"
+        if peers is None:
+            peers = 3 if third else 2
+        if not 2 <= peers <= 4:
+            raise ValueError("peers must be 2..4 (A and B, then C who wants A, D who wants B)")
+        self.count = peers + 1
+        settings = [f"{self.count - 1} peers"]
+        settings += ["faults"] * faults + ["limits"] * limits + ["garbage"] * garbage
+        settings += ["shutdown"] * shutdown
+        self.name = f"{name} ({', '.join(settings)})"
+        if limits:
+            config = replace(config, max_pending=1, max_waiting=1)
+        timing = {**PEER_TIMING, **(LIMITS_TIMING if limits else {})}
         self.names = NAMES[: self.count]
         self.actors = self.names
         machines = (MediatorSession, Registration, Rendezvous, ClientCandidate, PeerCandidate)
         tables = [compile_machine(cls) for cls in machines]
         super().__init__(
-            faults=1 if faults else 0,
+            faults=1 if faults or garbage else 0,
             coverage=Coverage(tables),
             patches=(
                 (mediator_module, "TABLE"),
@@ -124,12 +145,20 @@ class MediationModel(Network):
             ),
         )
         self.crypto = SymbolicCrypto()
+        self.garbage = GARBAGE if garbage else None
+        # Under the limits a registration refused with BUSY may legitimately end failed, and
+        # a shutdown ends every registration.
+        self.completes = not (limits or shutdown)
+        self.can_shut_down = shutdown
+        self._shutdowns: dict[tuple[int, float], tuple[int, tuple[Action, ...]]] = {}
+        self._shutdown_step = Step("app", "mediator", "operator shuts the mediator down")
+        self.drops_and_early_timers = faults
         self.mediator_class = mediator_class
         self.peer_class = peer_class
         self.config = config
-        self.keypairs = {i: Keypair.from_private_raw(bytes([i]) * 32) for i in range(1, 4)}
+        self.keypairs = {i: Keypair.from_private_raw(bytes([i]) * 32) for i in range(1, 5)}
         self.keys = {i: kp.public_key.raw for i, kp in self.keypairs.items()}
-        self.by_address = {peer_address(i): i for i in range(1, 4)}
+        self.by_address = {peer_address(i): i for i in range(1, 5)}
         self.peer_configs = {
             i: PeerConfig(
                 self.keypairs[i],
@@ -137,18 +166,22 @@ class MediationModel(Network):
                 MEDIATOR_ADDR,
                 crypto=self.crypto,
                 nonce_source=fixed_nonces(NAMES[i].encode()),
-                **PEER_TIMING,
+                **timing,
             )
             for i in range(1, self.count)
         }
         self._mediator_nonces = fixed_nonces(b"mediator")
         self._steps = [self._mediator_step] + [self._peer_step(i) for i in range(1, self.count)]
         empty = mediator_class(config, crypto=self.crypto).snapshot()
-        peers = tuple(PeerCore(self.peer_configs[i]).snapshot() for i in range(1, self.count))
+        snapshots = tuple(PeerCore(self.peer_configs[i]).snapshot() for i in range(1, self.count))
         self._starts: dict[tuple[int, int, float], tuple[int, tuple[Action, ...]]] = {}
-        self._consistent: dict[int, str | None] = {}  # M4 per mediator snapshot id
+        self._packed_starts: dict[tuple[int, int, float], tuple[int, int]] = {}
+        self._started_extra: dict[tuple[int, int], int] = {}
+        self._start_steps = [Step("app", name, "start: connect to the mediator") for name in NAMES]
+        self._consistent: dict[int, str | None] = {}  # M4 per mediator local id
+        self._no_app_moves: set[int] = set()  # extra ids in which nobody can start
         self._initial = Net(
-            snaps=tuple(self.intern(snapshot) for snapshot in (empty, *peers)),
+            snaps=tuple(self.intern(snapshot) for snapshot in (empty, *snapshots)),
             links=(),
             timers=(),
             clock=0.0,
@@ -167,13 +200,14 @@ class MediationModel(Network):
 
     # --- explorer interface -------------------------------------------------------------------
 
-    def initial_states(self) -> list[Net]:
-        return [self._initial]
+    def initial_states(self) -> list[Packed]:
+        return [self.pack(self._initial)]
 
     def coverage(self) -> Coverage | None:
         return self._coverage
 
-    def describe(self, state: Net) -> str:
+    def describe(self, packed: Packed) -> str:
+        state = self.unpack(packed)
         book = _book(state)
         outcomes = ", ".join(
             f"{self.names[i]}={book.outcomes[i] or ('waiting' if book.started[i] else 'idle')}"
@@ -183,24 +217,28 @@ class MediationModel(Network):
         live = ", ".join(f"conn {row[0]}:{row[1]}" for row in sessions) or "none"
         return f"{outcomes}; mediator sessions: {live}; registry entries: {len(registry)}"
 
-    def invariant(self, state: Net) -> str | None:
-        book = _book(state)
-        if book.violation is not None:
-            return book.violation
-        snap = state.snaps[MEDIATOR]
-        if snap not in self._consistent:
-            self._consistent[snap] = _registry_consistent(self.snapshot(snap))
-        return self._consistent[snap]
+    def invariant(self, state: Packed) -> str | None:
+        violation = self._extras.values[state[-1]].violation
+        if violation is not None:
+            return violation  # type: ignore[no-any-return]
+        local = state[MEDIATOR]  # M4 depends on the Mediator's snapshot only: memoised per id
+        consistent = self._consistent.get(local, "")
+        if consistent == "":
+            snap = self.snap_of(state, MEDIATOR)
+            consistent = self._consistent[local] = _registry_consistent(self.snapshot(snap))
+        return consistent
 
-    def terminal(self, state: Net) -> str | None:
+    def terminal(self, packed: Packed) -> str | None:
+        state = self.unpack(packed)
         book = _book(state)
         key = book.outcomes[1:]
         self.outcome_counts[key] = self.outcome_counts.get(key, 0) + 1
         for i in range(1, self.count):
             if book.outcomes[i] is None:
                 return f"M3: {self.names[i]} was never told the outcome (left waiting)"
-        if self.count > 3 and book.outcomes[3] != "failed":
-            return f"M3: C, whom nobody wants, ended {book.outcomes[3]}"
+        for i in range(3, self.count):
+            if book.outcomes[i] != "failed":
+                return f"M3: {self.names[i]}, whom nobody wants, ended {book.outcomes[i]}"
         problem = self._pair_outcome(state, book)
         if problem is not None:
             return problem
@@ -211,7 +249,12 @@ class MediationModel(Network):
 
     def _pair_outcome(self, state: Net, book: Book) -> str | None:
         a, b = book.outcomes[1], book.outcomes[2]
-        if state.faults >= self.fault_budget and not book.alone and (a, b) != ("established",) * 2:
+        if (
+            self.completes
+            and state.faults >= self.fault_budget
+            and not book.alone
+            and (a, b) != ("established",) * 2
+        ):
             return (
                 f"M3: no fault occurred and A and B both registered before either gave up, "
                 f"yet A {a} and B {b}"
@@ -312,20 +355,96 @@ class MediationModel(Network):
         for i in range(1, self.count):
             if book.started[i]:
                 continue
-            key = (i, state.snaps[i], state.clock)
-            hit = self._starts.get(key)
-            if hit is None:
-                # Rebuilt inside the recording: a PeerCore keeps the table it was built with.
-                with self._recording:
-                    core = self.peer_class.from_snapshot(
-                        self.snapshot(state.snaps[i]), self.peer_configs[i]
-                    )
-                    actions: tuple[Action, ...] = tuple(core.start(state.clock))  # type: ignore[arg-type]
-                hit = self._starts[key] = (self.intern(core.snapshot()), actions)
+            hit = self._start(i, state.snaps[i], state.clock)
             base = state._replace(extra=book._replace(started=_replace_at(book.started, i, True)))
             nxt = self.apply(base, i, hit[0], hit[1])
             out.append((Step("app", self.names[i], "start: connect to the mediator"), nxt))
+        if self.can_shut_down and not book.shut_down:
+            after, actions = self._shut_down(state.snaps[MEDIATOR], state.clock)
+            base = state._replace(extra=book._replace(shut_down=True))
+            out.append((self._shutdown_step, self.apply(base, MEDIATOR, after, actions)))
         return out
+
+    def _shut_down(self, snap: int, clock: float) -> tuple[int, tuple[Action, ...]]:
+        """The Mediator's snapshot id and actions after ``shutdown`` (memoised)."""
+        hit = self._shutdowns.get((snap, clock))
+        if hit is None:
+            with self._recording:
+                core = self.mediator_class.from_snapshot(
+                    self.snapshot(snap),
+                    self.config,
+                    nonce_source=self._mediator_nonces,
+                    crypto=self.crypto,
+                )
+                actions = tuple(core.shutdown(clock))
+            hit = self._shutdowns[(snap, clock)] = (self.intern(core.snapshot()), actions)
+        return hit
+
+    def app_moves(self, state: Packed) -> list[tuple[Step, Packed]]:
+        """:meth:`app_steps` on packed states: each peer that has not started may start."""
+        n = self.count
+        extra = state[-1]
+        if extra in self._no_app_moves:
+            return []
+        links, clock, faults, _ = state[n:]
+        book: Book = self._extras.values[extra]
+        if all(book.started) and (book.shut_down or not self.can_shut_down):
+            self._no_app_moves.add(extra)
+            return []
+        out = []
+        for i in range(1, n):
+            if book.started[i]:
+                continue
+            key = (i, state[i], clock)
+            hit = self._packed_starts.get(key)
+            if hit is None:
+                after, actions = self._start(i, self.snap_of(state, i), clock)
+                ident = self._actions_id(i, actions)
+                hit = self._packed_starts[key] = (self.advance(state[i], after, ident), ident)
+            started = self._started_extra.get((extra, i))
+            if started is None:
+                flags = _replace_at(book.started, i, True)
+                started = self._extras(book._replace(started=flags))[0]
+                self._started_extra[(extra, i)] = started
+            nxt = self.act(state, i, hit[0], hit[1], links, clock, faults, started)
+            out.append((self._start_steps[i], nxt))
+        if self.can_shut_down and not book.shut_down:
+            after, actions = self._shut_down(self.snap_of(state, MEDIATOR), clock)
+            done = self._extras(book._replace(shut_down=True))[0]
+            ident = self._actions_id(MEDIATOR, actions)
+            local = self.advance(state[MEDIATOR], after, ident)
+            nxt = self.act(state, MEDIATOR, local, ident, links, clock, faults, done)
+            out.append((self._shutdown_step, nxt))
+        return out
+
+    def bookkeeping(self, actor: int, actions: tuple[Action, ...]) -> bool:
+        """Which actions :meth:`on_actions` looks at (see there): the Mediator's pairing
+        messages; a peer's listeners (set up, or closed: the only conn a peer listens on is
+        :data:`~p2psc.core.peer.LISTENER`) and outcomes."""
+        if actor == MEDIATOR:
+            return any(
+                len(data) >= 4
+                and data[3]
+                in (wire.MessageType.PEER_DISCONNECT, wire.MessageType.PEER_IDENTIFICATION)
+                for action in actions
+                if (data := getattr(action, "data", None)) is not None
+            )
+        return any(
+            isinstance(action, Listen | Established | Failed)
+            or (isinstance(action, Close) and action.conn == LISTENER)
+            for action in actions
+        )
+
+    def _start(self, i: int, snap: int, clock: float) -> tuple[int, tuple[Action, ...]]:
+        key = (i, snap, clock)
+        hit = self._starts.get(key)
+        if hit is None:
+            # Rebuilt inside the recording: a PeerCore keeps the table it was built with.
+            with self._recording:
+                core = self.peer_class.from_snapshot(self.snapshot(snap), self.peer_configs[i])
+                actions: tuple[Action, ...] = tuple(core.start(clock))  # type: ignore[arg-type]
+            hit = self._starts[key] = (self.intern(core.snapshot()), actions)
+        return hit
 
     def on_actions(
         self, state: Net, actor: int, actions: tuple[Action, ...], extra: Hashable
@@ -442,10 +561,26 @@ def _registry_consistent(snapshot: Any) -> str | None:
     return None
 
 
-def build(*, faults: bool = False, mutant: str | None = None, third: bool = True) -> MediationModel:
+def build(
+    *,
+    faults: bool = False,
+    mutant: str | None = None,
+    third: bool = True,
+    peers: int | None = None,
+    limits: bool = False,
+    garbage: bool = False,
+    shutdown: bool = False,
+) -> MediationModel:
     """Entry point of ``p2psc explore mediation`` (A, B and, with ``third``, C)."""
     if mutant is not None:
         from p2psc.models.mutants import mediation_mutant
 
         return mediation_mutant(mutant, faults=faults, third=third)
-    return MediationModel(third=third, faults=faults)
+    return MediationModel(
+        third=third,
+        peers=peers,
+        faults=faults,
+        limits=limits,
+        garbage=garbage,
+        shutdown=shutdown,
+    )

@@ -2,7 +2,7 @@
 connection, over every configuration and every interleaving.
 
 Configurations (one initial state each): every protocol set drawn from ``protocols`` ids
-(1..3), every priority from :data:`PRIORITIES` per protocol (ties included), every
+(1..4), every priority from :data:`PRIORITIES` per protocol (ties included), every
 simultaneous-initiate policy (RUN/FAIL) per protocol. Both sides know the same set (the spec
 requires both sides to agree on ids, priorities and policies); ``mixed_sets`` explores every
 pair of *different* sets too (a side that receives an id it does not know must fail cleanly).
@@ -153,8 +153,8 @@ class NegotiatorPairModel:
         configs: Sequence[ConfigSpec] | None = None,
         name: str = "negotiator",
     ) -> None:
-        if not 1 <= protocols <= 3:
-            raise ValueError("protocols must be 1..3")
+        if not 1 <= protocols <= 4:
+            raise ValueError("protocols must be 1..4")
         if rounds < 1:
             raise ValueError("rounds must be >= 1")
         plural = "s" if protocols != 1 else ""
@@ -198,6 +198,7 @@ class NegotiatorPairModel:
         self._started_a: list[int] = []  # bookkeeping id after A started a round (-1: unknown)
         self._started_b: list[int] = []
         self._results: list[dict[int, int]] = []  # token (B's as -1 - t) -> bookkeeping id
+        self._mirrors: dict[int, int] = {}  # bookkeeping id -> the sides' roles swapped
         self.config_specs = list(
             configs if configs is not None else configurations(protocols, mixed_sets)
         )
@@ -548,6 +549,24 @@ class NegotiatorPairModel:
                     nxt = (sa, after, self._eof_after(ca), _EMPTY, after_book)
                     out.append((step_b, nxt))
         return out
+
+    def canonical(self, state: State) -> State:
+        """The representative of ``state`` under the one symmetry of the model: swapping the
+        two sides (their snapshots and tables, their inbound channels, their rounds left and the
+        sign of their unmatched round results). Both N1 and N2 are symmetric, and every
+        configuration's mirror image is a configuration too (the same set on both sides, or,
+        with mixed sets, every ordered pair), so exploring one state of each pair is enough."""
+        sa, sb, ca, cb, book = state
+        mirrored = (sb, sa, cb, ca, self._mirror(book))
+        return mirrored if mirrored < state else state
+
+    def _mirror(self, book: int) -> int:
+        mirror = self._mirrors.get(book)
+        if mirror is None:
+            pending, viol, faults, rounds_a, rounds_b = self._books.values[book]
+            swapped = tuple(-1 - token for token in pending)
+            mirror = self._mirrors[book] = self._book((swapped, viol, faults, rounds_b, rounds_a))
+        return mirror
 
     def decode(self, state: State) -> tuple[Hashable, ...]:
         """The full state behind the ids: (side A, side B, channel to A, channel to B,

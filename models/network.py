@@ -150,6 +150,12 @@ class Network:
     """
 
     names: tuple[str, ...] = ()
+    garbage: bytes | None = None
+    """When set, a fault may also inject these bytes into any live connection, towards either
+    open end (malformed input from the network or an attacker on the path)."""
+    drops_and_early_timers: bool = True
+    """Whether the fault budget may be spent on drops and early timers (a model that only wants
+    ``garbage`` faults clears it)."""
 
     def __init__(
         self,
@@ -406,10 +412,10 @@ class Network:
             for timer in state.timers:
                 if quiet and timer[2] == first:
                     out.append(self._fire(state, timer, on_time=True))
-                elif state.faults > 0:
+                elif state.faults > 0 and self.drops_and_early_timers:
                     early.append(timer)
             out.extend(self._fire(state, timer, on_time=False) for timer in early)
-        if state.faults > 0:
+        if state.faults > 0 and self.drops_and_early_timers:
             for i, link in enumerate(state.links):
                 if link.dead or link.y < 0 or not (link.x_open or link.y_open):
                     continue
@@ -434,4 +440,476 @@ class Network:
                 )
                 step = Step("drop", self.names[link.x], "reset", self.names[link.y], fault=True)
                 out.append((step, nxt))
+        if state.faults > 0 and self.garbage is not None:
+            extra = state.extra
+            for step, links in self._injections(state.links):
+                nxt = Net(state.snaps, links, state.timers, state.clock, state.faults - 1, extra)
+                out.append((step, nxt))
+        return out
+
+    def _injections(self, links: tuple[Link, ...]) -> list[tuple[Step, tuple[Link, ...]]]:
+        """Every way to inject :attr:`garbage` at the end of a live connection's direction."""
+        out = []
+        garbage = self.garbage
+        assert garbage is not None
+        for i, link in enumerate(links):
+            if link.dead or link.y < 0:
+                continue
+            x, xc, y, yc, to_y, to_x, x_open, y_open, dead = link
+            for towards_y in (True, False):
+                if not (y_open if towards_y else x_open):
+                    continue
+                channel = to_y if towards_y else to_x
+                if channel and channel[-1] in (EOF, RESET):
+                    continue  # nothing follows a close
+                if towards_y:
+                    changed = Link(x, xc, y, yc, (*to_y, garbage), to_x, x_open, y_open, dead)
+                    receiver, sender = y, x
+                else:
+                    changed = Link(x, xc, y, yc, to_y, (*to_x, garbage), x_open, y_open, dead)
+                    receiver, sender = x, y
+                step = Step(
+                    "inject", self.names[receiver], "malformed bytes", self.names[sender], True
+                )
+                out.append((step, (*links[:i], changed, *links[i + 1 :])))
+        return out
+
+
+Packed = tuple[Any, ...]
+"""A packed global state: ``(local id per actor..., links id, clock, faults left, extra id)``,
+where an actor's *local* id stands for (its snapshot id, its timers); see
+:class:`PackedNetwork`."""
+
+_LINKS, _CONNECT, _TIMERS, _EXTRA = 1, 2, 4, 8
+"""Flags of an actions id: it can change the links, it connects (so the links it makes depend on
+the extra, through :meth:`Network.resolve`), it can change the actor's timers, and
+:meth:`PackedNetwork.bookkeeping` says it can change the extra."""
+
+_NO_TIMERS = 0
+"""Timers id of an empty timer set (interned first)."""
+_INF = float("inf")
+
+
+class PackedNetwork(Network):
+    """The same network semantics as :class:`Network`, explored on *packed* states.
+
+    Why: on the mediation model almost every global state has its own links, timers and
+    bookkeeping, so the cost per transition was the Python work of rebuilding and hashing nested
+    tuples, not the (already memoised) core steps. Here a state is a flat tuple of small ints
+    and the clock: ``(local id per actor, links id, clock, faults left, extra id)``, each an
+    interned id (:mod:`models.interning`: a bijection, so deduplicating packed states is exactly
+    deduplicating the :class:`Net` states behind them; :meth:`unpack` gives them back). A timer
+    belongs to the actor that set it and only that actor's steps change it, so an actor's
+    *local* id stands for its snapshot id together with its own timers (``(conn, deadline)``
+    pairs). Every piece of work is memoised on the few ids it depends on:
+
+    - per links id: the deliverable heads (receiver, conn, sender, item, links id once popped),
+      whether the network is quiet, and the links id after each possible fault;
+    - per (delivery, receiver local id, clock): the core step, its actions id, its label and
+      the local id after it (timers included); likewise per timer firing;
+    - per (links id, actor, actions id; plus the extra id for a Connect): the links after the
+      actions; per (links id, extra id, actor, actions id), when :meth:`bookkeeping` says the
+      actions matter to it: the extra after them (both by :meth:`Network.apply`, the same code).
+
+    Contract for the hooks (what makes the memo exact): ``resolve`` and ``on_actions`` read
+    only the links, the extra and their arguments (not snapshots, timers or the clock); hooks
+    still receive :class:`Net` states (unpacked on a memo miss). ``app_steps`` may be
+    overridden by :meth:`app_moves` for speed (the default packs what ``app_steps`` returns;
+    :meth:`advance` and :meth:`act` build the packed successor). The successor order is
+    :meth:`Network.successors`'s, so both explore the same states in the same order (a test
+    checks it on the mediation model).
+    """
+
+    def __init__(
+        self,
+        *,
+        faults: int = 0,
+        coverage: Coverage | None = None,
+        patches: tuple[tuple[ModuleType, str], ...] = (),
+    ) -> None:
+        super().__init__(faults=faults, coverage=coverage, patches=patches)
+        self._link_sets = Interned()
+        self._link_info: list[Any] = []
+        self._timer_sets = Interned()
+        self._timer_info: list[tuple[float, tuple[tuple[int, float, int], ...]]] = []
+        self._locals = Interned()
+        self._local_snap: list[int] = []
+        self._local_timers: list[int] = []
+        self._local_first: list[float] = []
+        self._extras = Interned()
+        self._action_sets = Interned()
+        self._action_flags: list[int] = []
+        self._delivery_keys = Interned()
+        self._packed_deliveries: dict[tuple[int, int, float], tuple[int, int, Step]] = {}
+        self._fires: dict[tuple[int, int, int, float, bool], tuple[int, int, Step]] = {}
+        self._advances: dict[tuple[int, int, int], int] = {}
+        self._link_effects: dict[tuple[int, int, int], int] = {}
+        self._connect_effects: dict[tuple[int, int, int, int], int] = {}
+        self._extra_effects: dict[tuple[int, int, int, int], int] = {}
+        self._timer_effects: dict[tuple[int, int], int] = {}
+        assert self._timers_id(()) == _NO_TIMERS
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    def bookkeeping(self, actor: int, actions: tuple[Action, ...]) -> bool:
+        """Whether :meth:`Network.on_actions` can change the extra for these actions (called
+        once per distinct actions; a model whose bookkeeping ignores most actions says so here
+        and saves a lookup per transition). Default: always."""
+        return True
+
+    def app_moves(self, state: Packed) -> list[tuple[Step, Packed]]:
+        """Application steps of a packed state (default: :meth:`Network.app_steps`, packed)."""
+        return [(step, self.pack(nxt)) for step, nxt in self.app_steps(self.unpack(state))]
+
+    # --- packing ------------------------------------------------------------------------------
+
+    def pack(self, state: Net) -> Packed:
+        """The packed form of ``state``."""
+        n = len(self.names)
+        per_actor: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+        for actor, conn, deadline in state.timers:
+            per_actor[actor].append((conn, deadline))
+        return (
+            *(
+                self._local_id(snap, self._timers_id(tuple(sorted(timers))))
+                for snap, timers in zip(state.snaps, per_actor, strict=True)
+            ),
+            self._links_id(state.links),
+            state.clock,
+            state.faults,
+            self._extras(state.extra)[0],
+        )
+
+    def unpack(self, state: Packed) -> Net:
+        """The :class:`Net` behind a packed state."""
+        n = len(self.names)
+        values = self._timer_sets.values
+        return Net(
+            tuple(self._local_snap[local] for local in state[:n]),
+            self._link_sets.values[state[n]],
+            tuple(
+                (actor, conn, deadline)
+                for actor in range(n)
+                for conn, deadline in values[self._local_timers[state[actor]]]
+            ),
+            state[n + 1],
+            state[n + 2],
+            self._extras.values[state[n + 3]],
+        )
+
+    def snap_of(self, state: Packed, actor: int) -> int:
+        """The snapshot id of ``actor`` in a packed state (see :meth:`Network.snapshot`)."""
+        return self._local_snap[state[actor]]
+
+    def extra_of(self, state: Packed) -> Any:
+        """The model bookkeeping (``Net.extra``) of a packed state."""
+        return self._extras.values[state[-1]]
+
+    def _local_id(self, snap: int, timers: int) -> int:
+        ident, new = self._locals((snap, timers))
+        if new:
+            self._local_snap.append(snap)
+            self._local_timers.append(timers)
+            self._local_first.append(self._timer_info[timers][0])
+        return ident
+
+    def _links_id(self, links: tuple[Link, ...]) -> int:
+        ident, new = self._link_sets(links)
+        if new:
+            self._link_info.append(None)
+        return ident
+
+    def _timers_id(self, timers: tuple[tuple[int, float], ...]) -> int:
+        ident, new = self._timer_sets(timers)
+        if new:
+            self._timer_info.append((_INF, ()))  # replaced below once interned
+            if timers:
+                entries = tuple(
+                    (conn, deadline, self._timers_id(tuple(t for t in timers if t[0] != conn)))
+                    for conn, deadline in timers
+                )
+                self._timer_info[ident] = (min(d for _, d in timers), entries)
+        return ident
+
+    def _actions_id(self, actor: int, actions: tuple[Action, ...]) -> int:
+        ident, new = self._action_sets((actor, actions))
+        if new:
+            flags = 0
+            for action in actions:
+                kind = type(action)
+                if kind is Send or kind is Close or kind is Connect:
+                    flags |= _LINKS
+                if kind is Connect:
+                    flags |= _CONNECT
+                if kind is SetTimer or kind is Close:
+                    flags |= _TIMERS
+            if self.bookkeeping(actor, actions):
+                flags |= _EXTRA
+            self._action_flags.append(flags)
+        return ident
+
+    def _links_facts(self, ident: int) -> tuple[tuple[Any, ...], bool, tuple[Any, ...]]:
+        """(deliverable heads, quiet, faults) of a links id, as :meth:`Network.successors`
+        enumerates them: heads in link order, towards ``y`` before towards ``x``; faults are the
+        drops, then the :attr:`garbage` injections, each with the links id it leads to."""
+        facts = self._link_info[ident]
+        if facts is not None:
+            return facts  # type: ignore[no-any-return]
+        all_links: tuple[Link, ...] = self._link_sets.values[ident]
+        heads = []
+        quiet = True
+        for i, link in enumerate(all_links):
+            x, xc, y, yc, to_y, to_x, x_open, y_open, dead = link
+            for towards_y in (True, False):
+                channel = to_y if towards_y else to_x
+                if not channel:
+                    continue
+                quiet = False
+                item, rest = channel[0], channel[1:]
+                if towards_y:
+                    receiver, conn, sender = y, yc, x
+                    if item == RESET:
+                        popped = Link(x, xc, y, yc, (), to_x, x_open, False, dead)
+                    else:
+                        popped = Link(x, xc, y, yc, rest, to_x, x_open, y_open, dead)
+                else:
+                    receiver, conn, sender = x, xc, y
+                    if item == RESET:
+                        popped = Link(x, xc, y, yc, to_y, (), False, y_open, dead)
+                    else:
+                        popped = Link(x, xc, y, yc, to_y, rest, x_open, y_open, dead)
+                if _alive(popped):
+                    links = (*all_links[:i], popped, *all_links[i + 1 :])
+                else:
+                    links = (*all_links[:i], *all_links[i + 1 :])
+                key = self._delivery_keys((receiver, conn, sender, item))[0]
+                heads.append((key, receiver, conn, sender, item, self._links_id(links)))
+        drops = []
+        for i, link in enumerate(all_links):
+            if link.dead or link.y < 0 or not (link.x_open or link.y_open):
+                continue
+            dropped = Link(
+                link.x,
+                link.xc,
+                link.y,
+                link.yc,
+                (RESET,) if link.y_open else (),
+                (RESET,) if link.x_open else (),
+                link.x_open,
+                link.y_open,
+                True,
+            )
+            step = Step("drop", self.names[link.x], "reset", self.names[link.y], fault=True)
+            drops.append((step, self._links_id((*all_links[:i], dropped, *all_links[i + 1 :]))))
+        if not self.drops_and_early_timers:
+            drops = []
+        if self.garbage is not None:
+            drops += [(step, self._links_id(links)) for step, links in self._injections(all_links)]
+        facts = (tuple(heads), quiet, tuple(drops))
+        self._link_info[ident] = facts
+        return facts
+
+    # --- transitions --------------------------------------------------------------------------
+
+    def advance(self, local: int, after: int, actions: int, timers: int | None = None) -> int:
+        """The local id of an actor that was at ``local`` (or at its snapshot with the timers
+        id ``timers``, e.g. with a fired timer removed), moved to snapshot id ``after`` and
+        emitted the actions of id ``actions`` (from :meth:`_actions_id`)."""
+        if timers is None:
+            timers = self._local_timers[local]
+        if self._action_flags[actions] & _TIMERS:
+            changed = self._timer_effects.get((timers, actions))
+            timers = self._timer_effect(timers, actions) if changed is None else changed
+        return self._local_id(after, timers)
+
+    def act(
+        self,
+        state: Packed,
+        actor: int,
+        local: int,
+        actions: int,
+        links: int,
+        clock: float,
+        faults: int,
+        extra: int,
+    ) -> Packed:
+        """The packed state after ``actor`` moved to local id ``local`` (see :meth:`advance`)
+        having emitted the actions of id ``actions``, from the given links id, clock, faults and
+        extra id (the step's base: e.g. the links with the delivered item popped)."""
+        n = len(self.names)
+        flags = self._action_flags[actions]
+        new = list(state)
+        new[actor] = local
+        new[n] = links
+        new[n + 1] = clock
+        new[n + 2] = faults
+        if flags & _LINKS:
+            if flags & _CONNECT:
+                hit = self._connect_effects.get((links, extra, actor, actions))
+            else:
+                hit = self._link_effects.get((links, actor, actions))
+            if hit is None and flags & _CONNECT:
+                hit = self._effect(state, actor, actions, links, clock, faults, extra)[0]
+            elif hit is None:
+                hit = self._link_effect(actor, links, actions)
+            new[n] = hit
+        if flags & _EXTRA:
+            hit = self._extra_effects.get((links, extra, actor, actions))
+            if hit is None:
+                hit = self._effect(state, actor, actions, links, clock, faults, extra)[1]
+            extra = hit
+        new[n + 3] = extra
+        return tuple(new)
+
+    def _effect(
+        self,
+        state: Packed,
+        actor: int,
+        actions: int,
+        links: int,
+        clock: float,
+        faults: int,
+        extra: int,
+    ) -> tuple[int, int]:
+        """(links id, extra id) after the actions, by :meth:`Network.apply` itself."""
+        n = len(self.names)
+        snaps = tuple(self._local_snap[local] for local in state[:n])
+        base = Net(
+            snaps, self._link_sets.values[links], (), clock, faults, self._extras.values[extra]
+        )
+        result = self.apply(base, actor, snaps[actor], self._action_sets.values[actions][1])
+        effect = (self._links_id(result.links), self._extras(result.extra)[0])
+        self._connect_effects[(links, extra, actor, actions)] = effect[0]
+        self._link_effects[(links, actor, actions)] = effect[0]
+        self._extra_effects[(links, extra, actor, actions)] = effect[1]
+        return effect
+
+    def _link_effect(self, actor: int, links: int, actions: int) -> int:
+        """The links id after actions that send and close but do not connect (the link part
+        of :meth:`Network.apply`, which needs no hook for them)."""
+        changed = list(self._link_sets.values[links])
+        closed = False
+        for action in self._action_sets.values[actions][1]:
+            kind = type(action)
+            if kind is Send:
+                self._send(changed, actor, action.conn, action.data)
+            elif kind is Close:
+                self._close(changed, actor, action.conn, EOF)
+                closed = True
+        if closed:
+            changed = [link for link in changed if _alive(link)]
+        result = self._links_id(tuple(changed))
+        self._link_effects[(links, actor, actions)] = result
+        return result
+
+    def _timer_effect(self, timers: int, actions: int) -> int:
+        """An actor's timers id after its actions (the timer part of :meth:`Network.apply`)."""
+        table = dict(self._timer_sets.values[timers])
+        for action in self._action_sets.values[actions][1]:
+            if type(action) is Close:
+                table.pop(action.conn, None)
+            elif type(action) is SetTimer:
+                if action.deadline is None:
+                    table.pop(action.conn, None)
+                else:
+                    table[action.conn] = action.deadline
+        result = self._timers_id(tuple(sorted(table.items())))
+        self._timer_effects[(timers, actions)] = result
+        return result
+
+    def _packed_deliver(
+        self, key: int, receiver: int, local: int, conn: int, sender: int, item: Item, now: float
+    ) -> tuple[int, int, Step]:
+        snap = self._local_snap[local]
+        after, actions, step = self._deliver(receiver, snap, conn, sender, item, now)
+        ident = self._actions_id(receiver, actions)
+        hit = (self.advance(local, after, ident), ident, step)
+        self._packed_deliveries[(key, local, now)] = hit
+        return hit
+
+    def _packed_fire(
+        self, state: Packed, actor: int, timer: tuple[int, float, int], on_time: bool
+    ) -> tuple[Step, Packed]:
+        conn, deadline, without = timer
+        n = len(self.names)
+        now = max(state[n + 1], deadline)
+        local = state[actor]
+        key = (actor, conn, local, now, on_time)
+        hit = self._fires.get(key)
+        if hit is None:
+            after, actions = self.run(actor, self._local_snap[local], TimerFired(conn), now)
+            when = "" if on_time else " (early: fault)"
+            step = Step(
+                "timer", self.names[actor], f"conn {conn} at t={now:g}{when}", fault=not on_time
+            )
+            ident = self._actions_id(actor, actions)
+            hit = self._fires[key] = (self.advance(local, after, ident, without), ident, step)
+        faults = state[n + 2] if on_time else state[n + 2] - 1
+        return hit[2], self.act(state, actor, hit[0], hit[1], state[n], now, faults, state[-1])
+
+    def successors(self, state: Packed) -> list[tuple[Step, Packed]]:  # type: ignore[override]
+        n = len(self.names)
+        links, clock, faults, extra = state[n:]
+        facts = self._link_info[links]
+        heads, quiet, drops = facts if facts is not None else self._links_facts(links)
+        out: list[tuple[Step, Packed]] = []
+        append = out.append
+        deliveries = self._packed_deliveries
+        act = self.act
+        flags_of = self._action_flags
+        link_effects = self._link_effects
+        extra_effects = self._extra_effects
+        for key, receiver, conn, sender, item, popped in heads:
+            local = state[receiver]
+            hit = deliveries.get((key, local, clock))
+            if hit is None:
+                hit = self._packed_deliver(key, receiver, local, conn, sender, item, clock)
+            after, actions, step = hit
+            # :meth:`act`, inlined for the common case where every effect is memoised already.
+            flags = flags_of[actions]
+            new = list(state)
+            new[receiver] = after
+            new[n] = popped
+            if flags:
+                if flags & _CONNECT:
+                    nxt = act(state, receiver, after, actions, popped, clock, faults, extra)
+                    append((step, nxt))
+                    continue
+                if flags & _LINKS:
+                    changed = link_effects.get((popped, receiver, actions))
+                    if changed is None:
+                        changed = self._link_effect(receiver, popped, actions)
+                    new[n] = changed
+                if flags & _EXTRA:
+                    changed = extra_effects.get((popped, extra, receiver, actions))
+                    if changed is None:
+                        nxt = act(state, receiver, after, actions, popped, clock, faults, extra)
+                        append((step, nxt))
+                        continue
+                    new[-1] = changed
+            append((step, tuple(new)))
+        out.extend(self.app_moves(state))
+        can_fault = faults > 0 and self.drops_and_early_timers
+        if quiet or can_fault:
+            local_first = self._local_first
+            firsts = [local_first[local] for local in state[:n]]
+            first = min(firsts)
+            if first != _INF:
+                info = self._timer_info
+                local_timers = self._local_timers
+                early = []
+                fire = self._packed_fire
+                for actor in range(n):
+                    if firsts[actor] == _INF:
+                        continue
+                    for timer in info[local_timers[state[actor]]][1]:
+                        if quiet and timer[1] == first:
+                            append(fire(state, actor, timer, True))
+                        elif can_fault:
+                            early.append((actor, timer))
+                out.extend(fire(state, actor, timer, False) for actor, timer in early)
+        if faults > 0:
+            head = state[:n]
+            for step, dropped in drops:
+                append((step, (*head, dropped, clock, faults - 1, extra)))
         return out

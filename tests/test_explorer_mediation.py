@@ -7,9 +7,10 @@ early timeout at every point are marked slow (CI runs them; seconds each).
 from __future__ import annotations
 
 import pytest
-from p2psc.models.explorer import explore, format_report, mermaid_trace
+from p2psc.models.explorer import Coverage, Step, explore, format_report, mermaid_trace
 from p2psc.models.mediation_model import MediationModel
 from p2psc.models.mutants import MEDIATION_MUTANTS, NEEDS_FAULTS, mediation_mutant
+from p2psc.models.network import Net, Network
 
 
 def _taken(model: MediationModel, machine: str) -> set[str]:
@@ -90,3 +91,157 @@ def test_mutants_are_caught_with_three_peers_and_faults(name: str) -> None:
     result = explore(mediation_mutant(name, faults=True))
     assert result.violation is not None
     assert result.violation.message.startswith(MEDIATION_MUTANTS[name][1])
+
+
+class _Unpacked:
+    """The same model explored on plain :class:`models.network.Net` states by the reference
+    :meth:`Network.successors` (no packed memo): what :class:`PackedNetwork` must reproduce."""
+
+    def __init__(self, model: MediationModel) -> None:
+        self.model = model
+        self.name = model.name
+        self.actors = model.actors
+
+    def initial_states(self) -> list[Net]:
+        return [self.model.unpack(state) for state in self.model.initial_states()]
+
+    def successors(self, state: Net) -> list[tuple[Step, Net]]:
+        return Network.successors(self.model, state)
+
+    def invariant(self, state: Net) -> str | None:
+        return self.model.invariant(self.model.pack(state))
+
+    def terminal(self, state: Net) -> str | None:
+        return self.model.terminal(self.model.pack(state))
+
+    def describe(self, state: Net) -> str:
+        return self.model.describe(self.model.pack(state))
+
+    def coverage(self) -> Coverage | None:
+        return self.model.coverage()
+
+
+@pytest.mark.parametrize(("third", "faults"), [(False, False), (True, False), (False, True)])
+def test_packed_states_explore_exactly_the_reference_network(third: bool, faults: bool) -> None:
+    packed_model = MediationModel(third=third, faults=faults)
+    packed = explore(packed_model)
+    reference_model = MediationModel(third=third, faults=faults)
+    reference = explore(_Unpacked(reference_model))
+    assert packed.ok and reference.ok
+    assert (packed.states, packed.transitions, packed.terminals, packed.depth) == (
+        reference.states,
+        reference.transitions,
+        reference.terminals,
+        reference.depth,
+    )
+    assert packed_model.outcome_counts == reference_model.outcome_counts
+    # Same successors, in the same order, state by state (the first few hundred states).
+    frontier = packed_model.initial_states()
+    seen = 0
+    while frontier and seen < 300:
+        state = frontier.pop(0)
+        seen += 1
+        ours = packed_model.successors(state)
+        theirs = Network.successors(packed_model, packed_model.unpack(state))
+        assert [(str(s), packed_model.unpack(t)) for s, t in ours] == [
+            (str(s), t) for s, t in theirs
+        ]
+        frontier.extend(t for _, t in ours)
+
+
+def test_packed_states_catch_the_mutants_with_the_same_trace() -> None:
+    model = mediation_mutant("identify-early", third=False)
+    packed = explore(model)
+    reference = explore(_Unpacked(mediation_mutant("identify-early", third=False)))
+    assert packed.violation is not None and reference.violation is not None
+    assert [str(s) for s in packed.violation.steps] == [str(s) for s in reference.violation.steps]
+
+
+def test_limits_retry_with_backoff_and_refuse_when_busy() -> None:
+    model = MediationModel(third=True, limits=True)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    registration = _taken(model, "Registration")
+    assert "backing_off --retry_due--> connecting_mediator" in registration
+    assert "waiting --advertise_retry [can_retry]--> backing_off" in registration
+    assert "waiting --advertise_retry--> failed" in registration  # the retry budget runs out
+    mediator = _taken(model, "MediatorSession")
+    assert "challenged --response [registry_full]--> closed" in mediator
+    assert "awaiting_advertise --busy--> closed" in mediator
+    # Pairing still completes when the limits leave room.
+    assert ("established", "established", "failed") in model.outcome_counts
+
+
+def test_malformed_input_anywhere_is_refused_cleanly() -> None:
+    model = MediationModel(third=False, garbage=True)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    mediator = _taken(model, "MediatorSession")
+    for state in ("awaiting_advertise", "challenged", "waiting", "disconnecting", "confirming"):
+        assert f"{state} --bad_input--> closed" in mediator
+    assert {"advertising --malformed--> failed", "waiting --malformed--> failed"} <= _taken(
+        model, "Registration"
+    )
+    assert "answered --first_record--> rejected" in _taken(model, "PeerCandidate")
+    assert "awaiting_response --bad_message--> rejected" in _taken(model, "ClientCandidate")
+
+
+def test_shutdown_at_any_moment_ends_every_session() -> None:
+    model = MediationModel(third=False, shutdown=True)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    mediator = _taken(model, "MediatorSession")
+    for state in ("awaiting_advertise", "challenged", "waiting", "disconnecting", "confirming"):
+        assert f"{state} --shutdown--> closed" in mediator
+    assert ("failed", "failed") in model.outcome_counts
+
+
+def test_the_completion_claim_is_what_catches_a_limits_failure() -> None:
+    """Under the limits M3 does not claim completion: the same exploration with the claim on
+    finds the legitimate BUSY failure (so the claim is really switched off, not vacuous)."""
+    model = MediationModel(third=True, limits=True)
+    model.completes = True
+    result = explore(model)
+    assert result.violation is not None
+    assert result.violation.message.startswith("M3: no fault occurred")
+    assert any("AdvertiseRetry(BUSY)" in step.text for step in result.violation.steps)
+
+
+def test_four_peers_pair_safely_and_completely() -> None:
+    model = MediationModel(peers=4)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    # C wants A and D wants B; nobody wants them back: both fail, A and B still pair.
+    assert ("established", "established", "failed", "failed") in model.outcome_counts
+    assert all(outcome[2:] == ("failed", "failed") for outcome in model.outcome_counts)
+
+
+def test_whoever_nobody_wants_must_fail() -> None:
+    """M3 really checks D: a model in which D's outcome is forced to 'established' fails."""
+    model = MediationModel(peers=4)
+    state = model.unpack(model.initial_states()[0])
+    book = state.extra
+    forced = book._replace(  # type: ignore[attr-defined]
+        started=(True,) * 5, outcomes=(None, "failed", "failed", "failed", "established")
+    )
+    assert model.terminal(model.pack(state._replace(extra=forced))) == (
+        "M3: D, whom nobody wants, ended established"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["limits", "garbage"])
+def test_four_peers_with_limits_or_garbage(option: str) -> None:
+    model = MediationModel(peers=4, **{option: True})
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    assert result.states > 100_000
+
+
+@pytest.mark.slow
+def test_four_peers_with_one_fault_anywhere() -> None:
+    """The largest mediation model CI runs (about 3.5 million states; minutes)."""
+    model = MediationModel(peers=4, faults=True)
+    result = explore(model)
+    assert result.ok, format_report(result, model.describe)
+    assert result.states > 3_000_000

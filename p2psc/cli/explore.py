@@ -11,8 +11,14 @@ examples:
   p2psc explore negotiator                  # 3 protocols, 3 rounds, every configuration
   p2psc explore negotiator --faults --mixed-sets --protocols 2
   p2psc explore mediation --faults          # A, B and C; one drop or early timeout anywhere
+  p2psc explore mediation --peers 4 --garbage   # also D, who wants B; one malformed frame
   p2psc explore mediation --mutant identify-early
   p2psc explore direct --stranger-budget 3  # Client, Peer and a stranger who replays anything
+  p2psc explore mediation --peers 2 --faults --limits --coverage-fail-under 60
+
+Each "never taken" transition is followed by the configuration that takes it, or by why no model
+can and the test that exercises it instead (models/coverage.py). With --coverage-fail-under PCT
+the exit status is 1 when less than PCT percent of the declared transitions were taken.
 
 mutants (--mutant NAME; the property each one breaks):
   negotiator: tie-local (N2), tie-yield (N1), drop-early-byte (N2)
@@ -37,7 +43,7 @@ MODELS: dict[str, str] = {
 }
 """Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
 
-MAX_PROTOCOLS = 3
+MAX_PROTOCOLS = 4
 
 
 def _protocols(text: str) -> int:
@@ -67,6 +73,16 @@ def _at_least(minimum: int) -> Any:
     return parse
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentage is 0..100: {value:g}")
+    return value
+
+
 def _progress(result: Any, frontier: int) -> None:
     print(
         f"\r  {result.states:>12,} states  {result.transitions:>13,} transitions  "
@@ -94,7 +110,8 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
     if args.model != "direct" and args.stranger_budget is not None:
         parser.error("--stranger-budget applies to the direct model only")
     if args.model == "direct":
-        if args.faults or args.peers is not None or args.protocols is not None or args.mixed_sets:
+        others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
+        if any(o not in (None, False) for o in others) or args.garbage or args.shutdown:
             parser.error("the direct model takes --stranger-budget and --mutant only")
         budget = 2 if args.stranger_budget is None else args.stranger_budget
         return {"budget": budget, "mutant": args.mutant}
@@ -103,17 +120,24 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         if args.peers is not None:
             parser.error("--peers applies to the mediation model only")
         options.update(protocols=args.protocols, mixed_sets=args.mixed_sets)
+        if args.limits or args.garbage or args.shutdown:
+            parser.error("--limits, --garbage and --shutdown apply to the mediation model only")
     else:
         if args.protocols is not None or args.mixed_sets:
             parser.error("--protocols and --mixed-sets apply to the negotiator model only")
-        options.update(third=(args.peers or 3) == 3)
+        options.update(third=(args.peers or 3) >= 3)
+        if args.mutant is None:
+            options.update(limits=args.limits, garbage=args.garbage, shutdown=args.shutdown)
+            options.update(peers=args.peers or 3)
+        elif args.limits or args.garbage or args.shutdown:
+            parser.error("--limits, --garbage and --shutdown do not combine with --mutant")
     return options
 
 
 def _run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.explore_parser
     try:
-        from p2psc.models.explorer import explore, format_report
+        from p2psc.models.explorer import coverage_percent, explore, format_report
     except ImportError:  # pragma: no cover - only outside a source checkout
         print(
             "p2psc explore: the 'models' package is missing (run from a checkout)", file=sys.stderr
@@ -122,17 +146,33 @@ def _run(args: argparse.Namespace) -> int:
     options = _options(args, parser)
     model = importlib.import_module(MODELS[args.model]).build(**options)
     show = (not args.quiet and sys.stderr.isatty()) or args.progress
+    if args.symmetry and not hasattr(model, "canonical"):
+        parser.error(f"the {args.model} model declares no symmetry (see spec/properties.md)")
     result = explore(
         model,
         max_depth=args.max_depth,
         max_states=args.max_states,
         progress=_progress if show else None,
+        symmetry=args.symmetry,
     )
     if show:
         _progress(result, 0)  # the final counts on the same line
         print(file=sys.stderr)
-    print(format_report(result, model.describe))
-    return 0 if result.ok else 1
+    from p2psc.models.coverage import where
+
+    print(format_report(result, model.describe, where))
+    if not result.ok:
+        return 1
+    if args.coverage_fail_under is not None:
+        percent = coverage_percent(result)
+        if percent is None or percent < args.coverage_fail_under:
+            shown = "no coverage" if percent is None else f"{percent:.1f}%"
+            print(
+                f"coverage {shown} is under --coverage-fail-under {args.coverage_fail_under:g}%",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -148,7 +188,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=_protocols,
         default=None,
         metavar="N",
-        help=f"negotiator: protocol ids 1..{MAX_PROTOCOLS} (default {MAX_PROTOCOLS})",
+        help=f"negotiator: protocol ids 1..{MAX_PROTOCOLS} (default 3)",
     )
     parser.add_argument(
         "--mixed-sets",
@@ -158,9 +198,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--peers",
         type=int,
-        choices=(2, 3),
+        choices=(2, 3, 4),
         default=None,
-        help="mediation: A and B only (2), or also C, who wants A (3, the default)",
+        help="mediation: A and B only (2), also C, who wants A (3, the default), and D, who "
+        "wants B (4)",
     )
     parser.add_argument(
         "--stranger-budget",
@@ -199,6 +240,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--progress",
         action="store_true",
         help="progress line on stderr about every second, even if stderr is not a terminal",
+    )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="mediation: Mediator limits of one pending and one waiting registration (BUSY), "
+        "peers that honour one AdvertiseRetry",
+    )
+    parser.add_argument(
+        "--garbage",
+        action="store_true",
+        help="mediation: a fault may inject a malformed frame into any connection (once per run)",
+    )
+    parser.add_argument(
+        "--shutdown",
+        action="store_true",
+        help="mediation: the operator may shut the Mediator down at any moment",
+    )
+    parser.add_argument(
+        "--symmetry",
+        action="store_true",
+        help="negotiator: explore one state per mirror-image pair (the two sides swapped)",
+    )
+    parser.add_argument(
+        "--coverage-fail-under",
+        type=_percent,
+        default=None,
+        metavar="PCT",
+        help="exit 1 when under PCT percent of the declared machine transitions were taken",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.set_defaults(func=_run, explore_parser=parser)

@@ -129,6 +129,8 @@ class PeerCandidate(StateMachine):
 
     handshake_init = awaiting_init.to(answered, cond="init_valid") | awaiting_init.to(rejected)
     first_record = answered.to(confirmed, cond="record_valid") | answered.to(rejected)
-    bad_message = awaiting_init.to(rejected) | answered.to(rejected)
+    # Not from ``answered``: past the HandshakeInit the bytes are a transport record, and any
+    # bytes are one (garbage is a ``first_record`` that does not decrypt).
+    bad_message = awaiting_init.to(rejected)
     silent = awaiting_init.to(rejected) | answered.to(rejected)
     closed = awaiting_init.to(rejected) | answered.to(rejected)

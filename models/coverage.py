@@ -1,0 +1,312 @@
+"""Where each declared machine transition is checked: the model configuration that takes it, or
+why no model can take it and which test shows the transition instead.
+
+Why a catalogue: a declared transition that no exploration takes is either dead specification
+or an unchecked path, and "which run would take it?" must have an answer the report can print
+(``p2psc explore`` names it next to every transition it did not take). :data:`TAKEN_BY` names the
+cheapest configuration (in the order of :data:`CONFIGURATIONS`) that takes each transition; a
+test explores every configuration and checks the catalogue against what was really taken, so it
+cannot go stale. :data:`NOT_MODELLED` lists the rest, each with the reason and the test that
+exercises it; together they cover every declared transition (also checked by that test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["CONFIGURATIONS", "NOT_MODELLED", "TAKEN_BY", "build_configuration", "where"]
+
+CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "negotiator --protocols 2": ("negotiator", {"protocols": 2}),
+    "negotiator --protocols 2 --mixed-sets": ("negotiator", {"protocols": 2, "mixed_sets": True}),
+    "negotiator --protocols 2 --faults": ("negotiator", {"protocols": 2, "faults": True}),
+    "mediation --peers 2": ("mediation", {"third": False}),
+    "mediation --peers 2 --faults": ("mediation", {"third": False, "faults": True}),
+    "mediation --peers 2 --garbage": ("mediation", {"third": False, "garbage": True}),
+    "mediation --peers 2 --shutdown": ("mediation", {"third": False, "shutdown": True}),
+    "mediation --limits": ("mediation", {"limits": True}),
+    "mediation --peers 2 --faults --limits": (
+        "mediation",
+        {"third": False, "faults": True, "limits": True},
+    ),
+    "direct --stranger-budget 2": ("direct", {"budget": 2}),
+}
+"""The configurations CI explores for coverage (each as ``p2psc explore`` spells it: model,
+build options), cheapest first; together they take every transition of :data:`TAKEN_BY`."""
+
+TAKEN_BY: dict[tuple[str, str], str] = {
+    ("MediatorSession", "awaiting_advertise --evicted--> closed"): "mediation --limits",
+    ("MediatorSession", "challenged --evicted--> closed"): "mediation --limits",
+    ("Rendezvous", "punching --candidate_evicted--> punching"): "direct --stranger-budget 2",
+    (
+        "PeerCandidate",
+        "awaiting_init --handshake_init--> rejected",
+    ): "direct --stranger-budget 2",
+    (
+        "NegotiatorMachine",
+        "Initial --start [we_initiate]--> SentInitiate",
+    ): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "Initial --start [!we_initiate]--> SentKeepalive",
+    ): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "Initial --keepalive [can_buffer]--> Initial",
+    ): "negotiator --protocols 2",
+    ("NegotiatorMachine", "Initial --initiate [can_buffer]--> Initial"): "negotiator --protocols 2",
+    ("NegotiatorMachine", "Initial --fail--> Failed"): "negotiator --protocols 2 --faults",
+    ("NegotiatorMachine", "SentKeepalive --keepalive--> Sleep"): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "SentKeepalive --initiate [is_known_protocol]--> ReceivedInitiate",
+    ): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "SentKeepalive --fail--> Failed",
+    ): "negotiator --protocols 2 --mixed-sets",
+    (
+        "NegotiatorMachine",
+        "SentInitiate --keepalive--> WaitForAcceptReject",
+    ): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "SentInitiate --initiate [is_known_protocol & same_protocol & simultaneous_runs]--> ProtocolNegotiated",  # noqa: E501
+    ): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "SentInitiate --initiate [is_known_protocol & same_protocol & !simultaneous_runs]--> Sleep",
+    ): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "SentInitiate --initiate [is_known_protocol & !same_protocol & our_protocol_wins]--> WaitForAcceptReject",  # noqa: E501
+    ): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "SentInitiate --initiate [is_known_protocol & !same_protocol & !our_protocol_wins]--> ReceivedInitiate",  # noqa: E501
+    ): "negotiator --protocols 2",
+    ("NegotiatorMachine", "SentInitiate --fail--> Failed"): "negotiator --protocols 2 --mixed-sets",
+    (
+        "NegotiatorMachine",
+        "ReceivedInitiate --answer [should_accept]--> ProtocolNegotiated",
+    ): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "ReceivedInitiate --answer [!should_accept]--> Sleep",
+    ): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "WaitForAcceptReject --accept--> ProtocolNegotiated",
+    ): "negotiator --protocols 2",
+    ("NegotiatorMachine", "WaitForAcceptReject --reject--> Sleep"): "negotiator --protocols 2",
+    (
+        "NegotiatorMachine",
+        "WaitForAcceptReject --fail--> Failed",
+    ): "negotiator --protocols 2 --mixed-sets",
+    ("NegotiatorMachine", "Sleep --keepalive [can_buffer]--> Sleep"): "negotiator --protocols 2",
+    ("NegotiatorMachine", "Sleep --initiate [can_buffer]--> Sleep"): "negotiator --protocols 2",
+    ("NegotiatorMachine", "Sleep --wake--> Initial"): "negotiator --protocols 2",
+    ("NegotiatorMachine", "Sleep --fail--> Failed"): "negotiator --protocols 2 --mixed-sets",
+    (
+        "NegotiatorMachine",
+        "ProtocolNegotiated --protocol_done--> Initial",
+    ): "negotiator --protocols 2",
+    ("MediatorSession", "awaiting_advertise --busy--> closed"): "mediation --peers 2 --shutdown",
+    ("MediatorSession", "awaiting_advertise --advertise--> challenged"): "mediation --peers 2",
+    ("MediatorSession", "awaiting_advertise --eof--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "awaiting_advertise --lost--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "awaiting_advertise --timeout--> closed"): "mediation --peers 2 --faults",
+    (
+        "MediatorSession",
+        "awaiting_advertise --bad_input--> closed",
+    ): "mediation --peers 2 --garbage",
+    (
+        "MediatorSession",
+        "awaiting_advertise --shutdown--> closed",
+    ): "mediation --peers 2 --shutdown",
+    (
+        "MediatorSession",
+        "challenged --response [partner_waiting]--> disconnecting",
+    ): "mediation --peers 2",
+    ("MediatorSession", "challenged --response [registry_full]--> closed"): "mediation --limits",
+    ("MediatorSession", "challenged --response--> waiting"): "mediation --peers 2",
+    ("MediatorSession", "challenged --eof--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "challenged --lost--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "challenged --timeout--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "challenged --bad_input--> closed"): "mediation --peers 2 --garbage",
+    ("MediatorSession", "challenged --shutdown--> closed"): "mediation --peers 2 --shutdown",
+    ("MediatorSession", "waiting --partner_arrived--> confirming"): "mediation --peers 2",
+    ("MediatorSession", "waiting --eof--> closed"): "mediation --peers 2",
+    ("MediatorSession", "waiting --lost--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "waiting --timeout--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "waiting --bad_input--> closed"): "mediation --peers 2 --garbage",
+    ("MediatorSession", "waiting --shutdown--> closed"): "mediation --peers 2 --shutdown",
+    ("MediatorSession", "disconnecting --partner_lost--> closed"): "mediation --peers 2",
+    ("MediatorSession", "disconnecting --eof--> closed"): "mediation --peers 2",
+    ("MediatorSession", "disconnecting --lost--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "disconnecting --timeout--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "disconnecting --bad_input--> closed"): "mediation --peers 2 --garbage",
+    ("MediatorSession", "disconnecting --shutdown--> closed"): "mediation --peers 2 --shutdown",
+    ("MediatorSession", "confirming --partner_confirmed--> closed"): "mediation --peers 2",
+    ("MediatorSession", "confirming --partner_lost--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "confirming --eof--> closed"): "mediation --peers 2",
+    ("MediatorSession", "confirming --lost--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "confirming --timeout--> closed"): "mediation --peers 2 --faults",
+    ("MediatorSession", "confirming --bad_input--> closed"): "mediation --peers 2 --garbage",
+    ("MediatorSession", "confirming --shutdown--> closed"): "mediation --peers 2 --shutdown",
+    ("Registration", "idle --start--> connecting_mediator"): "mediation --peers 2",
+    ("Registration", "connecting_mediator --mediator_opened--> advertising"): "mediation --peers 2",
+    ("Registration", "connecting_mediator --timeout--> failed"): "mediation --peers 2 --faults",
+    ("Registration", "connecting_mediator --lost--> failed"): "mediation --peers 2 --faults",
+    (
+        "Registration",
+        "advertising --advertise_challenge [challenge_opens]--> waiting",
+    ): "mediation --peers 2",
+    (
+        "Registration",
+        "advertising --advertise_retry [can_retry]--> backing_off",
+    ): "mediation --limits",
+    ("Registration", "advertising --advertise_retry--> failed"): "mediation --peers 2 --shutdown",
+    ("Registration", "advertising --advertise_abort--> failed"): "mediation --peers 2 --faults",
+    ("Registration", "advertising --timeout--> failed"): "mediation --peers 2 --faults",
+    ("Registration", "advertising --lost--> failed"): "mediation --peers 2 --faults",
+    ("Registration", "advertising --malformed--> failed"): "mediation --peers 2 --garbage",
+    ("Registration", "waiting --advertise_retry [can_retry]--> backing_off"): "mediation --limits",
+    ("Registration", "waiting --advertise_retry--> failed"): "mediation --limits",
+    ("Registration", "waiting --advertise_abort--> failed"): "mediation --peers 2 --faults",
+    (
+        "Registration",
+        "waiting --peer_identification [version_supported & addresses_usable]--> client",
+    ): "mediation --peers 2",
+    (
+        "Registration",
+        "waiting --peer_disconnect [addresses_usable & can_listen]--> peer",
+    ): "mediation --peers 2",
+    ("Registration", "waiting --timeout--> failed"): "mediation --peers 2",
+    ("Registration", "waiting --lost--> failed"): "mediation --peers 2 --faults",
+    ("Registration", "waiting --malformed--> failed"): "mediation --peers 2 --garbage",
+    ("Registration", "backing_off --retry_due--> connecting_mediator"): "mediation --limits",
+    ("Registration", "backing_off --timeout--> failed"): "mediation --peers 2 --faults --limits",
+    ("Rendezvous", "punching --attempt_due--> punching"): "mediation --peers 2",
+    ("Rendezvous", "punching --attempt_failed--> punching"): "mediation --peers 2",
+    ("Rendezvous", "punching --direct_opened--> punching"): "mediation --peers 2",
+    ("Rendezvous", "punching --candidate_rejected--> punching"): "mediation --peers 2 --faults",
+    ("Rendezvous", "punching --confirmed--> established"): "mediation --peers 2",
+    ("Rendezvous", "punching --timeout--> failed"): "mediation --peers 2",
+    (
+        "ClientCandidate",
+        "awaiting_response --handshake_response [response_valid]--> confirmed",
+    ): "mediation --peers 2",
+    (
+        "ClientCandidate",
+        "awaiting_response --bad_message--> rejected",
+    ): "mediation --peers 2 --garbage",
+    ("ClientCandidate", "awaiting_response --silent--> rejected"): "mediation --peers 2 --faults",
+    ("ClientCandidate", "awaiting_response --closed--> rejected"): "mediation --peers 2 --faults",
+    (
+        "PeerCandidate",
+        "awaiting_init --handshake_init [init_valid]--> answered",
+    ): "mediation --peers 2",
+    ("PeerCandidate", "awaiting_init --bad_message--> rejected"): "mediation --peers 2 --garbage",
+    ("PeerCandidate", "awaiting_init --silent--> rejected"): "mediation --peers 2 --faults",
+    ("PeerCandidate", "awaiting_init --closed--> rejected"): "mediation --peers 2 --faults",
+    ("PeerCandidate", "answered --first_record [record_valid]--> confirmed"): "mediation --peers 2",
+    ("PeerCandidate", "answered --first_record--> rejected"): "mediation --peers 2 --garbage",
+    ("PeerCandidate", "answered --silent--> rejected"): "mediation --peers 2 --faults",
+    ("PeerCandidate", "answered --closed--> rejected"): "mediation --peers 2 --faults",
+}
+"""(machine, transition) -> the first configuration of :data:`CONFIGURATIONS` that takes it."""
+
+_ROGUE_MEDIATOR = "needs a Mediator that breaks the protocol (the model runs the real MediatorCore)"
+
+NOT_MODELLED: dict[tuple[str, str], tuple[str, str]] = {
+    ("NegotiatorMachine", "ReceivedInitiate --fail--> Failed"): (
+        "the core leaves ReceivedInitiate within the call that entered it, so no event can "
+        "find it there (no explored side snapshot is ever in ReceivedInitiate)",
+        "tests/test_explorer_coverage.py::test_received_initiate_is_never_at_rest",
+    ),
+    ("NegotiatorMachine", "ProtocolNegotiated --fail--> Failed"): (
+        "the model hands the connection to the negotiated protocol, whose failure it does not run",
+        "tests/test_negotiator_core.py::test_fail_from_outside_reports_the_reason",
+    ),
+    ("MediatorSession", "awaiting_advertise --advertise [!version_supported]--> closed"): (
+        "needs a client that advertises another protocol version (the model's peers conform)",
+        "tests/test_mediator_core.py::test_advertise_version_field_mismatch",
+    ),
+    ("MediatorSession", "awaiting_advertise --advertise [self_pairing]--> closed"): (
+        "needs a client that asks for its own key",
+        "tests/test_mediator_core.py::test_self_pairing_is_refused",
+    ),
+    ("MediatorSession", "awaiting_advertise --advertise [!key_usable]--> closed"): (
+        "needs a client that advertises a degenerate key",
+        "tests/test_mediator_core.py::test_degenerate_key_is_refused_without_crash",
+    ),
+    ("MediatorSession", "challenged --response [!nonce_matches]--> closed"): (
+        "needs a client that answers the challenge wrongly (the model's crypto is perfect)",
+        "tests/test_mediator_core.py::test_wrong_nonce_fails_identity_check",
+    ),
+    ("MediatorSession", "challenged --response [duplicate]--> waiting"): (
+        "needs two registrations of the same pair of keys (each model peer has its own key)",
+        "tests/test_mediator_core.py::test_duplicate_registration_newer_replaces_older",
+    ),
+    ("MediatorSession", "waiting --replaced--> closed"): (
+        "needs two registrations of the same pair of keys (each model peer has its own key)",
+        "tests/test_mediator_core.py::test_duplicate_registration_newer_replaces_older",
+    ),
+    ("Registration", "advertising --advertise_challenge--> failed"): (
+        _ROGUE_MEDIATOR + ": a challenge not sealed to our key",
+        "tests/test_peer_core.py::test_challenge_sealed_to_another_key",
+    ),
+    ("Registration", "waiting --peer_identification--> failed"): (
+        _ROGUE_MEDIATOR + ": another version or an unusable address",
+        "tests/test_peer_core.py::test_unsupported_version_in_peer_identification",
+    ),
+    ("Registration", "waiting --peer_disconnect--> failed"): (
+        _ROGUE_MEDIATOR + ": an unusable address",
+        "tests/test_peer_core.py::test_addresses_that_cannot_be_a_partner_are_refused",
+    ),
+    ("Rendezvous", "punching --listen_failed [can_go_on]--> punching"): (
+        "the modelled network never fails a listener",
+        "tests/test_peer_core.py::test_client_goes_on_when_its_listener_fails",
+    ),
+    ("Rendezvous", "punching --listen_failed--> failed"): (
+        "the modelled network never fails a listener",
+        "tests/test_peer_core.py::test_listener_that_cannot_bind",
+    ),
+    ("ClientCandidate", "awaiting_response --handshake_response--> rejected"): (
+        "needs a forged HandshakeResponse (the stranger actor of models/direct_model.py)",
+        "tests/test_peer_core.py::test_client_challenges_every_candidate_and_commits_to_the_"
+        "first_valid_answer",
+    ),
+    ("MediatorSession", "awaiting_advertise --advertise [!challenge_budget]--> closed"): (
+        "needs more Advertises from one origin than its challenge budget (the model's budget "
+        "is never spent)",
+        "tests/test_mediator_admission.py::test_challenge_budget_bounds_seals_per_origin",
+    ),
+    ("MediatorSession", "awaiting_advertise --advertise [!transport_allowed]--> closed"): (
+        "needs --require-tls and a clear client (the model has no TLS)",
+        "tests/test_tls.py::test_require_tls_refuses_clear_version_1",
+    ),
+}
+"""(machine, transition) -> (why no shipped model takes it, the test that exercises it)."""
+
+
+def where(machine: str, transition: str) -> str | None:
+    """Where an untaken transition is checked, for the coverage report (None: unknown)."""
+    label = TAKEN_BY.get((machine, transition))
+    if label is not None:
+        return f"taken by `p2psc explore {label}`"
+    entry = NOT_MODELLED.get((machine, transition))
+    if entry is not None:
+        return f"not modelled: {entry[0]}; tested by {entry[1]}"
+    return None
+
+
+def build_configuration(label: str) -> Any:
+    """A fresh model for one of :data:`CONFIGURATIONS`."""
+    import importlib
+
+    module, options = CONFIGURATIONS[label]
+    build: Callable[..., Any] = importlib.import_module(f"p2psc.models.{module}_model").build
+    return build(**options)
