@@ -167,7 +167,8 @@ def test_limits_retry_with_backoff_and_refuse_when_busy() -> None:
     assert "waiting --advertise_retry--> failed" in registration  # the retry budget runs out
     mediator = _taken(model, "MediatorSession")
     assert "challenged --response [registry_full]--> closed" in mediator
-    assert "awaiting_advertise --busy--> closed" in mediator
+    # over the pending limit the oldest unverified connection is evicted (spec/mediator.md 6.1)
+    assert "awaiting_advertise --evicted--> closed" in mediator
     # Pairing still completes when the limits leave room.
     assert ("established", "established", "failed") in model.outcome_counts
 
