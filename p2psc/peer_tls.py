@@ -15,14 +15,16 @@ the attempt with :class:`~p2psc.errors.MediatorTlsError` (or its subclass
 from __future__ import annotations
 
 import ssl
+from typing import Unpack
 
 from p2psc.core.io import Close, ConnId, Send
-from p2psc.core.peer import MEDIATOR_BASE, PUNCH_BASE, PeerCore
+from p2psc.core.peer import MEDIATOR_BASE, PUNCH_BASE, PeerCore, PeerOptions, peer_config
 from p2psc.core.peer_driver import IoOp, PeerDriver
 from p2psc.errors import MediatorTlsError
+from p2psc.keys import Keypair, PublicKey
 from p2psc.tls import TlsClientSession, client_context, parse_mediator_address
 
-__all__ = ["TlsPeerDriver", "make_driver", "mediator_target"]
+__all__ = ["TlsPeerDriver", "make_driver", "mediator_target", "prepare"]
 
 
 def _is_mediator(conn: ConnId) -> bool:
@@ -151,3 +153,22 @@ def make_driver(
     context = client_context(cafile=ca, pinned=pin)
     host = core.config.mediator[0]
     return TlsPeerDriver(core, context, host, pinned=pin)
+
+
+def prepare(
+    keypair: Keypair,
+    peer_key: PublicKey | bytes | str,
+    mediator: tuple[str, int] | str,
+    *,
+    tls: bool = False,
+    mediator_ca: str | None = None,
+    mediator_pin: str | None = None,
+    **options: Unpack[PeerOptions],
+) -> PeerDriver:
+    """What every adapter's ``connect()`` does before it moves a byte: parse the Mediator
+    address (``tls://`` included), build the :class:`~p2psc.core.peer.PeerConfig` and the
+    driver (with TLS to the Mediator when asked). Raises ``ValueError``/``KeyFileError`` for
+    unusable arguments, before any socket exists."""
+    address, use_tls = mediator_target(mediator, tls=tls)
+    config = peer_config(keypair, peer_key, address, **options)
+    return make_driver(PeerCore(config), tls=use_tls, ca=mediator_ca, pin=mediator_pin)

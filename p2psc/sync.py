@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import secrets
 import selectors
 import socket
 import time
+from typing import Unpack
 
 from p2psc.core.channel import SecureChannel
 from p2psc.core.io import Close, Connect, ConnId, Send
-from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, peer_config
+from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, PeerOptions
 from p2psc.core.peer_driver import IoOp, PeerDriver
 from p2psc.errors import P2pscError
-from p2psc.keys import HPKE, Keypair, NonceCrypto, NonceSource, PublicKey
-from p2psc.peer_tls import make_driver, mediator_target
+from p2psc.keys import Keypair, PublicKey
+from p2psc.peer_tls import prepare
 from p2psc.sockets import listening_socket, reusable_socket, wildcard
 from p2psc.sync_channel import SecureSocket
 
@@ -66,48 +66,25 @@ def connect(
     peer_key: PublicKey | bytes | str,
     mediator_addr: tuple[str, int] | str,
     *,
-    timeout: float = 30.0,
-    step_timeout: float = 10.0,
-    punch_timeout: float = 10.0,
-    punch_interval: float = 0.05,
-    punch_backoff: float = 2.0,
-    punch_max_interval: float = 1.0,
-    punch_attempt_timeout: float = 2.0,
-    advertise_retries: int = 3,
-    retry_backoff: float = 0.5,
-    candidate_timeout: float = 5.0,
-    send_local: bool = True,
-    crypto: NonceCrypto = HPKE,
-    nonce_source: NonceSource = secrets.token_bytes,
     tls: bool = False,
     mediator_ca: str | None = None,
     mediator_pin: str | None = None,
+    **options: Unpack[PeerOptions],
 ) -> SyncConnection:
     """Blocking twin of :func:`p2psc.aio.connect`: same arguments (TLS to the Mediator
     included), same errors, same meaning of every deadline and hole punching parameter (see its
     docstring). Returns a :class:`SyncConnection` (a socket-like object over the secure
     channel, with the peer key, role and session secret)."""
-    address, use_tls = mediator_target(mediator_addr, tls=tls)
-    config = peer_config(
+    driver = prepare(
         keypair,
         peer_key,
-        address,
-        timeout=timeout,
-        step_timeout=step_timeout,
-        punch_timeout=punch_timeout,
-        punch_interval=punch_interval,
-        punch_backoff=punch_backoff,
-        punch_max_interval=punch_max_interval,
-        punch_attempt_timeout=punch_attempt_timeout,
-        advertise_retries=advertise_retries,
-        retry_backoff=retry_backoff,
-        candidate_timeout=candidate_timeout,
-        send_local=send_local,
-        crypto=crypto,
-        nonce_source=nonce_source,
+        mediator_addr,
+        tls=tls,
+        mediator_ca=mediator_ca,
+        mediator_pin=mediator_pin,
+        **options,
     )
-    driver = make_driver(PeerCore(config), tls=use_tls, ca=mediator_ca, pin=mediator_pin)
-    return connect_with(config, driver)
+    return connect_with(driver.core.config, driver)
 
 
 def connect_with(config: PeerConfig, driver: PeerDriver | None = None) -> SyncConnection:

@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import cast
+from typing import Unpack, cast
 
 from p2psc.aio.channel import secure_streams
 from p2psc.aio.holepunch import open_connection_from
 from p2psc.core.io import Close, Connect, ConnId, Listen, Send
-from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, peer_config
+from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, PeerOptions
 from p2psc.core.peer_driver import IoOp, PeerDriver
 from p2psc.errors import P2pscError
-from p2psc.keys import HPKE, Keypair, NonceCrypto, NonceSource, PublicKey
-from p2psc.peer_tls import make_driver, mediator_target
+from p2psc.keys import Keypair, PublicKey
+from p2psc.peer_tls import prepare
 from p2psc.sockets import listening_socket
 
 __all__ = ["P2PConnection", "connect", "connect_with"]
@@ -95,22 +94,10 @@ async def connect(
     peer_key: PublicKey | bytes | str,
     mediator_addr: tuple[str, int] | str,
     *,
-    timeout: float = 30.0,
-    step_timeout: float = 10.0,
-    punch_timeout: float = 10.0,
-    punch_interval: float = 0.05,
-    punch_backoff: float = 2.0,
-    punch_max_interval: float = 1.0,
-    punch_attempt_timeout: float = 2.0,
-    advertise_retries: int = 3,
-    retry_backoff: float = 0.5,
-    candidate_timeout: float = 5.0,
-    send_local: bool = True,
-    crypto: NonceCrypto = HPKE,
-    nonce_source: NonceSource = secrets.token_bytes,
     tls: bool = False,
     mediator_ca: str | None = None,
     mediator_pin: str | None = None,
+    **options: Unpack[PeerOptions],
 ) -> P2PConnection:
     """Pair with the owner of ``peer_key`` through the Mediator at ``mediator_addr``.
 
@@ -123,6 +110,14 @@ async def connect(
     ``mediator_pin``. A failure is :class:`~p2psc.errors.TlsVerificationFailed` (its
     ``mismatch`` says what did not match) or :class:`~p2psc.errors.MediatorTlsError`; there is
     never a fallback to clear text.
+
+    ``options`` are the fields of :class:`~p2psc.core.peer.PeerOptions` (all keyword, all
+    optional; defaults in :class:`~p2psc.core.peer.PeerConfig`): ``timeout`` (30 s),
+    ``step_timeout`` (10 s), ``punch_timeout`` (10 s), ``punch_interval`` (0.05 s),
+    ``punch_backoff`` (2), ``punch_max_interval`` (1 s), ``punch_attempt_timeout`` (2 s),
+    ``advertise_retries`` (3), ``retry_backoff`` (0.5 s), ``candidate_timeout`` (5 s),
+    ``max_candidates`` (32), ``max_candidates_per_source`` (4), ``send_local`` (True),
+    ``crypto``, ``nonce_source`` (injected for tests).
 
     Deadlines: ``timeout`` bounds the whole call (registration, waiting for the other side,
     hole punching and the handshake); ``step_timeout`` bounds each request/answer step with the
@@ -145,27 +140,16 @@ async def connect(
     :class:`~p2psc.errors.ProtocolError` (including UnsupportedVersion) when the other side
     breaks the protocol.
     """
-    address, use_tls = mediator_target(mediator_addr, tls=tls)
-    config = peer_config(
+    driver = prepare(
         keypair,
         peer_key,
-        address,
-        timeout=timeout,
-        step_timeout=step_timeout,
-        punch_timeout=punch_timeout,
-        punch_interval=punch_interval,
-        punch_backoff=punch_backoff,
-        punch_max_interval=punch_max_interval,
-        punch_attempt_timeout=punch_attempt_timeout,
-        advertise_retries=advertise_retries,
-        retry_backoff=retry_backoff,
-        candidate_timeout=candidate_timeout,
-        send_local=send_local,
-        crypto=crypto,
-        nonce_source=nonce_source,
+        mediator_addr,
+        tls=tls,
+        mediator_ca=mediator_ca,
+        mediator_pin=mediator_pin,
+        **options,
     )
-    driver = make_driver(PeerCore(config), tls=use_tls, ca=mediator_ca, pin=mediator_pin)
-    return await connect_with(config, driver)
+    return await connect_with(driver.core.config, driver)
 
 
 async def connect_with(config: PeerConfig, driver: PeerDriver | None = None) -> P2PConnection:

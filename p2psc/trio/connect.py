@@ -21,17 +21,18 @@ import contextlib
 import errno
 import math
 import os
-import secrets
 import socket
 from collections.abc import Callable
+from typing import Unpack
 
 import trio
 
 from p2psc.core.io import Close, Connect, ConnId, Send
-from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, peer_config
+from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, PeerOptions
 from p2psc.core.peer_driver import IoOp, PeerDriver
 from p2psc.errors import P2pscError
-from p2psc.keys import HPKE, Keypair, NonceCrypto, NonceSource, PublicKey
+from p2psc.keys import Keypair, PublicKey
+from p2psc.peer_tls import prepare
 from p2psc.sockets import listening_socket, reusable_socket, wildcard
 from p2psc.trio._link import READ_SIZE, Link, close_socket, readable
 from p2psc.trio.stream import SecureStream
@@ -63,47 +64,29 @@ async def connect(
     peer_key: PublicKey | bytes | str,
     mediator_addr: tuple[str, int] | str,
     *,
-    timeout: float = 30.0,
-    step_timeout: float = 10.0,
-    punch_timeout: float = 10.0,
-    punch_interval: float = 0.05,
-    punch_backoff: float = 2.0,
-    punch_max_interval: float = 1.0,
-    punch_attempt_timeout: float = 2.0,
-    advertise_retries: int = 3,
-    retry_backoff: float = 0.5,
-    candidate_timeout: float = 5.0,
-    send_local: bool = True,
-    crypto: NonceCrypto = HPKE,
-    nonce_source: NonceSource = secrets.token_bytes,
+    tls: bool = False,
+    mediator_ca: str | None = None,
+    mediator_pin: str | None = None,
+    **options: Unpack[PeerOptions],
 ) -> TrioConnection:
-    """trio twin of :func:`p2psc.aio.connect`: same arguments, errors and deadlines (see its
-    docstring). Returns a :class:`TrioConnection`."""
-    return await connect_with(
-        peer_config(
-            keypair,
-            peer_key,
-            mediator_addr,
-            timeout=timeout,
-            step_timeout=step_timeout,
-            punch_timeout=punch_timeout,
-            punch_interval=punch_interval,
-            punch_backoff=punch_backoff,
-            punch_max_interval=punch_max_interval,
-            punch_attempt_timeout=punch_attempt_timeout,
-            advertise_retries=advertise_retries,
-            retry_backoff=retry_backoff,
-            candidate_timeout=candidate_timeout,
-            send_local=send_local,
-            crypto=crypto,
-            nonce_source=nonce_source,
-        )
+    """trio twin of :func:`p2psc.aio.connect`: same arguments (TLS to the Mediator included),
+    errors and deadlines (see its docstring). Returns a :class:`TrioConnection`."""
+    driver = prepare(
+        keypair,
+        peer_key,
+        mediator_addr,
+        tls=tls,
+        mediator_ca=mediator_ca,
+        mediator_pin=mediator_pin,
+        **options,
     )
+    return await connect_with(driver.core.config, driver)
 
 
-async def connect_with(config: PeerConfig) -> TrioConnection:
-    """:func:`connect` for a ready :class:`~p2psc.core.peer.PeerConfig`."""
-    adapter = _Adapter(PeerCore(config))
+async def connect_with(config: PeerConfig, driver: PeerDriver | None = None) -> TrioConnection:
+    """:func:`connect` for a ready :class:`~p2psc.core.peer.PeerConfig` (and, optionally, a
+    ready driver: :func:`p2psc.peer_tls.make_driver` makes one with TLS to the Mediator)."""
+    adapter = _Adapter(driver or PeerDriver(PeerCore(config)))
     try:
         async with trio.open_nursery() as nursery:
             adapter.nursery = nursery
@@ -118,8 +101,8 @@ class _Adapter:
 
     nursery: trio.Nursery
 
-    def __init__(self, core: PeerCore) -> None:
-        self.driver = PeerDriver(core)
+    def __init__(self, driver: PeerDriver) -> None:
+        self.driver = driver
         self.links: dict[ConnId, Link] = {}
         self.connecting: dict[ConnId, trio.CancelScope] = {}
         self.local_host: str | None = None
