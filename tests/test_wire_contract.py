@@ -1,0 +1,356 @@
+"""The wire module against the tables of spec/protocol.md, and the validation of every field.
+
+The numbers (message types, reason codes, limits) are read from the spec's own tables, so a
+constant changed in the code, or a row added to the spec without the code (or the reverse),
+fails here; a new message type or reason is one new row in the spec and nothing here. Field
+checks are generic over the message dataclasses: every address, byte-string, integer and text
+field of every message (from the vector file, one valid instance per type) is tried with values
+the spec rejects, so a message that gains a field is covered without a new test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2psc import keys, wire
+from p2psc.errors import ProtocolError, UnsupportedVersion
+from p2psc.wire import Address, Message, construct_decode, decode
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = (ROOT / "spec" / "protocol.md").read_text(encoding="utf-8")
+VECTORS = json.loads((ROOT / "tests" / "vectors" / "frames.json").read_text(encoding="utf-8"))
+SAMPLES: list[Message] = [decode(bytes.fromhex(v["hex"])) for v in VECTORS["frames"]]
+"""One or more valid instances of every message type (the spec's own vectors)."""
+
+
+def spec_table(*columns: str) -> list[dict[str, str]]:
+    """The rows of the one table in spec/protocol.md whose header is exactly ``columns``."""
+    header = "| " + " | ".join(columns) + " |"
+    tables = SPEC.split(header + "\n")
+    assert len(tables) == 2, f"expected exactly one table {header!r} in spec/protocol.md"
+    rows = []
+    for line in tables[1].splitlines()[1:]:  # [0] is the |---| line
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        rows.append(dict(zip(columns, cells, strict=True)))
+    assert rows
+    return rows
+
+
+def upper_snake(camel: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", camel).upper()
+
+
+MESSAGES = spec_table("type", "message", "direction", "payload size")
+REASONS = spec_table("code", "name", "meaning")
+
+
+def test_message_types_are_the_spec_table() -> None:
+    """Type numbers, enum names and classes are the rows of spec/protocol.md section 4."""
+    spec = {int(row["type"]): row["message"] for row in MESSAGES}
+    code = {int(t): cls.__name__ for t, cls in wire.MESSAGE_CLASSES.items()}
+    assert code == spec
+    assert {int(t): t.name for t in wire.MessageType} == {
+        n: upper_snake(name) for n, name in spec.items()
+    }
+    for number, name in spec.items():
+        cls = getattr(wire, name)
+        assert number == cls.TYPE == wire.MessageType[upper_snake(name)]
+        assert name in wire.__all__
+
+
+def test_reason_codes_are_the_spec_table() -> None:
+    """Every reason code of spec/protocol.md section 5, and no other, with its number."""
+    assert {r.name: int(r) for r in wire.Reason} == {
+        row["name"]: int(row["code"]) for row in REASONS
+    }
+
+
+def _one(pattern: str) -> str:
+    found = re.findall(pattern, SPEC)
+    assert len(found) == 1, (pattern, found)
+    return str(found[0])
+
+
+LIMITS: list[tuple[str, object, Callable[[], object]]] = [
+    # (what, value in the code, how spec/protocol.md states it)
+    ("header size", wire.HEADER_SIZE, lambda: int(_one(r"\| 6 \| length \| payload \|")[2])),
+    ("magic", wire.MAGIC, lambda: _one(r"the ASCII bytes `(\w\w)`").encode("ascii")),
+    (
+        "version",
+        wire.PROTOCOL_VERSION,
+        lambda: int(_one(r"protocol version of this frame: \*\*(\d+)")),
+    ),
+    ("max payload", wire.MAX_PAYLOAD, lambda: int(_one(r"at most (\d+) bytes \(`MAX_PAYLOAD`\)"))),
+    (
+        "max reason text",
+        wire.MAX_REASON_TEXT,
+        lambda: int(_one(r"\| reason text \| at most (\d+) bytes")),
+    ),
+    (
+        "key, nonce, sealed nonce sizes",
+        (keys.KEY_SIZE, keys.NONCE_SIZE, keys.SEALED_NONCE_SIZE),
+        lambda: tuple(map(int, re.findall(r"\d+", _one(r"\| exactly (\d+ / \d+ / \d+) bytes")))),
+    ),
+    (
+        "address families",
+        (wire.FAMILY_IPV4, wire.FAMILY_IPV6),
+        lambda: tuple(map(int, re.findall(r"\*\*(\d)\*\*", _one(r"`u8`: (.*\(IPv6\))")))),
+    ),
+    (
+        "absent optional address",
+        wire.FAMILY_NONE,
+        lambda: int(_one(r"the single byte \*\*(\d+)\*\*")),
+    ),
+    (
+        "message types",
+        (min(wire.MessageType), max(wire.MessageType)),
+        lambda: tuple(map(int, _one(r"\| message types \| (\d+\.\.\d+) \|").split(".."))),
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "code", "spec"), LIMITS, ids=[row[0] for row in LIMITS])
+def test_limits_are_the_spec_values(what: str, code: object, spec: Callable[[], object]) -> None:
+    assert code == spec(), what
+
+
+def test_unknown_types_are_those_after_the_last() -> None:
+    """The header check refuses exactly the types the spec does not define."""
+    defined = {int(row["type"]) for row in MESSAGES}
+    for mtype in range(256):
+        frame = b"P2\x01" + bytes([mtype]) + b"\x00\x00"
+        if mtype in defined:
+            continue
+        with pytest.raises(ProtocolError, match=f"unknown message type {mtype}$"):
+            decode(frame)
+
+
+def _size_rule(cell: str) -> Callable[[Message], set[int] | range]:
+    """The spec's "payload size" cell as a function of the message: ``80``, ``66, 72 or 84``,
+    ``15..57`` or ``4 + text_length``."""
+    if "text_length" in cell:
+        base = int(cell.split("+")[0])
+        return lambda m: {base + len(m.text.encode("utf-8"))}  # type: ignore[union-attr]
+    if ".." in cell:
+        low, high = map(int, cell.split(".."))
+        return lambda m: range(low, high + 1)
+    sizes = {int(n) for n in re.findall(r"\d+", cell)}
+    return lambda m: sizes
+
+
+SIZE_RULES = {row["message"]: _size_rule(row["payload size"]) for row in MESSAGES}
+ipv4 = st.ip_addresses(v=4).map(str)
+ipv6 = st.ip_addresses(v=6).map(str)
+addresses = st.builds(Address, st.one_of(ipv4, ipv6), st.integers(1, 65535))
+
+
+def _address_fields(cls: type) -> dict[str, bool]:
+    """Address fields of a message class -> whether the field is optional."""
+    return {
+        f.name: "None" in str(f.type) for f in dataclasses.fields(cls) if "Address" in str(f.type)
+    }
+
+
+@st.composite
+def varied(draw: st.DrawFn) -> Message:
+    """A vector message with its address fields and reason text redrawn."""
+    msg = draw(st.sampled_from(SAMPLES))
+    changes: dict[str, Any] = {}
+    for name, optional in _address_fields(type(msg)).items():
+        changes[name] = draw(st.one_of(st.none(), addresses) if optional else addresses)
+    if isinstance(msg, wire.AdvertiseAbort | wire.AdvertiseRetry):
+        changes["text"] = draw(st.text(st.characters(codec="utf-8"), max_size=40))
+    return dataclasses.replace(msg, **changes)
+
+
+@given(varied())
+def test_payload_sizes_are_the_spec_table(msg: Message) -> None:
+    assert len(msg.payload()) in SIZE_RULES[type(msg).__name__](msg)
+    assert decode(msg.encode()) == msg
+
+
+# ------------------------------------------------------------------------ field validation
+
+JUNK_ADDRESSES: list[object] = [
+    "junk",
+    "192.0.2.1:80",
+    ("192.0.2.1", 80),
+    7,
+    b"\x04\xc0\x00\x02\x01",
+]
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_every_address_field_refuses_what_is_not_an_address(msg: Message) -> None:
+    for name, optional in _address_fields(type(msg)).items():
+        for junk in JUNK_ADDRESSES:
+            with pytest.raises(
+                ProtocolError, match=f"{type(msg).__name__}.{name} must be an Address"
+            ):
+                dataclasses.replace(msg, **{name: junk})
+        if optional:
+            assert getattr(dataclasses.replace(msg, **{name: None}), name) is None
+        else:
+            with pytest.raises(ProtocolError, match=f"{name} must be an Address, got NoneType"):
+                dataclasses.replace(msg, **{name: None})
+
+
+def test_advertise_local_is_checked() -> None:
+    """The case issue 18 found: Advertise(local="junk") was accepted when the check was gone."""
+    (advertise,) = [m for m in SAMPLES if isinstance(m, wire.Advertise)][:1]
+    with pytest.raises(ProtocolError, match=r"Advertise\.local must be an Address, got str"):
+        wire.Advertise(advertise.version, advertise.our_key, advertise.their_key, "junk")  # type: ignore[arg-type]
+
+
+INT_LIMITS = {"version": 255, "code": 65535}
+"""Upper bound of each integer field by name (u8 / u16)."""
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_every_field_refuses_values_outside_its_encoding(msg: Message) -> None:
+    cls = type(msg)
+    for f in dataclasses.fields(cls):
+        value = getattr(msg, f.name)
+        kind = str(f.type)
+        bad: list[object] = []
+        if kind == "bytes":
+            bad = [value + b"\x00", value[:-1], bytearray(value), value.hex()]
+        elif kind == "int":
+            top = INT_LIMITS[f.name]
+            for good in (0, top):
+                assert getattr(dataclasses.replace(msg, **{f.name: good}), f.name) == good
+            bad = [-1, top + 1, True, float(value), str(value)]
+        elif kind == "str":
+            limit = wire.MAX_REASON_TEXT
+            for good in ("", "é" * (limit // 2), "x" * limit):
+                assert dataclasses.replace(msg, **{f.name: good}).payload().endswith(good.encode())
+            bad = ["x" * (limit + 1), "é" * (limit // 2) + "x", "\ud800", b"text", None]
+        for value in bad:
+            with pytest.raises(ProtocolError, match=rf"^{cls.__name__}\.{f.name}"):
+                dataclasses.replace(msg, **{f.name: value})
+
+
+@pytest.mark.parametrize(
+    "msg", [*SAMPLES, Address("192.0.2.1", 80)], ids=lambda m: type(m).__name__
+)
+def test_values_are_frozen_hashable_and_slotted(msg: object) -> None:
+    """Messages and addresses are values: dict keys, set members, shared between sessions."""
+    twin = dataclasses.replace(msg)  # type: ignore[type-var]
+    assert twin == msg and hash(twin) == hash(msg) and twin is not msg
+    assert len({msg, twin}) == 1
+    assert not hasattr(msg, "__dict__")  # slots: a waiting registration keeps some of these
+    for f in dataclasses.fields(msg):  # type: ignore[arg-type]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(msg, f.name, getattr(msg, f.name))
+
+
+# ------------------------------------------------------------------------ addresses
+
+
+def _spellings(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
+    text = str(ip)
+    if ip.version == 4:
+        return [text]
+    return [text, text.upper(), ip.exploded, ip.exploded.upper()]
+
+
+@given(st.ip_addresses(), st.integers(1, 65535), st.data())
+def test_from_tuple_canonicalises_any_spelling(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, data: st.DataObject
+) -> None:
+    """Socket tuples of 2 or 4 items, canonical text or not, give the RFC 5952 text of the
+    address (what inet_ntop prints, so decode(encode(a)) == a)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    canonical = socket.inet_ntop(family, ip.packed)
+    text = data.draw(st.sampled_from(_spellings(ip)))
+    sockaddr: tuple[Any, ...] = (text, port) if ip.version == 4 else (text, port, 0, 0)
+    for form in (sockaddr, sockaddr[:2]):
+        address = Address.from_tuple(form)
+        assert (address.host, address.port) == (canonical, port)
+        assert address == Address(text, port) == Address.parse(str(address))
+        assert address.family == (6 if ip.version == 6 else 4)
+        assert decode(wire.PeerIdentification(1, address).encode()).peer == address  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("sockaddr", "reason"),
+    [
+        (("192.0.2.1",), "not a socket address"),
+        ((), "not a socket address"),
+        (("192.0.2.1", "80"), "not a socket address"),
+        (("192.0.2.1", 0), "port 0 is outside 1..65535"),
+        (("192.0.2.1", 65536), "port 65536 is outside 1..65535"),
+        (("192.0.2.1", True), "port must be an integer, got True"),
+        (("fe80::1", 80, 0, 2), "IPv6 scope ids cannot be carried on the wire"),
+        (("fe80::1%2", 80), "IPv6 scope ids cannot be carried on the wire"),
+        (("localhost", 80), "not an IPv4 or IPv6 address: 'localhost'"),
+        (("01.2.3.4", 80), "not an IPv4 or IPv6 address"),
+        ((b"192.0.2.1", 80), "not an IPv4 or IPv6 address"),
+    ],
+)
+def test_from_tuple_refuses(sockaddr: tuple[Any, ...], reason: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        Address.from_tuple(sockaddr)
+    assert reason in caught.value.reason
+
+
+# ------------------------------------------------------------------------ both decoders
+
+
+def _address_frames() -> list[Any]:
+    """(label, frame, optional) for every address of every vector with its family replaced by
+    one the spec rejects there; built with the declared layout, so the layout may change."""
+    out = []
+    for vector in VECTORS["frames"]:
+        frame = bytes.fromhex(vector["hex"])
+        msg = decode(frame)
+        for name, optional in _address_fields(type(msg)).items():
+            for family in (5, 255) if optional else (0, 5, 255):
+                parsed = wire.FRAME.parse(frame)
+                field = parsed.payload[name]
+                field.family, field.host = family, None
+                field.port = 1 if family or not optional else None
+                label = f"{vector['name']}.{name}={family}"
+                out.append(pytest.param(label, wire.FRAME.build(parsed), optional, id=label))
+    return out
+
+
+@pytest.mark.parametrize(("label", "frame", "optional"), _address_frames())
+def test_both_decoders_refuse_a_bad_address_family(
+    label: str, frame: bytes, optional: bool
+) -> None:
+    """A required address with family 0 (absent) or any family but 4/6 is a ProtocolError on the
+    fast path and on the construct path alike, with the same reason (never an AssertionError)."""
+    family = int(label.rsplit("=", 1)[1])
+    with pytest.raises(ProtocolError) as fast:
+        decode(frame)
+    assert f"address has unknown family {family} (expected 4 or 6)" in fast.value.reason
+    for compiled in (True, False):
+        with pytest.raises(ProtocolError) as ref:
+            construct_decode(frame, compiled=compiled)
+        assert ref.value.reason == fast.value.reason
+    with pytest.raises(ProtocolError):
+        wire.FrameDecoder().feed(frame)
+
+
+def test_both_decoders_refuse_a_version_other_than_1() -> None:
+    frame = bytearray(SAMPLES[0].encode())
+    for version in (0, 2, 255):
+        frame[2] = version
+        with pytest.raises(UnsupportedVersion, match=f"version {version}"):
+            decode(bytes(frame))
+        with pytest.raises(UnsupportedVersion, match=f"version {version}"):
+            construct_decode(bytes(frame))
