@@ -433,7 +433,11 @@ class Negotiator:
         if self._state != _FAILED:
             self._state = self._step(self._state, "fail")
             self._error = reason
-            self._proposed = None
+            # Failed keeps only its reason (NegotiatorSnapshot's documented fields): a stale
+            # early byte or negotiated id would make equal failures differ.
+            self._proposed = self._negotiated = None
+            self._initiated_by_us = False
+            self._buffered = b""
         return NegotiationError(self._error or reason)
 
     # --- internals ------------------------------------------------------------------------
