@@ -1,0 +1,294 @@
+"""MediatorCore: what snapshots restore, limits at their edges, what an operator sees, config.
+
+- A core rebuilt from its snapshot at any step of any interleaving (the random world of
+  test_mediator_properties, with small limits so they bite) answers the next event exactly as
+  the original, and its counters (which drive the limits) are the original's.
+- Every limit at exactly 1, and the exemption of an owner re-registering its pair from the
+  same address.
+- The notes of every failure path (refused, rejected, replaced, failed, closed): kind,
+  connection and reason, exactly, since they are the mediator's log.
+- MediatorConfig: the defaults are spec/mediator.md's table; every bad value is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mediator_helpers import Driver, SymbolicCrypto, abort_code, closed, messages, sym_key
+from test_mediator_properties import CONFIG, World, op
+
+from p2psc import wire
+from p2psc.core.io import Action, Event, Opened
+from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorNote
+
+R = wire.Reason
+SPEC = (Path(__file__).resolve().parents[1] / "spec" / "mediator.md").read_text(encoding="utf-8")
+
+
+def _constant(n: int) -> bytes:
+    """A pure nonce source: a twin draws the nonces the original draws."""
+    return b"\x07" * n
+
+
+class TwinWorld(World):
+    """The random world, where every event is also given to a core rebuilt from the snapshot
+    taken just before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = MediatorCore(CONFIG, nonce_source=_constant, crypto=SymbolicCrypto())
+        self.compared = 0
+
+    def run(self, event: Event) -> list[Action]:
+        twin = MediatorCore.from_snapshot(
+            self.core.snapshot(), CONFIG, nonce_source=_constant, crypto=SymbolicCrypto()
+        )
+        assert _counters(twin) == _counters(self.core)
+        actions = self.core.handle(event, self.now)
+        assert twin.handle(event, self.now) == actions
+        assert twin.snapshot() == self.core.snapshot()
+        assert _counters(twin) == _counters(self.core)
+        self.compared += 1
+        self.check(event, actions)
+        return actions
+
+
+def _counters(core: MediatorCore) -> tuple[object, ...]:
+    return (
+        core.pending,
+        core.waiting,
+        core.sessions,
+        dict(core._pending_by_ip),
+        dict(core._waiting_by_ip),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(op, min_size=8, max_size=40))
+def test_a_restored_core_behaves_as_the_original_at_every_step(
+    steps: list[tuple[object, ...]],
+) -> None:
+    world = TwinWorld()
+    for step in steps:
+        world.apply(step)
+
+
+def test_restored_counters_keep_the_limits() -> None:
+    """The case issue 18 found: a core restored with its counters at 0 let a full mediator
+    accept more. Each limit is at 1 and full when the snapshot is taken."""
+    config = MediatorConfig(
+        max_pending=2, max_pending_per_ip=1, max_waiting=2, max_waiting_per_ip=1
+    )
+    d = Driver(config, symbolic=True)
+    d.register_symbolic(1, sym_key(1), sym_key(9), remote=("192.0.2.1", 1))  # waiting, ip .1
+    d.open(2, ("192.0.2.2", 2))  # pending, ip .2
+    twin = MediatorCore.from_snapshot(d.core.snapshot(), config, crypto=SymbolicCrypto())
+    assert _counters(twin) == _counters(d.core) == (1, 1, 2, {"192.0.2.2": 1}, {"192.0.2.1": 1})
+    for core in (d.core, twin):
+        refused = core.handle(Opened(3, ("192.0.2.2", 3)), d.now)  # pending per ip
+        assert abort_code(refused, 3) == R.BUSY
+    d.core = twin
+    d.open(4, ("192.0.2.3", 4))  # pending: 2 of 2 now
+    assert abort_code(d.open(5, ("192.0.2.4", 5)), 5) == R.BUSY
+    d.close(4)
+    actions = d.register_symbolic(6, sym_key(6), sym_key(9), remote=("192.0.2.1", 6))
+    assert abort_code(actions, 6) == R.BUSY  # waiting per ip, counted from the snapshot
+
+
+# --- limits at their edges -------------------------------------------------------------------
+
+
+def test_pending_per_ip_at_one() -> None:
+    d = Driver(MediatorConfig(max_pending_per_ip=1))
+    assert closed(d.open(1, ("192.0.2.1", 1))) == []
+    refused = d.open(2, ("192.0.2.1", 2))
+    assert closed(refused) == [2] and messages(refused, 2) == [
+        wire.AdvertiseRetry(R.BUSY, "too many unverified connections from your address")
+    ]
+    assert closed(d.open(3, ("192.0.2.2", 3))) == []  # another address has its own budget
+    d.close(1)
+    assert closed(d.open(4, ("192.0.2.1", 4))) == []
+
+
+def test_pending_global_at_one() -> None:
+    d = Driver(MediatorConfig(max_pending=1))
+    d.open(1, ("192.0.2.1", 1))
+    refused = d.open(2, ("192.0.2.2", 2))
+    assert messages(refused, 2) == [
+        wire.AdvertiseRetry(R.BUSY, "too many unverified connections, retry later")
+    ]
+
+
+def test_waiting_per_ip_at_one_and_the_owner_exemption() -> None:
+    """With one waiting registration per address: another pair from that address is refused,
+    but the same pair again from the same address replaces the older one (its owner is
+    re-registering, e.g. after a lost connection), and another address still has room."""
+    d = Driver(MediatorConfig(max_waiting_per_ip=1), symbolic=True)
+    ip = "192.0.2.1"
+    assert abort_code(d.register_symbolic(1, sym_key(1), sym_key(2), remote=(ip, 1)), 1) is None
+    other = d.register_symbolic(2, sym_key(3), sym_key(2), remote=(ip, 2))
+    assert messages(other, 2)[-1] == wire.AdvertiseRetry(
+        R.BUSY, "too many waiting registrations, retry later"
+    )
+    again = d.register_symbolic(3, sym_key(1), sym_key(2), remote=(ip, 3))
+    assert abort_code(again, 3) is None and d.core.state_of(3) == "waiting"
+    assert messages(again, 1) == [
+        wire.AdvertiseAbort(R.DUPLICATE_REGISTRATION, "replaced by a newer registration")
+    ]
+    assert d.core.state_of(1) is None and d.core.waiting == 1
+    elsewhere = d.register_symbolic(4, sym_key(1), sym_key(2), remote=("192.0.2.9", 4))
+    assert abort_code(elsewhere, 4) is None and d.core.state_of(4) == "waiting"
+    # The same pair from a *full* other address is not exempt.
+    d.register_symbolic(5, sym_key(7), sym_key(8), remote=("192.0.2.5", 5))
+    full = d.register_symbolic(6, sym_key(1), sym_key(2), remote=("192.0.2.5", 6))
+    assert abort_code(full, 6) == R.BUSY and d.core.state_of(4) == "waiting"
+
+
+def test_waiting_global_at_one() -> None:
+    d = Driver(MediatorConfig(max_waiting=1), symbolic=True)
+    d.register_symbolic(1, sym_key(1), sym_key(2))
+    assert abort_code(d.register_symbolic(2, sym_key(3), sym_key(4)), 2) == R.BUSY
+    assert abort_code(d.register_symbolic(3, sym_key(1), sym_key(2)), 3) is None  # replaces
+
+
+# --- what an operator sees -------------------------------------------------------------------
+
+
+def _notes(d: Driver, kind: str) -> list[tuple[int, str]]:
+    return [(n.conn, n.reason) for n in d.notes if n.kind == kind]
+
+
+def test_notes_of_refusals_rejections_and_replacements() -> None:
+    d = Driver(MediatorConfig(max_pending_per_ip=1), symbolic=True)
+    d.open(1, ("192.0.2.1", 1))
+    d.open(2, ("192.0.2.1", 2))
+    assert d.notes[-1] == MediatorNote(
+        "refused", 2, reason="too many unverified connections from your address"
+    )
+    d.close(1)
+    d.open(3, ("192.0.2.3", 3))
+    d.send(3, wire.Advertise(1, sym_key(1), sym_key(1)).encode())
+    assert _notes(d, "rejected") == [(3, "our_key and their_key are the same key")]
+    assert _notes(d, "closed")[-1] == (3, "advertise: our_key and their_key are the same key")
+    d.open(4, ("192.0.2.4", 4))
+    d.send(4, wire.Advertise(2, sym_key(1), sym_key(2)).encode())
+    assert _notes(d, "rejected")[-1] == (4, "only protocol version 1 is supported")
+    challenge = d.advertise(5, sym_key(1), sym_key(2), remote=("192.0.2.5", 5))
+    d.send(5, wire.AdvertiseResponse(bytes(32)).encode())
+    assert _notes(d, "rejected")[-1] == (5, "AdvertiseResponse does not match the nonce")
+    assert challenge.encrypted_nonce[:32] != bytes(32)
+    d.register_symbolic(6, sym_key(1), sym_key(2), remote=("192.0.2.6", 6))
+    registered = [n for n in d.notes if n.kind == "registered"]
+    assert [(n.conn, n.remote, n.our_key, n.their_key) for n in registered] == [
+        (6, ("192.0.2.6", 6), sym_key(1), sym_key(2))
+    ]
+    d.register_symbolic(7, sym_key(1), sym_key(2), remote=("192.0.2.7", 7))
+    (replaced,) = [n for n in d.notes if n.kind == "replaced"]
+    assert (replaced.conn, replaced.reason, replaced.remote) == (
+        6,
+        "replaced by connection 7",
+        ("192.0.2.6", 6),
+    )
+    assert d.core.state_of(6) is None
+
+
+def test_notes_of_failures_and_their_partners() -> None:
+    d = Driver(MediatorConfig(advertise_timeout=5, confirm_timeout=3), symbolic=True)
+    d.open(1, ("192.0.2.1", 1))
+    d.send(1, b"GET / HTTP/1.1\r\n")
+    assert _notes(d, "failed") == [(1, "bad_input: bad magic: not a p2psc v1 frame")]
+    d.open(2, ("192.0.2.2", 2))
+    d.advance(5)
+    d.fire(2)
+    assert _notes(d, "failed")[-1] == (2, "timeout: no complete Advertise before the deadline")
+    assert _notes(d, "closed")[-1] == (2, "timeout: no complete Advertise before the deadline")
+    # A pairing whose Peer never closes: both fail, the Client as the partner.
+    d.register_symbolic(3, sym_key(1), sym_key(2), remote=("192.0.2.3", 3))
+    d.register_symbolic(4, sym_key(2), sym_key(1), remote=("192.0.2.4", 4))
+    assert [n.kind for n in d.notes if n.conn == 4][-1] == "paired"
+    d.advance(3)
+    actions = d.fire(4)
+    text = "the Peer did not close after PeerDisconnect before the deadline"
+    assert _notes(d, "failed")[-2:] == [(4, f"timeout: {text}"), (3, f"partner timeout: {text}")]
+    assert messages(actions, 3) == [wire.AdvertiseAbort(R.TIMEOUT, f"partner timeout: {text}")]
+    assert _notes(d, "closed")[-1] == (3, "partner_lost: timeout")
+    # A plain end of stream is not a failure worth a warning: only "closed" is noted.
+    d.open(5, ("192.0.2.5", 5))
+    before = len(_notes(d, "failed"))
+    d.close(5)
+    assert len(_notes(d, "failed")) == before
+    assert _notes(d, "closed")[-1] == (5, "eof: closed by the other side")
+    d.open(6, ("192.0.2.6", 6))
+    d.send(6, b"P2\x01")
+    d.close(6, "connection reset")
+    assert _notes(d, "failed")[-1] == (6, "lost: connection reset")
+
+
+def test_an_introduction_is_noted_for_the_client() -> None:
+    d = Driver(symbolic=True)
+    d.register_symbolic(1, sym_key(1), sym_key(2), remote=("192.0.2.1", 1))
+    d.register_symbolic(2, sym_key(2), sym_key(1), remote=("192.0.2.2", 2))
+    d.close(2)
+    (introduced,) = [n for n in d.notes if n.kind == "introduced"]
+    assert (introduced.conn, introduced.partner, introduced.remote) == (1, 2, ("192.0.2.1", 1))
+    assert _notes(d, "closed")[-2:] == [
+        (2, "eof: PeerDisconnect confirmed"),
+        (1, "partner_confirmed: PeerIdentification sent"),
+    ]
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def test_config_defaults_are_the_spec_table() -> None:
+    rows = dict(re.findall(r"^\| `(\w+)`[^|]*\| (\d+)", SPEC, flags=re.MULTILINE))
+    fields = {f.name for f in dataclasses.fields(MediatorConfig)}
+    documented = {name: int(value) for name, value in rows.items() if name in fields}
+    assert documented and fields <= set(rows), fields - set(rows)
+    default = MediatorConfig()
+    assert {name: getattr(default, name) for name in documented} == documented
+
+
+TIMEOUTS = ("advertise_timeout", "response_timeout", "confirm_timeout")
+LIMITS = ("max_pending", "max_pending_per_ip", "max_waiting", "max_waiting_per_ip")
+
+
+@pytest.mark.parametrize("name", TIMEOUTS)
+def test_config_refuses_timeouts_that_are_not_positive(name: str) -> None:
+    assert getattr(MediatorConfig(**{name: 0.001}), name) == 0.001  # type: ignore[arg-type]
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match=f"^{name} must be > 0$"):
+            MediatorConfig(**{name: bad})  # type: ignore[arg-type]
+
+
+def test_config_wait_timeout_may_be_none_but_not_zero() -> None:
+    assert MediatorConfig(wait_timeout=None).wait_timeout is None
+    assert MediatorConfig(wait_timeout=0.5).wait_timeout == 0.5
+    for bad in (0, -3.0):
+        with pytest.raises(ValueError, match=r"^wait_timeout must be > 0 or None$"):
+            MediatorConfig(wait_timeout=bad)
+
+
+@pytest.mark.parametrize("name", LIMITS)
+def test_config_refuses_limits_below_one(name: str) -> None:
+    assert getattr(MediatorConfig(**{name: 1}), name) == 1  # type: ignore[arg-type]
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"^{name} must be >= 1$"):
+            MediatorConfig(**{name: bad})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "value", [MediatorConfig(), MediatorNote("closed", 1, ("192.0.2.1", 1), reason="x")]
+)
+def test_values_are_frozen_hashable_and_slotted(value: object) -> None:
+    twin = dataclasses.replace(value)  # type: ignore[type-var]
+    assert twin == value and hash(twin) == hash(value) and len({twin, value}) == 1
+    assert not hasattr(value, "__dict__")
+    for f in dataclasses.fields(value):  # type: ignore[arg-type]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, f.name, getattr(value, f.name))
