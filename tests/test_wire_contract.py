@@ -354,3 +354,171 @@ def test_both_decoders_refuse_a_version_other_than_1() -> None:
             decode(bytes(frame))
         with pytest.raises(UnsupportedVersion, match=f"version {version}"):
             construct_decode(bytes(frame))
+
+
+# ------------------------------------------------------------------------ reasons
+# A mediator sends a ProtocolError's reason back in AdvertiseAbort(MALFORMED), and both sides log
+# it: the texts are part of what a user sees, so they are checked, exactly where the layout is
+# fixed (the header) and by pattern where a message's fields may change.
+
+
+def _frame(mtype: int, payload: bytes, length: int | None = None) -> bytes:
+    size = len(payload) if length is None else length
+    return b"P2\x01" + bytes([mtype]) + size.to_bytes(2, "big") + payload
+
+
+HEADER_REASONS = [
+    (b"P3\x01\x00\x00\x00", "bad magic b'P3' (expected b'P2')"),
+    (b"Q2\x01\x00\x00\x00", "bad magic b'Q2' (expected b'P2')"),
+    (b"P2\x02\x00\x00\x00", "frame has protocol version 2, this implementation speaks 1"),
+    (b"P2\x01\xff\x00\x00", "unknown message type 255"),
+    (b"P2\x01\x00\x10\x01" + bytes(4097), "payload length 4097 exceeds the maximum of 4096"),
+    (b"P2\x01", "truncated frame: 3 bytes, the header alone is 6"),
+    (_frame(2, bytes(5), 32), "truncated frame: payload has 5 of 32"),
+    (_frame(2, bytes(32)) + b"\x00\x00", "2 trailing bytes after the frame"),
+]
+
+
+@pytest.mark.parametrize(("frame", "reason"), HEADER_REASONS, ids=[r for _, r in HEADER_REASONS])
+def test_header_reasons(frame: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame)
+    assert caught.value.reason == reason
+
+
+def _patterns(msg: Message, cut: int) -> list[str]:
+    name = type(msg).__name__
+    fields = "|".join(_address_fields(type(msg))) or "-"
+    return [
+        rf"payload ends (before|inside) the ({fields}) (IPv4 |IPv6 )?address",
+        rf"{name}: truncated payload \({cut} bytes, (expected|at least) \d+\)",
+        rf"{name}: truncated reason text \({cut - 4} bytes, declared \d+\)",
+        rf"{name}: empty payload",
+    ]
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_every_cut_of_a_payload_names_what_is_missing(msg: Message) -> None:
+    """A payload cut short anywhere is refused (a frame whose length says so), and the reason
+    names the message and the part that is missing."""
+    payload = msg.payload()
+    for cut in range(len(payload)):
+        with pytest.raises(ProtocolError) as caught:
+            decode(_frame(msg.TYPE, payload[:cut]))
+        reason = caught.value.reason
+        assert any(re.fullmatch(p, reason) for p in _patterns(msg, cut)), (cut, reason)
+        with pytest.raises(ProtocolError):
+            construct_decode(_frame(msg.TYPE, payload[:cut]))
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_a_payload_with_a_byte_too_many_names_the_excess(msg: Message) -> None:
+    payload = msg.payload() + b"\x00"
+    name = type(msg).__name__
+    size = len(payload)
+    with pytest.raises(ProtocolError) as caught:
+        decode(_frame(msg.TYPE, payload))
+    assert caught.value.reason in (
+        f"{name}: 1 trailing bytes after the last field",
+        f"{name}: trailing bytes in payload ({size} bytes, expected {size - 1})",
+        f"{name}: trailing bytes in reason text ({size - 4} bytes, declared {size - 5})",
+    )
+
+
+@pytest.mark.parametrize("mtype", [3, 4], ids=["AdvertiseAbort", "AdvertiseRetry"])
+def test_reason_field_reasons(mtype: int) -> None:
+    name = wire.MESSAGE_CLASSES[wire.MessageType(mtype)].__name__
+    cases = [
+        (b"\x00\x01\x04\x01" + bytes(1025), f"{name}: reason text of 1025 bytes exceeds 1024"),
+        (b"\x00\x01\x00\x02\xff\xfe", f"{name}: reason text is not valid UTF-8"),
+        (b"\x00\x01\x00\x02\xed\xa0", f"{name}: reason text is not valid UTF-8"),  # a surrogate
+    ]
+    for payload, reason in cases:
+        with pytest.raises(ProtocolError) as caught:
+            decode(_frame(mtype, payload))
+        assert caught.value.reason == reason
+    code = decode(_frame(mtype, b"\xff\xff\x00\x00"))
+    assert code.code == 65535 and type(code.code) is int  # type: ignore[union-attr]
+    known = decode(_frame(mtype, b"\x00\x09\x00\x00"))
+    assert known.code is wire.Reason.SHUTTING_DOWN  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (bytes(65) + b"\x04\x01\x02", "payload ends inside the local IPv4 address"),
+        (bytes(65) + b"\x06" + bytes(17), "payload ends inside the local IPv6 address"),
+        (bytes(65) + b"\x04\x01\x02\x03\x04\x00\x00", "local address has port 0"),
+        (bytes(65) + b"\x06" + bytes(16) + b"\x00\x00", "local address has port 0"),
+        (bytes(65) + b"\x05", "local address has unknown family 5 (expected 4 or 6)"),
+    ],
+)
+def test_advertise_local_address_reasons(payload: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode(_frame(0, payload))
+    assert caught.value.reason == reason
+
+
+def test_message_construction_reasons() -> None:
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: Address(5, 80), "address host must be text, got int"),  # type: ignore[arg-type]
+        (lambda: Address("192.0.2.1", 0), "port 0 is outside 1..65535"),
+        (
+            lambda: Address("fe80::1%eth0", 1),
+            "IPv6 scope ids cannot be carried on the wire: 'fe80::1%eth0'",
+        ),
+        (lambda: Address.parse("[::1]80"), "expected [IPv6]:port, got '[::1]80'"),
+        (lambda: Address.parse("::1:80"), "expected host:port or [IPv6]:port, got '::1:80'"),
+        (
+            lambda: Address.parse("1.2.3.4:\uff18\uff10"),
+            "port must be decimal digits, got '\uff18\uff10'",
+        ),
+        (
+            lambda: wire.AdvertiseAbort(70000, "x"),
+            "AdvertiseAbort.code must be an integer 0..65535, got 70000",
+        ),
+        (lambda: wire.AdvertiseRetry(1, 5), "AdvertiseRetry.text must be text, got int"),  # type: ignore[arg-type]
+        (
+            lambda: wire.AdvertiseRetry(1, "\udc80"),
+            "AdvertiseRetry.text cannot be encoded as UTF-8",
+        ),
+        (
+            lambda: wire.AdvertiseAbort(1, "é" * 513),
+            "AdvertiseAbort.text is 1026 bytes of UTF-8, limit 1024",
+        ),
+        (
+            lambda: wire.AdvertiseResponse(bytes(31)),
+            "AdvertiseResponse.nonce must be 32 bytes, got 31",
+        ),
+        (
+            lambda: wire.AdvertiseResponse("x" * 32),
+            "AdvertiseResponse.nonce must be 32 bytes, got str",
+        ),  # type: ignore[arg-type]
+        (
+            lambda: wire.AdvertiseResponse(bytearray(32)),
+            "AdvertiseResponse.nonce must be 32 bytes, got 32",
+        ),  # type: ignore[arg-type]
+        (
+            lambda: wire.AdvertiseResponse.decode(SAMPLES[0].encode()),
+            "expected AdvertiseResponse, got Advertise",
+        ),
+    ]
+    for make, reason in cases:
+        with pytest.raises(ProtocolError) as caught:
+            make()
+        assert caught.value.reason == reason
+
+
+def test_a_failed_stream_decoder_repeats_its_first_error() -> None:
+    decoder = wire.FrameDecoder()
+    frame = SAMPLES[0].encode()
+    assert decoder.feed(frame[:3]) == [] and decoder.has_partial
+    assert decoder.buffered == 3 and not decoder.failed
+    with pytest.raises(UnsupportedVersion) as first:
+        decoder.feed(frame[3:] + b"P2\x07")  # the frame's rest, then a version 7 header
+    assert first.value.reason == "frame has protocol version 7, this implementation speaks 1"
+    assert decoder.failed and decoder.buffered == 0 and not decoder.has_partial
+    for later in (b"", SAMPLES[0].encode()):
+        with pytest.raises(UnsupportedVersion) as again:
+            decoder.feed(later)
+        assert again.value.reason == first.value.reason and again.value.code == first.value.code

@@ -454,7 +454,7 @@ class Report:
 
 
 def run_target(
-    target: Target, sample: int | None, seed: int, only: str | None, progress: bool
+    target: Target, sample: int | None, seed: int, only: list[str] | None, progress: bool
 ) -> Report | None:
     path = ROOT / (target.module.replace(".", "/") + ".py")
     if not path.exists():
@@ -473,7 +473,7 @@ def run_target(
     candidates = [m for m in every if m.key not in equivalents]
     report.equivalent = len(every) - len(candidates)
     if only is not None:
-        candidates = [m for m in every if m.key == only]
+        candidates = [m for m in every if m.key in only]
     elif sample is not None and sample < len(candidates):
         candidates = sorted(random.Random(seed).sample(candidates, sample), key=lambda m: m.index)
     base = run_one(target, None, tests, timeout=1800.0)
@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--show", metavar="KEY", help="print one mutant's diff")
-    parser.add_argument("--only", metavar="KEY", help="run one mutant")
+    parser.add_argument("--only", metavar="KEY", action="append", help="run this mutant (again)")
     args = parser.parse_args(argv)
     targets = list(TARGETS.values()) if args.module == "all" else [TARGETS[args.module]]
     if args.list or args.show:
