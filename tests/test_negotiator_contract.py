@@ -329,3 +329,68 @@ def test_values_are_frozen_hashable_and_slotted(value: object) -> None:
     for f in dataclasses.fields(value):  # type: ignore[arg-type]
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, f.name, getattr(value, f.name))
+
+
+# --- the seam for tools ------------------------------------------------------------------------
+
+
+class _Recorder:
+    """Stands in for the compiled table, as the explorer's coverage recorder does."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, str, str]] = []
+
+    def step(self, state: str, event: str, oracle: Callable[[str], bool]) -> object:
+        transition = core._COMPILED.step(state, event, oracle)
+        self.steps.append((state, event, transition.target))
+        return transition
+
+
+@given(st.lists(st.sampled_from([None, 1, 2]), min_size=1, max_size=5), st.booleans())
+def test_a_swapped_table_sees_every_step_and_changes_nothing(
+    proposals: list[int | None], accept: bool
+) -> None:
+    """With ``_TABLE`` swapped (spec: the explorer's coverage seam), the core steps through the
+    replacement and behaves exactly as with its own fast path."""
+    specs = [ProtocolSpec(1, "chat", should_accept=accept), ProtocolSpec(2, "sync", priority=3)]
+
+    def play() -> list[object]:
+        a, b = Negotiator(specs), Negotiator(specs)
+        log: list[object] = []
+        for proposal in proposals:
+            to_b, to_a = a.start_round(propose=proposal), b.start_round(propose=None)
+            log.append((to_b, to_a))
+            while to_a or to_b:
+                to_a, to_b = (
+                    b.receive_data(to_b) if to_b else b"",
+                    a.receive_data(to_a) if to_a else b"",
+                )
+                log.append((to_a, to_b))
+            log.append((a.snapshot(), b.snapshot()))
+        with pytest.raises(NegotiationError):
+            a.receive_data(bytes([ACCEPT]))  # refused in Sleep and in ProtocolNegotiated
+        log.append(a.snapshot())
+        return log
+
+    plain = play()
+    recorder = _Recorder()
+    saved = core._TABLE
+    core._TABLE = recorder  # type: ignore[assignment]
+    try:
+        recorded = play()
+    finally:
+        core._TABLE = saved
+    assert recorded == plain
+    events = {event for _, event, _ in recorder.steps}
+    assert {"start", "keepalive"} <= events
+    assert ("fail" in events) and all(t for _, _, t in recorder.steps)
+
+
+def test_the_guards_are_the_machines_and_no_other() -> None:
+    n = Negotiator([CHAT])
+    n._byte = 1  # a known id: the name is looked up, not short-cut
+    with pytest.raises(KeyError, match="NegotiatorMachine has no guard 'nope'"):
+        n._guard("nope")
+    n._byte = 200  # an unknown id: every guard about the received protocol is False
+    for name in ("simultaneous_runs", "our_protocol_wins", "should_accept", "is_known_protocol"):
+        assert n._guard(name) is False
