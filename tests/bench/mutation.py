@@ -107,7 +107,27 @@ TARGETS: dict[str, Target] = {
 # --------------------------------------------------------------------------------------------
 
 EQUIVALENT: dict[str, dict[str, str]] = {
-    "negotiator": {},
+    "negotiator": {
+        "Simultaneous: string: 'run' => 'XXrunXX' in `RUN = 'run'`": (
+            "enum values are never read or compared (members are compared by identity); "
+            "only the explorer prints them"
+        ),
+        "Simultaneous: string: 'fail' => 'XXfailXX' in `FAIL = 'fail'`": "as 'run'",
+        "_Ask: string: 'ask' => 'XXaskXX' in `ASK = 'ask'`": "a sentinel compared by identity; its value is unused",
+        "Negotiator.__init__: unary: -1 => 1 in `self._byte = -1`": (
+            "_byte is only read by guards about the received byte, and every receive step "
+            "sets it first; the start step's guard (we_initiate) does not look at it"
+        ),
+        "Negotiator.__init__: constant: 1 => 2 in `self._byte = -1`": "as the line above (_byte = -2)",
+        "Negotiator.__init__: delete: self._accepts = False => pass": (
+            "_accepts is read only by the should_accept guard, which runs only in the answer "
+            "step, right after _receive_byte set it (or for a byte that is no known id, where "
+            "the guard returns False before reading it)"
+        ),
+        (
+            "Negotiator.__init__: constant: False => True in `self._accepts = False`"
+        ): "as the line above (_accepts = True)",
+    },
     "mediator": {},
     "wire": {},
     "noise": {},
@@ -165,13 +185,16 @@ class _Point:
     position: int | None
     scope: str
     in_function: bool
+    statement: ast.stmt | None
 
 
 def _points(tree: ast.Module) -> Iterator[_Point]:
     """Every node in a deterministic order, with where it hangs, skipping what is never mutated
     (docstrings, annotations, ``__all__``/``__slots__``, asserts)."""
 
-    def visit(node: ast.AST, scope: str, in_function: bool) -> Iterator[_Point]:
+    def visit(
+        node: ast.AST, scope: str, in_function: bool, statement: ast.stmt | None
+    ) -> Iterator[_Point]:
         for name, value in ast.iter_fields(node):
             if name in ("annotation", "returns", "type_comment", "decorator_list_annotations"):
                 continue
@@ -190,19 +213,20 @@ def _points(tree: ast.Module) -> Iterator[_Point]:
                 if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                     child_scope = f"{scope}.{child.name}" if scope else child.name
                     child_in_function = not isinstance(child, ast.ClassDef)
-                yield _Point(child, node, name, position, scope, in_function)
-                yield from visit(child, child_scope, child_in_function)
+                inner = child if isinstance(child, ast.stmt) else statement
+                yield _Point(child, node, name, position, scope, in_function, statement)
+                yield from visit(child, child_scope, child_in_function, inner)
 
-    yield from visit(tree, "", False)
+    yield from visit(tree, "", False, None)
 
 
 def _is_docstring(parent: ast.AST, name: str, position: int | None, child: ast.AST) -> bool:
+    """A string statement: a docstring or an attribute docstring (a no-op anywhere)."""
+    del parent, name, position
     return (
-        name == "body"
-        and isinstance(child, ast.Expr)
+        isinstance(child, ast.Expr)
         and isinstance(child.value, ast.Constant)
         and isinstance(child.value.value, str)
-        and (position == 0 or isinstance(parent, ast.Module | ast.ClassDef))
     )
 
 
@@ -292,6 +316,8 @@ def mutants_of(source: str) -> list[Mutant]:
         for variant, (operator, replacement) in enumerate(_variants(point)):
             before, after = _label(point.node), _label(replacement)
             base = f"{point.scope or '<module>'}: {operator}: {before} => {after}"
+            if point.statement is not None and not isinstance(point.node, ast.stmt):
+                base += f" in `{_label(point.statement)}`"  # stable when lines move
             count = seen.get(base, 0)
             seen[base] = count + 1
             key = base if count == 0 else f"{base} #{count + 1}"
