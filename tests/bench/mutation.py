@@ -113,12 +113,16 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "only the explorer prints them"
         ),
         "Simultaneous: string: 'fail' => 'XXfailXX' in `FAIL = 'fail'`": "as 'run'",
-        "_Ask: string: 'ask' => 'XXaskXX' in `ASK = 'ask'`": "a sentinel compared by identity; its value is unused",
+        "_Ask: string: 'ask' => 'XXaskXX' in `ASK = 'ask'`": (
+            "a sentinel compared by identity; its value is unused"
+        ),
         "Negotiator.__init__: unary: -1 => 1 in `self._byte = -1`": (
             "_byte is only read by guards about the received byte, and every receive step "
             "sets it first; the start step's guard (we_initiate) does not look at it"
         ),
-        "Negotiator.__init__: constant: 1 => 2 in `self._byte = -1`": "as the line above (_byte = -2)",
+        "Negotiator.__init__: constant: 1 => 2 in `self._byte = -1`": (
+            "as the line above (_byte = -2)"
+        ),
         "Negotiator.__init__: delete: self._accepts = False => pass": (
             "_accepts is read only by the should_accept guard, which runs only in the answer "
             "step, right after _receive_byte set it (or for a byte that is no known id, where "
