@@ -23,7 +23,7 @@ from mediator_helpers import Driver, SymbolicCrypto, abort_code, closed, message
 from test_mediator_properties import CONFIG, World, op
 
 from p2psc import wire
-from p2psc.core.io import Action, Event, Opened
+from p2psc.core.io import Action, Event, Opened, SetTimer
 from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorNote
 
 R = wire.Reason
@@ -292,3 +292,59 @@ def test_values_are_frozen_hashable_and_slotted(value: object) -> None:
     for f in dataclasses.fields(value):  # type: ignore[arg-type]
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, f.name, getattr(value, f.name))
+
+
+# --- deadlines -----------------------------------------------------------------------------------
+
+TIMEOUT_TEXT = {
+    "awaiting_advertise": "no complete Advertise before the deadline",
+    "challenged": "no complete AdvertiseResponse before the deadline",
+    "waiting": "the wanted peer did not register before the deadline",
+    "disconnecting": "the Peer did not close after PeerDisconnect before the deadline",
+    "confirming": "the Peer did not confirm PeerDisconnect before the deadline",
+}
+
+
+@pytest.mark.parametrize("state", list(TIMEOUT_TEXT))
+def test_each_deadline_aborts_with_its_text_and_not_a_moment_earlier(state: str) -> None:
+    config = MediatorConfig(
+        advertise_timeout=2, response_timeout=3, wait_timeout=4, confirm_timeout=5
+    )
+    d = Driver(config, symbolic=True)
+    conn, partner = 1, None
+    if state == "awaiting_advertise":
+        d.open(1, ("192.0.2.1", 1))
+        delay = 2
+    elif state == "challenged":
+        d.advertise(1, sym_key(1), sym_key(2))
+        delay = 3
+    elif state == "waiting":
+        d.register_symbolic(1, sym_key(1), sym_key(2))
+        delay = 4
+    else:
+        d.register_symbolic(1, sym_key(1), sym_key(2))
+        d.register_symbolic(2, sym_key(2), sym_key(1))
+        conn, partner = (2, 1) if state == "disconnecting" else (1, 2)
+        delay = 5
+    assert d.core.state_of(conn) == state
+    d.advance(delay - 0.001)
+    early = d.fire(conn)  # an early timer is re-armed for the same deadline, nothing else
+    assert early == [SetTimer(conn, d.now + 0.001)] and d.core.state_of(conn) == state
+    d.advance(0.001)
+    actions = d.fire(conn)
+    text = TIMEOUT_TEXT[state]
+    assert messages(actions, conn) == [wire.AdvertiseAbort(R.TIMEOUT, text)]
+    assert conn in closed(actions) and d.core.state_of(conn) is None
+    if partner is not None:
+        assert messages(actions, partner) == [
+            wire.AdvertiseAbort(R.TIMEOUT, f"partner timeout: {text}")
+        ]
+        assert partner in closed(actions)
+    assert d.core.sessions == 0
+
+
+def test_without_wait_timeout_a_registration_waits_forever() -> None:
+    d = Driver(MediatorConfig(wait_timeout=None), symbolic=True)
+    d.register_symbolic(1, sym_key(1), sym_key(2))
+    d.advance(10**9)
+    assert d.fire(1) == [SetTimer(1, None)] and d.core.state_of(1) == "waiting"
