@@ -17,13 +17,13 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mediator_helpers import Driver, SymbolicCrypto, abort_code, closed, messages, sym_key
 from test_mediator_properties import CONFIG, World, op
 
 from p2psc import wire
-from p2psc.core.io import Action, Event, Opened, SetTimer
+from p2psc.core.io import Action, Event, Opened, Received, SetTimer
 from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorNote
 
 R = wire.Reason
@@ -348,3 +348,36 @@ def test_without_wait_timeout_a_registration_waits_forever() -> None:
     d.register_symbolic(1, sym_key(1), sym_key(2))
     d.advance(10**9)
     assert d.fire(1) == [SetTimer(1, None)] and d.core.state_of(1) == "waiting"
+
+
+# --- one byte stream, however it is cut --------------------------------------------------------
+
+_ADVERTISE = wire.Advertise(1, sym_key(1), sym_key(2)).encode()
+_RESPONSE = wire.AdvertiseResponse(b"\x07" * 32).encode()
+_PARTS = [_ADVERTISE, _RESPONSE, _ADVERTISE[:7], b"P", b"P2\x01", b"\x00", b"junk"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    parts=st.lists(st.sampled_from(_PARTS), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(0, 300), max_size=4),
+)
+@example(parts=[b"P", _ADVERTISE], cuts=[1])  # a stray byte, then a chunk that is a frame
+@example(parts=[_ADVERTISE[:7], _RESPONSE], cuts=[7])
+def test_any_cut_of_a_stream_gives_what_the_whole_stream_gives(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    """The mediator reads one byte stream per connection: a chunk that happens to be a whole
+    frame after a partial one is not a frame of its own."""
+    stream = b"".join(parts)
+
+    def run(chunks: list[bytes]) -> list[Action]:
+        core = MediatorCore(nonce_source=_constant, crypto=SymbolicCrypto())
+        actions = core.handle(Opened(1, ("192.0.2.1", 1)), 0.0)
+        for chunk in chunks:
+            actions += core.handle(Received(1, chunk), 0.0)
+        return actions
+
+    bounds = sorted({c for c in cuts if 0 < c < len(stream)})
+    chunks = [stream[a:b] for a, b in zip([0, *bounds], [*bounds, len(stream)], strict=True)]
+    assert run(chunks) == run([stream])
