@@ -381,3 +381,18 @@ def test_any_cut_of_a_stream_gives_what_the_whole_stream_gives(
     bounds = sorted({c for c in cuts if 0 < c < len(stream)})
     chunks = [stream[a:b] for a, b in zip([0, *bounds], [*bounds, len(stream)], strict=True)]
     assert run(chunks) == run([stream])
+
+
+@pytest.mark.parametrize(
+    "extra", [b"P", _ADVERTISE, _RESPONSE + b"P2"], ids=["byte", "frame", "more"]
+)
+def test_bytes_after_the_verified_response_are_refused_at_once(extra: bytes) -> None:
+    """Nothing may follow the AdvertiseResponse on a registration's connection (spec: the
+    connection is only listened to for its close from then on)."""
+    core = MediatorCore(nonce_source=_constant, crypto=SymbolicCrypto())
+    core.handle(Opened(1, ("192.0.2.1", 1)), 0.0)
+    actions = core.handle(Received(1, _ADVERTISE + _RESPONSE + extra), 0.0)
+    (challenge, abort) = messages(actions, 1)
+    assert isinstance(challenge, wire.AdvertiseChallenge)
+    assert abort == wire.AdvertiseAbort(R.MALFORMED, "unexpected bytes in state waiting")
+    assert closed(actions) == [1] and core.sessions == 0 and core.waiting == 0
