@@ -396,3 +396,67 @@ def test_bytes_after_the_verified_response_are_refused_at_once(extra: bytes) -> 
     assert isinstance(challenge, wire.AdvertiseChallenge)
     assert abort == wire.AdvertiseAbort(R.MALFORMED, "unexpected bytes in state waiting")
     assert closed(actions) == [1] and core.sessions == 0 and core.waiting == 0
+
+
+# --- the seams for tools and subclasses -------------------------------------------------------
+
+
+class _CountingFramer(MediatorCore):
+    """A subclass that frames for itself (as the module says a subclass may)."""
+
+    cut: list[int] = []
+
+    @staticmethod
+    def _next_frame(session: object) -> bytes | None:
+        frame = MediatorCore._next_frame(session)  # type: ignore[arg-type]
+        _CountingFramer.cut.append(0 if frame is None else len(frame))
+        return frame
+
+
+def test_a_subclass_that_frames_for_itself_sees_every_frame() -> None:
+    _CountingFramer.cut = []
+    core = _CountingFramer(nonce_source=_constant, crypto=SymbolicCrypto())
+    core.handle(Opened(1, ("192.0.2.1", 1)), 0.0)
+    actions = core.handle(Received(1, _ADVERTISE), 0.0)  # one whole frame: no shortcut
+    assert isinstance(messages(actions, 1)[0], wire.AdvertiseChallenge)
+    assert _CountingFramer.cut == [len(_ADVERTISE)]
+
+
+def test_a_swapped_table_sees_every_step_and_changes_nothing() -> None:
+    """``TABLE`` swapped for a recorder (the explorer's coverage seam): the same actions, and
+    every step goes through the recorder."""
+    from p2psc.core import mediator as module
+
+    seen: list[tuple[str, str]] = []
+
+    class Recorder:
+        name = module._COMPILED.name
+
+        def step(self, state: str, event: str, oracle: object = None) -> object:
+            seen.append((state, event))
+            return module._COMPILED.step(state, event, oracle)  # type: ignore[arg-type]
+
+    def play() -> list[Action]:
+        d = Driver(symbolic=True)
+        d.register_symbolic(1, sym_key(1), sym_key(2), remote=("192.0.2.1", 1))
+        d.register_symbolic(2, sym_key(2), sym_key(1), remote=("192.0.2.2", 2))
+        d.close(2)
+        d.open(3, ("192.0.2.3", 3))
+        d.send(3, b"junk")
+        return d.log
+
+    plain = play()
+    saved = module.TABLE
+    module.TABLE = Recorder()  # type: ignore[assignment]
+    try:
+        recorded = play()
+    finally:
+        module.TABLE = saved
+    assert recorded == plain
+    assert {e for _, e in seen} >= {
+        "advertise",
+        "response",
+        "eof",
+        "partner_confirmed",
+        "bad_input",
+    }
