@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,10 @@ from mediator_helpers import Driver, SymbolicCrypto, abort_code, closed, message
 from test_mediator_properties import CONFIG, World, op
 
 from p2psc import wire
-from p2psc.core.io import Action, Event, Opened, Received, SetTimer
+from p2psc.core.io import Action, Close, Event, Opened, Received, SetTimer
 from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorNote
+from p2psc.core.registry import InMemoryRegistry
+from p2psc.errors import InvalidTransition
 
 R = wire.Reason
 SPEC = (Path(__file__).resolve().parents[1] / "spec" / "mediator.md").read_text(encoding="utf-8")
@@ -460,3 +463,53 @@ def test_a_swapped_table_sees_every_step_and_changes_nothing() -> None:
         "partner_confirmed",
         "bad_input",
     }
+
+
+class _RacingRegistry(InMemoryRegistry):
+    """A shared registry where another mediator claims the partner first: lookup still sees
+    it, claim finds nothing."""
+
+    def claim(self, our_key: bytes, their_key: bytes) -> int | None:
+        super().claim(our_key, their_key)
+        return None
+
+
+def test_a_partner_claimed_elsewhere_is_a_soft_retry() -> None:
+    core = MediatorCore(nonce_source=_constant, crypto=SymbolicCrypto(), registry=_RacingRegistry())
+    for conn, (our, their) in ((1, (1, 2)), (2, (2, 1))):
+        core.handle(Opened(conn, (f"192.0.2.{conn}", conn)), 0.0)
+        core.handle(Received(conn, wire.Advertise(1, sym_key(our), sym_key(their)).encode()), 0.0)
+        actions = core.handle(Received(conn, _RESPONSE), 0.0)
+    assert messages(actions, 2) == [
+        wire.AdvertiseRetry(R.BUSY, "partner vanished while pairing, retry")
+    ]
+    assert [a for a in actions if isinstance(a, Close)] == [Close(2, "pairing race")]
+    assert core.state_of(2) is None
+
+
+def test_a_guard_the_core_does_not_know_is_refused() -> None:
+    """A machine that asks a guard the core cannot answer is an error, not a silent False."""
+    from p2psc.core import mediator as module
+
+    class Asking:
+        name = module._COMPILED.name
+
+        def step(
+            self, state: str, event: str, oracle: Callable[[str], bool] | None = None
+        ) -> object:
+            if oracle is not None:
+                oracle("guard_nobody_knows")
+            return module._COMPILED.step(state, event, oracle)
+
+    for script in ([_ADVERTISE], [_ADVERTISE, _RESPONSE]):
+        core = MediatorCore(nonce_source=_constant, crypto=SymbolicCrypto())
+        core.handle(Opened(1, ("192.0.2.1", 1)), 0.0)
+        for data in script[:-1]:
+            core.handle(Received(1, data), 0.0)
+        saved = module.TABLE
+        module.TABLE = Asking()  # type: ignore[assignment]
+        try:
+            with pytest.raises(InvalidTransition, match="guard guard_nobody_knows"):
+                core.handle(Received(1, script[-1]), 0.0)
+        finally:
+            module.TABLE = saved
