@@ -133,7 +133,37 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         ): "as the line above (_accepts = True)",
     },
     "mediator": {},
-    "wire": {},
+    "wire": {
+        # construct_decode checks the header with the fast path's _check_header first, and a
+        # frame shorter than a header fails construct's parse before these lines: they are
+        # unreachable (defence in depth should the header check move).
+        "construct_decode: delete: raise UnsupportedVersion(f'frame has protocol version "
+        "{parsed.version}') => pass": "unreachable: _check_header refused the version first",
+        "construct_decode: string: f'frame has protocol version {parsed.version}' => f'XXframe "
+        "has protocol version {parsed.version}' in `raise UnsupportedVersion(f'frame has protocol "
+        "version {parsed.version}')`": "unreachable, as the line above",
+        "construct_decode: delete: raise ProtocolError(f'unknown message type {parsed.type}') "
+        "=> pass": "unreachable: _check_header refused the type first",
+        "construct_decode: string: f'unknown message type {parsed.type}' => f'XXunknown message "
+        "type {parsed.type}' in `raise ProtocolError(f'unknown message type {parsed.type}')`": (
+            "unreachable, as the line above"
+        ),
+        # encode(): no message of version 1 has a payload near MAX_PAYLOAD (the largest is
+        # 1028 bytes); the check guards later extensions.
+        "encode: compare: len(payload) > MAX_PAYLOAD => len(payload) >= MAX_PAYLOAD in `if "
+        "len(payload) > MAX_PAYLOAD:`": "no version 1 payload is 4096 bytes long",
+        "encode: delete: raise ProtocolError(f'payload of {len(payload)} bytes exceeds "
+        "{MAX_PAYLOAD}') => pass": "no version 1 payload exceeds 4096 bytes",
+        "encode: string: f'payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}' => f'XXpayload "
+        "of {len(payload)} bytes exceeds {MAX_PAYLOAD}' in `raise ProtocolError(f'payload of "
+        "{len(payload)} bytes exceeds {MAX_PAYLOAD}')`": "as the line above",
+        # _trusted_address is called with a port its callers already refused when 0
+        # (from_tuple's fast path tests 0 < port, _take_address tests port == 0 first).
+        "_trusted_address: delete: raise ProtocolError('address port 0 is not allowed') => "
+        "pass": "unreachable: every caller refuses port 0 before",
+        "_trusted_address: string: 'address port 0 is not allowed' => 'XXaddress port 0 is not "
+        "allowedXX' in `raise ProtocolError('address port 0 is not allowed')`": "as above",
+    },
     "noise": {},
     "channel": {},
 }
