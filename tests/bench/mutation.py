@@ -123,6 +123,11 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "Negotiator.__init__: constant: 1 => 2 in `self._byte = -1`": (
             "as the line above (_byte = -2)"
         ),
+        "Negotiator._guard: compare: ours.rank() < spec.rank() => ours.rank() <= spec.rank() "
+        "in `return ours is not None and ours.rank() < spec.rank()`": (
+            "a rank is (-priority, id): two ranks are equal only for the same id, and the "
+            "machine asks our_protocol_wins only when not same_protocol"
+        ),
         "Negotiator.__init__: delete: self._accepts = False => pass": (
             "_accepts is read only by the should_accept guard, which runs only in the answer "
             "step, right after _receive_byte set it (or for a byte that is no known id, where "
