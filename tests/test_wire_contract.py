@@ -525,3 +525,18 @@ def test_a_failed_stream_decoder_repeats_its_first_error() -> None:
         with pytest.raises(UnsupportedVersion) as again:
             decoder.feed(later)
         assert again.value.reason == first.value.reason and again.value.code == first.value.code
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_the_declared_header_and_frame_name_every_field(msg: Message) -> None:
+    """HEADER and FRAME (the construct declarations spec/protocol.md section 2 describes)
+    parse and build the header fields by the spec's names."""
+    frame = msg.encode()
+    header = wire.HEADER.parse(frame[: wire.HEADER_SIZE])
+    fields = (header.magic, header.version, header.type, header.length)
+    assert fields == (b"P2", 1, msg.TYPE, len(frame) - wire.HEADER_SIZE)
+    built = wire.HEADER.build({"version": 1, "type": msg.TYPE, "length": header.length})
+    assert built == frame[: wire.HEADER_SIZE]
+    for parser in (wire.FRAME, wire.FRAME_COMPILED):
+        parsed = parser.parse(frame)
+        assert (parsed.magic, parsed.version, parsed.type) == (b"P2", 1, msg.TYPE)
