@@ -197,21 +197,26 @@ JUNK_ADDRESSES: list[object] = [
 def test_every_address_field_refuses_what_is_not_an_address(msg: Message) -> None:
     for name, optional in _address_fields(type(msg)).items():
         for junk in JUNK_ADDRESSES:
+            got = type(junk).__name__
             with pytest.raises(
-                ProtocolError, match=f"{type(msg).__name__}.{name} must be an Address"
+                ProtocolError,
+                match=rf"^{type(msg).__name__}\.{name} must be an Address, got {got}$",
             ):
                 dataclasses.replace(msg, **{name: junk})
         if optional:
             assert getattr(dataclasses.replace(msg, **{name: None}), name) is None
         else:
-            with pytest.raises(ProtocolError, match=f"{name} must be an Address, got NoneType"):
+            with pytest.raises(
+                ProtocolError,
+                match=rf"^{type(msg).__name__}\.{name} must be an Address, got NoneType$",
+            ):
                 dataclasses.replace(msg, **{name: None})
 
 
 def test_advertise_local_is_checked() -> None:
     """The case issue 18 found: Advertise(local="junk") was accepted when the check was gone."""
     (advertise,) = [m for m in SAMPLES if isinstance(m, wire.Advertise)][:1]
-    with pytest.raises(ProtocolError, match=r"Advertise\.local must be an Address, got str"):
+    with pytest.raises(ProtocolError, match=r"^Advertise\.local must be an Address, got str$"):
         wire.Advertise(advertise.version, advertise.our_key, advertise.their_key, "junk")  # type: ignore[arg-type]
 
 
@@ -379,6 +384,8 @@ HEADER_REASONS = [
     (b"P2\x01", "truncated frame: 3 bytes, the header alone is 6"),
     (_frame(2, bytes(5), 32), "truncated frame: payload has 5 of 32"),
     (_frame(2, bytes(32)) + b"\x00\x00", "2 trailing bytes after the frame"),
+    # A length of 256 or more: the high byte counts 256 (not 512) bytes.
+    (wire.AdvertiseAbort(1, "x" * 300).encode() + bytes(256), "256 trailing bytes after the frame"),
 ]
 
 

@@ -197,6 +197,16 @@ EQUIVALENT: dict[str, dict[str, str]] = {
 }
 
 EQUIVALENT_RULES: dict[str, list[tuple[str, str]]] = {
+    "wire": [
+        (
+            r"^Peer(Disconnect|Identification)\.__post_init__: (compare: 0 <= self\.version <= 255"
+            r" => |constant: 0 => 1 in `if |boolop: local is None or type\(local\) is Address => "
+            r"local is None and)",
+            "the quick type check only decides whether the full checks may be skipped; a "
+            "stricter quick check sends valid values on to the full checks, which accept them "
+            "(a laxer one is killed: junk skips the full checks)",
+        ),
+    ],
     "mediator": [
         (
             r"^MediatorCore\.\w+: delete: _step\(",
