@@ -547,3 +547,29 @@ def test_the_declared_header_and_frame_name_every_field(msg: Message) -> None:
     for parser in (wire.FRAME, wire.FRAME_COMPILED):
         parsed = parser.parse(frame)
         assert (parsed.magic, parsed.version, parsed.type) == (b"P2", 1, msg.TYPE)
+
+
+def _port_zero_frames() -> list[Any]:
+    """Every present address of every vector with its port set to 0 (declared layout)."""
+    out = []
+    for vector in VECTORS["frames"]:
+        frame = bytes.fromhex(vector["hex"])
+        for name in _address_fields(type(decode(frame))):
+            parsed = wire.FRAME.parse(frame)
+            if parsed.payload[name].family == wire.FAMILY_NONE:
+                continue
+            parsed.payload[name].port = 0
+            label = f"{vector['name']}.{name}"
+            out.append(pytest.param(name, wire.FRAME.build(parsed), id=label))
+    return out
+
+
+@pytest.mark.parametrize(("name", "frame"), _port_zero_frames())
+def test_both_decoders_refuse_port_zero_with_the_same_reason(name: str, frame: bytes) -> None:
+    with pytest.raises(ProtocolError) as fast:
+        decode(frame)
+    assert fast.value.reason == f"{name} address has port 0"
+    for compiled in (True, False):
+        with pytest.raises(ProtocolError) as ref:
+            construct_decode(frame, compiled=compiled)
+        assert ref.value.reason == fast.value.reason

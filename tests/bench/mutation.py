@@ -185,6 +185,8 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "encode: string: f'payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}' => f'XXpayload "
         "of {len(payload)} bytes exceeds {MAX_PAYLOAD}' in `raise ProtocolError(f'payload of "
         "{len(payload)} bytes exceeds {MAX_PAYLOAD}')`": "as the line above",
+        "decode: compare: n < HEADER_SIZE + length => n <= HEADER_SIZE + length in `if n < "
+        "HEADER_SIZE + length:`": "this branch runs only when n != HEADER_SIZE + length",
         # _trusted_address is called with a port its callers already refused when 0
         # (from_tuple's fast path tests 0 < port, _take_address tests port == 0 first).
         "_trusted_address: delete: raise ProtocolError('address port 0 is not allowed') => "
