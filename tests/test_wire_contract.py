@@ -573,3 +573,27 @@ def test_both_decoders_refuse_port_zero_with_the_same_reason(name: str, frame: b
         with pytest.raises(ProtocolError) as ref:
             construct_decode(frame, compiled=compiled)
         assert ref.value.reason == fast.value.reason
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_both_decoders_give_the_same_reason_for_a_cut_frame(msg: Message) -> None:
+    frame = msg.encode()
+    for cut in range(wire.HEADER_SIZE, len(frame)):
+        with pytest.raises(ProtocolError) as fast:
+            decode(frame[:cut])
+        expected = f"truncated frame: payload has {cut - wire.HEADER_SIZE} of {len(msg.payload())}"
+        assert fast.value.reason == expected
+        for compiled in (True, False):
+            with pytest.raises(ProtocolError) as ref:
+                construct_decode(frame[:cut], compiled=compiled)
+            assert ref.value.reason == expected
+
+
+@pytest.mark.parametrize("cls", [wire.AdvertiseAbort, wire.AdvertiseRetry])
+def test_the_longest_reason_text_passes_both_paths(cls: type[wire.AdvertiseAbort]) -> None:
+    for text in ("x" * wire.MAX_REASON_TEXT, "é" * (wire.MAX_REASON_TEXT // 2)):
+        msg = cls(5, text)
+        frame = msg.encode()
+        assert decode(frame) == msg == wire.construct_decode(frame)
+        assert wire.construct_decode(frame, compiled=False) == msg
+        assert wire.construct_encode(msg) == frame
