@@ -592,7 +592,7 @@ def run_target(
     candidates = [m for m in every if not is_equivalent(target.name, m.key)]
     report.equivalent = len(every) - len(candidates)
     if only is not None:
-        candidates = [m for m in every if m.key in only]
+        candidates = [m for m in candidates if m.key in only]
     elif sample is not None and sample < len(candidates):
         candidates = sorted(random.Random(seed).sample(candidates, sample), key=lambda m: m.index)
     base = run_one(target, None, tests, timeout=1800.0)
