@@ -519,9 +519,12 @@ def test_a_guard_the_core_does_not_know_is_refused() -> None:
         saved = module.TABLE
         module.TABLE = Asking()  # type: ignore[assignment]
         try:
-            with pytest.raises(InvalidTransition, match="guard guard_nobody_knows") as caught:
+            with pytest.raises(InvalidTransition) as caught:
                 core.handle(Received(1, script[-1]), 0.0)
-            assert caught.value.machine == "MediatorSession"
+            assert (caught.value.machine, caught.value.event) == (
+                "MediatorSession",
+                "guard guard_nobody_knows",
+            )
         finally:
             module.TABLE = saved
 
@@ -570,3 +573,34 @@ def test_a_peer_whose_address_cannot_be_carried_is_refused_and_the_client_keeps_
     assert d.core.state_of(1) == "waiting" and d.core.waiting == 1
     actions = d.register_symbolic(3, sym_key(2), sym_key(1), remote=("192.0.2.3", 3))
     assert isinstance(messages(actions, 3)[-1], wire.PeerDisconnect)  # the Client still pairs
+
+
+def test_the_notes_of_a_whole_pairing_in_order() -> None:
+    """Each step of a pairing is one note, in order, and only failures carry a reason."""
+    d = Driver(symbolic=True)
+    d.register_symbolic(1, sym_key(1), sym_key(2), remote=("192.0.2.1", 1))
+    d.register_symbolic(2, sym_key(2), sym_key(1), remote=("192.0.2.2", 2))
+    d.close(2)
+    assert [(n.kind, n.conn, n.reason) for n in d.notes] == [
+        ("challenged", 1, ""),
+        ("registered", 1, ""),
+        ("challenged", 2, ""),
+        ("paired", 2, ""),
+        ("closed", 2, "eof: PeerDisconnect confirmed"),
+        ("introduced", 1, ""),
+        ("closed", 1, "partner_confirmed: PeerIdentification sent"),
+    ]
+
+
+def test_bytes_while_waiting_and_connections_after_shutdown_are_refused_with_reasons() -> None:
+    d = Driver(symbolic=True)
+    d.register_symbolic(1, sym_key(1), sym_key(2))
+    actions = d.send(1, b"x")
+    assert messages(actions, 1) == [
+        wire.AdvertiseAbort(R.MALFORMED, "unexpected bytes in state waiting")
+    ]
+    assert d.core.waiting == 0 and d.core.state_of(1) is None
+    d.core.shutdown(d.now)
+    refused = d.open(2, ("192.0.2.2", 2))
+    assert messages(refused, 2) == [wire.AdvertiseRetry(R.SHUTTING_DOWN, "mediator shutting down")]
+    assert Close(2, "busy: mediator shutting down") in refused

@@ -267,7 +267,7 @@ def test_keepalive_interval_default_zero_and_negative() -> None:
     assert Negotiator.from_snapshot(FRESH, [CHAT]).keepalive_interval == 10.0
     assert Negotiator([CHAT], keepalive_interval=0).keepalive_interval == 0
     for bad in (-0.001, -1, -10.0):
-        with pytest.raises(ValueError, match="^keepalive_interval must be >= 0$"):
+        with pytest.raises(ValueError, match=r"^keepalive_interval must be >= 0$"):
             Negotiator([CHAT], keepalive_interval=bad)
 
 

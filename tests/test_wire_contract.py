@@ -134,7 +134,7 @@ def test_unknown_types_are_those_after_the_last() -> None:
         frame = b"P2\x01" + bytes([mtype]) + b"\x00\x00"
         if mtype in defined:
             continue
-        with pytest.raises(ProtocolError, match=f"unknown message type {mtype}$"):
+        with pytest.raises(ProtocolError, match=f"^unknown message type {mtype}$"):
             decode(frame)
 
 

@@ -150,6 +150,9 @@ EQUIVALENT: dict[str, dict[str, str]] = {
             "the lone-frame shortcut then holds only for a 6-byte frame of length 0, which is "
             "exactly the frame _next_frame would cut; otherwise the general path runs"
         ),
+        "MediatorCore._on_advertise: bytes: b'' => b'X' in `sealed = b''`": (
+            "the challenge is built only after key_usable answered True, which set sealed"
+        ),
         # _next_frame: after the length check the slow path is unreachable, because a header
         # whose magic, version and length are valid is always taken by the fast path above.
         "MediatorCore._next_frame: delete: end = wire.HEADER_SIZE + length => pass": "unreachable",
@@ -210,6 +213,17 @@ EQUIVALENT_RULES: dict[str, list[tuple[str, str]]] = {
         ),
     ],
     "mediator": [
+        (
+            r"^<module>: string: '(pending|waiting)' => .* in `_COUNTED = ",
+            "_COUNTED's values only tell _move whether two states share a counter; with a "
+            "label changed, a move between the two pending states takes -1 then +1 on the same "
+            "counter instead of nothing",
+        ),
+        (
+            r"^<module>: binop: _HEADER_SIZE \+ _MAX_PAYLOAD => ",
+            "_MAX_FRAME only bounds the lone-frame shortcut of _on_received; a smaller bound "
+            "sends every frame through _next_frame, which cuts the same frame",
+        ),
         (
             r"^MediatorCore\.\w+: delete: _step\(",
             "a bare _step(...) whose result is discarded only asserts that the machine has the "
