@@ -190,6 +190,17 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         "{len(payload)} bytes exceeds {MAX_PAYLOAD}')`": "as the line above",
         "decode: compare: n < HEADER_SIZE + length => n <= HEADER_SIZE + length in `if n < "
         "HEADER_SIZE + length:`": "this branch runs only when n != HEADER_SIZE + length",
+        "_reason_fields: compare: len(p) < 4 + size => len(p) <= 4 + size in `kind = "
+        "'truncated' if len(p) < 4 + size else 'trailing bytes in'`": (
+            "this line runs only when len(p) != 4 + size"
+        ),
+        "_fixed: compare: len(p) < want => len(p) <= want in `kind = 'truncated' if len(p) < "
+        "want else 'trailing bytes in'`": "this line runs only when len(p) != want",
+        "_normalise_host: return: return (_ntop(_AF_INET, ip.packed), FAMILY_IPV4, ip.packed) "
+        "=> return None": (
+            "unreachable: IPv4 text that ipaddress accepts is exactly the dotted quad that "
+            "inet_pton accepts and inet_ntop prints back, which the fast path returned"
+        ),
         # _trusted_address is called with a port its callers already refused when 0
         # (from_tuple's fast path tests 0 < port, _take_address tests port == 0 first).
         "_trusted_address: delete: raise ProtocolError('address port 0 is not allowed') => "
