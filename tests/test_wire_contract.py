@@ -597,3 +597,27 @@ def test_the_longest_reason_text_passes_both_paths(cls: type[wire.AdvertiseAbort
         assert decode(frame) == msg == wire.construct_decode(frame)
         assert wire.construct_decode(frame, compiled=False) == msg
         assert wire.construct_encode(msg) == frame
+
+
+def test_a_payload_of_exactly_max_payload_passes_the_header_check() -> None:
+    """spec/protocol.md section 2: the length is 0..4096; 4096 itself is not refused early."""
+    header = b"P2\x01\x00" + wire.MAX_PAYLOAD.to_bytes(2, "big")
+    decoder = wire.FrameDecoder()
+    assert decoder.feed(header) == [] and decoder.has_partial and not decoder.failed
+    with pytest.raises(ProtocolError) as caught:
+        decode(header + bytes(wire.MAX_PAYLOAD))
+    assert caught.value.reason.startswith("Advertise: ")  # judged as an Advertise, not by length
+
+
+def test_the_construct_path_is_strict_in_both_modes() -> None:
+    """A field shorter than its declared size inside a frame whose length is right: the
+    compiled parser reads it short and the rebuild catches it; the interpreted one refuses it
+    itself."""
+    frame = _frame(3, b"\x00\x01\x00\x05abc")  # AdvertiseAbort: text of 5 declared, 3 sent
+    with pytest.raises(ProtocolError) as compiled:
+        construct_decode(frame, compiled=True)
+    assert compiled.value.reason == "malformed frame: a field is shorter than its declared size"
+    with pytest.raises(ProtocolError) as interpreted:
+        construct_decode(frame, compiled=False)
+    assert interpreted.value.reason.startswith("malformed frame: ")
+    assert interpreted.value.reason != compiled.value.reason
