@@ -6,7 +6,7 @@ Run (one module at a time on a shared machine; it is CPU heavy and slow, a bench
     .venv/bin/python tests/bench/mutation.py --module all --sample 100 --seed 1
     .venv/bin/python tests/bench/mutation.py --module wire --list          # mutants, no run
     .venv/bin/python tests/bench/mutation.py --module wire --show "KEY"    # one mutant's diff
-    .venv/bin/python tests/bench/mutation.py --module wire --only "KEY"    # run one mutant
+    .venv/bin/python tests/bench/mutation.py --module wire --only "KEY"    # run it (repeatable)
 
 It prints, per module: mutants generated, documented equivalents (not run), the sample run,
 killed / survived / timed out, and the score ``killed / run`` (equivalents excluded), then the
@@ -24,17 +24,23 @@ Why a small AST mutator of our own rather than mutmut or cosmic-ray (both instal
   import hook in a forked child (the parent pre-imports pytest, hypothesis, construct,
   cryptography and python-statemachine once, so a mutant costs one pytest collection and run,
   not an interpreter start), so the tree is never written. Sampling is seeded. Each mutant has a
-  stable key (enclosing function, operator, original and mutated code; not a line number), so
-  the list of equivalents survives edits elsewhere in the file.
+  stable key (enclosing function, operator, original and mutated code, the enclosing statement;
+  not a line number), so the list of equivalents survives edits elsewhere in the file.
+
+Equivalent mutants are documented below, each with the reason no test can tell it from the
+original: ``EQUIVALENT`` by key, ``EQUIVALENT_RULES`` by pattern for a family of identical
+cases. They are not run and not counted. A documented key that is no longer generated is
+reported (the code moved on: check the entry).
 
 Operators: comparison swaps (``==``/``!=``, ``<``/``<=``, ``>``/``>=``, ``is``/``is not``,
 ``in``/``not in``), ``and``/``or``, removing ``not`` or unary minus, arithmetic and bitwise
-operator swaps, ``+=``/``-=``, numbers +1, ``True``/``False``, strings and bytes altered (not
-docstrings), negating an ``if``/``while``/conditional-expression test, ``break``/``continue``,
-``return x`` -> ``return None``, and deleting one statement inside a function (a call, an
-assignment or a ``raise``). Not mutated: docstrings, annotations (never evaluated: the modules
-use ``from __future__ import annotations``), ``__all__``/``__slots__``, ``assert`` statements
-(internal invariants, not behaviour) and module-level statement deletion (an import error).
+operator swaps, ``+=``/``-=``, numbers +1, ``True``/``False``, strings and bytes altered (an
+f-string as a whole), negating an ``if``/``while``/conditional-expression test,
+``break``/``continue``, ``return x`` -> ``return None``, and deleting one statement inside a
+function (a call, an assignment or a ``raise``). Not mutated: docstrings and other string
+statements, annotations (never evaluated: the modules use ``from __future__ import
+annotations``), ``__all__``/``__slots__``, ``assert`` statements (internal invariants, not
+behaviour) and module-level statement deletion (an import error).
 
 Determinism: hypothesis runs with a profile ``derandomize=True, database=None, deadline=None``
 so a mutant is killed or not independently of earlier runs and of the machine's load. A mutant
