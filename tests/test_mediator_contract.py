@@ -604,3 +604,25 @@ def test_bytes_while_waiting_and_connections_after_shutdown_are_refused_with_rea
     refused = d.open(2, ("192.0.2.2", 2))
     assert messages(refused, 2) == [wire.AdvertiseRetry(R.SHUTTING_DOWN, "mediator shutting down")]
     assert Close(2, "busy: mediator shutting down") in refused
+
+
+def test_a_four_item_socket_address_is_kept_as_host_and_port() -> None:
+    """Adapters may report IPv6 peers as (host, port, flowinfo, scope_id): the core keeps
+    (host, port), in its snapshot, its notes and the addresses it sends."""
+    d = Driver(symbolic=True)
+    d.register_symbolic(1, sym_key(1), sym_key(2), remote=("2001:db8::1", 1, 0, 0))  # type: ignore[arg-type]
+    (row,) = d.core.snapshot()[0]
+    assert row[2] == ("2001:db8::1", 1)
+    assert [n.remote for n in d.notes if n.kind == "registered"] == [("2001:db8::1", 1)]
+    actions = d.register_symbolic(2, sym_key(2), sym_key(1), remote=("2001:db8::2", 2, 0, 0))  # type: ignore[arg-type]
+    (disconnect,) = [m for m in messages(actions, 2) if isinstance(m, wire.PeerDisconnect)]
+    assert disconnect.client == wire.Address("2001:db8::1", 1)
+
+
+def test_an_unsupported_version_is_noted_as_rejected() -> None:
+    d = Driver()
+    d.open(1, ("192.0.2.1", 1))
+    d.send(1, b"P2\x02\x00\x00\x00")
+    reason = "frame version 2 is not supported (only 1)"
+    assert _notes(d, "rejected") == [(1, f"unsupported version: {reason}")]
+    assert _notes(d, "closed") == [(1, f"advertise: {reason}")]
