@@ -257,6 +257,7 @@ class Negotiator:
     """
 
     __slots__ = (
+        "_accepts",
         "_buffered",
         "_byte",
         "_error",
@@ -287,6 +288,7 @@ class Negotiator:
         self._buffered = b""
         self._error: str | None = None
         self._byte = -1  # the byte being decided on; only meaningful inside receive steps
+        self._accepts = False  # should_accept's one answer to the offer being decided on
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -431,7 +433,11 @@ class Negotiator:
         if self._state != _FAILED:
             self._state = self._step(self._state, "fail")
             self._error = reason
-            self._proposed = None
+            # Failed keeps only its reason (NegotiatorSnapshot's documented fields): a stale
+            # early byte or negotiated id would make equal failures differ.
+            self._proposed = self._negotiated = None
+            self._initiated_by_us = False
+            self._buffered = b""
         return NegotiationError(self._error or reason)
 
     # --- internals ------------------------------------------------------------------------
@@ -457,6 +463,11 @@ class Negotiator:
             return b""
         proposed, self._proposed = self._proposed, None
         if target == _RECEIVED_INITIATE:
+            # Ask should_accept exactly once per offer (spec/negotiator.md 4.2): the machine
+            # has one guarded transition per answer and may look at the guard more than once,
+            # which a callable with state (accept the first offer, refuse the next) must not
+            # see. The guard below reads this one answer.
+            self._accepts = _decide(self.protocols.by_id[byte].should_accept)
             target = self._step(target, "answer")
             self._state = target
             if target == _NEGOTIATED:
@@ -522,5 +533,5 @@ class Negotiator:
             ours = by_id.get(self._proposed) if self._proposed is not None else None
             return ours is not None and ours.rank() < spec.rank()
         if name == "should_accept":
-            return _decide(spec.should_accept)
+            return self._accepts  # asked once per offer, in _receive_byte
         raise KeyError(f"NegotiatorMachine has no guard {name!r}")
