@@ -616,8 +616,11 @@ class PeerDisconnect(_Codec):
 
     @classmethod
     def from_payload(cls, p: bytes) -> PeerDisconnect:
-        if len(p) < PAIRING_ID_SIZE:
-            raise ProtocolError(f"PeerDisconnect: truncated payload ({len(p)} bytes)")
+        if len(p) < PAIRING_ID_SIZE:  # (then two required addresses, an optional one)
+            raise ProtocolError(
+                f"PeerDisconnect: truncated payload ({len(p)} bytes, at least "
+                f"{PAIRING_ID_SIZE + 15})"
+            )
         peer, off = _take_address(p, PAIRING_ID_SIZE, False, "peer")
         client, off = _take_address(p, off, False, "client")
         client_local, off = _take_address(p, off, True, "client_local")
@@ -667,8 +670,11 @@ class PeerIdentification(_Codec):
 
     @classmethod
     def from_payload(cls, p: bytes) -> PeerIdentification:
-        if len(p) < 1 + PAIRING_ID_SIZE:
-            raise ProtocolError(f"PeerIdentification: truncated payload ({len(p)} bytes)")
+        if len(p) < 1 + PAIRING_ID_SIZE:  # (then a required address, an optional one)
+            raise ProtocolError(
+                f"PeerIdentification: truncated payload ({len(p)} bytes, at least "
+                f"{1 + PAIRING_ID_SIZE + 8})"
+            )
         peer, off = _take_address(p, 1 + PAIRING_ID_SIZE, False, "peer")
         peer_local, off = _take_address(p, off, True, "peer_local")
         _end(p, off, "PeerIdentification")
@@ -693,7 +699,7 @@ class _NoiseMessage(_Codec):
             raise ProtocolError(f"{name}.noise must be bytes, got {type(self.noise).__name__}")
         if not NOISE_MESSAGE_MIN <= len(self.noise) <= MAX_PAYLOAD:
             raise ProtocolError(
-                f"{name}: Noise message of {len(self.noise)} bytes "
+                f"{name}.noise: a Noise message of {len(self.noise)} bytes "
                 f"(expected {NOISE_MESSAGE_MIN}..{MAX_PAYLOAD})"
             )
 

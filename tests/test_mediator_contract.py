@@ -92,13 +92,13 @@ def test_restored_counters_keep_the_limits() -> None:
     d.open(2, ("192.0.2.2", 2))  # pending, ip .2
     twin = MediatorCore.from_snapshot(d.core.snapshot(), config, crypto=SymbolicCrypto())
     assert _counters(twin) == _counters(d.core) == (1, 1, 2, {"192.0.2.2": 1}, {"192.0.2.1": 1})
-    for core in (d.core, twin):
-        refused = core.handle(Opened(3, ("192.0.2.2", 3)), d.now)  # pending per ip
-        assert abort_code(refused, 3) == R.BUSY
+    for core in (d.core, twin):  # pending per ip is full: the newcomer evicts conn 2
+        evicted = core.handle(Opened(3, ("192.0.2.2", 3)), d.now)
+        assert closed(evicted) == [2] and abort_code(evicted, 2) == R.BUSY
     d.core = twin
-    d.open(4, ("192.0.2.3", 4))  # pending: 2 of 2 now
-    assert abort_code(d.open(5, ("192.0.2.4", 5)), 5) == R.BUSY
-    d.close(4)
+    d.open(4, ("192.0.2.3", 4))  # pending: 2 of 2 now (3 and 4)
+    evicted = d.open(5, ("192.0.2.4", 5))  # over max_pending: the oldest of the largest goes
+    assert len(closed(evicted)) == 1 and twin.pending == 2
     actions = d.register_symbolic(6, sym_key(6), sym_key(9), remote=("192.0.2.1", 6))
     assert abort_code(actions, 6) == R.BUSY  # waiting per ip, counted from the snapshot
 
@@ -107,25 +107,27 @@ def test_restored_counters_keep_the_limits() -> None:
 
 
 def test_pending_per_ip_at_one() -> None:
+    """At one unverified connection per address, a newcomer from that address evicts the older
+    one (spec/mediator.md 6.1), with the reason on the wire and in the close."""
     d = Driver(MediatorConfig(max_pending_per_ip=1))
     assert closed(d.open(1, ("192.0.2.1", 1))) == []
-    refused = d.open(2, ("192.0.2.1", 2))
-    assert closed(refused) == [2] and messages(refused, 2) == [
-        wire.AdvertiseRetry(R.BUSY, "too many unverified connections from your address")
-    ]
-    assert Close(2, "busy: too many unverified connections from your address") in refused
+    evicted = d.open(2, ("192.0.2.1", 2))
+    text = "evicted: too many unverified connections from your address, retry later"
+    assert closed(evicted) == [1] and messages(evicted, 1) == [wire.AdvertiseRetry(R.BUSY, text)]
+    assert Close(1, text) in evicted and messages(evicted, 2) == []
     assert closed(d.open(3, ("192.0.2.2", 3))) == []  # another address has its own budget
-    d.close(1)
+    d.close(2)
     assert closed(d.open(4, ("192.0.2.1", 4))) == []
 
 
 def test_pending_global_at_one() -> None:
     d = Driver(MediatorConfig(max_pending=1))
     d.open(1, ("192.0.2.1", 1))
-    refused = d.open(2, ("192.0.2.2", 2))
-    assert messages(refused, 2) == [
-        wire.AdvertiseRetry(R.BUSY, "too many unverified connections, retry later")
+    evicted = d.open(2, ("192.0.2.2", 2))
+    assert messages(evicted, 1) == [
+        wire.AdvertiseRetry(R.BUSY, "evicted: too many unverified connections, retry later")
     ]
+    assert closed(evicted) == [1] and d.core.pending == 1
 
 
 def test_waiting_per_ip_at_one_and_the_owner_exemption() -> None:
@@ -171,17 +173,28 @@ def test_notes_of_refusals_rejections_and_replacements() -> None:
     d = Driver(MediatorConfig(max_pending_per_ip=1), symbolic=True)
     d.open(1, ("192.0.2.1", 1))
     d.open(2, ("192.0.2.1", 2))
-    assert d.notes[-1] == MediatorNote(
-        "refused", 2, reason="too many unverified connections from your address"
+    assert d.notes[-2] == MediatorNote(
+        "evicted",
+        1,
+        remote=("192.0.2.1", 1),
+        reason="too many unverified connections from your address",
+        cause="pending_origin",
     )
-    d.close(1)
+    assert _notes(d, "closed")[-1] == (
+        1,
+        "evicted: too many unverified connections from your address, retry later",
+    )
+    d.close(2)
     d.open(3, ("192.0.2.3", 3))
     d.send(3, wire.Advertise(1, sym_key(1), sym_key(1)).encode())
     assert _notes(d, "rejected") == [(3, "our_key and their_key are the same key")]
     assert _notes(d, "closed")[-1] == (3, "advertise: our_key and their_key are the same key")
     d.open(4, ("192.0.2.4", 4))
     d.send(4, wire.Advertise(2, sym_key(1), sym_key(2)).encode())
-    assert _notes(d, "rejected")[-1] == (4, "only protocol version 1 is supported")
+    assert _notes(d, "rejected")[-1] == (
+        4,
+        "unsupported version: Advertise version 2 is not supported (only 1)",
+    )
     challenge = d.advertise(5, sym_key(1), sym_key(2), remote=("192.0.2.5", 5))
     d.send(5, wire.AdvertiseResponse(bytes(32)).encode())
     assert _notes(d, "rejected")[-1] == (5, "AdvertiseResponse does not match the nonce")
@@ -250,10 +263,18 @@ def test_an_introduction_is_noted_for_the_client() -> None:
 
 
 def test_config_defaults_are_the_spec_table() -> None:
+    """Every MediatorConfig field is named in the tables of spec/mediator.md section 6, and a
+    row naming one field with a number checks that field's default."""
     rows = dict(re.findall(r"^\| `(\w+)`[^|]*\| (\d+)", SPEC, flags=re.MULTILINE))
+    named = {
+        name
+        for line in SPEC.splitlines()
+        if line.startswith("| ")
+        for name in re.findall(r"`(\w+)`", line.split("|")[1])
+    }
     fields = {f.name for f in dataclasses.fields(MediatorConfig)}
     documented = {name: int(value) for name, value in rows.items() if name in fields}
-    assert documented and fields <= set(rows), fields - set(rows)
+    assert documented and fields <= named, fields - named
     default = MediatorConfig()
     assert {name: getattr(default, name) for name in documented} == documented
 
@@ -398,7 +419,7 @@ def test_bytes_after_the_verified_response_are_refused_at_once(extra: bytes) -> 
     actions = core.handle(Received(1, _ADVERTISE + _RESPONSE + extra), 0.0)
     (challenge, abort) = messages(actions, 1)
     assert isinstance(challenge, wire.AdvertiseChallenge)
-    assert abort == wire.AdvertiseAbort(R.MALFORMED, "unexpected bytes in state waiting")
+    assert abort == wire.AdvertiseAbort(R.MALFORMED, "bytes after the AdvertiseResponse")
     assert closed(actions) == [1] and core.sessions == 0 and core.waiting == 0
 
 
@@ -552,7 +573,7 @@ def test_a_bad_first_header_is_refused_with_its_reason(data: bytes, code: int, r
 def test_the_first_frame_is_judged_even_when_more_bytes_came_with_it() -> None:
     """A frame whose length is 256 or more, followed by more bytes in the same read: the
     mediator cuts the frame by its length and refuses it for what it is."""
-    first = b"P2\x01\x00\x01\x00" + bytes(256)
+    first = b"P2\x01\x00\x01\x00" + b"\x01" + bytes(255)  # an Advertise of version 1
     with pytest.raises(ProtocolError) as caught:
         wire.decode(first)
     d = Driver()

@@ -549,7 +549,7 @@ def test_snapshot_twin_replays_every_step_identically() -> None:
             type(m).__name__ for a in expected if isinstance(a, Send) for m in [wire.decode(a.data)]
         )
     assert {"AdvertiseChallenge", "PeerDisconnect", "PeerIdentification", "AdvertiseAbort"} <= kinds
-    assert core.sessions == 0 and core.snapshot() == ((), (), False, ())
+    assert core.sessions == 0 and core.snapshot() == ((), (), False, ((), ()))
 
 
 def test_shutdown_while_pairing_tells_both_sides_shutting_down(

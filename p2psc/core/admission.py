@@ -32,8 +32,14 @@ from p2psc.core.io import ConnId
 
 __all__ = ["Admission", "AdmissionSnapshot", "origin_of"]
 
-AdmissionSnapshot = tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
-"""Per origin: its idle and its challenged connections, oldest first."""
+AdmissionSnapshot = tuple[
+    tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...],
+    tuple[tuple[int, tuple[str, ...]], ...],
+]
+"""Per origin: its idle and its challenged connections, oldest first; and per count, the
+origins holding that many in the order a global eviction visits them (restored exactly, so a
+rebuilt core evicts the same connection as the original: ties between origins of equal size
+depend on history)."""
 
 
 def origin_of(ip: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:
@@ -162,22 +168,26 @@ class Admission:
         a fresh one (the explorer and the tests compare exactly that), and a model that never
         comes near ``challenge_burst`` seals per origin gains nothing from them. A core rebuilt
         from a snapshot starts with full budgets."""
-        return tuple(
+        origins = tuple(
             sorted(
                 (origin, tuple(entry.idle), tuple(entry.challenged))
                 for origin, entry in self._origins.items()
             )
         )
+        buckets = tuple(sorted((size, tuple(bucket)) for size, bucket in self._by_size.items()))
+        return origins, buckets
 
     def restore(self, snapshot: AdmissionSnapshot) -> None:
         """Replace the eviction order with what :meth:`snapshot` returned."""
         self.total, self.counts, self._origins = 0, {}, {}
         self._by_size, self._largest = {}, 0
-        for origin, idle, challenged in snapshot:
+        origins, buckets = snapshot
+        for origin, idle, challenged in origins:
             for conn in idle:
                 self.add(conn, origin)
             for conn in challenged:
                 self.add(conn, origin, challenged=True)
+        self._by_size = {size: dict.fromkeys(order) for size, order in buckets}
 
     # --- eviction ------------------------------------------------------------------------
 
