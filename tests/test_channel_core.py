@@ -388,7 +388,11 @@ def test_dropped_duplicated_swapped_or_truncated_records_are_detected(
         attacked = [*records[:i], records[i][: which % len(records[i])]]
     _, b = channels()
     got, ended, error = decode(b, cut(b"".join(attacked), points))
-    assert error is not None and not ended
+    duplicated_close = attack == "duplicate" and i == len(records) - 1
+    # A duplicated close record follows an authentic one: when a read ends right after the
+    # first, the application has seen the real end of stream before the error (nothing of the
+    # copy reaches it either way). Every other attack is an error before any end.
+    assert error is not None and (duplicated_close or not ended)
     assert data.startswith(got)
     if attack.startswith("truncate") or (attack == "drop" and i == len(records) - 1):
         assert isinstance(error, TruncatedStream)  # dropping the close record truncates
