@@ -408,3 +408,11 @@ def test_injected_bytes_are_detected(messages: list[bytes], junk: bytes, where: 
     _, b = channels()
     got, ended, error = decode(b, [attacked])
     assert error is not None and not ended and data.startswith(got)
+
+
+def test_public_names_exist_and_the_channel_has_no_dict() -> None:
+    assert "SecureChannel" in ch.__all__ and "END_OF_STREAM" in ch.__all__
+    for name in ch.__all__:
+        assert getattr(ch, name) is not None, name
+    a, _ = channels()
+    assert not hasattr(a, "__dict__") and not hasattr(END_OF_STREAM, "__dict__")

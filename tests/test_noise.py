@@ -429,3 +429,13 @@ def test_any_keys_agree(
     assert init.handshake_hash == resp.handshake_hash
     (a, b), (c, d) = init.split(), resp.split()
     assert (a.key, b.key) == (d.key, c.key)
+
+
+def test_public_names_exist_and_states_have_no_dict() -> None:
+    """``__all__`` is the module's API, and the states are slotted: the explorer keeps many."""
+    assert set(noise.__all__) >= {"CipherState", "HandshakeState", "PROTOCOL_NAME"}
+    for name in noise.__all__:
+        assert getattr(noise, name) is not None, name
+    init, _ = pair()
+    for obj in (init, CipherState(_key("k")), noise._Sym(b"", b"", None, 0)):
+        assert not hasattr(obj, "__dict__"), type(obj).__name__

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, cast
 
 from p2psc.core.channel import SecureChannel
 from p2psc.errors import ChannelClosed, ChannelError, TruncatedStream
@@ -63,7 +63,8 @@ class _RawProtocol(asyncio.Protocol):
     # --- installed on the raw transport -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        transport = cast(asyncio.Transport, transport)
         self._raw = transport
         self.app_transport = _AppTransport(transport, self._channel, self)
         self._app.connection_made(self.app_transport)
