@@ -439,3 +439,18 @@ def test_public_names_exist_and_states_have_no_dict() -> None:
     init, _ = pair()
     for obj in (init, CipherState(_key("k")), noise._Sym(b"", b"", None, 0)):
         assert not hasattr(obj, "__dict__"), type(obj).__name__
+
+
+def test_read_message_copies_a_mutable_message() -> None:
+    """The state must not alias the caller's buffer (an adapter reuses its receive buffer),
+    and snapshots must stay hashable."""
+    init, resp = pair()
+    buffer = bytearray(init.write_message(b"p"))
+    assert resp.read_message(buffer) == b"p"
+    expected = public_key(I_E)
+    buffer[:] = bytes(len(buffer))
+    assert resp.remote_ephemeral == expected
+    assert isinstance(resp.remote_ephemeral, bytes)
+    hash(resp.snapshot())
+    init.read_message(resp.write_message())
+    assert init.split()[0].key == resp.split()[1].key
