@@ -369,7 +369,6 @@ class HandshakeState:
         static_private: bytes | None = None,
         ephemeral_private: bytes | None = None,
         remote_static: bytes | None = None,
-        remote_ephemeral: bytes | None = None,
     ) -> HandshakeState:
         """Initialize (section 5.3) any pattern of :data:`PATTERNS` with the keys it needs.
 
@@ -383,7 +382,6 @@ class HandshakeState:
             ("static_private", static_private),
             ("ephemeral_private", ephemeral_private),
             ("remote_static", remote_static),
-            ("remote_ephemeral", remote_ephemeral),
         ):
             if key is not None and len(key) != DHLEN:
                 raise ValueError(f"{name} must be {DHLEN} bytes")
@@ -400,12 +398,16 @@ class HandshakeState:
         self._s, self._s_key, self._s_pub = _keypair(static_private)
         self._e, self._e_key, self._e_pub = _keypair(ephemeral_private)
         self._rs = None if remote_static is None else bytes(remote_static)
-        self._re = None if remote_ephemeral is None else bytes(remote_ephemeral)
-        # Pre-messages: the initiator's first, then the responder's (section 7.1).
+        self._re = None
+        # Pre-messages (section 7.1), the initiator's first: in the fundamental patterns a
+        # pre-message is at most one static key ("s"), ours or the other side's.
         for owner_is_initiator, tokens in ((True, pat.initiator_pre), (False, pat.responder_pre)):
-            ours = owner_is_initiator == initiator
-            for token in tokens:
-                key = self._pre_key(token, ours)
+            if tokens:
+                ours = owner_is_initiator == initiator
+                key = self._s_pub if ours else self._rs
+                if key is None:
+                    needed = "static_private" if ours else "remote_static"
+                    raise ValueError(f"this pattern's pre-message needs {needed}")
                 self._h = _hash(self._h + key)
         needs_e = any("e" in m for i, m in enumerate(pat.messages) if (i % 2 == 0) == initiator)
         if needs_e and self._e is None:
@@ -416,18 +418,6 @@ class HandshakeState:
         if needs_s and self._s is None:
             raise ValueError("this pattern needs a static_private key")
         return self
-
-    def _pre_key(self, token: str, ours: bool) -> bytes:
-        if token == "s":
-            key = self._s_pub if ours else self._rs
-        else:  # "e" (no fundamental pattern pre-sends an ephemeral, but Noise allows it)
-            key = self._e_pub if ours else self._re
-        if key is None:
-            side = "static_private" if ours else "remote_static"
-            if token == "e":
-                side = "ephemeral_private" if ours else "remote_ephemeral"
-            raise ValueError(f"this pattern's pre-message needs {side}")
-        return key
 
     # --- state --------------------------------------------------------------------------------
 

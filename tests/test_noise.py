@@ -403,8 +403,8 @@ def test_reserved_nonce_is_refused() -> None:
         CipherState(key, MAX_NONCE + 1)
     with pytest.raises(ValueError):
         CipherState(key, -1)
-    with pytest.raises(ValueError):
-        CipherState(key[:16])
+    with pytest.raises(ValueError, match="CipherState key is 32 bytes"):
+        CipherState(key[:31])
     copy = cs.copy()
     assert copy.n == cs.n and copy.key == cs.key and copy is not cs
     assert repr(cs) == f"CipherState(n={MAX_NONCE})"
@@ -454,3 +454,30 @@ def test_read_message_copies_a_mutable_message() -> None:
     hash(resp.snapshot())
     init.read_message(resp.write_message())
     assert init.split()[0].key == resp.split()[1].key
+
+
+def test_initial_snapshot_layout_and_frozen_patterns() -> None:
+    """The snapshot is a documented flat tuple; a fresh KK state has no key, nonce 0, message 0,
+    and only the keys given (the remote ephemeral is learned from the wire)."""
+    init, _ = pair()
+    name = PROTOCOL_NAME  # 32 bytes: used as is for h and ck
+    h = hashlib.sha256(hashlib.sha256(name + PROLOGUE).digest() + public_key(I_S)).digest()
+    h = hashlib.sha256(h + public_key(R_S)).digest()
+    assert init.snapshot() == (
+        "KK",
+        True,
+        name,
+        h,
+        None,
+        0,
+        0,
+        I_S,
+        public_key(I_S),
+        I_E,
+        public_key(I_E),
+        public_key(R_S),
+        None,
+    )
+    assert init.handshake_hash == h
+    with pytest.raises(AttributeError):
+        noise.PATTERNS["KK"].name = "XX"  # type: ignore[misc]
