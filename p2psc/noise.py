@@ -605,20 +605,24 @@ class HandshakeState:
             use_s, theirs = (False, rs) if ini else (True, re)
         else:  # "se": initiator's s with responder's e
             use_s, theirs = (True, re) if ini else (False, rs)
-        ours = self._private(use_s)
-        if ours is None or theirs is None:
-            raise NoiseStateError(f"token {token!r} needs a key this state does not have")
-        return _dh(ours, theirs)
+        # The constructor checked that the pattern's keys were given, and the patterns read
+        # every remote key before a token uses it: a missing key here is a bug, not input.
+        assert theirs is not None, f"token {token!r} before the remote key it needs"
+        return _dh(self._private(use_s), theirs)
 
-    def _private(self, static: bool) -> X25519PrivateKey | None:
-        """Our static or ephemeral key object, built from the raw key on first use."""
-        if static:
-            if self._s_key is None and self._s is not None:
-                self._s_key = X25519PrivateKey.from_private_bytes(self._s)
-            return self._s_key
-        if self._e_key is None and self._e is not None:
-            self._e_key = X25519PrivateKey.from_private_bytes(self._e)
-        return self._e_key
+    def _private(self, static: bool) -> X25519PrivateKey:
+        """Our static or ephemeral key object, built from the raw key once (on first use after
+        :meth:`from_snapshot`, which does not store key objects)."""
+        key = self._s_key if static else self._e_key
+        if key is None:
+            raw = self._s if static else self._e
+            assert raw is not None, "the constructor checked the keys the pattern needs"
+            key = X25519PrivateKey.from_private_bytes(raw)
+            if static:
+                self._s_key = key
+            else:
+                self._e_key = key
+        return key
 
     def _turn_error(self, op: str) -> str:
         if self.complete:

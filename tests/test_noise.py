@@ -481,3 +481,14 @@ def test_initial_snapshot_layout_and_frozen_patterns() -> None:
     assert init.handshake_hash == h
     with pytest.raises(AttributeError):
         noise.PATTERNS["KK"].name = "XX"  # type: ignore[misc]
+
+
+def test_key_objects_are_built_once_and_rebuilt_after_a_snapshot() -> None:
+    init, _ = pair()
+    assert init._private(True) is init._private(True)
+    assert init._private(False) is init._private(False)
+    assert init._private(True) is not init._private(False)
+    restored = HandshakeState.from_snapshot(init.snapshot())
+    assert restored._s_key is None and restored._e_key is None
+    assert restored._private(False) is restored._private(False)
+    assert restored.write_message() == init.write_message()
