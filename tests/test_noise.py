@@ -298,10 +298,12 @@ def test_message_size_limit_at_its_edge() -> None:
 def test_constructor_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         HandshakeState.for_pattern("KKpsk0", initiator=True, prologue=b"")
-    with pytest.raises(ValueError, match="32 bytes"):
+    with pytest.raises(ValueError, match="^static_private must be 32 bytes"):
         HandshakeState.initiator(I_S[:31], public_key(R_S), b"", I_E)
-    with pytest.raises(ValueError, match="32 bytes"):
+    with pytest.raises(ValueError, match="^ephemeral_private must be 32 bytes"):
         HandshakeState.initiator(I_S, public_key(R_S), b"", I_E + b"\x00")
+    with pytest.raises(ValueError, match="^remote_static must be 32 bytes"):
+        HandshakeState.initiator(I_S, public_key(R_S)[:31], b"", I_E)
     with pytest.raises(ValueError, match="remote_static"):
         HandshakeState.for_pattern(
             "KK", initiator=True, prologue=b"", static_private=I_S, ephemeral_private=I_E
