@@ -6,6 +6,10 @@ The record format is checked against an independent encoder written here from sp
 byte, nonce or length of the implementation fails a test. The attacker properties are
 hypothesis tests over arbitrary streams: every single-bit flip, dropped, duplicated, swapped or
 truncated record is detected, and nothing of a bad record reaches the application.
+
+Mutants judged equivalent (an ad-hoc AST mutation run over this module, 2026-12-02): deleting
+``self._need = HEADER_LEN`` in ``SecureChannel.__init__`` (``_need`` is read only while a partial
+record is buffered, and every path that buffers one sets it first).
 """
 
 from __future__ import annotations
@@ -416,3 +420,21 @@ def test_public_names_exist_and_the_channel_has_no_dict() -> None:
         assert getattr(ch, name) is not None, name
     a, _ = channels()
     assert not hasattr(a, "__dict__") and not hasattr(END_OF_STREAM, "__dict__")
+
+
+def test_a_failure_releases_the_partial_record() -> None:
+    """After an error nothing is kept: pending drops to 0 even when a partial record (or one
+    completed by the failing call) was buffered."""
+    a, b = channels()
+    record = bytearray(a.seal(b"y" * 200))
+    assert b.feed(bytes(record[:100])) == []
+    assert b.pending == 100
+    record[150] ^= 0x80
+    with pytest.raises(RecordTampered):
+        b.feed(bytes(record[100:]) + b"\x00\x01")
+    assert b.pending == 0
+    a, b = channels()
+    assert b.feed(b"\x00") == [] and b.pending == 1
+    with pytest.raises(TruncatedStream):
+        b.transport_eof()
+    assert b.pending == 0
