@@ -659,8 +659,8 @@ class _Sym:
         if self.k is None:
             ciphertext = plaintext
         else:
-            if self.n >= MAX_NONCE:  # pragma: no cover - a handshake has at most 3 messages
-                raise NoiseNonceExhausted("handshake nonce exhausted")
+            # No reserved-nonce check: MixKey resets n to 0 and a handshake encrypts at most
+            # twice per key, so n never comes near 2**64-1 here.
             ciphertext = _encrypt(self.k, self.n, self.h, plaintext)
             self.n += 1
         self.mix_hash(ciphertext)

@@ -9,7 +9,9 @@ truncated record is detected, and nothing of a bad record reaches the applicatio
 
 Mutants judged equivalent (an ad-hoc AST mutation run over this module, 2026-12-02): deleting
 ``self._need = HEADER_LEN`` in ``SecureChannel.__init__`` (``_need`` is read only while a partial
-record is buffered, and every path that buffers one sets it first).
+record is buffered, and every path that buffers one sets it first); ``size <= MAX_RECORD_DATA``
+changed to ``<`` in ``seal`` (a write of exactly one full record then takes the general loop,
+which yields the same single record).
 """
 
 from __future__ import annotations

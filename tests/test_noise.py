@@ -217,11 +217,22 @@ def test_short_messages_are_malformed_not_decrypt_errors() -> None:
     m0 = init.write_message()
     assert len(m0) == 48
     for cut in (0, 31):
-        with pytest.raises(NoiseMalformedMessage):
+        with pytest.raises(NoiseMalformedMessage, match="too short for an ephemeral"):
             resp.read_message(m0[:cut])
     for cut in (32, 47):  # long enough for e; the tag is missing
-        with pytest.raises(NoiseMalformedMessage):
+        with pytest.raises(NoiseMalformedMessage, match="too short for its tag"):
             resp.read_message(m0[:cut])
+
+
+def test_a_message_of_exactly_one_key_is_valid_where_the_pattern_allows_it() -> None:
+    """NN's first message is the bare ephemeral (no key yet, so no tag): exactly 32 bytes."""
+    init = HandshakeState.for_pattern("NN", initiator=True, prologue=b"", ephemeral_private=I_E)
+    resp = HandshakeState.for_pattern("NN", initiator=False, prologue=b"", ephemeral_private=R_E)
+    m0 = init.write_message()
+    assert m0 == public_key(I_E)
+    assert resp.read_message(m0) == b""
+    init.read_message(resp.write_message())
+    assert init.handshake_hash == resp.handshake_hash
 
 
 @pytest.mark.parametrize("point", LOW_ORDER)
@@ -298,11 +309,11 @@ def test_message_size_limit_at_its_edge() -> None:
 def test_constructor_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         HandshakeState.for_pattern("KKpsk0", initiator=True, prologue=b"")
-    with pytest.raises(ValueError, match="^static_private must be 32 bytes"):
+    with pytest.raises(ValueError, match=r"^static_private must be 32 bytes"):
         HandshakeState.initiator(I_S[:31], public_key(R_S), b"", I_E)
-    with pytest.raises(ValueError, match="^ephemeral_private must be 32 bytes"):
+    with pytest.raises(ValueError, match=r"^ephemeral_private must be 32 bytes"):
         HandshakeState.initiator(I_S, public_key(R_S), b"", I_E + b"\x00")
-    with pytest.raises(ValueError, match="^remote_static must be 32 bytes"):
+    with pytest.raises(ValueError, match=r"^remote_static must be 32 bytes"):
         HandshakeState.initiator(I_S, public_key(R_S)[:31], b"", I_E)
     with pytest.raises(ValueError, match="remote_static"):
         HandshakeState.for_pattern(
