@@ -11,7 +11,8 @@ Mutants judged equivalent (an ad-hoc AST mutation run over this module, 2026-12-
 ``self._need = HEADER_LEN`` in ``SecureChannel.__init__`` (``_need`` is read only while a partial
 record is buffered, and every path that buffers one sets it first); ``size <= MAX_RECORD_DATA``
 changed to ``<`` in ``seal`` (a write of exactly one full record then takes the general loop,
-which yields the same single record).
+which yields the same single record); deleting ``return []`` for an empty feed after the close
+record (the general path then decodes nothing and returns the same empty list).
 """
 
 from __future__ import annotations

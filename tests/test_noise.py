@@ -4,6 +4,10 @@ The vectors (test_noise_vectors.py) prove the happy path byte for byte. These te
 vectors cannot: atomic reads (a forgery leaves the state untouched and the real message still
 works), the typed errors and their triggers, the nonce encoding and the reserved nonce, turn
 order, snapshots and copies, the size limits at their edges, and the constants.
+
+Mutants judged equivalent (an ad-hoc AST mutation run, 2026-12-02): ``i % 2`` changed to
+``i * 2`` in the constructor's "needs an ephemeral" check (in every pattern of the table the
+side's first message already carries ``e``, so looking only at message 0 or 1 decides the same).
 """
 
 from __future__ import annotations
@@ -505,3 +509,25 @@ def test_key_objects_are_built_once_and_rebuilt_after_a_snapshot() -> None:
     assert restored._s_key is None and restored._e_key is None
     assert restored._private(False) is restored._private(False)
     assert restored.write_message() == init.write_message()
+
+
+def test_a_message_cut_inside_a_static_key_is_malformed() -> None:
+    """XX's second message carries the responder's encrypted static key (32 + 16 bytes)."""
+    init = HandshakeState.for_pattern(
+        "XX", initiator=True, prologue=b"", static_private=I_S, ephemeral_private=I_E
+    )
+    resp = HandshakeState.for_pattern(
+        "XX", initiator=False, prologue=b"", static_private=R_S, ephemeral_private=R_E
+    )
+    resp.read_message(init.write_message())
+    m1 = resp.write_message()
+    assert len(m1) == 32 + 48 + 16
+    before = init.snapshot()
+    for cut in (33, 32 + 47):
+        with pytest.raises(NoiseMalformedMessage, match="too short for a static key"):
+            init.read_message(m1[:cut])
+    with pytest.raises(NoiseMalformedMessage, match="too short for its tag"):
+        init.read_message(m1[: 32 + 48])
+    assert init.snapshot() == before
+    init.read_message(m1)
+    assert init.remote_static == public_key(R_S)
