@@ -304,6 +304,9 @@ def test_pending_counts_the_partial_record_and_dribbling_works() -> None:
         assert b.pending == expected_pending, i
     assert out == [b"hello", b"world"]
     assert b.pending == 0
+    # While a record is incomplete, feed waits for exactly its end before decoding again.
+    assert b.feed(stream[:1]) == [] and b._need == 2
+    assert b.feed(stream[1:3]) == [] and b._need == first
 
 
 def test_feed_copies_what_it_keeps_from_a_reused_buffer() -> None:

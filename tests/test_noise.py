@@ -7,7 +7,9 @@ order, snapshots and copies, the size limits at their edges, and the constants.
 
 Mutants judged equivalent (an ad-hoc AST mutation run, 2026-12-02): ``i % 2`` changed to
 ``i * 2`` in the constructor's "needs an ephemeral" check (in every pattern of the table the
-side's first message already carries ``e``, so looking only at message 0 or 1 decides the same).
+side's first message already carries ``e``, so looking only at message 0 or 1 decides the same),
+and ``i % 3`` there for the same reason; ``len(message) - pos`` changed to ``+ pos`` in the
+ephemeral's length check (``e`` is the first token of every message, so ``pos`` is 0 there).
 """
 
 from __future__ import annotations
@@ -531,3 +533,19 @@ def test_a_message_cut_inside_a_static_key_is_malformed() -> None:
     assert init.snapshot() == before
     init.read_message(m1)
     assert init.remote_static == public_key(R_S)
+
+
+def test_a_clear_static_key_with_an_empty_payload_is_exactly_64_bytes() -> None:
+    """IN's first message sends ``e`` and ``s`` before any key exists: no tags at all."""
+    init = HandshakeState.for_pattern(
+        "IN", initiator=True, prologue=b"", static_private=I_S, ephemeral_private=I_E
+    )
+    resp = HandshakeState.for_pattern("IN", initiator=False, prologue=b"", ephemeral_private=R_E)
+    m0 = init.write_message()
+    assert m0 == public_key(I_E) + public_key(I_S)
+    assert resp.read_message(m0) == b""
+    assert resp.remote_static == public_key(I_S)
+    with pytest.raises(NoiseMalformedMessage, match="static key"):
+        HandshakeState.for_pattern(
+            "IN", initiator=False, prologue=b"", ephemeral_private=R_E
+        ).read_message(m0[:63])
