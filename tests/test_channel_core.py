@@ -307,6 +307,8 @@ def test_pending_counts_the_partial_record_and_dribbling_works() -> None:
     # While a record is incomplete, feed waits for exactly its end before decoding again.
     assert b.feed(stream[:1]) == [] and b._need == 2
     assert b.feed(stream[1:3]) == [] and b._need == first
+    _, fresh = channels()
+    assert fresh.feed(stream[:2]) == [] and fresh._need == first  # a bare header is enough
     # ... appending in place meanwhile (no copy of the partial record per segment).
     held = b._buf
     assert b.feed(stream[3:4]) == [] and b._buf is held and b.pending == 4
