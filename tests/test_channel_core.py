@@ -309,6 +309,9 @@ def test_pending_counts_the_partial_record_and_dribbling_works() -> None:
     assert b.feed(stream[1:3]) == [] and b._need == first
     _, fresh = channels()
     assert fresh.feed(stream[:2]) == [] and fresh._need == first  # a bare header is enough
+    long_record = channels()[0].seal(bytes(300))  # a length with a non-zero high byte
+    _, fresh = channels()
+    assert fresh.feed(long_record[:2]) == [] and fresh._need == 2 + 300 + 17
     # ... appending in place meanwhile (no copy of the partial record per segment).
     held = b._buf
     assert b.feed(stream[3:4]) == [] and b._buf is held and b.pending == 4
