@@ -369,7 +369,6 @@ class HandshakeState:
         static_private: bytes | None = None,
         ephemeral_private: bytes | None = None,
         remote_static: bytes | None = None,
-        remote_ephemeral: bytes | None = None,
     ) -> HandshakeState:
         """Initialize (section 5.3) any pattern of :data:`PATTERNS` with the keys it needs.
 
@@ -383,7 +382,6 @@ class HandshakeState:
             ("static_private", static_private),
             ("ephemeral_private", ephemeral_private),
             ("remote_static", remote_static),
-            ("remote_ephemeral", remote_ephemeral),
         ):
             if key is not None and len(key) != DHLEN:
                 raise ValueError(f"{name} must be {DHLEN} bytes")
@@ -400,12 +398,16 @@ class HandshakeState:
         self._s, self._s_key, self._s_pub = _keypair(static_private)
         self._e, self._e_key, self._e_pub = _keypair(ephemeral_private)
         self._rs = None if remote_static is None else bytes(remote_static)
-        self._re = None if remote_ephemeral is None else bytes(remote_ephemeral)
-        # Pre-messages: the initiator's first, then the responder's (section 7.1).
+        self._re = None
+        # Pre-messages (section 7.1), the initiator's first: in the fundamental patterns a
+        # pre-message is at most one static key ("s"), ours or the other side's.
         for owner_is_initiator, tokens in ((True, pat.initiator_pre), (False, pat.responder_pre)):
-            ours = owner_is_initiator == initiator
-            for token in tokens:
-                key = self._pre_key(token, ours)
+            if tokens:
+                ours = owner_is_initiator == initiator
+                key = self._s_pub if ours else self._rs
+                if key is None:
+                    needed = "static_private" if ours else "remote_static"
+                    raise ValueError(f"this pattern's pre-message needs {needed}")
                 self._h = _hash(self._h + key)
         needs_e = any("e" in m for i, m in enumerate(pat.messages) if (i % 2 == 0) == initiator)
         if needs_e and self._e is None:
@@ -416,18 +418,6 @@ class HandshakeState:
         if needs_s and self._s is None:
             raise ValueError("this pattern needs a static_private key")
         return self
-
-    def _pre_key(self, token: str, ours: bool) -> bytes:
-        if token == "s":
-            key = self._s_pub if ours else self._rs
-        else:  # "e" (no fundamental pattern pre-sends an ephemeral, but Noise allows it)
-            key = self._e_pub if ours else self._re
-        if key is None:
-            side = "static_private" if ours else "remote_static"
-            if token == "e":
-                side = "ephemeral_private" if ours else "remote_ephemeral"
-            raise ValueError(f"this pattern's pre-message needs {side}")
-        return key
 
     # --- state --------------------------------------------------------------------------------
 
@@ -615,20 +605,24 @@ class HandshakeState:
             use_s, theirs = (False, rs) if ini else (True, re)
         else:  # "se": initiator's s with responder's e
             use_s, theirs = (True, re) if ini else (False, rs)
-        ours = self._private(use_s)
-        if ours is None or theirs is None:
-            raise NoiseStateError(f"token {token!r} needs a key this state does not have")
-        return _dh(ours, theirs)
+        # The constructor checked that the pattern's keys were given, and the patterns read
+        # every remote key before a token uses it: a missing key here is a bug, not input.
+        assert theirs is not None, f"token {token!r} before the remote key it needs"
+        return _dh(self._private(use_s), theirs)
 
-    def _private(self, static: bool) -> X25519PrivateKey | None:
-        """Our static or ephemeral key object, built from the raw key on first use."""
-        if static:
-            if self._s_key is None and self._s is not None:
-                self._s_key = X25519PrivateKey.from_private_bytes(self._s)
-            return self._s_key
-        if self._e_key is None and self._e is not None:
-            self._e_key = X25519PrivateKey.from_private_bytes(self._e)
-        return self._e_key
+    def _private(self, static: bool) -> X25519PrivateKey:
+        """Our static or ephemeral key object, built from the raw key once (on first use after
+        :meth:`from_snapshot`, which does not store key objects)."""
+        key = self._s_key if static else self._e_key
+        if key is None:
+            raw = self._s if static else self._e
+            assert raw is not None, "the constructor checked the keys the pattern needs"
+            key = X25519PrivateKey.from_private_bytes(raw)
+            if static:
+                self._s_key = key
+            else:
+                self._e_key = key
+        return key
 
     def _turn_error(self, op: str) -> str:
         if self.complete:
@@ -665,8 +659,8 @@ class _Sym:
         if self.k is None:
             ciphertext = plaintext
         else:
-            if self.n >= MAX_NONCE:  # pragma: no cover - a handshake has at most 3 messages
-                raise NoiseNonceExhausted("handshake nonce exhausted")
+            # No reserved-nonce check: MixKey resets n to 0 and a handshake encrypts at most
+            # twice per key, so n never comes near 2**64-1 here.
             ciphertext = _encrypt(self.k, self.n, self.h, plaintext)
             self.n += 1
         self.mix_hash(ciphertext)

@@ -6,6 +6,13 @@ The record format is checked against an independent encoder written here from sp
 byte, nonce or length of the implementation fails a test. The attacker properties are
 hypothesis tests over arbitrary streams: every single-bit flip, dropped, duplicated, swapped or
 truncated record is detected, and nothing of a bad record reaches the application.
+
+Mutants judged equivalent (an ad-hoc AST mutation run over this module, 2026-12-02): deleting
+``self._need = HEADER_LEN`` in ``SecureChannel.__init__`` (``_need`` is read only while a partial
+record is buffered, and every path that buffers one sets it first); ``size <= MAX_RECORD_DATA``
+changed to ``<`` in ``seal`` (a write of exactly one full record then takes the general loop,
+which yields the same single record); deleting ``return []`` for an empty feed after the close
+record (the general path then decodes nothing and returns the same empty list).
 """
 
 from __future__ import annotations
@@ -297,6 +304,17 @@ def test_pending_counts_the_partial_record_and_dribbling_works() -> None:
         assert b.pending == expected_pending, i
     assert out == [b"hello", b"world"]
     assert b.pending == 0
+    # While a record is incomplete, feed waits for exactly its end before decoding again.
+    assert b.feed(stream[:1]) == [] and b._need == 2
+    assert b.feed(stream[1:3]) == [] and b._need == first
+    _, fresh = channels()
+    assert fresh.feed(stream[:2]) == [] and fresh._need == first  # a bare header is enough
+    long_record = channels()[0].seal(bytes(300))  # a length with a non-zero high byte
+    _, fresh = channels()
+    assert fresh.feed(long_record[:2]) == [] and fresh._need == 2 + 300 + 17
+    # ... appending in place meanwhile (no copy of the partial record per segment).
+    held = b._buf
+    assert b.feed(stream[3:4]) == [] and b._buf is held and b.pending == 4
 
 
 def test_feed_copies_what_it_keeps_from_a_reused_buffer() -> None:
@@ -412,3 +430,29 @@ def test_injected_bytes_are_detected(messages: list[bytes], junk: bytes, where: 
     _, b = channels()
     got, ended, error = decode(b, [attacked])
     assert error is not None and not ended and data.startswith(got)
+
+
+def test_public_names_exist_and_the_channel_has_no_dict() -> None:
+    assert "SecureChannel" in ch.__all__ and "END_OF_STREAM" in ch.__all__
+    for name in ch.__all__:
+        assert getattr(ch, name) is not None, name
+    a, _ = channels()
+    assert not hasattr(a, "__dict__") and not hasattr(END_OF_STREAM, "__dict__")
+
+
+def test_a_failure_releases_the_partial_record() -> None:
+    """After an error nothing is kept: pending drops to 0 even when a partial record (or one
+    completed by the failing call) was buffered."""
+    a, b = channels()
+    record = bytearray(a.seal(b"y" * 200))
+    assert b.feed(bytes(record[:100])) == []
+    assert b.pending == 100
+    record[150] ^= 0x80
+    with pytest.raises(RecordTampered):
+        b.feed(bytes(record[100:]) + b"\x00\x01")
+    assert b.pending == 0
+    a, b = channels()
+    assert b.feed(b"\x00") == [] and b.pending == 1
+    with pytest.raises(TruncatedStream):
+        b.transport_eof()
+    assert b.pending == 0

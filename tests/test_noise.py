@@ -4,6 +4,12 @@ The vectors (test_noise_vectors.py) prove the happy path byte for byte. These te
 vectors cannot: atomic reads (a forgery leaves the state untouched and the real message still
 works), the typed errors and their triggers, the nonce encoding and the reserved nonce, turn
 order, snapshots and copies, the size limits at their edges, and the constants.
+
+Mutants judged equivalent (an ad-hoc AST mutation run, 2026-12-02): ``i % 2`` changed to
+``i * 2`` in the constructor's "needs an ephemeral" check (in every pattern of the table the
+side's first message already carries ``e``, so looking only at message 0 or 1 decides the same),
+and ``i % 3`` there for the same reason; ``len(message) - pos`` changed to ``+ pos`` in the
+ephemeral's length check (``e`` is the first token of every message, so ``pos`` is 0 there).
 """
 
 from __future__ import annotations
@@ -217,11 +223,22 @@ def test_short_messages_are_malformed_not_decrypt_errors() -> None:
     m0 = init.write_message()
     assert len(m0) == 48
     for cut in (0, 31):
-        with pytest.raises(NoiseMalformedMessage):
+        with pytest.raises(NoiseMalformedMessage, match="too short for an ephemeral"):
             resp.read_message(m0[:cut])
     for cut in (32, 47):  # long enough for e; the tag is missing
-        with pytest.raises(NoiseMalformedMessage):
+        with pytest.raises(NoiseMalformedMessage, match="too short for its tag"):
             resp.read_message(m0[:cut])
+
+
+def test_a_message_of_exactly_one_key_is_valid_where_the_pattern_allows_it() -> None:
+    """NN's first message is the bare ephemeral (no key yet, so no tag): exactly 32 bytes."""
+    init = HandshakeState.for_pattern("NN", initiator=True, prologue=b"", ephemeral_private=I_E)
+    resp = HandshakeState.for_pattern("NN", initiator=False, prologue=b"", ephemeral_private=R_E)
+    m0 = init.write_message()
+    assert m0 == public_key(I_E)
+    assert resp.read_message(m0) == b""
+    init.read_message(resp.write_message())
+    assert init.handshake_hash == resp.handshake_hash
 
 
 @pytest.mark.parametrize("point", LOW_ORDER)
@@ -298,10 +315,12 @@ def test_message_size_limit_at_its_edge() -> None:
 def test_constructor_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         HandshakeState.for_pattern("KKpsk0", initiator=True, prologue=b"")
-    with pytest.raises(ValueError, match="32 bytes"):
+    with pytest.raises(ValueError, match=r"^static_private must be 32 bytes"):
         HandshakeState.initiator(I_S[:31], public_key(R_S), b"", I_E)
-    with pytest.raises(ValueError, match="32 bytes"):
+    with pytest.raises(ValueError, match=r"^ephemeral_private must be 32 bytes"):
         HandshakeState.initiator(I_S, public_key(R_S), b"", I_E + b"\x00")
+    with pytest.raises(ValueError, match=r"^remote_static must be 32 bytes"):
+        HandshakeState.initiator(I_S, public_key(R_S)[:31], b"", I_E)
     with pytest.raises(ValueError, match="remote_static"):
         HandshakeState.for_pattern(
             "KK", initiator=True, prologue=b"", static_private=I_S, ephemeral_private=I_E
@@ -403,8 +422,8 @@ def test_reserved_nonce_is_refused() -> None:
         CipherState(key, MAX_NONCE + 1)
     with pytest.raises(ValueError):
         CipherState(key, -1)
-    with pytest.raises(ValueError):
-        CipherState(key[:16])
+    with pytest.raises(ValueError, match="CipherState key is 32 bytes"):
+        CipherState(key[:31])
     copy = cs.copy()
     assert copy.n == cs.n and copy.key == cs.key and copy is not cs
     assert repr(cs) == f"CipherState(n={MAX_NONCE})"
@@ -429,3 +448,104 @@ def test_any_keys_agree(
     assert init.handshake_hash == resp.handshake_hash
     (a, b), (c, d) = init.split(), resp.split()
     assert (a.key, b.key) == (d.key, c.key)
+
+
+def test_public_names_exist_and_states_have_no_dict() -> None:
+    """``__all__`` is the module's API, and the states are slotted: the explorer keeps many."""
+    assert set(noise.__all__) >= {"CipherState", "HandshakeState", "PROTOCOL_NAME"}
+    for name in noise.__all__:
+        assert getattr(noise, name) is not None, name
+    init, _ = pair()
+    for obj in (init, CipherState(_key("k")), noise._Sym(b"", b"", None, 0)):
+        assert not hasattr(obj, "__dict__"), type(obj).__name__
+
+
+def test_read_message_copies_a_mutable_message() -> None:
+    """The state must not alias the caller's buffer (an adapter reuses its receive buffer),
+    and snapshots must stay hashable."""
+    init, resp = pair()
+    buffer = bytearray(init.write_message(b"p"))
+    assert resp.read_message(buffer) == b"p"
+    expected = public_key(I_E)
+    buffer[:] = bytes(len(buffer))
+    assert resp.remote_ephemeral == expected
+    assert isinstance(resp.remote_ephemeral, bytes)
+    hash(resp.snapshot())
+    init.read_message(resp.write_message())
+    assert init.split()[0].key == resp.split()[1].key
+
+
+def test_initial_snapshot_layout_and_frozen_patterns() -> None:
+    """The snapshot is a documented flat tuple; a fresh KK state has no key, nonce 0, message 0,
+    and only the keys given (the remote ephemeral is learned from the wire)."""
+    init, _ = pair()
+    name = PROTOCOL_NAME  # 32 bytes: used as is for h and ck
+    h = hashlib.sha256(hashlib.sha256(name + PROLOGUE).digest() + public_key(I_S)).digest()
+    h = hashlib.sha256(h + public_key(R_S)).digest()
+    assert init.snapshot() == (
+        "KK",
+        True,
+        name,
+        h,
+        None,
+        0,
+        0,
+        I_S,
+        public_key(I_S),
+        I_E,
+        public_key(I_E),
+        public_key(R_S),
+        None,
+    )
+    assert init.handshake_hash == h
+    with pytest.raises(AttributeError):
+        noise.PATTERNS["KK"].name = "XX"  # type: ignore[misc]
+
+
+def test_key_objects_are_built_once_and_rebuilt_after_a_snapshot() -> None:
+    init, _ = pair()
+    assert init._private(True) is init._private(True)
+    assert init._private(False) is init._private(False)
+    assert init._private(True) is not init._private(False)
+    restored = HandshakeState.from_snapshot(init.snapshot())
+    assert restored._s_key is None and restored._e_key is None
+    assert restored._private(False) is restored._private(False)
+    assert restored.write_message() == init.write_message()
+
+
+def test_a_message_cut_inside_a_static_key_is_malformed() -> None:
+    """XX's second message carries the responder's encrypted static key (32 + 16 bytes)."""
+    init = HandshakeState.for_pattern(
+        "XX", initiator=True, prologue=b"", static_private=I_S, ephemeral_private=I_E
+    )
+    resp = HandshakeState.for_pattern(
+        "XX", initiator=False, prologue=b"", static_private=R_S, ephemeral_private=R_E
+    )
+    resp.read_message(init.write_message())
+    m1 = resp.write_message()
+    assert len(m1) == 32 + 48 + 16
+    before = init.snapshot()
+    for cut in (33, 32 + 47):
+        with pytest.raises(NoiseMalformedMessage, match="too short for a static key"):
+            init.read_message(m1[:cut])
+    with pytest.raises(NoiseMalformedMessage, match="too short for its tag"):
+        init.read_message(m1[: 32 + 48])
+    assert init.snapshot() == before
+    init.read_message(m1)
+    assert init.remote_static == public_key(R_S)
+
+
+def test_a_clear_static_key_with_an_empty_payload_is_exactly_64_bytes() -> None:
+    """IN's first message sends ``e`` and ``s`` before any key exists: no tags at all."""
+    init = HandshakeState.for_pattern(
+        "IN", initiator=True, prologue=b"", static_private=I_S, ephemeral_private=I_E
+    )
+    resp = HandshakeState.for_pattern("IN", initiator=False, prologue=b"", ephemeral_private=R_E)
+    m0 = init.write_message()
+    assert m0 == public_key(I_E) + public_key(I_S)
+    assert resp.read_message(m0) == b""
+    assert resp.remote_static == public_key(I_S)
+    with pytest.raises(NoiseMalformedMessage, match="static key"):
+        HandshakeState.for_pattern(
+            "IN", initiator=False, prologue=b"", ephemeral_private=R_E
+        ).read_message(m0[:63])
