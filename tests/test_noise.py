@@ -510,6 +510,7 @@ def test_key_objects_are_built_once_and_rebuilt_after_a_snapshot() -> None:
     restored = HandshakeState.from_snapshot(init.snapshot())
     assert restored._s_key is None and restored._e_key is None
     assert restored._private(False) is restored._private(False)
+    assert restored._private(True) is restored._private(True)
     assert restored.write_message() == init.write_message()
 
 
