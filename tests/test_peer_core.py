@@ -905,3 +905,14 @@ def test_peer_options_name_every_optional_config_field() -> None:
     assert set(hints) == set(fields)
     with pytest.raises(TypeError):
         peer_config(A_KEY, B_KEY.public_key, MEDIATOR, no_such_option=1)  # type: ignore[call-arg]
+
+
+def test_a_first_record_of_another_length_is_refused_from_its_length_bytes() -> None:
+    """The key confirmation is an empty DATA record of a known length: an answered candidate
+    that announces anything else is dropped at once, never buffered towards 32 KiB."""
+    client, peer, cconn, pconn = paired()
+    (init,) = sends(client.log, cconn)
+    peer.do(Received(pconn, init.encode()))
+    actions = peer.do(Received(pconn, b"\x7f\xff"))  # a 32767-byte record announced
+    assert [a.conn for a in actions if isinstance(a, Close)] == [pconn]
+    assert pconn not in peer.core.candidates and not peer.core.finished

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from p2psc import errors, wire
-from p2psc.core.channel import SecureChannel
+from p2psc.core.channel import HEADER_LEN, MIN_RECORD_CIPHERTEXT, SecureChannel
 from p2psc.core.io import (
     Action,
     Close,
@@ -1019,10 +1019,17 @@ class PeerCore:
         """The Peer's commit rule: the Client's first transport record (its key confirmation,
         an empty data record) decrypts under the keys of our answer on this candidate."""
         del now
-        if len(buf) < 2:
+        if len(buf) < HEADER_LEN:
             self.rx[conn] = buf
             return []
-        end = 2 + int.from_bytes(buf[:2], "big")
+        # The confirmation is an empty DATA record: its length is known, so anything else is
+        # refused from its two length bytes and at most one such record is ever buffered.
+        if int.from_bytes(buf[:HEADER_LEN], "big") != MIN_RECORD_CIPHERTEXT:
+            _step(PEER_CANDIDATE_TABLE, cand.state, "first_record", record_valid=False)
+            return self._reject(
+                conn, None, "its first record is not the Client's key confirmation", identity=True
+            )
+        end = HEADER_LEN + MIN_RECORD_CIPHERTEXT
         if len(buf) < end:
             self.rx[conn] = buf
             return []
