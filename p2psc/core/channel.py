@@ -40,6 +40,8 @@ from p2psc.errors import (
     RecordTooLarge,
     TruncatedStream,
 )
+from p2psc.machines.channel import ChannelMachine
+from p2psc.machines.compiler import MachineTable, compile_machine
 from p2psc.noise import TAGLEN, CipherState
 
 __all__ = [
@@ -100,6 +102,15 @@ class EndOfStream:
 END_OF_STREAM: Final = EndOfStream()
 """The single :class:`EndOfStream` instance."""
 
+CHANNEL_TABLE: MachineTable = compile_machine(ChannelMachine)
+_CAN_SEND: Final = frozenset({"open", "received_close"})
+_SENT_CLOSE: Final = frozenset({"sent_close", "both_closed"})
+_RECEIVED_CLOSE: Final = frozenset({"received_close", "both_closed"})
+
+
+def _step(state: str, event: str) -> str:
+    return CHANNEL_TABLE.step(state, event).target
+
 
 class SecureChannel:
     """Both directions of an established channel: ``send`` seals, ``recv`` opens.
@@ -110,14 +121,13 @@ class SecureChannel:
 
     __slots__ = (
         "_buf",
-        "_closed",
         "_failed",
         "_need",
-        "_peer_closed",
         "_records_received",
         "_records_sent",
         "_recv",
         "_send",
+        "_state",
     )
 
     def __init__(self, send: CipherState, recv: CipherState) -> None:
@@ -125,8 +135,9 @@ class SecureChannel:
         self._recv = recv
         self._buf = bytearray()
         self._need = HEADER_LEN
-        self._closed = False
-        self._peer_closed = False
+        self._state = CHANNEL_TABLE.initial
+        """State of :class:`~p2psc.machines.channel.ChannelMachine` (stepped on lifecycle
+        events only: data records do not change it)."""
         self._failed: ChannelError | None = None
         self._records_sent = 0
         self._records_received = 0
@@ -142,12 +153,12 @@ class SecureChannel:
     @property
     def closed(self) -> bool:
         """True once :meth:`seal_close` ran: we sent our end of stream."""
-        return self._closed
+        return self._state in _SENT_CLOSE
 
     @property
     def peer_closed(self) -> bool:
         """True once the peer's authenticated close record arrived."""
-        return self._peer_closed
+        return self._state in _RECEIVED_CLOSE
 
     @property
     def failed(self) -> ChannelError | None:
@@ -171,7 +182,7 @@ class SecureChannel:
         """Records carrying ``data`` (split at :data:`MAX_RECORD_DATA`), ready for the wire.
 
         Empty ``data`` gives one empty DATA record: the Client's key confirmation."""
-        if self._closed or self._failed is not None:
+        if self._state not in _CAN_SEND:
             raise self._closed_error()
         view = memoryview(data)
         size = len(view)
@@ -192,10 +203,10 @@ class SecureChannel:
         """The authenticated end of stream. After it, :meth:`seal` raises
         :class:`~p2psc.errors.ChannelClosed`; receiving goes on (a half close, like
         ``shutdown(SHUT_WR)``)."""
-        if self._closed or self._failed is not None:
+        if self._state not in _CAN_SEND:
             raise self._closed_error()
         ciphertext = self._send.encrypt_with_ad(_NO_AD, _CLOSE_BYTE)
-        self._closed = True
+        self._state = _step(self._state, "close_sent")
         self._records_sent += 1
         return len(ciphertext).to_bytes(2, "big") + ciphertext
 
@@ -215,7 +226,7 @@ class SecureChannel:
         channel is dead and the caller closes the transport."""
         if self._failed is not None:
             raise self._again()
-        if self._peer_closed:
+        if self._state in _RECEIVED_CLOSE:
             if data:
                 raise self._fail(DataAfterClose(f"{len(data)} bytes after the close record"))
             return []
@@ -261,7 +272,7 @@ class SecureChannel:
             elif kind == TYPE_CLOSE:
                 if len(plaintext) != 1:
                     raise self._fail(RecordMalformed("a close record that carries data"))
-                self._peer_closed = True
+                self._state = _step(self._state, "close_received")
                 if pos != end:
                     raise self._fail(DataAfterClose(f"{end - pos} bytes after the close record"))
                 out.append(END_OF_STREAM)
@@ -287,12 +298,15 @@ class SecureChannel:
         stream was cut: raises :class:`~p2psc.errors.TruncatedStream` (or the earlier error)."""
         if self._failed is not None:
             raise self._again()
-        if self._peer_closed:
+        if self._state in _RECEIVED_CLOSE:
+            self._state = _step(self._state, "transport_ended")
             return
         partial = f" inside a record ({len(self._buf)} bytes of it)" if self._buf else ""
-        raise self._fail(TruncatedStream(f"the stream ended without a close record{partial}"))
+        error = TruncatedStream(f"the stream ended without a close record{partial}")
+        raise self._fail(error, "transport_cut")
 
-    def _fail(self, error: ChannelError) -> ChannelError:
+    def _fail(self, error: ChannelError, event: str = "bad_record") -> ChannelError:
+        self._state = _step(self._state, event)
         self._failed = error
         self._buf = bytearray()
         return error

@@ -19,6 +19,7 @@ MACHINES: tuple[str, ...] = (
     "p2psc.machines.handshake:Rendezvous",
     "p2psc.machines.handshake:ClientCandidate",
     "p2psc.machines.handshake:PeerCandidate",
+    "p2psc.machines.channel:ChannelMachine",
 )
 """Every machine class of the project, as ``module:ClassName``; the diagrams are made of these."""
 
