@@ -93,16 +93,49 @@ async def silent_mediator() -> AsyncIterator[tuple[str, int]]:
         await server.wait_closed()
 
 
+@asynccontextmanager
+async def unanswered_mediator() -> AsyncIterator[tuple[str, int]]:
+    """A listener whose accept queue is full and is never accepted from: Linux drops further
+    SYNs, so a connect to it stays in ``connecting_mediator`` (on loopback, a listener that
+    accepts moves the peer on within microseconds, too fast to cancel there reliably)."""
+    import socket
+
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        for _ in range(4):  # simultaneous handshakes: several complete before the queue is full
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            fillers.append(filler)
+        await asyncio.sleep(0.05)
+        yield ("127.0.0.1", address[1])
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
 @pytest.mark.parametrize("state", ["connecting_mediator", "advertising", "waiting"])
 def test_cancel_during_registration(state: str, monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = Recorder(monkeypatch)
+    servers = {
+        "connecting_mediator": unanswered_mediator,
+        "advertising": silent_mediator,
+        "waiting": mediator,
+    }
 
     async def body() -> None:
-        async with mediator() if state == "waiting" else silent_mediator() as addr:
+        async with servers[state]() as addr:
             before = open_fds()
             me, them = Keypair.generate(), Keypair.generate()
             task = asyncio.create_task(connect_module.connect(me, them.public_key, addr, **FAST))
             await recorder.until(0, state)
+            await asyncio.sleep(0.1)  # the state holds: the cancel below lands in it
+            assert recorder.adapters[0].driver.core.state == state
             await cancel(task)
             assert await settle_fds(before) <= before
 

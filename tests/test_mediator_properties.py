@@ -188,7 +188,7 @@ def test_invariants_hold_in_every_interleaving(steps: list[tuple[object, ...]]) 
     core = world.core
     assert core.sessions == 0 and core.waiting == 0 and core.pending == 0
     assert core._pending_by_ip == {} and core._waiting_by_ip == {}
-    assert core.snapshot() == ((), (), core._shutting_down, ())
+    assert core.snapshot() == ((), (), core._shutting_down, ((), ()))
 
 
 def test_a_pairing_is_reachable_by_the_strategy() -> None:
