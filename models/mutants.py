@@ -272,8 +272,8 @@ class CommitOnInitPeer(PeerCore):
 class NoBindingPeer(PeerCore):
     """Leaves the pairing id out of the Noise prologue (both roles)."""
 
-    def _prologue(self, client_key: bytes, peer_key: bytes) -> bytes:
-        return prologue(bytes(16), client_key, peer_key)
+    def _prologue(self, client_key: bytes, peer_key: bytes, *, relayed: bool = False) -> bytes:
+        return prologue(bytes(16), client_key, peer_key, relayed=relayed)
 
 
 class GlobalCapPeer(PeerCore):

@@ -170,5 +170,6 @@ def prepare(
     driver (with TLS to the Mediator when asked). Raises ``ValueError``/``KeyFileError`` for
     unusable arguments, before any socket exists."""
     address, use_tls = mediator_target(mediator, tls=tls)
+    options.setdefault("relay", "auto")  # the user-facing default (issue 14; spec/relay.md)
     config = peer_config(keypair, peer_key, address, **options)
     return make_driver(PeerCore(config), tls=use_tls, ca=mediator_ca, pin=mediator_pin)
