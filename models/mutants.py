@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from p2psc.models.direct_model import DirectModel
 from p2psc.models.mediation_model import MediationModel
 from p2psc.models.negotiator_model import NegotiatorPairModel
+from p2psc.models.relay_model import RelayModel
 
 from p2psc import wire
 from p2psc.core.channel import SecureChannel
@@ -298,3 +299,23 @@ DIRECT_MUTANTS: dict[str, tuple[type[PeerCore], str]] = {
 def direct_mutant(name: str, *, budget: int = 2) -> DirectModel:
     cls, _ = DIRECT_MUTANTS[name]
     return DirectModel(budget=budget, peer_class=cls, name=f"direct[mutant {name}]")
+
+
+class PathUnboundPeer(PeerCore):
+    """Leaves the path out of the Noise prologue: a relayed handshake uses the direct prologue
+    (spec/relay.md section 4), so a handshake carried from one path to the other verifies."""
+
+    def _prologue(self, client_key: bytes, peer_key: bytes, *, relayed: bool = False) -> bytes:
+        return prologue(self.pairing_id, client_key, peer_key)
+
+
+RELAY_MUTANTS: dict[str, tuple[type[PeerCore], str]] = {
+    "path-unbound": (PathUnboundPeer, "R1"),
+}
+"""Mutant name -> (broken peer class, the property it must break) of the relay model (explored
+with the bridging relay, ``--evil``)."""
+
+
+def relay_mutant(name: str, *, faults: int = 1, evil: bool = True) -> RelayModel:
+    cls, _ = RELAY_MUTANTS[name]
+    return RelayModel(faults=faults, evil=True, peer_class=cls, name=f"relay[mutant {name}]")

@@ -22,9 +22,10 @@ from p2psc.machines.compiler import compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
 from p2psc.machines.mediator import MediatorSession
 from p2psc.machines.negotiator import NegotiatorMachine
+from p2psc.machines.relay import RelayLeg
 
 MACHINES = (NegotiatorMachine, MediatorSession, Registration, Rendezvous)
-MACHINES += (ClientCandidate, PeerCandidate)
+MACHINES += (ClientCandidate, PeerCandidate, RelayLeg)
 
 
 def _declared() -> set[tuple[str, str]]:
@@ -107,8 +108,9 @@ def test_coverage_fail_under_sets_the_exit_status(capsys: pytest.CaptureFixture[
 
 
 def test_coverage_fail_under_on_the_ci_configurations(capsys: pytest.CaptureFixture[str]) -> None:
-    """What CI runs: the richest two-peer configuration keeps at least 60% (55 of 87)."""
-    args = ("mediation", "--peers", "2", "--faults", "--limits", "--coverage-fail-under", "60")
+    """What CI runs: the richest two-peer configuration keeps at least 55% (58 of 102; the
+    relay's 11 Rendezvous transitions are the relay model's, spec/relay.md)."""
+    args = ("mediation", "--peers", "2", "--faults", "--limits", "--coverage-fail-under", "55")
     status, out = _explore(capsys, *args)
     assert status == 0, out
     status, out = _explore(capsys, "negotiator", "--protocols", "2", "--coverage-fail-under", "95")

@@ -937,7 +937,7 @@ class PeerCore:
     def _closed(self, event: Closed, now: float) -> list[PeerAction]:
         conn = event.conn
         why = event.error or "closed"
-        if conn == RELAY_CONN and conn in self.open_conns:
+        if conn == RELAY_CONN and (conn in self.open_conns or self.relay_state == "connecting"):
             return self._relay_closed(conn, why)
         if conn == self.mediator and self.state == "connecting_mediator":
             self._step("lost")
@@ -957,7 +957,7 @@ class PeerCore:
                 # The Client's listener is an extra for RST-answering NATs: it goes on without
                 # it. The Peer's is how the Client reaches it (the ordering guarantee).
                 self._step("listen_failed", can_go_on=self.role == "client")
-                if self.role == "client":
+                if self.role == "client" or self.state == "relaying":
                     return []
                 return self._finish_failed(PeerUnreachable(f"cannot listen for the Client: {why}"))
             return []
@@ -1413,9 +1413,12 @@ class PeerCore:
 
     def _relay_timeout(self) -> P2pscError:
         where = self._relay_where()
-        if self.relay_state == "connecting":
+        state = self.relay_state
+        if state is not None and RELAY_LEG_TABLE.allows(state, "timeout"):
+            self._relay_step("timeout")
+        if state == "connecting":
             return RelayUnreachable(f"no connection to the relay at {where} before the deadline")
-        if self.relay_state in ("requesting", "answered"):
+        if state in ("requesting", "answered"):
             return RelayTimeout(
                 f"peer {self.config.peer_key.fingerprint()} did not join us at the relay "
                 f"{where} before the deadline"
