@@ -85,10 +85,14 @@ def test_two_legs_of_one_pairing_are_spliced_and_bytes_pass_unchanged() -> None:
     core = spliced()
     frame = wire.HandshakeInit(b"\x01" * 48).encode()
     assert sends(core.handle(Received(1, frame), 1.0), 2) == [frame]
-    assert sends(core.handle(Received(2, b"\x00\x11" + b"r" * 17), 1.0), 1) == [
-        b"\x00\x11" + b"r" * 17
-    ]
-    assert core.relayed_bytes == len(frame) + 19
+    reply = wire.HandshakeResponse(b"\x02" * 48).encode()
+    record = b"\x00\x11" + b"r" * 17
+    assert sends(core.handle(Received(2, reply + record), 1.0), 1) == [reply + record]
+    # a record split across reads is held back until it is whole, then forwarded at once
+    assert sends(core.handle(Received(1, record[:1]), 1.0), 2) == []
+    assert sends(core.handle(Received(1, record[1:5]), 1.0), 2) == []
+    assert sends(core.handle(Received(1, record[5:] + record[:3]), 1.0), 2) == [record]
+    assert core.relayed_bytes == len(frame) + len(reply) + 2 * len(record)
 
 
 @pytest.mark.parametrize(
@@ -174,8 +178,9 @@ def test_limits_per_key_per_address_in_total_and_pending() -> None:
 
 def test_rate_limit_pauses_reading_and_resumes_when_the_bucket_refills() -> None:
     core = spliced(RelayConfig(max_rate=1000, burst=1000))
-    out = core.handle(Received(1, b"x" * 3000), 10.0)
-    assert sends(out, 2) == [b"x" * 3000]  # what was read is forwarded
+    frame = wire.HandshakeInit(b"\x01" * 2994).encode()  # 3000 bytes
+    out = core.handle(Received(1, frame), 10.0)
+    assert sends(out, 2) == [frame]  # what was read is forwarded
     assert PauseReading(1) in out
     (timer,) = [a for a in out if isinstance(a, SetTimer) and a.conn == 1]
     assert timer.deadline == pytest.approx(12.0)
@@ -187,21 +192,24 @@ def _record(n: int) -> bytes:
     return n.to_bytes(2, "big") + b"c" * n
 
 
-def test_byte_limit_ends_each_direction_at_a_record_boundary_with_the_end_marker() -> None:
-    core = spliced(RelayConfig(max_rate=0, max_bytes=100))
-    handshake = wire.HandshakeInit(b"\x01" * 48).encode()
+def test_byte_limit_ends_both_directions_at_a_record_boundary_with_the_end_marker() -> None:
+    core = spliced(RelayConfig(max_rate=0, max_bytes=400))
+    handshake = wire.HandshakeInit(b"\x01" * 48).encode()  # 54 bytes
     core.handle(Received(1, handshake), 1.0)
-    record = _record(300)
-    out = core.handle(Received(1, record[:100]), 1.0)  # over the limit in the middle of a record
-    assert sends(out, 2) == [record[:100]]
-    end = rw.END_MARKER + rw.RelayAbort(rw.RelayReason.RELAY_LIMIT, "x").encode()[:6]
-    (to_a,) = sends(out, 1)  # the other direction is at a boundary: its end marker goes at once
-    assert to_a.startswith(end[:2])
-    out = core.handle(Received(1, record[100:] + _record(20)), 1.5)
-    (rest, marker) = sends(out, 2)
-    assert rest == record[100:]  # the rest of the record in flight, nothing of the next one
-    assert marker.startswith(rw.END_MARKER + b"P2")
+    record = _record(300)  # 302 bytes: 356 forwarded in all, under the budget
+    assert sends(core.handle(Received(1, record[:100]), 1.0), 2) == []  # held: not whole
+    out = core.handle(Received(1, record[100:] + _record(20)[:5]), 1.5)
+    assert sends(out, 2) == [record] and not closes(out)
+    # the next whole record would cross the budget: it is not forwarded, the circuit ends
+    out = core.handle(Received(1, _record(20)[5:] + _record(50)), 1.5)
+    (whole, marker) = sends(out, 2)
+    assert whole == _record(20)  # 378 bytes forwarded: the 52-byte record would make 430
+    trailer = rw.END_MARKER + rw.RelayAbort(rw.RelayReason.RELAY_LIMIT, "x").encode()[:6]
+    assert marker.startswith(trailer[:6])
+    (to_a,) = sends(out, 1)
+    assert to_a.startswith(trailer[:6])
     assert closes(out) == {1, 2} and core.circuits == 0
+    assert core.relayed_bytes == 54 + 302 + 22 <= 400
 
 
 def test_duration_limit_ends_the_circuit() -> None:
@@ -216,7 +224,8 @@ def test_duration_limit_ends_the_circuit() -> None:
 def test_a_clean_end_is_passed_on_as_a_half_close_a_reset_closes_both() -> None:
     core = spliced()
     assert core.handle(Closed.eof(1), 1.0) == [ShutdownWrite(2)]
-    assert sends(core.handle(Received(2, b"late"), 1.0), 1) == [b"late"]
+    late = wire.HandshakeResponse(b"\x02" * 48).encode()
+    assert sends(core.handle(Received(2, late), 1.0), 1) == [late]
     assert closes(core.handle(Closed.eof(2), 1.0)) == {1, 2}
     core = spliced()
     assert closes(core.handle(Closed.failed(1, "reset"), 1.0)) == {1, 2}

@@ -248,7 +248,8 @@ class RelayServer:
             elif isinstance(action, RelayNote):
                 if self._observer is not None:
                     self._observer(action)
-                log.info("%s %d: %s", action.kind, action.conn, action.text)
+                fields = {"event": f"relay_{action.kind}", "conn": action.conn}
+                log.info(action.text, extra={"p2psc": fields})
 
     def _arm(self, link: _Link, deadline: float | None) -> None:
         if link.timer is not None:

@@ -161,9 +161,10 @@ class _JsonFormatter(logging.Formatter):
 def _setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
+    for logger in (log, logging.getLogger("p2psc.relay")):  # the relay of `mediator --relay`
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
 
 
 def _positive_float(text: str) -> float:

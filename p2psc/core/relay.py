@@ -19,10 +19,12 @@ What the core decides (the adapter, :mod:`p2psc.aio.relay`, only moves bytes and
   slowed, never cut). A circuit that reaches its duration or byte budget ends with a RelayAbort
   (``RELAY_LIMIT``) that both peers read as a typed error.
 - **Where a circuit may be cut.** The relay follows the framing of what it forwards (the one
-  Noise handshake frame each way, then channel records, whose 2-byte lengths are in clear): a
-  limit ends each direction at its next record boundary, with :data:`~p2psc.relay_wire.
-  END_MARKER` (a record length of 0, which no record has) and a RelayAbort frame, so the
-  receiving channel reports :class:`~p2psc.errors.RelayLimitReached` instead of a cut record.
+  Noise handshake frame each way, then channel records, whose 2-byte lengths are in clear) and
+  forwards whole records only (the start of one is held until it is complete), so a limit ends
+  each direction right after a whole record: :data:`~p2psc.relay_wire.END_MARKER` (a record
+  length of 0, which no record has) and a RelayAbort frame, and the receiving channel reports
+  :class:`~p2psc.errors.RelayLimitReached` instead of a cut record. (A record the sender had
+  only partly sent when the limit struck is dropped: it was never the receiver's.)
 - **Timers**: one per connection (the adapter's :class:`~p2psc.core.io.SetTimer`), at the
   earliest of its step deadline, its circuit's end, its rate-limit resume time.
 
@@ -108,7 +110,6 @@ class RelayConfig:
 
     request_timeout: float = 10.0
     wait_timeout: float = 30.0
-    end_grace: float = 2.0
     max_duration: float = 3600.0
     max_bytes: int = 1024 * MiB
     max_rate: int = 4 * MiB
@@ -121,8 +122,8 @@ class RelayConfig:
     nonce_source: NonceSource = system_nonces
 
     def __post_init__(self) -> None:
-        if min(self.request_timeout, self.wait_timeout, self.end_grace) <= 0:
-            raise ValueError("request_timeout, wait_timeout and end_grace must be > 0")
+        if min(self.request_timeout, self.wait_timeout) <= 0:
+            raise ValueError("request_timeout and wait_timeout must be > 0")
         if min(self.max_duration, self.max_bytes, self.max_rate) < 0:
             raise ValueError("max_duration, max_bytes and max_rate must be >= 0 (0: no limit)")
         if self.max_rate and self.burst < 1:
@@ -137,16 +138,14 @@ class _Direction:
 
     src: ConnId
     dst: ConnId
-    frame_header: bytearray = field(default_factory=bytearray)
-    """Bytes of the current length field (frame header or record length) seen so far."""
+    held: bytes = b""
+    """The start of a frame or record not yet complete: held back (at most one record), so
+    that everything forwarded is whole and a limit can end the stream at a boundary."""
     in_frame: bool = True
     """Before the first record: the Noise handshake frame (6-byte header) comes first."""
-    left: int = 0
-    """Bytes left of the current frame or record body."""
     tokens: float = 0.0
     refill_at: float = 0.0
     paused_until: float | None = None
-    ending: bool = False
     done: bool = False
     eof: bool = False
 
@@ -159,7 +158,6 @@ class _Circuit:
     deadline: float | None
     bytes: int = 0
     ending: str | None = None
-    end_deadline: float | None = None
     directions: dict[ConnId, _Direction] = field(default_factory=dict)
 
 
@@ -416,20 +414,16 @@ class RelayCore:
         if direction.done:
             return []  # this side already got its end marker: what it still sends is dropped
         actions: list[RelayAction] = []
-        if direction.ending:
-            # Forward only the rest of the record in flight, then the end marker.
-            take = min(len(data), direction.left) if not direction.frame_header else 0
-            if take:
-                actions.append(Send(direction.dst, data[:take]))
-                self._count_bytes(circuit, take)
-                direction.left -= take
-            if direction.left == 0:
-                actions += self._finish_direction(circuit, direction, now)
-            return actions
-        actions.append(Send(direction.dst, data))
-        self._count_bytes(circuit, len(data))
-        self._track(direction, data)
         config = self.config
+        first = direction.in_frame
+        whole = self._whole(direction, data)
+        over = bool(config.max_bytes) and circuit.bytes + len(whole) > config.max_bytes
+        if over:  # only the whole records that fit in the budget
+            whole = whole[: _fitting(whole, config.max_bytes - circuit.bytes, first)]
+        if whole:
+            actions.append(Send(direction.dst, whole))
+            circuit.bytes += len(whole)
+            self.relayed_bytes += len(whole)
         if config.max_rate:
             self._refill(direction, now)
             direction.tokens -= len(data)
@@ -437,40 +431,39 @@ class RelayCore:
                 direction.paused_until = now + (-direction.tokens) / config.max_rate
                 actions.append(PauseReading(conn))
                 actions += self._arm(conn, session, now)
-        if config.max_bytes and circuit.bytes >= config.max_bytes and circuit.ending is None:
-            actions += self._start_ending(
-                circuit, f"the circuit's data limit ({config.max_bytes} bytes) is reached", now
-            )
+        if over or (config.max_bytes and circuit.bytes >= config.max_bytes):
+            why = f"the circuit's data limit ({config.max_bytes} bytes) is reached"
+            actions += self._end_circuit(circuit, why)
         return actions
 
-    def _count_bytes(self, circuit: _Circuit, n: int) -> None:
-        circuit.bytes += n
-        self.relayed_bytes += n
-
     @staticmethod
-    def _track(direction: _Direction, data: bytes) -> None:
-        """Follow the framing: the handshake frame (6-byte header, length in bytes 4-5), then
-        records (2-byte length). Only lengths are read; nothing is decrypted or changed."""
-        i, n = 0, len(data)
-        while i < n:
-            if direction.left:
-                step = min(direction.left, n - i)
-                direction.left -= step
-                i += step
-                continue
-            need = (wire.HEADER_SIZE if direction.in_frame else 2) - len(direction.frame_header)
-            chunk = data[i : i + need]
-            direction.frame_header += chunk
-            i += len(chunk)
-            if len(chunk) < need:
-                break
-            header = direction.frame_header
+    def _whole(direction: _Direction, data: bytes) -> bytes:
+        """The complete frames and records of ``held + data``; keeps the incomplete rest.
+
+        The framing: the one Noise handshake frame (6-byte header, payload length in bytes
+        4-5), then channel records (2-byte length). Only lengths are read: nothing is decrypted
+        or changed. What is held is less than one record (a length over the record maximum
+        still ends at 65535 bytes), so a circuit holds at most ~64 KiB per direction."""
+        buf = direction.held + data if direction.held else data
+        end, pos = len(buf), 0
+        while True:
             if direction.in_frame:
-                direction.left = (header[4] << 8) | header[5]
-                direction.in_frame = False
+                if end - pos < wire.HEADER_SIZE:
+                    break
+                stop = pos + wire.HEADER_SIZE + ((buf[pos + 4] << 8) | buf[pos + 5])
             else:
-                direction.left = (header[0] << 8) | header[1]
-            direction.frame_header = bytearray()
+                if end - pos < 2:
+                    break
+                stop = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
+            if stop > end:
+                break
+            pos = stop
+            direction.in_frame = False
+        if pos == end:
+            direction.held = b""
+            return buf
+        direction.held = buf[pos:]
+        return buf[:pos]
 
     def _refill(self, direction: _Direction, now: float) -> None:
         config = self.config
@@ -478,38 +471,17 @@ class RelayCore:
         direction.tokens = min(float(config.burst), direction.tokens + elapsed * config.max_rate)
         direction.refill_at = now
 
-    def _start_ending(self, circuit: _Circuit, why: str, now: float) -> list[RelayAction]:
+    def _end_circuit(self, circuit: _Circuit, why: str) -> list[RelayAction]:
+        """A limit: each side gets, after the last whole record forwarded to it, the end marker
+        and RelayAbort(RELAY_LIMIT); the partial record held back is dropped; both are closed."""
         circuit.ending = why
-        circuit.end_deadline = now + self.config.end_grace
         actions: list[RelayAction] = [RelayNote("limit", circuit.a, why)]
+        trailer = rw.END_MARKER + rw.RelayAbort(rw.RelayReason.RELAY_LIMIT, why).encode()
         for direction in circuit.directions.values():
-            direction.ending = True
-            if direction.paused_until is not None:
-                direction.paused_until = None
-                actions.append(ResumeReading(direction.src))
-            if direction.left == 0 and not direction.frame_header:
-                actions += self._finish_direction(circuit, direction, now)
-        for conn in (circuit.a, circuit.b):
-            session = self.sessions.get(conn)
-            if session is not None:
-                actions += self._arm(conn, session, now)
-        return actions
-
-    def _finish_direction(
-        self, circuit: _Circuit, direction: _Direction, now: float
-    ) -> list[RelayAction]:
-        del now
-        direction.done = True
-        why = circuit.ending or "ended"
-        actions: list[RelayAction] = [
-            Send(
-                direction.dst,
-                rw.END_MARKER + rw.RelayAbort(rw.RelayReason.RELAY_LIMIT, why).encode(),
-            )
-        ]
-        if all(d.done for d in circuit.directions.values()):
-            actions += self._close_circuit(circuit, "limit_reached", why)
-        return actions
+            direction.done = True
+            direction.held = b""
+            actions.append(Send(direction.dst, trailer))
+        return actions + self._close_circuit(circuit, "limit_reached", why)
 
     def _close_circuit(self, circuit: _Circuit, event: str, why: str) -> list[RelayAction]:
         actions: list[RelayAction] = []
@@ -539,8 +511,6 @@ class RelayCore:
         if circuit is not None:
             if circuit.deadline is not None:
                 due.append(circuit.deadline)
-            if circuit.end_deadline is not None:
-                due.append(circuit.end_deadline)
             paused = circuit.directions[conn].paused_until
             if paused is not None:
                 due.append(paused)
@@ -574,16 +544,9 @@ class RelayCore:
             direction.paused_until = None
             self._refill(direction, now)
             actions.append(ResumeReading(conn))
-        if circuit.end_deadline is not None and now >= circuit.end_deadline:
-            return actions + self._close_circuit(
-                circuit, "limit_reached", circuit.ending or "ended"
-            )
-        if circuit.deadline is not None and now >= circuit.deadline and circuit.ending is None:
-            actions += self._start_ending(
-                circuit,
-                f"the circuit's duration limit ({self.config.max_duration:g} s) is reached",
-                now,
-            )
+        if circuit.deadline is not None and now >= circuit.deadline:
+            why = f"the circuit's duration limit ({self.config.max_duration:g} s) is reached"
+            return actions + self._end_circuit(circuit, why)
         if conn in self.sessions:
             actions += self._arm(conn, session, now)
         return actions
@@ -664,3 +627,19 @@ class RelayCore:
                 self.per_key[session.our_key] = left
             else:
                 del self.per_key[session.our_key]
+
+
+def _fitting(whole: bytes, budget: int, first_is_frame: bool) -> int:
+    """How many bytes of ``whole`` (complete frames/records) fit in ``budget`` without cutting
+    one: the end of the last unit that ends at or before ``budget``."""
+    pos, end = 0, len(whole)
+    in_frame = first_is_frame
+    while pos < end:
+        if in_frame:
+            stop = pos + wire.HEADER_SIZE + ((whole[pos + 4] << 8) | whole[pos + 5])
+        else:
+            stop = pos + 2 + ((whole[pos] << 8) | whole[pos + 1])
+        if stop > budget:
+            break
+        pos, in_frame = stop, False
+    return pos
