@@ -277,6 +277,19 @@ def test_every_relay_message_round_trips() -> None:
         assert rw.take_relay_frame(frame[:-1]) is None
 
 
+def test_relay_frames_match_the_spec_examples_byte_for_byte() -> None:
+    request = rw.RelayRequest(1, b"\x11" * 32, b"\x22" * 32, bytes(range(16)))
+    assert request.encode() == bytes.fromhex(
+        "5032010e005101" + "11" * 32 + "22" * 32 + "000102030405060708090a0b0c0d0e0f"
+    )
+    connected = bytes.fromhex("50320111000c00000e100000000040000000")
+    assert rw.RelayConnected(3600, 1 << 30).encode() == connected
+    abort = bytes.fromhex("503201120009000d00056c696d6974")
+    assert rw.RelayAbort(rw.RelayReason.RELAY_LIMIT, "limit").encode() == abort
+    assert rw.is_relay_request_start(request.encode()[:4])
+    assert not rw.is_relay_request_start(bytes.fromhex("50320100"))  # an Advertise
+
+
 def _pair_of_channels(relayed: bool) -> tuple[SecureChannel, SecureChannel]:
     k1, k2 = bytes(range(32)), bytes(range(1, 33))
     tx = SecureChannel(CipherState(k1), CipherState(k2))

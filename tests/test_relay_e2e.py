@@ -140,3 +140,77 @@ async def test_byte_limit_ends_the_circuit_with_a_typed_error_on_both_sides() ->
 async def _wait_spliced(relay: RelayServer) -> None:
     while relay.core.circuits == 0:
         await asyncio.sleep(0.01)
+
+
+def test_relay_commands_exist_and_say_what_they_do(capsys: pytest.CaptureFixture[str]) -> None:
+    from p2psc.cli import main
+
+    for argv in (["relay", "--help"], ["mediator", "--help"], ["connect", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--max-duration" in out and "--relay-max-bytes" in out and "--relay-address" in out
+
+
+def test_p2psc_connect_prints_the_relayed_path(tmp_path: Any) -> None:
+    """Two `p2psc connect --relay only` processes through a `mediator --relay` (in a thread)."""
+    import subprocess
+    import sys
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> Any:
+        relay = await serve_relay(listen=False)
+        med = await serve_mediator("127.0.0.1", 0)
+        med.relay = relay
+        return med, relay
+
+    med, relay = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    a, b = Keypair.generate(), Keypair.generate()
+    a.save(tmp_path / "a.pem")
+    b.save(tmp_path / "b.pem")
+    common = ["--mediator", f"127.0.0.1:{med.port}", "--timeout", "20", "--relay", "only"]
+    argv = [sys.executable, "-m", "p2psc", "connect"]
+    procs = [
+        subprocess.Popen(
+            [
+                *argv,
+                "--key",
+                str(tmp_path / f"{me}.pem"),
+                "--peer",
+                other.public_key.hex(),
+                *common,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for me, other in (("a", b), ("b", a))
+    ]
+    outs: list[tuple[bytes, bytes]] = [(b"", b""), (b"", b"")]
+
+    def talk(index: int) -> None:
+        outs[index] = procs[index].communicate(f"hi from {index}\n".encode(), timeout=40)
+
+    talkers = [threading.Thread(target=talk, args=(i,)) for i in (0, 1)]
+    try:
+        for talker in talkers:
+            talker.start()
+        for talker in talkers:
+            talker.join(50)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        asyncio.run_coroutine_threadsafe(med.close(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(relay.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    assert [out for out, _ in outs] == [b"hi from 1\n", b"hi from 0\n"]
+    for _, err in outs:
+        assert "path relayed" in err.decode(), err
