@@ -315,3 +315,30 @@ def test_a_direct_channel_treats_the_end_marker_as_tampering() -> None:
     end = rw.END_MARKER + rw.RelayAbort(rw.RelayReason.RELAY_LIMIT, "x").encode()
     with pytest.raises(RecordTampered):
         rx.feed(tx.seal(b"x") + end)
+
+
+def test_the_pending_count_follows_every_way_out() -> None:
+    core = RelayCore(RelayConfig(max_rate=0))
+    for conn in range(1, 5):
+        core.handle(Opened(conn, ("192.0.2.1", conn)), 0.0)
+    assert core.pending == 4
+    request(core, 5, A, B)  # opened and requested at once
+    core.handle(Received(1, b"XX"), 0.0)  # malformed
+    core.handle(Closed.eof(2), 0.0)
+    core.handle(TimerFired(3), core.config.request_timeout)
+    assert core.pending == 1  # conn 4
+    core.handle(Closed.failed(4, "reset"), 0.0)
+    assert core.pending == 0 and set(core.sessions) == {5}
+
+
+def test_challenges_per_address_are_budgeted() -> None:
+    core = RelayCore(RelayConfig(challenge_rate=1.0, challenge_burst=2))
+    for conn in (1, 2):
+        (challenge,) = messages(request(core, conn, A, B), conn)
+        assert isinstance(challenge, rw.RelayChallenge)
+    (abort,) = messages(request(core, 3, A, B), 3)
+    assert isinstance(abort, rw.RelayAbort) and abort.code == rw.RelayReason.RELAY_REFUSED
+    (other,) = messages(request(core, 4, A, B, host="192.0.2.7"), 4)
+    assert isinstance(other, rw.RelayChallenge)  # another address has its own budget
+    (later,) = messages(request(core, 5, A, B, now=1.0), 5)
+    assert isinstance(later, rw.RelayChallenge)  # refilled at challenge_rate

@@ -28,6 +28,8 @@ _FLAGS: tuple[tuple[str, str, type, float], ...] = (
     ("max_per_address", "relay connections per IP address", int, 1),
     ("max_connections", "relay connections in total (2 per circuit)", int, 1),
     ("max_pending", "connections that have not sent their RelayRequest yet", int, 1),
+    ("challenge_rate", "sealed challenges per second per address (token bucket)", float, 1),
+    ("challenge_burst", "sealed challenges per address at once", int, 1),
     ("wait_timeout", "seconds an authenticated leg waits for its partner", float, 1),
     ("request_timeout", "seconds for each step before the splice", float, 1),
 )

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from p2psc import relay_wire as rw
 from p2psc import wire
+from p2psc.core.admission import Admission, origin_of
 from p2psc.core.io import Close, Closed, ConnId, Event, Opened, Received, Send, SetTimer, TimerFired
 from p2psc.errors import P2pscError, ProtocolError
 from p2psc.keys import (
@@ -118,6 +119,8 @@ class RelayConfig:
     max_connections: int = 4096
     max_per_address: int = 64
     max_per_key: int = 16
+    challenge_rate: float = 50.0
+    challenge_burst: int = 200
     crypto: NonceCrypto = HPKE
     nonce_source: NonceSource = system_nonces
 
@@ -171,6 +174,7 @@ class _Session:
     their_key: bytes = b""
     pairing_id: bytes = b""
     nonce: bytes = b""
+    requested: bool = False
     authenticated: bool = False
     circuit: _Circuit | None = None
 
@@ -189,13 +193,16 @@ class RelayCore:
         self.circuits = 0
         self.spliced_total = 0
         self.relayed_bytes = 0
+        self._pending = 0
+        self._budget = Admission(self.config.challenge_rate, self.config.challenge_burst)
+        """Only its per-origin challenge budget is used (the Mediator's token bucket)."""
 
     # --- public ---------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        """Connections that have not yet been admitted (no RelayRequest yet)."""
-        return sum(1 for s in self.sessions.values() if s.state == "awaiting_request")
+        """Connections that have not sent their RelayRequest yet."""
+        return self._pending
 
     def partner_of(self, conn: ConnId) -> ConnId | None:
         """The other side of ``conn``'s circuit (None: not spliced)."""
@@ -242,7 +249,9 @@ class RelayCore:
         if self.pending >= self.config.max_pending:
             return [Close(event.conn, "too many unauthenticated relay connections")]
         deadline = now + self.config.request_timeout
-        self.sessions[event.conn] = _Session(TABLE.initial, event.remote[0], deadline)
+        origin = origin_of(event.remote[0])  # an IPv6 /64 counts as one address
+        self.sessions[event.conn] = _Session(TABLE.initial, origin, deadline)
+        self._pending += 1
         return [SetTimer(event.conn, deadline)]
 
     def _bytes(self, conn: ConnId, session: _Session, data: bytes, now: float) -> list[RelayAction]:
@@ -293,6 +302,8 @@ class RelayCore:
                     self.admitted < config.max_connections
                     and self.per_address.get(session.address, 0) < config.max_per_address
                 )
+            if name == "challenge_budget":
+                return self._budget.take_challenge(session.address, now)
             assert name == "key_usable"
             nonce = config.nonce_source(NONCE_SIZE)
             info = rw.challenge_info(message.our_key, message.their_key, message.pairing_id)
@@ -302,6 +313,8 @@ class RelayCore:
                 return False
             return len(nonce) == NONCE_SIZE
 
+        self._pending -= 1  # whatever the outcome, it is no longer a silent connection
+        session.requested = True
         transition = TABLE.step(session.state, "request", guard)
         if transition.target == "closed":
             code, text = self._refusal(transition.guards[0].name if transition.guards else "")
@@ -327,6 +340,10 @@ class RelayCore:
             ),
             "key_usable": (wire.Reason.IDENTITY_CHECK_FAILED, "cannot seal a nonce to this key"),
             "nonce_matches": (wire.Reason.IDENTITY_CHECK_FAILED, "wrong RelayResponse"),
+            "challenge_budget": (
+                rw.RelayReason.RELAY_REFUSED,
+                "too many challenges for this address; retry later",
+            ),
             "key_admitted": (
                 rw.RelayReason.RELAY_REFUSED,
                 "too many relay connections for this key",
@@ -608,7 +625,8 @@ class RelayCore:
         ]
 
     def _forget(self, conn: ConnId, session: _Session, closed: bool = False) -> list[RelayAction]:
-        self.sessions.pop(conn, None)
+        if self.sessions.pop(conn, None) is not None and not session.requested:
+            self._pending -= 1
         if session.our_key:  # admitted at the request
             self._count(session, -1)
             mine = (session.pairing_id, session.our_key, session.their_key)

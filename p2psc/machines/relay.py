@@ -12,6 +12,9 @@ Guards (evaluated by :class:`p2psc.core.relay.RelayCore` and :class:`p2psc.core.
 - ``version_supported``: the RelayRequest names protocol version 1.
 - ``self_pairing``: the RelayRequest names the requester's own key as its partner.
 - ``admitted``: another relay connection fits the limits per address and in total.
+- ``challenge_budget``: the requester's origin (address, IPv6 /64) may still be sent a sealed
+  challenge (a token bucket, as at the Mediator: a client that never answers does not get
+  unlimited HPKE seals).
 - ``key_admitted``: another relay connection fits the limit per (now proven) key.
 - ``key_usable``: a nonce could be sealed to the named key.
 - ``nonce_matches``: the RelayResponse equals the sealed nonce (constant-time compare).
@@ -44,6 +47,7 @@ class RelaySession(StateMachine):
         awaiting_request.to(closed, unless="version_supported")
         | awaiting_request.to(closed, cond="self_pairing")
         | awaiting_request.to(closed, unless="admitted")
+        | awaiting_request.to(closed, unless="challenge_budget")
         | awaiting_request.to(closed, unless="key_usable")
         | awaiting_request.to(challenged)
     )
