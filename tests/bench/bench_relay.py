@@ -151,6 +151,10 @@ async def circuits(count: int) -> None:
         "100000",
         "--max-rate",
         "0",
+        "--challenge-rate",
+        "1000000",
+        "--challenge-burst",
+        "1000000",
     )
     legs: list[asyncio.StreamWriter] = []
     try:
