@@ -5,6 +5,8 @@ Driven with events and ``now`` only; keys and HPKE are real."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2psc import relay_wire as rw
 from p2psc import wire
@@ -342,3 +344,27 @@ def test_challenges_per_address_are_budgeted() -> None:
     assert isinstance(other, rw.RelayChallenge)  # another address has its own budget
     (later,) = messages(request(core, 5, A, B, now=1.0), 5)
     assert isinstance(later, rw.RelayChallenge)  # refilled at challenge_rate
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.binary(min_size=0, max_size=200), max_size=8), stage=st.integers(0, 2))
+def test_garbage_in_any_state_is_a_clean_close_never_an_exception(
+    chunks: list[bytes], stage: int
+) -> None:
+    """Whatever a client sends (before the request, after it, after the splice), the core
+    answers with actions only: a RelayAbort and a Close, or forwarding; memory stays bounded."""
+    core = RelayCore(RelayConfig(max_rate=0))
+    if stage == 0:
+        core.handle(Opened(1, ("192.0.2.1", 1)), 0.0)
+    elif stage == 1:
+        request(core, 1, A, B)
+    else:
+        leg(core, 1, A, B)
+        leg(core, 2, B, A)
+    for chunk in chunks:
+        core.handle(Received(1, chunk), 0.5)
+        session = core.sessions.get(1)
+        if session is not None:
+            assert len(session.rx) <= wire.HEADER_SIZE + wire.MAX_PAYLOAD
+            if session.circuit is not None:
+                assert len(session.circuit.directions[1].held) <= 2 + 65535
