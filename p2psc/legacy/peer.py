@@ -21,8 +21,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from p2psc import errors
 from p2psc.core import peer as v1_peer
+from p2psc.core.attempt import failed_state, restore_error
 from p2psc.core.io import (
     Action,
     Close,
@@ -192,11 +192,7 @@ class LegacyPeerCore:
         core.connect_deadline = snapshot.connect_deadline
         core.retry_pending = snapshot.retry_pending
         if snapshot.error is not None:
-            name, reason = snapshot.error
-            kind: type[P2pscError] = getattr(errors, name, P2pscError)
-            error = kind.__new__(kind)
-            P2pscError.__init__(error, reason)
-            core.error = error
+            core.error = restore_error(*snapshot.error)
         return core
 
     @property
@@ -460,10 +456,7 @@ class LegacyPeerCore:
 
     def _fail(self, error: P2pscError, event: str) -> list[LegacyAction]:
         if not self.finished:
-            if _TABLE.allows(self.state, event):
-                self._step(event)
-            else:
-                self.state = "failed"
+            self.state = failed_state(_TABLE, self.state, event)
         return self._finish_failed(error)
 
     def _finish_failed(self, error: P2pscError) -> list[LegacyAction]:
