@@ -27,7 +27,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar, Unpack, cast
+from typing import Any, Generic, Self, TypeVar, Unpack, cast
 
 from p2psc.aio.channel import secure_streams
 from p2psc.aio.holepunch import open_connection_from
@@ -188,11 +188,7 @@ def _secure(transport: asyncio.Transport, result: Outcome) -> P2PConnection:
     )
 
 
-class _Closable(Protocol):
-    def close(self) -> None: ...
-
-
-ConnectionT = TypeVar("ConnectionT", bound=_Closable)
+ConnectionT = TypeVar("ConnectionT", bound=StreamConnection)
 
 
 class _Link(asyncio.Protocol):
