@@ -27,6 +27,7 @@ __all__ = ["CryptoMemo"]
 
 _REAL_DH = noise_module._dh
 _REAL_HKDF2 = noise_module._hkdf2
+_PATCHED = ("X25519PrivateKey", "_dh", "_hkdf2")
 
 
 class CryptoMemo:
@@ -85,23 +86,16 @@ class CryptoMemo:
 
     def __enter__(self) -> None:
         if self._depth == 0:
-            self._saved = (
-                noise_module.X25519PrivateKey,
-                noise_module._dh,
-                noise_module._hkdf2,
-            )
-            noise_module.X25519PrivateKey = self._shim  # type: ignore[misc,assignment]
-            noise_module._dh = self.dh
-            noise_module._hkdf2 = self.hkdf2
+            namespace = vars(noise_module)
+            self._saved = tuple(namespace[name] for name in _PATCHED)
+            namespace["X25519PrivateKey"] = self._shim
+            namespace["_dh"] = self.dh
+            namespace["_hkdf2"] = self.hkdf2
         self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
         self._depth -= 1
         if self._depth == 0:
             assert self._saved is not None
-            (
-                noise_module.X25519PrivateKey,  # type: ignore[misc]
-                noise_module._dh,
-                noise_module._hkdf2,
-            ) = self._saved
+            vars(noise_module).update(zip(_PATCHED, self._saved, strict=True))
             self._saved = None
