@@ -368,3 +368,11 @@ def test_garbage_in_any_state_is_a_clean_close_never_an_exception(
             assert len(session.rx) <= wire.HEADER_SIZE + wire.MAX_PAYLOAD
             if session.circuit is not None:
                 assert len(session.circuit.directions[1].held) <= 2 + 65535
+
+
+def test_a_request_for_another_protocol_version_is_refused() -> None:
+    core = RelayCore()
+    core.handle(Opened(1, ("192.0.2.1", 1)), 0.0)
+    req = rw.RelayRequest(2, A.public_key.raw, B.public_key.raw, PID).encode()
+    (abort,) = messages(core.handle(Received(1, req), 0.0), 1)
+    assert isinstance(abort, rw.RelayAbort) and abort.code == wire.Reason.UNSUPPORTED_VERSION

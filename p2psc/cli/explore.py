@@ -15,6 +15,7 @@ examples:
   p2psc explore mediation --mutant identify-early
   p2psc explore direct --stranger-budget 3  # Client, Peer and a stranger who replays anything
   p2psc explore relay --relay-faults 2 --bridging-relay   # path agreement, direct or relayed
+  p2psc explore channel --adversary-budget 2  # established records against drops, replays, cuts
   p2psc explore mediation --peers 2 --faults --limits --coverage-fail-under 60
 
 Each "never taken" transition is followed by the configuration that takes it, or by why no model
@@ -27,6 +28,8 @@ mutants (--mutant NAME; the property each one breaks):
               leaky-registry (M4)
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
   relay:      path-unbound (R1, always with the bridging relay)
+  channel:    skip-lost-record (C1), eof-is-close (C2), close-not-recorded (C3),
+              fin-only-close (C4)
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ MODELS: dict[str, str] = {
     "mediation": "p2psc.models.mediation_model",
     "direct": "p2psc.models.direct_model",
     "relay": "p2psc.models.relay_model",
+    "channel": "p2psc.models.channel_model",
 }
 """Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
 
@@ -100,6 +104,7 @@ def _progress(result: Any, frontier: int) -> None:
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The model's build options; refuses options of the other model and unknown mutants."""
     from p2psc.models.mutants import (
+        CHANNEL_MUTANTS,
         DIRECT_MUTANTS,
         MEDIATION_MUTANTS,
         NEGOTIATOR_MUTANTS,
@@ -111,6 +116,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         "mediation": MEDIATION_MUTANTS,
         "direct": DIRECT_MUTANTS,
         "relay": RELAY_MUTANTS,
+        "channel": CHANNEL_MUTANTS,
     }
     mutants = by_model[args.model]
     if args.mutant is not None and args.mutant not in mutants:
@@ -122,12 +128,20 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
         if any(o not in (None, False) for o in others) or args.garbage or args.shutdown:
             parser.error("the relay model takes --relay-faults, --bridging-relay and --mutant only")
-        if args.stranger_budget is not None:
-            parser.error("--stranger-budget applies to the direct model only")
+        if args.stranger_budget is not None or args.adversary_budget is not None:
+            parser.error("the relay model takes --relay-faults, --bridging-relay and --mutant only")
         faults = 2 if args.relay_faults is None else args.relay_faults
         return {"faults": faults, "evil": args.bridging_relay, "mutant": args.mutant}
     if args.model != "direct" and args.stranger_budget is not None:
         parser.error("--stranger-budget applies to the direct model only")
+    if args.model != "channel" and args.adversary_budget is not None:
+        parser.error("--adversary-budget applies to the channel model only")
+    if args.model == "channel":
+        others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
+        if any(o not in (None, False) for o in others) or args.garbage or args.shutdown:
+            parser.error("the channel model takes --adversary-budget and --mutant only")
+        budget = 2 if args.adversary_budget is None else args.adversary_budget
+        return {"budget": budget, "mutant": args.mutant}
     if args.model == "direct":
         others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
         if any(o not in (None, False) for o in others) or args.garbage or args.shutdown:
@@ -197,7 +211,8 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "explore",
-        help="exhaustively check a model of the cores (negotiator pair, mediation, direct, relay)",
+        help="exhaustively check a model of the cores (negotiator, mediation, direct, channel, "
+        "relay)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -240,6 +255,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--bridging-relay",
         action="store_true",
         help="relay: the relay may splice the Client's leg to the Peer's listener instead",
+    )
+    parser.add_argument(
+        "--adversary-budget",
+        type=_at_least(0),
+        default=None,
+        metavar="N",
+        help="channel: how many actions the adversary on the wire may take (default 2)",
     )
     parser.add_argument(
         "--faults",
