@@ -264,3 +264,15 @@ def test_wrong_nonce_never_reaches_the_registry() -> None:
     actions = node.run(Received(1, wire.AdvertiseResponse(bytes(32)).encode()))
     assert not any(isinstance(a, RegistryClaim) for a in actions)
     assert sent(actions, 1)[0].code == R.IDENTITY_CHECK_FAILED  # type: ignore[union-attr]
+
+
+def test_notices_that_overtake_the_registration_answer_are_held_until_it() -> None:
+    """The claim notice comes over the subscription, the registering answer over the command
+    connection: the notice can arrive first. It is applied right after the answer."""
+    node = Instance()
+    node.verify(1, A, B)
+    pid = bytes(range(16))
+    assert node.fleet(claimed_notice(1)) == []
+    assert node.fleet(confirmed_notice(1, pid)) == []
+    assert node.core.state_of(1) == "challenged"
+    introduced(node.fleet(RegistryAnswer(1, REGISTERED)), 1, pid)

@@ -145,6 +145,17 @@ class RedisRegistry:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self._listener = aioredis.Redis.from_url(
+            options.url,
+            socket_timeout=None,  # a subscription is idle between notices: never time it out
+            socket_connect_timeout=options.timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=max(1.0, options.ttl / 3),
+        )
+        """The subscription's own connection: without a read timeout (a quiet channel is not a
+        dead one; a gap in the subscription would make claims take this instance for dead),
+        with TCP keepalive and a periodic PING to notice a dead Redis."""
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._shas: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -184,6 +195,8 @@ class RedisRegistry:
                 await task
         with contextlib.suppress(Exception):
             await self._redis.aclose()
+        with contextlib.suppress(Exception):
+            await self._listener.aclose()
 
     # --- the worker: one pipeline at a time -------------------------------------------------
 
@@ -294,7 +307,7 @@ class RedisRegistry:
 
         delay = 0.05
         while not self._closing:
-            pubsub = self._redis.pubsub()
+            pubsub = self._listener.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 while True:

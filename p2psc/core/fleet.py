@@ -245,6 +245,10 @@ class FleetCore(MediatorCore):
         """Sessions pairing with a partner on some instance: that partner (None: unknown, a
         claim found by a refresh whose notice was lost)."""
         self._waiting_count = 0
+        self._early: dict[ConnId, list[bytes]] = {}
+        """Notices for a registration whose RegistryAnswer has not arrived yet (the answer and
+        the notices come over different connections, so a claim notice can overtake the answer
+        that registered its target): held, and applied right after the answer."""
         self.notices_ignored = 0
         """Notices that matched no session in the state they address (late, duplicate, or
         malformed): counted, never acted on."""
@@ -353,6 +357,14 @@ class FleetCore(MediatorCore):
         return out
 
     def _on_answer(self, answer: RegistryAnswer, now: float, out: list[Any]) -> None:
+        self._apply_answer(answer, now, out)
+        for message in self._early.pop(answer.conn, ()):
+            try:
+                self._on_notice(message, now, out)
+            except (ValueError, ProtocolError, TypeError, KeyError):
+                self.notices_ignored += 1
+
+    def _apply_answer(self, answer: RegistryAnswer, now: float, out: list[Any]) -> None:
         conn = answer.conn
         session = self._sessions.get(conn)
         if session is None or conn not in self._claiming or session.state != CHALLENGED:
@@ -485,6 +497,13 @@ class FleetCore(MediatorCore):
     def _on_notice(self, message: bytes, now: float, out: list[Any]) -> None:
         kind, target = message[:1], int(message[1:17], 16)
         body = message[17:]
+        if target in self._claiming:  # overtook the answer to the target's own claim
+            held = self._early.setdefault(target, [])
+            if len(held) < 4:  # (C, F, G, D: no more can be meant for one registration)
+                held.append(message)
+            else:
+                self.notices_ignored += 1
+            return
         session = self._sessions.get(target)
         if kind == N_CLAIMED:
             instance, peer_conn, _, _ = decode_record(b"C" + body)
