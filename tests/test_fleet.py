@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -285,3 +287,56 @@ def test_redis_restart_waiting_registration_gets_retry(fleet: Fleet) -> None:
         await pair(one.port, two.port, a, b)
 
     run(body)
+
+
+# --- the conformance harness against a fleet ------------------------------------------------
+
+
+def _conformance(target: int, also: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    step = str(STEP)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p2psc",
+            "conformance",
+            f"127.0.0.1:{target}",
+            "--also",
+            f"127.0.0.1:{also}",
+            "--advertise-timeout",
+            step,
+            "--response-timeout",
+            step,
+            "--confirm-timeout",
+            step,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_conformance_harness_passes_against_a_two_instance_fleet(fleet: Fleet) -> None:
+    one, two = fleet.start(2)
+    done = _conformance(one.port, two.port)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CONFORMS" in done.stdout and "0 warnings" in done.stdout, done.stdout
+
+
+def test_conformance_also_really_splits_pairs(tmp_path: Path) -> None:
+    """Two mediators that share nothing fail the pairing scenarios under --also: the two
+    sides of each pair did reach different instances."""
+    procs = []
+    ports = []
+    try:
+        for name in ("lone0", "lone1"):
+            proc = MediatorProcess(tmp_path, name, "memory", "--timeout", str(STEP))
+            procs.append(proc)
+            ports.append(proc.port)
+        done = _conformance(ports[0], ports[1], "--only", "pairing-a-then-b")
+    finally:
+        for proc in procs:
+            proc.stop()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL  pairing-a-then-b" in done.stdout, done.stdout
