@@ -151,11 +151,11 @@ class RedisRegistry:
             socket_connect_timeout=options.timeout,
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
-            health_check_interval=max(1.0, options.ttl / 3),
+            health_check_interval=0,
         )
         """The subscription's own connection: without a read timeout (a quiet channel is not a
         dead one; a gap in the subscription would make claims take this instance for dead),
-        with TCP keepalive and a periodic PING to notice a dead Redis."""
+        with TCP keepalive to notice a Redis that vanished without closing."""
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._shas: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -231,6 +231,31 @@ class RedisRegistry:
         assert isinstance(action, Notify)
         return ("PUBLISH", f"{prefix}fleet:{action.instance}", action.message)
 
+    async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and read their replies (an error reply is returned,
+        not raised): a pipeline on one pooled connection of the client, without the
+        ``Pipeline`` object's per-command bookkeeping (this runs for every registration)."""
+        from redis.exceptions import ResponseError
+
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            answers: list[Any] = []
+            for _ in commands:
+                try:
+                    answers.append(await connection.read_response())
+                except ResponseError as error:
+                    answers.append(error)
+        except BaseException:
+            await connection.disconnect()  # replies may be pending: never reuse it
+            raise
+        finally:
+            await pool.release(connection)
+        self.round_trips += 1
+        self.operations += len(commands)
+        return answers
+
     async def _execute(self, batch: list[Any]) -> list[Any]:
         from redis.exceptions import NoScriptError
 
@@ -239,12 +264,7 @@ class RedisRegistry:
         pending = list(range(len(batch)))
         results: list[Any] = [None] * len(batch)
         for _attempt in range(2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for index in pending:
-                    pipe.execute_command(*self._command(batch[index]))
-                self.round_trips += 1
-                self.operations += len(pending)
-                answers = await pipe.execute(raise_on_error=False)
+            answers = await self._pipeline([self._command(batch[i]) for i in pending])
             again = []
             for index, answer in zip(pending, answers, strict=True):
                 if isinstance(answer, NoScriptError):  # Redis restarted: its script cache is empty
@@ -310,16 +330,15 @@ class RedisRegistry:
             pubsub = self._listener.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=False, timeout=None
-                    )
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        self.subscribed.set()
-                        delay = 0.05
-                    elif message["type"] == "message":
+                while True:  # until Redis confirms the subscription
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+                self.subscribed.set()
+                delay = 0.05
+                while True:  # blocks until a notice arrives or the connection fails
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None and message["type"] == "message":
                         self._deliver(Notice(bytes(message["data"])))
             except (RedisError, OSError, TimeoutError) as error:
                 self.subscribed.clear()

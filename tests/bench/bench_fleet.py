@@ -97,6 +97,11 @@ class Setup:
     procs: list[subprocess.Popen[bytes]]
     samples: list[Sample] = field(default_factory=list)
 
+    def best(self, attribute: str) -> float:
+        """The least disturbed round's value per pairing (the machine is shared: other
+        processes only ever add CPU time per operation)."""
+        return min(getattr(s, attribute) / s.pairs for s in self.samples)
+
     def median(self, attribute: str) -> float:
         values = [
             getattr(s, attribute) / (1 if attribute == "rate" else s.pairs) for s in self.samples
@@ -259,15 +264,16 @@ async def main_async(args: argparse.Namespace) -> int:
             redis.stop()
 
     mem, x1, x2 = setups
-    cpu_mem, cpu_x1, cpu_x2 = (s.median("mediator_cpu") for s in setups)
+    cpu_mem, cpu_x1, cpu_x2 = (s.best("mediator_cpu") for s in setups)
     print()
     print(
-        f"{'setup':10} {'pairings/s':>11} {'CPU us/pairing':>15} {'redis CPU us':>13} "
+        f"{'setup':10} {'pairings/s':>11} {'CPU us/pairing':15} {'redis CPU us':>13} "
         f"{'cmds/pairing':>13} {'round trips/pairing':>20}"
     )
     for s in setups:
         print(
-            f"{s.name:10} {s.median('rate'):11.0f} {1e6 * s.median('mediator_cpu'):15.0f} "
+            f"{s.name:10} {s.median('rate'):11.0f} "
+            f"{1e6 * s.best('mediator_cpu'):7.0f}/{1e6 * s.median('mediator_cpu'):<7.0f} "
             f"{1e6 * s.median('redis_cpu'):13.0f} {s.median('commands'):13.2f} "
             f"{s.median('reads'):20.2f}"
         )
