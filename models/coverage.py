@@ -31,6 +31,7 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
         {"third": False, "faults": True, "limits": True},
     ),
     "direct --stranger-budget 2": ("direct", {"budget": 2}),
+    "fleet --faults": ("fleet", {"faults": True}),
 }
 """The configurations CI explores for coverage (each as ``p2psc explore`` spells it: model,
 build options), cheapest first; together they take every transition of :data:`TAKEN_BY`."""

@@ -25,6 +25,9 @@ mutants (--mutant NAME; the property each one breaks):
   mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
               leaky-registry (M4)
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
+  fleet:      non-atomic-claim (M3), identify-on-claim (M2), no-hold (M3)
+              (two mediator instances over one shared registry; --faults: notices lost or
+              duplicated, refreshes at any moment; spec/mediator.md section 10)
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ MODELS: dict[str, str] = {
     "negotiator": "p2psc.models.negotiator_model",
     "mediation": "p2psc.models.mediation_model",
     "direct": "p2psc.models.direct_model",
+    "fleet": "p2psc.models.fleet_model",
 }
 """Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
 
@@ -96,6 +100,17 @@ def _progress(result: Any, frontier: int) -> None:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The model's build options; refuses options of the other model and unknown mutants."""
+    if args.model == "fleet":
+        from p2psc.models.fleet_model import MUTANTS
+
+        if args.mutant is not None and args.mutant not in MUTANTS:
+            listed = ", ".join(f"{name} ({why})" for name, why in sorted(MUTANTS.items()))
+            parser.error(f"unknown fleet mutant {args.mutant!r}; choose from: {listed}")
+        given = (args.peers, args.protocols, args.stranger_budget)
+        flags = (args.mixed_sets, args.limits, args.garbage, args.shutdown)
+        if any(o is not None for o in given) or any(flags):
+            parser.error("the fleet model takes --faults and --mutant only")
+        return {"faults": args.faults, "mutant": args.mutant}
     from p2psc.models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
 
     by_model: dict[str, dict[str, Any]] = {
