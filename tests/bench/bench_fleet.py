@@ -58,6 +58,7 @@ from bench_mediator import (
     PairRun,
     PairSide,
     cpu_seconds,
+    cpu_split,
     free_port,
     prepare,
     raise_nofile,
@@ -75,6 +76,8 @@ class Sample:
     pairs: int
     seconds: float
     mediator_cpu: float
+    mediator_sys: float
+    """The kernel's part of mediator_cpu (system calls: sockets, epoll)."""
     redis_cpu: float
     commands: int
     """Every command Redis executed, those inside scripts included."""
@@ -145,6 +148,7 @@ async def pair_round(
 
     redis_pid = redis.proc.pid if redis.proc else 0
     before = [cpu_seconds(p.pid) for p in setup.procs]
+    sys_before = sum(cpu_split(p.pid)[1] for p in setup.procs)
     redis_before = cpu_seconds(redis_pid)
     info_before = redis_info(redis)
     start = time.perf_counter()
@@ -153,6 +157,7 @@ async def pair_round(
     for proc in setup.procs:
         await settle(proc.pid)
     after = [cpu_seconds(p.pid) for p in setup.procs]
+    sys_after = sum(cpu_split(p.pid)[1] for p in setup.procs)
     info_after = redis_info(redis)
     if failures:
         raise RuntimeError(f"{setup.name}: pairing failed: {failures[0]}")
@@ -160,6 +165,7 @@ async def pair_round(
         len(sides) // 2,
         seconds,
         sum(after) - sum(before),
+        sys_after - sys_before,
         cpu_seconds(redis_pid) - redis_before,
         info_after["total_commands_processed"] - info_before["total_commands_processed"],
         info_after["total_reads_processed"] - info_before["total_reads_processed"],
@@ -242,7 +248,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     setup.samples.append(sample)
                     print(
                         f"round {r + 1} {setup.name:9}: {sample.rate:7.0f} pairings/s, "
-                        f"mediator CPU {1e6 * sample.mediator_cpu / sample.pairs:6.0f} us/pairing, "
+                        f"mediator CPU {1e6 * sample.mediator_cpu / sample.pairs:6.0f} us/pairing "
+                        f"({1e6 * sample.mediator_sys / sample.pairs:4.0f} sys), "
                         f"redis CPU {1e6 * sample.redis_cpu / sample.pairs:5.0f} us, "
                         f"{sample.scripts / sample.pairs:.2f} scripts + "
                         f"{sample.publishes / sample.pairs:.2f} publishes "
@@ -273,7 +280,8 @@ async def main_async(args: argparse.Namespace) -> int:
     for s in setups:
         print(
             f"{s.name:10} {s.median('rate'):11.0f} "
-            f"{1e6 * s.best('mediator_cpu'):7.0f}/{1e6 * s.median('mediator_cpu'):<7.0f} "
+            f"{1e6 * s.best('mediator_cpu'):5.0f}/{1e6 * s.median('mediator_cpu'):<5.0f}"
+            f"sys {1e6 * s.median('mediator_sys'):<4.0f} "
             f"{1e6 * s.median('redis_cpu'):13.0f} {s.median('commands'):13.2f} "
             f"{s.median('reads'):20.2f}"
         )
