@@ -29,9 +29,10 @@ Properties (the mediation model's, for a fleet):
   or a held notice, and the store holds no live registration (tombstones expire by TTL).
 
 Mutants (:data:`MUTANTS`): ``non-atomic-claim`` (the store reads the partner's entry and
-writes in two separate steps: two racing registrations both register and never pair, M3) and
-``identify-on-claim`` (the Client's instance sends PeerIdentification on the claim notice,
-before the Peer confirmed, M2).
+writes in two separate steps: two racing registrations both register and never pair, M3),
+``confirm-early`` (the Peer's instance sends the confirmation with PeerDisconnect, so the
+Client is introduced on an unconfirmed notification, M2) and ``no-hold`` (a notice that
+overtakes its target's registration answer is acted on at once, M3).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ from p2psc.core.fleet import (
     RegistryClaim,
     RegistryRefresh,
     RegistryUnregister,
-    decode_record,
     encode_notice,
+    encode_record,
     registry_key,
     token,
 )
@@ -169,30 +170,31 @@ class State:
         return isinstance(other, State) and self.key == other.key
 
 
-class IdentifyOnClaim(FleetCore):
-    """Mutant: the Client is introduced as soon as its registration is claimed (the claim
-    notice carries the Peer's address), without waiting for the Peer's confirmation."""
+class ConfirmEarly(FleetCore):
+    """Mutant: the Peer's instance sends the confirmation (``F``) together with PeerDisconnect,
+    so the Client is introduced on an unconfirmed notification."""
 
-    def _on_notice(self, message: bytes, now: float, out: list[Any]) -> None:
-        if message[:1] == b"C" and int(message[1:17], 16) not in self._claiming:
-            target = int(message[1:17], 16)
-            session = self._sessions.get(target)
-            if session is not None and session.state == "waiting":
-                _, _, remote, local = decode_record(b"C" + message[17:])
-                identification = wire.PeerIdentification(
-                    version=1,
-                    pairing_id=bytes(16),
-                    peer=wire.Address.from_tuple(remote),
-                    peer_local=local,
-                ).encode()
-                out.append(Send(target, identification))
-        super()._on_notice(message, now, out)
+    def _pair_remote(
+        self,
+        conn: int,
+        session: Any,
+        transition: Any,
+        record: bytes,
+        now: float,
+        out: list[Any],
+    ) -> None:
+        super()._pair_remote(conn, session, transition, record, now, out)
+        partner = self._remote.get(conn)
+        if partner is not None:
+            body = encode_record(self.instance, conn, session.remote, session.local)
+            notice = encode_notice(b"F", partner[1], session.nonce + body[1:])
+            out.append(Notify(partner[0], notice))
 
 
 class NoHold(FleetCore):
     """Mutant: a notice that overtakes the answer to its target's own claim is acted on at
-    once instead of being held (the bug the first Redis benchmark found: the claim notice found
-    the Client still ``challenged``, answered ``G`` and failed the Peer)."""
+    once instead of being held (the bug the first Redis benchmark found, then with a claim
+    notice; now the confirmation can overtake the answer the same way)."""
 
     def _on_notice(self, message: bytes, now: float, out: list[Any]) -> None:
         target = int(message[1:17], 16)
@@ -206,7 +208,7 @@ class NoHold(FleetCore):
 
 MUTANTS: dict[str, str] = {
     "non-atomic-claim": "the store checks the partner's entry and writes ours in two steps (M3)",
-    "identify-on-claim": "PeerIdentification on the claim notice, before the confirmation (M2)",
+    "confirm-early": "the confirmation is sent with PeerDisconnect, before the Peer's close (M2)",
     "no-hold": "a notice that overtakes its target's registration answer is not held (M3)",
 }
 
@@ -221,7 +223,7 @@ class FleetModel:
             raise ValueError(f"unknown fleet mutant {mutant!r}")
         self.lossy = lossy
         self.atomic = mutant != "non-atomic-claim"
-        classes = {"identify-on-claim": IdentifyOnClaim, "no-hold": NoHold}
+        classes = {"confirm-early": ConfirmEarly, "no-hold": NoHold}
         self.core_class: type[FleetCore] = classes.get(mutant or "", FleetCore)
         self.name = "fleet" + (f" --mutant {mutant}" if mutant else "")
         self._coverage = Coverage([compile_machine(MediatorSession)])
@@ -409,8 +411,13 @@ class FleetModel:
         elif isinstance(op, RegistryUnregister):
             key = registry_key(PREFIX, op.our, op.their)
             value = w.store.get(key, b"")
-            if value[:1] == b"R" and value[1:33] == token(INSTANCES[j], op.conn).encode():
-                del w.store[key]
+            if value[1:33] == token(INSTANCES[j], op.conn).encode():
+                if value[:1] == b"R":
+                    del w.store[key]
+                elif value[:1] == b"T" and len(value) == 65:  # claimed: tell the Peer
+                    del w.store[key]
+                    owner = INSTANCES.index(value[33:49].decode())
+                    w.notices[owner] += (encode_notice(b"G", int(value[49:65], 16)),)
         elif isinstance(op, RegistryRefresh):
             held = w.store.get(registry_key(PREFIX, op.our, op.their))
             mine = token(INSTANCES[j], op.conn).encode()
@@ -427,9 +434,7 @@ class FleetModel:
         was read (every instance subscribes, so every claim notice has a receiver)."""
         theirs = registry_key(PREFIX, op.their, op.our)
         if partner is not None and partner[:1] == b"R":
-            owner = INSTANCES.index(partner[1:17].decode())
-            w.notices[owner] += (b"C" + partner[17:33] + op.record[1:],)
-            w.store[theirs] = b"T" + partner[1:33]
+            w.store[theirs] = b"T" + partner[1:33] + op.record[1:33]
             w.answers[j] += (RegistryAnswer(op.conn, CLAIMED, partner),)
             return
         if not op.may_register:

@@ -19,7 +19,7 @@ def test_the_fleet_model_holds(faults: bool) -> None:
 
 @pytest.mark.parametrize(
     ("mutant", "prop"),
-    [("non-atomic-claim", "M3"), ("identify-on-claim", "M2"), ("no-hold", "M3")],
+    [("non-atomic-claim", "M3"), ("confirm-early", "M2"), ("no-hold", "M3")],
 )
 def test_each_fleet_mutant_is_caught(mutant: str, prop: str) -> None:
     assert mutant in MUTANTS
@@ -31,6 +31,6 @@ def test_each_fleet_mutant_is_caught(mutant: str, prop: str) -> None:
 
 def test_cli_explores_the_fleet(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explore", "fleet", "--quiet"]) == 0
-    assert main(["explore", "fleet", "--mutant", "identify-on-claim", "--quiet"]) == 1
+    assert main(["explore", "fleet", "--mutant", "confirm-early", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "M2" in out

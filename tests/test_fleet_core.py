@@ -74,10 +74,6 @@ def peer_record(conn: int = 7) -> bytes:
     return encode_record(THERE, conn, ("203.0.113.9", 9999), wire.Address.parse("10.0.0.9:99"))
 
 
-def claimed_notice(target: int, peer: int = 7) -> Notice:
-    return Notice(encode_notice(b"C", target, peer_record(peer)[1:]))
-
-
 def confirmed_notice(target: int, pairing_id: bytes, peer: int = 7) -> Notice:
     return Notice(encode_notice(b"F", target, pairing_id + peer_record(peer)[1:]))
 
@@ -96,11 +92,9 @@ def introduced(actions: list[Any], conn: int, pairing_id: bytes) -> None:
 # --- the Client's side --------------------------------------------------------------------
 
 
-def test_claimed_then_confirmed_introduces_the_peer_once() -> None:
+def test_confirmation_introduces_the_waiting_client_once() -> None:
     node = Instance()
     node.register(1, A, B)
-    actions = node.fleet(claimed_notice(1))
-    assert node.core.state_of(1) == "confirming" and sent(actions, 1) == []
     pid = bytes(range(16))
     introduced(node.fleet(confirmed_notice(1, pid)), 1, pid)
     # a duplicate confirmation finds nothing to do
@@ -108,41 +102,51 @@ def test_claimed_then_confirmed_introduces_the_peer_once() -> None:
     assert node.core.notices_ignored == 1 and node.core.sessions == 0
 
 
-def test_lost_claim_notice_confirmation_alone_still_introduces() -> None:
+def test_lost_confirmation_ends_in_timeout_and_the_peer_is_told() -> None:
+    """The refresh finds our tombstone (claimed): confirming with the confirm deadline; when it
+    passes, TIMEOUT, and the unregister script (our tombstone names the Peer) tells the Peer."""
     node = Instance()
     node.register(1, A, B)
-    pid = bytes(16)
-    introduced(node.fleet(confirmed_notice(1, pid)), 1, pid)
-
-
-def test_lost_confirmation_ends_in_timeout_at_the_confirm_deadline() -> None:
-    node = Instance()
-    node.register(1, A, B)
-    node.fleet(claimed_notice(1))
+    node.fleet(RefreshAnswer(1, "claimed"))
+    assert node.core.state_of(1) == "confirming"
     node.now += 4.9
     assert closed(node.run(TimerFired(1))) == []
     node.now += 0.2
     actions = node.run(TimerFired(1))
     (abort,) = sent(actions, 1)
     assert isinstance(abort, wire.AdvertiseAbort) and abort.code == R.TIMEOUT
-    # and the Peer's instance is told, so its Peer does not wait either
-    assert Notify(THERE, encode_notice(b"G", 7)) in actions
+    assert RegistryUnregister(1, A, B) in actions
 
 
-def test_confirmation_from_another_peer_than_the_claimer_is_ignored() -> None:
+def test_a_confirmation_after_the_refresh_found_the_claim_still_introduces() -> None:
     node = Instance()
     node.register(1, A, B)
-    node.fleet(claimed_notice(1, peer=7))
-    assert node.fleet(confirmed_notice(1, bytes(16), peer=8)) == []
-    assert node.core.state_of(1) == "confirming"
+    node.fleet(RefreshAnswer(1, "claimed"))
+    pid = bytes(16)
+    actions = node.fleet(confirmed_notice(1, pid))
+    introduced(actions, 1, pid)
+    assert not any(isinstance(a, RegistryUnregister) for a in actions)
 
 
-def test_claim_of_a_closed_registration_fails_the_peer() -> None:
+def test_a_waiting_registration_that_ends_unregisters() -> None:
+    """Its entry may already be a tombstone (claimed): the unregister script then tells the
+    Peer's instance (tests/test_fleet.py checks the script against Redis)."""
     node = Instance()
     node.register(1, A, B)
     actions = node.run(Closed(1, None))
     assert RegistryUnregister(1, A, B) in actions
-    assert node.fleet(claimed_notice(1)) == [Notify(THERE, encode_notice(b"G", 7))]
+
+
+def test_gone_notice_to_a_waiting_registration_aborts_it() -> None:
+    """Only the Peer that claimed it knows a waiting registration's id: G means its claimer
+    failed, so the Client is aborted with PEER_GONE (as on one instance)."""
+    node = Instance()
+    node.register(1, A, B)
+    actions = node.fleet(Notice(encode_notice(b"G", 1)))
+    (abort,) = sent(actions, 1)
+    assert isinstance(abort, wire.AdvertiseAbort) and abort.code == R.PEER_GONE
+    assert closed(actions) == [1] and node.core.waiting == 0
+    assert not any(isinstance(a, RegistryUnregister | Notify) for a in actions)
 
 
 def test_refresh_outcomes() -> None:
@@ -205,7 +209,7 @@ def test_peer_failing_tells_the_clients_instance() -> None:
     node.verify(1, B, A)
     node.fleet(RegistryAnswer(1, CLAIMED, peer_record(5)))
     actions = node.run(Closed(1, "reset"))
-    assert Notify(THERE, encode_notice(b"G", 5)) in actions
+    assert Notify(THERE, encode_notice(b"G", 5, b"8")) in actions
 
 
 def test_gone_notice_aborts_the_peer_with_peer_gone() -> None:
@@ -267,12 +271,30 @@ def test_wrong_nonce_never_reaches_the_registry() -> None:
 
 
 def test_notices_that_overtake_the_registration_answer_are_held_until_it() -> None:
-    """The claim notice comes over the subscription, the registering answer over the command
-    connection: the notice can arrive first. It is applied right after the answer."""
+    """Notices come over the subscription, the registering answer over the command connection:
+    a notice can arrive first. It is applied right after the answer."""
     node = Instance()
     node.verify(1, A, B)
     pid = bytes(range(16))
-    assert node.fleet(claimed_notice(1)) == []
     assert node.fleet(confirmed_notice(1, pid)) == []
     assert node.core.state_of(1) == "challenged"
     introduced(node.fleet(RegistryAnswer(1, REGISTERED)), 1, pid)
+
+
+def test_gone_carries_the_code_the_partner_fails_with() -> None:
+    """As on one instance: the Peer's confirm deadline ends the Client with TIMEOUT."""
+    peer_side = Instance(THERE)
+    peer_side.verify(2, B, A)
+    record = encode_record(HERE, 1, ("198.51.100.1", 4001), None)
+    peer_side.fleet(RegistryAnswer(2, CLAIMED, record))
+    peer_side.now += 6
+    actions = peer_side.run(TimerFired(2))
+    (notify,) = [a for a in actions if isinstance(a, Notify)]
+    client_side = Instance()
+    client_side.register(1, A, B)
+    (abort,) = sent(client_side.fleet(Notice(notify.message)), 1)
+    assert isinstance(abort, wire.AdvertiseAbort) and abort.code == R.TIMEOUT
+    # an unknown code is reported as PEER_GONE
+    client_side.register(3, A, sym_key(9))
+    (abort,) = sent(client_side.fleet(Notice(encode_notice(b"G", 3, b"7"))), 3)
+    assert abort.code == R.PEER_GONE  # type: ignore[union-attr]

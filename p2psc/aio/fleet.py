@@ -51,13 +51,16 @@ log = logging.getLogger("p2psc.mediator.fleet")
 
 # KEYS[1] = the partner's entry (their, our); KEYS[2] = ours (our, their).
 # ARGV: record, ttl ms, tombstone ttl ms, channel prefix, may register ("1"/"0").
-# A record is "R" + token (instance id 16 hex + conn 16 hex) + details; a tombstone "T" + token.
+# A record is "R" + token (instance id 16 hex + conn 16 hex) + details; a tombstone is "T" + the
+# claimed registration's token + the claiming Peer's token. The owner is alive when its channel
+# has a subscriber.
 CLAIM = """
 local p = redis.call('GET', KEYS[1])
 if p and string.sub(p, 1, 1) == 'R' then
-  local notice = 'C' .. string.sub(p, 18, 33) .. string.sub(ARGV[1], 2)
-  if redis.call('PUBLISH', ARGV[4] .. string.sub(p, 2, 17), notice) > 0 then
-    redis.call('SET', KEYS[1], 'T' .. string.sub(p, 2, 33), 'PX', ARGV[3])
+  local subscribers = redis.call('PUBSUB', 'NUMSUB', ARGV[4] .. string.sub(p, 2, 17))
+  if tonumber(subscribers[2]) > 0 then
+    redis.call('SET', KEYS[1], 'T' .. string.sub(p, 2, 33) .. string.sub(ARGV[1], 2, 33),
+               'PX', ARGV[3])
     return {1, p}
   end
   redis.call('DEL', KEYS[1])
@@ -75,12 +78,20 @@ end
 return {0, 0}
 """
 
-# KEYS[1] = our entry; ARGV[1] = our token.
+# KEYS[1] = our entry; ARGV[1] = our token, ARGV[2] = channel prefix. Our record: delete it.
+# Our tombstone (we were claimed and end before the introduction): tell the Peer's instance.
 UNREGISTER = """
 local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, 1) == 'R' and string.sub(v, 2, 33) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
+if v and string.sub(v, 2, 33) == ARGV[1] then
+  if string.sub(v, 1, 1) == 'R' then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+  if string.sub(v, 1, 1) == 'T' and string.len(v) == 65 then
+    redis.call('DEL', KEYS[1])
+    redis.call('PUBLISH', ARGV[2] .. string.sub(v, 34, 49), 'G' .. string.sub(v, 50, 65))
+    return 2
+  end
 end
 return 0
 """
@@ -222,7 +233,8 @@ class RedisRegistry:
             return ("EVALSHA", self._shas["claim"], 2, *keys, *args)
         if isinstance(action, RegistryUnregister):
             key = registry_key(prefix, action.our, action.their)
-            return ("EVALSHA", self._shas["unregister"], 1, key, token(self.instance, action.conn))
+            tok = token(self.instance, action.conn)
+            return ("EVALSHA", self._shas["unregister"], 1, key, tok, f"{prefix}fleet:")
         if isinstance(action, RegistryRefresh):
             key = registry_key(prefix, action.our, action.their)
             ttl = int(opts.ttl * 1000)

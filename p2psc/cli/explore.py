@@ -25,7 +25,7 @@ mutants (--mutant NAME; the property each one breaks):
   mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
               leaky-registry (M4)
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
-  fleet:      non-atomic-claim (M3), identify-on-claim (M2), no-hold (M3)
+  fleet:      non-atomic-claim (M3), confirm-early (M2), no-hold (M3)
               (two mediator instances over one shared registry; --faults: notices lost or
               duplicated, refreshes at any moment; spec/mediator.md section 10)
 """

@@ -92,14 +92,21 @@ TAKEN = "claimed"
 REPLACED = "replaced"
 
 # Notice kinds (first byte)
-N_CLAIMED = b"C"
-"""To the Client's instance: your registration was claimed by the sender's Peer."""
 N_CONFIRMED = b"F"
 """To the Client's instance: the Peer closed after PeerDisconnect; introduce it."""
 N_GONE = b"G"
-"""To the partner's instance: the sender's side of this pairing failed (or never existed)."""
+"""To the partner's instance: the sender's side of this pairing failed (or never existed);
+sent by the Peer's instance, or by the unregister script when a claimed Client ends before
+its introduction (its tombstone names the Peer)."""
 N_REPLACED = b"D"
 """To the older registration's instance: a newer identical registration replaced it."""
+
+_GONE_CODES: dict[int, str] = {
+    _R.PEER_GONE: "partner lost: its side of the pairing failed on another mediator instance",
+    _R.TIMEOUT: "partner timeout: the Peer did not confirm PeerDisconnect before the deadline",
+    _R.SHUTTING_DOWN: "partner's mediator instance is shutting down",
+}
+"""The codes a ``G`` notice may carry (its body, decimal; none: PEER_GONE) and their texts."""
 
 TOKEN_SIZE = 32
 """A registration's token: instance id (16 hex digits) + connection id (16 hex digits)."""
@@ -128,7 +135,7 @@ def encode_record(
 
 def decode_record(record: bytes) -> tuple[str, ConnId, tuple[str, int], wire.Address | None]:
     """Inverse of :func:`encode_record`; ValueError (or ProtocolError) on anything else."""
-    if record[:1] not in (b"R", b"C", b"F") or len(record) < 1 + TOKEN_SIZE:
+    if record[:1] not in (b"R", b"F") or len(record) < 1 + TOKEN_SIZE:
         raise ValueError("not a fleet record")
     text = record[1 : 1 + TOKEN_SIZE].decode("ascii")
     instance, conn = text[:16], int(text[16:], 16)
@@ -147,10 +154,10 @@ def encode_notice(kind: bytes, target: ConnId, body: bytes = b"") -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class RegistryClaim:
-    """Atomically: if ``(their, our)`` is registered by a live instance, claim it (leave a
-    tombstone naming its owner, notify the owner ``C`` with ``record``) and answer CLAIMED with
-    it; else, when ``may_register``, store ``record`` at ``(our, their)`` with the TTL (notify a
-    replaced owner ``D``) and answer REGISTERED; else FULL."""
+    """Atomically: if ``(their, our)`` is registered by a live instance (its channel has a
+    subscriber), claim it (replace it with a tombstone naming its owner and this Peer) and
+    answer CLAIMED with it; else, when ``may_register``, store ``record`` at ``(our, their)``
+    with the TTL (notify a replaced owner ``D``) and answer REGISTERED; else FULL."""
 
     conn: ConnId
     our: bytes
@@ -304,7 +311,10 @@ class FleetCore(MediatorCore):
     def _close(
         self, conn: ConnId, session: _Session, out: list[MediatorAction], reason: str
     ) -> None:
-        if session.state == WAITING:
+        state = session.state
+        unknown = state == CONFIRMING and conn in self._remote and self._remote[conn] is None
+        if state == WAITING or unknown:
+            # (a claimed entry is a tombstone naming the Peer: the script tells its instance)
             cast(list[Any], out).append(RegistryUnregister(conn, session.our, session.their))
         self._remote.pop(conn, None)
         super()._close(conn, session, out, reason)
@@ -320,9 +330,13 @@ class FleetCore(MediatorCore):
         *,
         partner_code: int = _R.PEER_GONE,
     ) -> None:
-        partner = self._remote.pop(conn, None)
+        partner = self._remote.get(conn)
         if partner is not None and session.state in (DISCONNECTING, CONFIRMING):
-            cast(list[Any], out).append(Notify(partner[0], encode_notice(N_GONE, partner[1])))
+            del self._remote[conn]
+            # the code the partner is aborted with, as on one instance (TIMEOUT when our
+            # confirm deadline passed, SHUTTING_DOWN, else PEER_GONE)
+            notice = encode_notice(N_GONE, partner[1], b"%d" % partner_code)
+            cast(list[Any], out).append(Notify(partner[0], notice))
         super()._fail(conn, session, event, code, text, out, partner_code=partner_code)
 
     def _confirmed(
@@ -422,8 +436,8 @@ class FleetCore(MediatorCore):
         now: float,
         out: list[Any],
     ) -> None:
-        """This session is the Peer; the Client (``record``) waits on some instance, which the
-        claim script has already notified (``C``)."""
+        """This session is the Peer; the Client (``record``) waits on some instance, which
+        learns of the pairing from the confirmation (``F``) or a failure (``G``)."""
         instance, client_conn, client_remote, client_local = decode_record(record)
         pairing_id = self._nonce_source(wire.PAIRING_ID_SIZE)
         try:
@@ -467,14 +481,18 @@ class FleetCore(MediatorCore):
         peer: tuple[str, ConnId] | None,
         now: float,
         out: list[Any],
+        *,
+        arm: bool = True,
     ) -> None:
-        """Our waiting registration was claimed: become the Client (``confirming``)."""
+        """Our waiting registration was claimed: become the Client (``confirming``, with the
+        confirm deadline unless ``arm`` is false: it is about to end)."""
         step = _step(session.state, "partner_arrived")
         self._count(conn, session, -1)  # it left the registry through the claim
         session.state = step.target
         self._remote[conn] = peer
-        deadline = session.deadline = now + self.config.confirm_timeout
-        out.append(SetTimer(conn, deadline))
+        if arm:
+            deadline = session.deadline = now + self.config.confirm_timeout
+            out.append(SetTimer(conn, deadline))
 
     def _replaced(self, conn: ConnId, session: _Session, out: list[Any]) -> None:
         _step(session.state, "replaced")
@@ -499,27 +517,17 @@ class FleetCore(MediatorCore):
         body = message[17:]
         if target in self._claiming:  # overtook the answer to the target's own claim
             held = self._early.setdefault(target, [])
-            if len(held) < 4:  # (C, F, G, D: no more can be meant for one registration)
+            if len(held) < 4:  # (F, G, D: no more can be meant for one registration)
                 held.append(message)
             else:
                 self.notices_ignored += 1
             return
         session = self._sessions.get(target)
-        if kind == N_CLAIMED:
-            instance, peer_conn, _, _ = decode_record(b"C" + body)
-            if session is not None and session.state == WAITING:
-                self._claimed(target, session, (instance, peer_conn), now, out)
-            elif session is None or session.state != CONFIRMING:
-                # Our side is gone (closed while the claim was under way): fail the Peer.
-                out.append(Notify(instance, encode_notice(N_GONE, peer_conn)))
-            else:
-                self.notices_ignored += 1
-            return
         if kind == N_CONFIRMED:
             pairing_id, record = body[: wire.PAIRING_ID_SIZE], b"F" + body[wire.PAIRING_ID_SIZE :]
             instance, peer_conn, peer_remote, peer_local = decode_record(record)
-            if session is not None and session.state == WAITING:  # the claim notice was lost
-                self._claimed(target, session, (instance, peer_conn), now, out)
+            if session is not None and session.state == WAITING:  # (the usual case)
+                self._claimed(target, session, (instance, peer_conn), now, out, arm=False)
             if session is None or session.state != CONFIRMING:
                 self.notices_ignored += 1
                 return
@@ -540,14 +548,19 @@ class FleetCore(MediatorCore):
             self._close(target, session, out, "partner_confirmed: PeerIdentification sent")
             return
         if kind == N_GONE:
-            if session is None or session.state not in (CONFIRMING, DISCONNECTING):
+            if session is None or session.state not in (WAITING, CONFIRMING, DISCONNECTING):
                 self.notices_ignored += 1
                 return
+            if session.state == WAITING:  # only its claimer knows a waiting registration's id
+                self._claimed(target, session, None, now, out, arm=False)
             self._remote.pop(target, None)  # (do not notify it back)
             _step(session.state, "partner_lost")
-            text = "partner lost: its side of the pairing failed on another mediator instance"
+            code = int(body) if body.isdigit() else _R.PEER_GONE
+            if code not in _GONE_CODES:
+                code = _R.PEER_GONE
+            text = _GONE_CODES[code]
             self._note("failed", target, session, text, "partner_lost")
-            out.append(Send(target, _abort(_R.PEER_GONE, text)))
+            out.append(Send(target, _abort(code, text)))
             self._close(target, session, out, "partner_lost: remote")
             return
         if kind == N_REPLACED:
