@@ -431,7 +431,7 @@ class FleetModel:
 
     def _claim_write(self, w: World, j: int, op: RegistryClaim, partner: bytes | None) -> None:
         """The claim script (p2psc.aio.fleet.CLAIM) from the point where the partner's entry
-        was read (every instance subscribes, so every claim notice has a receiver)."""
+        was read (every instance subscribes, so every owner is alive)."""
         theirs = registry_key(PREFIX, op.their, op.our)
         if partner is not None and partner[:1] == b"R":
             w.store[theirs] = b"T" + partner[1:33] + op.record[1:33]

@@ -254,7 +254,7 @@ class FleetCore(MediatorCore):
         self._waiting_count = 0
         self._early: dict[ConnId, list[bytes]] = {}
         """Notices for a registration whose RegistryAnswer has not arrived yet (the answer and
-        the notices come over different connections, so a claim notice can overtake the answer
+        the notices come over different connections, so a notice can overtake the answer
         that registered its target): held, and applied right after the answer."""
         self.notices_ignored = 0
         """Notices that matched no session in the state they address (late, duplicate, or
