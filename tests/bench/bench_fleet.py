@@ -274,17 +274,21 @@ async def main_async(args: argparse.Namespace) -> int:
     cpu_mem, cpu_x1, cpu_x2 = (s.best("mediator_cpu") for s in setups)
     print()
     print(
-        f"{'setup':10} {'pairings/s':>11} {'CPU us/pairing':15} {'redis CPU us':>13} "
-        f"{'cmds/pairing':>13} {'round trips/pairing':>20}"
+        f"{'setup':9} {'pairings/s':>10} {'CPU us/pairing':>15} {'of it sys':>9} "
+        f"{'redis CPU':>9} {'scripts':>7} {'publishes':>9} {'all cmds':>8} {'round trips':>11}"
     )
     for s in setups:
+        cpu = f"{1e6 * s.best('mediator_cpu'):.0f} / {1e6 * s.median('mediator_cpu'):.0f}"
         print(
-            f"{s.name:10} {s.median('rate'):11.0f} "
-            f"{1e6 * s.best('mediator_cpu'):5.0f}/{1e6 * s.median('mediator_cpu'):<5.0f}"
-            f"sys {1e6 * s.median('mediator_sys'):<4.0f} "
-            f"{1e6 * s.median('redis_cpu'):13.0f} {s.median('commands'):13.2f} "
-            f"{s.median('reads'):20.2f}"
+            f"{s.name:9} {s.median('rate'):10.0f} {cpu:>15} "
+            f"{1e6 * s.median('mediator_sys'):9.0f} {1e6 * s.median('redis_cpu'):9.0f} "
+            f"{s.median('scripts'):7.2f} {s.median('publishes'):9.2f} "
+            f"{s.median('commands'):8.2f} {s.median('reads'):11.2f}"
         )
+    print(
+        "(per pairing; pairings/s and the rest: median over the rounds; CPU: best / median; "
+        "all cmds include those inside scripts; round trips = Redis read events)"
+    )
     ceiling = 1 / (2 / claims + 1 / publishes)
     print()
     print(f"redis-benchmark (-P 32): {claims:,.0f} claim scripts/s, {publishes:,.0f} publishes/s")
