@@ -113,6 +113,18 @@ end
 return 3
 """
 
+
+def _resp(command: tuple[Any, ...]) -> bytes:
+    """One command in RESP, the Redis protocol's request form (an array of bulk strings).
+    Encoded here rather than by the client's packer, which checks and converts every argument
+    in Python: our arguments are only bytes, str and int, and this runs for every operation."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
 _REFRESHED = {0: "lost", 1: "kept", 2: "claimed", 3: "replaced"}
 
 
@@ -252,7 +264,7 @@ class RedisRegistry:
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(connection.pack_commands(commands))
+            await connection.send_packed_command(b"".join(map(_resp, commands)))
             answers: list[Any] = []
             for _ in commands:
                 try:
