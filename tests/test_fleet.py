@@ -53,8 +53,8 @@ class Fleet:
         self.redis = redis
         self.instances: list[MediatorProcess] = []
 
-    def start(self, count: int) -> list[MediatorProcess]:
-        flags = ("--registry-ttl", str(TTL), "--timeout", str(STEP), "--log-level", "info")
+    def start(self, count: int, ttl: float = TTL) -> list[MediatorProcess]:
+        flags = ("--registry-ttl", str(ttl), "--timeout", str(STEP), "--log-level", "info")
         for _ in range(count):
             name = f"mediator{len(self.instances)}"
             self.instances.append(MediatorProcess(self.tmp_path, name, self.redis.url, *flags))
@@ -211,6 +211,24 @@ def test_killed_instance_registrations_expire_and_are_never_claimed(fleet: Fleet
         assert isinstance(await partner.recv(), wire.PeerIdentification)
 
     run(body)
+
+
+def test_stopped_instance_aborts_and_unregisters_its_waiting_registrations(fleet: Fleet) -> None:
+    """SIGTERM (a clean stop, not a crash): its waiting clients get SHUTTING_DOWN and their
+    entries leave Redis at once, not after the TTL (60 s here)."""
+    (one,) = fleet.start(1, ttl=60)
+    a, b = Keypair.generate(), Keypair.generate()
+
+    async def body() -> None:
+        waiting = await register(one.port, a, b)
+        assert await waiting.silent(0.3)
+        assert len(fleet.registrations()) == 1
+        one.stop()
+        assert await code_then_eof(waiting) == R.SHUTTING_DOWN
+
+    run(body)
+    assert one.proc.returncode == 0
+    assert fleet.registrations() == []
 
 
 def test_killed_peer_instance_client_gets_typed_abort(fleet: Fleet) -> None:
