@@ -358,3 +358,15 @@ def test_conformance_also_really_splits_pairs(tmp_path: Path) -> None:
             proc.stop()
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAIL  pairing-a-then-b" in done.stdout, done.stdout
+
+
+def test_cli_refuses_an_unknown_registry_url() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "p2psc", "mediator", "--registry", "mongodb://x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "--registry must be memory or redis://" in done.stderr
+    assert "Traceback" not in done.stderr
