@@ -163,7 +163,7 @@ class RedisRegistry:
         self._deliver = deliver
         self._redis = aioredis.Redis.from_url(
             options.url,
-            socket_timeout=options.timeout,
+            socket_timeout=None,  # one deadline per pipeline instead (see _pipeline)
             socket_connect_timeout=options.timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
@@ -225,7 +225,8 @@ class RedisRegistry:
 
     async def _load(self) -> None:
         for name, source in (("claim", CLAIM), ("unregister", UNREGISTER), ("refresh", REFRESH)):
-            self._shas[name] = str(await self._redis.script_load(source))
+            async with asyncio.timeout(self.options.timeout):
+                self._shas[name] = str(await self._redis.script_load(source))
 
     def _command(self, action: Any) -> tuple[Any, ...]:
         opts = self.options
@@ -264,13 +265,16 @@ class RedisRegistry:
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(b"".join(map(_resp, commands)))
-            answers: list[Any] = []
-            for _ in commands:
-                try:
-                    answers.append(await connection.read_response())
-                except ResponseError as error:
-                    answers.append(error)
+            # One deadline for the whole round trip (a per-read socket timeout would arm and
+            # cancel a timer for every reply).
+            async with asyncio.timeout(self.options.timeout):
+                await connection.send_packed_command(b"".join(map(_resp, commands)))
+                answers: list[Any] = []
+                for _ in commands:
+                    try:
+                        answers.append(await connection.read_response())
+                    except ResponseError as error:
+                        answers.append(error)
         except BaseException:
             await connection.disconnect()  # replies may be pending: never reuse it
             raise

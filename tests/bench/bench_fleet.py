@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import statistics
 import subprocess
@@ -238,6 +239,17 @@ async def main_async(args: argparse.Namespace) -> int:
             setups.append(
                 Setup("redis x2", ports, [start_mediator(p, 10_000, fleet) for p in ports])
             )
+            if args.pin:
+                # the mediators on CPU 0, Redis and this generator on the other CPUs: the
+                # mediators' CPU time per pairing is then not inflated by Redis running on
+                # the same CPU (which the memory setup does not have)
+                others = set(range(1, os.cpu_count() or 2)) or {0}
+                for setup in setups:
+                    for proc in setup.procs:
+                        os.sched_setaffinity(proc.pid, {0})
+                if redis.proc is not None:
+                    os.sched_setaffinity(redis.proc.pid, others)
+                os.sched_setaffinity(0, others)
             warm = [Keypair.generate() for _ in range(2 * min(200, args.pairs))]
             for setup in setups:
                 await pair_round(setup, redis, warm, args.concurrency)
@@ -335,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=None, help="pairs per round (2000)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per setup (5)")
     parser.add_argument("--concurrency", type=int, default=64, help="pairs in flight (64)")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="mediators on CPU 0, Redis and the generator on the others (sched_setaffinity)",
+    )
     parser.add_argument("--ceiling-requests", type=int, default=None, help="redis-benchmark -n")
     args = parser.parse_args(argv)
     args.pairs = args.pairs or (400 if args.quick else 2000)
