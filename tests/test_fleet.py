@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -289,6 +290,41 @@ def test_redis_unreachable_gets_retry_and_the_fleet_recovers(fleet: Fleet) -> No
 
     run(body)
     assert one.proc.poll() is None and two.proc.poll() is None
+
+
+def test_redis_unresponsive_gets_retry_within_the_timeout(fleet: Fleet) -> None:
+    """Redis stopped (SIGSTOP: connections stay open, nothing answers): a claim is answered
+    REGISTRY_UNAVAILABLE after the registry timeout (2 s), not left hanging; after SIGCONT
+    the fleet pairs again."""
+    one, two = fleet.start(2)
+    a, b = Keypair.generate(), Keypair.generate()
+    proc = fleet.redis.proc
+    assert proc is not None
+
+    async def body() -> None:
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            raw = await register(one.port, a, b)
+            assert await code_then_eof(raw, 10) == R.REGISTRY_UNAVAILABLE
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        while True:
+            client = await register(one.port, a, b)
+            if await client.silent(0.5):
+                break
+            assert await code_then_eof(client) == R.REGISTRY_UNAVAILABLE
+            assert loop.time() < end, "the fleet did not recover after Redis resumed"
+        peer = await register(two.port, b, a)
+        assert isinstance(await peer.recv(), wire.PeerDisconnect)
+        peer.close()
+        assert isinstance(await client.recv(), wire.PeerIdentification)
+
+    try:
+        run(body)
+    finally:
+        proc.send_signal(signal.SIGCONT)
 
 
 def test_redis_restart_waiting_registration_gets_retry(fleet: Fleet) -> None:
