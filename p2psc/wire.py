@@ -104,6 +104,9 @@ class Reason(IntEnum):
     PEER_GONE = 8
     SHUTTING_DOWN = 9
     TLS_REQUIRED = 10
+    REGISTRY_UNAVAILABLE = 16
+    """A fleet's shared registry could not be reached, or lost a waiting registration
+    (AdvertiseRetry: register again after a backoff). spec/mediator.md section 10."""
 
 
 _REASONS: dict[int, Reason] = {int(r): r for r in Reason}

@@ -28,6 +28,9 @@ mutants (--mutant NAME; the property each one breaks):
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
   channel:    skip-lost-record (C1), eof-is-close (C2), close-not-recorded (C3),
               fin-only-close (C4)
+  fleet:      non-atomic-claim (M3), confirm-early (M2), no-hold (M3)
+              (two mediator instances over one shared registry; --faults: notices lost or
+              duplicated, refreshes at any moment; spec/mediator.md section 10)
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ MODELS: dict[str, str] = {
     "mediation": "p2psc.models.mediation_model",
     "direct": "p2psc.models.direct_model",
     "channel": "p2psc.models.channel_model",
+    "fleet": "p2psc.models.fleet_model",
 }
 """Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
 
@@ -100,6 +104,17 @@ def _progress(result: Any, frontier: int) -> None:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The model's build options; refuses options of the other model and unknown mutants."""
+    if args.model == "fleet":
+        from p2psc.models.fleet_model import MUTANTS
+
+        if args.mutant is not None and args.mutant not in MUTANTS:
+            listed = ", ".join(f"{name} ({why})" for name, why in sorted(MUTANTS.items()))
+            parser.error(f"unknown fleet mutant {args.mutant!r}; choose from: {listed}")
+        given = (args.peers, args.protocols, args.stranger_budget)
+        flags = (args.mixed_sets, args.limits, args.garbage, args.shutdown)
+        if any(o is not None for o in given) or any(flags):
+            parser.error("the fleet model takes --faults and --mutant only")
+        return {"faults": args.faults, "mutant": args.mutant}
     from p2psc.models.mutants import (
         CHANNEL_MUTANTS,
         DIRECT_MUTANTS,
