@@ -54,6 +54,8 @@ __all__ = [
     "MessageType",
     "PeerDisconnect",
     "PeerIdentification",
+    "Ping",
+    "Pong",
     "Reason",
     "construct_decode",
     "construct_encode",
@@ -72,6 +74,11 @@ FAMILY_IPV6 = 6
 PAIRING_ID_SIZE = 16
 """Bytes of the fresh pairing id the Mediator puts in PeerDisconnect and PeerIdentification."""
 NOISE_MESSAGE_MIN = 48
+MIN_KEEPALIVE_MS = 1000
+"""Smallest interval a Ping may announce (ms): a keepalive more frequent than once a second
+refreshes no NAT binding that once a second would not, and only costs the Mediator."""
+MAX_KEEPALIVE_MS = 3_600_000
+"""Largest interval a Ping may announce (ms): one hour, the Mediator's default wait_timeout."""
 """Smallest Noise KK handshake message: an ephemeral key (32) and an empty payload's tag (16)."""
 
 
@@ -88,6 +95,8 @@ class MessageType(IntEnum):
     HANDSHAKE_INIT = 7
     HANDSHAKE_RESPONSE = 8
     # 9 and 10 (wave 1's PeerResponse, PeerAcknowledgement) are retired: never reuse them.
+    PING = 11
+    PONG = 12
 
 
 class Reason(IntEnum):
@@ -104,6 +113,7 @@ class Reason(IntEnum):
     PEER_GONE = 8
     SHUTTING_DOWN = 9
     TLS_REQUIRED = 10
+    SILENT = 11
 
 
 _REASONS: dict[int, Reason] = {int(r): r for r in Reason}
@@ -163,6 +173,8 @@ PAYLOADS: dict[MessageType, c.Construct] = {
     # Noise messages: at least NOISE_MESSAGE_MIN bytes (checked by the message classes).
     MessageType.HANDSHAKE_INIT: c.Struct("noise" / c.GreedyBytes),
     MessageType.HANDSHAKE_RESPONSE: c.Struct("noise" / c.GreedyBytes),
+    MessageType.PING: c.Struct("token" / c.Int32ub, "interval_ms" / c.Int32ub, c.Terminated),
+    MessageType.PONG: c.Struct("token" / c.Int32ub, c.Terminated),
 }
 """Payload layout per message type."""
 
@@ -316,6 +328,7 @@ def _trusted_address(host: str, port: int) -> Address:
 
 
 _U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
 _HDR = struct.Struct(">2sBBH")
 
 
@@ -374,6 +387,11 @@ def _check_bytes(value: object, size: int, field: str, name: str) -> None:
 def _check_u8(value: object, field: str, name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
         raise ProtocolError(f"{name}.{field} must be an integer 0..255, got {value!r}")
+
+
+def _check_u32(value: object, field: str, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFF:
+        raise ProtocolError(f"{name}.{field} must be an integer 0..2**32-1, got {value!r}")
 
 
 def _check_addr(value: object, optional: bool, field: str, name: str) -> None:
@@ -746,6 +764,64 @@ class HandshakeResponse(_NoiseMessage):
         return _decode_as(cls, frame)
 
 
+@dataclass(frozen=True, slots=True)
+class Ping(_Codec):
+    """advertiser -> Mediator while it waits (keepalive): "I am alive, answer ``token``; my next
+    Ping follows within ``interval_ms``". Keeps the NAT binding of the Mediator connection warm
+    and lets both ends notice a dead other end (spec/mediator.md section 4.1)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PING
+    token: int
+    interval_ms: int
+
+    def __post_init__(self) -> None:
+        _check_u32(self.token, "token", "Ping")
+        if (
+            not isinstance(self.interval_ms, int)
+            or isinstance(self.interval_ms, bool)
+            or not MIN_KEEPALIVE_MS <= self.interval_ms <= MAX_KEEPALIVE_MS
+        ):
+            raise ProtocolError(
+                f"Ping.interval_ms must be {MIN_KEEPALIVE_MS}..{MAX_KEEPALIVE_MS}, "
+                f"got {self.interval_ms!r}"
+            )
+
+    def payload(self) -> bytes:
+        return _U32.pack(self.token) + _U32.pack(self.interval_ms)
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> Ping:
+        _fixed(p, (4, 4), "Ping")
+        return cls(_U32.unpack_from(p, 0)[0], _U32.unpack_from(p, 4)[0])
+
+    @classmethod
+    def decode(cls, frame: bytes) -> Ping:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(_Codec):
+    """Mediator -> advertiser: the answer to the Ping with the same ``token``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PONG
+    token: int
+
+    def __post_init__(self) -> None:
+        _check_u32(self.token, "token", "Pong")
+
+    def payload(self) -> bytes:
+        return _U32.pack(self.token)
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> Pong:
+        _fixed(p, (4,), "Pong")
+        return cls(_U32.unpack_from(p, 0)[0])
+
+    @classmethod
+    def decode(cls, frame: bytes) -> Pong:
+        return _decode_as(cls, frame)
+
+
 Message = Union[  # noqa: UP007  (Union[...] reads better than nine `|` in a runtime alias)
     Advertise,
     AdvertiseChallenge,
@@ -756,6 +832,8 @@ Message = Union[  # noqa: UP007  (Union[...] reads better than nine `|` in a run
     PeerIdentification,
     HandshakeInit,
     HandshakeResponse,
+    Ping,
+    Pong,
 ]
 
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
@@ -770,6 +848,8 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         PeerIdentification,
         HandshakeInit,
         HandshakeResponse,
+        Ping,
+        Pong,
     )
 }
 """Message class per type."""

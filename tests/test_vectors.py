@@ -28,7 +28,7 @@ KEYS = {
 }
 ADDRESS_FIELDS = {"local", "peer", "client", "client_local", "peer_local"}
 TEXT_FIELDS = {"text"}
-INT_FIELDS = {"version", "code"}
+INT_FIELDS = {"version", "code", "token", "interval_ms"}
 
 
 def build(vector: dict[str, Any]) -> Message:

@@ -117,7 +117,8 @@ async def connect(
     ``punch_backoff`` (2), ``punch_max_interval`` (1 s), ``punch_attempt_timeout`` (2 s),
     ``advertise_retries`` (3), ``retry_backoff`` (0.5 s), ``candidate_timeout`` (5 s),
     ``max_candidates`` (32), ``max_candidates_per_source`` (4), ``send_local`` (True),
-    ``crypto``, ``nonce_source`` (injected for tests).
+    ``keepalive_interval`` (15 s; None turns it off), ``crypto``, ``nonce_source`` (injected
+    for tests).
 
     Deadlines: ``timeout`` bounds the whole call (registration, waiting for the other side,
     hole punching and the handshake); ``step_timeout`` bounds each request/answer step with the
@@ -133,6 +134,11 @@ async def connect(
     (:class:`~p2psc.errors.PeerUnreachable`). ``advertise_retries`` and ``retry_backoff``
     (doubling) bound how often we re-register when the Mediator answers AdvertiseRetry (busy).
     ``send_local=False`` keeps our local address out of the Advertise.
+
+    While waiting for the other side, a Ping goes to the Mediator every ``keepalive_interval``
+    seconds (keep it below the idle timeouts of the NATs on the way: many drop an idle TCP
+    binding after 30 s to a few minutes); a Ping unanswered for a whole interval fails with
+    :class:`~p2psc.errors.MediatorSilent` ("no answer from the mediator for N s").
 
     Raises a :class:`~p2psc.errors.ConnectError` subclass (MediatorUnreachable,
     MediatorClosed, AdvertiseAborted, AdvertiseRetryExhausted, IdentityCheckFailed,

@@ -164,6 +164,10 @@ def describe_v1(message: wire.Message, keys: Callable[[bytes], str] | None = Non
             f"{name}(version={message.version}, peer={message.peer}, "
             f"peer_local={message.peer_local or '-'})"
         )
+    if isinstance(message, wire.Ping):
+        return f"{name}(token={message.token}, interval_ms={message.interval_ms})"
+    if isinstance(message, wire.Pong):
+        return f"{name}(token={message.token})"
     return name
 
 

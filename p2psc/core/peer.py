@@ -14,6 +14,7 @@ Connection and timer names (:data:`~p2psc.core.io.ConnId`): mediator attempt ``k
 numbered from :data:`PUNCH_BASE`; the adapter names connections accepted on the listener from
 :data:`FIRST_ACCEPTED` upwards. Timers: :data:`TIMER` (the current step's deadline, never later
 than the overall deadline), :data:`RETRY_TIMER` (AdvertiseRetry backoff),
+:data:`KEEPALIVE_TIMER` (the next keepalive Ping while waiting for the partner),
 :data:`CANDIDATE_TIMER` (the earliest candidate deadline) and ``PUNCH_TIMER_BASE + i`` (the
 retry/attempt clock of direct target ``i``). The core remembers every deadline it set: a
 :class:`~p2psc.core.io.TimerFired` that arrives early is answered by re-arming the same timer,
@@ -72,6 +73,7 @@ from p2psc.errors import (
     IdentityCheckFailed,
     InvalidTransition,
     MediatorClosed,
+    MediatorSilent,
     MediatorUnreachable,
     P2pscError,
     PeerUnreachable,
@@ -95,6 +97,7 @@ from p2psc.noise import HandshakeSnapshot, HandshakeState
 __all__ = [
     "CANDIDATE_TIMER",
     "FIRST_ACCEPTED",
+    "KEEPALIVE_TIMER",
     "LISTENER",
     "MEDIATOR_BASE",
     "PROLOGUE_LABEL",
@@ -124,6 +127,7 @@ RETRY_TIMER: ConnId = 1
 LISTENER: ConnId = 2
 CANDIDATE_TIMER: ConnId = 3
 PUNCH_TIMER_BASE: ConnId = 4
+KEEPALIVE_TIMER: ConnId = 15
 MEDIATOR_BASE: ConnId = 16
 PUNCH_BASE: ConnId = 64
 FIRST_ACCEPTED: ConnId = 1 << 20
@@ -185,7 +189,11 @@ class PeerConfig:
     ``timeout`` bounds the whole attempt; every step deadline is clipped to it. See the module
     docstring for the hole punching parameters. ``candidate_timeout`` bounds each candidate's
     wait for its next handshake message; ``max_candidates`` bounds accepted candidates in total
-    and ``max_candidates_per_source`` per source IP address."""
+    and ``max_candidates_per_source`` per source IP address. ``keepalive_interval`` (seconds,
+    None: off) is how often a waiting peer pings the Mediator (spec/mediator.md section 4.1):
+    below common NAT idle timeouts, so the binding of the Mediator connection stays, and an
+    unanswered Ping fails the attempt with :class:`~p2psc.errors.MediatorSilent` after one more
+    interval."""
 
     keypair: Keypair
     peer_key: PublicKey
@@ -205,8 +213,14 @@ class PeerConfig:
     send_local: bool = True
     crypto: NonceCrypto = HPKE
     nonce_source: NonceSource = system_nonces
+    keepalive_interval: float | None = 15.0
 
     def __post_init__(self) -> None:
+        interval = self.keepalive_interval
+        if interval is not None and not (
+            wire.MIN_KEEPALIVE_MS <= round(interval * 1000) <= wire.MAX_KEEPALIVE_MS
+        ):
+            raise ValueError("keepalive_interval must be None (off) or 1..3600 seconds")
         if not 0 <= self.advertise_retries <= MAX_ADVERTISE_RETRIES:
             raise ValueError(f"advertise_retries must be in 0..{MAX_ADVERTISE_RETRIES}")
         if self.punch_interval <= 0 or self.punch_backoff < 1 or self.punch_attempt_timeout <= 0:
@@ -265,6 +279,9 @@ class PeerSnapshot:
     timers: tuple[tuple[ConnId, float], ...]
     rejected: tuple[int, str]
     error: tuple[str, str, int | None] | None
+    keepalive: tuple[int, int | None, float | None, float | None] = (0, None, None, None)
+    """(next Ping token, token of the Ping awaiting its Pong, when the Mediator last spoke,
+    when our registration was answered)."""
 
 
 def take_frame(buf: bytes) -> tuple[bytes, wire.Message, bytes] | None:
@@ -340,6 +357,7 @@ class PeerOptions(TypedDict, total=False):
     send_local: bool
     crypto: NonceCrypto
     nonce_source: NonceSource
+    keepalive_interval: float | None
 
 
 def peer_config(
@@ -386,7 +404,20 @@ _MEDIATOR_EVENTS: dict[type, str] = {
     wire.AdvertiseAbort: "advertise_abort",
     wire.PeerIdentification: "peer_identification",
     wire.PeerDisconnect: "peer_disconnect",
+    wire.Pong: "pong",
 }
+
+
+def _abort_text(message: wire.AdvertiseAbort, waiting: bool) -> str:
+    """What an AdvertiseAbort means to us, in words that claim only what it says: before the
+    Mediator accepted our registration it is a refusal; after that (we were waiting) it ended
+    the registration or the pairing, and a PEER_GONE text describes our partner, not us."""
+    said = f"{_reason_name(message.code)}: {message.text}"
+    if not waiting:
+        return f"the Mediator refused our registration ({said})"
+    if message.code == wire.Reason.PEER_GONE:
+        return f"the Mediator paired us, then our partner went away ({said})"
+    return f"the Mediator ended our accepted registration ({said})"
 
 
 def _reason_name(code: int) -> str:
@@ -426,6 +457,14 @@ class PeerCore:
         self.timers: dict[ConnId, float] = {}
         self.rejected: tuple[int, str] = (0, "")
         self.error: P2pscError | None = None
+        self.ping_token = 0
+        """The token of our next keepalive Ping."""
+        self.ping_outstanding: int | None = None
+        """The token of the Ping still waiting for its Pong."""
+        self.heard: float | None = None
+        """When the Mediator last sent us anything (for honest error texts)."""
+        self.waiting_since: float | None = None
+        """When we started waiting for the partner (our AdvertiseResponse went out)."""
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -454,6 +493,7 @@ class PeerCore:
             error=None
             if self.error is None
             else (type(self.error).__name__, self.error.reason, self.error.code),
+            keepalive=(self.ping_token, self.ping_outstanding, self.heard, self.waiting_since),
         )
 
     @classmethod
@@ -481,6 +521,9 @@ class PeerCore:
         core.init_frame = snapshot.init_frame
         core.timers = dict(snapshot.timers)
         core.rejected = snapshot.rejected
+        (core.ping_token, core.ping_outstanding, core.heard, core.waiting_since) = (
+            snapshot.keepalive
+        )
         if snapshot.error is not None:
             name, reason, code = snapshot.error
             kind = getattr(errors, name, P2pscError)
@@ -523,6 +566,8 @@ class PeerCore:
             return []
         if conn in self.candidates:
             return self._candidate_bytes(conn, event.data, now)
+        if conn == self.mediator:
+            self.heard = now
         return self._mediator_bytes(conn, self.rx.get(conn, b"") + event.data, now)
 
     # --- timers ---------------------------------------------------------------------------
@@ -549,6 +594,8 @@ class PeerCore:
             return self._connect_mediator(now)
         if timer == CANDIDATE_TIMER:
             return self._silent_candidates(now)
+        if timer == KEEPALIVE_TIMER:
+            return self._keepalive_due(now)
         index = timer - PUNCH_TIMER_BASE
         slot = self.slots[index]
         if slot.conn is not None:  # the attempt took too long: drop it, retry later
@@ -569,10 +616,7 @@ class PeerCore:
         elif state == "advertising":
             error = HandshakeTimeout(f"the {where} did not challenge our Advertise in time")
         elif state == "waiting":
-            error = HandshakeTimeout(
-                f"peer {self.config.peer_key.fingerprint()} did not register with the {where} "
-                "before the deadline"
-            )
+            error = HandshakeTimeout(self._waiting_text(where))
         elif state == "backing_off":
             error = HandshakeTimeout("the deadline passed while waiting to retry the Mediator")
         else:
@@ -654,10 +698,25 @@ class PeerCore:
                         "our key for this registration"
                     )
                 )
-            return [
+            actions: list[PeerAction] = [
                 Send(conn, wire.AdvertiseResponse(nonce).encode()),
                 self._set_timer(TIMER, self._clip(None)),
             ]
+            self.waiting_since = now
+            if config.keepalive_interval is not None:
+                self.ping_outstanding = None
+                actions.append(self._set_timer(KEEPALIVE_TIMER, now + config.keepalive_interval))
+            return actions
+        if isinstance(message, wire.Pong):
+            expected = self.ping_outstanding == message.token
+            self._step(event, pong_expected=expected)
+            if not expected:
+                raise ProtocolError(
+                    f"the Mediator sent Pong {message.token}, but the Ping awaiting an answer "
+                    f"is {self.ping_outstanding}"
+                )
+            self.ping_outstanding = None
+            return []
         if isinstance(message, wire.AdvertiseRetry):
             wait = config.retry_backoff * (2**self.attempt)
             can_retry = self.attempt < config.advertise_retries and (now + wait < self._clip(None))
@@ -673,19 +732,18 @@ class PeerCore:
                 )
             self._forget(conn)
             self.mediator = None
+            self.timers.pop(KEEPALIVE_TIMER, None)
             return [
+                SetTimer(KEEPALIVE_TIMER, None),
                 Close(conn, "AdvertiseRetry: backing off"),
                 self._set_timer(RETRY_TIMER, now + wait),
                 self._set_timer(TIMER, self._clip(None)),
             ]
         if isinstance(message, wire.AdvertiseAbort):
+            waiting = self.state == "waiting"
             self._step(event)
             return self._finish_failed(
-                AdvertiseAborted(
-                    f"the Mediator refused our registration: {_reason_name(message.code)}: "
-                    f"{message.text}",
-                    code=message.code,
-                )
+                AdvertiseAborted(_abort_text(message, waiting), code=message.code)
             )
         if isinstance(message, wire.PeerIdentification):
             supported = message.version == wire.PROTOCOL_VERSION
@@ -744,6 +802,8 @@ class PeerCore:
             actions.append(Listen(LISTENER, self.local[1]))
             self.open_conns |= {LISTENER}
         actions.append(Close(conn, f"{type(message).__name__}: punching"))
+        if KEEPALIVE_TIMER in self.timers:
+            actions.append(self._set_timer(KEEPALIVE_TIMER, None))
         self._forget(conn)
         self.mediator = None
         if isinstance(message, wire.PeerIdentification):
@@ -757,6 +817,55 @@ class PeerCore:
             self.init_frame = wire.HandshakeInit(self.initiator.write_message(b"")).encode()
             return actions + self._start_punching(message.peer, message.peer_local, now)
         return actions + self._start_punching(message.client, message.client_local, now)
+
+    # --- keepalive (spec/mediator.md section 4.1) -------------------------------------------
+
+    def _keepalive_due(self, now: float) -> list[PeerAction]:
+        """Time for the next Ping: the previous one must have been answered, else the Mediator
+        connection is dead (the Mediator, or a NAT binding on the way, is gone)."""
+        interval = self.config.keepalive_interval
+        assert interval is not None and self.mediator is not None
+        answered = self.ping_outstanding is None
+        self._step("keepalive_due", mediator_answered=answered)
+        if not answered:
+            host, port = self.config.mediator
+            silent = now - (self.heard if self.heard is not None else now)
+            return self._finish_failed(
+                MediatorSilent(
+                    f"no answer from the mediator {host}:{port} for {silent:.1f} s: our "
+                    f"keepalive Ping of {interval:g} s ago is unanswered (the mediator, or a "
+                    "NAT binding on the way, is gone; whether our partner registered is unknown)"
+                )
+            )
+        token = self.ping_token
+        self.ping_token = (token + 1) & 0xFFFFFFFF
+        self.ping_outstanding = token
+        ping = wire.Ping(token, round(interval * 1000))
+        return [
+            Send(self.mediator, ping.encode()),
+            self._set_timer(KEEPALIVE_TIMER, now + interval),
+        ]
+
+    def _waiting_text(self, where: str) -> str:
+        """Why waiting ended at the deadline, saying only what we observed."""
+        fingerprint = self.config.peer_key.fingerprint()
+        assert self.deadline is not None
+        since = self.waiting_since if self.waiting_since is not None else self.deadline
+        waited = f"{self.deadline - since:.1f} s"
+        if self.config.keepalive_interval is None:
+            return (
+                f"the {where} did not introduce peer {fingerprint} within {waited} (keepalive "
+                "off: whether the mediator still held our registration is unknown)"
+            )
+        heard = (
+            ""
+            if self.heard is None
+            else f"; it last answered {self.deadline - self.heard:.1f} s ago"
+        )
+        return (
+            f"peer {fingerprint} did not register with the {where} within {waited} (the "
+            f"mediator kept answering our keepalive{heard})"
+        )
 
     # --- punching ---------------------------------------------------------------------------
 

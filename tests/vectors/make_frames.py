@@ -32,6 +32,8 @@ from p2psc.wire import (
     Message,
     PeerDisconnect,
     PeerIdentification,
+    Ping,
+    Pong,
     Reason,
     encode,
 )
@@ -147,6 +149,8 @@ def main() -> int:
         ),
         ("HandshakeInit", HandshakeInit(first)),
         ("HandshakeResponse", HandshakeResponse(second)),
+        ("Ping", Ping(7, 15000)),
+        ("Pong", Pong(7)),
     ]
     frames = [
         {
@@ -168,7 +172,7 @@ def main() -> int:
     invalid = [
         bad("bad magic", "5033010a0000", "ProtocolError", "magic"),
         bad("version 2 header", "5032020a0000", "UnsupportedVersion", "version 2"),
-        bad("unknown type 11", "5032010b0000", "ProtocolError", "unknown message type"),
+        bad("unknown type 20", "503201140000", "ProtocolError", "unknown message type"),
         bad("length above 4096", "503201031001", "ProtocolError", "exceeds"),
         bad("truncated payload", resp[:-2], "ProtocolError", "truncated"),
         bad("retired type 9", "503201090000", "ProtocolError", "unknown message type"),
@@ -186,6 +190,7 @@ def main() -> int:
             "ProtocolError",
             "family",
         ),
+        bad("Ping interval 999 ms", "5032010b0008" + "00000007000003e7", "ProtocolError", "1000"),
         bad("HandshakeInit too short", "503201070010" + "00" * 16, "ProtocolError", "Noise"),
         bad("non-UTF-8 reason", "503201030006" + "00000002fffe", "ProtocolError", "UTF-8"),
         bad(
