@@ -30,11 +30,12 @@ def open_fds() -> int:
 
 
 class Recorder:
-    """Remembers every connect() adapter so a test can see which state its core is in."""
+    """Remembers every adapter that ``module`` makes (its ``DriverAdapter``: ``connect()`` by
+    default), so a test can see which state its core is in."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: Any = connect_module) -> None:
         self.adapters: list[Any] = []
-        original = connect_module._Adapter
+        original = module.DriverAdapter
         recorder = self
 
         class Recording(original):  # type: ignore[misc, valid-type]
@@ -42,7 +43,7 @@ class Recorder:
                 super().__init__(*args)
                 recorder.adapters.append(self)
 
-        monkeypatch.setattr(connect_module, "_Adapter", Recording)
+        monkeypatch.setattr(module, "DriverAdapter", Recording)
 
     async def until(self, index: int, state: str) -> None:
         for _ in range(800):

@@ -173,3 +173,81 @@ def test_the_mediator_core_unmaps_ipv4_mapped_addresses() -> None:
     assert isinstance(disconnect, wire.PeerDisconnect)
     assert disconnect.peer == wire.Address("192.0.2.2", 4002)
     assert disconnect.client == wire.Address("192.0.2.1", 4001)
+
+
+# --- the same driver runs the legacy (version 0) core ---------------------------------------
+
+
+def _legacy_peer_until_acknowledged(grace: float) -> tuple[object, int]:
+    """A legacy core in the Peer role, through the driver, up to the PeerAcknowledgement it
+    sends at t=1.0; returns the driver and the accepted connection's name."""
+    from p2psc.core.io import Listen as ListenOp
+    from p2psc.core.peer_driver import AttemptDriver
+    from p2psc.legacy import codec
+    from p2psc.legacy.crypto import RsaKeypair, decrypt_nonce, encrypt_nonce
+    from p2psc.legacy.peer import MEDIATOR as LEGACY_MEDIATOR
+    from p2psc.legacy.peer import LegacyPeerConfig, LegacyPeerCore
+
+    me, them = RsaKeypair.generate(), RsaKeypair.generate()
+    config = LegacyPeerConfig(me, them.public_key, MEDIATOR, ack_grace=grace)
+    d = AttemptDriver(LegacyPeerCore(config))
+    assert d.start(0.0) == [Connect(LEGACY_MEDIATOR, MEDIATOR)]
+    assert d.next_deadline() == config.step_timeout  # the core's timer, before the outer bound
+    d.opened(LEGACY_MEDIATOR, MEDIATOR, LOCAL, 0.0)
+    challenge = codec.AdvertiseChallenge(encrypt_nonce(me.public_key, "42"))
+    d.received(LEGACY_MEDIATOR, codec.encode(challenge), 0.0)
+    ops = d.received(LEGACY_MEDIATOR, codec.encode(codec.PeerDisconnect(LOCAL[1])), 0.5)
+    assert ListenOp(LISTENER, LOCAL[1]) in ops
+    conn, _ = d.accepted(("127.0.0.1", 50000), LOCAL, 0.6)
+    assert conn == FIRST_ACCEPTED  # accepted connections are named as for version 1
+    ops = d.received(
+        conn, codec.encode(codec.PeerChallenge(encrypt_nonce(me.public_key, "7"))), 0.7
+    )
+    (reply_op,) = ops
+    assert isinstance(reply_op, Send)
+    reply = codec.decode(reply_op.data)
+    assert isinstance(reply, codec.PeerChallengeResponse)
+    response = codec.PeerResponse(decrypt_nonce(them, reply.encrypted_nonce))
+    ops = d.received(conn, codec.encode(response), 1.0)
+    assert ops == [Send(conn, codec.encode(codec.PeerAcknowledgement()))]
+    return d, conn
+
+
+def test_a_held_outcome_is_ready_only_at_its_hand_over_time() -> None:
+    """The legacy Peer's outcome carries ``send_after`` (PeerAcknowledgement + ack_grace): the
+    attempt is over at once (result set, everything else to close), but the caller gets the
+    connection only from the tick at that time: the driver's one deadline names it."""
+    from p2psc.core.peer_driver import AttemptDriver
+
+    d, conn = _legacy_peer_until_acknowledged(grace=0.25)
+    assert isinstance(d, AttemptDriver)
+    assert d.result is not None and not isinstance(d.result, Exception)
+    assert d.result.conn == conn and d.closing == frozenset()
+    assert not d.ready and d.next_deadline() == 1.25
+    assert d.tick(1.2) == [] and not d.ready  # early ticks are harmless
+    assert d.received(conn, b"early bytes", 1.21) == []  # the application's, not the driver's
+    assert d.tick(1.25) == [] and d.ready and d.next_deadline() is None
+
+
+def test_an_outcome_without_hand_over_time_is_ready_at_once() -> None:
+    from p2psc.core.peer_driver import AttemptDriver
+
+    d, _ = _legacy_peer_until_acknowledged(grace=0.0)
+    assert isinstance(d, AttemptDriver)
+    assert d.result is not None and d.ready and d.next_deadline() is None
+
+
+def test_the_legacy_outer_bound_follows_its_step_deadlines() -> None:
+    from p2psc.core.peer_driver import AttemptDriver
+    from p2psc.legacy.crypto import RsaKeypair
+    from p2psc.legacy.peer import LegacyPeerConfig, LegacyPeerCore
+
+    key = RsaKeypair.generate()
+    config = LegacyPeerConfig(key, key.public_key, MEDIATOR, step_timeout=1.0)
+    assert config.timeout == config.pairing_timeout + config.connect_timeout + 4.0
+    d = AttemptDriver(LegacyPeerCore(config))
+    d.start(10.0)
+    d.timers.clear()  # as if the core had lost its timer: only the outer bound remains
+    assert d.next_deadline() == 10.0 + config.timeout + OUTER_MARGIN
+    assert d.tick(10.0 + config.timeout + OUTER_MARGIN) == [Close(1, "outer bound")]
+    assert isinstance(d.result, HandshakeTimeout)

@@ -3,17 +3,20 @@
 All protocol logic lives in :class:`p2psc.core.peer.PeerCore`, run by the shared
 :class:`p2psc.core.peer_driver.PeerDriver`; this module only executes its operations on real
 sockets (made by :mod:`p2psc.sockets`, so every socket of the attempt shares one local port) and
-reports what happened, from the loop's callbacks. Each connection is a plain
-:class:`asyncio.Protocol`, so nothing is buffered between the socket and the core: bytes go to
-the driver the moment they arrive, and when the attempt succeeds nothing of the kept connection
-is pending anywhere. Its transport is then handed, protocol swapped, to the secure channel
-(:func:`p2psc.aio.channel.secure_streams`), which gives the application a standard
+reports what happened, from the loop's callbacks. Its :class:`DriverAdapter` runs any
+:class:`~p2psc.core.peer_driver.AttemptDriver` (the legacy client's too); only what it hands
+the caller differs, a function of the kept transport and the outcome. Each connection is a
+plain :class:`asyncio.Protocol`, so nothing is buffered between the socket and the core: bytes
+go to the driver the moment they arrive, and when the attempt succeeds nothing of the kept
+connection is pending anywhere. Its transport is then handed, protocol swapped, to the secure
+channel (:func:`p2psc.aio.channel.secure_streams`), which gives the application a standard
 StreamReader/StreamWriter pair with flow control both ways.
 
-Every wait has a deadline (the driver's single next deadline: the core's timers and an outer
-bound). Cancelling ``connect()`` at any point closes every socket the attempt opened: the only
-await is on a future the callbacks complete, and the connection is built after it without
-another await, so a finished connection is never dropped unclosed.
+Every wait has a deadline (the driver's single next deadline: the core's timers, an outer
+bound, a held outcome's hand-over time). Cancelling ``connect()`` at any point closes every
+socket the attempt opened: the only await is on a future the callbacks complete, and the
+connection is built in the callback that completed the handshake and closed by the cleanup if
+the caller is gone, so a finished connection is never dropped unclosed.
 """
 
 from __future__ import annotations
@@ -24,13 +27,13 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Unpack, cast
+from typing import Any, Generic, Self, TypeVar, Unpack, cast
 
 from p2psc.aio.channel import secure_streams
 from p2psc.aio.holepunch import open_connection_from
 from p2psc.core.io import Close, Connect, ConnId, Listen, Send
 from p2psc.core.peer import LISTENER, Established, PeerConfig, PeerCore, PeerOptions
-from p2psc.core.peer_driver import IoOp, PeerDriver
+from p2psc.core.peer_driver import AttemptDriver, IoOp, Outcome, PeerDriver
 from p2psc.errors import P2pscError
 from p2psc.keys import Keypair, PublicKey
 from p2psc.peer_tls import prepare
@@ -41,8 +44,39 @@ __all__ = ["P2PConnection", "connect", "connect_with"]
 READ_LIMIT = 2**16
 
 
+class StreamConnection:
+    """What every connection returned as a StreamReader/StreamWriter pair shares (this module's
+    :class:`P2PConnection`, :class:`p2psc.legacy.client.LegacyConnection`): :meth:`close`,
+    :meth:`wait_closed`, ``async with``."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    def close(self) -> None:
+        """Close the connection after what was written (an encrypted connection sends its
+        authenticated close first)."""
+        self.writer.close()
+
+    async def wait_closed(self) -> None:
+        """Wait (at most 5 s) until the connection is closed."""
+        with contextlib.suppress(OSError, ConnectionError, TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), 5.0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+
 @dataclass
-class P2PConnection:
+class P2PConnection(StreamConnection):
     """A direct, encrypted connection to the owner of ``peer_key``, both identities proven.
 
     ``reader``/``writer`` carry application bytes through the Noise channel (spec/protocol.md):
@@ -66,27 +100,6 @@ class P2PConnection:
     remote: tuple[str, int]
     handshake_hash: bytes = b""
     path: str = "direct"
-
-    def close(self) -> None:
-        """Send the authenticated close (after what was written) and close the connection."""
-        self.writer.close()
-
-    async def wait_closed(self) -> None:
-        """Wait (at most 5 s) until the connection is closed."""
-        with contextlib.suppress(OSError, ConnectionError, TimeoutError):
-            await asyncio.wait_for(self.writer.wait_closed(), 5.0)
-
-    async def __aenter__(self) -> P2PConnection:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-        await self.wait_closed()
 
 
 async def connect(
@@ -161,17 +174,33 @@ async def connect(
 async def connect_with(config: PeerConfig, driver: PeerDriver | None = None) -> P2PConnection:
     """:func:`connect` for a ready :class:`~p2psc.core.peer.PeerConfig` (and, optionally, a
     ready driver: :func:`p2psc.peer_tls.make_driver` makes one with TLS to the Mediator)."""
-    adapter = _Adapter(driver or PeerDriver(PeerCore(config)))
-    try:
-        return await adapter.run()
-    finally:
-        adapter.shutdown()
+    return await DriverAdapter(driver or PeerDriver(PeerCore(config)), _secure).connect()
+
+
+def _secure(transport: asyncio.Transport, result: Outcome) -> P2PConnection:
+    """The kept transport, handed to the secure channel (in the callback that finished the
+    handshake: no byte of it can slip past the core)."""
+    assert isinstance(result, Established)
+    reader, writer = secure_streams(transport, result.channel, result.leftover, limit=READ_LIMIT)
+    return P2PConnection(
+        reader=reader,
+        writer=writer,
+        peer_key=result.peer_key,
+        role=result.role,
+        session_secret=result.session_secret,
+        local=_pair(transport.get_extra_info("sockname")),
+        remote=_pair(transport.get_extra_info("peername")),
+        handshake_hash=result.handshake_hash,
+    )
+
+
+ConnectionT = TypeVar("ConnectionT", bound=StreamConnection)
 
 
 class _Link(asyncio.Protocol):
     """One socket: what happens on it goes to the driver, nothing more."""
 
-    def __init__(self, adapter: _Adapter, conn: ConnId | None) -> None:
+    def __init__(self, adapter: DriverAdapter[Any], conn: ConnId | None) -> None:
         self.adapter = adapter
         self.conn = conn
 
@@ -192,11 +221,17 @@ class _Link(asyncio.Protocol):
             self.adapter.step(self.adapter.driver.closed, self.conn, why)
 
 
-class _Adapter:
-    """Moves bytes and time between asyncio and the shared :class:`PeerDriver`."""
+class DriverAdapter(Generic[ConnectionT]):
+    """Moves bytes and time between asyncio and the shared driver; ``hand_over`` makes what the
+    caller gets from the kept transport and the outcome (it takes the transport over)."""
 
-    def __init__(self, driver: PeerDriver) -> None:
+    def __init__(
+        self,
+        driver: AttemptDriver[Any],
+        hand_over: Callable[[asyncio.Transport, Outcome], ConnectionT],
+    ) -> None:
         self.driver = driver
+        self.hand_over = hand_over
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.transports: dict[ConnId, asyncio.Transport] = {}
@@ -205,9 +240,16 @@ class _Adapter:
         self.server: asyncio.Server | None = None
         self.listener: socket.socket | None = None
         self.local_host: str | None = None
-        self.connection: P2PConnection | None = None
+        self.connection: ConnectionT | None = None
 
-    async def run(self) -> P2PConnection:
+    async def connect(self) -> ConnectionT:
+        """Run the attempt; whatever happens, close everything but the connection handed out."""
+        try:
+            return await self.run()
+        finally:
+            self.shutdown()
+
+    async def run(self) -> ConnectionT:
         self.execute(self.driver.start(self.loop.time()))
         await self.done  # the only await: a cancel lands here, and shutdown() cleans up
         result = self.driver.result
@@ -239,12 +281,13 @@ class _Adapter:
         if result is not None:
             for conn in sorted(self.driver.closing):
                 self._close(conn)
-            if isinstance(result, Established) and self.connection is None:
+            if not isinstance(result, P2pscError) and self.connection is None:
                 # in this very callback: no byte of the kept connection can slip past the core
-                self.connection = self._established(result)
-            if not self.done.done():
-                self.done.set_result(None)
-            return
+                self.connection = self.hand_over(self.transports.pop(result.conn), result)
+            if self.driver.ready:
+                if not self.done.done():
+                    self.done.set_result(None)
+                return
         self._arm(self.driver.next_deadline())
 
     def _arm(self, deadline: float | None) -> None:
@@ -320,22 +363,6 @@ class _Adapter:
         if transport is not None:
             transport.close()
 
-    def _established(self, result: Established) -> P2PConnection:
-        transport = self.transports.pop(result.conn)
-        reader, writer = secure_streams(
-            transport, result.channel, result.leftover, limit=READ_LIMIT
-        )
-        return P2PConnection(
-            reader=reader,
-            writer=writer,
-            peer_key=result.peer_key,
-            role=result.role,
-            session_secret=result.session_secret,
-            local=_pair(transport.get_extra_info("sockname")),
-            remote=_pair(transport.get_extra_info("peername")),
-            handshake_hash=result.handshake_hash,
-        )
-
     def shutdown(self) -> None:
         """Close everything the attempt opened except the connection handed out."""
         if not self.done.done():
@@ -350,7 +377,7 @@ class _Adapter:
         for conn in list(self.transports):
             self._close(conn)
         if self.connection is not None:  # established, but the caller was cancelled first
-            self.connection.close()  # the partner gets an authenticated close at once
+            self.connection.close()  # the partner sees the end at once (authenticated: v1)
             self.connection = None
 
 

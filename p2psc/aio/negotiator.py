@@ -4,7 +4,9 @@ Why a runner: most users have a connected stream pair (from :func:`p2psc.aio.con
 ``asyncio.open_connection``) and want "negotiate, run the chosen protocol, repeat" without
 writing the loop. The runner holds no protocol logic: it writes the bytes the sans-IO
 :class:`p2psc.core.negotiator.Negotiator` returns, feeds it the bytes it reads, sleeps when the
-core says :class:`Sleep`, and hands the streams to the negotiated protocol's handler.
+core says :class:`Sleep`, and hands the streams to the negotiated protocol's handler. What it
+counts, when it stops and what its failures say is :class:`p2psc.core.negotiator_run.NegotiatorRun`
+(shared with the trio runner).
 
 Failure handling: every read and drain has a deadline (``reply_timeout``), so a silent peer is
 detected (:class:`NegotiationTimeout`); a byte the core refuses (:class:`NegotiationError`)
@@ -18,10 +20,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 
-from p2psc.core.negotiator import Negotiated, Negotiator, Outcome, Sleep, describe_byte
-from p2psc.errors import NegotiationError, NegotiationTimeout, P2pscError
+from p2psc.core.negotiator import Negotiated, Negotiator, Outcome, describe_byte
+from p2psc.core.negotiator_run import NegotiatorRun, RunResult
+from p2psc.errors import NegotiationError, P2pscError
 
 __all__ = ["Handler", "RunResult", "run_negotiator"]
 
@@ -33,17 +35,6 @@ connection on both sides (the protocol defines its own end). It owns the streams
 must bound its own waits."""
 
 _CLOSE_TIMEOUT = 1.0
-
-
-@dataclass
-class RunResult:
-    """Why and how a run ended. ``error`` is None for a clean end (EOF, stop, max_rounds)."""
-
-    rounds: int = 0
-    idle_rounds: int = 0
-    protocols_run: dict[str, int] = field(default_factory=dict)
-    reason: str = ""
-    error: P2pscError | None = None
 
 
 async def run_negotiator(
@@ -68,88 +59,59 @@ async def run_negotiator(
     it); the peer answers when its own sleep ends. ``on_outcome`` is called with each round's
     outcome (metrics, tests, application decisions for the next round).
     """
-    missing = [name for name in negotiator.protocols.by_name if name not in handlers]
-    if missing:
-        raise ValueError(f"no handler for protocol(s) {', '.join(sorted(missing))}")
-    if reply_timeout <= 0:
-        raise ValueError("reply_timeout must be > 0")
-    result = RunResult()
+    run = NegotiatorRun(negotiator, handlers, reply_timeout=reply_timeout, max_rounds=max_rounds)
     try:
-        while max_rounds is None or result.rounds < max_rounds:
-            if stop is not None and stop.is_set():
-                result.reason = "stopped"
-                break
-            outcome = await _one_round(reader, writer, negotiator, reply_timeout)
-            result.rounds += 1
+        while run.next_round(stopping=stop is not None and stop.is_set()):
+            outcome = await _one_round(reader, writer, run)
+            pause = run.record(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
             if isinstance(outcome, Negotiated):
                 name = outcome.protocol.name
-                result.protocols_run[name] = result.protocols_run.get(name, 0) + 1
                 log.debug(
                     "running protocol %s (initiated by us: %s)", name, outcome.initiated_by_us
                 )
                 await handlers[name](reader, writer, outcome)
-            elif isinstance(outcome, Sleep):
-                result.idle_rounds += 1
-                if max_rounds is None or result.rounds < max_rounds:
-                    await _sleep(outcome.seconds, stop, wake)
-        else:
-            result.reason = f"{result.rounds} rounds done"
-    except NegotiationError as error:  # from the core, a deadline, or a handler
-        result.reason, result.error = error.reason, error
-        negotiator.fail(error.reason)  # no-op when the core failed already
-        log.warning("negotiator closing the connection: %s", error.reason)
-    except P2pscError as error:  # raised by a protocol handler
-        result.reason, result.error = error.reason, error
-        negotiator.fail(f"protocol failed: {error.reason}")
-        log.warning("protocol failed, closing the connection: %s", error.reason)
+            elif pause is not None:
+                await _sleep(pause, stop, wake)
+    except P2pscError as error:  # from the core, a deadline, or a protocol handler
+        log.warning("%s", run.failed(error))
     except (asyncio.IncompleteReadError, ConnectionError) as gone:
-        result.reason = f"peer closed the connection ({type(gone).__name__})"
-        negotiator.fail(result.reason)
-        log.info("negotiator: %s", result.reason)
+        log.info("%s", run.peer_gone(type(gone).__name__))
     finally:
         await _close(writer)
-    return result
+    return run.result
 
 
 async def _one_round(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    negotiator: Negotiator,
-    reply_timeout: float,
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, run: NegotiatorRun
 ) -> Outcome:
     """Send our byte, then read one byte at a time (so nothing of the protocol that follows is
     consumed) until the core has an outcome."""
-    await _send(writer, negotiator.start_round(), reply_timeout, negotiator)
+    negotiator = run.negotiator
+    await _send(writer, negotiator.start_round(), run)
     while (outcome := negotiator.outcome) is None:
         try:
-            async with asyncio.timeout(reply_timeout):
+            async with asyncio.timeout(run.reply_timeout):
                 byte = await reader.readexactly(1)
         except TimeoutError:
-            reason = f"peer sent no byte within {reply_timeout:g}s in {negotiator.state}"
-            negotiator.fail(reason)
-            raise NegotiationTimeout(reason) from None
+            raise run.no_byte() from None
         log.debug("negotiator received %s in %s", describe_byte(byte[0]), negotiator.state)
-        await _send(writer, negotiator.receive_data(byte), reply_timeout, negotiator)
+        await _send(writer, negotiator.receive_data(byte), run)
     if isinstance(outcome, NegotiationError):  # pragma: no cover - receive_data raised already
         raise outcome
     return outcome
 
 
-async def _send(
-    writer: asyncio.StreamWriter, data: bytes, timeout: float, negotiator: Negotiator
-) -> None:
+async def _send(writer: asyncio.StreamWriter, data: bytes, run: NegotiatorRun) -> None:
     if not data:
         return
     writer.write(data)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(run.reply_timeout):
             await writer.drain()
     except TimeoutError:
-        reason = f"peer did not read our bytes within {timeout:g}s"
-        negotiator.fail(reason)
-        raise NegotiationTimeout(reason) from None
+        raise run.not_read() from None
 
 
 async def _sleep(seconds: float, stop: asyncio.Event | None, wake: asyncio.Event | None) -> None:

@@ -49,7 +49,8 @@ from typing import TypedDict, Unpack
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from p2psc import errors, wire
+from p2psc import wire
+from p2psc.core.attempt import failed_state, restore_error
 from p2psc.core.channel import HEADER_LEN, MIN_RECORD_CIPHERTEXT, SecureChannel
 from p2psc.core.io import (
     Action,
@@ -525,11 +526,7 @@ class PeerCore:
             snapshot.keepalive
         )
         if snapshot.error is not None:
-            name, reason, code = snapshot.error
-            kind = getattr(errors, name, P2pscError)
-            error: P2pscError = kind.__new__(kind)
-            P2pscError.__init__(error, reason, code=code)
-            core.error = error
+            core.error = restore_error(*snapshot.error)
         return core
 
     @property
@@ -1252,10 +1249,7 @@ class PeerCore:
 
     def _fail(self, error: P2pscError, event: str) -> list[PeerAction]:
         if not self.finished:
-            if self.table.allows(self.state, event):
-                self._step(event)
-            else:
-                self.state = "failed"
+            self.state = failed_state(self.table, self.state, event)
         return self._finish_failed(error)
 
     def _finish_failed(self, error: P2pscError) -> list[PeerAction]:

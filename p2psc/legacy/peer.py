@@ -11,7 +11,9 @@ turns transitions into actions.
 Connection names (:data:`p2psc.core.io.ConnId`): the core names the mediator connection
 :data:`MEDIATOR`, its listener :data:`LISTENER` and its outgoing peer connection
 :data:`PEER_OUT`; the adapter names connections accepted on the listener from
-:data:`FIRST_ACCEPTED` upwards. The single handshake timer is :data:`TIMER` (not a connection).
+:data:`FIRST_ACCEPTED` upwards (both as in the version 1 core, so the shared
+:class:`p2psc.core.peer_driver.AttemptDriver` runs this core too). The single handshake timer is
+:data:`TIMER` (not a connection).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from p2psc import errors
+from p2psc.core import peer as v1_peer
+from p2psc.core.attempt import failed_state, restore_error
 from p2psc.core.io import (
     Action,
     Close,
@@ -74,9 +77,9 @@ __all__ = [
 
 TIMER: ConnId = 0
 MEDIATOR: ConnId = 1
-LISTENER: ConnId = 2
+LISTENER: ConnId = v1_peer.LISTENER
 PEER_OUT: ConnId = 3
-FIRST_ACCEPTED: ConnId = 16
+FIRST_ACCEPTED: ConnId = v1_peer.FIRST_ACCEPTED
 
 _TABLE = compile_machine(LegacyPeerMachine)
 
@@ -113,6 +116,13 @@ class LegacyPeerConfig:
     """As the Peer: seconds between PeerAcknowledgement and the first application byte."""
     crypto: LegacyCrypto = RSA_PKCS1V15
     nonce_source: NonceSource = secrets.token_bytes
+
+    @property
+    def timeout(self) -> float:
+        """The longest an attempt can take with every step at its deadline (two steps with the
+        mediator, the pairing, the connect, two steps with the other peer): the driver's outer
+        bound (:class:`p2psc.core.peer_driver.AttemptDriver`) starts from it."""
+        return self.pairing_timeout + self.connect_timeout + 4 * self.step_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +192,7 @@ class LegacyPeerCore:
         core.connect_deadline = snapshot.connect_deadline
         core.retry_pending = snapshot.retry_pending
         if snapshot.error is not None:
-            name, reason = snapshot.error
-            kind: type[P2pscError] = getattr(errors, name, P2pscError)
-            error = kind.__new__(kind)
-            P2pscError.__init__(error, reason)
-            core.error = error
+            core.error = restore_error(*snapshot.error)
         return core
 
     @property
@@ -450,10 +456,7 @@ class LegacyPeerCore:
 
     def _fail(self, error: P2pscError, event: str) -> list[LegacyAction]:
         if not self.finished:
-            if _TABLE.allows(self.state, event):
-                self._step(event)
-            else:
-                self.state = "failed"
+            self.state = failed_state(_TABLE, self.state, event)
         return self._finish_failed(error)
 
     def _finish_failed(self, error: P2pscError) -> list[LegacyAction]:

@@ -7,18 +7,20 @@ consumed), sleeps when the core says :class:`Sleep`, and hands the stream to the
 protocol's handler. Every read and send has a deadline (``reply_timeout``): a silent peer is a
 :class:`~p2psc.errors.NegotiationTimeout`; a byte the core refuses closes the connection with its
 reason logged; the peer's close ends the run cleanly. The stream is closed when the run returns.
+What it counts, when it stops and what its failures say is
+:class:`p2psc.core.negotiator_run.NegotiatorRun`, shared with the asyncio runner.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 
 import trio
 
-from p2psc.core.negotiator import Negotiated, Negotiator, Outcome, Sleep, describe_byte
-from p2psc.errors import NegotiationError, NegotiationTimeout, P2pscError
+from p2psc.core.negotiator import Negotiated, Negotiator, Outcome, describe_byte
+from p2psc.core.negotiator_run import NegotiatorRun, RunResult
+from p2psc.errors import NegotiationError, P2pscError
 
 __all__ = ["Handler", "RunResult", "run_negotiator"]
 
@@ -31,17 +33,6 @@ connection on both sides. It owns the stream meanwhile and must bound its own wa
 
 class _PeerClosed(Exception):
     """The peer ended the stream between or inside a round."""
-
-
-@dataclass
-class RunResult:
-    """Why and how a run ended. ``error`` is None for a clean end (EOF, stop, max_rounds)."""
-
-    rounds: int = 0
-    idle_rounds: int = 0
-    protocols_run: dict[str, int] = field(default_factory=dict)
-    reason: str = ""
-    error: P2pscError | None = None
 
 
 async def run_negotiator(
@@ -61,78 +52,51 @@ async def run_negotiator(
     Arguments as for :func:`p2psc.aio.negotiator.run_negotiator`, except ``wake``: a receive
     channel (trio events cannot be cleared); each item received cuts one sleep between rounds
     short."""
-    missing = [name for name in negotiator.protocols.by_name if name not in handlers]
-    if missing:
-        raise ValueError(f"no handler for protocol(s) {', '.join(sorted(missing))}")
-    if reply_timeout <= 0:
-        raise ValueError("reply_timeout must be > 0")
-    result = RunResult()
+    run = NegotiatorRun(negotiator, handlers, reply_timeout=reply_timeout, max_rounds=max_rounds)
     try:
-        while max_rounds is None or result.rounds < max_rounds:
-            if stop is not None and stop.is_set():
-                result.reason = "stopped"
-                break
-            outcome = await _one_round(stream, negotiator, reply_timeout)
-            result.rounds += 1
+        while run.next_round(stopping=stop is not None and stop.is_set()):
+            outcome = await _one_round(stream, run)
+            pause = run.record(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
             if isinstance(outcome, Negotiated):
-                name = outcome.protocol.name
-                result.protocols_run[name] = result.protocols_run.get(name, 0) + 1
-                await handlers[name](stream, outcome)
-            elif isinstance(outcome, Sleep):
-                result.idle_rounds += 1
-                if max_rounds is None or result.rounds < max_rounds:
-                    await _sleep(outcome.seconds, stop, wake)
-        else:
-            result.reason = f"{result.rounds} rounds done"
-    except NegotiationError as error:  # from the core, a deadline, or a handler
-        result.reason, result.error = error.reason, error
-        negotiator.fail(error.reason)  # no-op when the core failed already
-        log.warning("negotiator closing the connection: %s", error.reason)
-    except P2pscError as error:  # a handler's, or the secure channel's (a cut or bad record)
-        result.reason, result.error = error.reason, error
-        negotiator.fail(f"protocol failed: {error.reason}")
-        log.warning("protocol failed, closing the connection: %s", error.reason)
+                await handlers[outcome.protocol.name](stream, outcome)
+            elif pause is not None:
+                await _sleep(pause, stop, wake)
+    except P2pscError as error:  # the core's, a deadline's, a handler's or the channel's
+        log.warning("%s", run.failed(error))
     except (_PeerClosed, trio.BrokenResourceError) as gone:
-        result.reason = f"peer closed the connection ({type(gone).__name__})"
-        negotiator.fail(result.reason)
-        log.info("negotiator: %s", result.reason)
+        log.info("%s", run.peer_gone(type(gone).__name__))
     finally:
         await stream.aclose()
-    return result
+    return run.result
 
 
-async def _one_round(stream: trio.abc.Stream, negotiator: Negotiator, timeout: float) -> Outcome:
+async def _one_round(stream: trio.abc.Stream, run: NegotiatorRun) -> Outcome:
     """Send our byte, then read one byte at a time until the core has an outcome."""
-    await _send(stream, negotiator.start_round(), timeout, negotiator)
+    negotiator = run.negotiator
+    await _send(stream, negotiator.start_round(), run)
     while (outcome := negotiator.outcome) is None:
-        with trio.move_on_after(timeout) as scope:
+        with trio.move_on_after(run.reply_timeout) as scope:
             byte = await stream.receive_some(1)
         if scope.cancelled_caught:
-            reason = f"peer sent no byte within {timeout:g}s in {negotiator.state}"
-            negotiator.fail(reason)
-            raise NegotiationTimeout(reason)
+            raise run.no_byte()
         if not byte:
             raise _PeerClosed("end of stream")
         log.debug("negotiator received %s in %s", describe_byte(byte[0]), negotiator.state)
-        await _send(stream, negotiator.receive_data(bytes(byte)), timeout, negotiator)
+        await _send(stream, negotiator.receive_data(bytes(byte)), run)
     if isinstance(outcome, NegotiationError):  # pragma: no cover - receive_data raised already
         raise outcome
     return outcome
 
 
-async def _send(
-    stream: trio.abc.Stream, data: bytes, timeout: float, negotiator: Negotiator
-) -> None:
+async def _send(stream: trio.abc.Stream, data: bytes, run: NegotiatorRun) -> None:
     if not data:
         return
-    with trio.move_on_after(timeout) as scope:
+    with trio.move_on_after(run.reply_timeout) as scope:
         await stream.send_all(data)
     if scope.cancelled_caught:
-        reason = f"peer did not read our bytes within {timeout:g}s"
-        negotiator.fail(reason)
-        raise NegotiationTimeout(reason)
+        raise run.not_read()
 
 
 async def _sleep(
