@@ -17,7 +17,7 @@ import pytest
 from p2psc import wire
 from p2psc.core.io import Closed, Received, SetTimer, TimerFired
 from p2psc.core.mediator import MIN_PING_GAP, MediatorConfig
-from p2psc.core.peer import KEEPALIVE_TIMER, MEDIATOR_BASE, TIMER
+from p2psc.core.peer import KEEPALIVE_TIMER, MEDIATOR_BASE, TIMER, PeerCore
 from p2psc.errors import AdvertiseAborted, HandshakeTimeout, MediatorSilent, ProtocolError
 from p2psc.keys import Keypair
 from tests.mediator_helpers import Driver, abort_code, closed, messages, sym_key, timers
@@ -284,3 +284,54 @@ async def test_a_silent_mediator_fails_the_waiting_peer_within_two_intervals() -
             await connect(a, b.public_key, f"127.0.0.1:{port}", timeout=20, keepalive_interval=1)
         # (MediatorSilent, not the HandshakeTimeout of the 20 s deadline: two intervals)
         assert "did not register" not in caught.value.reason
+
+
+# --------------------------------------------------------------------------- timed dials
+
+
+def _peer_introduced(**options: object) -> tuple[list[object], float]:
+    """A Peer whose Advertise was answered 0.04 s later, introduced at t = 1: its actions."""
+    from p2psc.core.io import Opened
+    from p2psc.keys import HPKE, nonce_info
+    from tests.test_peer_core import Side, config
+
+    side = Side(PeerCore(config(B_KEY, A_KEY, **options)), B_LOCAL)
+    side.core.start(0.0)
+    side.do(Opened(MEDIATOR_BASE, ("127.0.0.1", 9999), B_LOCAL))
+    side.now = 0.04
+    info = nonce_info("AdvertiseChallenge", B_KEY.public_key.raw, A_KEY.public_key.raw)
+    sealed = HPKE.seal(B_KEY.public_key, bytes(32), info)
+    side.do(Received(MEDIATOR_BASE, wire.AdvertiseChallenge(sealed).encode()))
+    side.now = 1.0
+    disconnect = wire.PeerDisconnect(PID, wire.Address(*B_LOCAL), wire.Address(*A_LOCAL))
+    return list(side.do(Received(MEDIATOR_BASE, disconnect.encode()))), side.core.rtt or 0.0
+
+
+def test_the_peer_dials_one_round_trip_after_its_introduction() -> None:
+    from p2psc.core.io import Connect, Listen
+    from p2psc.core.peer import PUNCH_TIMER_BASE
+
+    actions, rtt = _peer_introduced()
+    assert rtt == pytest.approx(0.04)
+    assert any(isinstance(a, Listen) for a in actions)  # it listens at once
+    assert not any(isinstance(a, Connect) for a in actions)  # but dials later
+    assert SetTimer(PUNCH_TIMER_BASE, pytest.approx(1.04)) in actions
+    # without timed dials: at once
+    actions, _ = _peer_introduced(timed_dial=False)
+    assert any(isinstance(a, Connect) for a in actions)
+
+
+def test_the_dial_delay_is_bounded_by_punch_max_interval() -> None:
+    from p2psc.core.peer import PUNCH_TIMER_BASE
+
+    actions, _ = _peer_introduced(punch_max_interval=0.01)
+    assert SetTimer(PUNCH_TIMER_BASE, pytest.approx(1.01)) in actions
+
+
+def test_the_client_dials_at_once() -> None:
+    from p2psc.core.io import Connect
+
+    side = registered(A_KEY, B_KEY, A_LOCAL)
+    introduction = wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL))
+    actions = side.do(Received(MEDIATOR_BASE, introduction.encode()))
+    assert any(isinstance(a, Connect) for a in actions)

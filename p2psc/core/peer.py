@@ -194,7 +194,9 @@ class PeerConfig:
     None: off) is how often a waiting peer pings the Mediator (spec/mediator.md section 4.1):
     below common NAT idle timeouts, so the binding of the Mediator connection stays, and an
     unanswered Ping fails the attempt with :class:`~p2psc.errors.MediatorSilent` after one more
-    interval."""
+    interval. ``timed_dial``: the Peer delays its first dials by its round trip to the Mediator
+    (at most ``punch_max_interval``), so that they leave about when the Client's do
+    (spec/protocol.md, "Punching schedule")."""
 
     keypair: Keypair
     peer_key: PublicKey
@@ -215,6 +217,7 @@ class PeerConfig:
     crypto: NonceCrypto = HPKE
     nonce_source: NonceSource = system_nonces
     keepalive_interval: float | None = 15.0
+    timed_dial: bool = True
 
     def __post_init__(self) -> None:
         interval = self.keepalive_interval
@@ -280,6 +283,8 @@ class PeerSnapshot:
     timers: tuple[tuple[ConnId, float], ...]
     rejected: tuple[int, str]
     error: tuple[str, str, int | None] | None
+    timing: tuple[float | None, float | None] = (None, None)
+    """(when our Advertise went out, our measured round trip to the Mediator)."""
     keepalive: tuple[int, int | None, float | None, float | None] = (0, None, None, None)
     """(next Ping token, token of the Ping awaiting its Pong, when the Mediator last spoke,
     when our registration was answered)."""
@@ -359,6 +364,7 @@ class PeerOptions(TypedDict, total=False):
     crypto: NonceCrypto
     nonce_source: NonceSource
     keepalive_interval: float | None
+    timed_dial: bool
 
 
 def peer_config(
@@ -466,6 +472,10 @@ class PeerCore:
         """When the Mediator last sent us anything (for honest error texts)."""
         self.waiting_since: float | None = None
         """When we started waiting for the partner (our AdvertiseResponse went out)."""
+        self.advertised_at: float | None = None
+        """When our Advertise went out (the round trip is measured to the challenge)."""
+        self.rtt: float | None = None
+        """Our round trip to the Mediator: Advertise out, AdvertiseChallenge in."""
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -494,6 +504,7 @@ class PeerCore:
             error=None
             if self.error is None
             else (type(self.error).__name__, self.error.reason, self.error.code),
+            timing=(self.advertised_at, self.rtt),
             keepalive=(self.ping_token, self.ping_outstanding, self.heard, self.waiting_since),
         )
 
@@ -522,6 +533,7 @@ class PeerCore:
         core.init_frame = snapshot.init_frame
         core.timers = dict(snapshot.timers)
         core.rejected = snapshot.rejected
+        core.advertised_at, core.rtt = snapshot.timing
         (core.ping_token, core.ping_outstanding, core.heard, core.waiting_since) = (
             snapshot.keepalive
         )
@@ -658,6 +670,7 @@ class PeerCore:
             self.config.peer_key.raw,
             local,
         )
+        self.advertised_at = now
         return [
             Send(conn, advertise.encode()),
             self._set_timer(TIMER, self._clip(now + self.config.step_timeout)),
@@ -684,6 +697,8 @@ class PeerCore:
         config = self.config
         ours, theirs = config.keypair.public_key.raw, config.peer_key.raw
         if isinstance(message, wire.AdvertiseChallenge):
+            if self.advertised_at is not None:
+                self.rtt = max(0.0, now - self.advertised_at)
             nonce = self._try_open(
                 message.encrypted_nonce, _info("AdvertiseChallenge", ours, theirs)
             )
@@ -877,9 +892,28 @@ class PeerCore:
         actions: list[PeerAction] = [
             self._set_timer(TIMER, self._clip(now + self.config.punch_timeout))
         ]
+        delay = self._dial_delay()
         for index in range(len(self.targets)):
-            actions += self._attempt(index, now)
+            if delay > 0:  # the first attempt is due when the Client hears of us
+                actions.append(self._set_timer(PUNCH_TIMER_BASE + index, now + delay))
+            else:
+                actions += self._attempt(index, now)
         return actions
+
+    def _dial_delay(self) -> float:
+        """How long the Peer waits before its first dials (the Client dials at once).
+
+        The Client learns our address only after our close reached the Mediator and its
+        PeerIdentification reached the Client: about our one-way time to the Mediator plus the
+        Client's, which we estimate as our own round trip (the Client's round trip is not known
+        to us). Dialling earlier wastes the first SYN on a Client that does not listen yet: a
+        public Client's host refuses it, and the refusal also closes our own NAT's mapping
+        (issue 13). Bounded by ``punch_max_interval``, and 0 for the Client or without a
+        measurement."""
+        config = self.config
+        if self.role != "peer" or not config.timed_dial or self.rtt is None:
+            return 0.0
+        return min(self.rtt, config.punch_max_interval)
 
     def _attempt(self, index: int, now: float) -> list[PeerAction]:
         conn = self.next_conn

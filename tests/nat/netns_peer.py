@@ -184,6 +184,7 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
             punch_attempt_timeout=args.punch_attempt_timeout,
             send_local=not args.no_local,
             keepalive_interval=args.keepalive or None,
+            timed_dial=not args.no_timed_dial,
         )
     except P2pscError as exc:
         return {
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--punch-attempt-timeout", type=float, default=2.0)
     p.add_argument("--no-local", action="store_true", help="keep our local address private")
     p.add_argument("--keepalive", type=float, default=15.0, help="seconds; 0: off")
+    p.add_argument("--no-timed-dial", action="store_true", help="the Peer dials at once")
     args = parser.parse_args(argv)
     {"observe": cmd_observe, "dial": cmd_dial, "simopen": cmd_simopen, "p2psc": cmd_p2psc}[
         args.cmd
