@@ -37,6 +37,8 @@ def build(vector: dict[str, Any]) -> Message:
     for name, value in vector["fields"].items():
         if value is None:
             kwargs[name] = None
+        elif name == "extensions":
+            kwargs[name] = tuple((kind, bytes.fromhex(item)) for kind, item in value)
         elif name in ADDRESS_FIELDS:
             kwargs[name] = Address.parse(value)
         elif name in INT_FIELDS or name in TEXT_FIELDS:

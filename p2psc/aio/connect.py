@@ -37,7 +37,7 @@ from p2psc.core.peer_driver import AttemptDriver, IoOp, Outcome, PeerDriver
 from p2psc.errors import P2pscError
 from p2psc.keys import Keypair, PublicKey
 from p2psc.peer_tls import prepare
-from p2psc.sockets import listening_socket
+from p2psc.sockets import address_pair, listener_for
 
 __all__ = ["P2PConnection", "connect", "connect_with"]
 
@@ -333,7 +333,7 @@ class DriverAdapter(Generic[ConnectionT]):
         # The socket listens before this returns (the Peer's ordering guarantee); serving it
         # through the loop may complete later.
         try:
-            self.listener = listening_socket(self.local_host or "0.0.0.0", op.port)
+            self.listener = listener_for(self.local_host, op.port)
         except OSError as error:
             self.loop.call_soon(self.step, self.driver.closed, LISTENER, str(error))
             return
@@ -382,6 +382,4 @@ class DriverAdapter(Generic[ConnectionT]):
 
 
 def _pair(name: object) -> tuple[str, int]:
-    if isinstance(name, tuple) and len(name) >= 2:
-        return str(name[0]), int(name[1])
-    return ("", 0)
+    return address_pair(name)

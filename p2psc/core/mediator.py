@@ -259,6 +259,7 @@ SessionRow = tuple[
     bool,  # arrived over TLS
     float | None,  # wait_timeout's end while waiting (the deadline may be earlier: keepalive)
     float | None,  # when the last Ping arrived (None: none yet)
+    bytes,  # the CANDIDATES extension value of the Advertise (b"": none)
 ]
 MediatorSnapshot = tuple[
     tuple[SessionRow, ...], tuple[tuple[RegistryKey, int], ...], bool, AdmissionSnapshot
@@ -273,6 +274,7 @@ class _Session:
 
     __slots__ = (
         "buf",
+        "cands",
         "deadline",
         "local",
         "nonce",
@@ -308,6 +310,9 @@ class _Session:
         keepalive is due before that)."""
         self.pinged: float | None = None
         """When this session's last Ping arrived (keepalive, spec/mediator.md section 4.1)."""
+        self.cands = b""
+        """The advertiser's other local addresses: the raw CANDIDATES extension value of its
+        Advertise (at most 152 bytes), forwarded to its partner unchanged."""
 
     def as_tuple(self, conn: ConnId) -> SessionRow:
         return (
@@ -324,7 +329,14 @@ class _Session:
             self.secure,
             self.wait_end,
             self.pinged,
+            self.cands,
         )
+
+
+def _forwarded(cands: bytes) -> wire.Extensions:
+    """The extension area of a pairing message: the partner's CANDIDATES, if it sent any
+    (already checked when its Advertise was decoded)."""
+    return ((int(wire.ExtensionType.CANDIDATES), cands),) if cands else ()
 
 
 def _partner_text(event: str, text: str) -> str:
@@ -460,7 +472,7 @@ class MediatorCore:
         for row in sessions:
             conn, state, remote, deadline, buf, local, our, their, nonce, partner, secure = row[:11]
             session = _Session(state, remote, deadline, core.origin(remote[0]))
-            session.wait_end, session.pinged = row[11:13]
+            session.wait_end, session.pinged, session.cands = row[11:14]
             session.buf, session.local, session.our, session.their = buf, local, our, their
             session.nonce, session.partner, session.secure = nonce, partner, secure
             core._sessions[conn] = session
@@ -963,6 +975,9 @@ class MediatorCore:
 
         transition = _step(session.state, "advertise", oracle)
         session.our, session.their, session.local = our, their, message.local
+        for kind, value in message.extensions:
+            if kind == wire.ExtensionType.CANDIDATES:
+                session.cands = value
         if transition.target == CLOSED:
             guard = transition.guards[0].name
             code, text = _GUARD_FAILURE[guard]
@@ -1074,6 +1089,7 @@ class MediatorCore:
                 peer=wire.Address.from_tuple(session.remote),
                 client=wire.Address.from_tuple(client.remote),
                 client_local=client.local,
+                extensions=_forwarded(client.cands),
             ).encode()
         except ProtocolError as error:  # an observed address the wire cannot carry
             self._registry.register(client.our, client.their, client_conn)
@@ -1109,6 +1125,7 @@ class MediatorCore:
                 pairing_id=session.nonce or b"",
                 peer=wire.Address.from_tuple(session.remote),
                 peer_local=session.local,
+                extensions=_forwarded(session.cands),
             ).encode()
         except ProtocolError as error:
             self._close(conn, session, out, "eof: confirmed")

@@ -116,11 +116,13 @@ __all__ = [
     "PeerSnapshot",
     "Slot",
     "address_usable",
+    "advertised_candidates",
     "parse_host_port",
     "peer_config",
     "prologue",
     "session_secret",
     "take_frame",
+    "target_order",
 ]
 
 TIMER: ConnId = 0
@@ -133,7 +135,8 @@ MEDIATOR_BASE: ConnId = 16
 PUNCH_BASE: ConnId = 64
 FIRST_ACCEPTED: ConnId = 1 << 20
 MAX_ADVERTISE_RETRIES = 32
-MAX_TARGETS = 2
+MAX_TARGETS = 2 + wire.MAX_CANDIDATES
+"""Direct targets: the observed address, the advertised local one, and the candidates."""
 EPHEMERAL_SIZE = 32
 
 PROLOGUE_LABEL = b"p2psc v1 Noise_KK prologue\x00"
@@ -196,7 +199,9 @@ class PeerConfig:
     unanswered Ping fails the attempt with :class:`~p2psc.errors.MediatorSilent` after one more
     interval. ``timed_dial``: the Peer delays its first dials by its round trip to the Mediator
     (at most ``punch_max_interval``), so that they leave about when the Client's do
-    (spec/protocol.md, "Punching schedule")."""
+    (spec/protocol.md, "Punching schedule"). ``candidates``: our other local IP addresses (of
+    both families) to advertise besides the Mediator connection's, with its port; the adapters
+    fill None with the host's usable addresses (:mod:`p2psc.interfaces`), ``()`` sends none."""
 
     keypair: Keypair
     peer_key: PublicKey
@@ -218,8 +223,14 @@ class PeerConfig:
     nonce_source: NonceSource = system_nonces
     keepalive_interval: float | None = 15.0
     timed_dial: bool = True
+    candidates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        for host in self.candidates or ():
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"candidates must be IP addresses, got {host!r}") from None
         interval = self.keepalive_interval
         if interval is not None and not (
             wire.MIN_KEEPALIVE_MS <= round(interval * 1000) <= wire.MAX_KEEPALIVE_MS
@@ -310,6 +321,45 @@ def take_frame(buf: bytes) -> tuple[bytes, wire.Message, bytes] | None:
     return frame, wire.decode(frame), bytes(buf[end:])
 
 
+def target_order(
+    observed: wire.Address, local: wire.Address | None, candidates: tuple[wire.Address, ...]
+) -> tuple[tuple[str, int], ...]:
+    """The partner's addresses in the order we dial them (spec/protocol.md, "Candidates"):
+    the observed address (the one that crosses NATs), the advertised local address (same NAT),
+    then the candidates of the observed address's family, then those of the other family, each
+    group in the partner's order; duplicates once; at most MAX_TARGETS."""
+    family = observed.family
+    ordered = [observed, *([local] if local is not None else [])]
+    ordered += [c for c in candidates if c.family == family]
+    ordered += [c for c in candidates if c.family != family]
+    targets: list[tuple[str, int]] = []
+    for address in ordered:
+        if address.to_tuple() not in targets:
+            targets.append(address.to_tuple())
+    return tuple(targets[:MAX_TARGETS])
+
+
+def advertised_candidates(hosts: tuple[str, ...], local: tuple[str, int]) -> list[wire.Address]:
+    """Our candidates as advertised: each usable address of ``hosts`` (any family) with the
+    port of the Mediator connection, except that connection's own address; not loopback,
+    link-local (no scope can be carried), unspecified or multicast; at most MAX_CANDIDATES."""
+    out: list[wire.Address] = []
+    for host in hosts:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+            continue
+        try:
+            address = wire.Address(str(ip), local[1])
+        except ProtocolError:
+            continue
+        if address.host != local[0] and address not in out:
+            out.append(address)
+    return out[: wire.MAX_CANDIDATES]
+
+
 def address_usable(host: str, port: int, loopback_ok: bool) -> str | None:
     """Why ``host:port`` cannot be a partner's address (None when it can): unspecified,
     multicast or broadcast addresses and port 0 never can; loopback only when the Mediator
@@ -365,6 +415,7 @@ class PeerOptions(TypedDict, total=False):
     nonce_source: NonceSource
     keepalive_interval: float | None
     timed_dial: bool
+    candidates: tuple[str, ...] | None
 
 
 def peer_config(
@@ -664,11 +715,16 @@ class PeerCore:
                 local = wire.Address.from_tuple(event.local)
             except ProtocolError:
                 local = None
+        candidates: list[wire.Address] = []
+        if self.config.send_local and event.local is not None and not self.mediator_loopback:
+            # (over loopback both peers are on this host: other addresses add nothing)
+            candidates = advertised_candidates(self.config.candidates or (), event.local)
         advertise = wire.Advertise(
             wire.PROTOCOL_VERSION,
             self.config.keypair.public_key.raw,
             self.config.peer_key.raw,
             local,
+            wire.candidates_extension(candidates),
         )
         self.advertised_at = now
         return [
@@ -759,7 +815,7 @@ class PeerCore:
             )
         if isinstance(message, wire.PeerIdentification):
             supported = message.version == wire.PROTOCOL_VERSION
-            unusable = self._unusable(message.peer, message.peer_local)
+            unusable = self._unusable(message.peer, message.peer_local, *message.candidates)
             self._step(event, version_supported=supported, addresses_usable=unusable is None)
             if not supported:
                 return self._finish_failed(
@@ -771,7 +827,7 @@ class PeerCore:
                 return self._finish_failed(unusable)
             return self._introduced(conn, "client", message, now)
         assert isinstance(message, wire.PeerDisconnect)
-        unusable = self._unusable(message.client, message.client_local)
+        unusable = self._unusable(message.client, message.client_local, *message.candidates)
         can_listen = self.local is not None  # the adapter reported the Mediator connection's port
         self._step(event, addresses_usable=unusable is None, can_listen=can_listen)
         if unusable is not None:
@@ -782,8 +838,8 @@ class PeerCore:
             )
         return self._introduced(conn, "peer", message, now)
 
-    def _unusable(self, observed: wire.Address, local: wire.Address | None) -> P2pscError | None:
-        for address in (observed, local):
+    def _unusable(self, *addresses: wire.Address | None) -> P2pscError | None:
+        for address in addresses:
             if address is None:
                 continue
             why = address_usable(address.host, address.port, self.mediator_loopback)
@@ -827,8 +883,12 @@ class PeerCore:
                 self._ephemeral(),
             )
             self.init_frame = wire.HandshakeInit(self.initiator.write_message(b"")).encode()
-            return actions + self._start_punching(message.peer, message.peer_local, now)
-        return actions + self._start_punching(message.client, message.client_local, now)
+            return actions + self._start_punching(
+                message.peer, message.peer_local, now, message.candidates
+            )
+        return actions + self._start_punching(
+            message.client, message.client_local, now, message.candidates
+        )
 
     # --- keepalive (spec/mediator.md section 4.1) -------------------------------------------
 
@@ -882,12 +942,13 @@ class PeerCore:
     # --- punching ---------------------------------------------------------------------------
 
     def _start_punching(
-        self, observed: wire.Address, local: wire.Address | None, now: float
+        self,
+        observed: wire.Address,
+        local: wire.Address | None,
+        now: float,
+        candidates: tuple[wire.Address, ...] = (),
     ) -> list[PeerAction]:
-        targets = [observed.to_tuple()]
-        if local is not None and local.to_tuple() not in targets:
-            targets.append(local.to_tuple())
-        self.targets = tuple(targets[:MAX_TARGETS])
+        self.targets = target_order(observed, local, candidates)
         self.slots = tuple(Slot() for _ in self.targets)
         actions: list[PeerAction] = [
             self._set_timer(TIMER, self._clip(now + self.config.punch_timeout))

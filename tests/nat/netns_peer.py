@@ -185,6 +185,7 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
             send_local=not args.no_local,
             keepalive_interval=args.keepalive or None,
             timed_dial=not args.no_timed_dial,
+            **({"candidates": ()} if args.no_candidates else {}),
         )
     except P2pscError as exc:
         return {
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-local", action="store_true", help="keep our local address private")
     p.add_argument("--keepalive", type=float, default=15.0, help="seconds; 0: off")
     p.add_argument("--no-timed-dial", action="store_true", help="the Peer dials at once")
+    p.add_argument("--no-candidates", action="store_true", help="advertise no other address")
     args = parser.parse_args(argv)
     {"observe": cmd_observe, "dial": cmd_dial, "simopen": cmd_simopen, "p2psc": cmd_p2psc}[
         args.cmd

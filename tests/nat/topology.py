@@ -391,6 +391,16 @@ class Topology:
         self.hosts.append(host)
         return host
 
+    def link_hosts(self, a: Host, b: Host, net: str = "198.19.250") -> tuple[str, str]:
+        """A direct link between two hosts (``net``.1 on ``a``, ``net``.2 on ``b``, /24), which
+        the Mediator never sees: reachable only through the candidates they advertise."""
+        inside_a, inside_b = self._veth(a.netns, b.netns)
+        addrs = (f"{net}.1", f"{net}.2")
+        for netns, dev, addr in ((a.netns, inside_a, addrs[0]), (b.netns, inside_b, addrs[1])):
+            self._ip(netns, "addr", "add", f"{addr}/24", "dev", dev)
+            self._ip(netns, "link", "set", dev, "up")
+        return addrs
+
     def describe(self) -> str:
         """Human summary for failure messages: hosts, addresses, router variants."""
         lines = [f"public {self.public.netns} {MEDIATOR_ADDR}"]

@@ -35,6 +35,7 @@ from p2psc.wire import (
     Ping,
     Pong,
     Reason,
+    candidates_extension,
     encode,
 )
 
@@ -80,6 +81,8 @@ def fields_json(msg: Message) -> dict[str, Any]:
             out[name] = str(value)
         elif value is None:
             out[name] = None
+        elif name == "extensions":
+            out[name] = [[kind, item.hex()] for kind, item in value]
         elif isinstance(value, int):
             out[name] = int(value)
         else:
@@ -147,6 +150,26 @@ def main() -> int:
             "PeerIdentification with IPv6 local address",
             PeerIdentification(1, PAIRING_ID, v6b, Address("fd00::20", 50002)),
         ),
+        (
+            "PeerDisconnect with candidates",
+            PeerDisconnect(
+                PAIRING_ID,
+                v4b,
+                v4a,
+                Address("10.0.0.5", 40001),
+                candidates_extension([Address("10.0.1.5", 40001), Address("2001:db8::5", 40001)]),
+            ),
+        ),
+        (
+            "Advertise with a candidate and an unknown extension",
+            Advertise(
+                1,
+                a,
+                b,
+                Address("192.168.1.10", 40001),
+                (*candidates_extension([Address("2001:db8::10", 40001)]), (200, b"\x01\x02")),
+            ),
+        ),
         ("HandshakeInit", HandshakeInit(first)),
         ("HandshakeResponse", HandshakeResponse(second)),
         ("Ping", Ping(7, 15000)),
@@ -189,6 +212,12 @@ def main() -> int:
             "503201060019" + "01" + pid + "05c6336414c352" + "00",
             "ProtocolError",
             "family",
+        ),
+        bad(
+            "extension types not increasing",
+            "50320106001d" + "01" + pid + "04c6336414c35200" + "0500" + "0300",
+            "ProtocolError",
+            "strictly increasing",
         ),
         bad("Ping interval 999 ms", "5032010b0008" + "00000007000003e7", "ProtocolError", "1000"),
         bad("HandshakeInit too short", "503201070010" + "00" * 16, "ProtocolError", "Noise"),
