@@ -282,6 +282,16 @@ class EchoesCloses(MediatorCore):
         return actions
 
 
+class DropsCandidates(MediatorCore):
+    """Forwards no CANDIDATES: the partner never learns the other addresses (§1)."""
+
+    def _on_advertise(  # type: ignore[no-untyped-def]
+        self, conn, session, message, now, out
+    ) -> None:
+        plain = wire.Advertise(message.version, message.our_key, message.their_key, message.local)
+        super()._on_advertise(conn, session, plain, now, out)
+
+
 class NoKeepalive(MediatorCore):
     """A Mediator from before keepalives: any byte after the handshake, a Ping too, is a
     violation (§4.1)."""
@@ -380,6 +390,7 @@ V1_MUTANTS: dict[str, Callable[[MediatorConfig], MediatorCore]] = {
     "newcomer-pairs": NewcomerPairs,
     "stale-timer": StaleTimer,
     "echoes-closes": EchoesCloses,
+    "drops-candidates": DropsCandidates,
     "no-keepalive": NoKeepalive,
     "no-silence-detection": NoSilenceDetection,
     "no-flood-floor": NoFloodFloor,

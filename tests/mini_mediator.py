@@ -100,15 +100,43 @@ def address(host: str, port: int) -> bytes:
 
 
 def parse_optional_address(data: bytes) -> bytes:
-    """Validate an optional address taking all of ``data``; return its encoding."""
+    """Validate an optional address at the start of ``data`` followed only by a valid
+    extension area (protocol.md 3.4); return the address's encoding."""
     sizes = {0: 1, 4: 7, 6: 19}
     if not data or data[0] not in sizes:
         raise _Refuse(MALFORMED, "bad address family")
-    if len(data) != sizes[data[0]]:
-        raise _Refuse(MALFORMED, "truncated or trailing Advertise payload")
-    if data[0] and data[-2:] == b"\x00\x00":
+    size = sizes[data[0]]
+    if len(data) < size:
+        raise _Refuse(MALFORMED, "truncated Advertise payload")
+    if data[0] and data[size - 2 : size] == b"\x00\x00":
         raise _Refuse(MALFORMED, "port 0")
-    return data
+    parse_extensions(data[size:])
+    return data[:size]
+
+
+def parse_extensions(area: bytes) -> bytes:
+    """Validate an extension area; return the CANDIDATES value (b"" when absent)."""
+    sizes = {4: 7, 6: 19}
+    previous, count, off, cands = 0, 0, 0, b""
+    while off < len(area):
+        if len(area) - off < 2:
+            raise _Refuse(MALFORMED, "cut extension header")
+        kind, size = area[off], area[off + 1]
+        value = area[off + 2 : off + 2 + size]
+        if len(value) != size or not previous < kind or count == 8:
+            raise _Refuse(MALFORMED, "bad extension item")
+        if kind == 1:  # CANDIDATES: 1..8 required addresses
+            at, n = 0, 0
+            while at < size:
+                step = sizes.get(value[at], 0)
+                if not step or at + step > size or value[at + step - 2 : at + step] == b"\0\0":
+                    raise _Refuse(MALFORMED, "bad candidate")
+                at, n = at + step, n + 1
+            if not 1 <= n <= 8:
+                raise _Refuse(MALFORMED, "candidate count")
+            cands = value
+        previous, count, off = kind, count + 1, off + 2 + size
+    return cands
 
 
 def info(our: bytes, their: bytes) -> bytes:
@@ -126,6 +154,7 @@ class Session:
     our: bytes = b""
     their: bytes = b""
     local: bytes = b"\x00"
+    cands: bytes = b""
     interval: float = 0.0
     token: int = 0
     response_deadline: float = 0.0
@@ -231,6 +260,8 @@ class MiniMediator:
             raise _Refuse(MALFORMED, "truncated Advertise")
         s.our, s.their = payload[1:33], payload[33:65]
         s.local = parse_optional_address(payload[65:])
+        ext = parse_extensions(payload[65 + len(s.local) :])
+        s.cands = bytes((1, len(ext))) + ext if ext else b""
         if s.our == s.their:
             raise _Refuse(SELF_PAIRING, "self pairing")
         nonce = os.urandom(32)
@@ -366,6 +397,7 @@ class MiniMediator:
         host, port = s.remote
         pairing_id = os.urandom(16)  # fresh per pairing, the same in both messages (§4)
         disconnect = pairing_id + address(host, port) + address(*client.remote) + client.local
+        disconnect += client.cands
         s.writer.write(frame(DISCONNECT, disconnect))
         client.paired.set_result(s)
         loop = asyncio.get_running_loop()
@@ -391,7 +423,7 @@ class MiniMediator:
             client.end(reason(ABORT, TIMEOUT, "the Peer did not confirm"))
             raise _Refuse(TIMEOUT, "you did not close")
         if reading.exception() is None and reading.result() == b"":
-            identification = bytes((1,)) + pairing_id + address(host, port) + s.local
+            identification = bytes((1,)) + pairing_id + address(host, port) + s.local + s.cands
             client.end(frame(IDENTIFICATION, identification))
             if "keeps-peer-open" in self.flaws:
                 with contextlib.suppress(asyncio.CancelledError):

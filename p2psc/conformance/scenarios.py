@@ -275,6 +275,34 @@ async def pairing_local_addresses(ctx: ScenarioContext) -> None:
     await complete_pairing(ctx, client, peer, client_local=a_local, peer_local=b_local)
 
 
+async def pairing_candidates(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    a_cands = (wire.Address("192.0.2.11", 4444), wire.Address("2001:db8::11", 4444))
+    b_cands = (wire.Address("2001:db8::22", 5555),)
+    later = (200, b"a later revision's item")  # unknown: the Mediator must still accept it
+    client = await ctx.register_waiting(
+        "client A", a, b.public_key.raw, None, wire.candidates_extension(a_cands)
+    )
+    peer = await ctx.register(
+        "peer B", b, a.public_key.raw, None, (*wire.candidates_extension(b_cands), later)
+    )
+    disconnect = await peer.expect(wire.PeerDisconnect, "the later registrant is the Peer (§4)")
+    if disconnect.candidates != a_cands:
+        fail(
+            f"PeerDisconnect.candidates = the Client's CANDIDATES {list(map(str, a_cands))} (§1)",
+            f"{list(map(str, disconnect.candidates))}",
+        )
+    peer.half_close()
+    identification = await client.expect(
+        wire.PeerIdentification, "the Client is introduced after the Peer's close (§4)"
+    )
+    if identification.candidates != b_cands:
+        fail(
+            f"PeerIdentification.candidates = the Peer's CANDIDATES {list(map(str, b_cands))} (§1)",
+            f"{list(map(str, identification.candidates))}",
+        )
+
+
 async def pairing_ordering_guarantee(ctx: ScenarioContext) -> None:
     client, peer, _ = await _pair_up_to_disconnect(ctx)
     hold = ctx.options.hold
@@ -1085,6 +1113,14 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
         "advertised local addresses (IPv4 and IPv6) are forwarded: the Client's in "
         "PeerDisconnect.client_local, the Peer's in PeerIdentification.peer_local",
         pairing_local_addresses,
+    ),
+    _scenario(
+        "pairing-candidates",
+        S1,
+        REQUIRED,
+        "advertised CANDIDATES (IPv4 and IPv6; beside an unknown extension item) are forwarded: "
+        "the Client's in PeerDisconnect, the Peer's in PeerIdentification",
+        pairing_candidates,
     ),
     _scenario(
         "pairing-ordering-guarantee",
