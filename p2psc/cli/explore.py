@@ -24,7 +24,7 @@ the exit status is 1 when less than PCT percent of the declared transitions were
 mutants (--mutant NAME; the property each one breaks):
   negotiator: tie-local (N2), tie-yield (N1), drop-early-byte (N2)
   mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
-              leaky-registry (M4)
+              leaky-registry (M4), mute-pings (K1), slow-pings (K1)
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
   channel:    skip-lost-record (C1), eof-is-close (C2), close-not-recorded (C3),
               fin-only-close (C4)
@@ -144,7 +144,12 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         return {"budget": budget, "mutant": args.mutant}
     if args.model == "direct":
         others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
-        if any(o not in (None, False) for o in others) or args.garbage or args.shutdown:
+        if (
+            any(o not in (None, False) for o in others)
+            or args.garbage
+            or args.shutdown
+            or (args.keepalive)
+        ):
             parser.error("the direct model takes --stranger-budget and --mutant only")
         budget = 2 if args.stranger_budget is None else args.stranger_budget
         return {"budget": budget, "mutant": args.mutant}
@@ -153,6 +158,8 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         if args.peers is not None:
             parser.error("--peers applies to the mediation model only")
         options.update(protocols=args.protocols, mixed_sets=args.mixed_sets)
+        if args.keepalive:
+            parser.error("--keepalive applies to the mediation model only")
         if args.limits or args.garbage or args.shutdown:
             parser.error("--limits, --garbage and --shutdown apply to the mediation model only")
     else:
@@ -161,6 +168,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         options.update(third=(args.peers or 3) >= 3)
         if args.mutant is None:
             options.update(limits=args.limits, garbage=args.garbage, shutdown=args.shutdown)
+            options.update(keepalive=args.keepalive)
             options.update(peers=args.peers or 3)
         elif args.limits or args.garbage or args.shutdown:
             parser.error("--limits, --garbage and --shutdown do not combine with --mutant")
@@ -291,6 +299,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--garbage",
         action="store_true",
         help="mediation: a fault may inject a malformed frame into any connection (once per run)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        action="store_true",
+        help="mediation: the peers ping the Mediator every 5 s while they wait (property K1; "
+        "its mutants always do)",
     )
     parser.add_argument(
         "--shutdown",

@@ -286,11 +286,15 @@ class ScenarioContext:
         me: Keypair,
         them: bytes,
         local: wire.Address | None = None,
+        extensions: wire.Extensions = (),
     ) -> tuple[V1Peer, wire.AdvertiseChallenge]:
         """Connect, send a valid Advertise, and expect the AdvertiseChallenge (with
         ``--also``, at the instance the key order chooses: see :attr:`HarnessOptions.also`)."""
         peer = await self.connect(label, also=me.public_key.raw > them)
-        await peer.send(wire.Advertise(wire.PROTOCOL_VERSION, me.public_key.raw, them, local))
+        advertise = wire.Advertise(
+            wire.PROTOCOL_VERSION, me.public_key.raw, them, local, extensions
+        )
+        await peer.send(advertise)
         challenge = await peer.expect(
             wire.AdvertiseChallenge, "the answer to a valid Advertise, spec/mediator.md §3"
         )
@@ -318,9 +322,10 @@ class ScenarioContext:
         me: Keypair,
         them: bytes,
         local: wire.Address | None = None,
+        extensions: wire.Extensions = (),
     ) -> V1Peer:
         """A complete, correct registration (Advertise, challenge, right answer)."""
-        peer, challenge = await self.advertise(label, me, them, local)
+        peer, challenge = await self.advertise(label, me, them, local, extensions)
         nonce = self.open_challenge(me, them, challenge, label)
         await peer.send(wire.AdvertiseResponse(nonce))
         return peer
@@ -331,11 +336,12 @@ class ScenarioContext:
         me: Keypair,
         them: bytes,
         local: wire.Address | None = None,
+        extensions: wire.Extensions = (),
     ) -> V1Peer:
         """:meth:`register`, then listen for :attr:`HarnessOptions.settle` seconds: a
         registration without a partner hears nothing, and its partner registers only after it
         was given time to be processed (registration order decides the roles)."""
-        peer = await self.register(label, me, them, local)
+        peer = await self.register(label, me, them, local, extensions)
         await peer.expect_silence(
             self.options.settle, "a verified registration waits silently for its partner"
         )
