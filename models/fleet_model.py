@@ -186,7 +186,7 @@ class ConfirmEarly(FleetCore):
         super()._pair_remote(conn, session, transition, record, now, out)
         partner = self._remote.get(conn)
         if partner is not None:
-            body = encode_record(self.instance, conn, session.remote, session.local)
+            body = encode_record(self.instance, conn, session.remote, session.local, session.cands)
             notice = encode_notice(b"F", partner[1], session.nonce + body[1:])
             out.append(Notify(partner[0], notice))
 

@@ -298,3 +298,39 @@ def test_gone_carries_the_code_the_partner_fails_with() -> None:
     client_side.register(3, A, sym_key(9))
     (abort,) = sent(client_side.fleet(Notice(encode_notice(b"G", 3, b"7"))), 3)
     assert abort.code == R.PEER_GONE  # type: ignore[union-attr]
+
+
+def test_candidates_cross_instances_both_ways() -> None:
+    """Each side's CANDIDATES (protocol.md section 3.4) reach its partner on another instance:
+    the Client's ride in its registry record to the Peer's PeerDisconnect, the Peer's in the
+    confirmation notice to the Client's PeerIdentification."""
+    client_cands = (
+        wire.Address.parse("192.0.2.11:4444"),
+        wire.Address.parse("[2001:db8::11]:4444"),
+    )
+    peer_cands = (wire.Address.parse("192.0.2.22:5555"),)
+    client_side, peer_side = Instance(HERE), Instance(THERE)
+
+    def advertise(node: Instance, conn: int, our: bytes, their: bytes, cands: Any) -> list[Any]:
+        node.run(Opened(conn, (f"198.51.100.{conn}", 4000 + conn)))
+        message = wire.Advertise(1, our, their, None, wire.candidates_extension(cands))
+        (send, _timer) = node.run(Received(conn, message.encode()))
+        challenge = wire.decode(send.data)
+        assert isinstance(challenge, wire.AdvertiseChallenge)
+        answer = wire.AdvertiseResponse(sym_answer(challenge)).encode()
+        return node.run(Received(conn, answer))
+
+    (claim,) = advertise(client_side, 1, A, B, client_cands)
+    assert isinstance(claim, RegistryClaim)
+    client_side.fleet(RegistryAnswer(1, REGISTERED))
+    (peer_claim,) = advertise(peer_side, 2, B, A, peer_cands)
+    actions = peer_side.fleet(RegistryAnswer(2, CLAIMED, claim.record))
+    (disconnect,) = sent(actions, 2)
+    assert isinstance(disconnect, wire.PeerDisconnect)
+    assert disconnect.candidates == client_cands
+    (notify,) = [a for a in peer_side.run(Closed(2, None)) if isinstance(a, Notify)]
+    (identification,) = sent(client_side.fleet(Notice(notify.message)), 1)
+    assert isinstance(identification, wire.PeerIdentification)
+    assert identification.candidates == peer_cands
+    assert identification.pairing_id == disconnect.pairing_id
+    del peer_claim

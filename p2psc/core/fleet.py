@@ -44,6 +44,7 @@ from p2psc.core.mediator import (
     MediatorCore,
     NoteObserver,
     _abort,
+    _forwarded,
     _retry,
     _Session,
     _step,
@@ -124,24 +125,37 @@ def token(instance: str, conn: ConnId) -> str:
 
 
 def encode_record(
-    instance: str, conn: ConnId, remote: tuple[str, int], local: wire.Address | None
+    instance: str,
+    conn: ConnId,
+    remote: tuple[str, int],
+    local: wire.Address | None,
+    cands: bytes = b"",
 ) -> bytes:
-    """``R`` + token + JSON ``[host, port, local host, local port]``: what a waiting
-    registration stores, and what the Peer's instance needs to send PeerDisconnect."""
-    tail = [remote[0], remote[1], None if local is None else local.host]
+    """``R`` + token + JSON ``[host, port, local host, local port]`` (+ the CANDIDATES item's
+    value in hex when the advertiser sent one): what a waiting registration stores, and what
+    the partner's instance needs to send PeerDisconnect or PeerIdentification."""
+    tail: list[object] = [remote[0], remote[1], None if local is None else local.host]
     tail.append(None if local is None else local.port)
+    if cands:
+        tail.append(cands.hex())
     return b"R" + token(instance, conn).encode() + json.dumps(tail).encode()
 
 
-def decode_record(record: bytes) -> tuple[str, ConnId, tuple[str, int], wire.Address | None]:
+def decode_record(
+    record: bytes,
+) -> tuple[str, ConnId, tuple[str, int], wire.Address | None, bytes]:
     """Inverse of :func:`encode_record`; ValueError (or ProtocolError) on anything else."""
     if record[:1] not in (b"R", b"F") or len(record) < 1 + TOKEN_SIZE:
         raise ValueError("not a fleet record")
     text = record[1 : 1 + TOKEN_SIZE].decode("ascii")
     instance, conn = text[:16], int(text[16:], 16)
-    host, port, local_host, local_port = json.loads(record[1 + TOKEN_SIZE :])
+    fields = json.loads(record[1 + TOKEN_SIZE :])
+    if not isinstance(fields, list) or len(fields) not in (4, 5):
+        raise ValueError("not a fleet record")
+    host, port, local_host, local_port = fields[:4]
     local = None if local_host is None else wire.Address(str(local_host), int(local_port))
-    return instance, conn, (str(host), int(port)), local
+    cands = bytes.fromhex(str(fields[4])) if len(fields) == 5 else b""
+    return instance, conn, (str(host), int(port)), local, cands
 
 
 def encode_notice(kind: bytes, target: ConnId, body: bytes = b"") -> bytes:
@@ -304,7 +318,7 @@ class FleetCore(MediatorCore):
             and self._waiting_by_ip.get(session.origin, 0) < config.max_waiting_per_ip
         )
         self._claiming[conn] = (session.our, session.their)
-        record = encode_record(self.instance, conn, session.remote, session.local)
+        record = encode_record(self.instance, conn, session.remote, session.local, session.cands)
         claim = RegistryClaim(conn, session.our, session.their, record, may_register)
         out.append(claim)
 
@@ -348,7 +362,7 @@ class FleetCore(MediatorCore):
         partner = self._remote.pop(conn)
         _step(session.state, "eof")
         if partner is not None:
-            body = encode_record(self.instance, conn, session.remote, session.local)
+            body = encode_record(self.instance, conn, session.remote, session.local, session.cands)
             body = session.nonce + body[1:] if session.nonce else body[1:]
             notice = encode_notice(N_CONFIRMED, partner[1], body)
             cast(list[Any], out).append(Notify(partner[0], notice))
@@ -388,7 +402,7 @@ class FleetCore(MediatorCore):
                 # (connection ids are not reused, so only this registration has its token)
                 out.append(RegistryUnregister(conn, *keys))
             elif answer.outcome == CLAIMED:
-                instance, client, _, _ = decode_record(answer.partner)
+                instance, client, _, _, _ = decode_record(answer.partner)
                 out.append(Notify(instance, encode_notice(N_GONE, client)))
             return
         del self._claiming[conn]
@@ -438,7 +452,7 @@ class FleetCore(MediatorCore):
     ) -> None:
         """This session is the Peer; the Client (``record``) waits on some instance, which
         learns of the pairing from the confirmation (``F``) or a failure (``G``)."""
-        instance, client_conn, client_remote, client_local = decode_record(record)
+        instance, client_conn, client_remote, client_local, client_cands = decode_record(record)
         pairing_id = self._nonce_source(wire.PAIRING_ID_SIZE)
         try:
             disconnect = wire.PeerDisconnect(
@@ -446,6 +460,7 @@ class FleetCore(MediatorCore):
                 peer=wire.Address.from_tuple(session.remote),
                 client=wire.Address.from_tuple(client_remote),
                 client_local=client_local,
+                extensions=_forwarded(client_cands),
             ).encode()
         except ProtocolError as error:
             out.append(Notify(instance, encode_notice(N_GONE, client_conn)))
@@ -525,7 +540,7 @@ class FleetCore(MediatorCore):
         session = self._sessions.get(target)
         if kind == N_CONFIRMED:
             pairing_id, record = body[: wire.PAIRING_ID_SIZE], b"F" + body[wire.PAIRING_ID_SIZE :]
-            instance, peer_conn, peer_remote, peer_local = decode_record(record)
+            instance, peer_conn, peer_remote, peer_local, peer_cands = decode_record(record)
             if session is not None and session.state == WAITING:  # (the usual case)
                 self._claimed(target, session, (instance, peer_conn), now, out, arm=False)
             if session is None or session.state != CONFIRMING:
@@ -540,6 +555,7 @@ class FleetCore(MediatorCore):
                 pairing_id=pairing_id,
                 peer=wire.Address.from_tuple(peer_remote),
                 peer_local=peer_local,
+                extensions=_forwarded(peer_cands),
             ).encode()
             _step(session.state, "partner_confirmed")
             self._remote.pop(target, None)
