@@ -503,6 +503,10 @@ _NO_TIMERS = 0
 _INF = float("inf")
 
 
+PREFETCH_SKIP = 7
+"""Chunks :meth:`PackedNetwork.prefetch` skips after one that needed no core step."""
+
+
 class PackedNetwork(Network):
     """The same network semantics as :class:`Network`, explored on *packed* states.
 
@@ -900,6 +904,8 @@ class PackedNetwork(Network):
         return hit[2], self.act(state, actor, hit[0], hit[1], state[n], now, faults, state[-1])
 
     prefetching: bool = True
+    _prefetch_skip = 0
+    """Chunks :meth:`prefetch` still skips (set when a chunk needed no step: see there)."""
     """Whether :meth:`prefetch` computes the real core steps ahead, in a batch (tests compare)."""
 
     def prefetch(self, states: Sequence[Packed]) -> None:
@@ -912,8 +918,13 @@ class PackedNetwork(Network):
         deterministic, so computing a step earlier changes nothing but the order in which
         snapshots are first interned (their ids): the states explored, their order, the
         transitions and every verdict are the same (a test compares with and without). The
-        explorer calls it on each chunk of a level before expanding it."""
+        explorer calls it on each chunk of a level before expanding it. A chunk that needs no
+        step at all (a warm memo: a second search of the same model) makes it skip the next
+        :data:`PREFETCH_SKIP` chunks, so that looking costs little where nothing is missing."""
         if not self.prefetching:
+            return
+        if self._prefetch_skip:  # the last probe found every step memoised (a warm memo)
+            self._prefetch_skip -= 1
             return
         n = len(self.names)
         link_info = self._link_info
@@ -934,6 +945,7 @@ class PackedNetwork(Network):
                 if step not in memo:
                     wanted[step] = None
         if not wanted:
+            self._prefetch_skip = PREFETCH_SKIP
             return
         values = self._snapshots.values
         intern = self._snapshots
