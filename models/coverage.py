@@ -35,12 +35,18 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "mediation --peers 2 --garbage": ("mediation", {"third": False, "garbage": True}),
     "mediation --peers 2 --shutdown": ("mediation", {"third": False, "shutdown": True}),
     "mediation --limits": ("mediation", {"limits": True}),
+    "mediation --peers 2 --keepalive": ("mediation", {"third": False, "keepalive": True}),
+    "mediation --peers 2 --faults --keepalive": (
+        "mediation",
+        {"third": False, "faults": True, "keepalive": True},
+    ),
     "mediation --peers 2 --faults --limits": (
         "mediation",
         {"third": False, "faults": True, "limits": True},
     ),
     "direct --stranger-budget 2": ("direct", {"budget": 2}),
     "channel --adversary-budget 1": ("channel", {"budget": 1}),
+    "fleet --faults": ("fleet", {"faults": True}),
 }
 """The configurations CI explores for coverage (each as ``p2psc explore`` spells it: model,
 build options), cheapest first; together they take every transition of :data:`TAKEN_BY`."""
@@ -194,6 +200,34 @@ TAKEN_BY: dict[tuple[str, str], str] = {
         "waiting --peer_disconnect [addresses_usable & can_listen]--> peer",
     ): "mediation --peers 2",
     ("Registration", "waiting --timeout--> failed"): "mediation --peers 2",
+    (
+        "Registration",
+        "waiting --keepalive_due [mediator_answered]--> waiting",
+    ): "mediation --peers 2 --keepalive",
+    (
+        "Registration",
+        "waiting --pong [pong_expected]--> waiting",
+    ): "mediation --peers 2 --keepalive",
+    (
+        "MediatorSession",
+        "waiting --ping [ping_allowed]--> waiting",
+    ): "mediation --peers 2 --keepalive",
+    (
+        "MediatorSession",
+        "confirming --ping [ping_allowed]--> confirming",
+    ): "mediation --peers 2 --keepalive",
+    # An early timer (a delay elsewhere) brings a Ping due while the last one, or
+    # PeerDisconnect, is in flight: the peer sees silence, a Ping crosses PeerDisconnect, or two
+    # Pings arrive less than MIN_PING_GAP apart.
+    (
+        "Registration",
+        "waiting --keepalive_due--> failed",
+    ): "mediation --peers 2 --faults --keepalive",
+    ("MediatorSession", "waiting --ping--> closed"): "mediation --peers 2 --faults --keepalive",
+    (
+        "MediatorSession",
+        "disconnecting --ping [ping_allowed]--> disconnecting",
+    ): "mediation --peers 2 --faults --keepalive",
     ("Registration", "waiting --lost--> failed"): "mediation --peers 2 --faults",
     ("Registration", "waiting --malformed--> failed"): "mediation --peers 2 --garbage",
     ("Registration", "backing_off --retry_due--> connecting_mediator"): "mediation --limits",
@@ -255,6 +289,11 @@ TAKEN_BY: dict[tuple[str, str], str] = {
 _ROGUE_MEDIATOR = "needs a Mediator that breaks the protocol (the model runs the real MediatorCore)"
 
 NOT_MODELLED: dict[tuple[str, str], tuple[str, str]] = {
+    ("MediatorSession", "waiting --registry_lost--> closed"): (
+        "only a fleet's shared registry (Redis) can lose a registration (it expired or the "
+        "store restarted); the mediation models use one process's registry",
+        "tests/test_fleet.py::test_redis_restart_waiting_registration_gets_retry",
+    ),
     ("NegotiatorMachine", "ReceivedInitiate --fail--> Failed"): (
         "the core leaves ReceivedInitiate within the call that entered it, so no event can "
         "find it there (no explored side snapshot is ever in ReceivedInitiate)",
@@ -318,6 +357,17 @@ NOT_MODELLED: dict[tuple[str, str], tuple[str, str]] = {
         "is never spent)",
         "tests/test_mediator_admission.py::test_challenge_budget_bounds_seals_per_origin",
     ),
+    ("Registration", "waiting --pong--> failed"): (
+        _ROGUE_MEDIATOR + ": a Pong nobody asked for",
+        "tests/test_keepalive.py::test_a_pong_nobody_asked_for_is_a_protocol_error",
+    ),
+    **{
+        ("MediatorSession", f"{state} --ping--> closed"): (
+            "needs Pings less than 0.5 s apart (the model's peers ping every 5 s)",
+            "tests/test_keepalive.py::test_pings_faster_than_the_floor_are_refused",
+        )
+        for state in ("disconnecting", "confirming")
+    },
     ("MediatorSession", "awaiting_advertise --advertise [!transport_allowed]--> closed"): (
         "needs --require-tls and a clear client (the model has no TLS)",
         "tests/test_tls.py::test_require_tls_refuses_clear_version_1",

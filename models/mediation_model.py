@@ -25,7 +25,13 @@ Properties (``spec/properties.md``):
   in a run without any fault where A and B both started before either gave up, both are
   established (the pairing is not only safe but completes);
 - M4 no leaks: every registry entry belongs to a session in state ``waiting`` and vice versa
-  (every state), and the mediator holds no session nor registration at the end.
+  (every state), and the mediator holds no session nor registration at the end;
+- K1 keepalive (option ``keepalive``): the peers ping while they wait (every 5 s, the overall
+  deadline is 20 s);
+  without a fault the modelled network delivers everything before time passes, so in a run
+  without a fault neither side may take the other for silent: no peer fails with MediatorSilent
+  and the Mediator never sends AdvertiseAbort(SILENT). (A fault, an early timer standing for a
+  delay elsewhere, may legitimately make either side see silence.)
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from p2psc import wire
 from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen
 from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorSnapshot
 from p2psc.core.peer import FIRST_ACCEPTED, LISTENER, Established, PeerConfig, PeerCore
+from p2psc.errors import MediatorSilent
 from p2psc.keys import Keypair, PublicKey
 from p2psc.machines.compiler import compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
@@ -69,8 +76,12 @@ PEER_TIMING: dict[str, Any] = {
     "punch_max_interval": 1.0,
     "punch_attempt_timeout": 2.0,
     "advertise_retries": 0,
+    "keepalive_interval": None,
 }
 """Coarse peer timing keeps the number of distinct deadlines (hence states) small."""
+KEEPALIVE_TIMING: dict[str, Any] = {"keepalive_interval": 5.0}
+"""With ``keepalive``: the peers ping every 5 s while they wait (three Pings before the
+overall deadline). Off by default: it triples the state space."""
 LIMITS_TIMING: dict[str, Any] = {"advertise_retries": 1, "retry_backoff": 1.0}
 """With ``limits``: one AdvertiseRetry is honoured (after a 1 s backoff), the second is not."""
 GARBAGE = b"\x00 not a p2psc frame"
@@ -117,6 +128,7 @@ class MediationModel(PackedNetwork):
         limits: bool = False,
         garbage: bool = False,
         shutdown: bool = False,
+        keepalive: bool = False,
     ) -> None:
         if peers is None:
             peers = 3 if third else 2
@@ -125,11 +137,15 @@ class MediationModel(PackedNetwork):
         self.count = peers + 1
         settings = [f"{self.count - 1} peers"]
         settings += ["faults"] * faults + ["limits"] * limits + ["garbage"] * garbage
-        settings += ["shutdown"] * shutdown
+        settings += ["shutdown"] * shutdown + ["keepalive"] * keepalive
         self.name = f"{name} ({', '.join(settings)})"
         if limits:
             config = replace(config, max_pending=1, max_waiting=1)
-        timing = {**PEER_TIMING, **(LIMITS_TIMING if limits else {})}
+        timing = {
+            **PEER_TIMING,
+            **(LIMITS_TIMING if limits else {}),
+            **(KEEPALIVE_TIMING if keepalive else {}),
+        }
         self.names = NAMES[: self.count]
         self.actors = self.names
         machines = (MediatorSession, Registration, Rendezvous, ClientCandidate, PeerCandidate)
@@ -428,8 +444,11 @@ class MediationModel(PackedNetwork):
         if actor == MEDIATOR:
             return any(
                 len(data) >= 4
-                and data[3]
-                in (wire.MessageType.PEER_DISCONNECT, wire.MessageType.PEER_IDENTIFICATION)
+                and (
+                    data[3]
+                    in (wire.MessageType.PEER_DISCONNECT, wire.MessageType.PEER_IDENTIFICATION)
+                    or _silent_abort(data)
+                )
                 for action in actions
                 if (data := getattr(action, "data", None)) is not None
             )
@@ -472,7 +491,17 @@ class MediationModel(PackedNetwork):
                     book = book._replace(listeners=listeners)
             elif isinstance(action, Established):
                 book = self._established(state, book, actor, action)
-            elif isinstance(action, Failed) and book.outcomes[actor] is None:
+            elif (
+                isinstance(action, Failed)
+                and isinstance(action.error, MediatorSilent)
+                and book.violation is None
+                and state.faults >= self.fault_budget
+            ):
+                book = book._replace(
+                    violation=f"K1: {self.names[actor]} took the live Mediator for silent "
+                    f"({action.error.reason})"
+                )
+            if isinstance(action, Failed) and book.outcomes[actor] is None:
                 book = book._replace(outcomes=_replace_at(book.outcomes, actor, "failed"))
                 if actor in (1, 2) and not book.started[3 - actor]:
                     book = book._replace(alone=True)
@@ -491,6 +520,13 @@ class MediationModel(PackedNetwork):
         for action in actions:
             data = getattr(action, "data", None)
             if data is None or len(data) < 4:
+                continue
+            if _silent_abort(data) and book.violation is None and state.faults >= self.fault_budget:
+                receiver = self._owner(state, action.conn)  # type: ignore[union-attr]
+                who = "a peer" if receiver is None else self.names[receiver]
+                book = book._replace(
+                    violation=f"K1: the Mediator closed {who} as SILENT although it pinged on time"
+                )
                 continue
             if data[3] not in (
                 wire.MessageType.PEER_DISCONNECT,
@@ -546,6 +582,15 @@ class MediationModel(PackedNetwork):
         )
 
 
+def _silent_abort(data: bytes) -> bool:
+    """``data`` is an AdvertiseAbort(SILENT) frame."""
+    return (
+        len(data) >= 8
+        and data[3] == wire.MessageType.ADVERTISE_ABORT
+        and int.from_bytes(data[6:8], "big") == wire.Reason.SILENT
+    )
+
+
 def _book(state: Net) -> Book:
     book = state.extra
     assert isinstance(book, Book)
@@ -579,6 +624,7 @@ def build(
     limits: bool = False,
     garbage: bool = False,
     shutdown: bool = False,
+    keepalive: bool = False,
 ) -> MediationModel:
     """Entry point of ``p2psc explore mediation`` (A, B and, with ``third``, C)."""
     if mutant is not None:
@@ -592,4 +638,5 @@ def build(
         limits=limits,
         garbage=garbage,
         shutdown=shutdown,
+        keepalive=keepalive,
     )

@@ -23,6 +23,13 @@ Mediator (properties M1..M4):
 - ``forget-client``: on the Peer's confirmation the mediator closes the Peer's session but
   never introduces nor releases the Client, which is left waiting (M3).
 - ``leaky-registry``: closing a waiting session leaves its registry entry behind (M4).
+- ``mute-pings``: the Mediator accepts a waiting peer's Ping but never answers it: the peer
+  takes the live Mediator for silent (K1).
+
+Peer keepalive (property K1):
+
+- ``slow-pings``: a peer announces a quarter of the interval it really pings at: the Mediator
+  takes it for silent and closes its registration (K1).
 
 Peer (property M3, with faults):
 
@@ -63,7 +70,7 @@ from p2psc.models.negotiator_model import NegotiatorPairModel
 from p2psc import wire
 from p2psc.core.channel import SecureChannel
 from p2psc.core.io import Close, Send, SetTimer
-from p2psc.core.mediator import MediatorConfig, MediatorCore
+from p2psc.core.mediator import MediatorAction, MediatorConfig, MediatorCore
 from p2psc.core.negotiator import Negotiator
 from p2psc.core.peer import PeerAction, PeerCore, prologue
 from p2psc.core.registry import InMemoryRegistry, RegistryKey
@@ -227,6 +234,31 @@ class ForgetClientMediator(MediatorCore):
                 out.append(SetTimer(client_conn, None))
 
 
+class MutePingsMediator(MediatorCore):
+    """Accepts Pings (the deadline moves) but never sends the Pong."""
+
+    def _on_ping(self, conn, session, ping, now, out):  # type: ignore[no-untyped-def]
+        answer: list[MediatorAction] = []
+        kept = super()._on_ping(conn, session, ping, now, answer)
+        out.extend(a for a in answer if not isinstance(a, Send))
+        return kept
+
+
+class SlowPingsPeer(PeerCore):
+    """Announces a quarter of its real keepalive interval in every Ping."""
+
+    def _keepalive_due(self, now: float) -> list[PeerAction]:
+        actions = super()._keepalive_due(now)
+        out: list[PeerAction] = []
+        for action in actions:
+            if isinstance(action, Send) and action.data[3] == wire.MessageType.PING:
+                ping = wire.Ping.decode(action.data)
+                quarter = max(wire.MIN_KEEPALIVE_MS, ping.interval_ms // 4)
+                action = Send(action.conn, wire.Ping(ping.token, quarter).encode())
+            out.append(action)
+        return out
+
+
 class KeepOpenPeer(PeerCore):
     """On failure, forgets to close its candidate connections (one of which the partner may
     have committed to)."""
@@ -243,10 +275,14 @@ MEDIATION_MUTANTS: dict[str, tuple[type[MediatorCore] | type[PeerCore], str]] = 
     "forget-client": (ForgetClientMediator, "M3"),
     "keep-open": (KeepOpenPeer, "M3"),
     "leaky-registry": (LeakyMediator, "M4"),
+    "mute-pings": (MutePingsMediator, "K1"),
+    "slow-pings": (SlowPingsPeer, "K1"),
 }
 """Mutant name -> (broken mediator or peer class, the property it must break)."""
 
 NEEDS_FAULTS = frozenset({"keep-open"})
+KEEPALIVE = frozenset({"mute-pings", "slow-pings"})
+"""Mutants of the keepalive: their models run with ``keepalive`` (the peers ping)."""
 """Mutants whose bug only shows when a fault (drop, early timeout) happens."""
 
 
@@ -254,9 +290,14 @@ def mediation_mutant(name: str, *, faults: bool = False, third: bool = True) -> 
     cls, _ = MEDIATION_MUTANTS[name]
     faults = faults or name in NEEDS_FAULTS
     label = f"mediation[mutant {name}]"
+    keepalive = name in KEEPALIVE
     if issubclass(cls, PeerCore):
-        return MediationModel(third=third, faults=faults, peer_class=cls, name=label)
-    return MediationModel(third=third, faults=faults, mediator_class=cls, name=label)
+        return MediationModel(
+            third=third, faults=faults, peer_class=cls, name=label, keepalive=keepalive
+        )
+    return MediationModel(
+        third=third, faults=faults, mediator_class=cls, name=label, keepalive=keepalive
+    )
 
 
 def all_mutants() -> Iterator[tuple[str, str, str]]:

@@ -26,6 +26,7 @@ is a bug.
         ├── PeerUnreachable      no direct TCP connection to the peer within the deadline
         ├── UnusableAddress      the mediator named a partner address that cannot be one
         ├── MediatorClosed       the mediator closed the connection before pairing us
+        ├── MediatorSilent       the mediator stopped answering our keepalive while we waited
         ├── HandshakeTimeout     a step did not complete before its deadline
         └── MediatorTlsError     TLS to the mediator failed (handshake, bad record, files)
             └── TlsVerificationFailed  the mediator's certificate did not match (``mismatch``)
@@ -47,6 +48,7 @@ __all__ = [
     "LegacyOversized",
     "LegacyProtocolError",
     "MediatorClosed",
+    "MediatorSilent",
     "MediatorTlsError",
     "MediatorUnreachable",
     "NegotiationError",
@@ -163,6 +165,12 @@ class UnusableAddress(ConnectError):
 
 class MediatorClosed(ConnectError):
     """The mediator closed the connection before it paired us."""
+
+
+class MediatorSilent(ConnectError, TimeoutError):
+    """While we waited for our partner, the mediator left a keepalive Ping unanswered for a
+    whole interval: the connection (or a NAT binding on its path) is dead, whatever the partner
+    did."""
 
 
 class HandshakeTimeout(ConnectError, TimeoutError):

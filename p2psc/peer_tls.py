@@ -14,6 +14,7 @@ the attempt with :class:`~p2psc.errors.MediatorTlsError` (or its subclass
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from typing import Unpack
 
@@ -21,6 +22,7 @@ from p2psc.core.io import Close, ConnId, Send
 from p2psc.core.peer import MEDIATOR_BASE, PUNCH_BASE, PeerCore, PeerOptions, peer_config
 from p2psc.core.peer_driver import IoOp, PeerDriver
 from p2psc.errors import MediatorTlsError
+from p2psc.interfaces import local_addresses
 from p2psc.keys import Keypair, PublicKey
 from p2psc.tls import TlsClientSession, client_context, parse_mediator_address
 
@@ -171,4 +173,6 @@ def prepare(
     unusable arguments, before any socket exists."""
     address, use_tls = mediator_target(mediator, tls=tls)
     config = peer_config(keypair, peer_key, address, **options)
+    if config.candidates is None:  # every usable address of this host (spec: "Candidates")
+        config = dataclasses.replace(config, candidates=local_addresses())
     return make_driver(PeerCore(config), tls=use_tls, ca=mediator_ca, pin=mediator_pin)

@@ -24,7 +24,7 @@ from p2psc.core.peer_driver import IoOp, PeerDriver
 from p2psc.errors import P2pscError
 from p2psc.keys import Keypair, PublicKey
 from p2psc.peer_tls import prepare
-from p2psc.sockets import listening_socket, reusable_socket, wildcard
+from p2psc.sockets import address_pair, listener_for, reusable_socket, source_host
 from p2psc.sync_channel import SecureSocket
 
 __all__ = ["SyncConnection", "connect", "connect_with"]
@@ -195,7 +195,7 @@ class _Adapter:
                 self._connect(op)
             else:
                 try:
-                    sock = listening_socket(self.local_host or "0.0.0.0", op.port)
+                    sock = listener_for(self.local_host, op.port)
                 except OSError as error:
                     self._execute(self.driver.closed(LISTENER, str(error), time.monotonic()))
                 else:
@@ -209,7 +209,7 @@ class _Adapter:
             family, _, _, _, address = infos[0]
             fam = socket.AddressFamily(family)
             local = self.local_host if op.from_port is not None else None
-            sock = reusable_socket(fam, local or wildcard(fam), op.from_port or 0)
+            sock = reusable_socket(fam, source_host(fam, local, str(address[0])), op.from_port or 0)
         except OSError as error:
             self._execute(self.driver.closed(op.conn, str(error), time.monotonic()))
             return
@@ -256,6 +256,4 @@ class _Adapter:
 
 
 def _pair(name: object) -> tuple[str, int]:
-    if isinstance(name, tuple) and len(name) >= 2:
-        return str(name[0]), int(name[1])
-    return ("", 0)
+    return address_pair(name)

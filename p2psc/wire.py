@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar, Union
@@ -27,11 +28,14 @@ from p2psc.keys import KEY_SIZE, NONCE_SIZE, SEALED_NONCE_SIZE
 
 __all__ = [
     "ADDRESS",
+    "EXTENSIONS",
     "FRAME",
     "FRAME_COMPILED",
     "HEADER",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_CANDIDATES",
+    "MAX_EXTENSIONS",
     "MAX_PAYLOAD",
     "MAX_REASON_TEXT",
     "MESSAGE_CLASSES",
@@ -47,6 +51,8 @@ __all__ = [
     "AdvertiseChallenge",
     "AdvertiseResponse",
     "AdvertiseRetry",
+    "ExtensionType",
+    "Extensions",
     "FrameDecoder",
     "HandshakeInit",
     "HandshakeResponse",
@@ -54,7 +60,10 @@ __all__ = [
     "MessageType",
     "PeerDisconnect",
     "PeerIdentification",
+    "Ping",
+    "Pong",
     "Reason",
+    "candidates_extension",
     "construct_decode",
     "construct_encode",
     "decode",
@@ -72,6 +81,15 @@ FAMILY_IPV6 = 6
 PAIRING_ID_SIZE = 16
 """Bytes of the fresh pairing id the Mediator puts in PeerDisconnect and PeerIdentification."""
 NOISE_MESSAGE_MIN = 48
+MAX_EXTENSIONS = 8
+"""Items an extension area may hold (Advertise, PeerDisconnect, PeerIdentification)."""
+MAX_CANDIDATES = 8
+"""Addresses a CANDIDATES extension may hold (8 IPv6 addresses: 152 bytes)."""
+MIN_KEEPALIVE_MS = 1000
+"""Smallest interval a Ping may announce (ms): a keepalive more frequent than once a second
+refreshes no NAT binding that once a second would not, and only costs the Mediator."""
+MAX_KEEPALIVE_MS = 3_600_000
+"""Largest interval a Ping may announce (ms): one hour, the Mediator's default wait_timeout."""
 """Smallest Noise KK handshake message: an ephemeral key (32) and an empty payload's tag (16)."""
 
 
@@ -88,6 +106,8 @@ class MessageType(IntEnum):
     HANDSHAKE_INIT = 7
     HANDSHAKE_RESPONSE = 8
     # 9 and 10 (wave 1's PeerResponse, PeerAcknowledgement) are retired: never reuse them.
+    PING = 11
+    PONG = 12
 
 
 class Reason(IntEnum):
@@ -104,7 +124,21 @@ class Reason(IntEnum):
     PEER_GONE = 8
     SHUTTING_DOWN = 9
     TLS_REQUIRED = 10
+    SILENT = 11
+    REGISTRY_UNAVAILABLE = 16
+    """A fleet's shared registry could not be reached, or lost a waiting registration
+    (AdvertiseRetry: register again after a backoff). spec/mediator.md section 10."""
 
+
+class ExtensionType(IntEnum):
+    """Types of the extension area items (protocol.md section 3.4). Unknown types are kept as
+    raw bytes and ignored, so a later revision can add one without a layout change."""
+
+    CANDIDATES = 1
+
+
+Extensions = tuple[tuple[int, bytes], ...]
+"""An extension area: (type, value) items, types strictly increasing, at most MAX_EXTENSIONS."""
 
 _REASONS: dict[int, Reason] = {int(r): r for r in Reason}
 _TYPES: dict[int, MessageType] = {int(t): t for t in MessageType}
@@ -134,12 +168,18 @@ OPTIONAL_ADDRESS = c.Struct(
 
 REASON = c.Struct("code" / c.Int16ub, "text" / c.Prefixed(c.Int16ub, c.GreedyBytes))
 
+EXTENSIONS = c.GreedyRange(
+    c.Struct("type" / c.Int8ub, "value" / c.Prefixed(c.Int8ub, c.GreedyBytes))
+)
+"""The extension area: ``type u8 | length u8 | value`` items to the end of the payload."""
+
 PAYLOADS: dict[MessageType, c.Construct] = {
     MessageType.ADVERTISE: c.Struct(
         "version" / c.Int8ub,
         "our_key" / _KEY,
         "their_key" / _KEY,
         "local" / OPTIONAL_ADDRESS,
+        "extensions" / EXTENSIONS,
         c.Terminated,
     ),
     MessageType.ADVERTISE_CHALLENGE: c.Struct("encrypted_nonce" / _SEALED, c.Terminated),
@@ -151,6 +191,7 @@ PAYLOADS: dict[MessageType, c.Construct] = {
         "peer" / ADDRESS,
         "client" / ADDRESS,
         "client_local" / OPTIONAL_ADDRESS,
+        "extensions" / EXTENSIONS,
         c.Terminated,
     ),
     MessageType.PEER_IDENTIFICATION: c.Struct(
@@ -158,11 +199,14 @@ PAYLOADS: dict[MessageType, c.Construct] = {
         "pairing_id" / _PAIRING_ID,
         "peer" / ADDRESS,
         "peer_local" / OPTIONAL_ADDRESS,
+        "extensions" / EXTENSIONS,
         c.Terminated,
     ),
     # Noise messages: at least NOISE_MESSAGE_MIN bytes (checked by the message classes).
     MessageType.HANDSHAKE_INIT: c.Struct("noise" / c.GreedyBytes),
     MessageType.HANDSHAKE_RESPONSE: c.Struct("noise" / c.GreedyBytes),
+    MessageType.PING: c.Struct("token" / c.Int32ub, "interval_ms" / c.Int32ub, c.Terminated),
+    MessageType.PONG: c.Struct("token" / c.Int32ub, c.Terminated),
 }
 """Payload layout per message type."""
 
@@ -316,6 +360,7 @@ def _trusted_address(host: str, port: int) -> Address:
 
 
 _U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
 _HDR = struct.Struct(">2sBBH")
 
 
@@ -358,6 +403,91 @@ def _end(p: bytes, off: int, name: str) -> None:
         raise ProtocolError(f"{name}: {len(p) - off} trailing bytes after the last field")
 
 
+def _take_extensions(p: bytes, off: int, name: str) -> Extensions:
+    """The extension area from ``off`` to the end of the payload (checked)."""
+    n = len(p)
+    if off == n:
+        return ()
+    if n - off == 1:
+        raise ProtocolError(f"{name}: 1 trailing bytes after the last field")
+    items: list[tuple[int, bytes]] = []
+    while off < n:
+        if n - off < 2:
+            raise ProtocolError(f"{name}: payload ends inside an extension header")
+        kind, size = p[off], p[off + 1]
+        end = off + 2 + size
+        if end > n:
+            raise ProtocolError(
+                f"{name}: extension {kind} announces {size} bytes, {n - off - 2} remain"
+            )
+        items.append((kind, bytes(p[off + 2 : end])))
+        off = end
+    extensions = tuple(items)
+    _check_extensions(extensions, name)
+    return extensions
+
+
+def _check_extensions(extensions: object, name: str) -> None:
+    """Types 1..255, strictly increasing (each at most once), at most MAX_EXTENSIONS items of
+    at most 255 bytes; a known type's value must have its layout."""
+    if type(extensions) is not tuple:
+        raise ProtocolError(f"{name}: extensions must be a tuple, got {type(extensions).__name__}")
+    if len(extensions) > MAX_EXTENSIONS:
+        raise ProtocolError(
+            f"{name}: extensions: {len(extensions)} items, at most {MAX_EXTENSIONS}"
+        )
+    previous = 0
+    for item in extensions:
+        if (
+            type(item) is not tuple
+            or len(item) != 2
+            or type(item[0]) is not int
+            or type(item[1]) is not bytes
+        ):
+            raise ProtocolError(f"{name}: extensions are (type, bytes) pairs, got {item!r}")
+        kind, value = item
+        if not previous < kind <= 255:
+            why = "type 0 is reserved" if kind == 0 else "types must be strictly increasing"
+            raise ProtocolError(f"{name}: extension {why} (got {kind} after {previous})")
+        if len(value) > 255:
+            raise ProtocolError(f"{name}: extension {kind} has {len(value)} bytes, max 255")
+        if kind == ExtensionType.CANDIDATES:
+            _candidates(value, name)
+        previous = kind
+
+
+def _candidates(value: bytes, name: str) -> tuple[Address, ...]:
+    """The addresses of a CANDIDATES value: 1..MAX_CANDIDATES required addresses."""
+    out: list[Address] = []
+    off = 0
+    while off < len(value):
+        addr, off = _take_address(value, off, False, "candidate")
+        assert addr is not None
+        out.append(addr)
+    if not 1 <= len(out) <= MAX_CANDIDATES:
+        raise ProtocolError(f"{name}: {len(out)} candidates, expected 1..{MAX_CANDIDATES}")
+    return tuple(out)
+
+
+def _extensions_bytes(extensions: Extensions) -> bytes:
+    return b"".join(bytes((kind, len(value))) + value for kind, value in extensions)
+
+
+def candidates_extension(addresses: Sequence[Address]) -> Extensions:
+    """The extension area carrying ``addresses`` as CANDIDATES (empty when there are none)."""
+    if not addresses:
+        return ()
+    value = b"".join(_address_bytes(a) for a in addresses)
+    return ((int(ExtensionType.CANDIDATES), value),)
+
+
+def _candidates_of(extensions: Extensions) -> tuple[Address, ...]:
+    for kind, value in extensions:
+        if kind == ExtensionType.CANDIDATES:
+            return _candidates(value, "CANDIDATES")
+    return ()
+
+
 def _fixed(p: bytes, sizes: tuple[int, ...], name: str) -> None:
     want = sum(sizes)
     if len(p) != want:
@@ -374,6 +504,11 @@ def _check_bytes(value: object, size: int, field: str, name: str) -> None:
 def _check_u8(value: object, field: str, name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
         raise ProtocolError(f"{name}.{field} must be an integer 0..255, got {value!r}")
+
+
+def _check_u32(value: object, field: str, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFF:
+        raise ProtocolError(f"{name}.{field} must be an integer 0..2**32-1, got {value!r}")
 
 
 def _check_addr(value: object, optional: bool, field: str, name: str) -> None:
@@ -416,22 +551,36 @@ class Advertise(_Codec):
     our_key: bytes
     their_key: bytes
     local: Address | None = None
+    extensions: Extensions = ()
 
     def __post_init__(self) -> None:
         _check_u8(self.version, "version", "Advertise")
         _check_bytes(self.our_key, KEY_SIZE, "our_key", "Advertise")
         _check_bytes(self.their_key, KEY_SIZE, "their_key", "Advertise")
         _check_addr(self.local, True, "local", "Advertise")
+        if self.extensions != ():
+            _check_extensions(self.extensions, "Advertise")
+
+    @property
+    def candidates(self) -> tuple[Address, ...]:
+        """The advertiser's other local addresses (the CANDIDATES extension), if any."""
+        return _candidates_of(self.extensions)
 
     def payload(self) -> bytes:
-        return bytes((self.version,)) + self.our_key + self.their_key + _address_bytes(self.local)
+        return (
+            bytes((self.version,))
+            + self.our_key
+            + self.their_key
+            + _address_bytes(self.local)
+            + _extensions_bytes(self.extensions)
+        )
 
     @classmethod
     def from_payload(cls, p: bytes) -> Advertise:
         if len(p) < 66:
             raise ProtocolError(f"Advertise: truncated payload ({len(p)} bytes, at least 66)")
         local, off = _take_address(p, 65, True, "local")
-        _end(p, off, "Advertise")
+        extensions = _take_extensions(p, off, "Advertise")
         # Every field is valid by construction here, so skip __post_init__'s checks (the
         # mediator decodes one Advertise per registration).
         msg = _new(cls)
@@ -439,6 +588,7 @@ class Advertise(_Codec):
         _setattr(msg, "our_key", p[1:33])
         _setattr(msg, "their_key", p[33:65])
         _setattr(msg, "local", local)
+        _setattr(msg, "extensions", extensions)
         return msg
 
     @classmethod
@@ -590,9 +740,12 @@ class PeerDisconnect(_Codec):
     peer: Address
     client: Address
     client_local: Address | None = None
+    extensions: Extensions = ()
 
     def __post_init__(self) -> None:
         local = self.client_local
+        if self.extensions != ():
+            _check_extensions(self.extensions, "PeerDisconnect")
         if (
             type(self.pairing_id) is bytes
             and len(self.pairing_id) == PAIRING_ID_SIZE
@@ -612,7 +765,13 @@ class PeerDisconnect(_Codec):
             + _address_bytes(self.peer)
             + _address_bytes(self.client)
             + _address_bytes(self.client_local)
+            + _extensions_bytes(self.extensions)
         )
+
+    @property
+    def candidates(self) -> tuple[Address, ...]:
+        """The Client's other local addresses (the CANDIDATES extension), if any."""
+        return _candidates_of(self.extensions)
 
     @classmethod
     def from_payload(cls, p: bytes) -> PeerDisconnect:
@@ -624,9 +783,9 @@ class PeerDisconnect(_Codec):
         peer, off = _take_address(p, PAIRING_ID_SIZE, False, "peer")
         client, off = _take_address(p, off, False, "client")
         client_local, off = _take_address(p, off, True, "client_local")
-        _end(p, off, "PeerDisconnect")
+        extensions = _take_extensions(p, off, "PeerDisconnect")
         assert peer is not None and client is not None
-        return cls(p[:PAIRING_ID_SIZE], peer, client, client_local)
+        return cls(p[:PAIRING_ID_SIZE], peer, client, client_local, extensions)
 
     @classmethod
     def decode(cls, frame: bytes) -> PeerDisconnect:
@@ -643,9 +802,12 @@ class PeerIdentification(_Codec):
     pairing_id: bytes
     peer: Address
     peer_local: Address | None = None
+    extensions: Extensions = ()
 
     def __post_init__(self) -> None:
         local = self.peer_local
+        if self.extensions != ():
+            _check_extensions(self.extensions, "PeerIdentification")
         if (
             type(self.version) is int
             and 0 <= self.version <= 255
@@ -666,7 +828,13 @@ class PeerIdentification(_Codec):
             + self.pairing_id
             + _address_bytes(self.peer)
             + _address_bytes(self.peer_local)
+            + _extensions_bytes(self.extensions)
         )
+
+    @property
+    def candidates(self) -> tuple[Address, ...]:
+        """The Peer's other local addresses (the CANDIDATES extension), if any."""
+        return _candidates_of(self.extensions)
 
     @classmethod
     def from_payload(cls, p: bytes) -> PeerIdentification:
@@ -677,9 +845,9 @@ class PeerIdentification(_Codec):
             )
         peer, off = _take_address(p, 1 + PAIRING_ID_SIZE, False, "peer")
         peer_local, off = _take_address(p, off, True, "peer_local")
-        _end(p, off, "PeerIdentification")
+        extensions = _take_extensions(p, off, "PeerIdentification")
         assert peer is not None
-        return cls(p[0], p[1 : 1 + PAIRING_ID_SIZE], peer, peer_local)
+        return cls(p[0], p[1 : 1 + PAIRING_ID_SIZE], peer, peer_local, extensions)
 
     @classmethod
     def decode(cls, frame: bytes) -> PeerIdentification:
@@ -746,6 +914,64 @@ class HandshakeResponse(_NoiseMessage):
         return _decode_as(cls, frame)
 
 
+@dataclass(frozen=True, slots=True)
+class Ping(_Codec):
+    """advertiser -> Mediator while it waits (keepalive): "I am alive, answer ``token``; my next
+    Ping follows within ``interval_ms``". Keeps the NAT binding of the Mediator connection warm
+    and lets both ends notice a dead other end (spec/mediator.md section 4.1)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PING
+    token: int
+    interval_ms: int
+
+    def __post_init__(self) -> None:
+        _check_u32(self.token, "token", "Ping")
+        if (
+            not isinstance(self.interval_ms, int)
+            or isinstance(self.interval_ms, bool)
+            or not MIN_KEEPALIVE_MS <= self.interval_ms <= MAX_KEEPALIVE_MS
+        ):
+            raise ProtocolError(
+                f"Ping.interval_ms must be {MIN_KEEPALIVE_MS}..{MAX_KEEPALIVE_MS}, "
+                f"got {self.interval_ms!r}"
+            )
+
+    def payload(self) -> bytes:
+        return _U32.pack(self.token) + _U32.pack(self.interval_ms)
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> Ping:
+        _fixed(p, (4, 4), "Ping")
+        return cls(_U32.unpack_from(p, 0)[0], _U32.unpack_from(p, 4)[0])
+
+    @classmethod
+    def decode(cls, frame: bytes) -> Ping:
+        return _decode_as(cls, frame)
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(_Codec):
+    """Mediator -> advertiser: the answer to the Ping with the same ``token``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PONG
+    token: int
+
+    def __post_init__(self) -> None:
+        _check_u32(self.token, "token", "Pong")
+
+    def payload(self) -> bytes:
+        return _U32.pack(self.token)
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> Pong:
+        _fixed(p, (4,), "Pong")
+        return cls(_U32.unpack_from(p, 0)[0])
+
+    @classmethod
+    def decode(cls, frame: bytes) -> Pong:
+        return _decode_as(cls, frame)
+
+
 Message = Union[  # noqa: UP007  (Union[...] reads better than nine `|` in a runtime alias)
     Advertise,
     AdvertiseChallenge,
@@ -756,6 +982,8 @@ Message = Union[  # noqa: UP007  (Union[...] reads better than nine `|` in a run
     PeerIdentification,
     HandshakeInit,
     HandshakeResponse,
+    Ping,
+    Pong,
 ]
 
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
@@ -770,6 +998,8 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         PeerIdentification,
         HandshakeInit,
         HandshakeResponse,
+        Ping,
+        Pong,
     )
 }
 """Message class per type."""
@@ -871,6 +1101,16 @@ def _addr_from_parsed(parsed: Any, optional: bool, what: str) -> Address | None:
     return Address(host, parsed.port)
 
 
+def _ext_from_parsed(parsed: Any, name: str) -> Extensions:
+    extensions = tuple((int(item.type), bytes(item.value)) for item in parsed)
+    _check_extensions(extensions, name)
+    return extensions
+
+
+def _ext_to_build(extensions: Extensions) -> list[dict[str, Any]]:
+    return [{"type": kind, "value": value} for kind, value in extensions]
+
+
 def _addr_to_build(addr: Address | None) -> dict[str, Any]:
     if addr is None:
         return {"family": FAMILY_NONE, "host": None, "port": None}
@@ -908,7 +1148,11 @@ def construct_decode(frame: bytes, *, compiled: bool = True) -> Message:
     name = mtype.name
     if mtype is MessageType.ADVERTISE:
         return Advertise(
-            p.version, p.our_key, p.their_key, _addr_from_parsed(p.local, True, "local")
+            p.version,
+            p.our_key,
+            p.their_key,
+            _addr_from_parsed(p.local, True, "local"),
+            _ext_from_parsed(p.extensions, "Advertise"),
         )
     if mtype in (MessageType.ADVERTISE_ABORT, MessageType.ADVERTISE_RETRY):
         raw: bytes = p.reason.text
@@ -927,13 +1171,21 @@ def construct_decode(frame: bytes, *, compiled: bool = True) -> Message:
         client = _addr_from_parsed(p.client, False, "client")
         assert peer is not None and client is not None
         return PeerDisconnect(
-            p.pairing_id, peer, client, _addr_from_parsed(p.client_local, True, "client_local")
+            p.pairing_id,
+            peer,
+            client,
+            _addr_from_parsed(p.client_local, True, "client_local"),
+            _ext_from_parsed(p.extensions, "PeerDisconnect"),
         )
     if mtype is MessageType.PEER_IDENTIFICATION:
         peer = _addr_from_parsed(p.peer, False, "peer")
         assert peer is not None
         return PeerIdentification(
-            p.version, p.pairing_id, peer, _addr_from_parsed(p.peer_local, True, "peer_local")
+            p.version,
+            p.pairing_id,
+            peer,
+            _addr_from_parsed(p.peer_local, True, "peer_local"),
+            _ext_from_parsed(p.extensions, "PeerIdentification"),
         )
     cls = MESSAGE_CLASSES[mtype]
     fields = {k: v for k, v in p.items() if not k.startswith("_")}
@@ -950,6 +1202,7 @@ def construct_encode(msg: Message, *, compiled: bool = True) -> bytes:
             "our_key": msg.our_key,
             "their_key": msg.their_key,
             "local": _addr_to_build(msg.local),
+            "extensions": _ext_to_build(msg.extensions),
         }
     elif isinstance(msg, AdvertiseAbort | AdvertiseRetry):
         payload = {"reason": {"code": msg.code, "text": msg.text.encode("utf-8")}}
@@ -959,6 +1212,7 @@ def construct_encode(msg: Message, *, compiled: bool = True) -> bytes:
             "peer": _addr_to_build(msg.peer),
             "client": _addr_to_build(msg.client),
             "client_local": _addr_to_build(msg.client_local),
+            "extensions": _ext_to_build(msg.extensions),
         }
     elif isinstance(msg, PeerIdentification):
         payload = {
@@ -966,6 +1220,7 @@ def construct_encode(msg: Message, *, compiled: bool = True) -> bytes:
             "pairing_id": msg.pairing_id,
             "peer": _addr_to_build(msg.peer),
             "peer_local": _addr_to_build(msg.peer_local),
+            "extensions": _ext_to_build(msg.extensions),
         }
     else:
         payload = {name: getattr(msg, name) for name in msg.__dataclass_fields__}

@@ -282,6 +282,49 @@ class EchoesCloses(MediatorCore):
         return actions
 
 
+class DropsCandidates(MediatorCore):
+    """Forwards no CANDIDATES: the partner never learns the other addresses (§1)."""
+
+    def _on_advertise(  # type: ignore[no-untyped-def]
+        self, conn, session, message, now, out
+    ) -> None:
+        plain = wire.Advertise(message.version, message.our_key, message.their_key, message.local)
+        super()._on_advertise(conn, session, plain, now, out)
+
+
+class NoKeepalive(MediatorCore):
+    """A Mediator from before keepalives: any byte after the handshake, a Ping too, is a
+    violation (§4.1)."""
+
+    def _speaks_v1(self, conn: ConnId) -> bool:
+        return False
+
+
+class NoSilenceDetection(MediatorCore):
+    """Answers Pings but never moves the waiting deadline: a waiting advertiser that stops
+    pinging stays registered until wait_timeout (§4.1 rule 3)."""
+
+    def _on_ping(
+        self, conn: ConnId, session: _Session, ping: wire.Ping, now: float, out: list[Action]
+    ) -> bool:
+        kept = super()._on_ping(conn, session, ping, now, out)  # type: ignore[arg-type]
+        if kept and session.state == "waiting" and session.deadline != session.wait_end:
+            session.deadline = session.wait_end
+            out[:] = [a for a in out if not (isinstance(a, SetTimer) and a.conn == conn)]
+            out.append(SetTimer(conn, session.deadline))
+        return kept
+
+
+class NoFloodFloor(MediatorCore):
+    """Answers every Ping, however close to the previous one (§4.1 rule 4)."""
+
+    def _on_ping(
+        self, conn: ConnId, session: _Session, ping: wire.Ping, now: float, out: list[Action]
+    ) -> bool:
+        session.pinged = None
+        return super()._on_ping(conn, session, ping, now, out)  # type: ignore[arg-type]
+
+
 # --- version 0 ---------------------------------------------------------------------------------
 
 
@@ -347,6 +390,10 @@ V1_MUTANTS: dict[str, Callable[[MediatorConfig], MediatorCore]] = {
     "newcomer-pairs": NewcomerPairs,
     "stale-timer": StaleTimer,
     "echoes-closes": EchoesCloses,
+    "drops-candidates": DropsCandidates,
+    "no-keepalive": NoKeepalive,
+    "no-silence-detection": NoSilenceDetection,
+    "no-flood-floor": NoFloodFloor,
 }
 """Version 1 mutant name -> factory taking the (short) test configuration."""
 

@@ -10,8 +10,10 @@ HPKE seal comes from ``p2psc.keys``: the project never hand-makes crypto.
 It implements spec/mediator.md §2-§8 as written, including the resolutions of its
 ambiguities (header version before type and length, the Advertise version field before the
 layout, bytes behind the AdvertiseResponse refused before pairing, the Peer's connection closed
-after its clean close, a byte from a confirming Client fails the pairing). Limits: only the
-global ``max_pending`` and ``max_waiting`` (the harness cannot reach either). Not a test module.
+after its clean close, a byte from a confirming Client fails the pairing), and the keepalive of
+§4.1 (Ping answered with Pong while waiting and confirming, accepted from a disconnecting Peer;
+the liveness deadline; the flood floor). Limits: only the global ``max_pending`` and
+``max_waiting`` (the harness cannot reach either). Not a test module.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from p2psc.keys import HPKE, PublicKey
 MAGIC = b"P2"
 MAX_PAYLOAD = 4096
 ADVERTISE, CHALLENGE, RESPONSE, ABORT, RETRY, DISCONNECT, IDENTIFICATION = range(7)
-LAST_TYPE = 10
+PING, PONG = 11, 12
+LAST_TYPE = 12
+MIN_PING_GAP = 0.5
 (
     UNSUPPORTED_VERSION,
     IDENTITY_CHECK_FAILED,
@@ -41,6 +45,7 @@ LAST_TYPE = 10
     MALFORMED,
     PEER_GONE,
 ) = range(1, 9)
+SILENT = 11
 
 FLAWS = frozenset(
     {
@@ -95,15 +100,43 @@ def address(host: str, port: int) -> bytes:
 
 
 def parse_optional_address(data: bytes) -> bytes:
-    """Validate an optional address taking all of ``data``; return its encoding."""
+    """Validate an optional address at the start of ``data`` followed only by a valid
+    extension area (protocol.md 3.4); return the address's encoding."""
     sizes = {0: 1, 4: 7, 6: 19}
     if not data or data[0] not in sizes:
         raise _Refuse(MALFORMED, "bad address family")
-    if len(data) != sizes[data[0]]:
-        raise _Refuse(MALFORMED, "truncated or trailing Advertise payload")
-    if data[0] and data[-2:] == b"\x00\x00":
+    size = sizes[data[0]]
+    if len(data) < size:
+        raise _Refuse(MALFORMED, "truncated Advertise payload")
+    if data[0] and data[size - 2 : size] == b"\x00\x00":
         raise _Refuse(MALFORMED, "port 0")
-    return data
+    parse_extensions(data[size:])
+    return data[:size]
+
+
+def parse_extensions(area: bytes) -> bytes:
+    """Validate an extension area; return the CANDIDATES value (b"" when absent)."""
+    sizes = {4: 7, 6: 19}
+    previous, count, off, cands = 0, 0, 0, b""
+    while off < len(area):
+        if len(area) - off < 2:
+            raise _Refuse(MALFORMED, "cut extension header")
+        kind, size = area[off], area[off + 1]
+        value = area[off + 2 : off + 2 + size]
+        if len(value) != size or not previous < kind or count == 8:
+            raise _Refuse(MALFORMED, "bad extension item")
+        if kind == 1:  # CANDIDATES: 1..8 required addresses
+            at, n = 0, 0
+            while at < size:
+                step = sizes.get(value[at], 0)
+                if not step or at + step > size or value[at + step - 2 : at + step] == b"\0\0":
+                    raise _Refuse(MALFORMED, "bad candidate")
+                at, n = at + step, n + 1
+            if not 1 <= n <= 8:
+                raise _Refuse(MALFORMED, "candidate count")
+            cands = value
+        previous, count, off = kind, count + 1, off + 2 + size
+    return cands
 
 
 def info(our: bytes, their: bytes) -> bytes:
@@ -121,7 +154,12 @@ class Session:
     our: bytes = b""
     their: bytes = b""
     local: bytes = b"\x00"
+    cands: bytes = b""
+    interval: float = 0.0
+    token: int = 0
     response_deadline: float = 0.0
+    last_ping: float | None = None
+    reading: asyncio.Future[bytes] | None = None
     ended: asyncio.Future[None] = field(default_factory=lambda: asyncio.Future())
     paired: asyncio.Future[Session] = field(default_factory=lambda: asyncio.Future())
 
@@ -222,6 +260,8 @@ class MiniMediator:
             raise _Refuse(MALFORMED, "truncated Advertise")
         s.our, s.their = payload[1:33], payload[33:65]
         s.local = parse_optional_address(payload[65:])
+        ext = parse_extensions(payload[65 + len(s.local) :])
+        s.cands = bytes((1, len(ext))) + ext if ext else b""
         if s.our == s.their:
             raise _Refuse(SELF_PAIRING, "self pairing")
         nonce = os.urandom(32)
@@ -237,8 +277,38 @@ class MiniMediator:
         if not hmac.compare_digest(payload, nonce):
             raise _Refuse(IDENTITY_CHECK_FAILED, "wrong nonce")
 
+    async def _ping(self, s: Session, first: bytes, deadline: float) -> None:
+        """The rest of a Ping whose first byte was read; answer it unless ``answer`` is off.
+        Anything else, or a Ping too soon after the previous one, is MALFORMED (§4.1)."""
+        header = MAGIC + bytes((1, PING, 0, 8))
+        if first != header[:1]:
+            raise _Refuse(MALFORMED, "a byte after the handshake")
+        rest = await self._read(s, 5, deadline)
+        if first + rest != header:
+            raise _Refuse(MALFORMED, "not a Ping")
+        payload = await self._read(s, 8, deadline)
+        token, interval = struct.unpack(">II", payload)
+        if not 1000 <= interval <= 3_600_000:
+            raise _Refuse(MALFORMED, "Ping interval out of range")
+        now = asyncio.get_running_loop().time()
+        if s.last_ping is not None and now - s.last_ping < MIN_PING_GAP:
+            raise _Refuse(MALFORMED, "Pings too close together")
+        s.last_ping = now
+        s.interval = interval / 1000
+        s.token = token
+
+    def _next_read(self, s: Session) -> asyncio.Future[bytes]:
+        s.reading = asyncio.ensure_future(s.reader.read(1))
+        return s.reading
+
+    def _first_byte(self, reading: asyncio.Future[bytes]) -> bytes:
+        """The byte a finished read after the handshake got (EOF or reset: _Gone)."""
+        if reading.exception() is not None or not reading.result():
+            raise _Gone
+        return reading.result()
+
     async def _register_or_pair(self, s: Session) -> None:
-        reading = asyncio.ensure_future(s.reader.read(1))
+        reading = self._next_read(s)
         try:
             await asyncio.sleep(0)  # whatever already arrived behind the response is read now
             if reading.done() and "pairs-then-refuses" not in self.flaws:
@@ -252,7 +322,8 @@ class MiniMediator:
             else:
                 await self._wait(s, reading)
         finally:
-            reading.cancel()
+            if s.reading is not None:
+                s.reading.cancel()
 
     async def _wait(self, s: Session, reading: asyncio.Future[bytes]) -> None:
         key = (s.our, s.their)
@@ -263,24 +334,31 @@ class MiniMediator:
             older.end(reason(ABORT, DUPLICATE_REGISTRATION, "replaced"))
         self.registry[key] = s
         try:
-            deadline = self._deadline(self.config.wait_timeout)
+            end = self._deadline(self.config.wait_timeout)
+            alive = end  # moved by each Ping (§4.1 rule 3)
             loop = asyncio.get_running_loop()
-            await asyncio.wait(
-                {reading, s.ended, s.paired},
-                timeout=max(0.0, deadline - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            while True:
+                await asyncio.wait(
+                    {reading, s.ended, s.paired},
+                    timeout=max(0.0, min(alive, end) - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if s.ended.done() or s.paired.done():
+                    break
+                if not reading.done():
+                    if loop.time() >= end:
+                        raise _Refuse(TIMEOUT, "nobody came")
+                    raise _Refuse(SILENT, "no Ping for twice your interval")
+                await self._ping(s, self._first_byte(reading), end)
+                s.writer.write(frame(PONG, struct.pack(">I", s.token)))
+                alive = loop.time() + 2 * s.interval
+                reading = self._next_read(s)
         finally:
             if self.registry.get(key) is s:
                 del self.registry[key]
         if s.ended.done():
             return  # replaced
-        if s.paired.done():
-            await self._client(s, s.paired.result(), reading)
-            return
-        if not reading.done():
-            raise _Refuse(TIMEOUT, "nobody came")
-        self._after_handshake(reading)
+        await self._client(s, s.paired.result(), reading)
 
     def _after_handshake(self, reading: asyncio.Future[bytes]) -> None:
         """A finished read after the handshake: EOF or reset ends quietly, a byte is MALFORMED."""
@@ -298,13 +376,18 @@ class MiniMediator:
                 "ignores-client-bytes" in self.flaws
                 and not reading.exception()
                 and reading.result()
+                and reading.result() != MAGIC[:1]
             ):
-                reading = asyncio.ensure_future(s.reader.read(1))
+                reading = self._next_read(s)
                 continue
             try:
-                self._after_handshake(reading)
-            finally:
+                first = self._first_byte(reading)
+                await self._ping(s, first, self._deadline(self.config.confirm_timeout))
+            except BaseException:
                 peer.end(reason(ABORT, PEER_GONE, "the Client left"))
+                raise
+            s.writer.write(frame(PONG, struct.pack(">I", s.token)))
+            reading = self._next_read(s)
 
     async def _peer(self, s: Session, client: Session, reading: asyncio.Future[bytes]) -> None:
         if "stale-timer" in self.flaws:
@@ -314,21 +397,33 @@ class MiniMediator:
         host, port = s.remote
         pairing_id = os.urandom(16)  # fresh per pairing, the same in both messages (§4)
         disconnect = pairing_id + address(host, port) + address(*client.remote) + client.local
+        disconnect += client.cands
         s.writer.write(frame(DISCONNECT, disconnect))
         client.paired.set_result(s)
         loop = asyncio.get_running_loop()
-        await asyncio.wait(
-            {reading, client.ended},
-            timeout=max(0.0, deadline - loop.time()),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        while True:
+            await asyncio.wait(
+                {reading, client.ended},
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if client.ended.done() or not reading.done():
+                break
+            if reading.exception() is not None or reading.result() != MAGIC[:1]:
+                break  # EOF (the confirmation), a reset or a stray byte: judged below
+            try:  # a Ping that crossed PeerDisconnect: accepted, not answered (§4.1 rule 2)
+                await self._ping(s, reading.result(), deadline)
+            except BaseException:
+                client.end(reason(ABORT, PEER_GONE, "the Peer misbehaved or vanished"))
+                raise
+            reading = self._next_read(s)
         if client.ended.done():
             raise _Refuse(PEER_GONE, "the Client left")
         if not reading.done():
             client.end(reason(ABORT, TIMEOUT, "the Peer did not confirm"))
             raise _Refuse(TIMEOUT, "you did not close")
         if reading.exception() is None and reading.result() == b"":
-            identification = bytes((1,)) + pairing_id + address(host, port) + s.local
+            identification = bytes((1,)) + pairing_id + address(host, port) + s.local + s.cands
             client.end(frame(IDENTIFICATION, identification))
             if "keeps-peer-open" in self.flaws:
                 with contextlib.suppress(asyncio.CancelledError):

@@ -72,6 +72,8 @@ V1_EXPECTED: dict[str, set[str]] = {
         "fault-peer-gone-reason",
         "deadline-confirm-not-early",
         "timeout-confirm",
+        "keepalive-while-confirming",
+        "pairing-candidates",  # (its early PeerIdentification also carries no candidates)
     },
     "no-mutual-intent": {"pairing-mutual-intent-only"},
     # The four misses: deadlines at 60%, a newcomer paired with a waiting key that
@@ -109,7 +111,20 @@ V1_EXPECTED: dict[str, set[str]] = {
         "timeout-idle",
         "timeout-response",
         "timeout-confirm",
+        "keepalive-silent",
     },
+    # Keepalive (§4.1): a Mediator from before it fails every keepalive scenario; one that
+    # never moves the waiting deadline keeps a silent advertiser; one without the flood floor
+    # answers every Ping.
+    "no-keepalive": {
+        "keepalive-ping-pong",
+        "keepalive-while-confirming",
+        "keepalive-flood-closes",
+        "keepalive-silent",
+    },
+    "no-silence-detection": {"keepalive-silent"},
+    "drops-candidates": {"pairing-candidates"},
+    "no-flood-floor": {"keepalive-flood-closes"},
 }
 LEGACY_EXPECTED: dict[str, set[str]] = {
     "legacy-keeps-peer-open": {

@@ -232,7 +232,11 @@ def test_notes_of_failures_and_their_partners() -> None:
     actions = d.fire(4)
     text = "the Peer did not close after PeerDisconnect before the deadline"
     assert _notes(d, "failed")[-2:] == [(4, f"timeout: {text}"), (3, f"partner timeout: {text}")]
-    assert messages(actions, 3) == [wire.AdvertiseAbort(R.TIMEOUT, f"partner timeout: {text}")]
+    assert messages(actions, 3) == [
+        wire.AdvertiseAbort(
+            R.TIMEOUT, f"your partner's connection to the mediator timed out ({text})"
+        )
+    ]
     assert _notes(d, "closed")[-1] == (3, "partner_lost: timeout")
     # A plain end of stream is not a failure worth a warning: only "closed" is noted.
     d.open(5, ("192.0.2.5", 5))
@@ -362,7 +366,9 @@ def test_each_deadline_aborts_with_its_text_and_not_a_moment_earlier(state: str)
     assert conn in closed(actions) and d.core.state_of(conn) is None
     if partner is not None:
         assert messages(actions, partner) == [
-            wire.AdvertiseAbort(R.TIMEOUT, f"partner timeout: {text}")
+            wire.AdvertiseAbort(
+                R.TIMEOUT, f"your partner's connection to the mediator timed out ({text})"
+            )
         ]
         assert partner in closed(actions)
     assert d.core.sessions == 0

@@ -29,6 +29,7 @@ def test_registered_and_shaped_as_specified() -> None:
             "partner_waiting",
             "registry_full",
             "duplicate",
+            "ping_allowed",
         }
     )
     # every non-final state can be left by each connection-level event

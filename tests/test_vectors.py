@@ -28,7 +28,7 @@ KEYS = {
 }
 ADDRESS_FIELDS = {"local", "peer", "client", "client_local", "peer_local"}
 TEXT_FIELDS = {"text"}
-INT_FIELDS = {"version", "code"}
+INT_FIELDS = {"version", "code", "token", "interval_ms"}
 
 
 def build(vector: dict[str, Any]) -> Message:
@@ -37,6 +37,8 @@ def build(vector: dict[str, Any]) -> Message:
     for name, value in vector["fields"].items():
         if value is None:
             kwargs[name] = None
+        elif name == "extensions":
+            kwargs[name] = tuple((kind, bytes.fromhex(item)) for kind, item in value)
         elif name in ADDRESS_FIELDS:
             kwargs[name] = Address.parse(value)
         elif name in INT_FIELDS or name in TEXT_FIELDS:

@@ -203,8 +203,8 @@ def test_unsupported_version() -> None:
 
 
 def test_unknown_type() -> None:
-    with pytest.raises(ProtocolError, match="unknown message type 11"):
-        decode(header(11, 0))
+    with pytest.raises(ProtocolError, match="unknown message type 20"):
+        decode(header(20, 0))
 
 
 def test_length_above_maximum_rejected_before_payload() -> None:
@@ -382,7 +382,7 @@ def test_decoder_truncation_and_bit_flips(msg: Message, data: st.DataObject) -> 
         (b"X", ProtocolError),
         (b"PX", ProtocolError),
         (b"P2\x02", UnsupportedVersion),
-        (b"P2\x01\x0b", ProtocolError),
+        (b"P2\x01\x14", ProtocolError),
         (b"P2\x01\xff\x00", ProtocolError),
     ],
 )

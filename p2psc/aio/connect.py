@@ -37,7 +37,7 @@ from p2psc.core.peer_driver import AttemptDriver, IoOp, Outcome, PeerDriver
 from p2psc.errors import P2pscError
 from p2psc.keys import Keypair, PublicKey
 from p2psc.peer_tls import prepare
-from p2psc.sockets import listening_socket
+from p2psc.sockets import address_pair, listener_for
 
 __all__ = ["P2PConnection", "connect", "connect_with"]
 
@@ -130,7 +130,8 @@ async def connect(
     ``punch_backoff`` (2), ``punch_max_interval`` (1 s), ``punch_attempt_timeout`` (2 s),
     ``advertise_retries`` (3), ``retry_backoff`` (0.5 s), ``candidate_timeout`` (5 s),
     ``max_candidates`` (32), ``max_candidates_per_source`` (4), ``send_local`` (True),
-    ``crypto``, ``nonce_source`` (injected for tests).
+    ``keepalive_interval`` (15 s; None turns it off), ``crypto``, ``nonce_source`` (injected
+    for tests).
 
     Deadlines: ``timeout`` bounds the whole call (registration, waiting for the other side,
     hole punching and the handshake); ``step_timeout`` bounds each request/answer step with the
@@ -146,6 +147,11 @@ async def connect(
     (:class:`~p2psc.errors.PeerUnreachable`). ``advertise_retries`` and ``retry_backoff``
     (doubling) bound how often we re-register when the Mediator answers AdvertiseRetry (busy).
     ``send_local=False`` keeps our local address out of the Advertise.
+
+    While waiting for the other side, a Ping goes to the Mediator every ``keepalive_interval``
+    seconds (keep it below the idle timeouts of the NATs on the way: many drop an idle TCP
+    binding after 30 s to a few minutes); a Ping unanswered for a whole interval fails with
+    :class:`~p2psc.errors.MediatorSilent` ("no answer from the mediator for N s").
 
     Raises a :class:`~p2psc.errors.ConnectError` subclass (MediatorUnreachable,
     MediatorClosed, AdvertiseAborted, AdvertiseRetryExhausted, IdentityCheckFailed,
@@ -327,7 +333,7 @@ class DriverAdapter(Generic[ConnectionT]):
         # The socket listens before this returns (the Peer's ordering guarantee); serving it
         # through the loop may complete later.
         try:
-            self.listener = listening_socket(self.local_host or "0.0.0.0", op.port)
+            self.listener = listener_for(self.local_host, op.port)
         except OSError as error:
             self.loop.call_soon(self.step, self.driver.closed, LISTENER, str(error))
             return
@@ -376,6 +382,4 @@ class DriverAdapter(Generic[ConnectionT]):
 
 
 def _pair(name: object) -> tuple[str, int]:
-    if isinstance(name, tuple) and len(name) >= 2:
-        return str(name[0]), int(name[1])
-    return ("", 0)
+    return address_pair(name)

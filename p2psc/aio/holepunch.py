@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from p2psc.sockets import family_of, listening_socket, reusable_socket, wildcard
+from p2psc.sockets import family_of, listening_socket, reusable_socket, source_host, wildcard
 
 __all__ = [
     "family_of",
@@ -31,7 +31,7 @@ async def open_connection_from(
         raise OSError(f"cannot resolve {remote[0]}")
     family, _, _, _, address = infos[0]
     fam = socket.AddressFamily(family)
-    sock = reusable_socket(fam, local_host or wildcard(fam), from_port or 0)
+    sock = reusable_socket(fam, source_host(fam, local_host, remote[0]), from_port or 0)
     try:
         await loop.sock_connect(sock, address)
     except BaseException:

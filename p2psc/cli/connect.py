@@ -131,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
             (host, port),
             timeout=args.timeout,
             punch_timeout=args.punch_timeout,
+            keepalive_interval=args.keepalive or None,
             tls=use_tls,
             mediator_ca=args.mediator_ca,
             mediator_pin=args.mediator_pin,
@@ -154,6 +155,16 @@ def _run(args: argparse.Namespace) -> int:
     except ConnectionError as error:
         print(f"p2psc connect: connection lost: {printable(error)}", file=sys.stderr)
         return 1
+
+
+def _keepalive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value != 0 and not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be 0 (off) or 1..3600 seconds")
+    return value
 
 
 def _mediator(text: str) -> str:
@@ -203,6 +214,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=10.0,
         help="seconds to get a direct TCP connection once introduced (%(default)s)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=_keepalive,
+        default=15.0,
+        metavar="SECONDS",
+        help="while waiting for the peer, ping the mediator this often (1..3600; 0: off); "
+        "keep it below the idle timeout of your NAT (%(default)s)",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument(

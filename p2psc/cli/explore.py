@@ -24,10 +24,13 @@ the exit status is 1 when less than PCT percent of the declared transitions were
 mutants (--mutant NAME; the property each one breaks):
   negotiator: tie-local (N2), tie-yield (N1), drop-early-byte (N2)
   mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
-              leaky-registry (M4)
+              leaky-registry (M4), mute-pings (K1), slow-pings (K1)
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
   channel:    skip-lost-record (C1), eof-is-close (C2), close-not-recorded (C3),
               fin-only-close (C4)
+  fleet:      non-atomic-claim (M3), confirm-early (M2), no-hold (M3)
+              (two mediator instances over one shared registry; --faults: notices lost or
+              duplicated, refreshes at any moment; spec/mediator.md section 10)
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ MODELS: dict[str, str] = {
     "mediation": "p2psc.models.mediation_model",
     "direct": "p2psc.models.direct_model",
     "channel": "p2psc.models.channel_model",
+    "fleet": "p2psc.models.fleet_model",
 }
 """Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
 
@@ -100,6 +104,17 @@ def _progress(result: Any, frontier: int) -> None:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The model's build options; refuses options of the other model and unknown mutants."""
+    if args.model == "fleet":
+        from p2psc.models.fleet_model import MUTANTS
+
+        if args.mutant is not None and args.mutant not in MUTANTS:
+            listed = ", ".join(f"{name} ({why})" for name, why in sorted(MUTANTS.items()))
+            parser.error(f"unknown fleet mutant {args.mutant!r}; choose from: {listed}")
+        given = (args.peers, args.protocols, args.stranger_budget)
+        flags = (args.mixed_sets, args.limits, args.garbage, args.shutdown)
+        if any(o is not None for o in given) or any(flags):
+            parser.error("the fleet model takes --faults and --mutant only")
+        return {"faults": args.faults, "mutant": args.mutant}
     from p2psc.models.mutants import (
         CHANNEL_MUTANTS,
         DIRECT_MUTANTS,
@@ -129,7 +144,12 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         return {"budget": budget, "mutant": args.mutant}
     if args.model == "direct":
         others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
-        if any(o not in (None, False) for o in others) or args.garbage or args.shutdown:
+        if (
+            any(o not in (None, False) for o in others)
+            or args.garbage
+            or args.shutdown
+            or (args.keepalive)
+        ):
             parser.error("the direct model takes --stranger-budget and --mutant only")
         budget = 2 if args.stranger_budget is None else args.stranger_budget
         return {"budget": budget, "mutant": args.mutant}
@@ -138,6 +158,8 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         if args.peers is not None:
             parser.error("--peers applies to the mediation model only")
         options.update(protocols=args.protocols, mixed_sets=args.mixed_sets)
+        if args.keepalive:
+            parser.error("--keepalive applies to the mediation model only")
         if args.limits or args.garbage or args.shutdown:
             parser.error("--limits, --garbage and --shutdown apply to the mediation model only")
     else:
@@ -146,6 +168,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         options.update(third=(args.peers or 3) >= 3)
         if args.mutant is None:
             options.update(limits=args.limits, garbage=args.garbage, shutdown=args.shutdown)
+            options.update(keepalive=args.keepalive)
             options.update(peers=args.peers or 3)
         elif args.limits or args.garbage or args.shutdown:
             parser.error("--limits, --garbage and --shutdown do not combine with --mutant")
@@ -276,6 +299,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--garbage",
         action="store_true",
         help="mediation: a fault may inject a malformed frame into any connection (once per run)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        action="store_true",
+        help="mediation: the peers ping the Mediator every 5 s while they wait (property K1; "
+        "its mutants always do)",
     )
     parser.add_argument(
         "--shutdown",

@@ -155,15 +155,21 @@ def describe_v1(message: wire.Message, keys: Callable[[bytes], str] | None = Non
     if isinstance(message, wire.AdvertiseAbort | wire.AdvertiseRetry):
         return f"{name}({reason_name(message.code)}, {message.text!r})"
     if isinstance(message, wire.PeerDisconnect):
+        cands = "".join(f", candidate={c}" for c in message.candidates)
         return (
             f"{name}(peer={message.peer}, client={message.client}, "
-            f"client_local={message.client_local or '-'})"
+            f"client_local={message.client_local or '-'}{cands})"
         )
     if isinstance(message, wire.PeerIdentification):
+        cands = "".join(f", candidate={c}" for c in message.candidates)
         return (
             f"{name}(version={message.version}, peer={message.peer}, "
-            f"peer_local={message.peer_local or '-'})"
+            f"peer_local={message.peer_local or '-'}{cands})"
         )
+    if isinstance(message, wire.Ping):
+        return f"{name}(token={message.token}, interval_ms={message.interval_ms})"
+    if isinstance(message, wire.Pong):
+        return f"{name}(token={message.token})"
     return name
 
 

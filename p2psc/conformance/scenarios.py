@@ -46,6 +46,7 @@ S1 = Section("mediator.md", "1", "Roles and words")
 S2 = Section("mediator.md", "2", "Sessions and states")
 S3 = Section("mediator.md", "3", "The Mediator handshake")
 S4 = Section("mediator.md", "4", "Pairing and the ordering guarantee")
+S41 = Section("mediator.md", "4.1", "Keepalive while waiting")
 S5 = Section("mediator.md", "5", "Duplicate registration, self pairing, version mismatch")
 S6 = Section("mediator.md", "6", "Limits (no memory growth under load)")
 S7 = Section("mediator.md", "7", "Errors: one connection at a time")
@@ -272,6 +273,34 @@ async def pairing_local_addresses(ctx: ScenarioContext) -> None:
     client = await ctx.register_waiting("client A", a, b.public_key.raw, a_local)
     peer = await ctx.register("peer B", b, a.public_key.raw, b_local)
     await complete_pairing(ctx, client, peer, client_local=a_local, peer_local=b_local)
+
+
+async def pairing_candidates(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    a_cands = (wire.Address("192.0.2.11", 4444), wire.Address("2001:db8::11", 4444))
+    b_cands = (wire.Address("2001:db8::22", 5555),)
+    later = (200, b"a later revision's item")  # unknown: the Mediator must still accept it
+    client = await ctx.register_waiting(
+        "client A", a, b.public_key.raw, None, wire.candidates_extension(a_cands)
+    )
+    peer = await ctx.register(
+        "peer B", b, a.public_key.raw, None, (*wire.candidates_extension(b_cands), later)
+    )
+    disconnect = await peer.expect(wire.PeerDisconnect, "the later registrant is the Peer (§4)")
+    if disconnect.candidates != a_cands:
+        fail(
+            f"PeerDisconnect.candidates = the Client's CANDIDATES {list(map(str, a_cands))} (§1)",
+            f"{list(map(str, disconnect.candidates))}",
+        )
+    peer.half_close()
+    identification = await client.expect(
+        wire.PeerIdentification, "the Client is introduced after the Peer's close (§4)"
+    )
+    if identification.candidates != b_cands:
+        fail(
+            f"PeerIdentification.candidates = the Peer's CANDIDATES {list(map(str, b_cands))} (§1)",
+            f"{list(map(str, identification.candidates))}",
+        )
 
 
 async def pairing_ordering_guarantee(ctx: ScenarioContext) -> None:
@@ -705,6 +734,98 @@ async def framing_malformed_reason(ctx: ScenarioContext) -> None:
     await all_of([garbage(), oversized(), stray_byte()])
 
 
+# --- keepalive (§4.1) ---------------------------------------------------------------------------
+
+KEEPALIVE_MS = 1000
+"""The interval the keepalive scenarios announce: the smallest allowed, so the liveness
+deadline (twice it) is short."""
+PING_GAP = 0.6
+"""Seconds between the scenarios' Pings: above the 0.5 s flood floor of §4.1 rule 4."""
+
+
+async def _ping(ctx: ScenarioContext, peer: V1Peer, token: int, why: str) -> None:
+    await peer.send(wire.Ping(token, KEEPALIVE_MS))
+    pong = await peer.expect(wire.Pong, why)
+    if pong.token != token:
+        fail(f"Pong({token}) at {peer.label} ({why})", f"Pong({pong.token})")
+
+
+async def keepalive_ping_pong(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    client = await ctx.register_waiting("client A", a, b.public_key.raw)
+    for token in (7, 0xFFFFFFFF):
+        await _ping(ctx, client, token, "a waiting advertiser's Ping is answered at once (§4.1)")
+        await asyncio.sleep(PING_GAP)
+    # The keepalive changed nothing about the registration: the pairing completes normally.
+    peer = await ctx.register("peer B", b, a.public_key.raw)
+    await complete_pairing(ctx, client, peer)
+
+
+async def keepalive_while_confirming(ctx: ScenarioContext) -> None:
+    client, peer, _ = await _pair_up_to_disconnect(ctx)
+    await _ping(
+        ctx, client, 1, "a confirming Client's Ping is answered and fails nothing (§4.1, §4)"
+    )
+    peer.half_close()
+    identification = await client.expect(
+        wire.PeerIdentification, "the pairing goes on after the Client's Ping (§4.1)"
+    )
+    del identification
+    await expect_clean_close(client, "the Client is closed after PeerIdentification (§4)")
+
+
+async def keepalive_flood_closes(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    waiting = await ctx.register_waiting("A (flooding)", a, b.public_key.raw)
+    await _ping(ctx, waiting, 1, "a waiting advertiser's Ping is answered at once (§4.1)")
+    await waiting.send(wire.Ping(2, KEEPALIVE_MS))
+    await expect_prompt_close(
+        waiting,
+        "a Ping less than 0.5 s after the previous one is a flood (§4.1 rule 4)",
+        deadline=None,
+        allowed=(wire.AdvertiseAbort, wire.Pong),
+    )
+
+
+async def keepalive_silent(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    waiting = await ctx.register_waiting("A (goes silent)", a, b.public_key.raw)
+    configured = 2 * KEEPALIVE_MS / 1000
+    since = ctx.transcript.now()  # the liveness deadline cannot start before the Ping is sent
+    await _ping(ctx, waiting, 1, "a waiting advertiser's Ping is answered at once (§4.1)")
+    what = "twice the announced interval"
+    left = configured - (ctx.transcript.now() - since)
+    got = await waiting.next(max(left, 0.0))
+    if got.kind != "timeout" and ctx.transcript.now() - since < configured:
+        fail(
+            f"nothing at {waiting.label} before {what} = {configured:g} s (§4.1 rule 3; §2: a "
+            "deadline MUST NOT fire early)",
+            got.describe(waiting.render),
+        )
+    if got.kind != "timeout":
+        waiting.push_back(got)
+    seen = await waiting.expect_close(
+        "a waiting advertiser that stops pinging is closed (§4.1 rule 3)",
+        allowed=(wire.AdvertiseAbort,),
+        timeout=_late_bound(ctx, configured) - (ctx.transcript.now() - since),
+    )
+    measurement = ctx.measure(f"{what} at {waiting.label}", configured, since)
+    codes = [m.code for m in seen if isinstance(m, wire.AdvertiseAbort)]
+    if R.SILENT not in codes:
+        observed = ", ".join(f"AdvertiseAbort({reason_name(c)})" for c in codes) or "no abort"
+        fail(f"AdvertiseAbort(SILENT) at {waiting.label} before the close (§4.1, §8)", observed)
+    if measurement.too_late:
+        fail(
+            f"the close at {waiting.label} at most {ctx.options.late:g} s after {what} = "
+            f"{configured:g} s (the harness's tolerance is --late)",
+            f"closed {measurement.measured:.3f} s after the Ping",
+        )
+    partner = await ctx.register("B (wants A)", b, a.public_key.raw)
+    await partner.expect_silence(
+        ctx.options.quiet, "A's registration ended with its silence, so B waits unpaired (§4.1)"
+    )
+
+
 # --- faults while pairing ---------------------------------------------------------------------
 
 
@@ -994,6 +1115,14 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
         pairing_local_addresses,
     ),
     _scenario(
+        "pairing-candidates",
+        S1,
+        REQUIRED,
+        "advertised CANDIDATES (IPv4 and IPv6; beside an unknown extension item) are forwarded: "
+        "the Client's in PeerDisconnect, the Peer's in PeerIdentification",
+        pairing_candidates,
+    ),
+    _scenario(
         "pairing-ordering-guarantee",
         S4,
         REQUIRED,
@@ -1141,6 +1270,37 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
         RECOMMENDED,
         "bad magic, an oversized header and a byte while waiting get AdvertiseAbort(MALFORMED)",
         framing_malformed_reason,
+    ),
+    _scenario(
+        "keepalive-ping-pong",
+        S41,
+        REQUIRED,
+        "a waiting advertiser's Pings are each answered with a Pong of the same token; the "
+        "registration then pairs normally",
+        keepalive_ping_pong,
+    ),
+    _scenario(
+        "keepalive-while-confirming",
+        S41,
+        REQUIRED,
+        "a Client's Ping while its Peer confirms is answered and fails nothing: the Client is "
+        "introduced after the Peer's close",
+        keepalive_while_confirming,
+    ),
+    _scenario(
+        "keepalive-flood-closes",
+        S41,
+        REQUIRED,
+        "a Ping less than 0.5 s after the previous one closes the connection",
+        keepalive_flood_closes,
+    ),
+    _scenario(
+        "keepalive-silent",
+        S41,
+        RECOMMENDED,
+        "a waiting advertiser that announced 1 s and stops pinging gets AdvertiseAbort(SILENT) "
+        "and a close within --late of 2 s, never before, and its registration is gone",
+        keepalive_silent,
     ),
     _scenario(
         "fault-peer-reset",

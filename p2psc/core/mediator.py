@@ -120,6 +120,12 @@ _PENDING = frozenset({AWAITING_ADVERTISE, CHALLENGED})
 _COUNTED = {AWAITING_ADVERTISE: "pending", CHALLENGED: "pending", WAITING: "waiting"}
 """Which counter (see MediatorCore._count) a state is counted in; other states are in none."""
 _FRAMING = frozenset({AWAITING_ADVERTISE, CHALLENGED})
+_KEEPALIVE = frozenset({WAITING, DISCONNECTING, CONFIRMING})
+"""States in which a version 1 advertiser may send Ping frames (and nothing else)."""
+MIN_PING_GAP = 0.5
+"""Seconds a session's Ping must follow its previous one (spec/mediator.md section 4.1): Pings
+announce at least 1 s, so twice that rate is a flood, refused as MALFORMED."""
+_PING_HEADER = wire.MAGIC + bytes((wire.PROTOCOL_VERSION, wire.MessageType.PING, 0, 8))
 
 _R = wire.Reason
 _HEADER_SIZE = wire.HEADER_SIZE
@@ -251,6 +257,9 @@ SessionRow = tuple[
     bytes | None,  # nonce while challenged; the Peer's session: the pairing id while pairing
     ConnId | None,  # partner while pairing
     bool,  # arrived over TLS
+    float | None,  # wait_timeout's end while waiting (the deadline may be earlier: keepalive)
+    float | None,  # when the last Ping arrived (None: none yet)
+    bytes,  # the CANDIDATES extension value of the Advertise (b"": none)
 ]
 MediatorSnapshot = tuple[
     tuple[SessionRow, ...], tuple[tuple[RegistryKey, int], ...], bool, AdmissionSnapshot
@@ -265,16 +274,19 @@ class _Session:
 
     __slots__ = (
         "buf",
+        "cands",
         "deadline",
         "local",
         "nonce",
         "origin",
         "our",
         "partner",
+        "pinged",
         "remote",
         "secure",
         "state",
         "their",
+        "wait_end",
     )
 
     def __init__(
@@ -293,6 +305,14 @@ class _Session:
         self.their = b""
         self.nonce: bytes | None = None
         self.partner: ConnId | None = None
+        self.wait_end: float | None = None
+        """While waiting: when wait_timeout ends (``deadline`` is earlier when the advertiser's
+        keepalive is due before that)."""
+        self.pinged: float | None = None
+        """When this session's last Ping arrived (keepalive, spec/mediator.md section 4.1)."""
+        self.cands = b""
+        """The advertiser's other local addresses: the raw CANDIDATES extension value of its
+        Advertise (at most 152 bytes), forwarded to its partner unchanged."""
 
     def as_tuple(self, conn: ConnId) -> SessionRow:
         return (
@@ -307,7 +327,30 @@ class _Session:
             self.nonce,
             self.partner,
             self.secure,
+            self.wait_end,
+            self.pinged,
+            self.cands,
         )
+
+
+def _forwarded(cands: bytes) -> wire.Extensions:
+    """The extension area of a pairing message: the partner's CANDIDATES, if it sent any
+    (already checked when its Advertise was decoded)."""
+    return ((int(wire.ExtensionType.CANDIDATES), cands),) if cands else ()
+
+
+def _partner_text(event: str, text: str) -> str:
+    """What the surviving side of a failed pairing is told: whose connection did what (the
+    text is the partner's, not the recipient's: spec/mediator.md section 4)."""
+    how = {
+        "eof": "was closed",
+        "lost": "was lost",
+        "timeout": "timed out",
+        "bad_input": "broke the protocol",
+        "ping": "broke the protocol",
+        "shutdown": "was shut down",
+    }.get(event, event)
+    return f"your partner's connection to the mediator {how} ({text})"
 
 
 def _version_unsupported(name: str) -> bool:
@@ -427,8 +470,9 @@ class MediatorCore:
         core = cls(config, nonce_source=nonce_source, crypto=crypto, observer=observer)
         core._shutting_down = bool(shutting_down)
         for row in sessions:
-            conn, state, remote, deadline, buf, local, our, their, nonce, partner, secure = row
+            conn, state, remote, deadline, buf, local, our, their, nonce, partner, secure = row[:11]
             session = _Session(state, remote, deadline, core.origin(remote[0]))
+            session.wait_end, session.pinged, session.cands = row[11:14]
             session.buf, session.local, session.our, session.their = buf, local, our, their
             session.nonce, session.partner, session.secure = nonce, partner, secure
             core._sessions[conn] = session
@@ -564,10 +608,11 @@ class MediatorCore:
         out: list[MediatorAction],
         *,
         partner_code: int = _R.PEER_GONE,
+        oracle: GuardOracle | None = None,
     ) -> None:
         """Take ``event`` (a way to ``closed``), send AdvertiseAbort(code) when ``code`` is set,
         close, and if the session was in a pairing, fail the partner too."""
-        _step(session.state, event)
+        _step(session.state, event, oracle)
         partner_conn = session.partner if session.state in (DISCONNECTING, CONFIRMING) else None
         if code is not None:
             out.append(Send(conn, _abort(code, text)))
@@ -581,7 +626,7 @@ class MediatorCore:
                 self._note(
                     "failed", partner_conn, partner, f"partner {event}: {text}", f"partner_{event}"
                 )
-                out.append(Send(partner_conn, _abort(partner_code, f"partner {event}: {text}")))
+                out.append(Send(partner_conn, _abort(partner_code, _partner_text(event, text))))
                 self._close(partner_conn, partner, out, f"partner_lost: {event}")
 
     # --- events ---------------------------------------------------------------------------
@@ -691,6 +736,13 @@ class MediatorCore:
         if session.deadline is None or now < session.deadline:
             out.append(SetTimer(conn, session.deadline))  # early or stale timer: re-arm
             return
+        end = session.wait_end
+        if session.state == WAITING and session.pinged is not None and (end is None or now < end):
+            # The keepalive deadline (section 4.1), earlier than wait_timeout's end.
+            silent = now - (session.pinged or now)
+            text = f"no Ping from you for {silent:.1f} s (twice the interval you announced)"
+            self._fail(conn, session, "timeout", _R.SILENT, text, out)
+            return
         step = {
             AWAITING_ADVERTISE: "no complete Advertise before the deadline",
             CHALLENGED: "no complete AdvertiseResponse before the deadline",
@@ -707,7 +759,10 @@ class MediatorCore:
         if session is None or not data:
             return
         if session.state not in _FRAMING:
-            self._bad(conn, session, f"unexpected bytes in state {session.state}", out)
+            if session.state in _KEEPALIVE and self._speaks_v1(conn):
+                self._keepalive_bytes(conn, session, data, now, out)
+            else:
+                self._bad(conn, session, f"unexpected bytes in state {session.state}", out)
             return
         # The common case, one whole frame and nothing buffered, skips the buffer: it is the
         # frame _next_frame would cut (same header checks), and the buffer stays empty.
@@ -766,6 +821,70 @@ class MediatorCore:
                 break
         if conn in self._sessions:
             self._bad(conn, session, f"unexpected bytes in state {session.state}", out)
+
+    # --- keepalive (spec/mediator.md section 4.1) --------------------------------------------
+
+    def _speaks_v1(self, conn: ConnId) -> bool:
+        """Whether ``conn`` is a version 1 session (the legacy core says no for version 0
+        ones, which have no keepalive)."""
+        del conn
+        return True
+
+    def _keepalive_bytes(
+        self, conn: ConnId, session: _Session, data: bytes, now: float, out: list[MediatorAction]
+    ) -> None:
+        """Bytes after the handshake: only whole Ping frames are allowed. Each header byte is
+        judged as it arrives (a Ping header is fixed), so at most one 14-byte Ping is buffered."""
+        buf = session.buf + data
+        while buf:
+            have = min(len(buf), _HEADER_SIZE)
+            if buf[:have] != _PING_HEADER[:have]:
+                self._bad(conn, session, f"unexpected bytes in state {session.state}", out)
+                return
+            end = _HEADER_SIZE + 8
+            if len(buf) < end:
+                break
+            try:
+                ping = wire.Ping.decode(buf[:end])
+            except ProtocolError as error:
+                self._bad(conn, session, error.reason, out)
+                return
+            buf = buf[end:]
+            if not self._on_ping(conn, session, ping, now, out):
+                return
+        session.buf = buf
+
+    def _on_ping(
+        self,
+        conn: ConnId,
+        session: _Session,
+        ping: wire.Ping,
+        now: float,
+        out: list[MediatorAction],
+    ) -> bool:
+        """Answer a Ping (False when it closed the session)."""
+        last = session.pinged
+
+        def oracle(name: str) -> bool:
+            if name == "ping_allowed":
+                return last is None or now - last >= MIN_PING_GAP
+            raise InvalidTransition("MediatorSession", session.state, f"guard {name}")
+
+        transition = _step(session.state, "ping", oracle)
+        if transition.target == CLOSED:
+            text = f"Pings {now - (last or now):.2f} s apart (at most one per {MIN_PING_GAP} s)"
+            self._fail(conn, session, "ping", _R.MALFORMED, text, out, oracle=oracle)
+            return False
+        session.pinged = now
+        if session.state == DISCONNECTING:
+            return True  # the Peer closes next: nothing to answer, nothing to move
+        out.append(Send(conn, wire.Pong(ping.token).encode()))
+        if session.state == WAITING:
+            alive = now + 2 * ping.interval_ms / 1000
+            end = session.wait_end
+            session.deadline = alive if end is None else min(alive, end)
+            out.append(SetTimer(conn, session.deadline))
+        return True
 
     # --- framing --------------------------------------------------------------------------
 
@@ -856,6 +975,9 @@ class MediatorCore:
 
         transition = _step(session.state, "advertise", oracle)
         session.our, session.their, session.local = our, their, message.local
+        for kind, value in message.extensions:
+            if kind == wire.ExtensionType.CANDIDATES:
+                session.cands = value
         if transition.target == CLOSED:
             guard = transition.guards[0].name
             code, text = _GUARD_FAILURE[guard]
@@ -938,7 +1060,7 @@ class MediatorCore:
                 self._sessions.pop(previous, None)
                 out.append(Close(previous, "replaced: duplicate registration"))
         wait = config.wait_timeout
-        session.deadline = None if wait is None else now + wait
+        session.deadline = session.wait_end = None if wait is None else now + wait
         out.append(SetTimer(conn, session.deadline))
         self._note("registered", conn, session)
 
@@ -967,6 +1089,7 @@ class MediatorCore:
                 peer=wire.Address.from_tuple(session.remote),
                 client=wire.Address.from_tuple(client.remote),
                 client_local=client.local,
+                extensions=_forwarded(client.cands),
             ).encode()
         except ProtocolError as error:  # an observed address the wire cannot carry
             self._registry.register(client.our, client.their, client_conn)
@@ -1002,6 +1125,7 @@ class MediatorCore:
                 pairing_id=session.nonce or b"",
                 peer=wire.Address.from_tuple(session.remote),
                 peer_local=session.local,
+                extensions=_forwarded(session.cands),
             ).encode()
         except ProtocolError as error:
             self._close(conn, session, out, "eof: confirmed")

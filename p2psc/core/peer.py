@@ -14,6 +14,7 @@ Connection and timer names (:data:`~p2psc.core.io.ConnId`): mediator attempt ``k
 numbered from :data:`PUNCH_BASE`; the adapter names connections accepted on the listener from
 :data:`FIRST_ACCEPTED` upwards. Timers: :data:`TIMER` (the current step's deadline, never later
 than the overall deadline), :data:`RETRY_TIMER` (AdvertiseRetry backoff),
+:data:`KEEPALIVE_TIMER` (the next keepalive Ping while waiting for the partner),
 :data:`CANDIDATE_TIMER` (the earliest candidate deadline) and ``PUNCH_TIMER_BASE + i`` (the
 retry/attempt clock of direct target ``i``). The core remembers every deadline it set: a
 :class:`~p2psc.core.io.TimerFired` that arrives early is answered by re-arming the same timer,
@@ -73,6 +74,7 @@ from p2psc.errors import (
     IdentityCheckFailed,
     InvalidTransition,
     MediatorClosed,
+    MediatorSilent,
     MediatorUnreachable,
     P2pscError,
     PeerUnreachable,
@@ -96,6 +98,7 @@ from p2psc.noise import HandshakeSnapshot, HandshakeState
 __all__ = [
     "CANDIDATE_TIMER",
     "FIRST_ACCEPTED",
+    "KEEPALIVE_TIMER",
     "LISTENER",
     "MEDIATOR_BASE",
     "PROLOGUE_LABEL",
@@ -113,11 +116,13 @@ __all__ = [
     "PeerSnapshot",
     "Slot",
     "address_usable",
+    "advertised_candidates",
     "parse_host_port",
     "peer_config",
     "prologue",
     "session_secret",
     "take_frame",
+    "target_order",
 ]
 
 TIMER: ConnId = 0
@@ -125,11 +130,13 @@ RETRY_TIMER: ConnId = 1
 LISTENER: ConnId = 2
 CANDIDATE_TIMER: ConnId = 3
 PUNCH_TIMER_BASE: ConnId = 4
+KEEPALIVE_TIMER: ConnId = 15
 MEDIATOR_BASE: ConnId = 16
 PUNCH_BASE: ConnId = 64
 FIRST_ACCEPTED: ConnId = 1 << 20
 MAX_ADVERTISE_RETRIES = 32
-MAX_TARGETS = 2
+MAX_TARGETS = 2 + wire.MAX_CANDIDATES
+"""Direct targets: the observed address, the advertised local one, and the candidates."""
 EPHEMERAL_SIZE = 32
 
 PROLOGUE_LABEL = b"p2psc v1 Noise_KK prologue\x00"
@@ -186,7 +193,15 @@ class PeerConfig:
     ``timeout`` bounds the whole attempt; every step deadline is clipped to it. See the module
     docstring for the hole punching parameters. ``candidate_timeout`` bounds each candidate's
     wait for its next handshake message; ``max_candidates`` bounds accepted candidates in total
-    and ``max_candidates_per_source`` per source IP address."""
+    and ``max_candidates_per_source`` per source IP address. ``keepalive_interval`` (seconds,
+    None: off) is how often a waiting peer pings the Mediator (spec/mediator.md section 4.1):
+    below common NAT idle timeouts, so the binding of the Mediator connection stays, and an
+    unanswered Ping fails the attempt with :class:`~p2psc.errors.MediatorSilent` after one more
+    interval. ``timed_dial``: the Peer delays its first dials by its round trip to the Mediator
+    (at most ``punch_max_interval``), so that they leave about when the Client's do
+    (spec/protocol.md, "Punching schedule"). ``candidates``: our other local IP addresses (of
+    both families) to advertise besides the Mediator connection's, with its port; the adapters
+    fill None with the host's usable addresses (:mod:`p2psc.interfaces`), ``()`` sends none."""
 
     keypair: Keypair
     peer_key: PublicKey
@@ -206,8 +221,21 @@ class PeerConfig:
     send_local: bool = True
     crypto: NonceCrypto = HPKE
     nonce_source: NonceSource = system_nonces
+    keepalive_interval: float | None = 15.0
+    timed_dial: bool = True
+    candidates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        for host in self.candidates or ():
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"candidates must be IP addresses, got {host!r}") from None
+        interval = self.keepalive_interval
+        if interval is not None and not (
+            wire.MIN_KEEPALIVE_MS <= round(interval * 1000) <= wire.MAX_KEEPALIVE_MS
+        ):
+            raise ValueError("keepalive_interval must be None (off) or 1..3600 seconds")
         if not 0 <= self.advertise_retries <= MAX_ADVERTISE_RETRIES:
             raise ValueError(f"advertise_retries must be in 0..{MAX_ADVERTISE_RETRIES}")
         if self.punch_interval <= 0 or self.punch_backoff < 1 or self.punch_attempt_timeout <= 0:
@@ -266,6 +294,11 @@ class PeerSnapshot:
     timers: tuple[tuple[ConnId, float], ...]
     rejected: tuple[int, str]
     error: tuple[str, str, int | None] | None
+    timing: tuple[float | None, float | None] = (None, None)
+    """(when our Advertise went out, our measured round trip to the Mediator)."""
+    keepalive: tuple[int, int | None, float | None, float | None] = (0, None, None, None)
+    """(next Ping token, token of the Ping awaiting its Pong, when the Mediator last spoke,
+    when our registration was answered)."""
 
 
 def take_frame(buf: bytes) -> tuple[bytes, wire.Message, bytes] | None:
@@ -286,6 +319,45 @@ def take_frame(buf: bytes) -> tuple[bytes, wire.Message, bytes] | None:
         return None
     frame = bytes(buf[:end])
     return frame, wire.decode(frame), bytes(buf[end:])
+
+
+def target_order(
+    observed: wire.Address, local: wire.Address | None, candidates: tuple[wire.Address, ...]
+) -> tuple[tuple[str, int], ...]:
+    """The partner's addresses in the order we dial them (spec/protocol.md, "Candidates"):
+    the observed address (the one that crosses NATs), the advertised local address (same NAT),
+    then the candidates of the observed address's family, then those of the other family, each
+    group in the partner's order; duplicates once; at most MAX_TARGETS."""
+    family = observed.family
+    ordered = [observed, *([local] if local is not None else [])]
+    ordered += [c for c in candidates if c.family == family]
+    ordered += [c for c in candidates if c.family != family]
+    targets: list[tuple[str, int]] = []
+    for address in ordered:
+        if address.to_tuple() not in targets:
+            targets.append(address.to_tuple())
+    return tuple(targets[:MAX_TARGETS])
+
+
+def advertised_candidates(hosts: tuple[str, ...], local: tuple[str, int]) -> list[wire.Address]:
+    """Our candidates as advertised: each usable address of ``hosts`` (any family) with the
+    port of the Mediator connection, except that connection's own address; not loopback,
+    link-local (no scope can be carried), unspecified or multicast; at most MAX_CANDIDATES."""
+    out: list[wire.Address] = []
+    for host in hosts:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+            continue
+        try:
+            address = wire.Address(str(ip), local[1])
+        except ProtocolError:
+            continue
+        if address.host != local[0] and address not in out:
+            out.append(address)
+    return out[: wire.MAX_CANDIDATES]
 
 
 def address_usable(host: str, port: int, loopback_ok: bool) -> str | None:
@@ -341,6 +413,9 @@ class PeerOptions(TypedDict, total=False):
     send_local: bool
     crypto: NonceCrypto
     nonce_source: NonceSource
+    keepalive_interval: float | None
+    timed_dial: bool
+    candidates: tuple[str, ...] | None
 
 
 def peer_config(
@@ -387,7 +462,20 @@ _MEDIATOR_EVENTS: dict[type, str] = {
     wire.AdvertiseAbort: "advertise_abort",
     wire.PeerIdentification: "peer_identification",
     wire.PeerDisconnect: "peer_disconnect",
+    wire.Pong: "pong",
 }
+
+
+def _abort_text(message: wire.AdvertiseAbort, waiting: bool) -> str:
+    """What an AdvertiseAbort means to us, in words that claim only what it says: before the
+    Mediator accepted our registration it is a refusal; after that (we were waiting) it ended
+    the registration or the pairing, and a PEER_GONE text describes our partner, not us."""
+    said = f"{_reason_name(message.code)}: {message.text}"
+    if not waiting:
+        return f"the Mediator refused our registration ({said})"
+    if message.code == wire.Reason.PEER_GONE:
+        return f"the Mediator paired us, then our partner went away ({said})"
+    return f"the Mediator ended our accepted registration ({said})"
 
 
 def _reason_name(code: int) -> str:
@@ -427,6 +515,18 @@ class PeerCore:
         self.timers: dict[ConnId, float] = {}
         self.rejected: tuple[int, str] = (0, "")
         self.error: P2pscError | None = None
+        self.ping_token = 0
+        """The token of our next keepalive Ping."""
+        self.ping_outstanding: int | None = None
+        """The token of the Ping still waiting for its Pong."""
+        self.heard: float | None = None
+        """When the Mediator last sent us anything (for honest error texts)."""
+        self.waiting_since: float | None = None
+        """When we started waiting for the partner (our AdvertiseResponse went out)."""
+        self.advertised_at: float | None = None
+        """When our Advertise went out (the round trip is measured to the challenge)."""
+        self.rtt: float | None = None
+        """Our round trip to the Mediator: Advertise out, AdvertiseChallenge in."""
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -455,6 +555,8 @@ class PeerCore:
             error=None
             if self.error is None
             else (type(self.error).__name__, self.error.reason, self.error.code),
+            timing=(self.advertised_at, self.rtt),
+            keepalive=(self.ping_token, self.ping_outstanding, self.heard, self.waiting_since),
         )
 
     @classmethod
@@ -482,6 +584,10 @@ class PeerCore:
         core.init_frame = snapshot.init_frame
         core.timers = dict(snapshot.timers)
         core.rejected = snapshot.rejected
+        core.advertised_at, core.rtt = snapshot.timing
+        (core.ping_token, core.ping_outstanding, core.heard, core.waiting_since) = (
+            snapshot.keepalive
+        )
         if snapshot.error is not None:
             core.error = restore_error(*snapshot.error)
         return core
@@ -520,6 +626,8 @@ class PeerCore:
             return []
         if conn in self.candidates:
             return self._candidate_bytes(conn, event.data, now)
+        if conn == self.mediator:
+            self.heard = now
         return self._mediator_bytes(conn, self.rx.get(conn, b"") + event.data, now)
 
     # --- timers ---------------------------------------------------------------------------
@@ -546,6 +654,8 @@ class PeerCore:
             return self._connect_mediator(now)
         if timer == CANDIDATE_TIMER:
             return self._silent_candidates(now)
+        if timer == KEEPALIVE_TIMER:
+            return self._keepalive_due(now)
         index = timer - PUNCH_TIMER_BASE
         slot = self.slots[index]
         if slot.conn is not None:  # the attempt took too long: drop it, retry later
@@ -566,10 +676,7 @@ class PeerCore:
         elif state == "advertising":
             error = HandshakeTimeout(f"the {where} did not challenge our Advertise in time")
         elif state == "waiting":
-            error = HandshakeTimeout(
-                f"peer {self.config.peer_key.fingerprint()} did not register with the {where} "
-                "before the deadline"
-            )
+            error = HandshakeTimeout(self._waiting_text(where))
         elif state == "backing_off":
             error = HandshakeTimeout("the deadline passed while waiting to retry the Mediator")
         else:
@@ -608,12 +715,18 @@ class PeerCore:
                 local = wire.Address.from_tuple(event.local)
             except ProtocolError:
                 local = None
+        candidates: list[wire.Address] = []
+        if self.config.send_local and event.local is not None and not self.mediator_loopback:
+            # (over loopback both peers are on this host: other addresses add nothing)
+            candidates = advertised_candidates(self.config.candidates or (), event.local)
         advertise = wire.Advertise(
             wire.PROTOCOL_VERSION,
             self.config.keypair.public_key.raw,
             self.config.peer_key.raw,
             local,
+            wire.candidates_extension(candidates),
         )
+        self.advertised_at = now
         return [
             Send(conn, advertise.encode()),
             self._set_timer(TIMER, self._clip(now + self.config.step_timeout)),
@@ -640,6 +753,8 @@ class PeerCore:
         config = self.config
         ours, theirs = config.keypair.public_key.raw, config.peer_key.raw
         if isinstance(message, wire.AdvertiseChallenge):
+            if self.advertised_at is not None:
+                self.rtt = max(0.0, now - self.advertised_at)
             nonce = self._try_open(
                 message.encrypted_nonce, _info("AdvertiseChallenge", ours, theirs)
             )
@@ -651,10 +766,25 @@ class PeerCore:
                         "our key for this registration"
                     )
                 )
-            return [
+            actions: list[PeerAction] = [
                 Send(conn, wire.AdvertiseResponse(nonce).encode()),
                 self._set_timer(TIMER, self._clip(None)),
             ]
+            self.waiting_since = now
+            if config.keepalive_interval is not None:
+                self.ping_outstanding = None
+                actions.append(self._set_timer(KEEPALIVE_TIMER, now + config.keepalive_interval))
+            return actions
+        if isinstance(message, wire.Pong):
+            expected = self.ping_outstanding == message.token
+            self._step(event, pong_expected=expected)
+            if not expected:
+                raise ProtocolError(
+                    f"the Mediator sent Pong {message.token}, but the Ping awaiting an answer "
+                    f"is {self.ping_outstanding}"
+                )
+            self.ping_outstanding = None
+            return []
         if isinstance(message, wire.AdvertiseRetry):
             wait = config.retry_backoff * (2**self.attempt)
             can_retry = self.attempt < config.advertise_retries and (now + wait < self._clip(None))
@@ -670,23 +800,22 @@ class PeerCore:
                 )
             self._forget(conn)
             self.mediator = None
+            self.timers.pop(KEEPALIVE_TIMER, None)
             return [
+                SetTimer(KEEPALIVE_TIMER, None),
                 Close(conn, "AdvertiseRetry: backing off"),
                 self._set_timer(RETRY_TIMER, now + wait),
                 self._set_timer(TIMER, self._clip(None)),
             ]
         if isinstance(message, wire.AdvertiseAbort):
+            waiting = self.state == "waiting"
             self._step(event)
             return self._finish_failed(
-                AdvertiseAborted(
-                    f"the Mediator refused our registration: {_reason_name(message.code)}: "
-                    f"{message.text}",
-                    code=message.code,
-                )
+                AdvertiseAborted(_abort_text(message, waiting), code=message.code)
             )
         if isinstance(message, wire.PeerIdentification):
             supported = message.version == wire.PROTOCOL_VERSION
-            unusable = self._unusable(message.peer, message.peer_local)
+            unusable = self._unusable(message.peer, message.peer_local, *message.candidates)
             self._step(event, version_supported=supported, addresses_usable=unusable is None)
             if not supported:
                 return self._finish_failed(
@@ -698,7 +827,7 @@ class PeerCore:
                 return self._finish_failed(unusable)
             return self._introduced(conn, "client", message, now)
         assert isinstance(message, wire.PeerDisconnect)
-        unusable = self._unusable(message.client, message.client_local)
+        unusable = self._unusable(message.client, message.client_local, *message.candidates)
         can_listen = self.local is not None  # the adapter reported the Mediator connection's port
         self._step(event, addresses_usable=unusable is None, can_listen=can_listen)
         if unusable is not None:
@@ -709,8 +838,8 @@ class PeerCore:
             )
         return self._introduced(conn, "peer", message, now)
 
-    def _unusable(self, observed: wire.Address, local: wire.Address | None) -> P2pscError | None:
-        for address in (observed, local):
+    def _unusable(self, *addresses: wire.Address | None) -> P2pscError | None:
+        for address in addresses:
             if address is None:
                 continue
             why = address_usable(address.host, address.port, self.mediator_loopback)
@@ -741,6 +870,8 @@ class PeerCore:
             actions.append(Listen(LISTENER, self.local[1]))
             self.open_conns |= {LISTENER}
         actions.append(Close(conn, f"{type(message).__name__}: punching"))
+        if KEEPALIVE_TIMER in self.timers:
+            actions.append(self._set_timer(KEEPALIVE_TIMER, None))
         self._forget(conn)
         self.mediator = None
         if isinstance(message, wire.PeerIdentification):
@@ -752,25 +883,98 @@ class PeerCore:
                 self._ephemeral(),
             )
             self.init_frame = wire.HandshakeInit(self.initiator.write_message(b"")).encode()
-            return actions + self._start_punching(message.peer, message.peer_local, now)
-        return actions + self._start_punching(message.client, message.client_local, now)
+            return actions + self._start_punching(
+                message.peer, message.peer_local, now, message.candidates
+            )
+        return actions + self._start_punching(
+            message.client, message.client_local, now, message.candidates
+        )
+
+    # --- keepalive (spec/mediator.md section 4.1) -------------------------------------------
+
+    def _keepalive_due(self, now: float) -> list[PeerAction]:
+        """Time for the next Ping: the previous one must have been answered, else the Mediator
+        connection is dead (the Mediator, or a NAT binding on the way, is gone)."""
+        interval = self.config.keepalive_interval
+        assert interval is not None and self.mediator is not None
+        answered = self.ping_outstanding is None
+        self._step("keepalive_due", mediator_answered=answered)
+        if not answered:
+            host, port = self.config.mediator
+            silent = now - (self.heard if self.heard is not None else now)
+            return self._finish_failed(
+                MediatorSilent(
+                    f"no answer from the mediator {host}:{port} for {silent:.1f} s: our "
+                    f"keepalive Ping of {interval:g} s ago is unanswered (the mediator, or a "
+                    "NAT binding on the way, is gone; whether our partner registered is unknown)"
+                )
+            )
+        token = self.ping_token
+        self.ping_token = (token + 1) & 0xFFFFFFFF
+        self.ping_outstanding = token
+        ping = wire.Ping(token, round(interval * 1000))
+        return [
+            Send(self.mediator, ping.encode()),
+            self._set_timer(KEEPALIVE_TIMER, now + interval),
+        ]
+
+    def _waiting_text(self, where: str) -> str:
+        """Why waiting ended at the deadline, saying only what we observed."""
+        fingerprint = self.config.peer_key.fingerprint()
+        assert self.deadline is not None
+        since = self.waiting_since if self.waiting_since is not None else self.deadline
+        waited = f"{self.deadline - since:.1f} s"
+        if self.config.keepalive_interval is None:
+            return (
+                f"the {where} did not introduce peer {fingerprint} within {waited} (keepalive "
+                "off: whether the mediator still held our registration is unknown)"
+            )
+        heard = (
+            ""
+            if self.heard is None
+            else f"; it last answered {self.deadline - self.heard:.1f} s ago"
+        )
+        return (
+            f"peer {fingerprint} did not register with the {where} within {waited} (the "
+            f"mediator kept answering our keepalive{heard})"
+        )
 
     # --- punching ---------------------------------------------------------------------------
 
     def _start_punching(
-        self, observed: wire.Address, local: wire.Address | None, now: float
+        self,
+        observed: wire.Address,
+        local: wire.Address | None,
+        now: float,
+        candidates: tuple[wire.Address, ...] = (),
     ) -> list[PeerAction]:
-        targets = [observed.to_tuple()]
-        if local is not None and local.to_tuple() not in targets:
-            targets.append(local.to_tuple())
-        self.targets = tuple(targets[:MAX_TARGETS])
+        self.targets = target_order(observed, local, candidates)
         self.slots = tuple(Slot() for _ in self.targets)
         actions: list[PeerAction] = [
             self._set_timer(TIMER, self._clip(now + self.config.punch_timeout))
         ]
+        delay = self._dial_delay()
         for index in range(len(self.targets)):
-            actions += self._attempt(index, now)
+            if delay > 0:  # the first attempt is due when the Client hears of us
+                actions.append(self._set_timer(PUNCH_TIMER_BASE + index, now + delay))
+            else:
+                actions += self._attempt(index, now)
         return actions
+
+    def _dial_delay(self) -> float:
+        """How long the Peer waits before its first dials (the Client dials at once).
+
+        The Client learns our address only after our close reached the Mediator and its
+        PeerIdentification reached the Client: about our one-way time to the Mediator plus the
+        Client's, which we estimate as our own round trip (the Client's round trip is not known
+        to us). Dialling earlier wastes the first SYN on a Client that does not listen yet: a
+        public Client's host refuses it, and the refusal also closes our own NAT's mapping
+        (issue 13). Bounded by ``punch_max_interval``, and 0 for the Client or without a
+        measurement."""
+        config = self.config
+        if self.role != "peer" or not config.timed_dial or self.rtt is None:
+            return 0.0
+        return min(self.rtt, config.punch_max_interval)
 
     def _attempt(self, index: int, now: float) -> list[PeerAction]:
         conn = self.next_conn

@@ -265,4 +265,9 @@ class PeerDriver(AttemptDriver[PeerCore]):
 
 
 def _pair(name: tuple[str, int]) -> tuple[str, int]:
-    return str(name[0]), int(name[1])
+    """``(host, port)`` of a socket address; an IPv4-mapped IPv6 host (a connection accepted on
+    the dual-stack listener) as the IPv4 address it is."""
+    host = str(name[0])
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, int(name[1])

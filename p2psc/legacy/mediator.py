@@ -318,6 +318,9 @@ class LegacyAwareMediatorCore(MediatorCore):
 
     # --- input ------------------------------------------------------------------------------
 
+    def _speaks_v1(self, conn: ConnId) -> bool:
+        return conn not in self._legacy  # version 0 has no keepalive: any byte is refused
+
     def _clear_exempt(self, conn: ConnId) -> bool:
         return conn in self._legacy  # version 0 has no TLS; --require-tls covers version 1
 

@@ -24,6 +24,8 @@ A peer does not choose its role: the Mediator assigns it. So the peer side is co
   multicast, broadcast; loopback only when the Mediator itself is on loopback).
 - ``can_listen``: the adapter reported the local port of the Mediator connection (the Peer must
   listen on it before its close confirms PeerDisconnect).
+- ``mediator_answered``: our previous keepalive Ping (if any) was answered with its Pong.
+- ``pong_expected``: a Pong arrived for the Ping we have outstanding (same token).
 - ``can_go_on``: our listener failed, and we are the Client (for whom it is an extra).
 - ``response_valid``: a HandshakeResponse completed the Noise handshake (authenticated by the
   Peer's static key, bound to this pairing by the prologue).
@@ -61,6 +63,11 @@ class Registration(StateMachine):
     )
     advertise_abort = advertising.to(failed) | waiting.to(failed)
     retry_due = backing_off.to(connecting_mediator)
+    # Keepalive while waiting (spec/mediator.md section 4.1): every interval a Ping, answered by
+    # a Pong before the next one is due; an unanswered Ping means the Mediator (or a NAT on the
+    # way) is gone, whatever the partner did.
+    keepalive_due = waiting.to.itself(cond="mediator_answered") | waiting.to(failed)  # type: ignore[no-untyped-call]
+    pong = waiting.to.itself(cond="pong_expected") | waiting.to(failed)  # type: ignore[no-untyped-call]
     peer_identification = waiting.to(
         client, cond="version_supported and addresses_usable"
     ) | waiting.to(failed)

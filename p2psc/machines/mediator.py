@@ -19,6 +19,8 @@ Guards are evaluated by the core, by name (transitions are tried in declaration 
 - ``partner_waiting``: the key we were asked for is registered *and* wants us back.
 - ``registry_full``: the global or per-address cap on waiting registrations is reached.
 - ``duplicate``: the same (our_key, their_key) is already registered; the newer wins.
+- ``ping_allowed``: a Ping arrived at least ``MIN_PING_GAP`` after this session's previous
+  one (a conforming advertiser pings at most once a second; faster is a flood).
 """
 
 from __future__ import annotations
@@ -67,11 +69,26 @@ class MediatorSession(StateMachine):
         | challenged.to(waiting)
     )
 
+    # Keepalive (spec/mediator.md section 4.1): a waiting advertiser's Ping is answered with a
+    # Pong and moves its liveness deadline; a Ping that crossed PeerDisconnect (the Peer) or
+    # arrives while the Client's Peer confirms is harmless and allowed. Pings faster than the
+    # floor are a violation (they would only make the Mediator write).
+    ping = (
+        waiting.to.itself(cond="ping_allowed")  # type: ignore[no-untyped-call]
+        | waiting.to(closed)
+        | disconnecting.to.itself(cond="ping_allowed")  # type: ignore[no-untyped-call]
+        | disconnecting.to(closed)
+        | confirming.to.itself(cond="ping_allowed")  # type: ignore[no-untyped-call]
+        | confirming.to(closed)
+    )
+
     # Events caused by another session.
     replaced = waiting.to(closed)
     partner_arrived = waiting.to(confirming)
     partner_confirmed = confirming.to(closed)
     partner_lost = confirming.to(closed) | disconnecting.to(closed)
+    # A fleet's shared registry no longer holds the registration (expired, store restarted).
+    registry_lost = waiting.to(closed)
 
     # The connection itself: a clean EOF, a reset/error, a deadline, bytes that break the
     # protocol, and the mediator shutting down.

@@ -33,7 +33,7 @@ from p2psc.core.peer_driver import IoOp, PeerDriver
 from p2psc.errors import P2pscError
 from p2psc.keys import Keypair, PublicKey
 from p2psc.peer_tls import prepare
-from p2psc.sockets import listening_socket, reusable_socket, wildcard
+from p2psc.sockets import address_pair, listener_for, reusable_socket, source_host
 from p2psc.trio._link import READ_SIZE, Link, close_socket, readable
 from p2psc.trio.stream import SecureStream
 
@@ -146,7 +146,7 @@ class _Adapter:
                 self.nursery.start_soon(self._connect, op, scope)
             else:
                 try:
-                    sock = listening_socket(self.local_host or "0.0.0.0", op.port)
+                    sock = listener_for(self.local_host, op.port)
                 except OSError as error:
                     self.step(self.driver.closed, LISTENER, str(error))
                     continue
@@ -161,7 +161,9 @@ class _Adapter:
                 family, _, _, _, address = infos[0]
                 fam = socket.AddressFamily(family)
                 local = self.local_host if op.from_port is not None else None
-                sock = reusable_socket(fam, local or wildcard(fam), op.from_port or 0)
+                sock = reusable_socket(
+                    fam, source_host(fam, local, str(address[0])), op.from_port or 0
+                )
                 code = sock.connect_ex(address)
                 if code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
                     await trio.lowlevel.wait_writable(sock)
@@ -276,6 +278,4 @@ def _address(get: Callable[[], object]) -> tuple[str, int]:
 
 
 def _pair(name: object) -> tuple[str, int]:
-    if isinstance(name, tuple) and len(name) >= 2:
-        return str(name[0]), int(name[1])
-    return ("", 0)
+    return address_pair(name)

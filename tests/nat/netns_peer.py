@@ -183,6 +183,9 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
             punch_interval=args.punch_interval,
             punch_attempt_timeout=args.punch_attempt_timeout,
             send_local=not args.no_local,
+            keepalive_interval=args.keepalive or None,
+            timed_dial=not args.no_timed_dial,
+            **({"candidates": ()} if args.no_candidates else {}),
         )
     except P2pscError as exc:
         return {
@@ -212,7 +215,7 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_p2psc(args: argparse.Namespace) -> None:
     start = time.time()
     if args.start_at > start:
-        time.sleep(min(args.start_at - start, 5.0))
+        time.sleep(min(args.start_at - start, 30.0))
     try:
         result = asyncio.run(asyncio.wait_for(_p2psc(args), args.deadline + 5.0))
     except TimeoutError:
@@ -255,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--punch-interval", type=float, default=0.05)
     p.add_argument("--punch-attempt-timeout", type=float, default=2.0)
     p.add_argument("--no-local", action="store_true", help="keep our local address private")
+    p.add_argument("--keepalive", type=float, default=15.0, help="seconds; 0: off")
+    p.add_argument("--no-timed-dial", action="store_true", help="the Peer dials at once")
+    p.add_argument("--no-candidates", action="store_true", help="advertise no other address")
     args = parser.parse_args(argv)
     {"observe": cmd_observe, "dial": cmd_dial, "simopen": cmd_simopen, "p2psc": cmd_p2psc}[
         args.cmd

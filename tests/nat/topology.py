@@ -20,6 +20,10 @@ Router variants (``Router``):
 - ``masquerade``: ``"preserve"`` (nftables ``masquerade``, which keeps the source port when it is
   free) or ``"random-fully"`` (``masquerade random-fully``: a fresh random port per connection, so
   the port the mediator observes is useless to anyone else).
+- ``idle_timeout``: seconds conntrack keeps an idle *established* TCP entry in this router
+  (``net.netfilter.nf_conntrack_tcp_timeout_established``, per namespace; Linux's default is
+  five days, home and carrier-grade routers commonly use minutes). When it passes, the
+  router forgets the mapping and drops what arrives for it (issue 13, keepalive).
 - ``inbound``: ``"drop"`` (an input-hook rule ``iifname WAN ct state new drop``, as typical home
   routers behave) or ``"rst"`` (no rule: Linux answers an unsolicited SYN to a closed port with a
   RST).
@@ -179,6 +183,7 @@ class Router:
     wan_if: str
     masquerade: Masquerade
     inbound: Inbound
+    idle_timeout: int | None = None
 
     def ruleset(self) -> str:
         """The nftables ruleset this router runs (shown in failures and in the README)."""
@@ -331,7 +336,12 @@ class Topology:
         return host
 
     def add_router(
-        self, role: str, *, masquerade: Masquerade = "preserve", inbound: Inbound = "drop"
+        self,
+        role: str,
+        *,
+        masquerade: Masquerade = "preserve",
+        inbound: Inbound = "drop",
+        idle_timeout: int | None = None,
     ) -> Router:
         """A router with a WAN leg on the public segment and an empty LAN bridge."""
         index = len(self.routers) + 1
@@ -354,8 +364,13 @@ class Topology:
         lan_addr = f"{LAN_BASE}.{index}.1"
         self._bridge(netns, "lan", f"{lan_addr}/24")
         run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        router = Router(role, netns, index, wan_addr, lan_addr, wan_if, masquerade, inbound)
+        router = Router(
+            role, netns, index, wan_addr, lan_addr, wan_if, masquerade, inbound, idle_timeout
+        )
         run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=router.ruleset())
+        if idle_timeout is not None:  # conntrack is loaded in this namespace by the ruleset
+            sysctl = f"net.netfilter.nf_conntrack_tcp_timeout_established={idle_timeout}"
+            run(["ip", "netns", "exec", netns, "sysctl", "-qw", sysctl])
         self.routers.append(router)
         self._lan_hosts[index] = 0
         return router
@@ -376,11 +391,24 @@ class Topology:
         self.hosts.append(host)
         return host
 
+    def link_hosts(self, a: Host, b: Host, net: str = "198.19.250") -> tuple[str, str]:
+        """A direct link between two hosts (``net``.1 on ``a``, ``net``.2 on ``b``, /24), which
+        the Mediator never sees: reachable only through the candidates they advertise."""
+        inside_a, inside_b = self._veth(a.netns, b.netns)
+        addrs = (f"{net}.1", f"{net}.2")
+        for netns, dev, addr in ((a.netns, inside_a, addrs[0]), (b.netns, inside_b, addrs[1])):
+            self._ip(netns, "addr", "add", f"{addr}/24", "dev", dev)
+            self._ip(netns, "link", "set", dev, "up")
+        return addrs
+
     def describe(self) -> str:
         """Human summary for failure messages: hosts, addresses, router variants."""
         lines = [f"public {self.public.netns} {MEDIATOR_ADDR}"]
         for r in self.routers:
-            lines.append(f"router {r.role} {r.netns} wan={r.wan_addr} {r.masquerade}/{r.inbound}")
+            idle = "" if r.idle_timeout is None else f" idle={r.idle_timeout}s"
+            lines.append(
+                f"router {r.role} {r.netns} wan={r.wan_addr} {r.masquerade}/{r.inbound}{idle}"
+            )
         for h in self.hosts:
             via = f" via {h.router.role}" if h.router else ""
             lines.append(f"host {h.role} {h.netns} {h.addr} public={h.public_addr}{via}")

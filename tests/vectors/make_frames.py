@@ -32,7 +32,10 @@ from p2psc.wire import (
     Message,
     PeerDisconnect,
     PeerIdentification,
+    Ping,
+    Pong,
     Reason,
+    candidates_extension,
     encode,
 )
 
@@ -78,6 +81,8 @@ def fields_json(msg: Message) -> dict[str, Any]:
             out[name] = str(value)
         elif value is None:
             out[name] = None
+        elif name == "extensions":
+            out[name] = [[kind, item.hex()] for kind, item in value]
         elif isinstance(value, int):
             out[name] = int(value)
         else:
@@ -145,8 +150,30 @@ def main() -> int:
             "PeerIdentification with IPv6 local address",
             PeerIdentification(1, PAIRING_ID, v6b, Address("fd00::20", 50002)),
         ),
+        (
+            "PeerDisconnect with candidates",
+            PeerDisconnect(
+                PAIRING_ID,
+                v4b,
+                v4a,
+                Address("10.0.0.5", 40001),
+                candidates_extension([Address("10.0.1.5", 40001), Address("2001:db8::5", 40001)]),
+            ),
+        ),
+        (
+            "Advertise with a candidate and an unknown extension",
+            Advertise(
+                1,
+                a,
+                b,
+                Address("192.168.1.10", 40001),
+                (*candidates_extension([Address("2001:db8::10", 40001)]), (200, b"\x01\x02")),
+            ),
+        ),
         ("HandshakeInit", HandshakeInit(first)),
         ("HandshakeResponse", HandshakeResponse(second)),
+        ("Ping", Ping(7, 15000)),
+        ("Pong", Pong(7)),
     ]
     frames = [
         {
@@ -168,7 +195,7 @@ def main() -> int:
     invalid = [
         bad("bad magic", "5033010a0000", "ProtocolError", "magic"),
         bad("version 2 header", "5032020a0000", "UnsupportedVersion", "version 2"),
-        bad("unknown type 11", "5032010b0000", "ProtocolError", "unknown message type"),
+        bad("unknown type 20", "503201140000", "ProtocolError", "unknown message type"),
         bad("length above 4096", "503201031001", "ProtocolError", "exceeds"),
         bad("truncated payload", resp[:-2], "ProtocolError", "truncated"),
         bad("retired type 9", "503201090000", "ProtocolError", "unknown message type"),
@@ -186,6 +213,13 @@ def main() -> int:
             "ProtocolError",
             "family",
         ),
+        bad(
+            "extension types not increasing",
+            "50320106001d" + "01" + pid + "04c6336414c35200" + "0500" + "0300",
+            "ProtocolError",
+            "strictly increasing",
+        ),
+        bad("Ping interval 999 ms", "5032010b0008" + "00000007000003e7", "ProtocolError", "1000"),
         bad("HandshakeInit too short", "503201070010" + "00" * 16, "ProtocolError", "Noise"),
         bad("non-UTF-8 reason", "503201030006" + "00000002fffe", "ProtocolError", "UTF-8"),
         bad(
