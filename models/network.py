@@ -931,11 +931,14 @@ class PackedNetwork(Network):
         deliveries = self._packed_deliveries
         local_snap = self._local_snap
         memo = self._memo
+        local_first = self._local_first
+        timer_info = self._timer_info
+        local_timers = self._local_timers
         wanted: dict[tuple[int, int, Event, float], None] = {}
         for state in states:
             links, clock = state[n], state[n + 1]
             facts = link_info[links]
-            heads = (facts if facts is not None else self._links_facts(links))[0]
+            heads, quiet = facts if facts is not None else self._links_facts(links)
             for key, receiver, conn, sender, item, _ in heads:
                 local = state[receiver]
                 if (key, local, clock) in deliveries:
@@ -944,6 +947,23 @@ class PackedNetwork(Network):
                 step = (receiver, local_snap[local], event, clock)
                 if step not in memo:
                     wanted[step] = None
+            # The timers :meth:`successors` fires: on time once quiet, early while faults last.
+            can_fault = state[n + 2] > 0 and self.drops_and_early_timers
+            if not (quiet or can_fault):
+                continue
+            firsts = [local_first[local] for local in state[:n]]
+            first = min(firsts)
+            if first == _INF:
+                continue
+            for actor in range(n):
+                if firsts[actor] == _INF:
+                    continue
+                local = state[actor]
+                for conn, deadline, _ in timer_info[local_timers[local]][1]:
+                    if (quiet and deadline == first) or can_fault:
+                        step = (actor, local_snap[local], TimerFired(conn), max(clock, deadline))
+                        if step not in memo:
+                            wanted[step] = None
         if not wanted:
             self._prefetch_skip = PREFETCH_SKIP
             return
