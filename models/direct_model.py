@@ -33,6 +33,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from p2psc.models.crypto_memo import CryptoMemo
 from p2psc.models.explorer import Coverage, Step
 
 import p2psc.core.peer as peer_module
@@ -157,6 +158,7 @@ class DirectModel:
         self._memo: dict[
             tuple[int, Hashable, Hashable, float], tuple[PeerSnapshot, tuple[Any, ...]]
         ] = {}
+        self._crypto_memo = CryptoMemo()
         self.recorded_init = self._earlier_init()
 
     # --- setup ------------------------------------------------------------------------------
@@ -283,8 +285,9 @@ class DirectModel:
             try:
                 for name, table in saved.items():
                     setattr(peer_module, name, self._coverage.recorder(table))
-                core = self.peer_class.from_snapshot(snap, self.configs[actor])
-                actions = tuple(core.handle(event, now))
+                with self._crypto_memo:
+                    core = self.peer_class.from_snapshot(snap, self.configs[actor])
+                    actions = tuple(core.handle(event, now))
                 hit = (core.snapshot(), actions)
             finally:
                 for name, table in saved.items():

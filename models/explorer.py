@@ -267,17 +267,21 @@ def explore(
     is then a trace of representatives: each step leads to a state *equivalent* to the next one
     (``Result.notes`` says so).
     """
-    thresholds = gc.get_threshold()
-    # Why: ``parents`` soon holds millions of small acyclic tuples, and every full (oldest
-    # generation) collection of the cyclic GC traverses all of them; measured on the negotiator
-    # model, full collections cost a third of the run. Young generations are still collected
-    # (so cycles a model makes per step are reclaimed); the thresholds are restored on return.
-    gc.set_threshold(thresholds[0], thresholds[1] if len(thresholds) > 1 else 10, 1 << 30)
+    # Why the cyclic GC is off during a search: ``parents`` and the models' memo tables soon
+    # hold millions of small acyclic tuples, and the collector traverses every container that
+    # survives a collection: full collections cost a third of the negotiator model's run, and
+    # the young ones, which still see every new memo entry twice, a tenth of the mediation
+    # model's cold run. Refcounting frees everything acyclic as usual; the few cycles a core
+    # step makes (an exception's traceback) wait for the collector, re-enabled on return (a
+    # test counts them: a few hundred objects per model run).
+    enabled = gc.isenabled()
+    gc.disable()
     try:
         canonical = getattr(model, "canonical", None) if symmetry else None
         return _explore(model, max_depth, max_states, progress, progress_interval, canonical)
     finally:
-        gc.set_threshold(*thresholds)
+        if enabled:
+            gc.enable()
 
 
 def _explore(

@@ -40,6 +40,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
+from p2psc.models.crypto_memo import CryptoMemo
 from p2psc.models.explorer import Coverage, Step
 from p2psc.models.network import Net, Packed, PackedNetwork
 from p2psc.models.symbolic_crypto import SymbolicCrypto, fixed_nonces
@@ -161,6 +162,8 @@ class MediationModel(PackedNetwork):
             ),
         )
         self.crypto = SymbolicCrypto()
+        self.crypto_memo = CryptoMemo()
+        """Exact caches of the direct handshake's X25519 and HKDF (models.crypto_memo)."""
         self.garbage = GARBAGE if garbage else None
         # Under the limits a registration refused with BUSY may legitimately end failed, and
         # a shutdown ends every registration.
@@ -324,8 +327,9 @@ class MediationModel(PackedNetwork):
         config = self.peer_configs[actor]
 
         def step(snap: Any, event: Event, now: float) -> tuple[Hashable, tuple[Any, ...]]:
-            core = self.peer_class.from_snapshot(snap, config)
-            actions = core.handle(event, now)
+            with self.crypto_memo:
+                core = self.peer_class.from_snapshot(snap, config)
+                actions = core.handle(event, now)
             return core.snapshot(), tuple(actions)
 
         return step
@@ -453,6 +457,11 @@ class MediationModel(PackedNetwork):
             or (isinstance(action, Close) and action.conn == LISTENER)
             for action in actions
         )
+
+    def bookkeeping_reads_links(self, actor: int, actions: tuple[Action, ...]) -> bool:
+        """The Mediator's pairing messages are judged by who owns the connection (M1, M2) and
+        an ``Established`` by the link it names (M3); a peer's listeners and failures are not."""
+        return actor == MEDIATOR or any(isinstance(action, Established) for action in actions)
 
     def _start(self, i: int, snap: int, clock: float) -> tuple[int, tuple[Action, ...]]:
         key = (i, snap, clock)

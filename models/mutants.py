@@ -44,12 +44,25 @@ Direct handshake with a stranger (properties D2..D4, ``models.direct_model``):
   earlier pairing of the same keys verifies and is answered (D4).
 - ``global-cap``: wave 1's global candidate cap that refuses newcomers: a stranger's silent
   connections lock the Client out (D3).
+
+Record layer against an adversary on the wire (properties C1..C4, ``models.channel_model``):
+
+- ``skip-lost-record``: the receiver tolerates lost records (it tries the next two nonces when
+  a record fails authentication): a dropped record goes unnoticed and the application misses a
+  message (C1).
+- ``eof-is-close``: a transport FIN without the close record is taken as a clean end: a forged
+  FIN truncates the stream unnoticed (C2).
+- ``close-not-recorded``: sealing the close record does not step the lifecycle machine, so the
+  channel still counts as open for sending (C3).
+- ``fin-only-close``: closing sends no close record, only the FIN: every clean close fails
+  on the other side as a truncation (C4).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from p2psc.models.channel_model import ChannelModel
 from p2psc.models.direct_model import DirectModel
 from p2psc.models.mediation_model import MediationModel
 from p2psc.models.negotiator_model import NegotiatorPairModel
@@ -61,12 +74,14 @@ from p2psc.core.mediator import MediatorAction, MediatorConfig, MediatorCore
 from p2psc.core.negotiator import Negotiator
 from p2psc.core.peer import PeerAction, PeerCore, prologue
 from p2psc.core.registry import InMemoryRegistry, RegistryKey
-from p2psc.errors import P2pscError
-from p2psc.noise import HandshakeState
+from p2psc.errors import NoiseError, P2pscError
+from p2psc.noise import CipherState, HandshakeState
 
 __all__ = [
+    "CHANNEL_MUTANTS",
     "MEDIATION_MUTANTS",
     "NEGOTIATOR_MUTANTS",
+    "channel_mutant",
     "mediation_mutant",
     "negotiator_mutant",
 ]
@@ -293,6 +308,8 @@ def all_mutants() -> Iterator[tuple[str, str, str]]:
         yield "mediation", name, prop
     for name, (_, prop) in DIRECT_MUTANTS.items():
         yield "direct", name, prop
+    for name, (_, prop) in CHANNEL_MUTANTS.items():
+        yield "channel", name, prop
 
 
 class CommitOnInitPeer(PeerCore):
@@ -339,3 +356,80 @@ DIRECT_MUTANTS: dict[str, tuple[type[PeerCore], str]] = {
 def direct_mutant(name: str, *, budget: int = 2) -> DirectModel:
     cls, _ = DIRECT_MUTANTS[name]
     return DirectModel(budget=budget, peer_class=cls, name=f"direct[mutant {name}]")
+
+
+# --- record layer -------------------------------------------------------------------------
+
+
+class _WindowCipherState(CipherState):
+    """Opens a record with the expected nonce or either of the next two (a "reordering
+    window"): a lost record is skipped instead of failing the channel."""
+
+    __slots__ = ()
+
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
+        start = self._n
+        for n in range(start, start + 3):
+            self._n = n
+            try:
+                return super().decrypt_with_ad(ad, ciphertext)
+            except NoiseError:
+                continue
+        self._n = start
+        return super().decrypt_with_ad(ad, ciphertext)
+
+
+class SkipLostRecordChannel(SecureChannel):
+    """Tolerates lost records (see :class:`_WindowCipherState`)."""
+
+    __slots__ = ()
+
+    def __init__(self, send: CipherState, recv: CipherState) -> None:
+        super().__init__(send, _WindowCipherState(recv.key, recv.n))
+
+
+class EofIsCloseChannel(SecureChannel):
+    """Takes a bare transport FIN for the authenticated close."""
+
+    __slots__ = ()
+
+    def transport_eof(self) -> None:
+        if self.failed is None and not self.peer_closed:
+            return
+        super().transport_eof()
+
+
+class CloseNotRecordedChannel(SecureChannel):
+    """Seals the close record but leaves the lifecycle where it was."""
+
+    __slots__ = ()
+
+    def seal_close(self) -> bytes:
+        state = self._state
+        record = super().seal_close()
+        self._state = state
+        return record
+
+
+class FinOnlyCloseChannel(SecureChannel):
+    """Closes with the transport's FIN alone: no close record goes out."""
+
+    __slots__ = ()
+
+    def seal_close(self) -> bytes:
+        super().seal_close()
+        return b""
+
+
+CHANNEL_MUTANTS: dict[str, tuple[type[SecureChannel], str]] = {
+    "skip-lost-record": (SkipLostRecordChannel, "C1"),
+    "eof-is-close": (EofIsCloseChannel, "C2"),
+    "close-not-recorded": (CloseNotRecordedChannel, "C3"),
+    "fin-only-close": (FinOnlyCloseChannel, "C4"),
+}
+"""Mutant name -> (broken channel class, the property it must break) of the channel model."""
+
+
+def channel_mutant(name: str, *, budget: int = 2) -> ChannelModel:
+    cls, _ = CHANNEL_MUTANTS[name]
+    return ChannelModel(budget=budget, channel_class=cls, name=f"channel[mutant {name}]")

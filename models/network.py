@@ -102,26 +102,36 @@ class Recording:
     run). Single-threaded by design; always restored; re-entrant.
     """
 
-    __slots__ = ("_coverage", "_patches", "_saved")
+    __slots__ = ("_coverage", "_recorders", "_saved", "_spaces")
 
     def __init__(
         self, patches: tuple[tuple[ModuleType, str], ...], coverage: Coverage | None
     ) -> None:
-        self._patches = patches if coverage is not None else ()
+        # Module namespaces are plain dicts: item access is cheaper than getattr/setattr.
+        self._spaces = tuple((vars(module), name) for module, name in patches)
+        if coverage is None:
+            self._spaces = ()
         self._coverage = coverage
-        self._saved: list[list[tuple[ModuleType, str, Any]]] = []
+        self._recorders: dict[int, Any] = {}
+        """id(table) -> its recorder (which holds the table, so the id stays its own)."""
+        self._saved: list[list[Any]] = []
 
     def __enter__(self) -> None:
-        saved = [(module, name, getattr(module, name)) for module, name in self._patches]
+        saved = []
+        recorders = self._recorders
+        for namespace, name in self._spaces:
+            table = namespace[name]
+            saved.append(table)
+            recorder = recorders.get(id(table))
+            if recorder is None:
+                assert self._coverage is not None
+                recorder = recorders[id(table)] = self._coverage.recorder(table)
+            namespace[name] = recorder
         self._saved.append(saved)
-        coverage = self._coverage
-        if coverage is not None:
-            for module, name, table in saved:
-                setattr(module, name, coverage.recorder(table))
 
     def __exit__(self, *exc: object) -> None:
-        for module, name, table in self._saved.pop():
-            setattr(module, name, table)
+        for (namespace, name), table in zip(self._spaces, self._saved.pop(), strict=True):
+            namespace[name] = table
 
 
 def recording(patches: tuple[tuple[ModuleType, str], ...], coverage: Coverage | None) -> Recording:
@@ -227,7 +237,8 @@ class Network:
     def _deliver(
         self, receiver: int, snap: int, conn: int, sender: int, item: Item, now: float
     ) -> tuple[int, tuple[Action, ...], Step]:
-        """``item`` from ``sender`` reaches ``receiver``'s ``conn`` (memoised with its label)."""
+        """``item`` from ``sender`` reaches ``receiver``'s ``conn``: the step and its label (the
+        callers memoise it)."""
         event: Event
         if item == OPEN:
             local = self.address_of(receiver)
@@ -241,9 +252,7 @@ class Network:
             event, text = Received(conn, item), self.label(item)
         after, actions = self.run(receiver, snap, event, now)
         source = self.names[sender] if sender >= 0 else "network"
-        hit = (after, actions, Step("deliver", self.names[receiver], text, source))
-        self._deliveries[(receiver, snap, conn, sender, item, now)] = hit
-        return hit
+        return after, actions, Step("deliver", self.names[receiver], text, source)
 
     # --- applying actions -------------------------------------------------------------------
 
@@ -397,9 +406,10 @@ class Network:
                     links = (*all_links[:i], *all_links[i + 1 :])
                 base = Net(snaps, links, state.timers, clock, state.faults, state.extra)
                 snap = snaps[receiver]
-                hit = deliveries.get((receiver, snap, conn, sender, item, clock))
+                key = (receiver, snap, conn, sender, item, clock)
+                hit = deliveries.get(key)
                 if hit is None:
-                    hit = self._deliver(receiver, snap, conn, sender, item, clock)
+                    hit = deliveries[key] = self._deliver(receiver, snap, conn, sender, item, clock)
                 after, actions, step = hit
                 out.append((step, self.apply(base, receiver, after, actions)))
         out.extend(self.app_steps(state))
@@ -480,10 +490,11 @@ Packed = tuple[Any, ...]
 where an actor's *local* id stands for (its snapshot id, its timers); see
 :class:`PackedNetwork`."""
 
-_LINKS, _CONNECT, _TIMERS, _EXTRA = 1, 2, 4, 8
+_LINKS, _CONNECT, _TIMERS, _EXTRA, _EXTRA_LINKS = 1, 2, 4, 8, 16
 """Flags of an actions id: it can change the links, it connects (so the links it makes depend on
-the extra, through :meth:`Network.resolve`), it can change the actor's timers, and
-:meth:`PackedNetwork.bookkeeping` says it can change the extra."""
+the extra, through :meth:`Network.resolve`), it can change the actor's timers,
+:meth:`PackedNetwork.bookkeeping` says it can change the extra, and
+:meth:`PackedNetwork.bookkeeping_reads_links` says that change depends on the links."""
 
 _NO_TIMERS = 0
 """Timers id of an empty timer set (interned first)."""
@@ -530,6 +541,7 @@ class PackedNetwork(Network):
         super().__init__(faults=faults, coverage=coverage, patches=patches)
         self._link_sets = Interned()
         self._link_info: list[Any] = []
+        self._link_faults: dict[int, tuple[tuple[Step, int], ...]] = {}
         self._timer_sets = Interned()
         self._timer_info: list[tuple[float, tuple[tuple[int, float, int], ...]]] = []
         self._locals = Interned()
@@ -546,6 +558,7 @@ class PackedNetwork(Network):
         self._link_effects: dict[tuple[int, int, int], int] = {}
         self._connect_effects: dict[tuple[int, int, int, int], int] = {}
         self._extra_effects: dict[tuple[int, int, int, int], int] = {}
+        self._extra_only: dict[tuple[int, int, int], int] = {}
         self._timer_effects: dict[tuple[int, int], int] = {}
         assert self._timers_id(()) == _NO_TIMERS
 
@@ -555,6 +568,13 @@ class PackedNetwork(Network):
         """Whether :meth:`Network.on_actions` can change the extra for these actions (called
         once per distinct actions; a model whose bookkeeping ignores most actions says so here
         and saves a lookup per transition). Default: always."""
+        return True
+
+    def bookkeeping_reads_links(self, actor: int, actions: tuple[Action, ...]) -> bool:
+        """Whether :meth:`Network.on_actions` reads the state's links for these actions (called
+        once per distinct actions that :meth:`bookkeeping` says matter). When it does not, the
+        new extra is memoised on (extra id, actor, actions id) alone instead of also on the
+        links id, which almost every step changes. Default: it does."""
         return True
 
     def app_moves(self, state: Packed) -> list[tuple[Step, Packed]]:
@@ -645,13 +665,15 @@ class PackedNetwork(Network):
                     flags |= _TIMERS
             if self.bookkeeping(actor, actions):
                 flags |= _EXTRA
+                if self.bookkeeping_reads_links(actor, actions):
+                    flags |= _EXTRA_LINKS
             self._action_flags.append(flags)
         return ident
 
-    def _links_facts(self, ident: int) -> tuple[tuple[Any, ...], bool, tuple[Any, ...]]:
-        """(deliverable heads, quiet, faults) of a links id, as :meth:`Network.successors`
-        enumerates them: heads in link order, towards ``y`` before towards ``x``; faults are the
-        drops, then the :attr:`garbage` injections, each with the links id it leads to."""
+    def _links_facts(self, ident: int) -> tuple[tuple[Any, ...], bool]:
+        """(deliverable heads, quiet) of a links id, as :meth:`Network.successors` enumerates
+        them: heads in link order, towards ``y`` before towards ``x`` (its faults:
+        :meth:`_links_faults`)."""
         facts = self._link_info[ident]
         if facts is not None:
             return facts  # type: ignore[no-any-return]
@@ -684,6 +706,19 @@ class PackedNetwork(Network):
                     links = (*all_links[:i], *all_links[i + 1 :])
                 key = self._delivery_keys((receiver, conn, sender, item))[0]
                 heads.append((key, receiver, conn, sender, item, self._links_id(links)))
+        facts = (tuple(heads), quiet)
+        self._link_info[ident] = facts
+        return facts
+
+    def _links_faults(self, ident: int) -> tuple[tuple[Step, int], ...]:
+        """The faults of a links id, as :meth:`Network.successors` enumerates them: the drops,
+        then the :attr:`garbage` injections, each with the links id it leads to. Apart from
+        :meth:`_links_facts` because most states are reached after the fault budget is spent
+        (five in six links ids of the mediation model never need theirs)."""
+        faults = self._link_faults.get(ident)
+        if faults is not None:
+            return faults
+        all_links: tuple[Link, ...] = self._link_sets.values[ident]
         drops = []
         for i, link in enumerate(all_links):
             if link.dead or link.y < 0 or not (link.x_open or link.y_open):
@@ -705,9 +740,8 @@ class PackedNetwork(Network):
             drops = []
         if self.garbage is not None:
             drops += [(step, self._links_id(links)) for step, links in self._injections(all_links)]
-        facts = (tuple(heads), quiet, tuple(drops))
-        self._link_info[ident] = facts
-        return facts
+        faults = self._link_faults[ident] = tuple(drops)
+        return faults
 
     # --- transitions --------------------------------------------------------------------------
 
@@ -754,12 +788,28 @@ class PackedNetwork(Network):
                 hit = self._link_effect(actor, links, actions)
             new[n] = hit
         if flags & _EXTRA:
-            hit = self._extra_effects.get((links, extra, actor, actions))
-            if hit is None:
-                hit = self._effect(state, actor, actions, links, clock, faults, extra)[1]
+            if flags & (_EXTRA_LINKS | _CONNECT):
+                hit = self._extra_effects.get((links, extra, actor, actions))
+                if hit is None:
+                    hit = self._effect(state, actor, actions, links, clock, faults, extra)[1]
+            else:
+                hit = self._extra_only.get((extra, actor, actions))
+                if hit is None:
+                    hit = self._extra_only_effect(actor, actions, extra)
             extra = hit
         new[n + 3] = extra
         return tuple(new)
+
+    def _extra_only_effect(self, actor: int, actions: int, extra: int) -> int:
+        """The extra id after actions whose bookkeeping does not read the links (see
+        :meth:`bookkeeping_reads_links`): :meth:`Network.on_actions` itself, on a state whose
+        links, timers and clock it does not look at."""
+        book = self._extras.values[extra]
+        base = Net((), (), (), 0.0, 0, book)
+        changed = self.on_actions(base, actor, self._action_sets.values[actions][1], book)
+        result = self._extras(changed)[0]
+        self._extra_only[(extra, actor, actions)] = result
+        return result
 
     def _effect(
         self,
@@ -851,7 +901,7 @@ class PackedNetwork(Network):
         n = len(self.names)
         links, clock, faults, extra = state[n:]
         facts = self._link_info[links]
-        heads, quiet, drops = facts if facts is not None else self._links_facts(links)
+        heads, quiet = facts if facts is not None else self._links_facts(links)
         out: list[tuple[Step, Packed]] = []
         append = out.append
         deliveries = self._packed_deliveries
@@ -859,6 +909,7 @@ class PackedNetwork(Network):
         flags_of = self._action_flags
         link_effects = self._link_effects
         extra_effects = self._extra_effects
+        extra_only = self._extra_only
         for key, receiver, conn, sender, item, popped in heads:
             local = state[receiver]
             hit = deliveries.get((key, local, clock))
@@ -881,11 +932,16 @@ class PackedNetwork(Network):
                         changed = self._link_effect(receiver, popped, actions)
                     new[n] = changed
                 if flags & _EXTRA:
-                    changed = extra_effects.get((popped, extra, receiver, actions))
-                    if changed is None:
-                        nxt = act(state, receiver, after, actions, popped, clock, faults, extra)
-                        append((step, nxt))
-                        continue
+                    if flags & _EXTRA_LINKS:
+                        changed = extra_effects.get((popped, extra, receiver, actions))
+                        if changed is None:
+                            nxt = act(state, receiver, after, actions, popped, clock, faults, extra)
+                            append((step, nxt))
+                            continue
+                    else:
+                        changed = extra_only.get((extra, receiver, actions))
+                        if changed is None:
+                            changed = self._extra_only_effect(receiver, actions, extra)
                     new[-1] = changed
             append((step, tuple(new)))
         out.extend(self.app_moves(state))
@@ -910,6 +966,6 @@ class PackedNetwork(Network):
                 out.extend(fire(state, actor, timer, False) for actor, timer in early)
         if faults > 0:
             head = state[:n]
-            for step, dropped in drops:
+            for step, dropped in self._links_faults(links):
                 append((step, (*head, dropped, clock, faults - 1, extra)))
         return out

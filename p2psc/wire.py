@@ -125,6 +125,9 @@ class Reason(IntEnum):
     SHUTTING_DOWN = 9
     TLS_REQUIRED = 10
     SILENT = 11
+    REGISTRY_UNAVAILABLE = 16
+    """A fleet's shared registry could not be reached, or lost a waiting registration
+    (AdvertiseRetry: register again after a backoff). spec/mediator.md section 10."""
 
 
 class ExtensionType(IntEnum):

@@ -3,7 +3,7 @@
 # the slow exhaustive models and, when root, the network-namespace NAT tests).
 # Extra arguments go to pytest.
 # The docs extra is needed by tests/test_docs_site.py (mkdocs build --strict, the browser test).
-export P2PSC_EXTRAS="${P2PSC_EXTRAS:-test,speed,docs}"
+export P2PSC_EXTRAS="${P2PSC_EXTRAS:-test,speed,docs,redis}"
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$ROOT"
 echo "== ruff check"; "$VENV/bin/ruff" check p2psc models tests scripts

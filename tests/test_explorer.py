@@ -10,10 +10,16 @@ import gc
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from p2psc.models.explorer import Coverage, Step, explore, format_report, mermaid_trace, text_trace
-from p2psc.models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
+from p2psc.models.mutants import (
+    CHANNEL_MUTANTS,
+    DIRECT_MUTANTS,
+    MEDIATION_MUTANTS,
+    NEGOTIATOR_MUTANTS,
+)
 from statemachine import State, StateMachine
 
 from p2psc.errors import InvalidTransition
@@ -305,12 +311,27 @@ def test_recording_table_steps_exactly_like_the_table(machine: type) -> None:
     assert recorder.initial == table.initial  # other attributes are the table's
 
 
-def test_explore_restores_the_gc_thresholds() -> None:
+def test_explore_turns_the_cyclic_gc_off_and_back_on() -> None:
     before = gc.get_threshold()
-    explore(Counters(3))
-    assert gc.get_threshold() == before
+    seen: list[bool] = []
+
+    class Watching(Counters):
+        def invariant(self, state: Any) -> str | None:
+            seen.append(gc.isenabled())
+            return super().invariant(state)
+
+    assert gc.isenabled()
+    explore(Watching(3))
+    assert seen and not any(seen)  # off during the search
+    assert gc.isenabled() and gc.get_threshold() == before
     explore(Philosophers())  # also when a violation ends the search
-    assert gc.get_threshold() == before
+    assert gc.isenabled() and gc.get_threshold() == before
+    gc.disable()
+    try:
+        explore(Counters(3))
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
 
 
 def test_spec_lists_every_mutant_with_the_property_it_breaks() -> None:
@@ -320,6 +341,7 @@ def test_spec_lists_every_mutant_with_the_property_it_breaks() -> None:
         *NEGOTIATOR_MUTANTS.items(),
         *MEDIATION_MUTANTS.items(),
         *DIRECT_MUTANTS.items(),
+        *CHANNEL_MUTANTS.items(),
     ):
         assert f"| {prop} | `{name}` |" in spec
         assert f"**{prop}, " in spec  # the property itself is stated

@@ -8,14 +8,20 @@ representative of every state the unreduced run reaches.
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
 
 import pytest
 from p2psc.models.explorer import Coverage, Step, explore
+from p2psc.models.mediation_model import MediationModel, peer_address
 from p2psc.models.mutants import NEGOTIATOR_MUTANTS, negotiator_mutant
 from p2psc.models.negotiator_model import NegotiatorPairModel
+from p2psc.models.symbolic_crypto import fixed_nonces
 
+from p2psc import wire
 from p2psc.cli import main
+from p2psc.errors import P2pscError
 
 SMALL = [
     {"protocols": 1, "rounds": 2},
@@ -129,3 +135,102 @@ def test_four_protocols_within_ci_time_with_symmetry() -> None:
     result = explore(model, symmetry=True)
     assert result.ok
     assert result.states > 1_000_000
+
+
+# --- the mediation model: why it declares no symmetry -------------------------------------
+
+
+def _mediation_reachable(model: MediationModel) -> set[Hashable]:
+    seen: set[Hashable] = set(model.initial_states())
+    frontier = list(seen)
+    while frontier:
+        state = frontier.pop()
+        for _, target in model.successors(state):
+            if target not in seen:
+                seen.add(target)
+                frontier.append(target)
+    return seen
+
+
+def test_mediation_key_renaming_is_semantic_but_not_exact() -> None:
+    """spec/properties.md section 1: A and B (who want each other) are interchangeable in
+    meaning, but no renaming of keys, addresses and nonces maps the states of one registration
+    order onto those of the other, so a reduction by renaming would merge states it cannot
+    prove equivalent.
+
+    1. The mirror image is there: as many reached states have only A started as only B.
+    2. Every message made of names alone renames exactly onto its mirror image (Advertise,
+       AdvertiseResponse, PeerDisconnect, PeerIdentification).
+    3. Every value derived from the keys does not: the challenge (the symbolic seal's digest
+       covers both keys in order), and the real Noise messages and records (X25519, HKDF,
+       ChaCha20-Poly1305 of the keys and of per-peer ephemerals): renaming their inputs changes
+       the outputs unpredictably, not by the renaming.
+    """
+    model = MediationModel(peers=2)
+    states = _mediation_reachable(model)
+    started = Counter(model.unpack(s).extra.started for s in states)  # type: ignore[arg-type]
+    assert started[(True, True, False)] == started[(True, False, True)] > 0
+    sent: dict[tuple[int, int, str], set[bytes]] = defaultdict(set)
+    for packed in states:
+        for link in model.unpack(packed).links:  # type: ignore[arg-type]
+            for src, dst, items in ((link.x, link.y, link.to_y), (link.y, link.x, link.to_x)):
+                for item in items:
+                    if isinstance(item, bytes):
+                        sent[(src, dst, _kind(item))].add(item)
+    swap = {1: 2, 2: 1, 0: 0}
+    names = _Renaming(model)
+    plain = ("Advertise", "AdvertiseResponse", "PeerDisconnect", "PeerIdentification")
+    derived = ("AdvertiseChallenge", "HandshakeInit", "HandshakeResponse", "record")
+    checked = set()
+    for (src, dst, kind), items in sent.items():
+        if kind not in plain + derived or not {src, dst} & {1, 2}:
+            continue
+        (mine,) = items  # one of each per direction: fixed nonces and ephemerals
+        (mirror,) = sent[(swap[src], swap[dst], kind)]
+        if kind in plain:
+            assert names.message(mine) == mirror, kind
+        else:
+            assert names.opaque(mine) != mirror, kind
+            assert mine != mirror, kind
+        checked.add(kind)
+    assert checked == set(plain + derived)
+
+
+def _kind(data: bytes) -> str:
+    try:
+        return type(wire.decode(data)).__name__
+    except P2pscError:
+        return "record"  # the Client's key confirmation: a channel record
+
+
+class _Renaming:
+    """Swaps A's and B's names: keys, addresses and nonces (the model's fixed per-peer ones)."""
+
+    def __init__(self, model: MediationModel) -> None:
+        a, b = model.keys[1], model.keys[2]
+        self.keys = {a: b, b: a}
+        na, nb = fixed_nonces(b"A")(32), fixed_nonces(b"B")(32)
+        self.nonces = {na: nb, nb: na}
+        pa, pb = peer_address(1), peer_address(2)
+        self.addresses = {
+            wire.Address(*pa): wire.Address(*pb),
+            wire.Address(*pb): wire.Address(*pa),
+        }
+
+    def message(self, data: bytes) -> bytes:
+        """A message renamed field by field (the exact renaming of a message made of names)."""
+        message = wire.decode(data)
+        changes = {}
+        for field in dataclasses.fields(message):  # type: ignore[arg-type]
+            value = getattr(message, field.name)
+            renamed = self.keys.get(value, self.nonces.get(value, value))
+            changes[field.name] = self.addresses.get(value, renamed)
+        return dataclasses.replace(message, **changes).encode()  # type: ignore[type-var]
+
+    def opaque(self, data: bytes) -> bytes:
+        """Every occurrence of a key or nonce swapped (all a renaming can do to derived bytes)."""
+        for table in (self.keys, self.nonces):
+            first, second = list(table)
+            marker = b"\x00renaming\x00"
+            data = data.replace(first, marker).replace(second, first).replace(marker, second)
+        return data

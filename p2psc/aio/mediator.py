@@ -577,6 +577,7 @@ def run_mediator(
     use_uvloop: bool = True,
     legacy: bool = True,
     tls: Callable[[], ssl.SSLContext] | None = None,
+    fleet: Any = None,
 ) -> int:
     """Run a mediator until SIGINT or SIGTERM, then shut down cleanly; return exit status 0.
 
@@ -584,15 +585,24 @@ def run_mediator(
     called once the socket is bound (the CLI logs the address from it). ``tls`` loads the
     server TLS context (certificate and key files); it is called at start and again on
     SIGHUP, so a renewed certificate is picked up without a restart (a reload that fails is
-    logged and the previous certificate stays).
+    logged and the previous certificate stays). ``fleet`` (a
+    :class:`p2psc.aio.fleet.FleetOptions`) runs one instance of a fleet sharing that Redis
+    registry instead (spec/mediator.md section 10; version 0 clients are then not served).
     """
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         context = tls() if tls is not None else None
-        server = await serve_mediator(
-            host, port, config=config, observer=observer, legacy=legacy, tls=context
-        )
+        if fleet is not None:
+            from p2psc.aio.fleet import serve_fleet_mediator
+
+            server = await serve_fleet_mediator(
+                host, port, registry=fleet, config=config, observer=observer, tls=context
+            )
+        else:
+            server = await serve_mediator(
+                host, port, config=config, observer=observer, legacy=legacy, tls=context
+            )
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

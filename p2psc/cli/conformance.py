@@ -103,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.target is None:
             raise ConformanceError("name the mediator to test: p2psc conformance HOST:PORT")
         host, port = parse_target(args.target)
+        also = parse_target(args.also) if args.also else None
         if args.json == "-" and args.junit == "-":
             raise ConformanceError("only one of --json and --junit can write to stdout ('-')")
         options = HarnessOptions(
@@ -116,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
             nat=args.nat,
             jobs=args.jobs,
             tls=_tls_context(args),
+            also=also,
         )
         # With a machine-readable report on stdout, the human one goes to stderr.
         out: TextIO = sys.stderr if "-" in (args.json, args.junit) else sys.stdout
@@ -175,6 +177,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "target", nargs="?", metavar="HOST:PORT", help="the mediator to test ([IPv6]:PORT too)"
+    )
+    parser.add_argument(
+        "--also",
+        metavar="HOST:PORT",
+        help="a second instance of the same mediator fleet: the two sides of every pairing "
+        "register at different instances (spec/mediator.md section 10)",
     )
     parser.add_argument(
         "--only",

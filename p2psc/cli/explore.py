@@ -14,6 +14,7 @@ examples:
   p2psc explore mediation --peers 4 --garbage   # also D, who wants B; one malformed frame
   p2psc explore mediation --mutant identify-early
   p2psc explore direct --stranger-budget 3  # Client, Peer and a stranger who replays anything
+  p2psc explore channel --adversary-budget 2  # established records against drops, replays, cuts
   p2psc explore mediation --peers 2 --faults --limits --coverage-fail-under 60
 
 Each "never taken" transition is followed by the configuration that takes it, or by why no model
@@ -25,6 +26,11 @@ mutants (--mutant NAME; the property each one breaks):
   mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
               leaky-registry (M4), mute-pings (K1), slow-pings (K1)
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
+  channel:    skip-lost-record (C1), eof-is-close (C2), close-not-recorded (C3),
+              fin-only-close (C4)
+  fleet:      non-atomic-claim (M3), confirm-early (M2), no-hold (M3)
+              (two mediator instances over one shared registry; --faults: notices lost or
+              duplicated, refreshes at any moment; spec/mediator.md section 10)
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ MODELS: dict[str, str] = {
     "negotiator": "p2psc.models.negotiator_model",
     "mediation": "p2psc.models.mediation_model",
     "direct": "p2psc.models.direct_model",
+    "channel": "p2psc.models.channel_model",
+    "fleet": "p2psc.models.fleet_model",
 }
 """Model name -> module exposing ``build(faults=..., mutant=..., **model options) -> Model``."""
 
@@ -96,12 +104,29 @@ def _progress(result: Any, frontier: int) -> None:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The model's build options; refuses options of the other model and unknown mutants."""
-    from p2psc.models.mutants import DIRECT_MUTANTS, MEDIATION_MUTANTS, NEGOTIATOR_MUTANTS
+    if args.model == "fleet":
+        from p2psc.models.fleet_model import MUTANTS
+
+        if args.mutant is not None and args.mutant not in MUTANTS:
+            listed = ", ".join(f"{name} ({why})" for name, why in sorted(MUTANTS.items()))
+            parser.error(f"unknown fleet mutant {args.mutant!r}; choose from: {listed}")
+        given = (args.peers, args.protocols, args.stranger_budget)
+        flags = (args.mixed_sets, args.limits, args.garbage, args.shutdown)
+        if any(o is not None for o in given) or any(flags):
+            parser.error("the fleet model takes --faults and --mutant only")
+        return {"faults": args.faults, "mutant": args.mutant}
+    from p2psc.models.mutants import (
+        CHANNEL_MUTANTS,
+        DIRECT_MUTANTS,
+        MEDIATION_MUTANTS,
+        NEGOTIATOR_MUTANTS,
+    )
 
     by_model: dict[str, dict[str, Any]] = {
         "negotiator": NEGOTIATOR_MUTANTS,
         "mediation": MEDIATION_MUTANTS,
         "direct": DIRECT_MUTANTS,
+        "channel": CHANNEL_MUTANTS,
     }
     mutants = by_model[args.model]
     if args.mutant is not None and args.mutant not in mutants:
@@ -109,6 +134,14 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         parser.error(f"unknown {args.model} mutant {args.mutant!r}; choose from: {listed}")
     if args.model != "direct" and args.stranger_budget is not None:
         parser.error("--stranger-budget applies to the direct model only")
+    if args.model != "channel" and args.adversary_budget is not None:
+        parser.error("--adversary-budget applies to the channel model only")
+    if args.model == "channel":
+        others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
+        if any(o not in (None, False) for o in others) or args.garbage or args.shutdown:
+            parser.error("the channel model takes --adversary-budget and --mutant only")
+        budget = 2 if args.adversary_budget is None else args.adversary_budget
+        return {"budget": budget, "mutant": args.mutant}
     if args.model == "direct":
         others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
         if (
@@ -186,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "explore",
-        help="exhaustively check a model of the cores (negotiator pair, mediation, direct)",
+        help="exhaustively check a model of the cores (negotiator, mediation, direct, channel)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -217,6 +250,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="N",
         help="direct: how many actions the stranger may take (default 2)",
+    )
+    parser.add_argument(
+        "--adversary-budget",
+        type=_at_least(0),
+        default=None,
+        metavar="N",
+        help="channel: how many actions the adversary on the wire may take (default 2)",
     )
     parser.add_argument(
         "--faults",

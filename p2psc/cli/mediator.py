@@ -252,6 +252,21 @@ def _run(args: argparse.Namespace) -> int:
     except LimitsDoNotFit as error:
         return _fail(f"cannot start: {error}")
 
+    fleet = None
+    if args.registry != "memory":
+        if not args.registry.startswith(("redis://", "rediss://", "unix://")):
+            return _fail(f"--registry must be memory or redis://HOST:PORT/DB, got {args.registry}")
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            return _fail("--registry redis://... needs the redis extra: pip install 'p2psc[redis]'")
+        from p2psc.aio.fleet import FleetOptions
+
+        ttl = args.registry_ttl
+        fleet = FleetOptions(
+            args.registry, ttl=ttl, tombstone_ttl=max(ttl, 2 * config.confirm_timeout)
+        )
+
     tls_loader = None
     if args.tls_cert:
         from p2psc.tls import server_context
@@ -313,6 +328,7 @@ def _run(args: argparse.Namespace) -> int:
             use_uvloop=not args.no_uvloop,
             legacy=not args.no_legacy,
             tls=tls_loader,
+            fleet=fleet,
         )
     except OSError as error:  # bind/listen failed: address in use, no such address, ...
         why = error.strerror or str(error)
@@ -442,6 +458,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--metrics-host",
         default="127.0.0.1",
         help="address of the metrics endpoint (%(default)s: loopback only)",
+    )
+    fleet = parser.add_argument_group(
+        "fleet",
+        "Several instances sharing one Redis registry pair peers that reached different "
+        "instances (spec/mediator.md section 10; needs p2psc[redis]; version 0 clients are "
+        "not served).",
+    )
+    fleet.add_argument(
+        "--registry",
+        default="memory",
+        metavar="URL",
+        help="memory (default: this process only) or redis://HOST:PORT/DB",
+    )
+    fleet.add_argument(
+        "--registry-ttl",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="lifetime of a waiting registration in Redis unless refreshed (%(default)s)",
     )
     parser.add_argument("--no-uvloop", action="store_true", help="use plain asyncio")
     parser.add_argument(

@@ -79,6 +79,11 @@ class HarnessOptions:
     tls: ssl.SSLContext | None = None
     """Version 1 connections run inside TLS with this client context (``--tls``,
     :func:`p2psc.tls.client_context`); version 0 ones stay in clear."""
+    also: tuple[str, int] | None = None
+    """A second instance of the same fleet (``--also HOST:PORT``, spec/mediator.md section
+    10): every registration whose key sorts above the key it wants goes there, the other
+    side of the pair to the target, so every pairing crosses instances, in both registration
+    orders. Connections that do not register (framing, limits) go to the target."""
 
     def __post_init__(self, idle_timeout: float | None) -> None:
         if idle_timeout is not _UNSET:
@@ -247,10 +252,14 @@ class ScenarioContext:
 
     # --- connections ------------------------------------------------------------------------
 
-    async def connect(self, label: str) -> V1Peer:
-        """A new raw version 1 connection to the mediator."""
+    async def connect(self, label: str, *, also: bool = False) -> V1Peer:
+        """A new raw version 1 connection to the mediator (``also``: to the second instance
+        of :attr:`HarnessOptions.also`, when there is one)."""
+        host, port = self.host, self.port
+        if also and self.options.also is not None:
+            host, port = self.options.also
         peer = await V1Peer.open(
-            label, self.host, self.port, self.transcript, self.options.timeout, self.options.tls
+            label, host, port, self.transcript, self.options.timeout, self.options.tls
         )
         self._peers.append(peer)
         return peer
@@ -279,8 +288,9 @@ class ScenarioContext:
         local: wire.Address | None = None,
         extensions: wire.Extensions = (),
     ) -> tuple[V1Peer, wire.AdvertiseChallenge]:
-        """Connect, send a valid Advertise, and expect the AdvertiseChallenge."""
-        peer = await self.connect(label)
+        """Connect, send a valid Advertise, and expect the AdvertiseChallenge (with
+        ``--also``, at the instance the key order chooses: see :attr:`HarnessOptions.also`)."""
+        peer = await self.connect(label, also=me.public_key.raw > them)
         advertise = wire.Advertise(
             wire.PROTOCOL_VERSION, me.public_key.raw, them, local, extensions
         )

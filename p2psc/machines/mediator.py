@@ -87,6 +87,8 @@ class MediatorSession(StateMachine):
     partner_arrived = waiting.to(confirming)
     partner_confirmed = confirming.to(closed)
     partner_lost = confirming.to(closed) | disconnecting.to(closed)
+    # A fleet's shared registry no longer holds the registration (expired, store restarted).
+    registry_lost = waiting.to(closed)
 
     # The connection itself: a clean EOF, a reset/error, a deadline, bytes that break the
     # protocol, and the mediator shutting down.

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from p2psc.models.channel_model import ChannelModel
+from p2psc.models.direct_model import DirectModel
 from p2psc.models.explorer import Coverage, Result, Step, explore
 from p2psc.models.mediation_model import MediationModel
 from p2psc.models.negotiator_model import NegotiatorPairModel
@@ -140,6 +142,9 @@ def configurations(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
         ),
         ("mediation 3 peers, faults", lambda: MediationModel(third=True, faults=True)),
         ("mediation 4 peers", lambda: MediationModel(peers=4)),
+        ("direct, stranger budget 2", lambda: DirectModel(budget=2)),
+        ("channel, adversary budget 1", lambda: ChannelModel(budget=1)),
+        ("channel, adversary budget 2", lambda: ChannelModel(budget=2)),
     ]
     if not quick:
         out += [
@@ -155,6 +160,9 @@ def configurations(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
             ("mediation 4 peers, limits", lambda: MediationModel(peers=4, limits=True)),
             ("mediation 4 peers, garbage", lambda: MediationModel(peers=4, garbage=True)),
             ("negotiator 4 protocols", lambda: NegotiatorPairModel(protocols=4, rounds=3)),
+            ("direct, stranger budget 3", lambda: DirectModel(budget=3)),
+            ("channel, adversary budget 3", lambda: ChannelModel(budget=3)),
+            ("mediation 4 peers, faults", lambda: MediationModel(peers=4, faults=True)),
         ]
     return out
 
