@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound=Hashable)
+PREFETCH_CHUNK = 1024
+"""States of a level handed at once to a model's optional ``prefetch(states)`` (called before
+they are expanded: e.g. to compute the real core steps they need in a batch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +305,7 @@ def _explore(
     started = time.perf_counter()
     invariant = model.invariant
     successors = model.successors
+    prefetch: Callable[[Sequence[S]], None] | None = getattr(model, "prefetch", None)
 
     def finish(violation: Violation[S] | None = None) -> Result[S]:
         result.elapsed = time.perf_counter() - started
@@ -346,7 +350,9 @@ def _explore(
         following: list[S] = []
         append = following.append
         pending: Violation[S] | None = None  # an invariant violation one level deeper
-        for state in frontier:
+        for position, state in enumerate(frontier):
+            if prefetch is not None and not position % PREFETCH_CHUNK:
+                prefetch(frontier[position : position + PREFETCH_CHUNK])
             expanded += 1
             if progress is not None and not expanded & 0x3FF:
                 now = time.perf_counter()

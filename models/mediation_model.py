@@ -104,6 +104,7 @@ class Book(NamedTuple):
     alone: bool  # A or B gave up before the other one had even started
     violation: str | None
     shut_down: bool = False  # the operator shut the Mediator down (option ``shutdown``)
+    silent: str | None = None  # K1: who took whom for silent (judged with the faults left)
 
 
 def _replace_at(values: tuple[Any, ...], index: int, value: Any) -> tuple[Any, ...]:
@@ -237,9 +238,14 @@ class MediationModel(PackedNetwork):
         return f"{outcomes}; mediator sessions: {live}; registry entries: {len(registry)}"
 
     def invariant(self, state: Packed) -> str | None:
-        violation = self._extras.values[state[-1]].violation
+        book = self._extras.values[state[-1]]
+        violation = book.violation
         if violation is not None:
             return violation  # type: ignore[no-any-return]
+        # K1 needs the faults left, which bookkeeping cannot see (its results are memoised
+        # without them): a silence recorded while no fault had happened yet is the violation.
+        if book.silent is not None and state[-2] >= self.fault_budget:
+            return f"K1: {book.silent}"
         local = state[MEDIATOR]  # M4 depends on the Mediator's snapshot only: memoised per id
         consistent = self._consistent.get(local, "")
         if consistent == "":
@@ -494,11 +500,10 @@ class MediationModel(PackedNetwork):
             elif (
                 isinstance(action, Failed)
                 and isinstance(action.error, MediatorSilent)
-                and book.violation is None
-                and state.faults >= self.fault_budget
+                and book.silent is None
             ):
                 book = book._replace(
-                    violation=f"K1: {self.names[actor]} took the live Mediator for silent "
+                    silent=f"{self.names[actor]} took the live Mediator for silent "
                     f"({action.error.reason})"
                 )
             if isinstance(action, Failed) and book.outcomes[actor] is None:
@@ -521,11 +526,11 @@ class MediationModel(PackedNetwork):
             data = getattr(action, "data", None)
             if data is None or len(data) < 4:
                 continue
-            if _silent_abort(data) and book.violation is None and state.faults >= self.fault_budget:
+            if _silent_abort(data) and book.silent is None:
                 receiver = self._owner(state, action.conn)  # type: ignore[union-attr]
                 who = "a peer" if receiver is None else self.names[receiver]
                 book = book._replace(
-                    violation=f"K1: the Mediator closed {who} as SILENT although it pinged on time"
+                    silent=f"the Mediator closed {who} as SILENT although it pinged on time"
                 )
                 continue
             if data[3] not in (

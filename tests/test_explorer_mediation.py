@@ -246,3 +246,46 @@ def test_four_peers_with_one_fault_anywhere() -> None:
     result = explore(model)
     assert result.ok, format_report(result, model.describe)
     assert result.states > 3_000_000
+
+
+def _explored_in_order(model: MediationModel) -> tuple[tuple[int, int, int, int], list[Net]]:
+    """(states, transitions, terminals, depth) and every state the explorer checked, in order,
+    with the actors' snapshots themselves (ids depend on the order snapshots are first seen)."""
+    seen: list[Net] = []
+    check = model.invariant
+
+    def invariant(state: tuple[int, ...]) -> str | None:
+        net = model.unpack(state)
+        seen.append(net._replace(snaps=tuple(model.snapshot(snap) for snap in net.snaps)))
+        return check(state)
+
+    model.invariant = invariant  # type: ignore[method-assign]
+    result = explore(model)
+    assert result.ok
+    return (result.states, result.transitions, result.terminals, result.depth), seen
+
+
+@pytest.mark.parametrize("peers", [2, 3])
+def test_prefetching_core_steps_explores_exactly_the_same_states(peers: int) -> None:
+    """PackedNetwork.prefetch computes the cores' steps in batches ahead of the expansion:
+    the same states are explored in the same order with the same verdicts, transitions,
+    outcomes and coverage, and the batches did compute steps (so the test can fail)."""
+    batched = MediationModel(peers=peers, faults=peers == 2)
+    inline = MediationModel(peers=peers, faults=peers == 2)
+    inline.prefetching = False
+    computed = []
+    prefetch = batched.prefetch
+
+    def counting(states: list[tuple[int, ...]]) -> None:
+        before = len(batched._memo)
+        prefetch(states)
+        computed.append(len(batched._memo) - before)
+
+    batched.prefetch = counting  # type: ignore[assignment, method-assign]
+    one, two = _explored_in_order(batched), _explored_in_order(inline)
+    assert one == two
+    assert batched.outcome_counts == inline.outcome_counts
+    assert batched.coverage() is not None and inline.coverage() is not None
+    assert batched.coverage().taken == inline.coverage().taken  # type: ignore[union-attr]
+    assert sum(computed) > len(batched._memo) / 2  # most steps came from the batches
+    assert set(batched._snapshots.values) == set(inline._snapshots.values)

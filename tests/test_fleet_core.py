@@ -334,3 +334,19 @@ def test_candidates_cross_instances_both_ways() -> None:
     assert identification.candidates == peer_cands
     assert identification.pairing_id == disconnect.pairing_id
     del peer_claim
+
+
+def test_a_ping_flood_from_a_remote_pairings_peer_fails_it_cleanly() -> None:
+    """Keepalive meets the fleet: a Peer (remote Client) pinging twice within MIN_PING_GAP is
+    closed MALFORMED and the Client's instance is told, like any other failure (the flood path
+    steps a guarded transition, so the fleet's _fail must pass the guard oracle on)."""
+    node = Instance()
+    node.verify(1, B, A)
+    node.fleet(RegistryAnswer(1, CLAIMED, peer_record(5)))
+    assert node.run(Received(1, wire.Ping(0, 1000).encode())) == []  # accepted, not answered
+    node.now += 0.1
+    actions = node.run(Received(1, wire.Ping(1, 1000).encode()))
+    assert Notify(THERE, encode_notice(b"G", 5, b"8")) in actions
+    aborts = [wire.decode(a.data) for a in actions if isinstance(a, Send) and a.conn == 1]
+    assert aborts == [wire.AdvertiseAbort(R.MALFORMED, aborts[0].text)]  # type: ignore[union-attr]
+    assert [a.conn for a in actions if isinstance(a, Close)] == [1]

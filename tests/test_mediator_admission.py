@@ -130,7 +130,7 @@ def test_require_tls_refuses_clear_version_1() -> None:
     assert d.core.start_tls(2, d.now) == []
     actions = d.send(2, wire.Advertise(1, sym_key(1), sym_key(2)).encode())
     assert isinstance(messages(actions, 2)[0], wire.AdvertiseChallenge)
-    assert d.core.snapshot()[0][0][-1] is True  # the TLS flag is part of the snapshot
+    assert d.core.snapshot()[0][0][10] is True  # the TLS flag (SessionRow index 10) is in it
 
 
 def test_tls_handshakes_are_paid_from_the_challenge_budget() -> None:

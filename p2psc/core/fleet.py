@@ -51,7 +51,7 @@ from p2psc.core.mediator import (
 )
 from p2psc.errors import ProtocolError
 from p2psc.keys import HPKE, NonceCrypto, NonceSource, nonces_equal, system_nonces
-from p2psc.machines.compiler import Transition
+from p2psc.machines.compiler import GuardOracle, Transition
 
 __all__ = [
     "CLAIMED",
@@ -343,6 +343,7 @@ class FleetCore(MediatorCore):
         out: list[MediatorAction],
         *,
         partner_code: int = _R.PEER_GONE,
+        oracle: GuardOracle | None = None,
     ) -> None:
         partner = self._remote.get(conn)
         if partner is not None and session.state in (DISCONNECTING, CONFIRMING):
@@ -351,7 +352,9 @@ class FleetCore(MediatorCore):
             # confirm deadline passed, SHUTTING_DOWN, else PEER_GONE)
             notice = encode_notice(N_GONE, partner[1], b"%d" % partner_code)
             cast(list[Any], out).append(Notify(partner[0], notice))
-        super()._fail(conn, session, event, code, text, out, partner_code=partner_code)
+        super()._fail(
+            conn, session, event, code, text, out, partner_code=partner_code, oracle=oracle
+        )
 
     def _confirmed(
         self, conn: ConnId, session: _Session, now: float, out: list[MediatorAction]
