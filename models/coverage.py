@@ -47,9 +47,12 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "direct --stranger-budget 2": ("direct", {"budget": 2}),
     "channel --adversary-budget 1": ("channel", {"budget": 1}),
     "fleet --faults": ("fleet", {"faults": True}),
+    "relay --relay-faults 2 --bridging-relay": ("relay", {"faults": 2, "evil": True}),
 }
 """The configurations CI explores for coverage (each as ``p2psc explore`` spells it: model,
 build options), cheapest first; together they take every transition of :data:`TAKEN_BY`."""
+
+_RELAY = "relay --relay-faults 2 --bridging-relay"
 
 TAKEN_BY: dict[tuple[str, str], str] = {
     ("MediatorSession", "awaiting_advertise --evicted--> closed"): "mediation --limits",
@@ -259,6 +262,23 @@ TAKEN_BY: dict[tuple[str, str], str] = {
     ("PeerCandidate", "answered --first_record--> rejected"): "mediation --peers 2 --garbage",
     ("PeerCandidate", "answered --silent--> rejected"): "mediation --peers 2 --faults",
     ("PeerCandidate", "answered --closed--> rejected"): "mediation --peers 2 --faults",
+    ("RelayLeg", "answered --connected--> spliced"): _RELAY,
+    ("RelayLeg", "answered --lost--> failed"): _RELAY,
+    ("RelayLeg", "answered --timeout--> failed"): _RELAY,
+    ("RelayLeg", "connecting --opened--> requesting"): _RELAY,
+    ("RelayLeg", "connecting --timeout--> failed"): _RELAY,
+    ("RelayLeg", "requesting --challenge [challenge_opens]--> answered"): _RELAY,
+    ("RelayLeg", "requesting --lost--> failed"): _RELAY,
+    ("RelayLeg", "requesting --timeout--> failed"): _RELAY,
+    ("Rendezvous", "punching --relay_due--> relaying"): _RELAY,
+    ("Rendezvous", "relaying --candidate_rejected--> relaying"): _RELAY,
+    ("Rendezvous", "relaying --confirmed [relayed_path]--> relayed"): _RELAY,
+    ("Rendezvous", "relaying --confirmed--> established"): _RELAY,
+    ("Rendezvous", "relaying --direct_opened--> relaying"): _RELAY,
+    ("Rendezvous", "relaying --relay_failed--> failed"): _RELAY,
+    ("Rendezvous", "relaying --relay_progress--> relaying"): _RELAY,
+    ("Rendezvous", "relaying --relay_spliced--> relaying"): _RELAY,
+    ("Rendezvous", "relaying --timeout--> failed"): _RELAY,
     ("ChannelMachine", "open --close_sent--> sent_close"): "channel --adversary-budget 1",
     (
         "ChannelMachine",
@@ -372,6 +392,38 @@ NOT_MODELLED: dict[tuple[str, str], tuple[str, str]] = {
         "needs --require-tls and a clear client (the model has no TLS)",
         "tests/test_tls.py::test_require_tls_refuses_clear_version_1",
     ),
+    ("RelayLeg", "answered --abort--> failed"): (
+        "needs a relay that refuses (the model's relay always splices)",
+        "tests/test_relay_peer.py::test_relay_abort_is_relay_refused_with_its_code",
+    ),
+    ("RelayLeg", "requesting --abort--> failed"): (
+        "needs a relay that refuses (the model's relay always splices)",
+        "tests/test_relay_peer.py::test_relay_abort_is_relay_refused_with_its_code",
+    ),
+    ("RelayLeg", "answered --bad_message--> failed"): (
+        "needs a relay that breaks the protocol",
+        "tests/test_relay_peer.py::test_garbage_from_the_relay",
+    ),
+    ("RelayLeg", "requesting --bad_message--> failed"): (
+        "needs a relay that breaks the protocol (or a Mediator without a relay)",
+        "tests/test_relay_peer.py::test_a_mediator_without_a_relay_is_named_as_such",
+    ),
+    ("RelayLeg", "requesting --challenge--> failed"): (
+        "needs a relay whose challenge is not sealed to our key",
+        "tests/test_relay_peer.py::test_a_challenge_sealed_for_the_mediator_does_not_open_at_the_relay",
+    ),
+    ("RelayLeg", "connecting --lost--> failed"): (
+        "the model's relay always accepts",
+        "tests/test_relay_peer.py::test_no_relay_at_the_address",
+    ),
+    ("Rendezvous", "relaying --candidate_evicted--> relaying"): (
+        "needs strangers on the Peer's listener beyond its bounds (the direct model's stranger)",
+        "tests/test_relay_peer.py::test_strangers_on_the_peers_listener_are_evicted_while_relaying",
+    ),
+    ("Rendezvous", "relaying --listen_failed--> relaying"): (
+        "the modelled network never fails a listener",
+        "tests/test_relay_peer.py::test_the_peers_listener_failing_while_relaying_is_not_fatal",
+    ),
 }
 """(machine, transition) -> (why no shipped model takes it, the test that exercises it)."""
 
@@ -381,6 +433,12 @@ EXCLUDED_MACHINES: dict[str, str] = {
         "wave 1's protocol version 0 peer (p2psc.legacy, INSECURE, kept for the C++ "
         "interoperability tests): no model runs it; tests/test_legacy_peer.py and "
         "tests/test_legacy_cpp_emulation.py exercise it"
+    ),
+    "RelaySession": (
+        "the relay's per-connection machine (p2psc.core.relay): the relay model checks the "
+        "peers' path agreement with a stand-in relay, no model runs RelayCore; "
+        "tests/test_relay_core.py drives it through admission, every refusal, splicing, limits "
+        "and every way a connection ends"
     ),
 }
 """Registered machines (:data:`p2psc.machines.MACHINES`) the catalogue does not cover, with

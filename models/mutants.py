@@ -66,6 +66,7 @@ from p2psc.models.channel_model import ChannelModel
 from p2psc.models.direct_model import DirectModel
 from p2psc.models.mediation_model import MediationModel
 from p2psc.models.negotiator_model import NegotiatorPairModel
+from p2psc.models.relay_model import RelayModel
 
 from p2psc import wire
 from p2psc.core.channel import SecureChannel
@@ -330,8 +331,8 @@ class CommitOnInitPeer(PeerCore):
 class NoBindingPeer(PeerCore):
     """Leaves the pairing id out of the Noise prologue (both roles)."""
 
-    def _prologue(self, client_key: bytes, peer_key: bytes) -> bytes:
-        return prologue(bytes(16), client_key, peer_key)
+    def _prologue(self, client_key: bytes, peer_key: bytes, *, relayed: bool = False) -> bytes:
+        return prologue(bytes(16), client_key, peer_key, relayed=relayed)
 
 
 class GlobalCapPeer(PeerCore):
@@ -356,6 +357,26 @@ DIRECT_MUTANTS: dict[str, tuple[type[PeerCore], str]] = {
 def direct_mutant(name: str, *, budget: int = 2) -> DirectModel:
     cls, _ = DIRECT_MUTANTS[name]
     return DirectModel(budget=budget, peer_class=cls, name=f"direct[mutant {name}]")
+
+
+class PathUnboundPeer(PeerCore):
+    """Leaves the path out of the Noise prologue: a relayed handshake uses the direct prologue
+    (spec/relay.md section 4), so a handshake carried from one path to the other verifies."""
+
+    def _prologue(self, client_key: bytes, peer_key: bytes, *, relayed: bool = False) -> bytes:
+        return prologue(self.pairing_id, client_key, peer_key)
+
+
+RELAY_MUTANTS: dict[str, tuple[type[PeerCore], str]] = {
+    "path-unbound": (PathUnboundPeer, "R1"),
+}
+"""Mutant name -> (broken peer class, the property it must break) of the relay model (explored
+with the bridging relay, ``--evil``)."""
+
+
+def relay_mutant(name: str, *, faults: int = 1, evil: bool = True) -> RelayModel:
+    cls, _ = RELAY_MUTANTS[name]
+    return RelayModel(faults=faults, evil=True, peer_class=cls, name=f"relay[mutant {name}]")
 
 
 # --- record layer -------------------------------------------------------------------------

@@ -293,3 +293,42 @@ class TlsVerificationFailed(MediatorTlsError):
     def __init__(self, reason: str, *, mismatch: str) -> None:
         super().__init__(reason)
         self.mismatch = mismatch
+
+
+# --- Relay (issue 14): connecting through a relay, and a relayed circuit ending -----------------
+#
+#     ConnectError
+#     └── RelayError               connecting through the relay failed
+#         ├── RelayUnreachable     no relay at the address (refused, closed, not a relay);
+#         │                        also a PeerUnreachable: neither a direct nor a relayed path
+#         ├── RelayRefused         the relay refused us (RelayAbort: limits, identity, no partner)
+#         └── RelayTimeout         the partner did not reach the relay before our deadline
+#     ChannelError
+#     └── RelayLimitReached        the relay ended an established relayed circuit (a limit)
+
+__all__ += ["RelayError", "RelayLimitReached", "RelayRefused", "RelayTimeout", "RelayUnreachable"]
+
+
+class RelayError(ConnectError):
+    """Connecting through the relay failed; the subclass says how (spec/relay.md)."""
+
+
+class RelayUnreachable(RelayError, PeerUnreachable):
+    """No relay answered at the configured address (connection refused or closed, or the
+    server there is a Mediator without a relay). Also a :class:`PeerUnreachable`: no direct path
+    formed either."""
+
+
+class RelayRefused(RelayError):
+    """The relay refused us with RelayAbort (``code``: RELAY_REFUSED over its limits,
+    RELAY_NO_PARTNER when the partner did not come, IDENTITY_CHECK_FAILED, ...)."""
+
+
+class RelayTimeout(RelayError, HandshakeTimeout):
+    """Our deadline passed at the relay: the partner's connection never joined ours."""
+
+
+class RelayLimitReached(ChannelError):
+    """The relay ended an established relayed circuit, at a record boundary, because one of its
+    limits (duration or data, see ``code`` and the text) was reached. The relay's message is not
+    authenticated; everything received before it was."""

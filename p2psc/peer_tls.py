@@ -172,6 +172,7 @@ def prepare(
     driver (with TLS to the Mediator when asked). Raises ``ValueError``/``KeyFileError`` for
     unusable arguments, before any socket exists."""
     address, use_tls = mediator_target(mediator, tls=tls)
+    options.setdefault("relay", "auto")  # the user-facing default (issue 14; spec/relay.md)
     config = peer_config(keypair, peer_key, address, **options)
     if config.candidates is None:  # every usable address of this host (spec: "Candidates")
         config = dataclasses.replace(config, candidates=local_addresses())

@@ -50,13 +50,14 @@ class SyncConnection(SecureSocket):
         role: str,
         session_secret: bytes,
         handshake_hash: bytes,
+        path: str = "direct",
     ) -> None:
         super().__init__(sock, channel, leftover)
         self.peer_key = peer_key
         self.role = role
         self.session_secret = session_secret
         self.handshake_hash = handshake_hash
-        self.path = "direct"
+        self.path = path
         self.local = _pair(sock.getsockname())
         self.remote = _pair(sock.getpeername())
 
@@ -138,6 +139,7 @@ class _Adapter:
             role=result.role,
             session_secret=result.session_secret,
             handshake_hash=result.handshake_hash,
+            path=result.path,
         )
 
     def _ready(self, conn: ConnId) -> None:

@@ -33,9 +33,10 @@ from p2psc.machines.compiler import compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
 from p2psc.machines.mediator import MediatorSession
 from p2psc.machines.negotiator import NegotiatorMachine
+from p2psc.machines.relay import RelayLeg
 
 MACHINES = (NegotiatorMachine, MediatorSession, Registration, Rendezvous)
-MACHINES += (ClientCandidate, PeerCandidate, ChannelMachine)
+MACHINES += (ClientCandidate, PeerCandidate, ChannelMachine, RelayLeg)
 
 
 def test_the_catalogue_accounts_for_every_declared_transition_once() -> None:
@@ -122,10 +123,10 @@ def _explore(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str]:
 
 
 def test_coverage_fail_under_sets_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out = _explore(capsys, "mediation", "--peers", "2", "--coverage-fail-under", "20")
+    status, out = _explore(capsys, "mediation", "--peers", "2", "--coverage-fail-under", "15")
     assert status == 0, out
     percent = float(out.split("transitions taken (")[1].split("%")[0])
-    assert 20 < percent < 40
+    assert 15 < percent < 40  # 23 of 113 (the relay's transitions are the relay model's)
     status, out = _explore(capsys, "mediation", "--peers", "2", "--coverage-fail-under", "40")
     assert status == 1
     assert "under --coverage-fail-under 40%" in out
@@ -133,9 +134,10 @@ def test_coverage_fail_under_sets_the_exit_status(capsys: pytest.CaptureFixture[
 
 
 def test_coverage_fail_under_on_the_ci_configurations(capsys: pytest.CaptureFixture[str]) -> None:
-    """What CI runs: the richest two-peer configuration keeps at least 60% (65 of 101)."""
+    """What CI runs: the richest two-peer configuration keeps at least 55% (65 of 113; the
+    relay's 11 Rendezvous transitions and RelayLeg are the relay model's, spec/relay.md)."""
     args = ("mediation", "--peers", "2", "--faults", "--limits", "--keepalive")
-    args += ("--coverage-fail-under", "60")
+    args += ("--coverage-fail-under", "55")
     status, out = _explore(capsys, *args)
     assert status == 0, out
     status, out = _explore(capsys, "negotiator", "--protocols", "2", "--coverage-fail-under", "95")

@@ -33,7 +33,7 @@ def test_nothing_is_declared_twice() -> None:
     """The registration phase is declared once (both roles), the rendezvous once; only the
     per-candidate machines differ by role, and they share no event that means two things."""
     assert REG.finals == {"client", "peer", "failed"}
-    assert REN.finals == {"established", "failed"}
+    assert REN.finals == {"established", "relayed", "failed"}
     assert set(CLIENT.events) & set(PEER.events) == {"bad_message", "silent", "closed"}
 
 

@@ -144,3 +144,40 @@ def test_tls_options_without_tls_are_refused() -> None:
             )
 
     asyncio.run(body())
+
+
+def test_relay_on_a_tls_mediators_port(pki: dict[str, Issued]) -> None:
+    """``mediator --relay --tls-cert ... --require-tls``: registration runs inside TLS, the
+    relay protocol in clear on the same port (spec/relay.md section 2), the channel end to end."""
+    from p2psc.aio.relay import serve_relay
+
+    a, b = Keypair.generate(), Keypair.generate()
+    tls = server_context(pki["good"].cert, pki["good"].key)
+    ca = str(pki["ca"].cert)
+    config = MediatorConfig(
+        advertise_timeout=5,
+        response_timeout=5,
+        confirm_timeout=5,
+        wait_timeout=30,
+        require_tls=True,
+    )
+
+    async def body() -> None:
+        async with (
+            serve_relay(listen=False) as relay,
+            serve_mediator("127.0.0.1", 0, config=config, tls=tls) as server,
+        ):
+            server.relay = relay
+            addr = f"tls://127.0.0.1:{server.port}"
+            opts = {**FAST, "relay": "only"}
+            first = asyncio.create_task(connect(a, b.public_key, addr, mediator_ca=ca, **opts))
+            second = asyncio.create_task(connect(b, a.public_key, addr, mediator_ca=ca, **opts))
+            ca_conn, cb_conn = await asyncio.wait_for(asyncio.gather(first, second), 20)
+            assert ca_conn.path == cb_conn.path == "relayed"
+            ca_conn.writer.write(b"relayed")
+            assert await asyncio.wait_for(cb_conn.reader.readexactly(7), 5) == b"relayed"
+            for conn in (ca_conn, cb_conn):
+                conn.close()
+                await conn.wait_closed()
+
+    asyncio.run(body())

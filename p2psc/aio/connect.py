@@ -88,7 +88,8 @@ class P2PConnection(StreamConnection):
     ``role`` is what the Mediator made us: ``"client"`` (registered first, the Noise initiator)
     or ``"peer"``. ``session_secret`` is 32 bytes both sides derive identically from the Noise
     handshake hash (forward secret); ``handshake_hash`` is the hash itself, for channel binding.
-    ``path`` is ``"direct"``. Use as an async context manager, or call :meth:`close` (and
+    ``path`` is ``"direct"`` or ``"relayed"`` (through the relay: spec/relay.md). Use as an
+    async context manager, or call :meth:`close` (and
     :meth:`wait_closed`)."""
 
     reader: asyncio.StreamReader
@@ -191,6 +192,7 @@ def _secure(transport: asyncio.Transport, result: Outcome) -> P2PConnection:
         local=_pair(transport.get_extra_info("sockname")),
         remote=_pair(transport.get_extra_info("peername")),
         handshake_hash=result.handshake_hash,
+        path=result.path,
     )
 
 

@@ -40,15 +40,20 @@ import socket
 import ssl
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from p2psc.core.io import Close, Closed, Event, Opened, Received, Send, SetTimer, TimerFired
 from p2psc.core.mediator import MediatorAction, MediatorConfig, MediatorCore, NoteObserver
 from p2psc.core.registry import Registry
 from p2psc.errors import MediatorTlsError
 from p2psc.legacy.mediator import LegacyAwareMediatorCore
+from p2psc.relay_wire import is_relay_request_start
 from p2psc.text import printable
 from p2psc.tls import TLS_HANDSHAKE_RECORD, TlsServerSession
+
+if TYPE_CHECKING:
+    from p2psc.aio.relay import RelayServer
+    from p2psc.core.relay import RelayConfig
 
 __all__ = ["MediatorServer", "run_mediator", "serve_mediator"]
 
@@ -95,6 +100,9 @@ class _Connection(asyncio.Protocol):
             if data[0] == TLS_HANDSHAKE_RECORD and self.server._tls is not None:
                 self.server._start_tls(self, data)
                 return
+            if self.server.relay is not None and is_relay_request_start(data):
+                self.server._hand_over(self, data)  # `mediator --relay` (spec/relay.md)
+                return
         if self.tls is not None:
             self.server._tls_received(self, self.tls, data)
             return
@@ -136,6 +144,9 @@ class MediatorServer:
         """Timer buckets: tick (1/64 s since the loop clock's origin) -> connections due."""
         self._closing = False
         self._closed = asyncio.Event()
+        self.relay: RelayServer | None = None
+        """A relay served on the same port (``p2psc mediator --relay``): connections whose
+        first frame is a RelayRequest are handed to it."""
 
     # --- public ---------------------------------------------------------------------------
 
@@ -322,6 +333,17 @@ class MediatorServer:
         out = session.data_to_send()
         if out and connection.transport is not None:
             connection.transport.write(out)
+
+    def _hand_over(self, connection: _Connection, data: bytes) -> None:
+        """Give a connection that speaks the relay protocol to :attr:`relay` (its Mediator
+        session is forgotten; nothing is sent on it from here)."""
+        transport, relay = connection.transport, self.relay
+        self._connections.pop(connection.conn, None)
+        if connection.tick is not None:
+            self._unbucket(connection, connection.tick)
+        self._event(Closed(connection.conn, "handed over to the relay"))
+        if transport is not None and relay is not None:
+            relay.adopt(transport, data)
 
     def _opened(self, connection: _Connection, transport: asyncio.Transport) -> None:
         conn = next(self._ids)
@@ -577,6 +599,7 @@ def run_mediator(
     use_uvloop: bool = True,
     legacy: bool = True,
     tls: Callable[[], ssl.SSLContext] | None = None,
+    relay: RelayConfig | None = None,
     fleet: Any = None,
 ) -> int:
     """Run a mediator until SIGINT or SIGTERM, then shut down cleanly; return exit status 0.
@@ -603,6 +626,10 @@ def run_mediator(
             server = await serve_mediator(
                 host, port, config=config, observer=observer, legacy=legacy, tls=context
             )
+        if relay is not None:  # `mediator --relay`: the relay shares the port (spec/relay.md)
+            from p2psc.aio.relay import serve_relay
+
+            server.relay = await serve_relay(config=relay, listen=False)
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -624,6 +651,8 @@ def run_mediator(
             ready(server)
         await stop.wait()
         await server.close()
+        if server.relay is not None:
+            await server.relay.close()
         return 0
 
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None

@@ -23,6 +23,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "p2psc.cli.diagrams",
     "p2psc.cli.keygen",
     "p2psc.cli.mediator",
+    "p2psc.cli.relay",
     "p2psc.cli.connect",
     "p2psc.cli.demo",
     "p2psc.legacy.cli",

@@ -135,6 +135,8 @@ def _run(args: argparse.Namespace) -> int:
             tls=use_tls,
             mediator_ca=args.mediator_ca,
             mediator_pin=args.mediator_pin,
+            relay=args.relay,
+            relay_address=args.relay_address,
         )
         local = f"{connection.local[0]}:{connection.local[1]}"
         remote = f"{connection.remote[0]}:{connection.remote[1]}"
@@ -222,6 +224,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="while waiting for the peer, ping the mediator this often (1..3600; 0: off); "
         "keep it below the idle timeout of your NAT (%(default)s)",
+    )
+    parser.add_argument(
+        "--relay",
+        choices=("auto", "never", "only"),
+        default="auto",
+        help="when no direct connection forms within --punch-timeout, go through the relay "
+        "(auto), never, or only through it (%(default)s; spec/relay.md)",
+    )
+    parser.add_argument(
+        "--relay-address",
+        metavar="HOST:PORT",
+        help="the relay (default: the Mediator's address, served by 'p2psc mediator --relay')",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument(

@@ -14,6 +14,7 @@ examples:
   p2psc explore mediation --peers 4 --garbage   # also D, who wants B; one malformed frame
   p2psc explore mediation --mutant identify-early
   p2psc explore direct --stranger-budget 3  # Client, Peer and a stranger who replays anything
+  p2psc explore relay --relay-faults 2 --bridging-relay   # path agreement, direct or relayed
   p2psc explore channel --adversary-budget 2  # established records against drops, replays, cuts
   p2psc explore mediation --peers 2 --faults --limits --coverage-fail-under 60
 
@@ -26,6 +27,7 @@ mutants (--mutant NAME; the property each one breaks):
   mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
               leaky-registry (M4), mute-pings (K1), slow-pings (K1)
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
+  relay:      path-unbound (R1, always with the bridging relay)
   channel:    skip-lost-record (C1), eof-is-close (C2), close-not-recorded (C3),
               fin-only-close (C4)
   fleet:      non-atomic-claim (M3), confirm-early (M2), no-hold (M3)
@@ -46,6 +48,7 @@ MODELS: dict[str, str] = {
     "negotiator": "p2psc.models.negotiator_model",
     "mediation": "p2psc.models.mediation_model",
     "direct": "p2psc.models.direct_model",
+    "relay": "p2psc.models.relay_model",
     "channel": "p2psc.models.channel_model",
     "fleet": "p2psc.models.fleet_model",
 }
@@ -120,18 +123,30 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         DIRECT_MUTANTS,
         MEDIATION_MUTANTS,
         NEGOTIATOR_MUTANTS,
+        RELAY_MUTANTS,
     )
 
     by_model: dict[str, dict[str, Any]] = {
         "negotiator": NEGOTIATOR_MUTANTS,
         "mediation": MEDIATION_MUTANTS,
         "direct": DIRECT_MUTANTS,
+        "relay": RELAY_MUTANTS,
         "channel": CHANNEL_MUTANTS,
     }
     mutants = by_model[args.model]
     if args.mutant is not None and args.mutant not in mutants:
         listed = ", ".join(f"{name} ({entry[1]})" for name, entry in sorted(mutants.items()))
         parser.error(f"unknown {args.model} mutant {args.mutant!r}; choose from: {listed}")
+    if args.model != "relay" and (args.relay_faults is not None or args.bridging_relay):
+        parser.error("--relay-faults and --bridging-relay apply to the relay model only")
+    if args.model == "relay":
+        others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
+        if any(o not in (None, False) for o in others) or args.garbage or args.shutdown:
+            parser.error("the relay model takes --relay-faults, --bridging-relay and --mutant only")
+        if args.stranger_budget is not None or args.adversary_budget is not None:
+            parser.error("the relay model takes --relay-faults, --bridging-relay and --mutant only")
+        faults = 2 if args.relay_faults is None else args.relay_faults
+        return {"faults": faults, "evil": args.bridging_relay, "mutant": args.mutant}
     if args.model != "direct" and args.stranger_budget is not None:
         parser.error("--stranger-budget applies to the direct model only")
     if args.model != "channel" and args.adversary_budget is not None:
@@ -219,7 +234,8 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "explore",
-        help="exhaustively check a model of the cores (negotiator, mediation, direct, channel)",
+        help="exhaustively check a model of the cores (negotiator, mediation, direct, channel, "
+        "relay)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -250,6 +266,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="N",
         help="direct: how many actions the stranger may take (default 2)",
+    )
+    parser.add_argument(
+        "--relay-faults",
+        type=_at_least(0),
+        default=None,
+        metavar="N",
+        help="relay: how many faults (a reset, a late network) a run may have (default 2)",
+    )
+    parser.add_argument(
+        "--bridging-relay",
+        action="store_true",
+        help="relay: the relay may splice the Client's leg to the Peer's listener instead",
     )
     parser.add_argument(
         "--adversary-budget",

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from p2psc.cli.relay import add_relay_limits
 from p2psc.core.mediator import MediatorConfig, MediatorNote, NoteObserver
 from p2psc.text import printable
 
@@ -160,9 +161,10 @@ class _JsonFormatter(logging.Formatter):
 def _setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
+    for logger in (log, logging.getLogger("p2psc.relay")):  # the relay of `mediator --relay`
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
 
 
 def _positive_float(text: str) -> float:
@@ -234,6 +236,7 @@ def _fail(message: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from p2psc.aio.mediator import MediatorServer, run_mediator
+    from p2psc.cli.relay import relay_config
     from p2psc.errors import MediatorTlsError
     from p2psc.fdlimits import LimitsDoNotFit, fit_limits, raise_nofile_limit
 
@@ -329,6 +332,7 @@ def _run(args: argparse.Namespace) -> int:
             legacy=not args.no_legacy,
             tls=tls_loader,
             fleet=fleet,
+            relay=relay_config(args) if args.relay else None,
         )
     except OSError as error:  # bind/listen failed: address in use, no such address, ...
         why = error.strerror or str(error)
@@ -479,6 +483,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="lifetime of a waiting registration in Redis unless refreshed (%(default)s)",
     )
     parser.add_argument("--no-uvloop", action="store_true", help="use plain asyncio")
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="also run a relay on this port, for peers that cannot connect directly (they find "
+        "it at the Mediator's address: spec/relay.md)",
+    )
+    add_relay_limits(parser, prefix="relay-")
     parser.add_argument(
         "--no-legacy",
         action="store_true",

@@ -38,6 +38,7 @@ from p2psc.errors import (
     RecordMalformed,
     RecordTampered,
     RecordTooLarge,
+    RelayLimitReached,
     TruncatedStream,
 )
 from p2psc.machines.channel import ChannelMachine
@@ -77,6 +78,8 @@ MAX_RECORD_CIPHERTEXT: Final = MAX_RECORD_DATA + 1 + TAGLEN
 MAX_RECORD_WIRE: Final = HEADER_LEN + MAX_RECORD_CIPHERTEXT
 """The longest record on the wire (32787): the receive buffer never holds a whole one."""
 
+_RELAY_END_MAX: Final = 6 + 4 + 1024
+"""At most this much of a relay's end message is kept (a RelayAbort frame's size)."""
 _DATA_BYTE: Final = b"\x00"
 _CLOSE_BYTE: Final = b"\x01"
 _NO_AD: Final = b""
@@ -126,13 +129,19 @@ class SecureChannel:
         "_records_received",
         "_records_sent",
         "_recv",
+        "_relay_end",
+        "_relayed",
         "_send",
         "_state",
     )
 
-    def __init__(self, send: CipherState, recv: CipherState) -> None:
+    def __init__(self, send: CipherState, recv: CipherState, *, relayed: bool = False) -> None:
         self._send = send
         self._recv = recv
+        self._relayed = relayed
+        """Over a relay (spec/relay.md): a record length of 0 is the relay's end marker."""
+        self._relay_end: bytearray | None = None
+        """The relay's end marker arrived: the (unauthenticated) RelayAbort frame after it."""
         self._buf = bytearray()
         self._need = HEADER_LEN
         self._state = CHANNEL_TABLE.initial
@@ -226,6 +235,8 @@ class SecureChannel:
         channel is dead and the caller closes the transport."""
         if self._failed is not None:
             raise self._again()
+        if self._relay_end is not None:
+            raise self._relay_ended(data)
         if self._state in _RECEIVED_CLOSE:
             if data:
                 raise self._fail(DataAfterClose(f"{len(data)} bytes after the close record"))
@@ -250,6 +261,12 @@ class SecureChannel:
                     RecordTooLarge(f"record of {length} bytes > {MAX_RECORD_CIPHERTEXT}")
                 )
             if length < MIN_RECORD_CIPHERTEXT:
+                if length == 0 and self._relayed:
+                    # The relay ended the circuit here (at a record boundary): hand out what
+                    # came before it; the next call raises RelayLimitReached.
+                    self._relay_end = bytearray(view[pos + HEADER_LEN : end][:_RELAY_END_MAX])
+                    self._buf = bytearray()
+                    return out
                 raise self._fail(RecordTampered(f"record of {length} bytes cannot be authentic"))
             stop = pos + HEADER_LEN + length
             if stop > end:
@@ -298,12 +315,30 @@ class SecureChannel:
         stream was cut: raises :class:`~p2psc.errors.TruncatedStream` (or the earlier error)."""
         if self._failed is not None:
             raise self._again()
+        if self._relay_end is not None:
+            raise self._relay_ended(b"")
         if self._state in _RECEIVED_CLOSE:
             self._state = _step(self._state, "transport_ended")
             return
         partial = f" inside a record ({len(self._buf)} bytes of it)" if self._buf else ""
         error = TruncatedStream(f"the stream ended without a close record{partial}")
         raise self._fail(error, "transport_cut")
+
+    def _relay_ended(self, data: bytes | bytearray | memoryview) -> ChannelError:
+        """The relay's end marker came earlier: its RelayAbort says why (not authenticated)."""
+        from p2psc.relay_wire import reason_name
+
+        assert self._relay_end is not None
+        frame = bytes(self._relay_end + bytes(data))[:_RELAY_END_MAX]
+        why, code = "no reason given", None
+        if len(frame) >= 10 and frame[3] == 18:  # a RelayAbort frame: header, code, text
+            code = (frame[6] << 8) | frame[7]
+            size = (frame[8] << 8) | frame[9]
+            text = frame[10 : 10 + size].decode("utf-8", "replace")
+            why = f"{reason_name(code)}: {text}"
+        error = RelayLimitReached(f"the relay ended the circuit ({why})")
+        error.code = code
+        return self._fail(error, "transport_cut")
 
     def _fail(self, error: ChannelError, event: str = "bad_record") -> ChannelError:
         self._state = _step(self._state, event)

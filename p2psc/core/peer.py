@@ -42,6 +42,7 @@ complete its step before ``candidate_timeout``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from typing import TypedDict, Unpack
@@ -49,6 +50,7 @@ from typing import TypedDict, Unpack
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from p2psc import relay_wire as rw
 from p2psc import wire
 from p2psc.core.attempt import failed_state, restore_error
 from p2psc.core.channel import HEADER_LEN, MIN_RECORD_CIPHERTEXT, SecureChannel
@@ -79,6 +81,9 @@ from p2psc.errors import (
     P2pscError,
     PeerUnreachable,
     ProtocolError,
+    RelayRefused,
+    RelayTimeout,
+    RelayUnreachable,
     UnsupportedVersion,
     UnusableAddress,
 )
@@ -93,6 +98,7 @@ from p2psc.keys import (
 from p2psc.keys import nonce_info as _info
 from p2psc.machines.compiler import MachineTable, compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
+from p2psc.machines.relay import RelayLeg
 from p2psc.noise import HandshakeSnapshot, HandshakeState
 
 __all__ = [
@@ -141,19 +147,30 @@ EPHEMERAL_SIZE = 32
 
 PROLOGUE_LABEL = b"p2psc v1 Noise_KK prologue\x00"
 """First bytes of the Noise prologue (followed by version, pairing id, Client key, Peer key)."""
+RELAYED_PROLOGUE_LABEL = b"p2psc v1 Noise_KK relayed prologue\x00"
+"""The same for a handshake through a relay (spec/relay.md section 4): a handshake message of
+one path never verifies on the other, so both sides agree on the path they ended on."""
+RELAY_CONN: ConnId = 1 << 19
+"""The connection to the relay (issue 14). Outgoing direct attempts never reach this number."""
+RELAY_MODES = ("never", "auto", "only")
 SESSION_SECRET_INFO = b"p2psc v1 session secret\x00"
 """HKDF ``info`` of the session secret derived from the Noise handshake hash."""
 
 REGISTRATION_TABLE: MachineTable = compile_machine(Registration)
 RENDEZVOUS_TABLE: MachineTable = compile_machine(Rendezvous)
+RELAY_LEG_TABLE: MachineTable = compile_machine(RelayLeg)
 CLIENT_CANDIDATE_TABLE: MachineTable = compile_machine(ClientCandidate)
 PEER_CANDIDATE_TABLE: MachineTable = compile_machine(PeerCandidate)
 
 
-def prologue(pairing_id: bytes, client_key: bytes, peer_key: bytes) -> bytes:
+def prologue(
+    pairing_id: bytes, client_key: bytes, peer_key: bytes, *, relayed: bool = False
+) -> bytes:
     """The Noise prologue both sides must agree on (spec/protocol.md): a message of another
-    pairing, another pair of keys or another protocol version never verifies."""
-    return PROLOGUE_LABEL + bytes((wire.PROTOCOL_VERSION,)) + pairing_id + client_key + peer_key
+    pairing, another pair of keys or another protocol version never verifies; nor one of the
+    other path (``relayed``: :data:`RELAYED_PROLOGUE_LABEL`, spec/relay.md)."""
+    label = RELAYED_PROLOGUE_LABEL if relayed else PROLOGUE_LABEL
+    return label + bytes((wire.PROTOCOL_VERSION,)) + pairing_id + client_key + peer_key
 
 
 def session_secret(handshake_hash: bytes) -> bytes:
@@ -181,6 +198,7 @@ class Established:
     channel: SecureChannel = field(compare=False, hash=False)
     leftover: bytes = b""
     handshake_hash: bytes = b""
+    path: str = "direct"
 
 
 PeerAction = Action | Established
@@ -224,8 +242,12 @@ class PeerConfig:
     keepalive_interval: float | None = 15.0
     timed_dial: bool = True
     candidates: tuple[str, ...] | None = None
+    relay: str = "never"
+    relay_address: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.relay not in RELAY_MODES:
+            raise ValueError(f"relay must be one of {', '.join(RELAY_MODES)}, not {self.relay!r}")
         for host in self.candidates or ():
             try:
                 ipaddress.ip_address(host)
@@ -299,6 +321,7 @@ class PeerSnapshot:
     keepalive: tuple[int, int | None, float | None, float | None] = (0, None, None, None)
     """(next Ping token, token of the Ping awaiting its Pong, when the Mediator last spoke,
     when our registration was answered)."""
+    relay: tuple[str | None, bytes, HandshakeSnapshot | None, bytes] = (None, b"", None, b"")
 
 
 def take_frame(buf: bytes) -> tuple[bytes, wire.Message, bytes] | None:
@@ -416,6 +439,8 @@ class PeerOptions(TypedDict, total=False):
     keepalive_interval: float | None
     timed_dial: bool
     candidates: tuple[str, ...] | None
+    relay: str
+    relay_address: tuple[str, int] | str | None
 
 
 def peer_config(
@@ -434,7 +459,10 @@ def peer_config(
         key = PublicKey.parse(peer_key)
     else:
         key = peer_key
-    return PeerConfig(keypair, key, parse_host_port(mediator), **options)
+    config = PeerConfig(keypair, key, parse_host_port(mediator), **options)  # type: ignore[arg-type]
+    if isinstance(config.relay_address, str):
+        config = dataclasses.replace(config, relay_address=parse_host_port(config.relay_address))
+    return config
 
 
 def parse_host_port(address: tuple[str, int] | str) -> tuple[str, int]:
@@ -527,6 +555,11 @@ class PeerCore:
         """When our Advertise went out (the round trip is measured to the challenge)."""
         self.rtt: float | None = None
         """Our round trip to the Mediator: Advertise out, AdvertiseChallenge in."""
+        self.relay_state: str | None = None
+        """State of the :class:`~p2psc.machines.relay.RelayLeg` (None: no relay attempt)."""
+        self.relay_rx = b""
+        self.relay_initiator: HandshakeState | None = None
+        self.relay_init_frame = b""
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -557,6 +590,12 @@ class PeerCore:
             else (type(self.error).__name__, self.error.reason, self.error.code),
             timing=(self.advertised_at, self.rtt),
             keepalive=(self.ping_token, self.ping_outstanding, self.heard, self.waiting_since),
+            relay=(
+                self.relay_state,
+                self.relay_rx,
+                None if self.relay_initiator is None else self.relay_initiator.snapshot(),
+                self.relay_init_frame,
+            ),
         )
 
     @classmethod
@@ -590,6 +629,9 @@ class PeerCore:
         )
         if snapshot.error is not None:
             core.error = restore_error(*snapshot.error)
+        core.relay_state, core.relay_rx, relay_initiator, core.relay_init_frame = snapshot.relay
+        if relay_initiator is not None:
+            core.relay_initiator = HandshakeState.from_snapshot(relay_initiator)
         return core
 
     @property
@@ -624,6 +666,8 @@ class PeerCore:
         conn = event.conn
         if conn not in self.open_conns:
             return []
+        if conn == RELAY_CONN and conn not in self.candidates:
+            return self._relay_bytes(conn, event.data, now)
         if conn in self.candidates:
             return self._candidate_bytes(conn, event.data, now)
         if conn == self.mediator:
@@ -646,6 +690,8 @@ class PeerCore:
         if now < due:
             return [SetTimer(timer, due)]  # early: the deadline has not passed yet
         del self.timers[timer]
+        if timer == TIMER and self.state == "punching" and self.config.relay == "auto":
+            return self._start_relay(now)
         if timer == TIMER:
             return self._timeout()
         if timer == RETRY_TIMER:
@@ -679,6 +725,8 @@ class PeerCore:
             error = HandshakeTimeout(self._waiting_text(where))
         elif state == "backing_off":
             error = HandshakeTimeout("the deadline passed while waiting to retry the Mediator")
+        elif state == "relaying":
+            error = self._relay_timeout()
         else:
             count, why = self.rejected
             targets = ", ".join(f"{h}:{p}" for h, p in self.targets)
@@ -948,6 +996,8 @@ class PeerCore:
         now: float,
         candidates: tuple[wire.Address, ...] = (),
     ) -> list[PeerAction]:
+        if self.config.relay == "only":
+            return self._start_relay(now)
         self.targets = target_order(observed, local, candidates)
         self.slots = tuple(Slot() for _ in self.targets)
         actions: list[PeerAction] = [
@@ -999,6 +1049,8 @@ class PeerCore:
 
     def _opened(self, event: Opened, now: float) -> list[PeerAction]:
         conn = event.conn
+        if conn == RELAY_CONN and self.relay_state == "connecting":
+            return self._relay_opened(conn, now)
         if conn == self.mediator and self.state == "connecting_mediator":
             return self._mediator_opened(event, now)
         if self.table.name == RENDEZVOUS_TABLE.name:
@@ -1042,7 +1094,9 @@ class PeerCore:
         )
         self.next_order += 1
         if self.role == "client":
-            actions.append(Send(conn, self.init_frame))
+            actions.append(
+                Send(conn, self.relay_init_frame if conn == RELAY_CONN else self.init_frame)
+            )
         return [*actions, self._candidate_timer()]
 
     def _silent_victim(self, pool: list[ConnId]) -> ConnId | None:
@@ -1084,6 +1138,8 @@ class PeerCore:
     def _closed(self, event: Closed, now: float) -> list[PeerAction]:
         conn = event.conn
         why = event.error or "closed"
+        if conn == RELAY_CONN and (conn in self.open_conns or self.relay_state == "connecting"):
+            return self._relay_closed(conn, why)
         if conn == self.mediator and self.state == "connecting_mediator":
             self._step("lost")
             host, port = self.config.mediator
@@ -1102,7 +1158,7 @@ class PeerCore:
                 # The Client's listener is an extra for RST-answering NATs: it goes on without
                 # it. The Peer's is how the Client reaches it (the ordering guarantee).
                 self._step("listen_failed", can_go_on=self.role == "client")
-                if self.role == "client":
+                if self.role == "client" or self.state == "relaying":
                     return []
                 return self._finish_failed(PeerUnreachable(f"cannot listen for the Client: {why}"))
             return []
@@ -1146,8 +1202,9 @@ class PeerCore:
         """The Client's check: the response completes the Noise handshake (only the owner of
         the Peer's key, answering this pairing's HandshakeInit, can produce it). Tried on a copy,
         so a forged response leaves our handshake state as it was."""
-        assert self.initiator is not None
-        handshake = self.initiator.copy()
+        initiator = self.relay_initiator if conn == RELAY_CONN else self.initiator
+        assert initiator is not None
+        handshake = initiator.copy()
         try:
             handshake.read_message(message.noise)
             valid = True
@@ -1167,7 +1224,7 @@ class PeerCore:
             )
         self.candidates[conn] = Candidate(state, cand.source, cand.order, cand.deadline)
         send, recv = handshake.split()
-        channel = SecureChannel(send, recv)
+        channel = SecureChannel(send, recv, relayed=conn == RELAY_CONN)
         confirmation = channel.seal(b"")
         actions = self._commit(conn)
         actions.append(Send(conn, confirmation))
@@ -1188,7 +1245,7 @@ class PeerCore:
         handshake = HandshakeState.responder(
             config.keypair.to_private_raw(),
             client,
-            self._prologue(client, ours),
+            self._prologue(client, ours, relayed=conn == RELAY_CONN),
             self._ephemeral(),
         )
         try:
@@ -1236,7 +1293,7 @@ class PeerCore:
             return []
         assert cand.handshake is not None
         handshake = HandshakeState.from_snapshot(cand.handshake)
-        channel = SecureChannel(*handshake.split())
+        channel = SecureChannel(*handshake.split(), relayed=conn == RELAY_CONN)
         try:
             items = channel.feed(buf[:end])
             valid = all(isinstance(item, bytes) and not item for item in items)
@@ -1278,7 +1335,7 @@ class PeerCore:
         for conn in sorted((self.open_conns | in_flight) - {keep}):
             actions.append(Close(conn, "another direct connection won"))
         actions += [self._set_timer(timer, None) for timer in sorted(self.timers)]
-        self._step("confirmed")
+        self._step("confirmed", relayed_path=keep == RELAY_CONN)
         self.open_conns = frozenset({keep})
         self.candidates = {}
         self.rx = {}
@@ -1298,6 +1355,7 @@ class PeerCore:
                 channel,
                 bytes(leftover),
                 handshake_hash,
+                "relayed" if conn == RELAY_CONN else "direct",
             )
         ]
 
@@ -1306,9 +1364,9 @@ class PeerCore:
     def _step(self, event: str, **guards: bool) -> None:
         self.state = _step(self.table, self.state, event, **guards)
 
-    def _prologue(self, client_key: bytes, peer_key: bytes) -> bytes:
-        """This pairing's Noise prologue (:func:`prologue`)."""
-        return prologue(self.pairing_id, client_key, peer_key)
+    def _prologue(self, client_key: bytes, peer_key: bytes, *, relayed: bool = False) -> bytes:
+        """This pairing's Noise prologue (:func:`prologue`) for the direct or relayed path."""
+        return prologue(self.pairing_id, client_key, peer_key, relayed=relayed)
 
     def _clip(self, deadline: float | None) -> float:
         assert self.deadline is not None
@@ -1358,3 +1416,215 @@ class PeerCore:
         self.rx = {}
         self.mediator = None
         return [*actions, Failed(error)]
+
+    # --- the relay (issue 14; spec/relay.md) ------------------------------------------------
+
+    def _relay_address(self) -> tuple[str, int]:
+        return self.config.relay_address or self.config.mediator
+
+    def _start_relay(self, now: float) -> list[PeerAction]:
+        """Move to the relay: stop dialling; the Client (who decides the path) and a peer in
+        ``relay="only"`` mode also drop every direct candidate and the listener; connect to the
+        relay. The deadline is the overall one from here."""
+        del now
+        self._step("relay_due")
+        actions: list[PeerAction] = []
+        for index, slot in enumerate(self.slots):
+            if slot.conn is not None:
+                self.open_conns -= {slot.conn}
+                actions.append(Close(slot.conn, "moving to the relay"))
+            self._set_slot(index, Slot(None, slot.failures, True))
+        punch_timers = range(PUNCH_TIMER_BASE, PUNCH_TIMER_BASE + MAX_TARGETS)
+        actions += [self._set_timer(t, None) for t in sorted(self.timers) if t in punch_timers]
+        if self.role == "client" or self.config.relay == "only":
+            for conn in sorted(self.candidates):
+                table = CLIENT_CANDIDATE_TABLE if self.role == "client" else PEER_CANDIDATE_TABLE
+                if table.allows(self.candidates[conn].state, "silent"):
+                    _step(table, self.candidates[conn].state, "silent")
+                self._forget(conn)
+                actions.append(Close(conn, "moving to the relay"))
+            if LISTENER in self.open_conns:
+                self._forget(LISTENER)
+                actions.append(Close(LISTENER, "moving to the relay"))
+            actions.append(self._set_timer(CANDIDATE_TIMER, None))
+        if self.role == "client":
+            config = self.config
+            ours, theirs = config.keypair.public_key.raw, config.peer_key.raw
+            self.relay_initiator = HandshakeState.initiator(
+                config.keypair.to_private_raw(),
+                theirs,
+                self._prologue(ours, theirs, relayed=True),
+                self._ephemeral(),
+            )
+            handshake = wire.HandshakeInit(self.relay_initiator.write_message(b""))
+            self.relay_init_frame = handshake.encode()
+        self.relay_state = RELAY_LEG_TABLE.initial
+        self.relay_rx = b""
+        return [
+            *actions,
+            Connect(RELAY_CONN, self._relay_address()),
+            self._set_timer(TIMER, self._clip(None)),
+        ]
+
+    def _relay_step(self, event: str, **guards: bool) -> str:
+        assert self.relay_state is not None
+        self.relay_state = _step(RELAY_LEG_TABLE, self.relay_state, event, **guards)
+        return self.relay_state
+
+    def _relay_opened(self, conn: ConnId, now: float) -> list[PeerAction]:
+        del now
+        self._relay_step("opened")
+        self._step("relay_progress")
+        self.open_conns |= {conn}
+        config = self.config
+        request = rw.RelayRequest(
+            wire.PROTOCOL_VERSION,
+            config.keypair.public_key.raw,
+            config.peer_key.raw,
+            self.pairing_id,
+        )
+        return [Send(conn, request.encode())]
+
+    def _relay_bytes(self, conn: ConnId, data: bytes, now: float) -> list[PeerAction]:
+        """Relay messages until RelayConnected; the bytes after it are the partner's."""
+        buf = self.relay_rx + data
+        actions: list[PeerAction] = []
+        while self.relay_state in ("requesting", "answered"):
+            try:
+                taken = rw.take_relay_frame(buf, mediator_ok=True)
+            except ProtocolError as error:
+                self._relay_step("bad_message")
+                return actions + self._relay_failed(
+                    RelayUnreachable(f"the relay at {self._relay_where()} sent {error.reason}")
+                )
+            if taken is None:
+                self.relay_rx = buf
+                return actions
+            message, buf = taken
+            self.relay_rx = b""
+            actions += self._relay_message(conn, message, buf, now)
+            if self.relay_state == "spliced":
+                break
+        return actions
+
+    def _relay_where(self) -> str:
+        host, port = self._relay_address()
+        return f"{host}:{port}"
+
+    def _relay_message(
+        self, conn: ConnId, message: object, rest: bytes, now: float
+    ) -> list[PeerAction]:
+        config = self.config
+        ours, theirs = config.keypair.public_key.raw, config.peer_key.raw
+        if isinstance(message, rw.RelayChallenge) and self.relay_state == "requesting":
+            info = rw.challenge_info(ours, theirs, self.pairing_id)
+            nonce = self._try_open(message.encrypted_nonce, info)
+            self._relay_step("challenge", challenge_opens=nonce is not None)
+            if nonce is None:
+                return self._relay_failed(
+                    IdentityCheckFailed(
+                        f"cannot open the relay's challenge ({self._relay_where()}) with our "
+                        "key: it was not sealed to our key for this pairing"
+                    )
+                )
+            self._step("relay_progress")
+            return [Send(conn, rw.RelayResponse(nonce).encode())]
+        if isinstance(message, rw.RelayConnected) and self.relay_state == "answered":
+            self._relay_step("connected")
+            self._step("relay_spliced")
+            self.open_conns -= {conn}  # _add_candidate adds it back, as a candidate
+            actions = self._add_candidate(conn, None, now)
+            if rest:
+                actions += self._candidate_bytes(conn, rest, now)
+            return actions
+        if isinstance(message, rw.RelayAbort) and self.relay_state in ("requesting", "answered"):
+            self._relay_step("abort")
+            return self._relay_failed(
+                RelayRefused(
+                    f"the relay at {self._relay_where()} refused the circuit: "
+                    f"{rw.reason_name(message.code)}: {message.text}",
+                    code=message.code,
+                )
+            )
+        if isinstance(message, wire.AdvertiseAbort):
+            self._relay_step("bad_message")
+            return self._relay_failed(
+                RelayUnreachable(
+                    f"{self._relay_where()} does not relay (it answered like a Mediator: "
+                    f"{_reason_name(message.code)}: {message.text})"
+                )
+            )
+        self._relay_step("bad_message")
+        return self._relay_failed(
+            RelayUnreachable(
+                f"the relay at {self._relay_where()} sent {type(message).__name__} "
+                f"in state {self.relay_state}"
+            )
+        )
+
+    def _relay_closed(self, conn: ConnId, why: str) -> list[PeerAction]:
+        """The relay connection ended before a commit (during the leg, or as a candidate)."""
+        if conn in self.candidates:
+            table = CLIENT_CANDIDATE_TABLE if self.role == "client" else PEER_CANDIDATE_TABLE
+            _step(table, self.candidates[conn].state, "closed")
+            self._forget(conn)
+            return self._relay_failed(
+                RelayUnreachable(
+                    f"the relay at {self._relay_where()} closed the circuit before the "
+                    f"handshake completed ({why})"
+                ),
+                gone=True,
+            )
+        self._forget(conn)
+        state = self.relay_state
+        if self.relay_state not in ("spliced", "failed"):
+            self._relay_step("lost")
+        if state == "connecting":
+            error: P2pscError = RelayUnreachable(
+                f"no relay at {self._relay_where()}: {why} (and no direct connection formed)"
+            )
+        else:
+            error = RelayUnreachable(f"the relay at {self._relay_where()} closed ({why})")
+        return self._relay_failed(error, gone=True)
+
+    def _relay_failed(self, error: P2pscError, gone: bool = False) -> list[PeerAction]:
+        """The relay path failed. The attempt fails with ``error``, unless we are the Peer
+        with an answered direct candidate: its Client may have committed to it (then the key
+        confirmation is on its way), so we wait for it until the deadline."""
+        actions: list[PeerAction] = []
+        if not gone and RELAY_CONN in self.open_conns | set(self.candidates):
+            self._forget(RELAY_CONN)
+            actions.append(Close(RELAY_CONN, error.reason))
+        self.candidates.pop(RELAY_CONN, None)
+        if isinstance(error, RelayUnreachable) and self.config.relay == "auto":
+            other = "Client" if self.role == "peer" else "Peer"
+            targets = ", ".join(f"{h}:{p}" for h, p in self.targets)
+            error = RelayUnreachable(
+                f"no direct TCP connection with the {other} ({targets}) within "
+                f"{self.config.punch_timeout:g} s, and no relayed one: {error.reason}"
+            )
+        answered = any(c.state == "answered" for c in self.candidates.values())
+        if self.role == "peer" and answered:
+            self.rejected = (self.rejected[0], f"{self.rejected[1]}; relay: {error.reason}")
+            return actions
+        self._step("relay_failed")
+        return actions + self._finish_failed(error)
+
+    def _relay_timeout(self) -> P2pscError:
+        where = self._relay_where()
+        state = self.relay_state
+        if state is not None and RELAY_LEG_TABLE.allows(state, "timeout"):
+            self._relay_step("timeout")
+        if state == "connecting":
+            return RelayUnreachable(f"no connection to the relay at {where} before the deadline")
+        if state in ("requesting", "answered"):
+            return RelayTimeout(
+                f"peer {self.config.peer_key.fingerprint()} did not join us at the relay "
+                f"{where} before the deadline"
+            )
+        count, why = self.rejected
+        if count:
+            return IdentityCheckFailed(
+                f"no valid relayed handshake: {count} candidate(s) failed the check ({why})"
+            )
+        return RelayTimeout(f"the relayed handshake through {where} did not complete in time")

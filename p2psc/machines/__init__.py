@@ -20,6 +20,8 @@ MACHINES: tuple[str, ...] = (
     "p2psc.machines.handshake:ClientCandidate",
     "p2psc.machines.handshake:PeerCandidate",
     "p2psc.machines.channel:ChannelMachine",
+    "p2psc.machines.relay:RelaySession",
+    "p2psc.machines.relay:RelayLeg",
 )
 """Every machine class of the project, as ``module:ClassName``; the diagrams are made of these."""
 

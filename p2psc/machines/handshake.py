@@ -31,6 +31,7 @@ A peer does not choose its role: the Mediator assigns it. So the peer side is co
   Peer's static key, bound to this pairing by the prologue).
 - ``init_valid``: a HandshakeInit decrypted under this pairing's prologue and the Client's key.
 - ``record_valid``: the first transport record decrypted and is the empty key confirmation.
+- ``relayed_path``: the confirmed candidate is the relay connection (spec/relay.md).
 """
 
 from __future__ import annotations
@@ -90,20 +91,42 @@ class Rendezvous(StateMachine):
     a handshake that does not verify, silence past the candidate deadline) or evicted (a bounded
     number per source address and in total; the silent ones first), until one candidate is
     confirmed (``established``) or the punch deadline passes (``failed``). The listener stays
-    open until the commit."""
+    open until the commit.
+
+    With a relay (issue 14, spec/relay.md), ``relay_due`` (the punch deadline with
+    ``relay="auto"``, at once with ``"only"``) moves to ``relaying``: the :class:`RelayLeg`
+    runs, and once spliced the relay connection is one more candidate. The Client drops every
+    direct candidate when it moves (it decides the path: it never confirms a direct candidate
+    from ``relaying``); the Peer keeps its answered ones, because a Client that confirmed one
+    before its own deadline is on its way there. ``relayed_path``: the confirmed candidate is
+    the relay connection (``relayed``, else ``established``: direct)."""
 
     punching = State(initial=True)
+    relaying = State()
     established = State(final=True)
+    relayed = State(final=True)
     failed = State(final=True)
 
     attempt_due = punching.to.itself()  # type: ignore[no-untyped-call]
     attempt_failed = punching.to.itself()  # type: ignore[no-untyped-call]
-    direct_opened = punching.to.itself()  # type: ignore[no-untyped-call]
-    candidate_rejected = punching.to.itself()  # type: ignore[no-untyped-call]
-    candidate_evicted = punching.to.itself()  # type: ignore[no-untyped-call]
-    listen_failed = punching.to.itself(cond="can_go_on") | punching.to(failed)  # type: ignore[no-untyped-call]
-    confirmed = punching.to(established)
-    timeout = punching.to(failed)
+    direct_opened = punching.to.itself() | relaying.to.itself()  # type: ignore[no-untyped-call]
+    candidate_rejected = punching.to.itself() | relaying.to.itself()  # type: ignore[no-untyped-call]
+    candidate_evicted = punching.to.itself() | relaying.to.itself()  # type: ignore[no-untyped-call]
+    listen_failed = (
+        punching.to.itself(cond="can_go_on")  # type: ignore[no-untyped-call]
+        | punching.to(failed)
+        | relaying.to.itself()  # type: ignore[no-untyped-call]
+    )
+    relay_due = punching.to(relaying)
+    relay_progress = relaying.to.itself()  # type: ignore[no-untyped-call]
+    relay_spliced = relaying.to.itself()  # type: ignore[no-untyped-call]
+    relay_failed = relaying.to(failed)
+    confirmed = (
+        punching.to(established)
+        | relaying.to(relayed, cond="relayed_path")
+        | relaying.to(established)
+    )
+    timeout = punching.to(failed) | relaying.to(failed)
 
 
 class ClientCandidate(StateMachine):

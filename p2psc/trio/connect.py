@@ -56,7 +56,7 @@ class TrioConnection(SecureStream):
         self.handshake_hash = result.handshake_hash
         self.local = _address(sock.getsockname)
         self.remote = _address(sock.getpeername)  # ("", 0) if it was reset meanwhile
-        self.path = "direct"
+        self.path = result.path
 
 
 async def connect(

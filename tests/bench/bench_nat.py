@@ -1,4 +1,5 @@
-"""NAT traversal benchmark: how often and how fast a direct socket forms, per NAT scenario.
+"""NAT traversal benchmark: how often and how fast a connection forms, per NAT scenario, and
+on which path (direct, or relayed by ``mediator --relay`` after the punch deadline: issue 14).
 
 Run (root, with ip and nft): .venv/bin/python tests/bench/bench_nat.py [--runs N] [--quick]
 
@@ -38,24 +39,27 @@ def bench(
 ) -> dict[str, object]:
     """Pair ``runs`` times in one topology; return successes, times and failure reasons."""
     times: list[float] = []
+    paths: Counter[str] = Counter()
     failures: Counter[str] = Counter()
     fail_times: list[float] = []
     extra = ["--punch-timeout", str(punch_timeout), *more]
     with Topology() as topo:
         a, b = build_scenario(topo, scenario)  # type: ignore[arg-type]
-        mediator = start_mediator(topo)
+        mediator = start_mediator(topo, relay=[])
         try:
             for _ in range(runs):
                 result = pair(a, b, deadline=deadline, stagger=STAGGER, extra=extra)
                 client, peer = result.client, result.peer
                 if client.get("ok") and peer.get("ok"):
                     times.append(max(client["elapsed"] - STAGGER, peer["elapsed"]))
+                    path = client.get("path")
+                    paths[path if path == peer.get("path") else f"{path}/{peer.get('path')}"] += 1
                 else:
                     failures[f"{client.get('error')}/{peer.get('error')}"] += 1
                     fail_times.append(max(client.get("elapsed", 0.0), peer.get("elapsed", 0.0)))
         finally:
             stop(mediator)
-    return {"times": times, "failures": failures, "fail_times": fail_times}
+    return {"times": times, "paths": paths, "failures": failures, "fail_times": fail_times}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,13 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     if "no-nat" not in scenarios:
         scenarios.insert(0, "no-nat")  # the baseline of the ratios
     print(f"{runs} pairings per scenario; establish time = Peer's connect() call -> both ready")
-    print(f"{'scenario':<15} {'direct':>7} {'median ms':>10} {'min-max ms':>14} {'x no-nat':>9}")
+    print(f"{'scenario':<15} {'ok':>7} {'median ms':>10} {'min-max ms':>14} {'x no-nat':>9}  path")
     baseline: float | None = None
     for name in scenarios:
         r = bench(name, runs, args.deadline, args.punch_timeout)
         times: list[float] = r["times"]  # type: ignore[assignment]
         failures: Counter[str] = r["failures"]  # type: ignore[assignment]
         fail_times: list[float] = r["fail_times"]  # type: ignore[assignment]
+        paths: Counter[str] = r["paths"]  # type: ignore[assignment]
+        path = ", ".join(f"{k} {v}" for k, v in paths.most_common()) or "-"
         ok = f"{len(times)}/{runs}"
         if times:
             med = statistics.median(times)
@@ -94,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                 baseline = med
             ratio = f"{med / baseline:9.1f}" if baseline else f"{'-':>9}"
             span = f"{min(times) * 1e3:.0f}-{max(times) * 1e3:.0f}"
-            print(f"{name:<15} {ok:>7} {med * 1e3:10.0f} {span:>14} {ratio}")
+            print(f"{name:<15} {ok:>7} {med * 1e3:10.0f} {span:>14} {ratio}  {path}")
         else:
-            print(f"{name:<15} {ok:>7} {'-':>10} {'-':>14} {'-':>9}")
+            print(f"{name:<15} {ok:>7} {'-':>10} {'-':>14} {'-':>9}  {path}")
         if failures:
             ends = ", ".join(f"{k} x{v}" for k, v in failures.most_common())
             print(

@@ -49,14 +49,21 @@ MEDIATOR_PORT = 7777
 
 
 def start_mediator(
-    topo: Topology, port: int = MEDIATOR_PORT, *, ready_timeout: float = 15.0
+    topo: Topology,
+    port: int = MEDIATOR_PORT,
+    *,
+    ready_timeout: float = 15.0,
+    relay: Sequence[str] | None = None,
 ) -> subprocess.Popen[str]:
     """Run ``p2psc mediator`` in the public namespace; return once it logged ``listening``.
 
     Its stderr (JSON log lines) stays readable through ``proc.stderr`` for tests that wait for
     a particular event; a mediator that does not come up in time is killed and reported.
+    ``relay``: also serve the relay on its port (``--relay`` and these relay options).
     """
     argv = ["-m", "p2psc", "mediator", "--host", MEDIATOR_ADDR, "--port", str(port)]
+    if relay is not None:
+        argv += ["--relay", *relay]
     logs = ["--log-format", "json", "--log-level", "debug", "--timeout", "5"]
     proc = topo.public.popen(topo.public.python([*argv, *logs]))
     line = wait_for_log(proc, "listening", ready_timeout)

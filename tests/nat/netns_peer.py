@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import select
@@ -168,7 +169,7 @@ def cmd_simopen(args: argparse.Namespace) -> None:
 
 async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
     from p2psc.aio.connect import connect
-    from p2psc.errors import P2pscError
+    from p2psc.errors import P2pscError, PeerUnreachable
     from p2psc.keys import Keypair
 
     keypair = Keypair.from_private_raw(bytes.fromhex(args.private))
@@ -186,30 +187,71 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
             keepalive_interval=args.keepalive or None,
             timed_dial=not args.no_timed_dial,
             **({"candidates": ()} if args.no_candidates else {}),
+            relay=args.relay,
+            relay_address=args.relay_address,
         )
     except P2pscError as exc:
         return {
             "ok": False,
             "error": type(exc).__name__,
+            "unreachable": isinstance(exc, PeerUnreachable),
             "reason": exc.reason,
             "elapsed": time.monotonic() - t0,
         }
     established = time.monotonic() - t0
+    stream: dict[str, Any] = {}
     try:
         conn.writer.write(args.name.encode() + b"\n")
         await conn.writer.drain()
         other = await asyncio.wait_for(conn.reader.readline(), 5.0)
+        if args.stream:
+            stream = await _stream(conn, args.stream)
     finally:
         conn.close()
-        await conn.wait_closed()
+        with contextlib.suppress(P2pscError):  # a broken stream was reported by _stream
+            await conn.wait_closed()
     return {
         "ok": True,
         "elapsed": established,
         "role": conn.role,
+        "path": conn.path,
         "other": other.decode(errors="replace").strip(),
         "local": "{}:{}".format(*conn.local),
         "remote": "{}:{}".format(*conn.remote),
+        **stream,
     }
+
+
+async def _stream(conn: Any, seconds: float) -> dict[str, Any]:
+    """Send and receive as fast as possible for at most ``seconds``; report how it ended: the
+    reader's error (type, reason, wall-clock time) or ``"stream_error": None``."""
+    from p2psc.errors import P2pscError
+
+    async def pump() -> None:
+        block = b"s" * 16384
+        with contextlib.suppress(ConnectionError, OSError, P2pscError):
+            while True:
+                conn.writer.write(block)
+                await conn.writer.drain()
+
+    received = 0
+    writer = asyncio.create_task(pump())
+    try:
+        async with asyncio.timeout(seconds):
+            while data := await conn.reader.read(65536):
+                received += len(data)
+    except TimeoutError:
+        return {"stream_error": None, "received": received}
+    except P2pscError as exc:
+        return {
+            "stream_error": type(exc).__name__,
+            "stream_reason": exc.reason,
+            "stream_error_at": time.time(),
+            "received": received,
+        }
+    finally:
+        writer.cancel()
+    return {"stream_error": "EOF", "stream_error_at": time.time(), "received": received}
 
 
 def cmd_p2psc(args: argparse.Namespace) -> None:
@@ -217,7 +259,7 @@ def cmd_p2psc(args: argparse.Namespace) -> None:
     if args.start_at > start:
         time.sleep(min(args.start_at - start, 30.0))
     try:
-        result = asyncio.run(asyncio.wait_for(_p2psc(args), args.deadline + 5.0))
+        result = asyncio.run(asyncio.wait_for(_p2psc(args), args.deadline + args.stream + 5.0))
     except TimeoutError:
         result = {"ok": False, "error": "HANG", "reason": "connect() outlived its deadline"}
     except Exception as exc:  # the test reports it; a traceback is a bug in p2psc
@@ -261,6 +303,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keepalive", type=float, default=15.0, help="seconds; 0: off")
     p.add_argument("--no-timed-dial", action="store_true", help="the Peer dials at once")
     p.add_argument("--no-candidates", action="store_true", help="advertise no other address")
+    p.add_argument("--relay", choices=("auto", "never", "only"), default="auto")
+    p.add_argument("--relay-address", default=None)
+    p.add_argument(
+        "--stream", type=float, default=0.0, help="then stream both ways for at most S seconds"
+    )
     args = parser.parse_args(argv)
     {"observe": cmd_observe, "dial": cmd_dial, "simopen": cmd_simopen, "p2psc": cmd_p2psc}[
         args.cmd

@@ -59,7 +59,7 @@ def test_without_candidates_the_rst_routers_connect_only_by_luck(
     topo: Topology, mediator: subprocess.Popen[str]
 ) -> None:
     a, b, _ = _hosts(topo)
-    result = pair(a, b, deadline=DEADLINE, extra=[*PUNCH, "--no-candidates"])
+    result = pair(a, b, deadline=DEADLINE, extra=[*PUNCH, "--no-candidates", "--relay", "never"])
     client, peer = result.client, result.peer
     if client.get("ok") and peer.get("ok"):
         assert client["remote"].split(":")[0] != "198.19.250.2"  # not over the link

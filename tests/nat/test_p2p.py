@@ -14,11 +14,15 @@ What is deterministic here and what is not:
   Without the Client's listener it never did (test_simopen.py shows why).
 - port-preserving NATs that answer unsolicited SYNs with RST: the Peer's early SYN is refused by
   the Client's router, which also closes the Peer's mapping, so the Client's SYN is refused in
-  turn; it works only when two attempts happen to cross in flight, i.e. sometimes (see
-  test_simopen.py and the README table). Asserted: success with data both ways, or
-  PeerUnreachable on both sides within the deadline. Never a hang or another error.
-- ``random-fully`` on one side: the observed port is useless, no connection can form; both
-  sides must fail with PeerUnreachable within the deadline (asserted).
+  turn; a direct connection forms only when two attempts happen to cross in flight, i.e.
+  sometimes (see test_simopen.py and the README table). With the relay (issue 14, ``mediator
+  --relay`` and the peers' default ``relay="auto"``) both sides always connect: directly when
+  the attempts crossed, else relayed, on the same path (asserted).
+- ``random-fully`` on one side: the observed port is useless, no direct connection can form;
+  both sides connect through the relay (asserted); with ``relay="never"`` both fail with
+  PeerUnreachable within the deadline (asserted).
+- the relay killed in the middle of a stream, and a relay limit reached: a typed error on both
+  sides, soon after (asserted).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from nat.helpers import (
     stop,
     wait_for_log,
 )
-from nat.topology import Host, Scenario, Topology, build_scenario, run
+from nat.topology import MEDIATOR_ADDR, Host, Scenario, Topology, build_scenario, run
 from p2psc.keys import Keypair
 
 pytestmark = [pytest.mark.netns, needs_netns]
@@ -56,7 +60,7 @@ PUNCH = ["--punch-timeout", "3"]
 
 @pytest.fixture
 def mediator(topo: Topology) -> Iterator[subprocess.Popen[str]]:
-    proc = start_mediator(topo)
+    proc = start_mediator(topo, relay=[])
     try:
         yield proc
     finally:
@@ -79,6 +83,18 @@ def _assert_paired(result: Pairing, a: Host, b: Host, topo: Topology) -> None:
     assert peer["local"].split(":")[0] == b.addr, context
     assert client["remote"].split(":")[0] in (b.addr, b.public_addr), context
     assert peer["remote"].split(":")[0] in (a.addr, a.public_addr), context
+    assert client["path"] == peer["path"] == "direct", context
+
+
+def _assert_relayed(result: Pairing, topo: Topology) -> None:
+    client, peer = result.client, result.peer
+    context = (_clean(client), _clean(peer), topo.describe())
+    assert client["ok"] and peer["ok"], context
+    assert (client["role"], peer["role"]) == ("client", "peer"), context
+    assert (client["other"], peer["other"]) == ("peer-side", "client-side"), context
+    assert client["path"] == peer["path"] == "relayed", context
+    # both connections end at the relay (the Mediator's address, mediator --relay)
+    assert client["remote"] == peer["remote"] == f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}", context
 
 
 @pytest.mark.parametrize(
@@ -106,38 +122,100 @@ def test_same_nat_without_local_address_has_no_hairpin(
     """Proof that same-NAT pairing rests on the advertised local address: without it, the only
     target is the shared public address, and a Linux masquerade router does not hairpin."""
     a, b = build_scenario(topo, "same-nat")
-    extra = [*PUNCH, "--no-local"]
+    extra = [*PUNCH, "--no-local", "--relay", "never"]
     result = pair(a, b, deadline=DEADLINE, extra=extra)
     for side in (result.client, result.peer):
         assert side["error"] == "PeerUnreachable", _clean(side)
         assert side["elapsed"] < DEADLINE + 1.0, side
 
 
-def test_rst_routers_connect_or_fail_cleanly(
+def test_rst_routers_connect_direct_or_relayed(
     topo: Topology, mediator: subprocess.Popen[str]
 ) -> None:
+    """Both NATs answer with RST: direct only if two attempts crossed, else through the relay;
+    either way both sides connect, on the same path."""
     a, b = build_scenario(topo, "both-nat-rst")
     result = pair(a, b, deadline=DEADLINE, extra=PUNCH)
-    if result.client.get("ok") or result.peer.get("ok"):
+    if result.client.get("path") == "direct":
         _assert_paired(result, a, b, topo)
     else:
-        for side in (result.client, result.peer):
-            assert side["error"] == "PeerUnreachable", _clean(side)
-            assert side["elapsed"] < DEADLINE + 1.0, side
+        _assert_relayed(result, topo)
 
 
-def test_random_fully_fails_within_deadline(
+def test_random_fully_connects_through_the_relay(
+    topo: Topology, mediator: subprocess.Popen[str]
+) -> None:
+    a, b = build_scenario(topo, "random-fully")
+    result = pair(a, b, deadline=DEADLINE, extra=PUNCH)
+    _assert_relayed(result, topo)
+    for side in (result.client, result.peer):
+        assert side["elapsed"] >= 3.0, _clean(side)  # only after the punch deadline
+
+
+def test_random_fully_without_relay_fails_within_deadline(
     topo: Topology, mediator: subprocess.Popen[str]
 ) -> None:
     a, b = build_scenario(topo, "random-fully")
     started = time.monotonic()
-    result = pair(a, b, deadline=DEADLINE, extra=PUNCH)
+    result = pair(a, b, deadline=DEADLINE, extra=[*PUNCH, "--relay", "never"])
     took = time.monotonic() - started
     for side in (result.client, result.peer):
         assert side["error"] == "PeerUnreachable", _clean(side)
         assert side["reason"], side  # a human reason, not just a class name
         assert side["elapsed"] < DEADLINE + 1.0, side
     assert took < DEADLINE + 10.0  # both processes were done well inside the harness bound
+
+
+def _streaming_pair(
+    topo: Topology, a: Host, b: Host, stream: float
+) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+    ka, kb = Keypair.generate(), Keypair.generate()
+    extra = [*PUNCH, "--relay", "only", "--stream", str(stream)]
+    start = time.time() + 1.0
+    pa = a.popen(p2psc_argv(a, ka, kb, "client-side", start, DEADLINE, extra))
+    pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", start + 0.3, DEADLINE, extra))
+    return pa, pb
+
+
+def test_relay_killed_mid_stream_is_a_typed_error_on_both_sides(topo: Topology) -> None:
+    """Both peers stream through the relay; the relay (mediator --relay) is killed: both
+    readers raise TruncatedStream (no authenticated close came) within REACTION seconds."""
+    a, b = build_scenario(topo, "random-fully")
+    med = start_mediator(topo, relay=[])
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        pa, pb = _streaming_pair(topo, a, b, stream=20.0)
+        procs += [pa, pb]
+        assert wait_for_log(med, "relay_spliced", 20.0) is not None, "never spliced"
+        time.sleep(1.5)  # the line exchange is done and both sides stream by now
+        killed = time.time()
+        os.kill(med.pid, signal.SIGKILL)
+        client, peer = finish(pa, DEADLINE + 30), finish(pb, DEADLINE + 30)
+    finally:
+        for proc in procs:
+            stop(proc)
+        stop(med)
+    for side in (client, peer):
+        assert side["ok"] and side["path"] == "relayed", _clean(side)
+        assert side["received"] > 0, _clean(side)  # it was streaming
+        assert side["stream_error"] == "TruncatedStream", _clean(side)
+        assert side["stream_error_at"] - killed < REACTION, _clean(side)
+
+
+def test_relay_limit_is_a_typed_error_on_both_sides(topo: Topology) -> None:
+    """A relay whose circuits may carry 1 MiB: streaming peers both get RelayLimitReached."""
+    a, b = build_scenario(topo, "random-fully")
+    med = start_mediator(topo, relay=["--relay-max-bytes", "1"])
+    try:
+        pa, pb = _streaming_pair(topo, a, b, stream=20.0)
+        client, peer = finish(pa, DEADLINE + 30), finish(pb, DEADLINE + 30)
+    finally:
+        stop(med)
+    for side in (client, peer):
+        assert side["ok"] and side["path"] == "relayed", _clean(side)
+        assert side["stream_error"] == "RelayLimitReached", _clean(side)
+        assert "RELAY_LIMIT" in side["stream_reason"], _clean(side)
+        assert side["received"] <= 1 << 20, _clean(side)
 
 
 def _established_count(topo: Topology) -> int:
