@@ -443,7 +443,7 @@ def serve_fleet_mediator(
     backlog: int = 1024,
     tls: ssl.SSLContext | None = None,
     instance: str | None = None,
-) -> _Serving:
+) -> _Serving[MediatorServer]:
     """Like :func:`p2psc.aio.mediator.serve_mediator`, as one instance of a fleet sharing the
     Redis registry ``registry`` (a URL or :class:`FleetOptions`). Version 0 clients are not
     served (their registrations are not shared). Waits until the instance is subscribed to its

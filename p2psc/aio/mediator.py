@@ -40,7 +40,7 @@ import socket
 import ssl
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from p2psc.core.io import Close, Closed, Event, Opened, Received, Send, SetTimer, TimerFired
 from p2psc.core.mediator import MediatorAction, MediatorConfig, MediatorCore, NoteObserver
@@ -501,18 +501,26 @@ def _send_with_fin(transport: asyncio.Transport, data: bytes) -> None:
         transport.write_eof()
 
 
-class _Serving:
-    """What :func:`serve_mediator` returns: ``await`` it, or use it with ``async with``."""
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+_ServerT = TypeVar("_ServerT", bound=_Closable)
+
+
+class _Serving(Generic[_ServerT]):
+    """What :func:`serve_mediator` (and ``serve_relay``, ``serve_fleet_mediator``) returns:
+    ``await`` it for the running server, or use it with ``async with`` to close it after."""
 
     def __init__(self, start: Callable[[], Any]) -> None:
         self._start = start
-        self._server: MediatorServer | None = None
+        self._server: _ServerT | None = None
 
-    def __await__(self) -> Generator[Any, None, MediatorServer]:
-        server: MediatorServer = yield from self._start().__await__()
+    def __await__(self) -> Generator[Any, None, _ServerT]:
+        server: _ServerT = yield from self._start().__await__()
         return server
 
-    async def __aenter__(self) -> MediatorServer:
+    async def __aenter__(self) -> _ServerT:
         self._server = await self._start()
         return self._server
 
@@ -537,7 +545,7 @@ def serve_mediator(
     core: MediatorCore | None = None,
     legacy: bool = True,
     tls: ssl.SSLContext | None = None,
-) -> _Serving:
+) -> _Serving[MediatorServer]:
     """Listen on ``host:port`` (port 0: any free port) and mediate.
 
     Use ``server = await serve_mediator(...)`` then ``await server.close()``, or

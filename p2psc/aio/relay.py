@@ -25,10 +25,11 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, cast
+from typing import cast
 
+from p2psc.aio.mediator import _Serving
 from p2psc.core.io import Close, Closed, Event, Opened, Received, Send, SetTimer, TimerFired
 from p2psc.core.relay import (
     PauseReading,
@@ -293,30 +294,6 @@ class RelayServer:
             other.update_reading()
 
 
-class _Serving:
-    """Awaitable and async context manager returned by :func:`serve_relay`."""
-
-    def __init__(self, start: Callable[[], Any]) -> None:
-        self._start = start
-        self._server: RelayServer | None = None
-
-    def __await__(self) -> Generator[Any, None, RelayServer]:
-        return self._start().__await__()  # type: ignore[no-any-return]
-
-    async def __aenter__(self) -> RelayServer:
-        self._server = await self._start()
-        return self._server
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._server is not None:
-            await self._server.close()
-
-
 def serve_relay(
     host: str = "127.0.0.1",
     port: int = 0,
@@ -325,7 +302,7 @@ def serve_relay(
     observer: Callable[[RelayNote], None] | None = None,
     backlog: int = 1024,
     listen: bool = True,
-) -> _Serving:
+) -> _Serving[RelayServer]:
     """Run a relay on ``host:port`` (port 0: any free port); ``listen=False`` makes one that
     only serves connections handed to :meth:`RelayServer.adopt` (``mediator --relay``).
 
