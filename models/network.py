@@ -503,8 +503,13 @@ _NO_TIMERS = 0
 _INF = float("inf")
 
 
-PREFETCH_SKIP = 7
-"""Chunks :meth:`PackedNetwork.prefetch` skips after one that needed no core step."""
+PREFETCH_PROBE = 64
+"""States of a chunk :meth:`PackedNetwork.prefetch` looks at before it gives up, while the
+chunks before needed no core step (a warm memo)."""
+
+
+def _actor_and_snapshot(step: tuple[int, int, Event, float]) -> tuple[int, int]:
+    return step[0], step[1]
 
 
 class PackedNetwork(Network):
@@ -558,6 +563,10 @@ class PackedNetwork(Network):
         self._action_sets = Interned()
         self._action_flags: list[int] = []
         self._delivery_keys = Interned()
+        self._key_events: list[tuple[Event, Step]] = []
+        self._timer_events: dict[int, TimerFired] = {}
+        """Per delivery key id: the event it makes at the receiver and the step's label (both
+        depend on the key alone: built once instead of at every delivery memo miss)."""
         self._packed_deliveries: dict[tuple[int, int, float], tuple[int, int, Step]] = {}
         self._fires: dict[tuple[int, int, int, float, bool], tuple[int, int, Step]] = {}
         self._advances: dict[tuple[int, int, int], int] = {}
@@ -566,6 +575,9 @@ class PackedNetwork(Network):
         self._extra_effects: dict[tuple[int, int, int, int], int] = {}
         self._extra_only: dict[tuple[int, int, int], int] = {}
         self._timer_effects: dict[tuple[int, int], int] = {}
+        self._no_app_moves: set[int] = set()
+        """Extra ids in which :meth:`app_moves` offers nothing (a model may fill it: then
+        :meth:`successors` does not ask)."""
         assert self._timers_id(()) == _NO_TIMERS
 
     # --- hooks --------------------------------------------------------------------------------
@@ -710,11 +722,27 @@ class PackedNetwork(Network):
                     links = (*all_links[:i], popped, *all_links[i + 1 :])
                 else:
                     links = (*all_links[:i], *all_links[i + 1 :])
-                key = self._delivery_keys((receiver, conn, sender, item))[0]
+                key = self._delivery_key(receiver, conn, sender, item)
                 heads.append((key, receiver, conn, sender, item, self._links_id(links)))
         facts = (tuple(heads), quiet)
         self._link_info[ident] = facts
         return facts
+
+    def _delivery_key(self, receiver: int, conn: int, sender: int, item: Item) -> int:
+        """The id of a deliverable item (see :meth:`_links_facts`), with its event and step."""
+        key, new = self._delivery_keys((receiver, conn, sender, item))
+        if new:
+            event, text = self._event(receiver, conn, sender, item)
+            source = self.names[sender] if sender >= 0 else "network"
+            self._key_events.append((event, Step("deliver", self.names[receiver], text, source)))
+        return key
+
+    def _timer_event(self, conn: int) -> TimerFired:
+        """The (one, shared) event of ``conn``'s timer firing."""
+        event = self._timer_events.get(conn)
+        if event is None:
+            event = self._timer_events[conn] = TimerFired(conn)
+        return event
 
     def _links_faults(self, ident: int) -> tuple[tuple[Step, int], ...]:
         """The faults of a links id, as :meth:`Network.successors` enumerates them: the drops,
@@ -876,8 +904,8 @@ class PackedNetwork(Network):
     def _packed_deliver(
         self, key: int, receiver: int, local: int, conn: int, sender: int, item: Item, now: float
     ) -> tuple[int, int, Step]:
-        snap = self._local_snap[local]
-        after, actions, step = self._deliver(receiver, snap, conn, sender, item, now)
+        event, step = self._key_events[key]
+        after, actions = self.run(receiver, self._local_snap[local], event, now)
         ident = self._actions_id(receiver, actions)
         hit = (self.advance(local, after, ident), ident, step)
         self._packed_deliveries[(key, local, now)] = hit
@@ -893,7 +921,7 @@ class PackedNetwork(Network):
         key = (actor, conn, local, now, on_time)
         hit = self._fires.get(key)
         if hit is None:
-            after, actions = self.run(actor, self._local_snap[local], TimerFired(conn), now)
+            after, actions = self.run(actor, self._local_snap[local], self._timer_event(conn), now)
             when = "" if on_time else " (early: fault)"
             step = Step(
                 "timer", self.names[actor], f"conn {conn} at t={now:g}{when}", fault=not on_time
@@ -904,9 +932,9 @@ class PackedNetwork(Network):
         return hit[2], self.act(state, actor, hit[0], hit[1], state[n], now, faults, state[-1])
 
     prefetching: bool = True
-    _prefetch_skip = 0
-    """Chunks :meth:`prefetch` still skips (set when a chunk needed no step: see there)."""
     """Whether :meth:`prefetch` computes the real core steps ahead, in a batch (tests compare)."""
+    _prefetch_warm = False
+    """The last chunk :meth:`prefetch` looked at needed no core step (see there)."""
 
     def prefetch(self, states: Sequence[Packed]) -> None:
         """Run, back to back, the real core steps the deliveries out of ``states`` still miss.
@@ -918,14 +946,15 @@ class PackedNetwork(Network):
         deterministic, so computing a step earlier changes nothing but the order in which
         snapshots are first interned (their ids): the states explored, their order, the
         transitions and every verdict are the same (a test compares with and without). The
-        explorer calls it on each chunk of a level before expanding it. A chunk that needs no
-        step at all (a warm memo: a second search of the same model) makes it skip the next
-        :data:`PREFETCH_SKIP` chunks, so that looking costs little where nothing is missing."""
+        explorer calls it on each chunk of a level before expanding it. After a chunk that
+        needed no step at all (a warm memo: a second search of the same model), only the first
+        :data:`PREFETCH_PROBE` states of the next chunk are looked at unless they need a step,
+        so that looking costs little where nothing is missing. (It used to skip the next seven
+        chunks outright, which often were the first of a new level, needing hundreds of steps:
+        those then ran one by one, at twice the cost each.)"""
         if not self.prefetching:
             return
-        if self._prefetch_skip:  # the last probe found every step memoised (a warm memo)
-            self._prefetch_skip -= 1
-            return
+        probe = PREFETCH_PROBE if self._prefetch_warm else -1
         n = len(self.names)
         link_info = self._link_info
         deliveries = self._packed_deliveries
@@ -934,17 +963,20 @@ class PackedNetwork(Network):
         local_first = self._local_first
         timer_info = self._timer_info
         local_timers = self._local_timers
+        key_events = self._key_events
+        fires = self._fires
         wanted: dict[tuple[int, int, Event, float], None] = {}
-        for state in states:
+        for index, state in enumerate(states):
+            if index == probe and not wanted:
+                return  # still warm
             links, clock = state[n], state[n + 1]
             facts = link_info[links]
             heads, quiet = facts if facts is not None else self._links_facts(links)
-            for key, receiver, conn, sender, item, _ in heads:
+            for key, receiver, _conn, _sender, _item, _popped in heads:
                 local = state[receiver]
                 if (key, local, clock) in deliveries:
                     continue
-                event = self._event(receiver, conn, sender, item)[0]
-                step = (receiver, local_snap[local], event, clock)
+                step = (receiver, local_snap[local], key_events[key][0], clock)
                 if step not in memo:
                     wanted[step] = None
             # The timers :meth:`successors` fires: on time once quiet, early while faults last.
@@ -960,18 +992,24 @@ class PackedNetwork(Network):
                     continue
                 local = state[actor]
                 for conn, deadline, _ in timer_info[local_timers[local]][1]:
-                    if (quiet and deadline == first) or can_fault:
-                        step = (actor, local_snap[local], TimerFired(conn), max(clock, deadline))
+                    on_time = quiet and deadline == first
+                    if on_time or can_fault:
+                        now = clock if clock > deadline else deadline
+                        if (actor, conn, local, now, on_time) in fires:
+                            continue  # the firing is memoised, hence its core step too
+                        step = (actor, local_snap[local], self._timer_event(conn), now)
                         if step not in memo:
                             wanted[step] = None
+        self._prefetch_warm = not wanted
         if not wanted:
-            self._prefetch_skip = PREFETCH_SKIP
             return
         values = self._snapshots.values
         intern = self._snapshots
         step_fns = [self.step_fn(actor) for actor in range(n)]
+        # Grouped by actor and snapshot: one core's code and one snapshot's data in a row.
+        batch = sorted(wanted, key=_actor_and_snapshot)
         with self._recording:  # once for the batch (what Network.run does per step)
-            for key in wanted:
+            for key in batch:
                 actor, snap, event, now = key
                 after, actions = step_fns[actor](values[snap], event, now)
                 memo[key] = (intern(after)[0], actions)
@@ -1023,7 +1061,8 @@ class PackedNetwork(Network):
                             changed = self._extra_only_effect(receiver, actions, extra)
                     new[-1] = changed
             append((step, tuple(new)))
-        out.extend(self.app_moves(state))
+        if extra not in self._no_app_moves:
+            out.extend(self.app_moves(state))
         can_fault = faults > 0 and self.drops_and_early_timers
         if quiet or can_fault:
             local_first = self._local_first

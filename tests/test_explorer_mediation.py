@@ -287,5 +287,7 @@ def test_prefetching_core_steps_explores_exactly_the_same_states(peers: int) -> 
     assert batched.outcome_counts == inline.outcome_counts
     assert batched.coverage() is not None and inline.coverage() is not None
     assert batched.coverage().taken == inline.coverage().taken  # type: ignore[union-attr]
-    assert sum(computed) > len(batched._memo) / 2  # most steps came from the batches
+    # Nearly every step came from the batches (the probe after a warm chunk must not leave a
+    # new level's steps to run one by one, as skipping whole chunks did: 73-87% here).
+    assert sum(computed) > 0.95 * len(batched._memo)
     assert set(batched._snapshots.values) == set(inline._snapshots.values)

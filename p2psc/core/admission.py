@@ -178,15 +178,28 @@ class Admission:
         return origins, buckets
 
     def restore(self, snapshot: AdmissionSnapshot) -> None:
-        """Replace the eviction order with what :meth:`snapshot` returned."""
-        self.total, self.counts, self._origins = 0, {}, {}
-        self._by_size, self._largest = {}, 0
+        """Replace the eviction order with what :meth:`snapshot` returned.
+
+        Built directly rather than by :meth:`add` per connection: the explorer rebuilds a
+        Mediator from a snapshot at every real core step it takes (the same result: each
+        origin's queues in order, its count, the total, the largest count)."""
         origins, buckets = snapshot
+        table: dict[str, _Origin] = {}
+        counts: dict[str, int] = {}
+        total = 0
         for origin, idle, challenged in origins:
-            for conn in idle:
-                self.add(conn, origin)
-            for conn in challenged:
-                self.add(conn, origin, challenged=True)
+            size = len(idle) + len(challenged)
+            if not size:
+                continue
+            entry = table[origin] = _Origin()
+            if idle:
+                entry.idle = OrderedDict.fromkeys(idle)
+            if challenged:
+                entry.challenged = OrderedDict.fromkeys(challenged)
+            counts[origin] = size
+            total += size
+        self.total, self.counts, self._origins = total, counts, table
+        self._largest = max(counts.values(), default=0)
         self._by_size = {size: dict.fromkeys(order) for size, order in buckets}
 
     # --- eviction ------------------------------------------------------------------------
