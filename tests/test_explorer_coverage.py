@@ -33,10 +33,10 @@ from p2psc.machines.compiler import compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
 from p2psc.machines.mediator import MediatorSession
 from p2psc.machines.negotiator import NegotiatorMachine
-from p2psc.machines.relay import RelayLeg
+from p2psc.machines.relay import RelayLeg, RelaySession
 
 MACHINES = (NegotiatorMachine, MediatorSession, Registration, Rendezvous)
-MACHINES += (ClientCandidate, PeerCandidate, ChannelMachine, RelayLeg)
+MACHINES += (ClientCandidate, PeerCandidate, ChannelMachine, RelayLeg, RelaySession)
 
 
 def test_the_catalogue_accounts_for_every_declared_transition_once() -> None:
