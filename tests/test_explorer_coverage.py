@@ -149,6 +149,14 @@ def test_coverage_fail_under_on_the_ci_configurations(capsys: pytest.CaptureFixt
         capsys, "channel", "--adversary-budget", "0", "--coverage-fail-under", "60"
     )
     assert status == 1, out
+    # the relay model with the real RelayCore: 59 of its 80 (RelaySession included)
+    args = ("relay", "--relay-faults", "1", "--garbage", "--coverage-fail-under", "70")
+    status, out = _explore(capsys, *args)
+    assert status == 0, out
+    status, out = _explore(capsys, "relay", "--relay-faults", "0", "--coverage-fail-under", "70")
+    assert status == 1, out
+    assert "RelaySession: awaiting_request --timeout--> closed" in out
+    assert "(taken by `p2psc explore relay --relay-faults 1 --limits`)" in out
 
 
 @pytest.mark.parametrize("bad", ["-1", "101", "x"])

@@ -97,3 +97,18 @@ def test_an_unbound_path_lets_a_bridging_relay_split_the_sides() -> None:
     result = explore(build(faults=1, mutant="path-unbound"))
     assert result.violation is not None
     assert result.violation.message.startswith("R1")
+
+
+def test_the_cli_passes_the_relay_options_and_refuses_the_others(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from p2psc.cli import main
+
+    args = ["explore", "relay", "--relay-faults", "1", "--shutdown", "--quiet"]
+    assert main(args) == 0
+    assert "relay (faults 1, shutdown): OK" in capsys.readouterr().out
+    for wrong in ("--faults", "--keepalive", "--mixed-sets"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["explore", "relay", wrong])
+        assert exit_info.value.code == 2
+    assert "the relay model takes" in capsys.readouterr().err
