@@ -445,7 +445,8 @@ NOT_MODELLED: dict[tuple[str, str], tuple[str, str]] = {
     ),
     ("RelaySession", "awaiting_request --request [!challenge_budget]--> closed"): (
         "needs more RelayRequests from one address than its challenge budget (each model actor "
-        "has an address of its own and asks once)",
+        "has an address of its own and asks once; like the Mediator's, the relay's snapshot "
+        "leaves the budgets out)",
         "tests/test_relay_core.py::test_challenges_per_address_are_budgeted",
     ),
     ("RelaySession", "awaiting_request --request [!key_usable]--> closed"): (
