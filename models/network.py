@@ -564,9 +564,9 @@ class PackedNetwork(Network):
         self._action_flags: list[int] = []
         self._delivery_keys = Interned()
         self._key_events: list[tuple[Event, Step]] = []
-        self._timer_events: dict[int, TimerFired] = {}
         """Per delivery key id: the event it makes at the receiver and the step's label (both
         depend on the key alone: built once instead of at every delivery memo miss)."""
+        self._timer_events: dict[int, TimerFired] = {}
         self._packed_deliveries: dict[tuple[int, int, float], tuple[int, int, Step]] = {}
         self._fires: dict[tuple[int, int, int, float, bool], tuple[int, int, Step]] = {}
         self._advances: dict[tuple[int, int, int], int] = {}
