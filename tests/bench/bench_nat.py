@@ -28,10 +28,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests/ dir: `nat` package
 
-from nat.helpers import pair, start_mediator, stop
-from nat.topology import SCENARIOS, Topology, build_scenario, missing_requirements
+from nat.helpers import mediator_of, pair, start_mediator, stop
+from nat.topology import SCENARIOS, build_scenario, missing_requirements, scenario_topology
 
 STAGGER = 0.3
+LATE_STAGGER = {"delay-150": 1.5}
+"""Where the Client needs longer than STAGGER to register (3 round trips of 300 ms), the Peer
+starts later, so that the roles stay as meant."""
 
 
 def bench(
@@ -43,17 +46,27 @@ def bench(
     failures: Counter[str] = Counter()
     fail_times: list[float] = []
     extra = ["--punch-timeout", str(punch_timeout), *more]
-    with Topology() as topo:
+    stagger = LATE_STAGGER.get(scenario, STAGGER)
+    with scenario_topology(scenario) as topo:  # type: ignore[arg-type]
         a, b = build_scenario(topo, scenario)  # type: ignore[arg-type]
         mediator = start_mediator(topo, relay=[])
         try:
             for _ in range(runs):
-                result = pair(a, b, deadline=deadline, stagger=STAGGER, extra=extra)
+                result = pair(
+                    a,
+                    b,
+                    deadline=deadline,
+                    stagger=stagger,
+                    extra=extra,
+                    mediator=mediator_of(topo),
+                )
                 client, peer = result.client, result.peer
                 if client.get("ok") and peer.get("ok"):
-                    times.append(max(client["elapsed"] - STAGGER, peer["elapsed"]))
+                    times.append(max(client["elapsed"] - stagger, peer["elapsed"]))
                     path = client.get("path")
                     paths[path if path == peer.get("path") else f"{path}/{peer.get('path')}"] += 1
+                    if client.get("role") != "client":
+                        paths["(roles swapped)"] += 1
                 else:
                     failures[f"{client.get('error')}/{peer.get('error')}"] += 1
                     fail_times.append(max(client.get("elapsed", 0.0), peer.get("elapsed", 0.0)))
@@ -122,14 +135,21 @@ def compare_timed_dial(
     extra = ["--punch-timeout", str(punch_timeout)]
     for name in scenarios:
         times: dict[bool, list[float]] = {False: [], True: []}
-        with Topology() as topo:
+        with scenario_topology(name) as topo:  # type: ignore[arg-type]
             a, b = build_scenario(topo, name)  # type: ignore[arg-type]
             mediator = start_mediator(topo)
             try:
                 for _ in range(runs):
                     for timed in (False, True):
                         more = [] if timed else ["--no-timed-dial"]
-                        result = pair(a, b, deadline=deadline, stagger=STAGGER, extra=extra + more)
+                        result = pair(
+                            a,
+                            b,
+                            deadline=deadline,
+                            stagger=LATE_STAGGER.get(name, STAGGER),
+                            extra=extra + more,
+                            mediator=mediator_of(topo),
+                        )
                         client, peer = result.client, result.peer
                         # the Peer's own connect() -> established (the Client's process
                         # start is too noisy on a loaded machine); runs whose roles swapped

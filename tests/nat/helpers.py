@@ -61,7 +61,7 @@ def start_mediator(
     a particular event; a mediator that does not come up in time is killed and reported.
     ``relay``: also serve the relay on its port (``--relay`` and these relay options).
     """
-    argv = ["-m", "p2psc", "mediator", "--host", MEDIATOR_ADDR, "--port", str(port)]
+    argv = ["-m", "p2psc", "mediator", "--host", topo.mediator_host, "--port", str(port)]
     if relay is not None:
         argv += ["--relay", *relay]
     logs = ["--log-format", "json", "--log-level", "debug", "--timeout", "5"]
@@ -145,6 +145,7 @@ def p2psc_argv(
     start_at: float,
     deadline: float,
     extra: Sequence[str] = (),
+    mediator: str = f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}",
 ) -> list[str]:
     """Command line of one p2psc endpoint inside ``host``'s namespace."""
     return host.peer_script(
@@ -155,7 +156,7 @@ def p2psc_argv(
             "--peer",
             other.public_key.hex(),
             "--mediator",
-            f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}",
+            mediator,
             "--name",
             name,
             "--start-at",
@@ -167,16 +168,28 @@ def p2psc_argv(
     )
 
 
+def mediator_of(topo: Topology, port: int = MEDIATOR_PORT) -> str:
+    """``host:port`` of the Mediator ``start_mediator`` runs in ``topo`` (``[v6]:port``)."""
+    host = topo.mediator_host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def pair(
-    a: Host, b: Host, *, deadline: float = 10.0, stagger: float = 0.3, extra: Sequence[str] = ()
+    a: Host,
+    b: Host,
+    *,
+    deadline: float = 10.0,
+    stagger: float = 0.3,
+    extra: Sequence[str] = (),
+    mediator: str = f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}",
 ) -> Pairing:
     """Pair ``a`` (registers first: the Client) with ``b`` (``stagger`` s later: the Peer)
     through the mediator already running in the public namespace; both exchange a line."""
     ka, kb = Keypair.generate(), Keypair.generate()
     start = time.time() + 1.0  # both interpreters are up and imported by then
     t0 = time.monotonic()
-    pa = a.popen(p2psc_argv(a, ka, kb, "client-side", start, deadline, extra))
-    pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", start + stagger, deadline, extra))
+    pa = a.popen(p2psc_argv(a, ka, kb, "client-side", start, deadline, extra, mediator))
+    pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", start + stagger, deadline, extra, mediator))
     ra = finish(pa, deadline + 20)
     rb = finish(pb, deadline + 20)
     return Pairing(ra, rb, time.monotonic() - t0 - 1.0)
