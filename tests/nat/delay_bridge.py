@@ -22,8 +22,9 @@ segment with a slow, lossy wire in the middle.
   SIGTERM or SIGINT. Frames still queued then are dropped.
 
 Output on stdout, one JSON object per line: ``{"ready": true}`` once both sockets are bound, and
-at exit ``{"forwarded": .., "lost": .., "overflow": .., "errors": .., "reason": ..}`` (counts over
-both directions; ``reason`` is ``lifetime`` or ``signal``).
+at exit ``{"matched": .., "forwarded": .., "lost": .., "overflow": .., "errors": .., "queued": ..,
+"reason": ..}`` (counts over both directions; ``matched``: frames subject to delay and loss, each
+of which took exactly one draw of the RNG; ``reason``: ``lifetime`` or ``signal``).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Bridge:
         self.frames = [0, 0]
         self.bytes = [0, 0]
         self.seq = 0
-        self.counts = {"forwarded": 0, "lost": 0, "overflow": 0, "errors": 0}
+        self.counts = {"matched": 0, "forwarded": 0, "lost": 0, "overflow": 0, "errors": 0}
 
     def _delayed(self, frame: bytes) -> bool:
         if not self.match:
@@ -115,6 +116,7 @@ class Bridge:
                 continue
             due = now
             if self._delayed(frame):
+                self.counts["matched"] += 1
                 if self.loss and self.rng.random() < self.loss:
                     self.counts["lost"] += 1
                     continue

@@ -370,6 +370,10 @@ class Topology:
             )
         end_a, left = self._veth(ns_a, mid, name_a)
         right, end_b = self._veth(mid, ns_b)
+        # outer ends first, then the middle: a veth gets its carrier when its second end comes
+        # up, and the middle's ends must be the second (else the first ARP across it is lost)
+        self._ip(ns_a, "link", "set", end_a, "up")
+        self._ip(ns_b, "link", "set", end_b, "up")
         for dev in (left, right):
             self._ip(mid, "link", "set", dev, "up")
         proc = subprocess.Popen(
