@@ -602,6 +602,7 @@ Scenario = Literal[
     "delay-150",
     "loss-3",
     "ipv6",
+    "far-client",
 ]
 SCENARIOS: tuple[Scenario, ...] = (
     "no-nat",
@@ -615,11 +616,15 @@ SCENARIOS: tuple[Scenario, ...] = (
     "delay-150",
     "loss-3",
     "ipv6",
+    "far-client",
 )
 DELAY = 0.150
 """One-way delay of ``delay-150`` on the Client router's WAN (as the independent check used)."""
 LOSS = 0.03
 """Loss of ``loss-3`` on each router's WAN, each direction."""
+FAR, NEAR = 0.150, 0.050
+"""``far-client``: one-way delay between the Client and the Mediator only, and on the Peer's
+router's WAN (so between the Peer and both others)."""
 
 
 def scenario_topology(name: Scenario) -> Topology:
@@ -660,6 +665,11 @@ def build_scenario(topo: Topology, scenario: Scenario) -> tuple[Host, Host]:
         ra = topo.add_router("ra", link=Link(loss=LOSS, seed=1))
         rb = topo.add_router("rb", link=Link(loss=LOSS, seed=2))
         return topo.add_host("a", ra), topo.add_host("b", rb)
+    if scenario == "far-client":  # public Client 300 ms (round trip) from the Mediator, 100 ms
+        # from the Peer; the Peer behind a dropping NAT 100 ms from both (issue 13, timed dial)
+        a = topo.add_public_host("a", link=Link(delay=FAR, match=(MEDIATOR_ADDR,)))
+        rb = topo.add_router("rb", link=Link(delay=NEAR))
+        return a, topo.add_host("b", rb)
     if scenario == "ipv6":  # stateful IPv6 firewalls, no NAT; the Mediator over IPv6
         if not topo.v6:
             raise ValueError("scenario ipv6 needs Topology(v6=True) (scenario_topology)")
