@@ -34,7 +34,7 @@ from nat.helpers import mediator_of, pair, start_mediator, stop
 from nat.topology import SCENARIOS, build_scenario, missing_requirements, scenario_topology
 
 STAGGER = 0.3
-LATE_STAGGER = {"delay-150": 1.5}
+LATE_STAGGER = {"delay-150": 1.5, "far-client": 1.5}
 """Where the Client needs longer than STAGGER to register (3 round trips of 300 ms), the Peer
 starts later, so that the roles stay as meant."""
 
