@@ -9,7 +9,7 @@ import select
 import subprocess
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,14 +183,18 @@ def pair(
     stagger: float = 0.3,
     extra: Sequence[str] = (),
     mediator: str = f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}",
+    between: Callable[[], object] | None = None,
 ) -> Pairing:
     """Pair ``a`` (registers first: the Client) with ``b`` (``stagger`` s later: the Peer)
-    through the mediator already running in the public namespace; both exchange a line."""
+    through the mediator already running in the public namespace; both exchange a line.
+    ``between``: called after ``a`` started and before ``b`` starts, instead of the stagger
+    (for example: wait until the Mediator logged ``a``'s registration)."""
     ka, kb = Keypair.generate(), Keypair.generate()
     pa, pb = start_in_order(
         (a, p2psc_argv(a, ka, kb, "client-side", None, deadline, extra, mediator)),
         (b, p2psc_argv(b, kb, ka, "peer-side", None, deadline, extra, mediator)),
         stagger=stagger,
+        between=between,
     )
     t0 = time.monotonic() - stagger
     ra = finish(pa, deadline + 20)
@@ -204,6 +208,7 @@ def start_in_order(
     *,
     stagger: float,
     ready_timeout: float = 60.0,
+    between: Callable[[], object] | None = None,
 ) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
     """Start two gated ``netns_peer.py`` processes (``--gate``), wait until both are up and
     imported, then release ``first`` and, ``stagger`` seconds later, ``second``.
@@ -219,7 +224,9 @@ def start_in_order(
         for proc in procs:
             _await_ready(proc, ready_timeout)
         for i, proc in enumerate(procs):
-            if i:
+            if i and between is not None:
+                between()
+            elif i:
                 time.sleep(stagger)
             assert proc.stdin is not None
             proc.stdin.write("go\n")

@@ -24,15 +24,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from nat.helpers import needs_netns, pair, start_mediator, stop
+from nat.helpers import needs_netns, pair, start_mediator, stop, wait_for_log
 from nat.topology import Topology, build_scenario
 
 pytestmark = [pytest.mark.netns, needs_netns]
 
 RUNS = 2
 DEADLINE = 10.0
-STAGGER = 1.5
-"""The Client registers in 3 round trips of 300 ms; the Peer starts after that."""
 PUNCH = ["--punch-timeout", "5", "--relay", "never"]
 
 
@@ -52,7 +50,15 @@ def test_the_first_attempt_succeeds_with_the_schedule_and_not_without(
     for _ in range(RUNS):
         for mode in ("scheduled", "estimated"):
             extra = PUNCH + (["--ignore-dial-schedule"] if mode == "estimated" else [])
-            result = pair(a, b, deadline=DEADLINE, stagger=STAGGER, extra=extra)
+            result = pair(
+                a,
+                b,
+                deadline=DEADLINE,
+                extra=extra,
+                # the Peer starts once the Mediator logged the Client's registration (3 round
+                # trips of 300 ms), so the roles hold
+                between=lambda: wait_for_log(mediator, "registered", DEADLINE),
+            )
             client, peer = result.client, result.peer
             context = (mode, client, peer, topo.describe())
             assert client["ok"] and peer["ok"], context
