@@ -64,10 +64,10 @@ __all__ = [
     "Pong",
     "Reason",
     "candidates_extension",
-    "dial_delay_extension",
     "construct_decode",
     "construct_encode",
     "decode",
+    "dial_delay_extension",
     "encode",
 ]
 
