@@ -67,6 +67,7 @@ __all__ = [
     "construct_decode",
     "construct_encode",
     "decode",
+    "dial_delay_extension",
     "encode",
 ]
 
@@ -135,6 +136,9 @@ class ExtensionType(IntEnum):
     raw bytes and ignored, so a later revision can add one without a layout change."""
 
     CANDIDATES = 1
+    DIAL_DELAY = 2
+    """In PeerDisconnect: ``u16`` milliseconds after which the Peer should make its first dials,
+    so that they leave when the Client's do (protocol.md "Timed first dial")."""
 
 
 Extensions = tuple[tuple[int, bytes], ...]
@@ -453,6 +457,8 @@ def _check_extensions(extensions: object, name: str) -> None:
             raise ProtocolError(f"{name}: extension {kind} has {len(value)} bytes, max 255")
         if kind == ExtensionType.CANDIDATES:
             _candidates(value, name)
+        elif kind == ExtensionType.DIAL_DELAY and len(value) != 2:
+            raise ProtocolError(f"{name}: DIAL_DELAY has {len(value)} bytes, expected 2 (u16 ms)")
         previous = kind
 
 
@@ -479,6 +485,11 @@ def candidates_extension(addresses: Sequence[Address]) -> Extensions:
         return ()
     value = b"".join(_address_bytes(a) for a in addresses)
     return ((int(ExtensionType.CANDIDATES), value),)
+
+
+def dial_delay_extension(ms: int) -> Extensions:
+    """The extension item naming the Peer's first-dial delay, ``ms`` clipped to 0..65535."""
+    return ((int(ExtensionType.DIAL_DELAY), min(max(ms, 0), 0xFFFF).to_bytes(2, "big")),)
 
 
 def _candidates_of(extensions: Extensions) -> tuple[Address, ...]:
@@ -772,6 +783,14 @@ class PeerDisconnect(_Codec):
     def candidates(self) -> tuple[Address, ...]:
         """The Client's other local addresses (the CANDIDATES extension), if any."""
         return _candidates_of(self.extensions)
+
+    @property
+    def dial_delay(self) -> float | None:
+        """Seconds after which the Mediator asks the Peer to dial (DIAL_DELAY), if it says."""
+        for kind, value in self.extensions:
+            if kind == ExtensionType.DIAL_DELAY:
+                return int.from_bytes(value, "big") / 1000
+        return None
 
     @classmethod
     def from_payload(cls, p: bytes) -> PeerDisconnect:

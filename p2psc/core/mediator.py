@@ -260,6 +260,7 @@ SessionRow = tuple[
     float | None,  # wait_timeout's end while waiting (the deadline may be earlier: keepalive)
     float | None,  # when the last Ping arrived (None: none yet)
     bytes,  # the CANDIDATES extension value of the Advertise (b"": none)
+    float | None,  # round trip: when challenged, the challenge's send time; then the measurement
 ]
 MediatorSnapshot = tuple[
     tuple[SessionRow, ...], tuple[tuple[RegistryKey, int], ...], bool, AdmissionSnapshot
@@ -283,6 +284,7 @@ class _Session:
         "partner",
         "pinged",
         "remote",
+        "rtt",
         "secure",
         "state",
         "their",
@@ -313,6 +315,9 @@ class _Session:
         self.cands = b""
         """The advertiser's other local addresses: the raw CANDIDATES extension value of its
         Advertise (at most 152 bytes), forwarded to its partner unchanged."""
+        self.rtt: float | None = None
+        """While challenged: when the AdvertiseChallenge went out; from the AdvertiseResponse
+        on: the round trip measured between the two (the dial schedule, section 4.2)."""
 
     def as_tuple(self, conn: ConnId) -> SessionRow:
         return (
@@ -330,6 +335,7 @@ class _Session:
             self.wait_end,
             self.pinged,
             self.cands,
+            self.rtt,
         )
 
 
@@ -337,6 +343,16 @@ def _forwarded(cands: bytes) -> wire.Extensions:
     """The extension area of a pairing message: the partner's CANDIDATES, if it sent any
     (already checked when its Advertise was decoded)."""
     return ((int(wire.ExtensionType.CANDIDATES), cands),) if cands else ()
+
+
+def _dial_schedule(peer_rtt: float | None, client_rtt: float | None) -> wire.Extensions:
+    """The DIAL_DELAY item of a PeerDisconnect (spec/mediator.md section 4.2): the Client hears
+    PeerIdentification half the Peer's round trip (its confirmation) plus half the Client's
+    after the Peer read PeerDisconnect, so the Peer dials after that long and the first SYNs of
+    both cross in flight. Nothing when either round trip is unknown."""
+    if peer_rtt is None or client_rtt is None:
+        return ()
+    return wire.dial_delay_extension(round((peer_rtt + client_rtt) * 500))
 
 
 def _partner_text(event: str, text: str) -> str:
@@ -473,6 +489,7 @@ class MediatorCore:
             conn, state, remote, deadline, buf, local, our, their, nonce, partner, secure = row[:11]
             session = _Session(state, remote, deadline, core.origin(remote[0]))
             session.wait_end, session.pinged, session.cands = row[11:14]
+            session.rtt = row[14] if len(row) > 14 else None
             session.buf, session.local, session.our, session.their = buf, local, our, their
             session.nonce, session.partner, session.secure = nonce, partner, secure
             core._sessions[conn] = session
@@ -994,6 +1011,7 @@ class MediatorCore:
             challenge = wire.AdvertiseChallenge(encrypted_nonce=sealed).encode()  # (it raises)
         out.append(Send(conn, challenge))
         out.append(SetTimer(conn, deadline))
+        session.rtt = now  # the round trip is measured to the response
         if self._observer is not None:
             self._note("challenged", conn, session)
 
@@ -1029,6 +1047,8 @@ class MediatorCore:
 
         transition = _step(session.state, "response", oracle)
         session.nonce = None
+        if session.rtt is not None:
+            session.rtt = max(0.0, now - session.rtt)
         if transition.target == CLOSED:
             guard = transition.guards[0].name
             code, text = _GUARD_FAILURE[guard]
@@ -1089,7 +1109,7 @@ class MediatorCore:
                 peer=wire.Address.from_tuple(session.remote),
                 client=wire.Address.from_tuple(client.remote),
                 client_local=client.local,
-                extensions=_forwarded(client.cands),
+                extensions=_forwarded(client.cands) + _dial_schedule(session.rtt, client.rtt),
             ).encode()
         except ProtocolError as error:  # an observed address the wire cannot carry
             self._registry.register(client.our, client.their, client_conn)
