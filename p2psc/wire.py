@@ -66,9 +66,9 @@ __all__ = [
     "Status",
     "StatusCode",
     "candidates_extension",
-    "coordinated",
     "construct_decode",
     "construct_encode",
+    "coordinated",
     "decode",
     "encode",
 ]
@@ -479,7 +479,9 @@ def _check_extensions(extensions: object, name: str) -> None:
         if kind == ExtensionType.CANDIDATES:
             _candidates(value, name)
         elif kind == ExtensionType.COORDINATE and value:
-            raise ProtocolError(f"{name}: extension COORDINATE must be empty, has {len(value)} bytes")
+            raise ProtocolError(
+                f"{name}: extension COORDINATE must be empty, has {len(value)} bytes"
+            )
         previous = kind
 
 
@@ -1015,7 +1017,10 @@ class Status(_Codec):
 
     def __post_init__(self) -> None:
         if type(self.status) not in (int, StatusCode) or self.status not in _STATUSES:
-            raise ProtocolError(f"Status: unknown status {self.status!r} (1..4)")
+            raise ProtocolError(
+                "Status.status must be 1..4 (PUNCHING, DIRECT, RELAY, GAVE_UP), "
+                f"got {self.status!r}"
+            )
 
     def payload(self) -> bytes:
         return bytes((self.status,))

@@ -52,7 +52,11 @@ PUNCHING = wire.Status(S.PUNCHING).encode()
 def test_status_and_the_capability_on_the_wire() -> None:
     assert wire.Status(S.DIRECT).encode() == b"P2\x01\x0d\x00\x01\x02"
     assert wire.decode(b"P2\x01\x0d\x00\x01\x01") == wire.Status(S.PUNCHING)
-    for bad in (b"P2\x01\x0d\x00\x01\x00", b"P2\x01\x0d\x00\x01\x05", b"P2\x01\x0d\x00\x02\x01\x01"):
+    for bad in (
+        b"P2\x01\x0d\x00\x01\x00",
+        b"P2\x01\x0d\x00\x01\x05",
+        b"P2\x01\x0d\x00\x02\x01\x01",
+    ):
         with pytest.raises(ProtocolError):
             wire.decode(bad)
     with pytest.raises(ProtocolError, match="COORDINATE must be empty"):
@@ -368,7 +372,9 @@ def test_the_punch_timeout_reports_gave_up_before_the_close() -> None:
     actions = client.do(TimerFired(TIMER))
     assert isinstance(failed(actions), PeerUnreachable)
     status = actions.index(Send(MEDIATOR_BASE, wire.Status(S.GAVE_UP).encode()))
-    close = next(i for i, a in enumerate(actions) if isinstance(a, Close) and a.conn == MEDIATOR_BASE)
+    close = next(
+        i for i, a in enumerate(actions) if isinstance(a, Close) and a.conn == MEDIATOR_BASE
+    )
     assert status < close
 
 

@@ -347,9 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--relay", choices=("auto", "never", "only"), default="auto")
     p.add_argument("--relay-address", default=None)
     p.add_argument("--no-coordinate", action="store_true", help="do not offer COORDINATE")
-    p.add_argument(
-        "--die-at", choices=("disconnect", "identification", "punching"), default=None
-    )
+    p.add_argument("--die-at", choices=("disconnect", "identification", "punching"), default=None)
     p.add_argument(
         "--stream", type=float, default=0.0, help="then stream both ways for at most S seconds"
     )

@@ -109,7 +109,9 @@ def test_killed_while_punching_the_survivor_is_told_at_once(
 ) -> None:
     a, b = build_scenario(topo, "both-nat-rst")  # the punch cannot succeed here
     death = ["--die-at", "punching"]
-    client, peer = run_pair(a, b, death if dies == "client" else [], death if dies == "peer" else [])
+    client, peer = run_pair(
+        a, b, death if dies == "client" else [], death if dies == "peer" else []
+    )
     dead, survivor = (client, peer) if dies == "client" else (peer, client)
     took = detection(dead, survivor, f"{dies.capitalize()} killed 1.5 s into the punch")
     assert survivor["error"] == "PartnerLost", (client, peer)
