@@ -125,6 +125,16 @@ V1_EXPECTED: dict[str, set[str]] = {
     "no-silence-detection": {"keepalive-silent"},
     "drops-candidates": {"pairing-candidates"},
     "no-flood-floor": {"keepalive-flood-closes"},
+    # Coordinated pairings (§4.2, optional): a Mediator that does not coordinate fails only the
+    # recommended coordination scenarios; each broken rule fails its own.
+    "no-coordination": {
+        "coordinate-pairing",
+        "coordinate-close-not-confirmation",
+        "coordinate-partner-lost",
+    },
+    "coordinated-close-confirms": {"coordinate-close-not-confirmation"},
+    "quiet-partner-loss": {"coordinate-partner-lost"},
+    "done-aborts-partner": {"coordinate-pairing"},
 }
 LEGACY_EXPECTED: dict[str, set[str]] = {
     "legacy-keeps-peer-open": {

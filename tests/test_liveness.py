@@ -400,3 +400,24 @@ def test_a_direct_connection_reports_direct_on_both_sides() -> None:
             i for i, a in enumerate(side.log) if isinstance(a, Close) and a.conn == MEDIATOR_BASE
         )
         assert LISTENER not in side.core.open_conns
+
+
+def test_garbage_or_a_ping_flood_while_coordinating_is_malformed_and_the_partner_is_told() -> None:
+    d = coordinating()
+    actions = d.send(1, b"\x00garbage")
+    assert abort_code(actions, 1) == R.MALFORMED and abort_code(actions, 2) == R.PARTNER_LOST
+    d = coordinating()
+    d.advance(1)
+    d.send(2, wire.Ping(0, 1000).encode())
+    d.advance(0.1)
+    actions = d.send(2, wire.Ping(1, 1000).encode())
+    assert abort_code(actions, 2) == R.MALFORMED and abort_code(actions, 1) == R.PARTNER_LOST
+    assert d.core.sessions == 0
+
+
+def test_a_shutdown_while_coordinating_is_no_partner_loss() -> None:
+    d = coordinating()
+    actions = d.core.shutdown(d.now)
+    assert abort_code(actions, 1) == R.SHUTTING_DOWN  # type: ignore[arg-type]
+    assert abort_code(actions, 2) == R.SHUTTING_DOWN  # type: ignore[arg-type]
+    assert d.core.sessions == 0

@@ -164,6 +164,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
             or args.garbage
             or args.shutdown
             or (args.keepalive)
+            or args.coordinate
         ):
             parser.error("the direct model takes --stranger-budget and --mutant only")
         budget = 2 if args.stranger_budget is None else args.stranger_budget
@@ -173,8 +174,8 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         if args.peers is not None:
             parser.error("--peers applies to the mediation model only")
         options.update(protocols=args.protocols, mixed_sets=args.mixed_sets)
-        if args.keepalive:
-            parser.error("--keepalive applies to the mediation model only")
+        if args.keepalive or args.coordinate:
+            parser.error("--keepalive and --coordinate apply to the mediation model only")
         if args.limits or args.garbage or args.shutdown:
             parser.error("--limits, --garbage and --shutdown apply to the mediation model only")
     else:
@@ -183,7 +184,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         options.update(third=(args.peers or 3) >= 3)
         if args.mutant is None:
             options.update(limits=args.limits, garbage=args.garbage, shutdown=args.shutdown)
-            options.update(keepalive=args.keepalive)
+            options.update(keepalive=args.keepalive, coordinate=args.coordinate)
             options.update(peers=args.peers or 3)
         elif args.limits or args.garbage or args.shutdown:
             parser.error("--limits, --garbage and --shutdown do not combine with --mutant")
@@ -333,6 +334,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="mediation: the peers ping the Mediator every 5 s while they wait (property K1; "
         "its mutants always do)",
+    )
+    parser.add_argument(
+        "--coordinate",
+        action="store_true",
+        help="mediation: the peers offer COORDINATE, so the Mediator keeps both connections "
+        "while they punch (property L1; its mutants always do)",
     )
     parser.add_argument(
         "--shutdown",
