@@ -356,6 +356,20 @@ class QuietPartnerLoss(MediatorCore):
         super()._fail(conn, session, event, code, text, out, **options)
 
 
+class EchoesOneSided(MediatorCore):
+    """Coordinates when only one partner offered COORDINATE: the other one, which never
+    offered it, is sent an item it may not know and rules it does not follow (§4.2)."""
+
+    def _pair(
+        self, conn: ConnId, session: _Session, transition: Transition, now: float, out: list[Action]
+    ) -> None:
+        client_conn = self._registry.lookup(session.their, session.our)
+        client = self._sessions.get(client_conn) if client_conn is not None else None
+        if client is not None and (client.coord or session.coord):
+            client.coord = session.coord = True
+        super()._pair(conn, session, transition, now, out)
+
+
 class DoneAbortsPartner(MediatorCore):
     """Takes a done status like a loss: the survivor is told PARTNER_LOST although its partner
     finished (§4.2 rule 3, the race of a handshake completing on one side first)."""
@@ -440,6 +454,7 @@ V1_MUTANTS: dict[str, Callable[[MediatorConfig], MediatorCore]] = {
     "coordinated-close-confirms": CoordinatedCloseConfirms,
     "quiet-partner-loss": QuietPartnerLoss,
     "done-aborts-partner": DoneAbortsPartner,
+    "echoes-one-sided": EchoesOneSided,
 }
 """Version 1 mutant name -> factory taking the (short) test configuration."""
 

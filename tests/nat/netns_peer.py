@@ -177,9 +177,12 @@ def _install_death(step: str) -> None:
     """Die (``os._exit``, no clean-up: the kernel closes every socket, as for ``kill -9``) at
     ``step``: ``disconnect`` (the Peer, on PeerDisconnect, before it listens or confirms),
     ``identification`` (the Client, on PeerIdentification, before it dials), ``punching``
-    (either role, ``DIE_AFTER_INTRODUCTION`` s after its introduction, while punching). The
-    line printed first says when (epoch seconds), so the test can time the survivor."""
+    (either role, ``DIE_AFTER_INTRODUCTION`` s after its introduction, while punching), or
+    ``frozen`` (the same moment, but the process stops with SIGSTOP: no FIN, no RST, no more
+    Pings, as a host that vanished; the test kills it afterwards). The line printed first says
+    when (epoch seconds), so the test can time the survivor."""
     import os
+    import signal
 
     from p2psc.core import peer as core_peer
 
@@ -188,6 +191,8 @@ def _install_death(step: str) -> None:
 
     def die() -> None:
         emit({"ok": False, "error": "KILLED", "step": step, "died_at": time.time()})
+        if step == "frozen":
+            os.kill(os.getpid(), signal.SIGSTOP)
         os._exit(0)
 
     def handle(self: Any, event: Any, now: float) -> Any:
@@ -197,7 +202,8 @@ def _install_death(step: str) -> None:
             introduced.append(now)
             if (step, self.role) in (("disconnect", "peer"), ("identification", "client")):
                 die()  # before the actions run: no Listen, no Status, no dial
-        if step == "punching" and introduced and now - introduced[0] >= DIE_AFTER_INTRODUCTION:
+        late = introduced and now - introduced[0] >= DIE_AFTER_INTRODUCTION
+        if step in ("punching", "frozen") and late:
             die()
         return actions
 
@@ -347,7 +353,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--relay", choices=("auto", "never", "only"), default="auto")
     p.add_argument("--relay-address", default=None)
     p.add_argument("--no-coordinate", action="store_true", help="do not offer COORDINATE")
-    p.add_argument("--die-at", choices=("disconnect", "identification", "punching"), default=None)
+    p.add_argument(
+        "--die-at",
+        choices=("disconnect", "identification", "punching", "frozen"),
+        default=None,
+    )
     p.add_argument(
         "--stream", type=float, default=0.0, help="then stream both ways for at most S seconds"
     )

@@ -53,6 +53,14 @@ def run_pair(
     start = time.time() + 1.0
     pa = a.popen(p2psc_argv(a, ka, kb, "client-side", start, DEADLINE, [*BASE, *client_extra]))
     pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", start + 0.3, DEADLINE, [*BASE, *peer_extra]))
+    if "frozen" in client_extra:  # (killed once the other side finished)
+        rb = finish(pb, DEADLINE + 20)
+        pa.kill()
+        return finish(pa, 10), rb
+    if "frozen" in peer_extra:
+        ra = finish(pa, DEADLINE + 20)
+        pb.kill()
+        return ra, finish(pb, 10)
     return finish(pa, DEADLINE + 20), finish(pb, DEADLINE + 20)
 
 
@@ -115,4 +123,18 @@ def test_killed_while_punching_the_survivor_is_told_at_once(
     dead, survivor = (client, peer) if dies == "client" else (peer, client)
     took = detection(dead, survivor, f"{dies.capitalize()} killed 1.5 s into the punch")
     assert survivor["error"] == "PartnerLost", (client, peer)
+    assert took < PUNCH, (client, peer)
+
+
+def test_a_silently_vanished_partner_is_reported_within_the_silence_bound(
+    topo: Topology, mediator: subprocess.Popen[str]
+) -> None:
+    """The Client's process freezes 1.5 s into the punch (SIGSTOP: no FIN, no more Pings, as
+    a host that vanished): the Mediator notices the silence (2 s after its last Ping, section
+    4.2 rule 2) and tells the Peer."""
+    a, b = build_scenario(topo, "both-nat-rst")
+    client, peer = run_pair(a, b, ["--die-at", "frozen"], [])
+    took = detection(client, peer, "Client frozen 1.5 s into the punch (silent)")
+    assert peer["error"] == "PartnerLost", (client, peer)
+    assert "went silent" in peer["reason"], (client, peer)
     assert took < PUNCH, (client, peer)
