@@ -142,11 +142,13 @@ def p2psc_argv(
     me: Keypair,
     other: Keypair,
     name: str,
-    start_at: float,
+    start_at: float | None,
     deadline: float,
     extra: Sequence[str] = (),
 ) -> list[str]:
-    """Command line of one p2psc endpoint inside ``host``'s namespace."""
+    """Command line of one p2psc endpoint inside ``host``'s namespace; ``start_at=None``: it
+    waits at a gate instead (``start_in_order``)."""
+    start = ["--gate"] if start_at is None else ["--start-at", str(start_at)]
     return host.peer_script(
         [
             "p2psc",
@@ -158,8 +160,7 @@ def p2psc_argv(
             f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}",
             "--name",
             name,
-            "--start-at",
-            str(start_at),
+            *start,
             "--deadline",
             str(deadline),
             *extra,
@@ -173,10 +174,63 @@ def pair(
     """Pair ``a`` (registers first: the Client) with ``b`` (``stagger`` s later: the Peer)
     through the mediator already running in the public namespace; both exchange a line."""
     ka, kb = Keypair.generate(), Keypair.generate()
-    start = time.time() + 1.0  # both interpreters are up and imported by then
-    t0 = time.monotonic()
-    pa = a.popen(p2psc_argv(a, ka, kb, "client-side", start, deadline, extra))
-    pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", start + stagger, deadline, extra))
+    pa, pb = start_in_order(
+        (a, p2psc_argv(a, ka, kb, "client-side", None, deadline, extra)),
+        (b, p2psc_argv(b, kb, ka, "peer-side", None, deadline, extra)),
+        stagger=stagger,
+    )
+    t0 = time.monotonic() - stagger
     ra = finish(pa, deadline + 20)
     rb = finish(pb, deadline + 20)
-    return Pairing(ra, rb, time.monotonic() - t0 - 1.0)
+    return Pairing(ra, rb, time.monotonic() - t0)
+
+
+def start_in_order(
+    first: tuple[Host, list[str]],
+    second: tuple[Host, list[str]],
+    *,
+    stagger: float,
+    ready_timeout: float = 60.0,
+) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+    """Start two gated ``netns_peer.py`` processes (``--gate``), wait until both are up and
+    imported, then release ``first`` and, ``stagger`` seconds later, ``second``.
+
+    Why a gate rather than wall-clock start times: interpreter start and imports take over a
+    second under load, so start times a fixed margin ahead could both pass and the two sides
+    would start in either order (the Client and Peer roles, decided by who registers first,
+    then swapped: the cause of a rare failure of the relay test). Returns once both run; on
+    any failure both are stopped.
+    """
+    procs = [host.popen(argv, stdin=True) for host, argv in (first, second)]
+    try:
+        for proc in procs:
+            _await_ready(proc, ready_timeout)
+        for i, proc in enumerate(procs):
+            if i:
+                time.sleep(stagger)
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()  # left open: communicate() closes it
+    except BaseException:
+        for proc in procs:
+            stop(proc)
+        raise
+    return procs[0], procs[1]
+
+
+def _await_ready(proc: subprocess.Popen[str], timeout: float) -> None:
+    """Read the gated process's ``ready`` line from its stdout (raw reads: nothing else comes
+    before the gate opens, and ``communicate`` reads the rest later)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = b""
+    end = time.monotonic() + timeout
+    while b"ready\n" not in seen:
+        left = end - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(0.0, left))
+        chunk = os.read(fd, 64) if ready else b""
+        if not chunk:
+            stop(proc)
+            err = proc.stderr.read()[-2000:] if proc.stderr else ""
+            raise TopologyError(f"a test process never reached its gate: {seen!r} {err}")
+        seen += chunk

@@ -36,6 +36,23 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def wait_gate(args: argparse.Namespace) -> bool:
+    """With ``--gate``: say ``ready`` (a plain line, not JSON) once imported, then block until
+    the test writes a line on stdin (bounded). Why not only ``--start-at``: starting Python
+    and importing p2psc takes over a second on a loaded two-core machine, so two processes
+    given wall-clock start times 0.3 s apart could both start late, in either order, and swap
+    the Client and Peer roles. The test releases the gates in order instead."""
+    if not args.gate:
+        return True
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    ready, _, _ = select.select([sys.stdin], [], [], 60.0)
+    if not ready or not sys.stdin.readline():
+        emit({"ok": False, "error": "GATE", "reason": "the test never released the gate"})
+        return False
+    return True
+
+
 def parse_addr(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -111,6 +128,8 @@ def cmd_simopen(args: argparse.Namespace) -> None:
     if args.listen:
         listener = _bound_socket(args.bind_port)
         listener.listen(8)
+    if not wait_gate(args):
+        return
     delay = args.start_at - time.time()
     if delay > 0:
         time.sleep(min(delay, 5.0))
@@ -302,6 +321,10 @@ async def _stream(conn: Any, seconds: float) -> dict[str, Any]:
 
 
 def cmd_p2psc(args: argparse.Namespace) -> None:
+    import p2psc.aio.connect  # noqa: F401  (imported before the gate: see wait_gate)
+
+    if not wait_gate(args):
+        return
     start = time.time()
     if args.start_at > start:
         time.sleep(min(args.start_at - start, 30.0))
@@ -336,12 +359,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-attempts", type=int, default=200)
     p.add_argument("--ttl", type=int, default=0, help="TTL of each attempt's first SYN")
     p.add_argument("--listen", action="store_true", help="also accept on --bind-port")
+    p.add_argument("--gate", action="store_true", help="wait for a line on stdin (wait_gate)")
     p = sub.add_parser("p2psc")
     p.add_argument("--private", required=True, help="our X25519 private key, hex")
     p.add_argument("--peer", required=True, help="the other side's public key, hex")
     p.add_argument("--mediator", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--start-at", type=float, default=0.0)
+    p.add_argument("--gate", action="store_true", help="wait for a line on stdin (wait_gate)")
     p.add_argument("--deadline", type=float, default=10.0)
     p.add_argument("--punch-timeout", type=float, default=5.0)
     p.add_argument("--punch-interval", type=float, default=0.05)

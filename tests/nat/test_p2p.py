@@ -43,6 +43,7 @@ from nat.helpers import (
     needs_netns,
     p2psc_argv,
     pair,
+    start_in_order,
     start_mediator,
     stop,
     wait_for_log,
@@ -171,10 +172,11 @@ def _streaming_pair(
 ) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
     ka, kb = Keypair.generate(), Keypair.generate()
     extra = [*PUNCH, "--relay", "only", "--stream", str(stream)]
-    start = time.time() + 1.0
-    pa = a.popen(p2psc_argv(a, ka, kb, "client-side", start, DEADLINE, extra))
-    pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", start + 0.3, DEADLINE, extra))
-    return pa, pb
+    return start_in_order(
+        (a, p2psc_argv(a, ka, kb, "client-side", None, DEADLINE, extra)),
+        (b, p2psc_argv(b, kb, ka, "peer-side", None, DEADLINE, extra)),
+        stagger=0.3,
+    )
 
 
 def test_relay_killed_mid_stream_is_a_typed_error_on_both_sides(topo: Topology) -> None:

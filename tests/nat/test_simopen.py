@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from nat.helpers import finish, needs_netns
+from nat.helpers import finish, needs_netns, start_in_order
 from nat.topology import Host, Inbound, Topology
 
 pytestmark = [pytest.mark.netns, needs_netns]
@@ -36,15 +36,17 @@ def _simopen(
     a = topo.add_host("a", ra)
     b = topo.add_host("b", rb)
     port_a, port_b = 42001, 43001
-    start = time.time() + 0.5  # both processes are up by then
-    common = ["--deadline", str(deadline), "--backoff", "0.05"]
+    common = ["--deadline", str(deadline), "--backoff", "0.05", "--gate"]
 
-    def side(host: Host, port: int, to: str, name: str, at: float) -> list[str]:
+    def side(host: Host, port: int, to: str, name: str) -> list[str]:
         args = ["simopen", "--bind-port", str(port), "--to", to, "--name", name]
-        return host.peer_script([*args, "--start-at", str(at), *common])
+        return host.peer_script([*args, *common])
 
-    pa = a.popen(side(a, port_a, f"{rb.wan_addr}:{port_b}", "A", start))
-    pb = b.popen(side(b, port_b, f"{ra.wan_addr}:{port_a}", "B", start + stagger))
+    pa, pb = start_in_order(
+        (a, side(a, port_a, f"{rb.wan_addr}:{port_b}", "A")),
+        (b, side(b, port_b, f"{ra.wan_addr}:{port_a}", "B")),
+        stagger=stagger,
+    )
     return finish(pa, deadline + 15), finish(pb, deadline + 15)
 
 
@@ -84,41 +86,42 @@ def test_public_client_behind_no_nat_needs_a_listener_for_an_rst_nat_peer(
     a = topo.add_public_host("a")
     b = topo.add_host("b", rb)
     port_a, port_b = 42001, 43001
-    start = time.time() + 0.5
-    common = ["--deadline", "1.5", "--backoff", "0.05"]
+    common = ["--deadline", "1.5", "--backoff", "0.05", "--gate"]
     listen = ["--listen"] if client_listens else []
-    pb = b.popen(
-        b.peer_script(
-            [
-                "simopen",
-                "--bind-port",
-                str(port_b),
-                "--to",
-                f"{a.addr}:{port_a}",
-                "--name",
-                "B",
-                "--start-at",
-                str(start),
-                *common,
-            ]
-        )
-    )
-    pa = a.popen(
-        a.peer_script(
-            [
-                "simopen",
-                "--bind-port",
-                str(port_a),
-                "--to",
-                f"{rb.wan_addr}:{port_b}",
-                "--name",
-                "A",
-                "--start-at",
-                str(start + 0.02),
-                *listen,
-                *common,
-            ]
-        )
+    # the Peer (b) learns the Client's address first: it starts 20 ms before the Client (a)
+    pb, pa = start_in_order(
+        (
+            b,
+            b.peer_script(
+                [
+                    "simopen",
+                    "--bind-port",
+                    str(port_b),
+                    "--to",
+                    f"{a.addr}:{port_a}",
+                    "--name",
+                    "B",
+                    *common,
+                ]
+            ),
+        ),
+        (
+            a,
+            a.peer_script(
+                [
+                    "simopen",
+                    "--bind-port",
+                    str(port_a),
+                    "--to",
+                    f"{rb.wan_addr}:{port_b}",
+                    "--name",
+                    "A",
+                    *listen,
+                    *common,
+                ]
+            ),
+        ),
+        stagger=0.02,
     )
     client, peer = finish(pa, 20), finish(pb, 20)
     if client_listens:

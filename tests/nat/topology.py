@@ -159,11 +159,12 @@ class Host:
         """Command line running tests/nat/netns_peer.py inside this namespace."""
         return self.python([PEER_SCRIPT, *args])
 
-    def popen(self, argv: Sequence[str]) -> subprocess.Popen[str]:
-        """Start a process inside this namespace, with pipes for stdout and stderr."""
+    def popen(self, argv: Sequence[str], *, stdin: bool = False) -> subprocess.Popen[str]:
+        """Start a process inside this namespace, with pipes for stdout and stderr (and for
+        stdin with ``stdin=True``: the gate of ``helpers.start_in_order``)."""
         return subprocess.Popen(
             self.argv(argv),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
