@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests/ dir: `nat` package
 
-from nat.helpers import finish, p2psc_argv, start_mediator, stop
+from nat.helpers import finish, p2psc_argv, start_in_order, start_mediator, stop
 from nat.topology import Host, Topology, build_scenario, missing_requirements
 
 from p2psc.keys import Keypair
@@ -41,12 +40,14 @@ def one(
     a: Host, b: Host, dies: str, step: str, extra: list[str], deadline: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     ka, kb = Keypair.generate(), Keypair.generate()
-    start = time.time() + 1.0
     death = ["--die-at", step]
     ea = extra + (death if dies == "client" else [])
     eb = extra + (death if dies == "peer" else [])
-    pa = a.popen(p2psc_argv(a, ka, kb, "client-side", start, deadline, ea))
-    pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", start + 0.3, deadline, eb))
+    pa, pb = start_in_order(
+        (a, p2psc_argv(a, ka, kb, "client-side", None, deadline, ea)),
+        (b, p2psc_argv(b, kb, ka, "peer-side", None, deadline, eb)),
+        stagger=0.3,
+    )
     dead_proc, live_proc = (pa, pb) if dies == "client" else (pb, pa)
     survivor = finish(live_proc, deadline + 20)
     if step == "frozen":

@@ -18,13 +18,19 @@ survivor fails only at its punch timeout with PeerUnreachable.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
-from nat.helpers import finish, needs_netns, p2psc_argv, start_mediator, stop
+from nat.helpers import (
+    finish,
+    needs_netns,
+    p2psc_argv,
+    start_in_order,
+    start_mediator,
+    stop,
+)
 from nat.topology import Host, Topology, build_scenario
 from p2psc.keys import Keypair
 
@@ -50,9 +56,11 @@ def run_pair(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Client ``a`` registers first, Peer ``b`` 0.3 s later; each with its own options."""
     ka, kb = Keypair.generate(), Keypair.generate()
-    start = time.time() + 1.0
-    pa = a.popen(p2psc_argv(a, ka, kb, "client-side", start, DEADLINE, [*BASE, *client_extra]))
-    pb = b.popen(p2psc_argv(b, kb, ka, "peer-side", start + 0.3, DEADLINE, [*BASE, *peer_extra]))
+    pa, pb = start_in_order(
+        (a, p2psc_argv(a, ka, kb, "client-side", None, DEADLINE, [*BASE, *client_extra])),
+        (b, p2psc_argv(b, kb, ka, "peer-side", None, DEADLINE, [*BASE, *peer_extra])),
+        stagger=0.3,
+    )
     if "frozen" in client_extra:  # (killed once the other side finished)
         rb = finish(pb, DEADLINE + 20)
         pa.kill()
