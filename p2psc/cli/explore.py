@@ -25,7 +25,8 @@ the exit status is 1 when less than PCT percent of the declared transitions were
 mutants (--mutant NAME; the property each one breaks):
   negotiator: tie-local (N2), tie-yield (N1), drop-early-byte (N2)
   mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
-              leaky-registry (M4), mute-pings (K1), slow-pings (K1)
+              leaky-registry (M4), mute-pings (K1), slow-pings (K1), quiet-loss (L1),
+              punch-on (L1)
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
   relay:      path-unbound (R1, always with the bridging relay)
   channel:    skip-lost-record (C1), eof-is-close (C2), close-not-recorded (C3),
