@@ -421,3 +421,16 @@ def test_a_shutdown_while_coordinating_is_no_partner_loss() -> None:
     assert abort_code(actions, 1) == R.SHUTTING_DOWN  # type: ignore[arg-type]
     assert abort_code(actions, 2) == R.SHUTTING_DOWN  # type: ignore[arg-type]
     assert d.core.sessions == 0
+
+
+def test_a_status_from_the_mediator_while_waiting_is_a_typed_error_and_a_clean_close() -> None:
+    """A Status travels only peer -> Mediator: one that reaches a waiting peer breaks the
+    protocol (InvalidTransition, a ProtocolError), and the attempt ends with every close."""
+    from p2psc.errors import InvalidTransition
+
+    side = registered(A_KEY, B_KEY, A_LOCAL)
+    actions = side.do(Received(MEDIATOR_BASE, PUNCHING))
+    error = failed(actions)
+    assert isinstance(error, InvalidTransition) and isinstance(error, ProtocolError)
+    assert any(isinstance(a, Close) and a.conn == MEDIATOR_BASE for a in actions)
+    assert side.core.state == "failed" and side.core.timers == {}
