@@ -434,3 +434,18 @@ def test_a_status_from_the_mediator_while_waiting_is_a_typed_error_and_a_clean_c
     assert isinstance(error, InvalidTransition) and isinstance(error, ProtocolError)
     assert any(isinstance(a, Close) and a.conn == MEDIATOR_BASE for a in actions)
     assert side.core.state == "failed" and side.core.timers == {}
+
+
+def test_the_mediator_command_line_sets_the_coordination() -> None:
+    import argparse
+
+    from p2psc.cli import mediator as cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    default, _ = cli._config(parser.parse_args(["mediator"]))
+    assert default.coordinate and default.coordinate_timeout == 20.0
+    off, _ = cli._config(
+        parser.parse_args(["mediator", "--no-coordinate", "--coordinate-timeout", "7.5"])
+    )
+    assert not off.coordinate and off.coordinate_timeout == 7.5
