@@ -47,6 +47,9 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "direct --stranger-budget 2": ("direct", {"budget": 2}),
     "channel --adversary-budget 1": ("channel", {"budget": 1}),
     "fleet --faults": ("fleet", {"faults": True}),
+    "relay --relay-faults 1 --limits": ("relay", {"faults": 1, "limits": True}),
+    "relay --relay-faults 1 --shutdown": ("relay", {"faults": 1, "shutdown": True}),
+    "relay --relay-faults 1 --garbage": ("relay", {"faults": 1, "garbage": True}),
     "relay --relay-faults 2 --bridging-relay": ("relay", {"faults": 2, "evil": True}),
     "mediation --peers 2 --coordinate": ("mediation", {"third": False, "coordinate": True}),
     "mediation --peers 2 --faults --coordinate": (
@@ -57,7 +60,9 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 """The configurations CI explores for coverage (each as ``p2psc explore`` spells it: model,
 build options), cheapest first; together they take every transition of :data:`TAKEN_BY`."""
 
-_RELAY = "relay --relay-faults 2 --bridging-relay"
+_LIMITS = "relay --relay-faults 1 --limits"
+_SHUTDOWN = "relay --relay-faults 1 --shutdown"
+_GARBAGE = "relay --relay-faults 1 --garbage"
 
 TAKEN_BY: dict[tuple[str, str], str] = {
     ("MediatorSession", "awaiting_advertise --evicted--> closed"): "mediation --limits",
@@ -267,23 +272,57 @@ TAKEN_BY: dict[tuple[str, str], str] = {
     ("PeerCandidate", "answered --first_record--> rejected"): "mediation --peers 2 --garbage",
     ("PeerCandidate", "answered --silent--> rejected"): "mediation --peers 2 --faults",
     ("PeerCandidate", "answered --closed--> rejected"): "mediation --peers 2 --faults",
-    ("RelayLeg", "answered --connected--> spliced"): _RELAY,
-    ("RelayLeg", "answered --lost--> failed"): _RELAY,
-    ("RelayLeg", "answered --timeout--> failed"): _RELAY,
-    ("RelayLeg", "connecting --opened--> requesting"): _RELAY,
-    ("RelayLeg", "connecting --timeout--> failed"): _RELAY,
-    ("RelayLeg", "requesting --challenge [challenge_opens]--> answered"): _RELAY,
-    ("RelayLeg", "requesting --lost--> failed"): _RELAY,
-    ("RelayLeg", "requesting --timeout--> failed"): _RELAY,
-    ("Rendezvous", "punching --relay_due--> relaying"): _RELAY,
-    ("Rendezvous", "relaying --candidate_rejected--> relaying"): _RELAY,
-    ("Rendezvous", "relaying --confirmed [relayed_path]--> relayed"): _RELAY,
-    ("Rendezvous", "relaying --confirmed--> established"): _RELAY,
-    ("Rendezvous", "relaying --direct_opened--> relaying"): _RELAY,
-    ("Rendezvous", "relaying --relay_failed--> failed"): _RELAY,
-    ("Rendezvous", "relaying --relay_progress--> relaying"): _RELAY,
-    ("Rendezvous", "relaying --relay_spliced--> relaying"): _RELAY,
-    ("Rendezvous", "relaying --timeout--> failed"): _RELAY,
+    ("RelayLeg", "answered --abort--> failed"): _LIMITS,
+    ("RelayLeg", "answered --bad_message--> failed"): _GARBAGE,
+    ("RelayLeg", "answered --connected--> spliced"): _SHUTDOWN,
+    ("RelayLeg", "answered --lost--> failed"): _LIMITS,
+    ("RelayLeg", "answered --timeout--> failed"): _LIMITS,
+    ("RelayLeg", "connecting --lost--> failed"): _SHUTDOWN,
+    ("RelayLeg", "connecting --opened--> requesting"): _LIMITS,
+    ("RelayLeg", "connecting --timeout--> failed"): _LIMITS,
+    ("RelayLeg", "requesting --abort--> failed"): _LIMITS,
+    ("RelayLeg", "requesting --bad_message--> failed"): _GARBAGE,
+    ("RelayLeg", "requesting --challenge [challenge_opens]--> answered"): _LIMITS,
+    ("RelayLeg", "requesting --lost--> failed"): _LIMITS,
+    ("RelayLeg", "requesting --timeout--> failed"): _LIMITS,
+    ("Rendezvous", "punching --relay_due--> relaying"): _LIMITS,
+    ("Rendezvous", "relaying --candidate_rejected--> relaying"): _SHUTDOWN,
+    ("Rendezvous", "relaying --confirmed [relayed_path]--> relayed"): _SHUTDOWN,
+    ("Rendezvous", "relaying --confirmed--> established"): _LIMITS,
+    ("Rendezvous", "relaying --direct_opened--> relaying"): _LIMITS,
+    ("Rendezvous", "relaying --relay_failed--> failed"): _LIMITS,
+    ("Rendezvous", "relaying --relay_progress--> relaying"): _LIMITS,
+    ("Rendezvous", "relaying --relay_spliced--> relaying"): _SHUTDOWN,
+    ("Rendezvous", "relaying --timeout--> failed"): _LIMITS,
+    # The relay server's machine: the real RelayCore is the relay model's Relay actor.
+    ("RelaySession", "awaiting_request --bad_input--> closed"): _GARBAGE,
+    ("RelaySession", "awaiting_request --eof--> closed"): _LIMITS,
+    ("RelaySession", "awaiting_request --lost--> closed"): _LIMITS,
+    ("RelaySession", "awaiting_request --request [!admitted]--> closed"): _LIMITS,
+    ("RelaySession", "awaiting_request --request [!version_supported]--> closed"): _GARBAGE,
+    ("RelaySession", "awaiting_request --request [self_pairing]--> closed"): _GARBAGE,
+    ("RelaySession", "awaiting_request --request--> challenged"): _LIMITS,
+    ("RelaySession", "awaiting_request --shutdown--> closed"): _SHUTDOWN,
+    ("RelaySession", "awaiting_request --timeout--> closed"): _LIMITS,
+    ("RelaySession", "challenged --bad_input--> closed"): _GARBAGE,
+    ("RelaySession", "challenged --eof--> closed"): _LIMITS,
+    ("RelaySession", "challenged --lost--> closed"): _LIMITS,
+    ("RelaySession", "challenged --response [!nonce_matches]--> closed"): _GARBAGE,
+    ("RelaySession", "challenged --response [partner_waiting]--> spliced"): _SHUTDOWN,
+    ("RelaySession", "challenged --response--> waiting"): _LIMITS,
+    ("RelaySession", "challenged --shutdown--> closed"): _SHUTDOWN,
+    ("RelaySession", "challenged --timeout--> closed"): _LIMITS,
+    ("RelaySession", "spliced --eof--> closed"): _SHUTDOWN,
+    ("RelaySession", "spliced --limit_reached--> closed"): _SHUTDOWN,
+    ("RelaySession", "spliced --lost--> closed"): _SHUTDOWN,
+    ("RelaySession", "spliced --partner_gone--> closed"): _SHUTDOWN,
+    ("RelaySession", "spliced --shutdown--> closed"): _SHUTDOWN,
+    ("RelaySession", "waiting --bad_input--> closed"): _GARBAGE,
+    ("RelaySession", "waiting --eof--> closed"): _LIMITS,
+    ("RelaySession", "waiting --lost--> closed"): _LIMITS,
+    ("RelaySession", "waiting --partner_arrived--> spliced"): _SHUTDOWN,
+    ("RelaySession", "waiting --shutdown--> closed"): _SHUTDOWN,
+    ("RelaySession", "waiting --timeout--> closed"): _LIMITS,
     ("ChannelMachine", "open --close_sent--> sent_close"): "channel --adversary-budget 1",
     (
         "ChannelMachine",
@@ -462,29 +501,9 @@ NOT_MODELLED: dict[tuple[str, str], tuple[str, str]] = {
         "needs --require-tls and a clear client (the model has no TLS)",
         "tests/test_tls.py::test_require_tls_refuses_clear_version_1",
     ),
-    ("RelayLeg", "answered --abort--> failed"): (
-        "needs a relay that refuses (the model's relay always splices)",
-        "tests/test_relay_peer.py::test_relay_abort_is_relay_refused_with_its_code",
-    ),
-    ("RelayLeg", "requesting --abort--> failed"): (
-        "needs a relay that refuses (the model's relay always splices)",
-        "tests/test_relay_peer.py::test_relay_abort_is_relay_refused_with_its_code",
-    ),
-    ("RelayLeg", "answered --bad_message--> failed"): (
-        "needs a relay that breaks the protocol",
-        "tests/test_relay_peer.py::test_garbage_from_the_relay",
-    ),
-    ("RelayLeg", "requesting --bad_message--> failed"): (
-        "needs a relay that breaks the protocol (or a Mediator without a relay)",
-        "tests/test_relay_peer.py::test_a_mediator_without_a_relay_is_named_as_such",
-    ),
     ("RelayLeg", "requesting --challenge--> failed"): (
         "needs a relay whose challenge is not sealed to our key",
         "tests/test_relay_peer.py::test_a_challenge_sealed_for_the_mediator_does_not_open_at_the_relay",
-    ),
-    ("RelayLeg", "connecting --lost--> failed"): (
-        "the model's relay always accepts",
-        "tests/test_relay_peer.py::test_no_relay_at_the_address",
     ),
     ("Rendezvous", "relaying --candidate_evicted--> relaying"): (
         "needs strangers on the Peer's listener beyond its bounds (the direct model's stranger)",
@@ -493,6 +512,27 @@ NOT_MODELLED: dict[tuple[str, str], tuple[str, str]] = {
     ("Rendezvous", "relaying --listen_failed--> relaying"): (
         "the modelled network never fails a listener",
         "tests/test_relay_peer.py::test_the_peers_listener_failing_while_relaying_is_not_fatal",
+    ),
+    ("RelaySession", "awaiting_request --request [!challenge_budget]--> closed"): (
+        "needs more RelayRequests from one address than its challenge budget (each model actor "
+        "has an address of its own and asks once; like the Mediator's, the relay's snapshot "
+        "leaves the budgets out)",
+        "tests/test_relay_core.py::test_challenges_per_address_are_budgeted",
+    ),
+    ("RelaySession", "awaiting_request --request [!key_usable]--> closed"): (
+        "needs a key no nonce can be sealed to: the model's symbolic crypto seals to any 32 "
+        "bytes (real HPKE refuses a low-order point)",
+        "tests/test_relay_core.py::test_a_key_no_nonce_can_be_sealed_to_is_refused",
+    ),
+    ("RelaySession", "challenged --response [!key_admitted]--> closed"): (
+        "needs more authenticated relay connections of one key than max_per_key (each model "
+        "peer opens one leg; a stranger cannot prove a key)",
+        "tests/test_relay_core.py::test_limits_per_key_per_address_in_total_and_pending",
+    ),
+    ("RelaySession", "waiting --replaced--> closed"): (
+        "needs a second authenticated leg of the same key and pairing (the model's peers open "
+        "one leg each; a stranger cannot prove a key)",
+        "tests/test_relay_core.py::test_a_reconnecting_key_replaces_its_waiting_leg",
     ),
 }
 """(machine, transition) -> (why no shipped model takes it, the test that exercises it)."""
@@ -503,12 +543,6 @@ EXCLUDED_MACHINES: dict[str, str] = {
         "wave 1's protocol version 0 peer (p2psc.legacy, INSECURE, kept for the C++ "
         "interoperability tests): no model runs it; tests/test_legacy_peer.py and "
         "tests/test_legacy_cpp_emulation.py exercise it"
-    ),
-    "RelaySession": (
-        "the relay's per-connection machine (p2psc.core.relay): the relay model checks the "
-        "peers' path agreement with a stand-in relay, no model runs RelayCore; "
-        "tests/test_relay_core.py drives it through admission, every refusal, splicing, limits "
-        "and every way a connection ends"
     ),
 }
 """Registered machines (:data:`p2psc.machines.MACHINES`) the catalogue does not cover, with

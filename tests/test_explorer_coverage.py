@@ -33,10 +33,10 @@ from p2psc.machines.compiler import compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
 from p2psc.machines.mediator import MediatorSession
 from p2psc.machines.negotiator import NegotiatorMachine
-from p2psc.machines.relay import RelayLeg
+from p2psc.machines.relay import RelayLeg, RelaySession
 
 MACHINES = (NegotiatorMachine, MediatorSession, Registration, Rendezvous)
-MACHINES += (ClientCandidate, PeerCandidate, ChannelMachine, RelayLeg)
+MACHINES += (ClientCandidate, PeerCandidate, ChannelMachine, RelayLeg, RelaySession)
 
 
 def test_the_catalogue_accounts_for_every_declared_transition_once() -> None:
@@ -149,6 +149,14 @@ def test_coverage_fail_under_on_the_ci_configurations(capsys: pytest.CaptureFixt
         capsys, "channel", "--adversary-budget", "0", "--coverage-fail-under", "60"
     )
     assert status == 1, out
+    # the relay model with the real RelayCore: 59 of its 80 (RelaySession included)
+    args = ("relay", "--relay-faults", "1", "--garbage", "--coverage-fail-under", "70")
+    status, out = _explore(capsys, *args)
+    assert status == 0, out
+    status, out = _explore(capsys, "relay", "--relay-faults", "0", "--coverage-fail-under", "70")
+    assert status == 1, out
+    assert "RelaySession: awaiting_request --timeout--> closed" in out
+    assert "(taken by `p2psc explore relay --relay-faults 1 --limits`)" in out
 
 
 @pytest.mark.parametrize("bad", ["-1", "101", "x"])

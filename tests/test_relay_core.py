@@ -4,6 +4,8 @@ Driven with events and ``now`` only; keys and HPKE are real."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -376,3 +378,80 @@ def test_a_request_for_another_protocol_version_is_refused() -> None:
     req = rw.RelayRequest(2, A.public_key.raw, B.public_key.raw, PID).encode()
     (abort,) = messages(core.handle(Received(1, req), 0.0), 1)
     assert isinstance(abort, rw.RelayAbort) and abort.code == wire.Reason.UNSUPPORTED_VERSION
+
+
+def test_a_core_rebuilt_from_its_snapshot_at_every_step_acts_the_same() -> None:
+    """The explorer's relay model rebuilds RelayCore from :meth:`RelayCore.snapshot` before
+    every event: a rebuilt core must act exactly like the one that lived through the events
+    (sessions, waiting legs, counters per address and key, circuits with held bytes, half
+    closes), and its snapshot must not change by being rebuilt. (The model's symbolic crypto
+    and fixed nonces: real HPKE seals differently every time.)"""
+    from p2psc.models.symbolic_crypto import SymbolicCrypto, fixed_nonces
+
+    crypto = SymbolicCrypto()
+    config = RelayConfig(max_rate=100, burst=64, max_bytes=200, max_duration=50.0)
+    config = replace(config, crypto=crypto, nonce_source=fixed_nonces(b"relay"))
+    live = RelayCore(config)
+    snap = RelayCore(config).snapshot()
+    nonces: dict[int, bytes] = {}
+    pairs = {1: (A, B), 2: (B, A), 3: (C, A)}
+    events: list[tuple[object, float]] = [(Opened(4, ("192.0.2.9", 4)), 0.0)]
+    for conn, (me, them) in pairs.items():
+        req = rw.RelayRequest(1, me.public_key.raw, them.public_key.raw, PID).encode()
+        events += [(Opened(conn, ("192.0.2.1", 1000 + conn)), 0.0), (Received(conn, req), 0.0)]
+    events += [("answer", 1.0)]
+    record = b"\x00\x05hello"
+    init = wire.HandshakeInit(b"\x01" * 48).encode()
+    events += [(Received(1, init + record[:3]), 2.0), (Received(1, record[3:]), 2.0)]
+    events += [(Received(2, init + record * 4), 3.0), (TimerFired(2), 9.0)]
+    events += [(Closed.eof(1), 9.5), (TimerFired(4), 11.0), (TimerFired(3), 40.0)]
+    events += [(Closed.eof(2), 41.0)]
+    for event, now in events:
+        if event == "answer":
+            for conn in pairs:
+                nonce = nonces[conn]
+                events_now = Received(conn, rw.RelayResponse(nonce).encode())
+                rebuilt = RelayCore.from_snapshot(snap, config)
+                expected = live.handle(events_now, now)
+                assert rebuilt.handle(events_now, now) == expected
+                snap = rebuilt.snapshot()
+                assert snap == live.snapshot()
+            continue
+        assert isinstance(event, Opened | Received | Closed | TimerFired)
+        rebuilt = RelayCore.from_snapshot(snap, config)
+        assert RelayCore.from_snapshot(snap, config).snapshot() == snap
+        expected = live.handle(event, now)
+        assert rebuilt.handle(event, now) == expected
+        snap = rebuilt.snapshot()
+        assert snap == live.snapshot()
+        assert (rebuilt.pending, rebuilt.admitted, rebuilt.circuits) == (
+            live.pending,
+            live.admitted,
+            live.circuits,
+        )
+        assert (rebuilt.per_address, rebuilt.per_key, rebuilt.waiting) == (
+            live.per_address,
+            live.per_key,
+            live.waiting,
+        )
+        for conn, (me, them) in pairs.items():
+            for data in sends(expected, conn):
+                message = rw.decode_relay(data) if data[:4] == b"P2\x01\x0f" else None
+                if isinstance(message, rw.RelayChallenge):
+                    info = rw.challenge_info(me.public_key.raw, them.public_key.raw, PID)
+                    nonces[conn] = crypto.open(me, message.encrypted_nonce, info)
+    assert live.spliced_total == 1 and not live.sessions  # the run went through a circuit
+
+
+def test_a_key_no_nonce_can_be_sealed_to_is_refused() -> None:
+    """A RelayRequest naming a degenerate key (all zero, a low-order point): the real HPKE
+    cannot seal to it, so the request is refused with IDENTITY_CHECK_FAILED, never a crash
+    (the explorer's symbolic crypto seals to any 32 bytes, so only this test takes
+    ``request [!key_usable]``)."""
+    core = RelayCore()
+    core.handle(Opened(1, ("192.0.2.1", 1)), 0.0)
+    req = rw.RelayRequest(1, bytes(32), B.public_key.raw, PID).encode()
+    out = core.handle(Received(1, req), 0.0)
+    (abort,) = messages(out, 1)
+    assert isinstance(abort, rw.RelayAbort) and abort.code == wire.Reason.IDENTITY_CHECK_FAILED
+    assert closes(out) == {1} and not core.sessions and core.pending == 0

@@ -15,6 +15,7 @@ examples:
   p2psc explore mediation --mutant identify-early
   p2psc explore direct --stranger-budget 3  # Client, Peer and a stranger who replays anything
   p2psc explore relay --relay-faults 2 --bridging-relay   # path agreement, direct or relayed
+  p2psc explore relay --relay-faults 1 --garbage   # the real relay core against a stranger
   p2psc explore channel --adversary-budget 2  # established records against drops, replays, cuts
   p2psc explore mediation --peers 2 --faults --limits --coverage-fail-under 60
 
@@ -141,13 +142,23 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
     if args.model != "relay" and (args.relay_faults is not None or args.bridging_relay):
         parser.error("--relay-faults and --bridging-relay apply to the relay model only")
     if args.model == "relay":
-        others = (args.faults, args.peers, args.protocols, args.mixed_sets, args.limits)
-        if any(o not in (None, False) for o in others) or args.garbage or args.shutdown:
-            parser.error("the relay model takes --relay-faults, --bridging-relay and --mutant only")
-        if args.stranger_budget is not None or args.adversary_budget is not None:
-            parser.error("the relay model takes --relay-faults, --bridging-relay and --mutant only")
+        not_relay = (args.faults, args.peers, args.protocols, args.mixed_sets, args.keepalive)
+        if any(o not in (None, False) for o in not_relay) or (
+            args.stranger_budget is not None or args.adversary_budget is not None
+        ):
+            parser.error(
+                "the relay model takes --relay-faults, --bridging-relay, --garbage, --shutdown, "
+                "--limits and --mutant only"
+            )
         faults = 2 if args.relay_faults is None else args.relay_faults
-        return {"faults": faults, "evil": args.bridging_relay, "mutant": args.mutant}
+        return {
+            "faults": faults,
+            "evil": args.bridging_relay,
+            "garbage": args.garbage,
+            "shutdown": args.shutdown,
+            "limits": args.limits,
+            "mutant": args.mutant,
+        }
     if args.model != "direct" and args.stranger_budget is not None:
         parser.error("--stranger-budget applies to the direct model only")
     if args.model != "channel" and args.adversary_budget is not None:
@@ -323,12 +334,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--limits",
         action="store_true",
         help="mediation: Mediator limits of one pending and one waiting registration (BUSY), "
-        "peers that honour one AdvertiseRetry",
+        "peers that honour one AdvertiseRetry; relay: the relay admits one connection",
     )
     parser.add_argument(
         "--garbage",
         action="store_true",
-        help="mediation: a fault may inject a malformed frame into any connection (once per run)",
+        help="mediation: a fault may inject a malformed frame into any connection (once per run); "
+        "relay: into a relay leg, or a stranger connects to the relay",
     )
     parser.add_argument(
         "--keepalive",
@@ -345,7 +357,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--shutdown",
         action="store_true",
-        help="mediation: the operator may shut the Mediator down at any moment",
+        help="mediation (relay): the operator may shut the Mediator (relay) down at any moment",
     )
     parser.add_argument(
         "--symmetry",

@@ -58,6 +58,7 @@ __all__ = [
     "RelayConfig",
     "RelayCore",
     "RelayNote",
+    "RelaySnapshot",
     "ResumeReading",
     "ShutdownWrite",
 ]
@@ -99,6 +100,29 @@ class RelayNote:
 
 
 RelayAction = Send | Close | SetTimer | PauseReading | ResumeReading | ShutdownWrite | RelayNote
+
+SessionRow = tuple[
+    ConnId,
+    str,  # the RelaySession state
+    str,  # origin (what per-address limits count it under)
+    float | None,  # deadline
+    bytes,  # a partial frame
+    bytes,  # our_key (b"" before an admitted RelayRequest)
+    bytes,  # their_key
+    bytes,  # pairing id
+    bytes,  # the nonce while challenged
+    bool,  # requested
+    bool,  # authenticated
+    ConnId | None,  # its circuit (named by the circuit's first connection)
+]
+DirectionRow = tuple[
+    ConnId, ConnId, bytes, bool, float, float, float | None, bool, bool
+]  # _Direction's fields in order
+CircuitRow = tuple[
+    ConnId, ConnId, float, float | None, int, str | None, tuple[DirectionRow, ...]
+]  # a, b, started, deadline, bytes, ending, directions
+RelaySnapshot = tuple[tuple[SessionRow, ...], tuple[CircuitRow, ...]]
+"""What :meth:`RelayCore.snapshot` returns."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +266,88 @@ class RelayCore:
                     "the relay is shutting down",
                 )
         return actions
+
+    # --- snapshots --------------------------------------------------------------------------
+
+    def snapshot(self) -> RelaySnapshot:
+        """Everything that determines future behaviour, as nested tuples (hashable): each
+        session and each circuit. Counters follow from the sessions; left out, as at the
+        Mediator (:meth:`p2psc.core.mediator.MediatorCore.snapshot`): the per-origin challenge
+        budgets (rate state; a rebuilt core starts with full budgets) and the operator's
+        statistics (``spliced_total``, ``relayed_bytes``), which decide nothing."""
+        sessions = tuple(
+            (
+                conn,
+                s.state,
+                s.address,
+                s.deadline,
+                s.rx,
+                s.our_key,
+                s.their_key,
+                s.pairing_id,
+                s.nonce,
+                s.requested,
+                s.authenticated,
+                None if s.circuit is None else s.circuit.a,
+            )
+            for conn, s in sorted(self.sessions.items())
+        )
+        circuits = {s.circuit.a: s.circuit for s in self.sessions.values() if s.circuit}
+        return sessions, tuple(
+            (
+                c.a,
+                c.b,
+                c.started,
+                c.deadline,
+                c.bytes,
+                c.ending,
+                tuple(_direction_row(d) for _, d in sorted(c.directions.items())),
+            )
+            for _, c in sorted(circuits.items())
+        )
+
+    @classmethod
+    def from_snapshot(cls, snapshot: RelaySnapshot, config: RelayConfig | None = None) -> RelayCore:
+        """Rebuild a core from :meth:`snapshot` output (the explorer's relay model does)."""
+        sessions, circuits = snapshot
+        core = cls(config)
+        by_a: dict[ConnId, _Circuit] = {}
+        for a, b, started, deadline, count, ending, directions in circuits:
+            circuit = by_a[a] = _Circuit(a, b, started, deadline, count, ending)
+            for src, dst, held, in_frame, tokens, refill_at, paused, done, eof in directions:
+                circuit.directions[src] = _Direction(
+                    src, dst, held, in_frame, tokens, refill_at, paused, done, eof
+                )
+        core.circuits = len(by_a)
+        for row in sessions:
+            (
+                conn,
+                state,
+                address,
+                deadline,
+                rx,
+                our,
+                their,
+                pairing,
+                nonce,
+                requested,
+                auth,
+                first,
+            ) = row
+            session = _Session(state, address, deadline, rx, our, their, pairing, nonce)
+            session.requested, session.authenticated = requested, auth
+            if first is not None:
+                session.circuit = by_a[first]
+            core.sessions[conn] = session
+            if not requested:
+                core._pending += 1
+            if our:  # admitted at its request
+                core._count(session, +1)
+            if auth:
+                core.per_key[our] = core.per_key.get(our, 0) + 1
+            if state == "waiting":
+                core.waiting[(pairing, our, their)] = conn
+        return core
 
     # --- admission and authentication -----------------------------------------------------
 
@@ -645,6 +751,10 @@ class RelayCore:
                 self.per_key[session.our_key] = left
             else:
                 del self.per_key[session.our_key]
+
+
+def _direction_row(d: _Direction) -> DirectionRow:
+    return (d.src, d.dst, d.held, d.in_frame, d.tokens, d.refill_at, d.paused_until, d.done, d.eof)
 
 
 def _fitting(whole: bytes, budget: int, first_is_frame: bool) -> int:

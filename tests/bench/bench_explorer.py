@@ -32,6 +32,7 @@ from p2psc.models.direct_model import DirectModel
 from p2psc.models.explorer import Coverage, Result, Step, explore
 from p2psc.models.mediation_model import MediationModel
 from p2psc.models.negotiator_model import NegotiatorPairModel
+from p2psc.models.relay_model import RelayModel
 
 from p2psc.core.negotiator import Negotiator, ProtocolSpec, ProtocolTable
 
@@ -153,6 +154,10 @@ def configurations(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
         ("direct, stranger budget 2", lambda: DirectModel(budget=2)),
         ("channel, adversary budget 1", lambda: ChannelModel(budget=1)),
         ("channel, adversary budget 2", lambda: ChannelModel(budget=2)),
+        ("relay, faults 1, limits", lambda: RelayModel(faults=1, limits=True)),
+        ("relay, faults 1, shutdown", lambda: RelayModel(faults=1, shutdown=True)),
+        ("relay, faults 1, garbage", lambda: RelayModel(faults=1, garbage=True)),
+        ("relay, faults 2, bridging relay", lambda: RelayModel(faults=2, evil=True)),
     ]
     if not quick:
         out += [
@@ -170,6 +175,7 @@ def configurations(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
             ("negotiator 4 protocols", lambda: NegotiatorPairModel(protocols=4, rounds=3)),
             ("direct, stranger budget 3", lambda: DirectModel(budget=3)),
             ("channel, adversary budget 3", lambda: ChannelModel(budget=3)),
+            ("relay, faults 2, garbage", lambda: RelayModel(faults=2, garbage=True)),
             ("mediation 4 peers, faults", lambda: MediationModel(peers=4, faults=True)),
         ]
     return out
