@@ -11,6 +11,8 @@ Without the capability on both sides nothing changes (bytes included).
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from p2psc import wire
@@ -449,3 +451,84 @@ def test_the_mediator_command_line_sets_the_coordination() -> None:
         parser.parse_args(["mediator", "--no-coordinate", "--coordinate-timeout", "7.5"])
     )
     assert not off.coordinate and off.coordinate_timeout == 7.5
+
+
+# --------------------------------------------------------------------------- over loopback
+
+
+async def _fake_partner(
+    where: tuple[str, int], me: object, them: object, *, coordinate: bool = True
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, wire.Message]:
+    """A hand-written partner: registers ``me`` wanting ``them`` (answering the challenge with
+    real HPKE), then returns its stream and the first pairing message it got."""
+    from p2psc.keys import HPKE, nonce_info
+
+    reader, writer = await asyncio.open_connection(*where)
+    ours, theirs = me.public_key.raw, them.public_key.raw  # type: ignore[attr-defined]
+    writer.write(wire.Advertise(1, ours, theirs, None, COORD if coordinate else ()).encode())
+    decoder = wire.FrameDecoder()
+
+    async def next_message() -> wire.Message:
+        while True:
+            messages_ = decoder.feed(await reader.read(4096))
+            if messages_:
+                return messages_[0]
+
+    challenge = await next_message()
+    assert isinstance(challenge, wire.AdvertiseChallenge)
+    info = nonce_info("AdvertiseChallenge", ours, theirs)
+    writer.write(wire.AdvertiseResponse(HPKE.open(me, challenge.encrypted_nonce, info)).encode())
+    return reader, writer, await asyncio.wait_for(next_message(), 20)
+
+
+@pytest.mark.parametrize("dies", ["peer-before-confirming", "client-after-identification"])
+def test_over_loopback_the_survivor_learns_at_once(dies: str) -> None:
+    """Real asyncio adapters and Mediator; the partner is a script that closes its socket at
+    the step (the Peer with a clean FIN, which the uncoordinated rule took for a confirmation;
+    the Client with a reset, as a crashed process). The survivor's connect() fails with the
+    typed error long before its 10 s punch timeout (asserted only as "before")."""
+    import socket as socket_module
+    import struct
+    import time
+
+    from p2psc.aio import connect, serve_mediator
+    from p2psc.errors import AdvertiseAborted
+    from p2psc.keys import Keypair
+
+    async def main() -> tuple[BaseException, float]:
+        a, b = Keypair.generate(), Keypair.generate()
+        async with serve_mediator("127.0.0.1", 0) as server:
+            where = ("127.0.0.1", server.port)
+            text = f"127.0.0.1:{server.port}"
+            if dies == "peer-before-confirming":  # the survivor registers first: the Client
+                real = asyncio.ensure_future(connect(a, b.public_key, text, timeout=30))
+                await asyncio.sleep(0.5)
+                _, writer, got = await _fake_partner(where, b, a)
+                assert isinstance(got, wire.PeerDisconnect)
+            else:  # the script registers first (the Client); the survivor is the Peer
+                task = asyncio.ensure_future(_fake_partner(where, a, b))
+                await asyncio.sleep(0.5)
+                real = asyncio.ensure_future(connect(b, a.public_key, text, timeout=30))
+                _, writer, got = await task
+                assert isinstance(got, wire.PeerIdentification)
+            assert wire.coordinated(got.extensions)  # type: ignore[union-attr]
+            died = time.monotonic()
+            if dies == "peer-before-confirming":
+                writer.close()  # a clean FIN: uncoordinated, the Mediator took it for the
+                # confirmation (issue 13); coordinated it is "the Peer is gone"
+            else:
+                sock = writer.get_extra_info("socket")
+                linger = struct.pack("ii", 1, 0)
+                sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_LINGER, linger)
+                writer.transport.abort()  # a reset, as a crashed process
+            try:
+                await asyncio.wait_for(real, 20)
+            except (AdvertiseAborted, PartnerLost) as error:
+                return error, time.monotonic() - died
+            raise AssertionError("connect() succeeded with a dead partner")
+
+    error, took = asyncio.run(main())
+    print(f"\n[liveness] loopback, {dies}: {type(error).__name__} after {took * 1000:.0f} ms")
+    expected = AdvertiseAborted if dies == "peer-before-confirming" else PartnerLost
+    assert type(error) is expected, error
+    assert took < 10.0  # the default punch timeout
