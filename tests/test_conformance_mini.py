@@ -28,14 +28,9 @@ OPTIONS = HarnessOptions(
     late=2.0,  # every run shares one event loop on a busy machine
 )
 
-NOT_IMPLEMENTED = [
-    "coordinate-pairing",
-    "coordinate-close-not-confirmation",
-    "coordinate-partner-lost",
-]
-"""The recommended scenarios of an optional capability the small Mediator does not implement
-(coordinated pairings, spec/mediator.md section 4.2): it never echoes COORDINATE, which conforms
-(``coordinate-one-sided``, required, shows it ignores the item); these runs skip them."""
+NOT_IMPLEMENTED: list[str] = []
+"""Recommended scenarios of optional capabilities the small Mediator does not implement (none:
+it implements the coordinated pairings of spec/mediator.md section 4.2 too)."""
 
 EXPECTED: dict[str, set[str]] = {
     "correct": set(),
