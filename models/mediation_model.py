@@ -33,7 +33,7 @@ Properties (``spec/properties.md``):
   and the Mediator never sends AdvertiseAbort(SILENT). (A fault, an early timer standing for a
   delay elsewhere, may legitimately make either side see silence.)
 - L1 liveness after the introduction (option ``coordinate``: peers offer COORDINATE, the
-  Mediator coordinates, spec/mediator.md section 4.2): (a) in every state, a session in
+  Mediator coordinates, spec/mediator.md section 4.3): (a) in every state, a session in
   ``coordinating`` that still has a partner has a live partner session: when one side's
   connection ends before its done status the survivor is told in the same step
   (PARTNER_LOST), never left to its punch timeout; (b) a peer that receives PARTNER_LOST while

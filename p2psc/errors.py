@@ -162,7 +162,7 @@ class PeerUnreachable(ConnectError):
 
 
 class PartnerLost(ConnectError):
-    """After a coordinated introduction (spec/mediator.md section 4.2) the Mediator reported
+    """After a coordinated introduction (spec/mediator.md section 4.3) the Mediator reported
     that our partner's connection to it closed or went silent before the partner reported
     leaving the punch: the partner is gone, so waiting for the punch timeout (or going to the
     relay) is pointless. ``code`` is Reason.PARTNER_LOST (12)."""

@@ -70,6 +70,7 @@ __all__ = [
     "construct_encode",
     "coordinated",
     "decode",
+    "dial_delay_extension",
     "encode",
 ]
 
@@ -142,6 +143,9 @@ class ExtensionType(IntEnum):
     raw bytes and ignored, so a later revision can add one without a layout change."""
 
     CANDIDATES = 1
+    DIAL_DELAY = 2
+    """In PeerDisconnect: ``u16`` milliseconds after which the Peer should make its first dials,
+    so that they leave when the Client's do (protocol.md "Timed first dial")."""
     COORDINATE = 3
     """Empty value. In Advertise: "I implement the coordinated introduction" (section 4.11); in
     PeerDisconnect/PeerIdentification: "this pairing is coordinated" (the Mediator echoes it only
@@ -478,6 +482,8 @@ def _check_extensions(extensions: object, name: str) -> None:
             raise ProtocolError(f"{name}: extension {kind} has {len(value)} bytes, max 255")
         if kind == ExtensionType.CANDIDATES:
             _candidates(value, name)
+        elif kind == ExtensionType.DIAL_DELAY and len(value) != 2:
+            raise ProtocolError(f"{name}: DIAL_DELAY has {len(value)} bytes, expected 2 (u16 ms)")
         elif kind == ExtensionType.COORDINATE and value:
             raise ProtocolError(
                 f"{name}: extension COORDINATE must be empty, has {len(value)} bytes"
@@ -513,6 +519,11 @@ def candidates_extension(addresses: Sequence[Address]) -> Extensions:
 def coordinated(extensions: Extensions) -> bool:
     """Whether an extension area holds the COORDINATE item (section 4.11)."""
     return any(kind == ExtensionType.COORDINATE for kind, _ in extensions)
+
+
+def dial_delay_extension(ms: int) -> Extensions:
+    """The extension item naming the Peer's first-dial delay, ``ms`` clipped to 0..65535."""
+    return ((int(ExtensionType.DIAL_DELAY), min(max(ms, 0), 0xFFFF).to_bytes(2, "big")),)
 
 
 def _candidates_of(extensions: Extensions) -> tuple[Address, ...]:
@@ -806,6 +817,14 @@ class PeerDisconnect(_Codec):
     def candidates(self) -> tuple[Address, ...]:
         """The Client's other local addresses (the CANDIDATES extension), if any."""
         return _candidates_of(self.extensions)
+
+    @property
+    def dial_delay(self) -> float | None:
+        """Seconds after which the Mediator asks the Peer to dial (DIAL_DELAY), if it says."""
+        for kind, value in self.extensions:
+            if kind == ExtensionType.DIAL_DELAY:
+                return int.from_bytes(value, "big") / 1000
+        return None
 
     @classmethod
     def from_payload(cls, p: bytes) -> PeerDisconnect:

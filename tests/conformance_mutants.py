@@ -325,7 +325,7 @@ class NoFloodFloor(MediatorCore):
         return super()._on_ping(conn, session, ping, now, out)  # type: ignore[arg-type]
 
 
-# --- coordinated pairings (§4.2) ----------------------------------------------------------------
+# --- coordinated pairings (§4.3) ----------------------------------------------------------------
 
 
 def no_coordination(config: MediatorConfig) -> MediatorCore:
@@ -335,7 +335,7 @@ def no_coordination(config: MediatorConfig) -> MediatorCore:
 
 class CoordinatedCloseConfirms(MediatorCore):
     """Echoes COORDINATE but still takes the Peer's clean close for its confirmation: a Peer
-    killed right after PeerDisconnect is introduced to the Client (§4.2 rule 1)."""
+    killed right after PeerDisconnect is introduced to the Client (§4.3 rule 1)."""
 
     def _on_closed(
         self, conn: ConnId, clean: bool, error: str | None, now: float, out: list[Action]
@@ -348,7 +348,7 @@ class CoordinatedCloseConfirms(MediatorCore):
 
 class QuietPartnerLoss(MediatorCore):
     """A coordinating session that ends before its done status is closed alone: the partner is
-    left punching until its own deadline (§4.2 rule 4)."""
+    left punching until its own deadline (§4.3 rule 4)."""
 
     def _fail(self, conn, session, event, code, text, out, **options):  # type: ignore[no-untyped-def]
         if session.state == "coordinating":
@@ -358,7 +358,7 @@ class QuietPartnerLoss(MediatorCore):
 
 class EchoesOneSided(MediatorCore):
     """Coordinates when only one partner offered COORDINATE: the other one, which never
-    offered it, is sent an item it may not know and rules it does not follow (§4.2)."""
+    offered it, is sent an item it may not know and rules it does not follow (§4.3)."""
 
     def _pair(
         self, conn: ConnId, session: _Session, transition: Transition, now: float, out: list[Action]
@@ -372,7 +372,7 @@ class EchoesOneSided(MediatorCore):
 
 class DoneAbortsPartner(MediatorCore):
     """Takes a done status like a loss: the survivor is told PARTNER_LOST although its partner
-    finished (§4.2 rule 3, the race of a handshake completing on one side first)."""
+    finished (§4.3 rule 3, the race of a handshake completing on one side first)."""
 
     def _on_status(self, conn, session, message, now, out):  # type: ignore[no-untyped-def]
         if session.state == "coordinating" and message.status != wire.StatusCode.PUNCHING:

@@ -12,7 +12,7 @@ ambiguities (header version before type and length, the Advertise version field 
 layout, bytes behind the AdvertiseResponse refused before pairing, the Peer's connection closed
 after its clean close, a byte from a confirming Client fails the pairing), and the keepalive of
 §4.1 (Ping answered with Pong while waiting and confirming, accepted from a disconnecting Peer;
-the liveness deadline; the flood floor), and the coordinated pairings of §4.2 (COORDINATE
+the liveness deadline; the flood floor), and the coordinated pairings of §4.3 (COORDINATE
 echoed only when both offered it; Status(PUNCHING) as the confirmation; both connections held
 with Pings; a done status ends one side quietly; any other end tells the partner
 PARTNER_LOST). Limits: only the global ``max_pending`` and ``max_waiting`` (the harness cannot
@@ -39,7 +39,7 @@ PING, PONG, STATUS = 11, 12, 13
 LAST_TYPE = 13
 PUNCHING = 1
 COORDINATE_ITEM = b"\x03\x00"  # extension type 3, empty (protocol.md 3.4)
-COORDINATE_GRACE = 3.0  # §4.2 rule 2: before the first Ping of a coordinating session
+COORDINATE_GRACE = 3.0  # §4.3 rule 2: before the first Ping of a coordinating session
 MIN_PING_GAP = 0.5
 (
     UNSUPPORTED_VERSION,
@@ -399,7 +399,7 @@ class MiniMediator:
             )
             if s.ended.done():
                 return
-            if s.introduced.done():  # coordinated (§4.2): the Peer's task introduced us
+            if s.introduced.done():  # coordinated (§4.3): the Peer's task introduced us
                 await self._coordinate(s, peer, reading)
                 return
             if (
@@ -428,7 +428,7 @@ class MiniMediator:
         pairing_id = os.urandom(16)  # fresh per pairing, the same in both messages (§4)
         disconnect = pairing_id + address(host, port) + address(*client.remote) + client.local
         disconnect += client.cands
-        coordinated = s.coord and client.coord  # §4.2: only when both offered it
+        coordinated = s.coord and client.coord  # §4.3: only when both offered it
         if coordinated:
             disconnect += COORDINATE_ITEM
         s.writer.write(frame(DISCONNECT, disconnect))
@@ -447,7 +447,7 @@ class MiniMediator:
             try:  # a Ping that crossed PeerDisconnect: accepted, not answered (§4.1 rule 2)
                 if coordinated:
                     kind, value = await self._small(s, reading.result(), deadline)
-                    if kind == STATUS and value == PUNCHING:  # the confirmation (§4.2 rule 1)
+                    if kind == STATUS and value == PUNCHING:  # the confirmation (§4.3 rule 1)
                         identification = bytes((1,)) + pairing_id + address(host, port)
                         identification += s.local + s.cands + COORDINATE_ITEM
                         client.writer.write(frame(IDENTIFICATION, identification))
@@ -477,7 +477,7 @@ class MiniMediator:
         client.end(reason(ABORT, PEER_GONE, "the Peer misbehaved or vanished"))
         self._after_handshake(reading)
 
-    # --- coordinated pairings (§4.2) --------------------------------------------------------
+    # --- coordinated pairings (§4.3) --------------------------------------------------------
 
     async def _small(self, s: Session, first: bytes, deadline: float) -> tuple[int, int]:
         """A Ping (PING, 0) or a Status (STATUS, status) whose first byte was read."""
@@ -500,14 +500,14 @@ class MiniMediator:
         return PING, 0
 
     def _tell(self, partner: Session) -> None:
-        """§4.2 rule 4: the partner, unless it already reported done, learns at once."""
+        """§4.3 rule 4: the partner, unless it already reported done, learns at once."""
         if not partner.done and not partner.ended.done():
             partner.end(reason(ABORT, PARTNER_LOST, "your partner's connection ended: it is gone"))
 
     async def _coordinate(
         self, s: Session, partner: Session, reading: asyncio.Future[bytes]
     ) -> None:
-        """Hold a coordinated session until its done status (§4.2 rules 2-5)."""
+        """Hold a coordinated session until its done status (§4.3 rules 2-5)."""
         loop = asyncio.get_running_loop()
         end = self._deadline(self.config.coordinate_timeout)
         alive = min(end, loop.time() + COORDINATE_GRACE)

@@ -140,7 +140,7 @@ V1_EXPECTED: dict[str, set[str]] = {
         "coordinate-partner-lost",
     },
     "no-flood-floor": {"keepalive-flood-closes"},
-    # Coordinated pairings (§4.2, optional): a Mediator that does not coordinate fails only the
+    # Coordinated pairings (§4.3, optional): a Mediator that does not coordinate fails only the
     # recommended coordination scenarios; each broken rule fails its own.
     "no-coordination": {
         "coordinate-pairing",

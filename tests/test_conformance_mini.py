@@ -30,7 +30,7 @@ OPTIONS = HarnessOptions(
 
 NOT_IMPLEMENTED: list[str] = []
 """Recommended scenarios of optional capabilities the small Mediator does not implement (none:
-it implements the coordinated pairings of spec/mediator.md section 4.2 too)."""
+it implements the coordinated pairings of spec/mediator.md section 4.3 too)."""
 
 EXPECTED: dict[str, set[str]] = {
     "correct": set(),

@@ -1,4 +1,4 @@
-"""Liveness after the introduction (issue 13; spec/mediator.md section 4.2, protocol.md 4.11).
+"""Liveness after the introduction (issue 13; spec/mediator.md section 4.3, protocol.md 4.11).
 
 A coordinated pairing (both peers offered COORDINATE and the Mediator echoed it) keeps both
 Mediator connections while the peers punch. The Peer confirms PeerDisconnect with

@@ -76,6 +76,7 @@ def test_pairing_sends_disconnect_then_identification(
         peer=wire.Address.from_tuple(p_remote),
         client=wire.Address.from_tuple(c_remote),
         client_local=c_local,
+        extensions=wire.dial_delay_extension(0),  # both round trips took 0 s of this clock
     )
     assert closed(paired) == []
     assert d.core.state_of(first) == "confirming"

@@ -153,7 +153,11 @@ def test_two_peers_each_order(alice_first: bool, uv: bool) -> None:
                 peer=peer.sockname,
                 client=client.sockname,
                 client_local=first_local,
+                extensions=disconnect.extensions,
             )
+            # the dial schedule (mediator.md 4.2): both round trips were measured
+            assert disconnect.extensions[0][0] == wire.ExtensionType.DIAL_DELAY
+            assert disconnect.dial_delay is not None
             # the Peer stays open for a while: the Client must hear nothing meanwhile
             assert await client.silent(0.3)
             peer.close()

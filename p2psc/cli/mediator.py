@@ -382,7 +382,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="never coordinate a pairing (do not echo COORDINATE: peers close after the "
         "introduction and a partner that dies is noticed only at its punch timeout; "
-        "spec/mediator.md section 4.2)",
+        "spec/mediator.md section 4.3)",
     )
     parser.add_argument(
         "--coordinate-timeout",

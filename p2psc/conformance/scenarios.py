@@ -47,7 +47,7 @@ S2 = Section("mediator.md", "2", "Sessions and states")
 S3 = Section("mediator.md", "3", "The Mediator handshake")
 S4 = Section("mediator.md", "4", "Pairing and the ordering guarantee")
 S41 = Section("mediator.md", "4.1", "Keepalive while waiting")
-S42 = Section("mediator.md", "4.2", "Coordinated pairings: liveness after the introduction")
+S42 = Section("mediator.md", "4.3", "Coordinated pairings: liveness after the introduction")
 S5 = Section("mediator.md", "5", "Duplicate registration, self pairing, version mismatch")
 S6 = Section("mediator.md", "6", "Limits (no memory growth under load)")
 S7 = Section("mediator.md", "7", "Errors: one connection at a time")
@@ -827,7 +827,7 @@ async def keepalive_silent(ctx: ScenarioContext) -> None:
     )
 
 
-# --- coordinated pairings (§4.2) ---------------------------------------------------------------
+# --- coordinated pairings (§4.3) ---------------------------------------------------------------
 
 COORDINATE: wire.Extensions = ((int(wire.ExtensionType.COORDINATE), b""),)
 """The COORDINATE capability (protocol.md 3.4, type 3, empty)."""
@@ -847,7 +847,7 @@ async def _coordinated_disconnect(
     )
     if not wire.coordinated(disconnect.extensions):
         fail(
-            "COORDINATE in PeerDisconnect when both partners offered it (§4.2; optional: a "
+            "COORDINATE in PeerDisconnect when both partners offered it (§4.3; optional: a "
             "Mediator that does not coordinate fails the recommended coordination scenarios)",
             f"PeerDisconnect without it (extensions {disconnect.extensions!r})",
         )
@@ -859,11 +859,11 @@ async def _coordinated_introduction(ctx: ScenarioContext) -> tuple[V1Peer, V1Pee
     client, peer, _ = await _coordinated_disconnect(ctx)
     await peer.send(wire.Status(wire.StatusCode.PUNCHING))
     identification = await client.expect(
-        wire.PeerIdentification, "Status(PUNCHING) is the Peer's confirmation (§4.2 rule 1)"
+        wire.PeerIdentification, "Status(PUNCHING) is the Peer's confirmation (§4.3 rule 1)"
     )
     if not wire.coordinated(identification.extensions):
         fail(
-            "COORDINATE in the PeerIdentification of a coordinated pairing (§4.2)",
+            "COORDINATE in the PeerIdentification of a coordinated pairing (§4.3)",
             f"PeerIdentification without it (extensions {identification.extensions!r})",
         )
     return client, peer
@@ -877,7 +877,7 @@ async def coordinate_one_sided(ctx: ScenarioContext) -> None:
     for name, message in (("PeerDisconnect", disconnect), ("PeerIdentification", identification)):
         if wire.coordinated(message.extensions):
             fail(
-                f"no COORDINATE in {name} when only one partner offered it (§4.2 Capability)",
+                f"no COORDINATE in {name} when only one partner offered it (§4.3 Capability)",
                 f"{name} with COORDINATE",
             )
 
@@ -885,17 +885,17 @@ async def coordinate_one_sided(ctx: ScenarioContext) -> None:
 async def coordinate_pairing(ctx: ScenarioContext) -> None:
     client, peer = await _coordinated_introduction(ctx)
     await client.expect_silence(
-        ctx.options.quiet, "the Client's connection is held while it punches (§4.2 rule 1)"
+        ctx.options.quiet, "the Client's connection is held while it punches (§4.3 rule 1)"
     )
-    await _ping(ctx, client, 1, "a coordinating peer's Ping is answered (§4.2 rule 2)")
-    # The race of §4.2 rule 3: the Client leaves first; the Peer must not be told anything.
+    await _ping(ctx, client, 1, "a coordinating peer's Ping is answered (§4.3 rule 2)")
+    # The race of §4.3 rule 3: the Client leaves first; the Peer must not be told anything.
     await client.send(wire.Status(wire.StatusCode.DIRECT))
     client.close()
     await peer.expect_silence(
-        ctx.options.quiet, "a done status never makes the survivor abort (§4.2 rule 3)"
+        ctx.options.quiet, "a done status never makes the survivor abort (§4.3 rule 3)"
     )
     await peer.send(wire.Status(wire.StatusCode.DIRECT))
-    await expect_clean_close(peer, "a done status ends that side's session (§4.2 rule 3)")
+    await expect_clean_close(peer, "a done status ends that side's session (§4.3 rule 3)")
 
 
 async def coordinate_close_is_no_confirmation(ctx: ScenarioContext) -> None:
@@ -904,14 +904,14 @@ async def coordinate_close_is_no_confirmation(ctx: ScenarioContext) -> None:
     seen = await expect_prompt_close(
         client,
         "in a coordinated pairing the Peer's close is no confirmation: the Client is never "
-        "introduced (§4.2 rule 1)",
+        "introduced (§4.3 rule 1)",
         deadline=ctx.options.confirm_timeout,
     )
     codes = [m.code for m in seen if isinstance(m, wire.AdvertiseAbort)]
     if R.PEER_GONE not in codes:
         observed = ", ".join(f"AdvertiseAbort({reason_name(c)})" for c in codes) or "no abort"
         fail(
-            f"AdvertiseAbort(PEER_GONE) at {client.label} before the close (§4.2 rule 1)", observed
+            f"AdvertiseAbort(PEER_GONE) at {client.label} before the close (§4.3 rule 1)", observed
         )
 
 
@@ -920,14 +920,14 @@ async def coordinate_partner_lost(ctx: ScenarioContext) -> None:
     client.reset()  # the Client's process died while punching
     seen = await expect_prompt_close(
         peer,
-        "the survivor is told at once that its partner is gone (§4.2 rule 4)",
+        "the survivor is told at once that its partner is gone (§4.3 rule 4)",
         deadline=ctx.options.confirm_timeout,
     )
     codes = [m.code for m in seen if isinstance(m, wire.AdvertiseAbort)]
     if R.PARTNER_LOST not in codes:
         observed = ", ".join(f"AdvertiseAbort({reason_name(c)})" for c in codes) or "no abort"
         fail(
-            f"AdvertiseAbort(PARTNER_LOST) at {peer.label} before the close (§4.2 rule 4)", observed
+            f"AdvertiseAbort(PARTNER_LOST) at {peer.label} before the close (§4.3 rule 4)", observed
         )
 
 

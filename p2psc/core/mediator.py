@@ -127,7 +127,7 @@ _PAIRING = frozenset({DISCONNECTING, CONFIRMING, COORDINATING})
 """States in which a session has a partner whose end it must hear of."""
 COORDINATE_GRACE = 3.0
 """Seconds a coordinating session may stay silent before its first Ping (spec/mediator.md
-section 4.2: peers ping every second while coordinating; later, twice the announced interval)."""
+section 4.3: peers ping every second while coordinating; later, twice the announced interval)."""
 _STATUS_HEADER = wire.MAGIC + bytes((wire.PROTOCOL_VERSION, wire.MessageType.STATUS, 0, 1))
 MIN_PING_GAP = 0.5
 """Seconds a session's Ping must follow its previous one (spec/mediator.md section 4.1): Pings
@@ -204,7 +204,7 @@ class MediatorConfig:
     """Refuse version 1 Advertise frames that did not arrive over TLS (TLS_REQUIRED)."""
     coordinate: bool = True
     """Echo the COORDINATE capability when both partners offer it (spec/mediator.md section
-    4.2): keep both connections while they punch and tell the survivor when one goes away."""
+    4.3): keep both connections while they punch and tell the survivor when one goes away."""
     coordinate_timeout: float = 20.0
     """How long a coordinated pairing's connections are held after the introduction (longer
     than the peers' punch timeout, 10 s by default); at the end they are closed with
@@ -279,6 +279,7 @@ SessionRow = tuple[
     float | None,  # wait_timeout's end while waiting (the deadline may be earlier: keepalive)
     float | None,  # when the last Ping arrived (None: none yet)
     bytes,  # the CANDIDATES extension value of the Advertise (b"": none)
+    float | None,  # round trip: when challenged, the challenge's send time; then the measurement
     bool,  # offered COORDINATE; once paired: the pairing is coordinated
 ]
 MediatorSnapshot = tuple[
@@ -304,6 +305,7 @@ class _Session:
         "partner",
         "pinged",
         "remote",
+        "rtt",
         "secure",
         "state",
         "their",
@@ -334,6 +336,9 @@ class _Session:
         self.cands = b""
         """The advertiser's other local addresses: the raw CANDIDATES extension value of its
         Advertise (at most 152 bytes), forwarded to its partner unchanged."""
+        self.rtt: float | None = None
+        """While challenged: when the AdvertiseChallenge went out; from the AdvertiseResponse
+        on: the round trip measured between the two (the dial schedule, section 4.2)."""
         self.coord = False
         """Before pairing: its Advertise offered COORDINATE. Once paired: the pairing is
         coordinated (both offered it and this mediator coordinates). While coordinating,
@@ -355,6 +360,7 @@ class _Session:
             self.wait_end,
             self.pinged,
             self.cands,
+            self.rtt,
             self.coord,
         )
 
@@ -363,6 +369,16 @@ def _forwarded(cands: bytes) -> wire.Extensions:
     """The extension area of a pairing message: the partner's CANDIDATES, if it sent any
     (already checked when its Advertise was decoded)."""
     return ((int(wire.ExtensionType.CANDIDATES), cands),) if cands else ()
+
+
+def _dial_schedule(peer_rtt: float | None, client_rtt: float | None) -> wire.Extensions:
+    """The DIAL_DELAY item of a PeerDisconnect (spec/mediator.md section 4.2): the Client hears
+    PeerIdentification half the Peer's round trip (its confirmation) plus half the Client's
+    after the Peer read PeerDisconnect, so the Peer dials after that long and the first SYNs of
+    both cross in flight. Nothing when either round trip is unknown."""
+    if peer_rtt is None or client_rtt is None:
+        return ()
+    return wire.dial_delay_extension(round((peer_rtt + client_rtt) * 500))
 
 
 _COORDINATE_ITEM: wire.Extensions = ((int(wire.ExtensionType.COORDINATE), b""),)
@@ -511,7 +527,8 @@ class MediatorCore:
             conn, state, remote, deadline, buf, local, our, their, nonce, partner, secure = row[:11]
             session = _Session(state, remote, deadline, core.origin(remote[0]))
             session.wait_end, session.pinged, session.cands = row[11:14]
-            session.coord = bool(row[14]) if len(row) > 14 else False
+            session.rtt = row[14] if len(row) > 14 else None
+            session.coord = bool(row[15]) if len(row) > 15 else False
             session.buf, session.local, session.our, session.their = buf, local, our, their
             session.nonce, session.partner, session.secure = nonce, partner, secure
             core._sessions[conn] = session
@@ -946,7 +963,7 @@ class MediatorCore:
             out.append(SetTimer(conn, session.deadline))
         return True
 
-    # --- coordinated pairings (spec/mediator.md section 4.2) ---------------------------------
+    # --- coordinated pairings (spec/mediator.md section 4.3) ---------------------------------
 
     def _coordinates(self) -> bool:
         """Whether this core may coordinate a pairing (a fleet does not: its partners may sit
@@ -1184,6 +1201,7 @@ class MediatorCore:
             challenge = wire.AdvertiseChallenge(encrypted_nonce=sealed).encode()  # (it raises)
         out.append(Send(conn, challenge))
         out.append(SetTimer(conn, deadline))
+        session.rtt = now  # the round trip is measured to the response
         if self._observer is not None:
             self._note("challenged", conn, session)
 
@@ -1219,6 +1237,8 @@ class MediatorCore:
 
         transition = _step(session.state, "response", oracle)
         session.nonce = None
+        if session.rtt is not None:
+            session.rtt = max(0.0, now - session.rtt)
         if transition.target == CLOSED:
             guard = transition.guards[0].name
             code, text = _GUARD_FAILURE[guard]
@@ -1280,7 +1300,9 @@ class MediatorCore:
                 peer=wire.Address.from_tuple(session.remote),
                 client=wire.Address.from_tuple(client.remote),
                 client_local=client.local,
-                extensions=_forwarded(client.cands) + (_COORDINATE_ITEM if coord else ()),
+                extensions=_forwarded(client.cands)
+                + _dial_schedule(session.rtt, client.rtt)
+                + (_COORDINATE_ITEM if coord else ()),
             ).encode()
         except ProtocolError as error:  # an observed address the wire cannot carry
             self._registry.register(client.our, client.their, client_conn)

@@ -156,7 +156,7 @@ RELAY_CONN: ConnId = 1 << 19
 RELAY_MODES = ("never", "auto", "only")
 COORDINATE_PING = 1.0
 """Seconds between our Pings while a coordinated pairing punches (spec/mediator.md section
-4.2): the Mediator takes twice that without one as our silence, and tells our partner."""
+4.3): the Mediator takes twice that without one as our silence, and tells our partner."""
 SESSION_SECRET_INFO = b"p2psc v1 session secret\x00"
 """HKDF ``info`` of the session secret derived from the Noise handshake hash."""
 
@@ -249,7 +249,7 @@ class PeerConfig:
     relay: str = "never"
     relay_address: tuple[str, int] | None = None
     coordinate: bool = True
-    """Offer the COORDINATE capability (spec/mediator.md section 4.2): when the Mediator echoes
+    """Offer the COORDINATE capability (spec/mediator.md section 4.3): when the Mediator echoes
     it, keep the Mediator connection while punching, so that a partner that dies after the
     introduction is reported at once (PartnerLost) instead of at the punch timeout."""
 
@@ -941,7 +941,7 @@ class PeerCore:
             actions.append(Listen(LISTENER, self.local[1]))
             self.open_conns |= {LISTENER}
         if config.coordinate and wire.coordinated(message.extensions):
-            # Coordinated (spec/mediator.md section 4.2): keep the Mediator connection; the
+            # Coordinated (spec/mediator.md section 4.3): keep the Mediator connection; the
             # Peer confirms with Status(PUNCHING) (after Listen: the ordering guarantee).
             self.coordinated = now
             if role == "peer":
@@ -967,10 +967,10 @@ class PeerCore:
                 message.peer, message.peer_local, now, message.candidates
             )
         return actions + self._start_punching(
-            message.client, message.client_local, now, message.candidates
+            message.client, message.client_local, now, message.candidates, message.dial_delay
         )
 
-    # --- coordination (spec/mediator.md section 4.2) ---------------------------------------
+    # --- coordination (spec/mediator.md section 4.3) ---------------------------------------
 
     def _coordinate_due(self, now: float) -> list[PeerAction]:
         """Ping the Mediator while punching (it takes silence for our death). Unanswered Pings
@@ -1109,6 +1109,7 @@ class PeerCore:
         local: wire.Address | None,
         now: float,
         candidates: tuple[wire.Address, ...] = (),
+        scheduled: float | None = None,
     ) -> list[PeerAction]:
         if self.config.relay == "only":
             return self._start_relay(now)
@@ -1117,7 +1118,7 @@ class PeerCore:
         actions: list[PeerAction] = [
             self._set_timer(TIMER, self._clip(now + self.config.punch_timeout))
         ]
-        delay = self._dial_delay()
+        delay = self._dial_delay(scheduled)
         for index in range(len(self.targets)):
             if delay > 0:  # the first attempt is due when the Client hears of us
                 actions.append(self._set_timer(PUNCH_TIMER_BASE + index, now + delay))
@@ -1125,20 +1126,24 @@ class PeerCore:
                 actions += self._attempt(index, now)
         return actions
 
-    def _dial_delay(self) -> float:
+    def _dial_delay(self, scheduled: float | None = None) -> float:
         """How long the Peer waits before its first dials (the Client dials at once).
 
         The Client learns our address only after our close reached the Mediator and its
-        PeerIdentification reached the Client: about our one-way time to the Mediator plus the
-        Client's, which we estimate as our own round trip (the Client's round trip is not known
-        to us). Dialling earlier wastes the first SYN on a Client that does not listen yet: a
+        PeerIdentification reached the Client: our one-way time to the Mediator plus the
+        Client's. The Mediator, which measured both round trips, names that time in
+        PeerDisconnect (DIAL_DELAY, ``scheduled``); without it we estimate it as our own round
+        trip. Dialling earlier wastes the first SYN on a Client that does not listen yet: a
         public Client's host refuses it, and the refusal also closes our own NAT's mapping
-        (issue 13). Bounded by ``punch_max_interval``, and 0 for the Client or without a
-        measurement."""
+        (issue 13). Bounded by ``punch_max_interval`` (a Mediator can delay us that much at
+        most), and 0 for the Client, with ``timed_dial`` off, or without either figure."""
         config = self.config
-        if self.role != "peer" or not config.timed_dial or self.rtt is None:
+        if self.role != "peer" or not config.timed_dial:
             return 0.0
-        return min(self.rtt, config.punch_max_interval)
+        estimate = scheduled if scheduled is not None else self.rtt
+        if estimate is None:
+            return 0.0
+        return min(estimate, config.punch_max_interval)
 
     def _attempt(self, index: int, now: float) -> list[PeerAction]:
         conn = self.next_conn

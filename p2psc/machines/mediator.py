@@ -22,7 +22,7 @@ Guards are evaluated by the core, by name (transitions are tried in declaration 
 - ``ping_allowed``: a Ping arrived at least ``MIN_PING_GAP`` after this session's previous
   one (a conforming advertiser pings at most once a second; faster is a flood).
 - ``confirms``: a Status frame from the Peer of a coordinated pairing says PUNCHING (the
-  explicit confirmation of PeerDisconnect, spec/mediator.md section 4.2).
+  explicit confirmation of PeerDisconnect, spec/mediator.md section 4.3).
 - ``reports_done``: a Status frame while coordinating says DIRECT, RELAY or GAVE_UP.
 - ``coordinated``: both partners offered the COORDINATE capability (the pairing is coordinated).
 """
@@ -42,7 +42,7 @@ class MediatorSession(StateMachine):
     the Client's session take ``partner_confirmed`` and send PeerIdentification. Every other
     way out is a close, with AdvertiseAbort/AdvertiseRetry first where the core can still send.
 
-    A *coordinated* pairing (both offered COORDINATE, spec/mediator.md section 4.2) differs:
+    A *coordinated* pairing (both offered COORDINATE, spec/mediator.md section 4.3) differs:
     the Peer confirms with Status(PUNCHING) instead of a close (a close is "the Peer is gone"),
     and both sessions stay open in ``coordinating`` while the peers punch, until each reports
     that it left the punch (``status [reports_done]``); a close, silence or violation before
@@ -95,7 +95,7 @@ class MediatorSession(StateMachine):
         | coordinating.to(closed)
     )
 
-    # Coordinated pairings (section 4.2): the Peer's Status(PUNCHING) is its confirmation; a
+    # Coordinated pairings (section 4.3): the Peer's Status(PUNCHING) is its confirmation; a
     # Status(DIRECT|RELAY|GAVE_UP) while coordinating ends that side's session cleanly. Any
     # other Status (a second PUNCHING, a done status before the confirmation, any Status in an
     # uncoordinated pairing) breaks the protocol.

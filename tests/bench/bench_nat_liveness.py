@@ -1,4 +1,4 @@
-"""Liveness benchmark (issue 13, spec/mediator.md section 4.2): how long the survivor of a
+"""Liveness benchmark (issue 13, spec/mediator.md section 4.3): how long the survivor of a
 pairing takes to learn that its partner is gone, as a share of the punch timeout.
 
 Run (root, with ip and nft): .venv/bin/python tests/bench/bench_nat_liveness.py [--runs N]

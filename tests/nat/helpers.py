@@ -9,7 +9,7 @@ import select
 import subprocess
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +61,7 @@ def start_mediator(
     a particular event; a mediator that does not come up in time is killed and reported.
     ``relay``: also serve the relay on its port (``--relay`` and these relay options).
     """
-    argv = ["-m", "p2psc", "mediator", "--host", MEDIATOR_ADDR, "--port", str(port)]
+    argv = ["-m", "p2psc", "mediator", "--host", topo.mediator_host, "--port", str(port)]
     if relay is not None:
         argv += ["--relay", *relay]
     logs = ["--log-format", "json", "--log-level", "debug", "--timeout", "5"]
@@ -145,6 +145,7 @@ def p2psc_argv(
     start_at: float | None,
     deadline: float,
     extra: Sequence[str] = (),
+    mediator: str = f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}",
 ) -> list[str]:
     """Command line of one p2psc endpoint inside ``host``'s namespace; ``start_at=None``: it
     waits at a gate instead (``start_in_order``)."""
@@ -157,7 +158,7 @@ def p2psc_argv(
             "--peer",
             other.public_key.hex(),
             "--mediator",
-            f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}",
+            mediator,
             "--name",
             name,
             *start,
@@ -168,16 +169,32 @@ def p2psc_argv(
     )
 
 
+def mediator_of(topo: Topology, port: int = MEDIATOR_PORT) -> str:
+    """``host:port`` of the Mediator ``start_mediator`` runs in ``topo`` (``[v6]:port``)."""
+    host = topo.mediator_host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def pair(
-    a: Host, b: Host, *, deadline: float = 10.0, stagger: float = 0.3, extra: Sequence[str] = ()
+    a: Host,
+    b: Host,
+    *,
+    deadline: float = 10.0,
+    stagger: float = 0.3,
+    extra: Sequence[str] = (),
+    mediator: str = f"{MEDIATOR_ADDR}:{MEDIATOR_PORT}",
+    between: Callable[[], object] | None = None,
 ) -> Pairing:
     """Pair ``a`` (registers first: the Client) with ``b`` (``stagger`` s later: the Peer)
-    through the mediator already running in the public namespace; both exchange a line."""
+    through the mediator already running in the public namespace; both exchange a line.
+    ``between``: called after ``a`` started and before ``b`` starts, instead of the stagger
+    (for example: wait until the Mediator logged ``a``'s registration)."""
     ka, kb = Keypair.generate(), Keypair.generate()
     pa, pb = start_in_order(
-        (a, p2psc_argv(a, ka, kb, "client-side", None, deadline, extra)),
-        (b, p2psc_argv(b, kb, ka, "peer-side", None, deadline, extra)),
+        (a, p2psc_argv(a, ka, kb, "client-side", None, deadline, extra, mediator)),
+        (b, p2psc_argv(b, kb, ka, "peer-side", None, deadline, extra, mediator)),
         stagger=stagger,
+        between=between,
     )
     t0 = time.monotonic() - stagger
     ra = finish(pa, deadline + 20)
@@ -191,6 +208,7 @@ def start_in_order(
     *,
     stagger: float,
     ready_timeout: float = 60.0,
+    between: Callable[[], object] | None = None,
 ) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
     """Start two gated ``netns_peer.py`` processes (``--gate``), wait until both are up and
     imported, then release ``first`` and, ``stagger`` seconds later, ``second``.
@@ -206,7 +224,9 @@ def start_in_order(
         for proc in procs:
             _await_ready(proc, ready_timeout)
         for i, proc in enumerate(procs):
-            if i:
+            if i and between is not None:
+                between()
+            elif i:
                 time.sleep(stagger)
             assert proc.stdin is not None
             proc.stdin.write("go\n")

@@ -13,7 +13,7 @@ Subcommands:
   success send ``--name`` and read the other side's name (proves data flows both ways).
 - ``p2psc``: pair through a real mediator with ``p2psc.aio.connect`` and exchange a line.
   ``--die-at STEP`` kills this process (``os._exit``: the kernel closes its sockets, as for a
-  ``kill -9``) at a step of the pairing (liveness tests, spec/mediator.md section 4.2).
+  ``kill -9``) at a step of the pairing (liveness tests, spec/mediator.md section 4.3).
 """
 
 from __future__ import annotations
@@ -237,6 +237,7 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
     if args.die_at:
         _install_death(args.die_at)
     keypair = Keypair.from_private_raw(bytes.fromhex(args.private))
+    counts = _count_dials(args.ignore_dial_schedule)
     t0 = time.monotonic()
     try:
         conn = await connect(
@@ -263,6 +264,7 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
             "reason": exc.reason,
             "elapsed": time.monotonic() - t0,
             "failed_at": time.time(),
+            **counts,
         }
     established = time.monotonic() - t0
     stream: dict[str, Any] = {}
@@ -285,7 +287,43 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
         "local": "{}:{}".format(*conn.local),
         "remote": "{}:{}".format(*conn.remote),
         **stream,
+        **counts,
     }
+
+
+def _count_dials(ignore_dial_schedule: bool) -> dict[str, int]:
+    """Count, from the driver every adapter shares, the punch attempts this side made
+    (``dials``: Connects from the attempt's port) and how many of them failed (``failed``:
+    refused, reset, or given up), so a test can judge the first attempt without a wall clock.
+    ``ignore_dial_schedule``: the Peer uses its own round trip, not the Mediator's DIAL_DELAY
+    (the estimate before the schedule existed), for comparisons."""
+    from p2psc.core import peer_driver
+    from p2psc.core.io import Connect
+    from p2psc.core.peer import PeerCore
+
+    counts = {"dials": 0, "failed": 0}
+    punches: set[int] = set()
+    run, closed = peer_driver.AttemptDriver._run, peer_driver.AttemptDriver.closed
+
+    def counting_run(self: Any, actions: Any, now: float) -> Any:
+        ops = run(self, actions, now)
+        for op in ops:
+            if isinstance(op, Connect) and op.from_port is not None:
+                counts["dials"] += 1
+                punches.add(op.conn)
+        return ops
+
+    def counting_closed(self: Any, conn: int, error: str | None, now: float) -> Any:
+        if conn in punches and error is not None and conn in self.live:
+            counts["failed"] += 1
+        return closed(self, conn, error, now)
+
+    peer_driver.AttemptDriver._run = counting_run  # type: ignore[method-assign]
+    peer_driver.AttemptDriver.closed = counting_closed  # type: ignore[method-assign]
+    if ignore_dial_schedule:
+        own = PeerCore._dial_delay
+        PeerCore._dial_delay = lambda self, scheduled=None: own(self)  # type: ignore[method-assign]
+    return counts
 
 
 async def _stream(conn: Any, seconds: float) -> dict[str, Any]:
@@ -374,6 +412,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-local", action="store_true", help="keep our local address private")
     p.add_argument("--keepalive", type=float, default=15.0, help="seconds; 0: off")
     p.add_argument("--no-timed-dial", action="store_true", help="the Peer dials at once")
+    p.add_argument(
+        "--ignore-dial-schedule",
+        action="store_true",
+        help="the Peer times its first dial by its own round trip, not the Mediator's DIAL_DELAY",
+    )
     p.add_argument("--no-candidates", action="store_true", help="advertise no other address")
     p.add_argument("--relay", choices=("auto", "never", "only"), default="auto")
     p.add_argument("--relay-address", default=None)

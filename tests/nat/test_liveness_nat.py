@@ -1,5 +1,5 @@
 """Liveness after the introduction, with real processes killed at each step (issue 13;
-spec/mediator.md section 4.2).
+spec/mediator.md section 4.3).
 
 A real ``p2psc mediator`` in the public namespace and two real peer processes
 (``netns_peer.py p2psc``); one of them dies (``os._exit``: the kernel closes its sockets, as for
@@ -139,7 +139,7 @@ def test_a_silently_vanished_partner_is_reported_within_the_silence_bound(
 ) -> None:
     """The Client's process freezes 1.5 s into the punch (SIGSTOP: no FIN, no more Pings, as
     a host that vanished): the Mediator notices the silence (2 s after its last Ping, section
-    4.2 rule 2) and tells the Peer."""
+    4.3 rule 2) and tells the Peer."""
     a, b = build_scenario(topo, "both-nat-rst")
     client, peer = run_pair(a, b, ["--die-at", "frozen"], [])
     took = detection(client, peer, "Client frozen 1.5 s into the punch (silent)")

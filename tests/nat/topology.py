@@ -37,8 +37,10 @@ kills what still runs inside its namespaces and deletes them, also when a test f
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -52,10 +54,13 @@ PREFIX = "p2nat-"
 PUBLIC_NET = "203.0.113"
 MEDIATOR_ADDR = f"{PUBLIC_NET}.1"
 TRANSIT_NET = "198.51.100"
+PUBLIC_NET6 = "2001:db8:0"
+MEDIATOR_ADDR6 = f"{PUBLIC_NET6}::1"
 LAN_BASE = "198.18"
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
 PEER_SCRIPT = str(Path(__file__).resolve().parent / "netns_peer.py")
+BRIDGE_SCRIPT = str(Path(__file__).resolve().parent / "delay_bridge.py")
 CMD_TIMEOUT = 15.0
 
 Masquerade = Literal["preserve", "random-fully"]
@@ -209,11 +214,53 @@ class Router:
             "}\n"
         )
 
+    def ruleset6(self) -> str:
+        """The stateful IPv6 firewall of an ``add_firewall6`` router: replies and related
+        traffic pass, every new connection from the WAN is dropped (no NAT in IPv6)."""
+        return (
+            "table ip6 p2fw {\n"
+            "    chain forward {\n"
+            "        type filter hook forward priority filter; policy accept;\n"
+            "        ct state established,related accept\n"
+            f'        iifname "{self.wan_if}" drop\n'
+            "    }\n"
+            "}\n"
+        )
+
     def conntrack(self) -> str:
         """This router's conntrack table, from /proc when available (for failure messages)."""
         with contextlib.suppress(TopologyError):
             return run(["ip", "netns", "exec", self.netns, "cat", "/proc/net/nf_conntrack"])
         return "(conntrack table not available)"
+
+
+@dataclass(frozen=True)
+class Link:
+    """Added one-way delay and loss on one link, made by ``delay_bridge.py`` (no netem here).
+
+    The link then runs through a middle namespace ``<role>-d`` whose bridge process copies
+    frames between its two veth ends after ``delay`` seconds, dropping a ``loss`` fraction
+    (RNG seeded with ``seed``); ``match`` limits both to IP frames from or to those addresses.
+    ``lifetime`` bounds the bridge process (it stops by itself then, also if nobody stops it).
+    """
+
+    delay: float = 0.0
+    loss: float = 0.0
+    seed: int = 1
+    match: tuple[str, ...] = ()
+    lifetime: float = 600.0
+    max_frames: int = 4096
+    max_bytes: int = 8 << 20
+
+    def argv(self, left: str, right: str) -> list[str]:
+        """The bridge's command line between two interfaces of the middle namespace."""
+        argv = [PYTHON, BRIDGE_SCRIPT, "--left", left, "--right", right]
+        argv += ["--delay", str(self.delay), "--loss", str(self.loss), "--seed", str(self.seed)]
+        argv += ["--lifetime", str(self.lifetime), "--max-frames", str(self.max_frames)]
+        argv += ["--max-bytes", str(self.max_bytes)]
+        for addr in self.match:
+            argv += ["--match", addr]
+        return argv
 
 
 @dataclass
@@ -230,6 +277,9 @@ class Topology:
     """
 
     transit: bool = False
+    v6: bool = False
+    """Also give the public segment ``MEDIATOR_ADDR6`` (2001:db8:0::1/64) and forward IPv6
+    there: the ``*6`` methods add IPv6-only hosts and stateful-firewall routers (no NAT)."""
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     namespaces: list[str] = field(default_factory=list)
     routers: list[Router] = field(default_factory=list)
@@ -238,6 +288,8 @@ class Topology:
     _links: int = 0
     _public_hosts: int = 0
     _lan_hosts: dict[int, int] = field(default_factory=dict)
+    bridges: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+    bridge_stats: dict[str, dict[str, object]] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -254,7 +306,10 @@ class Topology:
         self.close()
 
     def close(self) -> None:
-        """Delete every namespace of this topology (hosts first); safe to call twice."""
+        """Stop the delay bridges, delete every namespace of this topology (hosts first); safe
+        to call twice."""
+        for role in list(self.bridges):
+            self.stop_bridge(role)
         for netns in reversed(self.namespaces):
             delete_namespace(netns)
         self.namespaces.clear()
@@ -303,6 +358,58 @@ class Topology:
         )
         return a, b
 
+    def _wire(
+        self, role: str, ns_a: str, ns_b: str, link: Link | None, name_a: str | None = None
+    ) -> tuple[str, str]:
+        """A veth link between two namespaces, through a delay bridge when ``link`` is given."""
+        if link is None:
+            return self._veth(ns_a, ns_b, name_a)
+        mid = self._netns(f"{role}-d")
+        for key in ("all", "default"):  # the middle sends nothing of its own
+            run(
+                ["ip", "netns", "exec", mid, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"]
+            )
+        end_a, left = self._veth(ns_a, mid, name_a)
+        right, end_b = self._veth(mid, ns_b)
+        # outer ends first, then the middle: a veth gets its carrier when its second end comes
+        # up, and the middle's ends must be the second (else the first ARP across it is lost)
+        self._ip(ns_a, "link", "set", end_a, "up")
+        self._ip(ns_b, "link", "set", end_b, "up")
+        for dev in (left, right):
+            self._ip(mid, "link", "set", dev, "up")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", mid, *link.argv(left, right)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.bridges[role] = proc
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], CMD_TIMEOUT)
+        line = proc.stdout.readline() if ready else ""
+        if '"ready"' not in line:
+            self.stop_bridge(role)
+            raise TopologyError(f"delay bridge {role} did not start: {self.bridge_stats[role]}")
+        return end_a, end_b
+
+    def stop_bridge(self, role: str) -> dict[str, object]:
+        """Stop one delay bridge (SIGTERM, then SIGKILL), reap it, return its counters."""
+        proc = self.bridges.pop(role)
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate(timeout=5)
+        stats: dict[str, object] = {"stderr": err[-2000:]}
+        for line in out.splitlines():
+            if line.startswith("{") and '"ready"' not in line:
+                stats.update(json.loads(line))
+        self.bridge_stats[role] = stats
+        return stats
+
     def _bridge(self, netns: str, name: str, addr_cidr: str) -> None:
         self._ip(netns, "link", "add", name, "type", "bridge")
         self._ip(netns, "addr", "add", addr_cidr, "dev", name)
@@ -317,16 +424,25 @@ class Topology:
         self._bridge(netns, "br0", f"{MEDIATOR_ADDR}/24")
         if self.transit:
             run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if self.v6:
+            self._ip(netns, "-6", "addr", "add", f"{MEDIATOR_ADDR6}/64", "dev", "br0", "nodad")
+            sysctl = "net.ipv6.conf.all.forwarding=1"
+            run(["ip", "netns", "exec", netns, "sysctl", "-qw", sysctl])
         self._public = Host("public", netns, MEDIATOR_ADDR, MEDIATOR_ADDR)
+
+    @property
+    def mediator_host(self) -> str:
+        """The address the Mediator listens on: IPv6 in a ``v6`` topology."""
+        return MEDIATOR_ADDR6 if self.v6 else MEDIATOR_ADDR
 
     # ----------------------------------------------------------------- public API
 
-    def add_public_host(self, role: str) -> Host:
-        """A host directly on the public segment (no NAT)."""
+    def add_public_host(self, role: str, link: Link | None = None) -> Host:
+        """A host directly on the public segment (no NAT); ``link``: delay/loss on its wire."""
         self._public_hosts += 1
         addr = f"{PUBLIC_NET}.{100 + self._public_hosts}"
         netns = self._netns(role)
-        inside, outside = self._veth(netns, self.public.netns, f"{self.tag}eth")
+        inside, outside = self._wire(role, netns, self.public.netns, link, f"{self.tag}eth")
         self._attach(self.public.netns, "br0", outside)
         self._ip(netns, "addr", "add", f"{addr}/24", "dev", inside)
         self._ip(netns, "link", "set", inside, "up")
@@ -343,12 +459,14 @@ class Topology:
         masquerade: Masquerade = "preserve",
         inbound: Inbound = "drop",
         idle_timeout: int | None = None,
+        link: Link | None = None,
     ) -> Router:
-        """A router with a WAN leg on the public segment and an empty LAN bridge."""
+        """A router with a WAN leg on the public segment and an empty LAN bridge; ``link``:
+        delay/loss on the WAN wire."""
         index = len(self.routers) + 1
         netns = self._netns(role)
         wan_if = f"{self.tag}wan"
-        wan, outside = self._veth(netns, self.public.netns, wan_if)
+        wan, outside = self._wire(role, netns, self.public.netns, link, wan_if)
         if self.transit:
             gateway, wan_addr = f"{TRANSIT_NET}.{4 * index + 1}", f"{TRANSIT_NET}.{4 * index + 2}"
             self._ip(self.public.netns, "addr", "add", f"{gateway}/30", "dev", outside)
@@ -402,6 +520,61 @@ class Topology:
             self._ip(netns, "link", "set", dev, "up")
         return addrs
 
+    # ----------------------------------------------------------------- IPv6 (issue 13)
+
+    def add_public_host6(self, role: str, link: Link | None = None) -> Host:
+        """An IPv6-only host on the public segment, 2001:db8:0::(100+k)/64."""
+        self._public_hosts += 1
+        addr = f"{PUBLIC_NET6}::{100 + self._public_hosts}"
+        netns = self._netns(role)
+        inside, outside = self._wire(role, netns, self.public.netns, link, f"{self.tag}eth")
+        self._attach(self.public.netns, "br0", outside)
+        self._ip(netns, "-6", "addr", "add", f"{addr}/64", "dev", inside, "nodad")
+        self._ip(netns, "link", "set", inside, "up")
+        self._ip(netns, "-6", "route", "add", "2001:db8::/32", "via", MEDIATOR_ADDR6)
+        host = Host(role, netns, addr, addr)
+        self.hosts.append(host)
+        return host
+
+    def add_firewall6(self, role: str, link: Link | None = None) -> Router:
+        """An IPv6 router (no NAT: every host has a global address) with a stateful firewall:
+        ``ct state established,related accept``, anything else arriving on the WAN dropped.
+        WAN 2001:db8:0::(10+k)/64 on the public segment, LAN 2001:db8:k::1/64."""
+        index = len(self.routers) + 1
+        netns = self._netns(role)
+        wan_if = f"{self.tag}wan"
+        wan, outside = self._wire(role, netns, self.public.netns, link, wan_if)
+        self._attach(self.public.netns, "br0", outside)
+        wan_addr = f"{PUBLIC_NET6}::{10 + index}"
+        self._ip(netns, "-6", "addr", "add", f"{wan_addr}/64", "dev", wan, "nodad")
+        self._ip(netns, "link", "set", wan, "up")
+        lan_addr = f"2001:db8:{index}::1"
+        self._ip(netns, "link", "add", "lan", "type", "bridge")
+        self._ip(netns, "-6", "addr", "add", f"{lan_addr}/64", "dev", "lan", "nodad")
+        self._ip(netns, "link", "set", "lan", "up")
+        self._ip(netns, "-6", "route", "add", "2001:db8::/32", "via", MEDIATOR_ADDR6)
+        run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        self._ip(self.public.netns, "-6", "route", "add", f"2001:db8:{index}::/64", "via", wan_addr)
+        router = Router(role, netns, index, wan_addr, lan_addr, wan_if, "preserve", "drop")
+        run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=router.ruleset6())
+        self.routers.append(router)
+        self._lan_hosts[index] = 0
+        return router
+
+    def add_host6(self, role: str, router: Router) -> Host:
+        """An IPv6-only host behind ``router``'s firewall: 2001:db8:k::(10+j)/64."""
+        self._lan_hosts[router.index] += 1
+        addr = f"2001:db8:{router.index}::{10 + self._lan_hosts[router.index]}"
+        netns = self._netns(role)
+        inside, outside = self._veth(netns, router.netns, f"{self.tag}eth")
+        self._attach(router.netns, "lan", outside)
+        self._ip(netns, "-6", "addr", "add", f"{addr}/64", "dev", inside, "nodad")
+        self._ip(netns, "link", "set", inside, "up")
+        self._ip(netns, "-6", "route", "add", "2001:db8::/32", "via", router.lan_addr)
+        host = Host(role, netns, addr, addr, router)
+        self.hosts.append(host)
+        return host
+
     def describe(self) -> str:
         """Human summary for failure messages: hosts, addresses, router variants."""
         lines = [f"public {self.public.netns} {MEDIATOR_ADDR}"]
@@ -427,6 +600,10 @@ Scenario = Literal[
     "both-nat-rst",
     "same-nat",
     "random-fully",
+    "delay-150",
+    "loss-3",
+    "ipv6",
+    "far-client",
 ]
 SCENARIOS: tuple[Scenario, ...] = (
     "no-nat",
@@ -437,7 +614,23 @@ SCENARIOS: tuple[Scenario, ...] = (
     "both-nat-rst",
     "same-nat",
     "random-fully",
+    "delay-150",
+    "loss-3",
+    "ipv6",
+    "far-client",
 )
+DELAY = 0.150
+"""One-way delay of ``delay-150`` on the Client router's WAN (as the independent check used)."""
+LOSS = 0.03
+"""Loss of ``loss-3`` on each router's WAN, each direction."""
+FAR, NEAR = 0.150, 0.050
+"""``far-client``: one-way delay between the Client and the Mediator only, and on the Peer's
+router's WAN (so between the Peer and both others)."""
+
+
+def scenario_topology(name: Scenario) -> Topology:
+    """A fresh (not yet entered) topology fit for scenario ``name`` (IPv6 for ``ipv6``)."""
+    return Topology(v6=name == "ipv6")
 
 
 def build_scenario(topo: Topology, scenario: Scenario) -> tuple[Host, Host]:
@@ -465,12 +658,31 @@ def build_scenario(topo: Topology, scenario: Scenario) -> tuple[Host, Host]:
         ra = topo.add_router("ra")
         rb = topo.add_router("rb", masquerade="random-fully")
         return topo.add_host("a", ra), topo.add_host("b", rb)
+    if scenario == "delay-150":  # both NATs drop; 150 ms each way on the Client's WAN wire
+        ra = topo.add_router("ra", link=Link(delay=DELAY))
+        rb = topo.add_router("rb")
+        return topo.add_host("a", ra), topo.add_host("b", rb)
+    if scenario == "loss-3":  # both NATs drop; each WAN wire loses 3 % each way
+        ra = topo.add_router("ra", link=Link(loss=LOSS, seed=1))
+        rb = topo.add_router("rb", link=Link(loss=LOSS, seed=2))
+        return topo.add_host("a", ra), topo.add_host("b", rb)
+    if scenario == "far-client":  # public Client 300 ms (round trip) from the Mediator, 100 ms
+        # from the Peer; the Peer behind a dropping NAT 100 ms from both (issue 13, timed dial)
+        a = topo.add_public_host("a", link=Link(delay=FAR, match=(MEDIATOR_ADDR,)))
+        rb = topo.add_router("rb", link=Link(delay=NEAR))
+        return a, topo.add_host("b", rb)
+    if scenario == "ipv6":  # stateful IPv6 firewalls, no NAT; the Mediator over IPv6
+        if not topo.v6:
+            raise ValueError("scenario ipv6 needs Topology(v6=True) (scenario_topology)")
+        ra = topo.add_firewall6("ra")
+        rb = topo.add_firewall6("rb")
+        return topo.add_host6("a", ra), topo.add_host6("b", rb)
     raise ValueError(f"unknown scenario {scenario!r}")
 
 
 @contextlib.contextmanager
 def scenario(name: Scenario) -> Iterator[tuple[Topology, Host, Host]]:
     """Build one scenario in a fresh topology; tear it down afterwards, whatever happens."""
-    with Topology() as topo:
+    with scenario_topology(name) as topo:
         a, b = build_scenario(topo, name)
         yield topo, a, b

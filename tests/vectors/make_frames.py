@@ -38,6 +38,7 @@ from p2psc.wire import (
     Status,
     StatusCode,
     candidates_extension,
+    dial_delay_extension,
     encode,
 )
 
@@ -165,6 +166,19 @@ def main() -> int:
             ),
         ),
         (
+            "PeerDisconnect with candidates and a dial delay",
+            PeerDisconnect(
+                PAIRING_ID,
+                v4b,
+                v4a,
+                None,
+                (
+                    *candidates_extension([Address("10.0.1.5", 40001)]),
+                    *dial_delay_extension(170),
+                ),
+            ),
+        ),
+        (
             "Advertise with a candidate and an unknown extension",
             Advertise(
                 1,
@@ -214,6 +228,9 @@ def main() -> int:
     retry = encode(AdvertiseRetry(Reason.BUSY, "")).hex()
     resp = encode(AdvertiseResponse(NONCE_ADV)).hex()
     pid = PAIRING_ID.hex()
+    plain = encode(PeerDisconnect(PAIRING_ID, v4b, v4a))
+    short = plain[6:] + bytes((2, 1, 0xAA))  # a DIAL_DELAY item of 1 byte instead of 2
+    short_dial_delay = plain[:4] + len(short).to_bytes(2, "big") + short
 
     def bad(name: str, hex_: str, error: str, reason: str) -> dict[str, str]:
         return {"name": name, "hex": hex_, "error": error, "reason_contains": reason}
@@ -244,6 +261,12 @@ def main() -> int:
             "50320106001d" + "01" + pid + "04c6336414c35200" + "0500" + "0300",
             "ProtocolError",
             "strictly increasing",
+        ),
+        bad(
+            "DIAL_DELAY of one byte",
+            short_dial_delay.hex(),
+            "ProtocolError",
+            "DIAL_DELAY has 1 bytes",
         ),
         bad("Ping interval 999 ms", "5032010b0008" + "00000007000003e7", "ProtocolError", "1000"),
         bad("Status 0", "5032010d000100", "ProtocolError", "must be 1..4"),
