@@ -51,6 +51,11 @@ CONFIGURATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "relay --relay-faults 1 --shutdown": ("relay", {"faults": 1, "shutdown": True}),
     "relay --relay-faults 1 --garbage": ("relay", {"faults": 1, "garbage": True}),
     "relay --relay-faults 2 --bridging-relay": ("relay", {"faults": 2, "evil": True}),
+    "mediation --peers 2 --coordinate": ("mediation", {"third": False, "coordinate": True}),
+    "mediation --peers 2 --faults --coordinate": (
+        "mediation",
+        {"third": False, "faults": True, "coordinate": True},
+    ),
 }
 """The configurations CI explores for coverage (each as ``p2psc explore`` spells it: model,
 build options), cheapest first; together they take every transition of :data:`TAKEN_BY`."""
@@ -342,12 +347,77 @@ TAKEN_BY: dict[tuple[str, str], str] = {
     ("ChannelMachine", "sent_close --bad_record--> failed"): "channel --adversary-budget 1",
     ("ChannelMachine", "received_close --bad_record--> failed"): "channel --adversary-budget 1",
     ("ChannelMachine", "both_closed --bad_record--> failed"): "channel --adversary-budget 1",
+    (
+        "MediatorSession",
+        "confirming --partner_confirmed [coordinated]--> coordinating",
+    ): "mediation --peers 2 --coordinate",
+    ("MediatorSession", "coordinating --eof--> closed"): "mediation --peers 2 --coordinate",
+    (
+        "MediatorSession",
+        "coordinating --lost--> closed",
+    ): "mediation --peers 2 --faults --coordinate",
+    (
+        "MediatorSession",
+        "coordinating --partner_done--> coordinating",
+    ): "mediation --peers 2 --coordinate",
+    (
+        "MediatorSession",
+        "coordinating --partner_lost--> closed",
+    ): "mediation --peers 2 --coordinate",
+    (
+        "MediatorSession",
+        "coordinating --ping [ping_allowed]--> coordinating",
+    ): "mediation --peers 2 --faults --coordinate",
+    (
+        "MediatorSession",
+        "coordinating --status [reports_done]--> closed",
+    ): "mediation --peers 2 --coordinate",
+    (
+        "MediatorSession",
+        "coordinating --timeout--> closed",
+    ): "mediation --peers 2 --faults --coordinate",
+    (
+        "MediatorSession",
+        "disconnecting --status [confirms]--> coordinating",
+    ): "mediation --peers 2 --coordinate",
+    (
+        "Rendezvous",
+        "punching --coordinate_due--> punching",
+    ): "mediation --peers 2 --faults --coordinate",
+    ("Rendezvous", "punching --coordination_over--> punching"): "mediation --peers 2 --coordinate",
+    (
+        "Rendezvous",
+        "punching --mediator_pong--> punching",
+    ): "mediation --peers 2 --faults --coordinate",
+    ("Rendezvous", "punching --partner_lost--> failed"): "mediation --peers 2 --coordinate",
 }
 """(machine, transition) -> the first configuration of :data:`CONFIGURATIONS` that takes it."""
 
 _ROGUE_MEDIATOR = "needs a Mediator that breaks the protocol (the model runs the real MediatorCore)"
 
 NOT_MODELLED: dict[tuple[str, str], tuple[str, str]] = {
+    ("MediatorSession", "coordinating --bad_input--> closed"): (
+        "needs a peer that breaks the protocol while coordinating (the model's peers conform)",
+        "tests/test_liveness.py::test_garbage_or_a_ping_flood_while_coordinating_is_malformed_and_the_partner_is_told",
+    ),
+    ("MediatorSession", "coordinating --ping--> closed"): (
+        "needs Pings faster than the floor (the model's peers ping every second)",
+        "tests/test_liveness.py::test_garbage_or_a_ping_flood_while_coordinating_is_malformed_and_the_partner_is_told",
+    ),
+    ("MediatorSession", "coordinating --shutdown--> closed"): (
+        "needs --shutdown with --coordinate (no CI configuration: the same path as in "
+        "every other pairing state)",
+        "tests/test_liveness.py::test_a_shutdown_while_coordinating_is_no_partner_loss",
+    ),
+    ("MediatorSession", "coordinating --status--> closed"): (
+        "needs a peer that sends a second PUNCHING (the model's peers conform)",
+        "tests/test_liveness.py::test_a_status_in_a_wrong_state_is_malformed",
+    ),
+    ("MediatorSession", "disconnecting --status--> closed"): (
+        "needs a Peer that reports done before it confirms, or a Status in an "
+        "uncoordinated pairing",
+        "tests/test_liveness.py::test_a_status_in_a_wrong_state_is_malformed",
+    ),
     ("MediatorSession", "waiting --registry_lost--> closed"): (
         "only a fleet's shared registry (Redis) can lose a registration (it expired or the "
         "store restarted); the mediation models use one process's registry",

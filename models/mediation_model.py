@@ -32,6 +32,14 @@ Properties (``spec/properties.md``):
   without a fault neither side may take the other for silent: no peer fails with MediatorSilent
   and the Mediator never sends AdvertiseAbort(SILENT). (A fault, an early timer standing for a
   delay elsewhere, may legitimately make either side see silence.)
+- L1 liveness after the introduction (option ``coordinate``: peers offer COORDINATE, the
+  Mediator coordinates, spec/mediator.md section 4.3): (a) in every state, a session in
+  ``coordinating`` that still has a partner has a live partner session: when one side's
+  connection ends before its done status the survivor is told in the same step
+  (PARTNER_LOST), never left to its punch timeout; (b) a peer that receives PARTNER_LOST while
+  punching fails with PartnerLost in that step, never punches on. (The fault-free completion
+  of M3 also checks the other half of the rule: a done status never makes the survivor abort,
+  whoever finishes the handshake first.)
 """
 
 from __future__ import annotations
@@ -48,10 +56,10 @@ from p2psc.models.symbolic_crypto import SymbolicCrypto, fixed_nonces
 import p2psc.core.mediator as mediator_module
 import p2psc.core.peer as peer_module
 from p2psc import wire
-from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen
+from p2psc.core.io import Action, Close, Connect, Event, Failed, Listen, Send
 from p2psc.core.mediator import MediatorConfig, MediatorCore, MediatorSnapshot
 from p2psc.core.peer import FIRST_ACCEPTED, LISTENER, Established, PeerConfig, PeerCore
-from p2psc.errors import MediatorSilent
+from p2psc.errors import MediatorSilent, PartnerLost
 from p2psc.keys import Keypair, PublicKey
 from p2psc.machines.compiler import compile_machine
 from p2psc.machines.handshake import ClientCandidate, PeerCandidate, Registration, Rendezvous
@@ -77,11 +85,14 @@ PEER_TIMING: dict[str, Any] = {
     "punch_attempt_timeout": 2.0,
     "advertise_retries": 0,
     "keepalive_interval": None,
+    "coordinate": False,
 }
 """Coarse peer timing keeps the number of distinct deadlines (hence states) small."""
 KEEPALIVE_TIMING: dict[str, Any] = {"keepalive_interval": 5.0}
 """With ``keepalive``: the peers ping every 5 s while they wait (three Pings before the
 overall deadline). Off by default: it triples the state space."""
+COORDINATE_TIMING: dict[str, Any] = {"coordinate": True}
+"""With ``coordinate``: the peers offer COORDINATE (the Mediator coordinates by default)."""
 LIMITS_TIMING: dict[str, Any] = {"advertise_retries": 1, "retry_backoff": 1.0}
 """With ``limits``: one AdvertiseRetry is honoured (after a 1 s backoff), the second is not."""
 GARBAGE = b"\x00 not a p2psc frame"
@@ -105,6 +116,7 @@ class Book(NamedTuple):
     violation: str | None
     shut_down: bool = False  # the operator shut the Mediator down (option ``shutdown``)
     silent: str | None = None  # K1: who took whom for silent (judged with the faults left)
+    confirmed: tuple[bool, ...] = ()  # M2 (coordinated): the Peer sent Status(PUNCHING)
 
 
 def _replace_at(values: tuple[Any, ...], index: int, value: Any) -> tuple[Any, ...]:
@@ -130,6 +142,7 @@ class MediationModel(PackedNetwork):
         garbage: bool = False,
         shutdown: bool = False,
         keepalive: bool = False,
+        coordinate: bool = False,
     ) -> None:
         if peers is None:
             peers = 3 if third else 2
@@ -139,6 +152,7 @@ class MediationModel(PackedNetwork):
         settings = [f"{self.count - 1} peers"]
         settings += ["faults"] * faults + ["limits"] * limits + ["garbage"] * garbage
         settings += ["shutdown"] * shutdown + ["keepalive"] * keepalive
+        settings += ["coordinate"] * coordinate
         self.name = f"{name} ({', '.join(settings)})"
         if limits:
             config = replace(config, max_pending=1, max_waiting=1)
@@ -146,6 +160,7 @@ class MediationModel(PackedNetwork):
             **PEER_TIMING,
             **(LIMITS_TIMING if limits else {}),
             **(KEEPALIVE_TIMING if keepalive else {}),
+            **(COORDINATE_TIMING if coordinate else {}),
         }
         self.names = NAMES[: self.count]
         self.actors = self.names
@@ -214,6 +229,7 @@ class MediationModel(PackedNetwork):
                 told_disconnect=(False,) * self.count,
                 alone=False,
                 violation=None,
+                confirmed=(False,) * self.count,
             ),
         )
         self.outcome_counts: dict[tuple[str | None, ...], int] = {}
@@ -250,7 +266,9 @@ class MediationModel(PackedNetwork):
         consistent = self._consistent.get(local, "")
         if consistent == "":
             snap = self.snap_of(state, MEDIATOR)
-            consistent = self._consistent[local] = _registry_consistent(self.snapshot(snap))
+            snapshot = self.snapshot(snap)
+            consistent = _registry_consistent(snapshot) or _partners_live(snapshot)
+            self._consistent[local] = consistent
         return consistent
 
     def terminal(self, packed: Packed) -> str | None:
@@ -460,7 +478,8 @@ class MediationModel(PackedNetwork):
             )
         return any(
             isinstance(action, Listen | Established | Failed)
-            or (isinstance(action, Close) and action.conn == LISTENER)
+            or (isinstance(action, Close) and (action.conn == LISTENER or _lost(action.reason)))
+            or (isinstance(action, Send) and action.data == _PUNCHING)
             for action in actions
         )
 
@@ -487,7 +506,18 @@ class MediationModel(PackedNetwork):
         assert isinstance(book, Book)
         if actor == MEDIATOR:
             return self._mediator_sent(state, actions, book)
+        gave_up = any(isinstance(a, Failed) and isinstance(a.error, PartnerLost) for a in actions)
         for action in actions:
+            if (
+                isinstance(action, Close)
+                and _lost(action.reason)
+                and not gave_up
+                and book.violation is None
+            ):
+                book = book._replace(
+                    violation=f"L1: {self.names[actor]} was told PARTNER_LOST while punching "
+                    f"but did not fail with PartnerLost ({action.reason})"
+                )
             if isinstance(action, Listen):
                 listeners = (*book.listeners, (actor, action.conn, action.port))
                 book = book._replace(listeners=tuple(sorted(listeners)))
@@ -497,6 +527,14 @@ class MediationModel(PackedNetwork):
                     book = book._replace(listeners=listeners)
             elif isinstance(action, Established):
                 book = self._established(state, book, actor, action)
+            elif isinstance(action, Send) and action.data == _PUNCHING:
+                if book.violation is None and not any(e[0] == actor for e in book.listeners):
+                    book = book._replace(
+                        violation=f"M2: {self.names[actor]} confirmed PeerDisconnect with "
+                        "Status(PUNCHING) before it listened"
+                    )
+                book = book._replace(confirmed=_replace_at(book.confirmed, actor, True))
+
             elif (
                 isinstance(action, Failed)
                 and isinstance(action.error, MediatorSilent)
@@ -551,9 +589,12 @@ class MediationModel(PackedNetwork):
                 assert isinstance(message, wire.PeerIdentification)
                 other = self.by_address.get(message.peer.to_tuple())
                 if other is not None and book.violation is None:
-                    confirmed = book.told_disconnect[other] and not any(
-                        link.x == other and link.y == MEDIATOR and link.x_open
-                        for link in state.links
+                    confirmed = book.told_disconnect[other] and (
+                        not any(
+                            link.x == other and link.y == MEDIATOR and link.x_open
+                            for link in state.links
+                        )
+                        or (wire.coordinated(message.extensions) and book.confirmed[other])
                     )
                     if not confirmed:
                         book = book._replace(
@@ -596,6 +637,26 @@ def _silent_abort(data: bytes) -> bool:
     )
 
 
+_PUNCHING = wire.Status(wire.StatusCode.PUNCHING).encode()
+
+
+def _lost(reason: str) -> bool:
+    """A Close reason that mentions PARTNER_LOST (L1 (b): only with a Failed(PartnerLost))."""
+    return "PARTNER_LOST" in reason
+
+
+def _partners_live(snapshot: Any) -> str | None:
+    """L1 (a) in every state: a coordinating session's partner, if any, is a live session."""
+    sessions = {row[0]: row for row in snapshot[0]}
+    for row in sessions.values():
+        if row[1] == "coordinating" and row[9] is not None and row[9] not in sessions:
+            return (
+                f"L1: coordinating conn {row[0]}'s partner (conn {row[9]}) is gone, and it "
+                "was not told (PARTNER_LOST)"
+            )
+    return None
+
+
 def _book(state: Net) -> Book:
     book = state.extra
     assert isinstance(book, Book)
@@ -630,6 +691,7 @@ def build(
     garbage: bool = False,
     shutdown: bool = False,
     keepalive: bool = False,
+    coordinate: bool = False,
 ) -> MediationModel:
     """Entry point of ``p2psc explore mediation`` (A, B and, with ``third``, C)."""
     if mutant is not None:
@@ -644,4 +706,5 @@ def build(
         garbage=garbage,
         shutdown=shutdown,
         keepalive=keepalive,
+        coordinate=coordinate,
     )

@@ -26,6 +26,13 @@ Mediator (properties M1..M4):
 - ``mute-pings``: the Mediator accepts a waiting peer's Ping but never answers it: the peer
   takes the live Mediator for silent (K1).
 
+Liveness after the introduction (property L1, option ``coordinate``):
+
+- ``quiet-loss``: the Mediator closes a coordinating session that ends before its done status
+  without telling the partner, which is left punching until its own deadline (L1).
+- ``punch-on``: a peer takes PARTNER_LOST like any other end of the coordination and keeps
+  punching towards a partner that is gone (L1).
+
 Peer keepalive (property K1):
 
 - ``slow-pings``: a peer announces a quarter of the interval it really pings at: the Mediator
@@ -260,6 +267,23 @@ class SlowPingsPeer(PeerCore):
         return out
 
 
+class QuietLossMediator(MediatorCore):
+    """A coordinating session that ends before its done status is closed alone: its partner is
+    not told (it punches on until its own deadline)."""
+
+    def _fail(self, conn, session, event, code, text, out, **options):  # type: ignore[no-untyped-def]
+        if session.state == "coordinating":
+            session.partner = None
+        super()._fail(conn, session, event, code, text, out, **options)
+
+
+class PunchOnPeer(PeerCore):
+    """Treats PARTNER_LOST like any other abort: ends the coordination and punches on."""
+
+    def _partner_lost(self, message, now):  # type: ignore[no-untyped-def]
+        return self._end_coordination(f"the Mediator ended it (PARTNER_LOST: {message.text})")
+
+
 class KeepOpenPeer(PeerCore):
     """On failure, forgets to close its candidate connections (one of which the partner may
     have committed to)."""
@@ -278,10 +302,15 @@ MEDIATION_MUTANTS: dict[str, tuple[type[MediatorCore] | type[PeerCore], str]] = 
     "leaky-registry": (LeakyMediator, "M4"),
     "mute-pings": (MutePingsMediator, "K1"),
     "slow-pings": (SlowPingsPeer, "K1"),
+    "quiet-loss": (QuietLossMediator, "L1"),
+    "punch-on": (PunchOnPeer, "L1"),
 }
 """Mutant name -> (broken mediator or peer class, the property it must break)."""
 
-NEEDS_FAULTS = frozenset({"keep-open"})
+NEEDS_FAULTS = frozenset({"keep-open", "quiet-loss", "punch-on"})
+COORDINATE = frozenset({"quiet-loss", "punch-on"})
+"""Mutants of the liveness rule: their models run with ``coordinate`` (and faults: only a
+dropped connection ends a coordinating session early in the model)."""
 KEEPALIVE = frozenset({"mute-pings", "slow-pings"})
 """Mutants of the keepalive: their models run with ``keepalive`` (the peers ping)."""
 """Mutants whose bug only shows when a fault (drop, early timeout) happens."""
@@ -292,12 +321,23 @@ def mediation_mutant(name: str, *, faults: bool = False, third: bool = True) -> 
     faults = faults or name in NEEDS_FAULTS
     label = f"mediation[mutant {name}]"
     keepalive = name in KEEPALIVE
+    coordinate = name in COORDINATE
     if issubclass(cls, PeerCore):
         return MediationModel(
-            third=third, faults=faults, peer_class=cls, name=label, keepalive=keepalive
+            third=third,
+            faults=faults,
+            peer_class=cls,
+            name=label,
+            keepalive=keepalive,
+            coordinate=coordinate,
         )
     return MediationModel(
-        third=third, faults=faults, mediator_class=cls, name=label, keepalive=keepalive
+        third=third,
+        faults=faults,
+        mediator_class=cls,
+        name=label,
+        keepalive=keepalive,
+        coordinate=coordinate,
     )
 
 

@@ -24,6 +24,8 @@ is a bug.
         ├── AdvertiseRetryExhausted  AdvertiseRetry answered more often than we retry
         ├── IdentityCheckFailed  a challenge was answered wrongly (mediator or peer)
         ├── PeerUnreachable      no direct TCP connection to the peer within the deadline
+        ├── PartnerLost          after a coordinated introduction the mediator reported our
+        │                        partner gone (its connection closed or went silent)
         ├── UnusableAddress      the mediator named a partner address that cannot be one
         ├── MediatorClosed       the mediator closed the connection before pairing us
         ├── MediatorSilent       the mediator stopped answering our keepalive while we waited
@@ -54,6 +56,7 @@ __all__ = [
     "NegotiationError",
     "NegotiationTimeout",
     "P2pscError",
+    "PartnerLost",
     "PeerUnreachable",
     "ProtocolError",
     "TlsVerificationFailed",
@@ -156,6 +159,13 @@ class IdentityCheckFailed(ConnectError):
 
 class PeerUnreachable(ConnectError):
     """No direct TCP connection to the peer formed before the deadline."""
+
+
+class PartnerLost(ConnectError):
+    """After a coordinated introduction (spec/mediator.md section 4.3) the Mediator reported
+    that our partner's connection to it closed or went silent before the partner reported
+    leaving the punch: the partner is gone, so waiting for the punch timeout (or going to the
+    relay) is pointless. ``code`` is Reason.PARTNER_LOST (12)."""
 
 
 class UnusableAddress(ConnectError):

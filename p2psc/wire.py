@@ -63,9 +63,12 @@ __all__ = [
     "Ping",
     "Pong",
     "Reason",
+    "Status",
+    "StatusCode",
     "candidates_extension",
     "construct_decode",
     "construct_encode",
+    "coordinated",
     "decode",
     "dial_delay_extension",
     "encode",
@@ -109,6 +112,7 @@ class MessageType(IntEnum):
     # 9 and 10 (wave 1's PeerResponse, PeerAcknowledgement) are retired: never reuse them.
     PING = 11
     PONG = 12
+    STATUS = 13
 
 
 class Reason(IntEnum):
@@ -126,6 +130,9 @@ class Reason(IntEnum):
     SHUTTING_DOWN = 9
     TLS_REQUIRED = 10
     SILENT = 11
+    PARTNER_LOST = 12
+    """After a coordinated introduction, the partner's connection to the Mediator closed or went
+    silent before it reported leaving the punch (spec/protocol.md section 4.11)."""
     REGISTRY_UNAVAILABLE = 16
     """A fleet's shared registry could not be reached, or lost a waiting registration
     (AdvertiseRetry: register again after a backoff). spec/mediator.md section 10."""
@@ -139,6 +146,23 @@ class ExtensionType(IntEnum):
     DIAL_DELAY = 2
     """In PeerDisconnect: ``u16`` milliseconds after which the Peer should make its first dials,
     so that they leave when the Client's do (protocol.md "Timed first dial")."""
+    COORDINATE = 3
+    """Empty value. In Advertise: "I implement the coordinated introduction" (section 4.11); in
+    PeerDisconnect/PeerIdentification: "this pairing is coordinated" (the Mediator echoes it only
+    when both partners offered it)."""
+
+
+class StatusCode(IntEnum):
+    """The ``status`` byte of a Status frame (peer -> Mediator, coordinated pairings only)."""
+
+    PUNCHING = 1
+    """The Peer's confirmation of PeerDisconnect: it listens and punches (keeps the connection)."""
+    DIRECT = 2
+    """Left the punch: a direct connection is established."""
+    RELAY = 3
+    """Left the punch: going to the relay."""
+    GAVE_UP = 4
+    """Left the punch: no connection (punch deadline, or failed)."""
 
 
 Extensions = tuple[tuple[int, bytes], ...]
@@ -211,6 +235,7 @@ PAYLOADS: dict[MessageType, c.Construct] = {
     MessageType.HANDSHAKE_RESPONSE: c.Struct("noise" / c.GreedyBytes),
     MessageType.PING: c.Struct("token" / c.Int32ub, "interval_ms" / c.Int32ub, c.Terminated),
     MessageType.PONG: c.Struct("token" / c.Int32ub, c.Terminated),
+    MessageType.STATUS: c.Struct("status" / c.Int8ub, c.Terminated),
 }
 """Payload layout per message type."""
 
@@ -459,6 +484,10 @@ def _check_extensions(extensions: object, name: str) -> None:
             _candidates(value, name)
         elif kind == ExtensionType.DIAL_DELAY and len(value) != 2:
             raise ProtocolError(f"{name}: DIAL_DELAY has {len(value)} bytes, expected 2 (u16 ms)")
+        elif kind == ExtensionType.COORDINATE and value:
+            raise ProtocolError(
+                f"{name}: extension COORDINATE must be empty, has {len(value)} bytes"
+            )
         previous = kind
 
 
@@ -485,6 +514,11 @@ def candidates_extension(addresses: Sequence[Address]) -> Extensions:
         return ()
     value = b"".join(_address_bytes(a) for a in addresses)
     return ((int(ExtensionType.CANDIDATES), value),)
+
+
+def coordinated(extensions: Extensions) -> bool:
+    """Whether an extension area holds the COORDINATE item (section 4.11)."""
+    return any(kind == ExtensionType.COORDINATE for kind, _ in extensions)
 
 
 def dial_delay_extension(ms: int) -> Extensions:
@@ -991,6 +1025,38 @@ class Pong(_Codec):
         return _decode_as(cls, frame)
 
 
+@dataclass(frozen=True, slots=True)
+class Status(_Codec):
+    """peer -> Mediator, only in a coordinated pairing (spec/protocol.md section 4.11): the
+    Peer's PUNCHING confirms PeerDisconnect (instead of a close); DIRECT, RELAY or GAVE_UP is
+    the last frame of either side, sent when it leaves the punch, before it closes."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STATUS
+    status: int
+
+    def __post_init__(self) -> None:
+        if type(self.status) not in (int, StatusCode) or self.status not in _STATUSES:
+            raise ProtocolError(
+                "Status.status must be 1..4 (PUNCHING, DIRECT, RELAY, GAVE_UP), "
+                f"got {self.status!r}"
+            )
+
+    def payload(self) -> bytes:
+        return bytes((self.status,))
+
+    @classmethod
+    def from_payload(cls, p: bytes) -> Status:
+        _fixed(p, (1,), "Status")
+        return cls(_STATUSES.get(p[0], p[0]))
+
+    @classmethod
+    def decode(cls, frame: bytes) -> Status:
+        return _decode_as(cls, frame)
+
+
+_STATUSES: dict[int, StatusCode] = {int(s): s for s in StatusCode}
+
+
 Message = Union[  # noqa: UP007  (Union[...] reads better than nine `|` in a runtime alias)
     Advertise,
     AdvertiseChallenge,
@@ -1003,6 +1069,7 @@ Message = Union[  # noqa: UP007  (Union[...] reads better than nine `|` in a run
     HandshakeResponse,
     Ping,
     Pong,
+    Status,
 ]
 
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
@@ -1019,6 +1086,7 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
         HandshakeResponse,
         Ping,
         Pong,
+        Status,
     )
 }
 """Message class per type."""

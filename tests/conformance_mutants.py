@@ -61,7 +61,7 @@ class EarlyIdentification(MediatorCore):
         TABLE.step(session.state, "eof")
         self._close(conn, session, out, "eof")
         if client is not None and client_conn is not None:
-            TABLE.step(client.state, "partner_confirmed")
+            TABLE.step(client.state, "partner_confirmed", lambda name: False)
             client.partner = None
             self._close(client_conn, client, out, "already introduced")
 
@@ -325,6 +325,62 @@ class NoFloodFloor(MediatorCore):
         return super()._on_ping(conn, session, ping, now, out)  # type: ignore[arg-type]
 
 
+# --- coordinated pairings (§4.3) ----------------------------------------------------------------
+
+
+def no_coordination(config: MediatorConfig) -> MediatorCore:
+    """A Mediator that does not coordinate (conforming: the capability is optional)."""
+    return MediatorCore(dataclasses.replace(config, coordinate=False))
+
+
+class CoordinatedCloseConfirms(MediatorCore):
+    """Echoes COORDINATE but still takes the Peer's clean close for its confirmation: a Peer
+    killed right after PeerDisconnect is introduced to the Client (§4.3 rule 1)."""
+
+    def _on_closed(
+        self, conn: ConnId, clean: bool, error: str | None, now: float, out: list[Action]
+    ) -> None:
+        session = self._sessions.get(conn)
+        if clean and session is not None and session.state == "disconnecting":
+            session.coord = False
+        super()._on_closed(conn, clean, error, now, out)  # type: ignore[arg-type]
+
+
+class QuietPartnerLoss(MediatorCore):
+    """A coordinating session that ends before its done status is closed alone: the partner is
+    left punching until its own deadline (§4.3 rule 4)."""
+
+    def _fail(self, conn, session, event, code, text, out, **options):  # type: ignore[no-untyped-def]
+        if session.state == "coordinating":
+            session.partner = None
+        super()._fail(conn, session, event, code, text, out, **options)
+
+
+class EchoesOneSided(MediatorCore):
+    """Coordinates when only one partner offered COORDINATE: the other one, which never
+    offered it, is sent an item it may not know and rules it does not follow (§4.3)."""
+
+    def _pair(
+        self, conn: ConnId, session: _Session, transition: Transition, now: float, out: list[Action]
+    ) -> None:
+        client_conn = self._registry.lookup(session.their, session.our)
+        client = self._sessions.get(client_conn) if client_conn is not None else None
+        if client is not None and (client.coord or session.coord):
+            client.coord = session.coord = True
+        super()._pair(conn, session, transition, now, out)
+
+
+class DoneAbortsPartner(MediatorCore):
+    """Takes a done status like a loss: the survivor is told PARTNER_LOST although its partner
+    finished (§4.3 rule 3, the race of a handshake completing on one side first)."""
+
+    def _on_status(self, conn, session, message, now, out):  # type: ignore[no-untyped-def]
+        if session.state == "coordinating" and message.status != wire.StatusCode.PUNCHING:
+            self._fail(conn, session, "eof", None, "reported done", out)
+            return False
+        return super()._on_status(conn, session, message, now, out)
+
+
 # --- version 0 ---------------------------------------------------------------------------------
 
 
@@ -394,6 +450,11 @@ V1_MUTANTS: dict[str, Callable[[MediatorConfig], MediatorCore]] = {
     "no-keepalive": NoKeepalive,
     "no-silence-detection": NoSilenceDetection,
     "no-flood-floor": NoFloodFloor,
+    "no-coordination": no_coordination,
+    "coordinated-close-confirms": CoordinatedCloseConfirms,
+    "quiet-partner-loss": QuietPartnerLoss,
+    "done-aborts-partner": DoneAbortsPartner,
+    "echoes-one-sided": EchoesOneSided,
 }
 """Version 1 mutant name -> factory taking the (short) test configuration."""
 

@@ -12,8 +12,11 @@ ambiguities (header version before type and length, the Advertise version field 
 layout, bytes behind the AdvertiseResponse refused before pairing, the Peer's connection closed
 after its clean close, a byte from a confirming Client fails the pairing), and the keepalive of
 §4.1 (Ping answered with Pong while waiting and confirming, accepted from a disconnecting Peer;
-the liveness deadline; the flood floor). Limits: only the global ``max_pending`` and
-``max_waiting`` (the harness cannot reach either). Not a test module.
+the liveness deadline; the flood floor), and the coordinated pairings of §4.3 (COORDINATE
+echoed only when both offered it; Status(PUNCHING) as the confirmation; both connections held
+with Pings; a done status ends one side quietly; any other end tells the partner
+PARTNER_LOST). Limits: only the global ``max_pending`` and ``max_waiting`` (the harness cannot
+reach either). Not a test module.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ from p2psc.keys import HPKE, PublicKey
 MAGIC = b"P2"
 MAX_PAYLOAD = 4096
 ADVERTISE, CHALLENGE, RESPONSE, ABORT, RETRY, DISCONNECT, IDENTIFICATION = range(7)
-PING, PONG = 11, 12
-LAST_TYPE = 12
+PING, PONG, STATUS = 11, 12, 13
+LAST_TYPE = 13
+PUNCHING = 1
+COORDINATE_ITEM = b"\x03\x00"  # extension type 3, empty (protocol.md 3.4)
+COORDINATE_GRACE = 3.0  # §4.3 rule 2: before the first Ping of a coordinating session
 MIN_PING_GAP = 0.5
 (
     UNSUPPORTED_VERSION,
@@ -46,6 +52,7 @@ MIN_PING_GAP = 0.5
     PEER_GONE,
 ) = range(1, 9)
 SILENT = 11
+PARTNER_LOST = 12
 
 FLAWS = frozenset(
     {
@@ -68,6 +75,7 @@ class MiniConfig:
     confirm_timeout: float = 10.0
     max_pending: int = 4096
     max_waiting: int = 100_000
+    coordinate_timeout: float = 20.0
 
 
 class _Refuse(Exception):
@@ -125,6 +133,8 @@ def parse_extensions(area: bytes) -> bytes:
         value = area[off + 2 : off + 2 + size]
         if len(value) != size or not previous < kind or count == 8:
             raise _Refuse(MALFORMED, "bad extension item")
+        if kind == 3 and size:  # COORDINATE: empty
+            raise _Refuse(MALFORMED, "COORDINATE with a value")
         if kind == 1:  # CANDIDATES: 1..8 required addresses
             at, n = 0, 0
             while at < size:
@@ -137,6 +147,16 @@ def parse_extensions(area: bytes) -> bytes:
             cands = value
         previous, count, off = kind, count + 1, off + 2 + size
     return cands
+
+
+def offers_coordinate(area: bytes) -> bool:
+    """Whether a (validated) extension area holds the COORDINATE item."""
+    off = 0
+    while off < len(area):
+        if area[off] == 3:
+            return True
+        off += 2 + area[off + 1]
+    return False
 
 
 def info(our: bytes, their: bytes) -> bytes:
@@ -159,9 +179,12 @@ class Session:
     token: int = 0
     response_deadline: float = 0.0
     last_ping: float | None = None
+    coord: bool = False
+    done: bool = False
     reading: asyncio.Future[bytes] | None = None
     ended: asyncio.Future[None] = field(default_factory=lambda: asyncio.Future())
     paired: asyncio.Future[Session] = field(default_factory=lambda: asyncio.Future())
+    introduced: asyncio.Future[Session] = field(default_factory=lambda: asyncio.Future())
 
     def end(self, last: bytes = b"") -> None:
         """Send ``last`` (if any) and close with a FIN; idempotent."""
@@ -260,8 +283,10 @@ class MiniMediator:
             raise _Refuse(MALFORMED, "truncated Advertise")
         s.our, s.their = payload[1:33], payload[33:65]
         s.local = parse_optional_address(payload[65:])
-        ext = parse_extensions(payload[65 + len(s.local) :])
+        area = payload[65 + len(s.local) :]
+        ext = parse_extensions(area)
         s.cands = bytes((1, len(ext))) + ext if ext else b""
+        s.coord = offers_coordinate(area)
         if s.our == s.their:
             raise _Refuse(SELF_PAIRING, "self pairing")
         nonce = os.urandom(32)
@@ -369,8 +394,13 @@ class MiniMediator:
     async def _client(self, s: Session, peer: Session, reading: asyncio.Future[bytes]) -> None:
         """Confirming: the Peer's task owns the deadline and the introduction."""
         while True:
-            await asyncio.wait({reading, s.ended}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {reading, s.ended, s.introduced}, return_when=asyncio.FIRST_COMPLETED
+            )
             if s.ended.done():
+                return
+            if s.introduced.done():  # coordinated (§4.3): the Peer's task introduced us
+                await self._coordinate(s, peer, reading)
                 return
             if (
                 "ignores-client-bytes" in self.flaws
@@ -398,6 +428,9 @@ class MiniMediator:
         pairing_id = os.urandom(16)  # fresh per pairing, the same in both messages (§4)
         disconnect = pairing_id + address(host, port) + address(*client.remote) + client.local
         disconnect += client.cands
+        coordinated = s.coord and client.coord  # §4.3: only when both offered it
+        if coordinated:
+            disconnect += COORDINATE_ITEM
         s.writer.write(frame(DISCONNECT, disconnect))
         client.paired.set_result(s)
         loop = asyncio.get_running_loop()
@@ -412,7 +445,19 @@ class MiniMediator:
             if reading.exception() is not None or reading.result() != MAGIC[:1]:
                 break  # EOF (the confirmation), a reset or a stray byte: judged below
             try:  # a Ping that crossed PeerDisconnect: accepted, not answered (§4.1 rule 2)
-                await self._ping(s, reading.result(), deadline)
+                if coordinated:
+                    kind, value = await self._small(s, reading.result(), deadline)
+                    if kind == STATUS and value == PUNCHING:  # the confirmation (§4.3 rule 1)
+                        identification = bytes((1,)) + pairing_id + address(host, port)
+                        identification += s.local + s.cands + COORDINATE_ITEM
+                        client.writer.write(frame(IDENTIFICATION, identification))
+                        client.introduced.set_result(s)
+                        await self._coordinate(s, client, self._next_read(s))
+                        return
+                    if kind == STATUS:
+                        raise _Refuse(MALFORMED, "a done status before the confirmation")
+                else:
+                    await self._ping(s, reading.result(), deadline)
             except BaseException:
                 client.end(reason(ABORT, PEER_GONE, "the Peer misbehaved or vanished"))
                 raise
@@ -422,7 +467,7 @@ class MiniMediator:
         if not reading.done():
             client.end(reason(ABORT, TIMEOUT, "the Peer did not confirm"))
             raise _Refuse(TIMEOUT, "you did not close")
-        if reading.exception() is None and reading.result() == b"":
+        if reading.exception() is None and reading.result() == b"" and not coordinated:
             identification = bytes((1,)) + pairing_id + address(host, port) + s.local + s.cands
             client.end(frame(IDENTIFICATION, identification))
             if "keeps-peer-open" in self.flaws:
@@ -431,3 +476,69 @@ class MiniMediator:
             return
         client.end(reason(ABORT, PEER_GONE, "the Peer misbehaved or vanished"))
         self._after_handshake(reading)
+
+    # --- coordinated pairings (§4.3) --------------------------------------------------------
+
+    async def _small(self, s: Session, first: bytes, deadline: float) -> tuple[int, int]:
+        """A Ping (PING, 0) or a Status (STATUS, status) whose first byte was read."""
+        rest = await self._read(s, 5, deadline)
+        header = first + rest
+        if header == MAGIC + bytes((1, STATUS, 0, 1)):
+            value = (await self._read(s, 1, deadline))[0]
+            if not 1 <= value <= 4:
+                raise _Refuse(MALFORMED, "unknown status")
+            return STATUS, value
+        if header != MAGIC + bytes((1, PING, 0, 8)):
+            raise _Refuse(MALFORMED, "neither a Ping nor a Status")
+        token, interval = struct.unpack(">II", await self._read(s, 8, deadline))
+        if not 1000 <= interval <= 3_600_000:
+            raise _Refuse(MALFORMED, "Ping interval out of range")
+        now = asyncio.get_running_loop().time()
+        if s.last_ping is not None and now - s.last_ping < MIN_PING_GAP:
+            raise _Refuse(MALFORMED, "Pings too close together")
+        s.last_ping, s.interval, s.token = now, interval / 1000, token
+        return PING, 0
+
+    def _tell(self, partner: Session) -> None:
+        """§4.3 rule 4: the partner, unless it already reported done, learns at once."""
+        if not partner.done and not partner.ended.done():
+            partner.end(reason(ABORT, PARTNER_LOST, "your partner's connection ended: it is gone"))
+
+    async def _coordinate(
+        self, s: Session, partner: Session, reading: asyncio.Future[bytes]
+    ) -> None:
+        """Hold a coordinated session until its done status (§4.3 rules 2-5)."""
+        loop = asyncio.get_running_loop()
+        end = self._deadline(self.config.coordinate_timeout)
+        alive = min(end, loop.time() + COORDINATE_GRACE)
+        s.last_ping = None
+        try:
+            while True:
+                await asyncio.wait(
+                    {reading, s.ended},
+                    timeout=max(0.0, min(alive, end) - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if s.ended.done():
+                    return  # told by the partner's task, or shut down
+                if not reading.done():
+                    if loop.time() >= end:  # rule 5: the end of the hold is no partner loss
+                        partner.end(reason(ABORT, TIMEOUT, "coordination ended"))
+                        raise _Refuse(TIMEOUT, "coordination ended")
+                    raise _Refuse(SILENT, "no Ping while coordinating")
+                first = self._first_byte(reading)
+                kind, value = await self._small(s, first, end)
+                if kind == PING:
+                    s.writer.write(frame(PONG, struct.pack(">I", s.token)))
+                    alive = loop.time() + 2 * s.interval
+                elif value == PUNCHING:
+                    raise _Refuse(MALFORMED, "a second PUNCHING")
+                else:  # rule 3: done; the partner is not told
+                    s.done = True
+                    s.end()
+                    return
+                reading = self._next_read(s)
+        except BaseException:
+            if not s.done:
+                self._tell(partner)
+            raise

@@ -74,6 +74,10 @@ V1_EXPECTED: dict[str, set[str]] = {
         "timeout-confirm",
         "keepalive-while-confirming",
         "pairing-candidates",  # (its early PeerIdentification also carries no candidates)
+        # (and no COORDINATE, before any confirmation)
+        "coordinate-pairing",
+        "coordinate-close-not-confirmation",
+        "coordinate-partner-lost",
     },
     "no-mutual-intent": {"pairing-mutual-intent-only"},
     # The four misses: deadlines at 60%, a newcomer paired with a waiting key that
@@ -112,6 +116,8 @@ V1_EXPECTED: dict[str, set[str]] = {
         "timeout-response",
         "timeout-confirm",
         "keepalive-silent",
+        "coordinate-close-not-confirmation",
+        "coordinate-partner-lost",
     },
     # Keepalive (§4.1): a Mediator from before it fails every keepalive scenario; one that
     # never moves the waiting deadline keeps a silent advertiser; one without the flood floor
@@ -121,10 +127,30 @@ V1_EXPECTED: dict[str, set[str]] = {
         "keepalive-while-confirming",
         "keepalive-flood-closes",
         "keepalive-silent",
+        # (a Status is a byte after the handshake to it; so is the Ping of coordinate-pairing)
+        "coordinate-pairing",
+        "coordinate-partner-lost",
     },
     "no-silence-detection": {"keepalive-silent"},
-    "drops-candidates": {"pairing-candidates"},
+    # (dropping every extension item drops COORDINATE too: no pairing is coordinated)
+    "drops-candidates": {
+        "pairing-candidates",
+        "coordinate-pairing",
+        "coordinate-close-not-confirmation",
+        "coordinate-partner-lost",
+    },
     "no-flood-floor": {"keepalive-flood-closes"},
+    # Coordinated pairings (§4.3, optional): a Mediator that does not coordinate fails only the
+    # recommended coordination scenarios; each broken rule fails its own.
+    "no-coordination": {
+        "coordinate-pairing",
+        "coordinate-close-not-confirmation",
+        "coordinate-partner-lost",
+    },
+    "coordinated-close-confirms": {"coordinate-close-not-confirmation"},
+    "quiet-partner-loss": {"coordinate-partner-lost"},
+    "done-aborts-partner": {"coordinate-pairing"},
+    "echoes-one-sided": {"coordinate-one-sided"},
 }
 LEGACY_EXPECTED: dict[str, set[str]] = {
     "legacy-keeps-peer-open": {

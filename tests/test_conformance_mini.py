@@ -28,6 +28,10 @@ OPTIONS = HarnessOptions(
     late=2.0,  # every run shares one event loop on a busy machine
 )
 
+NOT_IMPLEMENTED: list[str] = []
+"""Recommended scenarios of optional capabilities the small Mediator does not implement (none:
+it implements the coordinated pairings of spec/mediator.md section 4.3 too)."""
+
 EXPECTED: dict[str, set[str]] = {
     "correct": set(),
     "early-deadlines": {
@@ -72,7 +76,7 @@ async def _run(flaws: frozenset[str]) -> Report:
     mediator = MiniMediator(config, flaws)
     port = await mediator.start()
     try:
-        return await run_conformance("127.0.0.1", port, options=options)
+        return await run_conformance("127.0.0.1", port, options=options, skip=NOT_IMPLEMENTED)
     finally:
         await mediator.close()
 
@@ -100,7 +104,7 @@ def test_every_flaw_is_tested() -> None:
 def test_the_small_mediator_passes_every_scenario(reports: dict[str, Report]) -> None:
     report = reports["correct"]
     assert report.failing() == [], report.format_text()
-    assert [r.name for r in report.results] == [s.name for s in select()]
+    assert [r.name for r in report.results] == [s.name for s in select(skip=NOT_IMPLEMENTED)]
     assert all(r.outcome is Outcome.PASSED for r in report.results)
     for result in report.results:  # its deadlines are measured and never early
         for m in result.measurements:

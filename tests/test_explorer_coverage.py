@@ -126,7 +126,7 @@ def test_coverage_fail_under_sets_the_exit_status(capsys: pytest.CaptureFixture[
     status, out = _explore(capsys, "mediation", "--peers", "2", "--coverage-fail-under", "15")
     assert status == 0, out
     percent = float(out.split("transitions taken (")[1].split("%")[0])
-    assert 15 < percent < 40  # 23 of 113 (the relay's transitions are the relay model's)
+    assert 15 < percent < 40  # 23 of 131 (the relay's transitions are the relay model's)
     status, out = _explore(capsys, "mediation", "--peers", "2", "--coverage-fail-under", "40")
     assert status == 1
     assert "under --coverage-fail-under 40%" in out
@@ -134,9 +134,9 @@ def test_coverage_fail_under_sets_the_exit_status(capsys: pytest.CaptureFixture[
 
 
 def test_coverage_fail_under_on_the_ci_configurations(capsys: pytest.CaptureFixture[str]) -> None:
-    """What CI runs: the richest two-peer configuration keeps at least 55% (65 of 113; the
+    """What CI runs: the richest two-peer configuration keeps at least 55% (78 of 131; the
     relay's 11 Rendezvous transitions and RelayLeg are the relay model's, spec/relay.md)."""
-    args = ("mediation", "--peers", "2", "--faults", "--limits", "--keepalive")
+    args = ("mediation", "--peers", "2", "--faults", "--limits", "--keepalive", "--coordinate")
     args += ("--coverage-fail-under", "55")
     status, out = _explore(capsys, *args)
     assert status == 0, out

@@ -30,6 +30,9 @@ def test_registered_and_shaped_as_specified() -> None:
             "registry_full",
             "duplicate",
             "ping_allowed",
+            "confirms",
+            "reports_done",
+            "coordinated",
         }
     )
     # every non-final state can be left by each connection-level event

@@ -28,7 +28,7 @@ KEYS = {
 }
 ADDRESS_FIELDS = {"local", "peer", "client", "client_local", "peer_local"}
 TEXT_FIELDS = {"text"}
-INT_FIELDS = {"version", "code", "token", "interval_ms"}
+INT_FIELDS = {"version", "code", "token", "interval_ms", "status"}
 
 
 def build(vector: dict[str, Any]) -> Message:

@@ -234,6 +234,7 @@ INT_LIMITS = {
     "code": (0, 65535),
     "token": (0, 2**32 - 1),
     "interval_ms": (wire.MIN_KEEPALIVE_MS, wire.MAX_KEEPALIVE_MS),
+    "status": (1, 4),
 }
 """Range of each integer field by name (u8 / u16 / u32, or narrower)."""
 VARIABLE_BYTES = {"noise": (wire.NOISE_MESSAGE_MIN, wire.MAX_PAYLOAD)}

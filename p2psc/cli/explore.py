@@ -26,7 +26,8 @@ the exit status is 1 when less than PCT percent of the declared transitions were
 mutants (--mutant NAME; the property each one breaks):
   negotiator: tie-local (N2), tie-yield (N1), drop-early-byte (N2)
   mediation:  no-mutual (M1), identify-early (M2), forget-client (M3), keep-open (M3),
-              leaky-registry (M4), mute-pings (K1), slow-pings (K1)
+              leaky-registry (M4), mute-pings (K1), slow-pings (K1), quiet-loss (L1),
+              punch-on (L1)
   direct:     commit-on-init (D2), no-binding (D4), global-cap (D3)
   relay:      path-unbound (R1, always with the bridging relay)
   channel:    skip-lost-record (C1), eof-is-close (C2), close-not-recorded (C3),
@@ -175,6 +176,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
             or args.garbage
             or args.shutdown
             or (args.keepalive)
+            or args.coordinate
         ):
             parser.error("the direct model takes --stranger-budget and --mutant only")
         budget = 2 if args.stranger_budget is None else args.stranger_budget
@@ -184,8 +186,8 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         if args.peers is not None:
             parser.error("--peers applies to the mediation model only")
         options.update(protocols=args.protocols, mixed_sets=args.mixed_sets)
-        if args.keepalive:
-            parser.error("--keepalive applies to the mediation model only")
+        if args.keepalive or args.coordinate:
+            parser.error("--keepalive and --coordinate apply to the mediation model only")
         if args.limits or args.garbage or args.shutdown:
             parser.error("--limits, --garbage and --shutdown apply to the mediation model only")
     else:
@@ -194,7 +196,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[
         options.update(third=(args.peers or 3) >= 3)
         if args.mutant is None:
             options.update(limits=args.limits, garbage=args.garbage, shutdown=args.shutdown)
-            options.update(keepalive=args.keepalive)
+            options.update(keepalive=args.keepalive, coordinate=args.coordinate)
             options.update(peers=args.peers or 3)
         elif args.limits or args.garbage or args.shutdown:
             parser.error("--limits, --garbage and --shutdown do not combine with --mutant")
@@ -345,6 +347,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="mediation: the peers ping the Mediator every 5 s while they wait (property K1; "
         "its mutants always do)",
+    )
+    parser.add_argument(
+        "--coordinate",
+        action="store_true",
+        help="mediation: the peers offer COORDINATE, so the Mediator keeps both connections "
+        "while they punch (property L1; its mutants always do)",
     )
     parser.add_argument(
         "--shutdown",

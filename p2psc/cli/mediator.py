@@ -224,6 +224,8 @@ def _config(args: argparse.Namespace) -> tuple[MediatorConfig, frozenset[str]]:
         challenge_rate=args.challenge_rate,
         challenge_burst=args.challenge_burst,
         require_tls=args.require_tls,
+        coordinate=not args.no_coordinate,
+        coordinate_timeout=args.coordinate_timeout,
         **limits,
     )
     return config, explicit
@@ -374,6 +376,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=defaults.wait_timeout,
         help="seconds a registration may wait for its partner, 0 = no limit (%(default)s)",
+    )
+    parser.add_argument(
+        "--no-coordinate",
+        action="store_true",
+        help="never coordinate a pairing (do not echo COORDINATE: peers close after the "
+        "introduction and a partner that dies is noticed only at its punch timeout; "
+        "spec/mediator.md section 4.3)",
+    )
+    parser.add_argument(
+        "--coordinate-timeout",
+        type=_positive_float,
+        default=defaults.coordinate_timeout,
+        help="seconds a coordinated pairing's connections are held after the introduction "
+        "(%(default)s)",
     )
     limits = parser.add_argument_group(
         "limits",

@@ -47,6 +47,7 @@ S2 = Section("mediator.md", "2", "Sessions and states")
 S3 = Section("mediator.md", "3", "The Mediator handshake")
 S4 = Section("mediator.md", "4", "Pairing and the ordering guarantee")
 S41 = Section("mediator.md", "4.1", "Keepalive while waiting")
+S42 = Section("mediator.md", "4.3", "Coordinated pairings: liveness after the introduction")
 S5 = Section("mediator.md", "5", "Duplicate registration, self pairing, version mismatch")
 S6 = Section("mediator.md", "6", "Limits (no memory growth under load)")
 S7 = Section("mediator.md", "7", "Errors: one connection at a time")
@@ -826,6 +827,110 @@ async def keepalive_silent(ctx: ScenarioContext) -> None:
     )
 
 
+# --- coordinated pairings (§4.3) ---------------------------------------------------------------
+
+COORDINATE: wire.Extensions = ((int(wire.ExtensionType.COORDINATE), b""),)
+"""The COORDINATE capability (protocol.md 3.4, type 3, empty)."""
+
+
+async def _coordinated_disconnect(
+    ctx: ScenarioContext,
+) -> tuple[V1Peer, V1Peer, wire.PeerDisconnect]:
+    """Client A and Peer B both offering COORDINATE; B holds a PeerDisconnect, which must echo
+    the capability (a Mediator that does not coordinate fails here, as these scenarios are
+    recommended: coordination is optional)."""
+    a, b = ctx.ordered_keypairs("A", "B")
+    client = await ctx.register_waiting("client A", a, b.public_key.raw, extensions=COORDINATE)
+    peer = await ctx.register("peer B", b, a.public_key.raw, extensions=COORDINATE)
+    disconnect = await peer.expect(
+        wire.PeerDisconnect, "the later registrant is the Peer (§4 step 2)"
+    )
+    if not wire.coordinated(disconnect.extensions):
+        fail(
+            "COORDINATE in PeerDisconnect when both partners offered it (§4.3; optional: a "
+            "Mediator that does not coordinate fails the recommended coordination scenarios)",
+            f"PeerDisconnect without it (extensions {disconnect.extensions!r})",
+        )
+    return client, peer, disconnect
+
+
+async def _coordinated_introduction(ctx: ScenarioContext) -> tuple[V1Peer, V1Peer]:
+    """A coordinated pairing up to the Client's PeerIdentification (both connections open)."""
+    client, peer, _ = await _coordinated_disconnect(ctx)
+    await peer.send(wire.Status(wire.StatusCode.PUNCHING))
+    identification = await client.expect(
+        wire.PeerIdentification, "Status(PUNCHING) is the Peer's confirmation (§4.3 rule 1)"
+    )
+    if not wire.coordinated(identification.extensions):
+        fail(
+            "COORDINATE in the PeerIdentification of a coordinated pairing (§4.3)",
+            f"PeerIdentification without it (extensions {identification.extensions!r})",
+        )
+    return client, peer
+
+
+async def coordinate_one_sided(ctx: ScenarioContext) -> None:
+    a, b = ctx.ordered_keypairs("A", "B")
+    client = await ctx.register_waiting("client A", a, b.public_key.raw, extensions=COORDINATE)
+    peer = await ctx.register("peer B", b, a.public_key.raw)
+    disconnect, identification = await complete_pairing(ctx, client, peer)
+    for name, message in (("PeerDisconnect", disconnect), ("PeerIdentification", identification)):
+        if wire.coordinated(message.extensions):
+            fail(
+                f"no COORDINATE in {name} when only one partner offered it (§4.3 Capability)",
+                f"{name} with COORDINATE",
+            )
+
+
+async def coordinate_pairing(ctx: ScenarioContext) -> None:
+    client, peer = await _coordinated_introduction(ctx)
+    await client.expect_silence(
+        ctx.options.quiet, "the Client's connection is held while it punches (§4.3 rule 1)"
+    )
+    await _ping(ctx, client, 1, "a coordinating peer's Ping is answered (§4.3 rule 2)")
+    # The race of §4.3 rule 3: the Client leaves first; the Peer must not be told anything.
+    await client.send(wire.Status(wire.StatusCode.DIRECT))
+    client.close()
+    await peer.expect_silence(
+        ctx.options.quiet, "a done status never makes the survivor abort (§4.3 rule 3)"
+    )
+    await peer.send(wire.Status(wire.StatusCode.DIRECT))
+    await expect_clean_close(peer, "a done status ends that side's session (§4.3 rule 3)")
+
+
+async def coordinate_close_is_no_confirmation(ctx: ScenarioContext) -> None:
+    client, peer, _ = await _coordinated_disconnect(ctx)
+    peer.close()
+    seen = await expect_prompt_close(
+        client,
+        "in a coordinated pairing the Peer's close is no confirmation: the Client is never "
+        "introduced (§4.3 rule 1)",
+        deadline=ctx.options.confirm_timeout,
+    )
+    codes = [m.code for m in seen if isinstance(m, wire.AdvertiseAbort)]
+    if R.PEER_GONE not in codes:
+        observed = ", ".join(f"AdvertiseAbort({reason_name(c)})" for c in codes) or "no abort"
+        fail(
+            f"AdvertiseAbort(PEER_GONE) at {client.label} before the close (§4.3 rule 1)", observed
+        )
+
+
+async def coordinate_partner_lost(ctx: ScenarioContext) -> None:
+    client, peer = await _coordinated_introduction(ctx)
+    client.reset()  # the Client's process died while punching
+    seen = await expect_prompt_close(
+        peer,
+        "the survivor is told at once that its partner is gone (§4.3 rule 4)",
+        deadline=ctx.options.confirm_timeout,
+    )
+    codes = [m.code for m in seen if isinstance(m, wire.AdvertiseAbort)]
+    if R.PARTNER_LOST not in codes:
+        observed = ", ".join(f"AdvertiseAbort({reason_name(c)})" for c in codes) or "no abort"
+        fail(
+            f"AdvertiseAbort(PARTNER_LOST) at {peer.label} before the close (§4.3 rule 4)", observed
+        )
+
+
 # --- faults while pairing ---------------------------------------------------------------------
 
 
@@ -1301,6 +1406,39 @@ V1_SCENARIOS: tuple[Scenario, ...] = (
         "a waiting advertiser that announced 1 s and stops pinging gets AdvertiseAbort(SILENT) "
         "and a close within --late of 2 s, never before, and its registration is gone",
         keepalive_silent,
+    ),
+    _scenario(
+        "coordinate-one-sided",
+        S42,
+        REQUIRED,
+        "only the Client offers COORDINATE: the pairing is exactly an uncoordinated one (no "
+        "COORDINATE echoed, the Peer's close confirms)",
+        coordinate_one_sided,
+    ),
+    _scenario(
+        "coordinate-pairing",
+        S42,
+        RECOMMENDED,
+        "both offer COORDINATE: it is echoed, Status(PUNCHING) introduces the Client, both "
+        "connections are held, Pings are answered, and a done status from one side tells the "
+        "other nothing",
+        coordinate_pairing,
+    ),
+    _scenario(
+        "coordinate-close-not-confirmation",
+        S42,
+        RECOMMENDED,
+        "in a coordinated pairing the Peer's close after PeerDisconnect is no confirmation: the "
+        "Client gets AdvertiseAbort(PEER_GONE), never PeerIdentification",
+        coordinate_close_is_no_confirmation,
+    ),
+    _scenario(
+        "coordinate-partner-lost",
+        S42,
+        RECOMMENDED,
+        "a coordinating Client that resets before its done status: the Peer gets "
+        "AdvertiseAbort(PARTNER_LOST) and a close at once",
+        coordinate_partner_lost,
     ),
     _scenario(
         "fault-peer-reset",

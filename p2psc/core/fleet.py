@@ -48,6 +48,7 @@ from p2psc.core.mediator import (
     _retry,
     _Session,
     _step,
+    _uncoordinated,
 )
 from p2psc.errors import ProtocolError
 from p2psc.keys import HPKE, NonceCrypto, NonceSource, nonces_equal, system_nonces
@@ -356,6 +357,12 @@ class FleetCore(MediatorCore):
             conn, session, event, code, text, out, partner_code=partner_code, oracle=oracle
         )
 
+    def _coordinates(self) -> bool:
+        """A fleet never coordinates (spec/mediator.md section 10): partners may sit on
+        different instances, and the notify path carries no coordination. It does not echo
+        COORDINATE, so its pairings are exactly the uncoordinated ones."""
+        return False
+
     def _confirmed(
         self, conn: ConnId, session: _Session, now: float, out: list[MediatorAction]
     ) -> None:
@@ -560,7 +567,7 @@ class FleetCore(MediatorCore):
                 peer_local=peer_local,
                 extensions=_forwarded(peer_cands),
             ).encode()
-            _step(session.state, "partner_confirmed")
+            _step(session.state, "partner_confirmed", _uncoordinated)
             self._remote.pop(target, None)
             out.append(Send(target, identification))
             self._note("introduced", target, session)

@@ -115,13 +115,20 @@ CHALLENGED = "challenged"
 WAITING = "waiting"
 DISCONNECTING = "disconnecting"
 CONFIRMING = "confirming"
+COORDINATING = "coordinating"
 CLOSED = "closed"
 _PENDING = frozenset({AWAITING_ADVERTISE, CHALLENGED})
 _COUNTED = {AWAITING_ADVERTISE: "pending", CHALLENGED: "pending", WAITING: "waiting"}
 """Which counter (see MediatorCore._count) a state is counted in; other states are in none."""
 _FRAMING = frozenset({AWAITING_ADVERTISE, CHALLENGED})
-_KEEPALIVE = frozenset({WAITING, DISCONNECTING, CONFIRMING})
-"""States in which a version 1 advertiser may send Ping frames (and nothing else)."""
+_KEEPALIVE = frozenset({WAITING, DISCONNECTING, CONFIRMING, COORDINATING})
+"""States in which a version 1 advertiser may send Ping (and, coordinated, Status) frames."""
+_PAIRING = frozenset({DISCONNECTING, CONFIRMING, COORDINATING})
+"""States in which a session has a partner whose end it must hear of."""
+COORDINATE_GRACE = 3.0
+"""Seconds a coordinating session may stay silent before its first Ping (spec/mediator.md
+section 4.3: peers ping every second while coordinating; later, twice the announced interval)."""
+_STATUS_HEADER = wire.MAGIC + bytes((wire.PROTOCOL_VERSION, wire.MessageType.STATUS, 0, 1))
 MIN_PING_GAP = 0.5
 """Seconds a session's Ping must follow its previous one (spec/mediator.md section 4.1): Pings
 announce at least 1 s, so twice that rate is a flood, refused as MALFORMED."""
@@ -195,9 +202,21 @@ class MediatorConfig:
     """... up to this many at once; an Advertise over the budget gets AdvertiseRetry(BUSY)."""
     require_tls: bool = False
     """Refuse version 1 Advertise frames that did not arrive over TLS (TLS_REQUIRED)."""
+    coordinate: bool = True
+    """Echo the COORDINATE capability when both partners offer it (spec/mediator.md section
+    4.3): keep both connections while they punch and tell the survivor when one goes away."""
+    coordinate_timeout: float = 20.0
+    """How long a coordinated pairing's connections are held after the introduction (longer
+    than the peers' punch timeout, 10 s by default); at the end they are closed with
+    AdvertiseAbort(TIMEOUT), which does not stop the punch."""
 
     def __post_init__(self) -> None:
-        for name in ("advertise_timeout", "response_timeout", "confirm_timeout"):
+        for name in (
+            "advertise_timeout",
+            "response_timeout",
+            "confirm_timeout",
+            "coordinate_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         if self.wait_timeout is not None and not self.wait_timeout > 0:
@@ -261,6 +280,7 @@ SessionRow = tuple[
     float | None,  # when the last Ping arrived (None: none yet)
     bytes,  # the CANDIDATES extension value of the Advertise (b"": none)
     float | None,  # round trip: when challenged, the challenge's send time; then the measurement
+    bool,  # offered COORDINATE; once paired: the pairing is coordinated
 ]
 MediatorSnapshot = tuple[
     tuple[SessionRow, ...], tuple[tuple[RegistryKey, int], ...], bool, AdmissionSnapshot
@@ -276,6 +296,7 @@ class _Session:
     __slots__ = (
         "buf",
         "cands",
+        "coord",
         "deadline",
         "local",
         "nonce",
@@ -318,6 +339,10 @@ class _Session:
         self.rtt: float | None = None
         """While challenged: when the AdvertiseChallenge went out; from the AdvertiseResponse
         on: the round trip measured between the two (the dial schedule, section 4.2)."""
+        self.coord = False
+        """Before pairing: its Advertise offered COORDINATE. Once paired: the pairing is
+        coordinated (both offered it and this mediator coordinates). While coordinating,
+        ``wait_end`` is the end of the hold (``coordinate_timeout`` after the introduction)."""
 
     def as_tuple(self, conn: ConnId) -> SessionRow:
         return (
@@ -336,6 +361,7 @@ class _Session:
             self.pinged,
             self.cands,
             self.rtt,
+            self.coord,
         )
 
 
@@ -355,6 +381,9 @@ def _dial_schedule(peer_rtt: float | None, client_rtt: float | None) -> wire.Ext
     return wire.dial_delay_extension(round((peer_rtt + client_rtt) * 500))
 
 
+_COORDINATE_ITEM: wire.Extensions = ((int(wire.ExtensionType.COORDINATE), b""),)
+
+
 def _partner_text(event: str, text: str) -> str:
     """What the surviving side of a failed pairing is told: whose connection did what (the
     text is the partner's, not the recipient's: spec/mediator.md section 4)."""
@@ -364,9 +393,16 @@ def _partner_text(event: str, text: str) -> str:
         "timeout": "timed out",
         "bad_input": "broke the protocol",
         "ping": "broke the protocol",
+        "status": "broke the protocol",
         "shutdown": "was shut down",
     }.get(event, event)
     return f"your partner's connection to the mediator {how} ({text})"
+
+
+def _uncoordinated(name: str) -> bool:
+    """Guard oracle of an uncoordinated ``partner_confirmed`` (its one guard is false)."""
+    del name
+    return False
 
 
 def _version_unsupported(name: str) -> bool:
@@ -424,6 +460,8 @@ class MediatorCore:
         self._waiting_by_ip: dict[str, int] = {}
         """Waiting registrations per origin (an address, or an IPv6 prefix)."""
         self._shutting_down = False
+        self._now = 0.0
+        """The time of the event being handled (for texts that say how long ago)."""
 
     # --- introspection ------------------------------------------------------------------
 
@@ -490,6 +528,7 @@ class MediatorCore:
             session = _Session(state, remote, deadline, core.origin(remote[0]))
             session.wait_end, session.pinged, session.cands = row[11:14]
             session.rtt = row[14] if len(row) > 14 else None
+            session.coord = bool(row[15]) if len(row) > 15 else False
             session.buf, session.local, session.our, session.their = buf, local, our, their
             session.nonce, session.partner, session.secure = nonce, partner, secure
             core._sessions[conn] = session
@@ -504,6 +543,7 @@ class MediatorCore:
 
     def handle(self, event: Event, now: float) -> list[MediatorAction]:
         """Apply one adapter event at time ``now``; return the actions to execute, in order."""
+        self._now = now
         out: list[MediatorAction] = []
         kind = type(event)
         # exact-type dispatch (cheaper than isinstance chains on the hot path)
@@ -523,7 +563,7 @@ class MediatorCore:
 
     def shutdown(self, now: float) -> list[MediatorAction]:
         """Abort every session with SHUTTING_DOWN and refuse new connections from now on."""
-        del now  # no deadline involved; kept for a uniform signature
+        self._now = now
         self._shutting_down = True
         out: list[MediatorAction] = []
         for conn in sorted(self._sessions):
@@ -630,7 +670,12 @@ class MediatorCore:
         """Take ``event`` (a way to ``closed``), send AdvertiseAbort(code) when ``code`` is set,
         close, and if the session was in a pairing, fail the partner too."""
         _step(session.state, event, oracle)
-        partner_conn = session.partner if session.state in (DISCONNECTING, CONFIRMING) else None
+        partner_conn = session.partner if session.state in _PAIRING else None
+        partner_text = _partner_text(event, text)
+        if session.state == COORDINATING:
+            partner_text = self._lost_text(session, event, text, now=self._now)
+            if partner_code == _R.PEER_GONE:
+                partner_code = _R.PARTNER_LOST
         if code is not None:
             out.append(Send(conn, _abort(code, text)))
         if event not in ("eof",):
@@ -643,7 +688,7 @@ class MediatorCore:
                 self._note(
                     "failed", partner_conn, partner, f"partner {event}: {text}", f"partner_{event}"
                 )
-                out.append(Send(partner_conn, _abort(partner_code, _partner_text(event, text))))
+                out.append(Send(partner_conn, _abort(partner_code, partner_text)))
                 self._close(partner_conn, partner, out, f"partner_lost: {event}")
 
     # --- events ---------------------------------------------------------------------------
@@ -735,7 +780,8 @@ class MediatorCore:
         session = self._sessions.get(conn)
         if session is None:
             return
-        if clean and session.state == DISCONNECTING:  # only a clean end is the confirmation
+        if clean and session.state == DISCONNECTING and not session.coord:
+            # only a clean end is the confirmation (coordinated: only Status(PUNCHING) is)
             self._confirmed(conn, session, now, out)
             return
         if clean:
@@ -754,6 +800,9 @@ class MediatorCore:
             out.append(SetTimer(conn, session.deadline))  # early or stale timer: re-arm
             return
         end = session.wait_end
+        if session.state == COORDINATING:
+            self._coordination_timer(conn, session, now, out)
+            return
         if session.state == WAITING and session.pinged is not None and (end is None or now < end):
             # The keepalive deadline (section 4.1), earlier than wait_timeout's end.
             silent = now - (session.pinged or now)
@@ -764,7 +813,9 @@ class MediatorCore:
             AWAITING_ADVERTISE: "no complete Advertise before the deadline",
             CHALLENGED: "no complete AdvertiseResponse before the deadline",
             WAITING: "the wanted peer did not register before the deadline",
-            DISCONNECTING: "the Peer did not close after PeerDisconnect before the deadline",
+            DISCONNECTING: "the Peer did not close after PeerDisconnect before the deadline"
+            if not session.coord
+            else "the Peer did not confirm PeerDisconnect (Status PUNCHING) before the deadline",
             CONFIRMING: "the Peer did not confirm PeerDisconnect before the deadline",
         }[session.state]
         self._fail(conn, session, "timeout", _R.TIMEOUT, step, out, partner_code=_R.TIMEOUT)
@@ -850,24 +901,33 @@ class MediatorCore:
     def _keepalive_bytes(
         self, conn: ConnId, session: _Session, data: bytes, now: float, out: list[MediatorAction]
     ) -> None:
-        """Bytes after the handshake: only whole Ping frames are allowed. Each header byte is
-        judged as it arrives (a Ping header is fixed), so at most one 14-byte Ping is buffered."""
+        """Bytes after the handshake: only whole Ping (and Status) frames are allowed. Each
+        header byte is judged as it arrives (both headers are fixed), so at most one 14-byte
+        frame is buffered."""
         buf = session.buf + data
         while buf:
             have = min(len(buf), _HEADER_SIZE)
-            if buf[:have] != _PING_HEADER[:have]:
+            status = have > 3 and buf[3] == wire.MessageType.STATUS
+            header = _STATUS_HEADER if status else _PING_HEADER
+            if buf[:have] != header[:have]:
                 self._bad(conn, session, f"unexpected bytes in state {session.state}", out)
                 return
-            end = _HEADER_SIZE + 8
+            end = _HEADER_SIZE + (1 if status else 8)
             if len(buf) < end:
                 break
             try:
-                ping = wire.Ping.decode(buf[:end])
+                message = wire.decode(buf[:end])
             except ProtocolError as error:
                 self._bad(conn, session, error.reason, out)
                 return
             buf = buf[end:]
-            if not self._on_ping(conn, session, ping, now, out):
+            if isinstance(message, wire.Status):
+                session.buf = buf
+                if not self._on_status(conn, session, message, now, out):
+                    return
+                continue
+            assert isinstance(message, wire.Ping)
+            if not self._on_ping(conn, session, message, now, out):
                 return
         session.buf = buf
 
@@ -896,12 +956,140 @@ class MediatorCore:
         if session.state == DISCONNECTING:
             return True  # the Peer closes next: nothing to answer, nothing to move
         out.append(Send(conn, wire.Pong(ping.token).encode()))
-        if session.state == WAITING:
+        if session.state in (WAITING, COORDINATING):
             alive = now + 2 * ping.interval_ms / 1000
             end = session.wait_end
             session.deadline = alive if end is None else min(alive, end)
             out.append(SetTimer(conn, session.deadline))
         return True
+
+    # --- coordinated pairings (spec/mediator.md section 4.3) ---------------------------------
+
+    def _coordinates(self) -> bool:
+        """Whether this core may coordinate a pairing (a fleet does not: its partners may sit
+        on different instances, spec/mediator.md section 10)."""
+        return self.config.coordinate
+
+    def _on_status(
+        self,
+        conn: ConnId,
+        session: _Session,
+        message: wire.Status,
+        now: float,
+        out: list[MediatorAction],
+    ) -> bool:
+        """A Status frame (False when it closed the session)."""
+        state = session.state
+        if state not in (DISCONNECTING, COORDINATING):
+            self._bad(conn, session, f"Status is not allowed in state {state}", out)
+            return False
+        code = message.status
+        coord = session.coord
+
+        def oracle(name: str) -> bool:
+            if name == "confirms":
+                return coord and code == wire.StatusCode.PUNCHING
+            if name == "reports_done":
+                return code != wire.StatusCode.PUNCHING
+            raise InvalidTransition("MediatorSession", state, f"guard {name}")
+
+        transition = _step(state, "status", oracle)
+        if transition.target == COORDINATING:
+            self._confirmed_coordinated(conn, session, transition, now, out)
+            return conn in self._sessions
+        if transition.guards and transition.guards[0].name == "reports_done":
+            # This side left the punch: close it; its end is no news to the partner.
+            partner_conn = session.partner
+            partner = self._sessions.get(partner_conn) if partner_conn is not None else None
+            if partner is not None and partner.state == COORDINATING:
+                _step(partner.state, "partner_done")
+                partner.partner = None
+            session.partner = None
+            name = wire.StatusCode(code).name
+            self._note("closed", conn, session, f"reported {name}")
+            self._close(conn, session, out, f"status: {name}: left the punch")
+            return False
+        why = (
+            "Status in a pairing that is not coordinated"
+            if not coord
+            else f"Status {code} is not allowed in state {state}"
+        )
+        self._fail(conn, session, "status", _R.MALFORMED, why, out, oracle=oracle)
+        return False
+
+    def _confirmed_coordinated(
+        self,
+        conn: ConnId,
+        session: _Session,
+        transition: Transition,
+        now: float,
+        out: list[MediatorAction],
+    ) -> None:
+        """The Peer of a coordinated pairing sent Status(PUNCHING): it listens. Introduce it,
+        and hold both connections (``coordinating``) until each reports leaving the punch."""
+        client_conn = session.partner
+        client = self._sessions.get(client_conn) if client_conn is not None else None
+        if client is None or client_conn is None or client.state != CONFIRMING:
+            self._fail(conn, session, "timeout", _R.PARTNER_LOST, "the Client is gone", out)
+            return
+        try:
+            identification = wire.PeerIdentification(
+                version=wire.PROTOCOL_VERSION,
+                pairing_id=session.nonce or b"",
+                peer=wire.Address.from_tuple(session.remote),
+                peer_local=session.local,
+                extensions=_forwarded(session.cands) + _COORDINATE_ITEM,
+            ).encode()
+        except ProtocolError as error:
+            self._fail(conn, session, "bad_input", _R.MALFORMED, "cannot introduce you", out)
+            if client_conn in self._sessions:
+                self._bad(client_conn, client, f"cannot encode PeerIdentification: {error}", out)
+            return
+        end = now + self.config.coordinate_timeout
+        grace = min(now + COORDINATE_GRACE, end)
+        self._move(conn, session, transition)
+        client_step = _step(client.state, "partner_confirmed", lambda name: client.coord)
+        client.state = client_step.target
+        for side, who in ((conn, session), (client_conn, client)):
+            who.wait_end, who.deadline, who.pinged = end, grace, None
+            out.append(SetTimer(side, grace))
+        out.append(Send(client_conn, identification))
+        self._note("introduced", client_conn, client)
+
+    def _lost_text(self, session: _Session, event: str, text: str, now: float) -> str:
+        """What the survivor of a coordinated pairing is told (the partner's end, and when)."""
+        how = {
+            "eof": "closed",
+            "lost": "was lost",
+            "timeout": "went silent",
+            "bad_input": "broke the protocol",
+            "ping": "broke the protocol",
+            "status": "broke the protocol",
+            "shutdown": "was shut down",
+        }.get(event, event)
+        since = ""
+        if session.wait_end is not None:
+            ms = max(0.0, now - (session.wait_end - self.config.coordinate_timeout)) * 1000
+            since = f" {ms:.0f} ms after the introduction"
+        return (
+            f"your partner's connection to the mediator {how}{since} without reporting that "
+            f"it left the punch: it is gone ({text})"
+        )
+
+    def _coordination_timer(
+        self, conn: ConnId, session: _Session, now: float, out: list[MediatorAction]
+    ) -> None:
+        """A coordinating session's deadline: the end of the hold, or silence."""
+        end = session.wait_end
+        if end is not None and now >= end:
+            held = self.config.coordinate_timeout
+            text = f"coordination ended after {held:g} s (the punch goes on without it)"
+            self._fail(conn, session, "timeout", _R.TIMEOUT, text, out, partner_code=_R.TIMEOUT)
+            return
+        last = session.pinged
+        silent = f"no Ping for {now - last:.1f} s" if last is not None else "no Ping at all"
+        text = f"{silent} while coordinating (peers ping every second)"
+        self._fail(conn, session, "timeout", _R.SILENT, text, out)
 
     # --- framing --------------------------------------------------------------------------
 
@@ -995,6 +1183,8 @@ class MediatorCore:
         for kind, value in message.extensions:
             if kind == wire.ExtensionType.CANDIDATES:
                 session.cands = value
+            elif kind == wire.ExtensionType.COORDINATE:
+                session.coord = True
         if transition.target == CLOSED:
             guard = transition.guards[0].name
             code, text = _GUARD_FAILURE[guard]
@@ -1103,13 +1293,16 @@ class MediatorCore:
             self._close(conn, session, out, "pairing race")
             return
         pairing_id = self._nonce_source(wire.PAIRING_ID_SIZE)
+        coord = session.coord and client.coord and self._coordinates()
         try:
             disconnect = wire.PeerDisconnect(
                 pairing_id=pairing_id,
                 peer=wire.Address.from_tuple(session.remote),
                 client=wire.Address.from_tuple(client.remote),
                 client_local=client.local,
-                extensions=_forwarded(client.cands) + _dial_schedule(session.rtt, client.rtt),
+                extensions=_forwarded(client.cands)
+                + _dial_schedule(session.rtt, client.rtt)
+                + (_COORDINATE_ITEM if coord else ()),
             ).encode()
         except ProtocolError as error:  # an observed address the wire cannot carry
             self._registry.register(client.our, client.their, client_conn)
@@ -1120,6 +1313,7 @@ class MediatorCore:
         self._count(client_conn, client, -1)  # it left the registry through claim()
         client.state = partner_step.target
         session.partner, client.partner = client_conn, conn
+        session.coord = client.coord = coord
         session.nonce = pairing_id  # the Client's PeerIdentification carries the same id
         deadline = now + self.config.confirm_timeout
         session.deadline = client.deadline = deadline
@@ -1152,7 +1346,7 @@ class MediatorCore:
             self._bad(client_conn, client, f"cannot encode PeerIdentification: {error.reason}", out)
             return
         self._close(conn, session, out, "eof: PeerDisconnect confirmed")
-        _step(client.state, "partner_confirmed")
+        _step(client.state, "partner_confirmed", _uncoordinated)
         out.append(Send(client_conn, identification))
         self._note("introduced", client_conn, client)
         client.partner = None

@@ -79,6 +79,7 @@ from p2psc.errors import (
     MediatorSilent,
     MediatorUnreachable,
     P2pscError,
+    PartnerLost,
     PeerUnreachable,
     ProtocolError,
     RelayRefused,
@@ -153,6 +154,9 @@ one path never verifies on the other, so both sides agree on the path they ended
 RELAY_CONN: ConnId = 1 << 19
 """The connection to the relay (issue 14). Outgoing direct attempts never reach this number."""
 RELAY_MODES = ("never", "auto", "only")
+COORDINATE_PING = 1.0
+"""Seconds between our Pings while a coordinated pairing punches (spec/mediator.md section
+4.3): the Mediator takes twice that without one as our silence, and tells our partner."""
 SESSION_SECRET_INFO = b"p2psc v1 session secret\x00"
 """HKDF ``info`` of the session secret derived from the Noise handshake hash."""
 
@@ -244,6 +248,10 @@ class PeerConfig:
     candidates: tuple[str, ...] | None = None
     relay: str = "never"
     relay_address: tuple[str, int] | None = None
+    coordinate: bool = True
+    """Offer the COORDINATE capability (spec/mediator.md section 4.3): when the Mediator echoes
+    it, keep the Mediator connection while punching, so that a partner that dies after the
+    introduction is reported at once (PartnerLost) instead of at the punch timeout."""
 
     def __post_init__(self) -> None:
         if self.relay not in RELAY_MODES:
@@ -322,6 +330,9 @@ class PeerSnapshot:
     """(next Ping token, token of the Ping awaiting its Pong, when the Mediator last spoke,
     when our registration was answered)."""
     relay: tuple[str | None, bytes, HandshakeSnapshot | None, bytes] = (None, b"", None, b"")
+    coordination: float | None = None
+    """When a coordinated introduction arrived, while its Mediator connection is kept (None:
+    no coordination, or it ended)."""
 
 
 def take_frame(buf: bytes) -> tuple[bytes, wire.Message, bytes] | None:
@@ -441,6 +452,7 @@ class PeerOptions(TypedDict, total=False):
     candidates: tuple[str, ...] | None
     relay: str
     relay_address: tuple[str, int] | str | None
+    coordinate: bool
 
 
 def peer_config(
@@ -483,6 +495,9 @@ def parse_host_port(address: tuple[str, int] | str) -> tuple[str, int]:
         raise ValueError(f"expected HOST:PORT with a port in 1..65535, got {address!r}")
     return str(host), int(port)
 
+
+_COORDINATE: wire.Extensions = ((int(wire.ExtensionType.COORDINATE), b""),)
+_STATUS_PUNCHING = wire.Status(wire.StatusCode.PUNCHING).encode()
 
 _MEDIATOR_EVENTS: dict[type, str] = {
     wire.AdvertiseChallenge: "advertise_challenge",
@@ -560,6 +575,8 @@ class PeerCore:
         self.relay_rx = b""
         self.relay_initiator: HandshakeState | None = None
         self.relay_init_frame = b""
+        self.coordinated: float | None = None
+        """While a coordinated pairing keeps the Mediator connection: when we were introduced."""
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -596,6 +613,7 @@ class PeerCore:
                 None if self.relay_initiator is None else self.relay_initiator.snapshot(),
                 self.relay_init_frame,
             ),
+            coordination=self.coordinated,
         )
 
     @classmethod
@@ -632,6 +650,7 @@ class PeerCore:
         core.relay_state, core.relay_rx, relay_initiator, core.relay_init_frame = snapshot.relay
         if relay_initiator is not None:
             core.relay_initiator = HandshakeState.from_snapshot(relay_initiator)
+        core.coordinated = snapshot.coordination
         return core
 
     @property
@@ -672,6 +691,8 @@ class PeerCore:
             return self._candidate_bytes(conn, event.data, now)
         if conn == self.mediator:
             self.heard = now
+            if self.coordinated is not None:
+                return self._coordination_bytes(conn, self.rx.get(conn, b"") + event.data, now)
         return self._mediator_bytes(conn, self.rx.get(conn, b"") + event.data, now)
 
     # --- timers ---------------------------------------------------------------------------
@@ -700,6 +721,8 @@ class PeerCore:
             return self._connect_mediator(now)
         if timer == CANDIDATE_TIMER:
             return self._silent_candidates(now)
+        if timer == KEEPALIVE_TIMER and self.coordinated is not None:
+            return self._coordinate_due(now)
         if timer == KEEPALIVE_TIMER:
             return self._keepalive_due(now)
         index = timer - PUNCH_TIMER_BASE
@@ -772,7 +795,7 @@ class PeerCore:
             self.config.keypair.public_key.raw,
             self.config.peer_key.raw,
             local,
-            wire.candidates_extension(candidates),
+            wire.candidates_extension(candidates) + (_COORDINATE if self.config.coordinate else ()),
         )
         self.advertised_at = now
         return [
@@ -917,11 +940,20 @@ class PeerCore:
         if self.local is not None:  # without it the Client connects out only (unbound attempts)
             actions.append(Listen(LISTENER, self.local[1]))
             self.open_conns |= {LISTENER}
-        actions.append(Close(conn, f"{type(message).__name__}: punching"))
-        if KEEPALIVE_TIMER in self.timers:
-            actions.append(self._set_timer(KEEPALIVE_TIMER, None))
-        self._forget(conn)
-        self.mediator = None
+        if config.coordinate and wire.coordinated(message.extensions):
+            # Coordinated (spec/mediator.md section 4.3): keep the Mediator connection; the
+            # Peer confirms with Status(PUNCHING) (after Listen: the ordering guarantee).
+            self.coordinated = now
+            if role == "peer":
+                actions.append(Send(conn, _STATUS_PUNCHING))
+            actions.append(self._set_timer(KEEPALIVE_TIMER, now + COORDINATE_PING))
+            self.ping_outstanding = None
+        else:
+            actions.append(Close(conn, f"{type(message).__name__}: punching"))
+            if KEEPALIVE_TIMER in self.timers:
+                actions.append(self._set_timer(KEEPALIVE_TIMER, None))
+            self._forget(conn)
+            self.mediator = None
         if isinstance(message, wire.PeerIdentification):
             ours, theirs = config.keypair.public_key.raw, config.peer_key.raw
             self.initiator = HandshakeState.initiator(
@@ -936,6 +968,88 @@ class PeerCore:
             )
         return actions + self._start_punching(
             message.client, message.client_local, now, message.candidates, message.dial_delay
+        )
+
+    # --- coordination (spec/mediator.md section 4.3) ---------------------------------------
+
+    def _coordinate_due(self, now: float) -> list[PeerAction]:
+        """Ping the Mediator while punching (it takes silence for our death). Unanswered Pings
+        are not our concern: losing the Mediator only ends the coordination."""
+        assert self.mediator is not None
+        self._step("coordinate_due")
+        token = self.ping_token
+        self.ping_token = (token + 1) & 0xFFFFFFFF
+        ping = wire.Ping(token, round(COORDINATE_PING * 1000))
+        return [
+            Send(self.mediator, ping.encode()),
+            self._set_timer(KEEPALIVE_TIMER, now + COORDINATE_PING),
+        ]
+
+    def _coordination_bytes(self, conn: ConnId, buf: bytes, now: float) -> list[PeerAction]:
+        """The Mediator spoke while we punch: Pongs, or an AdvertiseAbort. PARTNER_LOST fails
+        the attempt at once; anything else (another reason, bytes that break the protocol)
+        only ends the coordination: a Mediator can make us give up, never connect elsewhere."""
+        while True:
+            try:
+                taken = take_frame(buf)
+            except ProtocolError as error:
+                return self._end_coordination(f"the Mediator broke the protocol: {error.reason}")
+            if taken is None:
+                self.rx[conn] = buf
+                return []
+            _, message, buf = taken
+            if isinstance(message, wire.Pong):
+                self._step("mediator_pong")
+                continue
+            if isinstance(message, wire.AdvertiseAbort):
+                if message.code == wire.Reason.PARTNER_LOST:
+                    return self._partner_lost(message, now)
+                return self._end_coordination(
+                    f"the Mediator ended it ({_reason_name(message.code)}: {message.text})"
+                )
+            return self._end_coordination(
+                f"the Mediator sent {type(message).__name__}, which it must not while we punch"
+            )
+
+    def _end_coordination(self, why: str) -> list[PeerAction]:
+        """The Mediator connection ended (or broke the protocol): punch on without it."""
+        conn = self.mediator
+        self._step("coordination_over")
+        self.coordinated = None
+        self.mediator = None
+        actions: list[PeerAction] = [self._set_timer(KEEPALIVE_TIMER, None)]
+        if conn is not None and conn in self.open_conns:
+            self._forget(conn)
+            actions.append(Close(conn, f"coordination over: {why}"))
+        return actions
+
+    def _leave_punch(self, status: wire.StatusCode) -> list[PeerAction]:
+        """We leave the punch: our last Status to the Mediator, then its close."""
+        conn = self.mediator
+        if self.coordinated is None or conn is None or conn not in self.open_conns:
+            return []
+        self.coordinated = None
+        self.mediator = None
+        self._forget(conn)
+        self.timers.pop(KEEPALIVE_TIMER, None)
+        return [
+            Send(conn, wire.Status(status).encode()),
+            Close(conn, f"left the punch: {status.name}"),
+            SetTimer(KEEPALIVE_TIMER, None),
+        ]
+
+    def _partner_lost(self, message: wire.AdvertiseAbort, now: float) -> list[PeerAction]:
+        since = self.coordinated if self.coordinated is not None else now
+        self._step("partner_lost")
+        self.coordinated = None
+        other = "Client" if self.role == "peer" else "Peer"
+        return self._finish_failed(
+            PartnerLost(
+                f"the Mediator reports our {other} gone {1000 * (now - since):.0f} ms after our "
+                f"introduction (of a {self.config.punch_timeout:g} s punch timeout): "
+                f"PARTNER_LOST: {message.text}",
+                code=message.code,
+            )
         )
 
     # --- keepalive (spec/mediator.md section 4.1) -------------------------------------------
@@ -1150,6 +1264,8 @@ class PeerCore:
             host, port = self.config.mediator
             return self._finish_failed(MediatorUnreachable(f"mediator {host}:{port}: {why}"))
         if self.table.name == RENDEZVOUS_TABLE.name:
+            if conn == self.mediator and self.coordinated is not None:
+                return self._end_coordination(f"the Mediator closed the connection ({why})")
             index = self._slot_of(conn)
             if index is not None:
                 self._step("attempt_failed")
@@ -1333,7 +1449,7 @@ class PeerCore:
     def _commit(self, keep: ConnId) -> list[PeerAction]:
         """Commit to ``keep``: close every other connection (the listener too) and cancel
         every timer."""
-        actions: list[PeerAction] = []
+        actions: list[PeerAction] = self._leave_punch(wire.StatusCode.DIRECT)
         in_flight = frozenset(slot.conn for slot in self.slots if slot.conn is not None)
         for index, slot in enumerate(self.slots):
             self._set_slot(index, Slot(None, slot.failures, True))
@@ -1412,9 +1528,10 @@ class PeerCore:
 
     def _finish_failed(self, error: P2pscError) -> list[PeerAction]:
         self.error = error
+        actions: list[PeerAction] = self._leave_punch(wire.StatusCode.GAVE_UP)
         in_flight = frozenset(slot.conn for slot in self.slots if slot.conn is not None)
         conns = self.open_conns | in_flight
-        actions: list[PeerAction] = [Close(conn, error.reason) for conn in sorted(conns)]
+        actions += [Close(conn, error.reason) for conn in sorted(conns)]
         actions += [self._set_timer(timer, None) for timer in sorted(self.timers)]
         self.open_conns = frozenset()
         self.candidates = {}
@@ -1433,7 +1550,7 @@ class PeerCore:
         relay. The deadline is the overall one from here."""
         del now
         self._step("relay_due")
-        actions: list[PeerAction] = []
+        actions: list[PeerAction] = self._leave_punch(wire.StatusCode.RELAY)
         for index, slot in enumerate(self.slots):
             if slot.conn is not None:
                 self.open_conns -= {slot.conn}

@@ -121,6 +121,15 @@ class Rendezvous(StateMachine):
     relay_progress = relaying.to.itself()  # type: ignore[no-untyped-call]
     relay_spliced = relaying.to.itself()  # type: ignore[no-untyped-call]
     relay_failed = relaying.to(failed)
+    # A coordinated pairing (spec/mediator.md section 4.3) keeps the Mediator connection while
+    # punching: a Ping every second, its Pong; the Mediator may report the partner gone
+    # (PARTNER_LOST: fail at once, no relay); anything else ending that connection (its close,
+    # another AdvertiseAbort, bytes that break the protocol) only ends the coordination.
+    # Leaving ``punching`` sends our last Status (DIRECT, RELAY or GAVE_UP) before the close.
+    coordinate_due = punching.to.itself()  # type: ignore[no-untyped-call]
+    mediator_pong = punching.to.itself()  # type: ignore[no-untyped-call]
+    coordination_over = punching.to.itself()  # type: ignore[no-untyped-call]
+    partner_lost = punching.to(failed)
     confirmed = (
         punching.to(established)
         | relaying.to(relayed, cond="relayed_path")

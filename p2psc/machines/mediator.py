@@ -21,6 +21,10 @@ Guards are evaluated by the core, by name (transitions are tried in declaration 
 - ``duplicate``: the same (our_key, their_key) is already registered; the newer wins.
 - ``ping_allowed``: a Ping arrived at least ``MIN_PING_GAP`` after this session's previous
   one (a conforming advertiser pings at most once a second; faster is a flood).
+- ``confirms``: a Status frame from the Peer of a coordinated pairing says PUNCHING (the
+  explicit confirmation of PeerDisconnect, spec/mediator.md section 4.3).
+- ``reports_done``: a Status frame while coordinating says DIRECT, RELAY or GAVE_UP.
+- ``coordinated``: both partners offered the COORDINATE capability (the pairing is coordinated).
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ class MediatorSession(StateMachine):
     *Peer* (``disconnecting``). The Peer gets PeerDisconnect; only its clean close (EOF) makes
     the Client's session take ``partner_confirmed`` and send PeerIdentification. Every other
     way out is a close, with AdvertiseAbort/AdvertiseRetry first where the core can still send.
+
+    A *coordinated* pairing (both offered COORDINATE, spec/mediator.md section 4.3) differs:
+    the Peer confirms with Status(PUNCHING) instead of a close (a close is "the Peer is gone"),
+    and both sessions stay open in ``coordinating`` while the peers punch, until each reports
+    that it left the punch (``status [reports_done]``); a close, silence or violation before
+    that tells the partner at once (``partner_lost``: AdvertiseAbort PARTNER_LOST).
     """
 
     awaiting_advertise = State(initial=True)
@@ -44,6 +54,7 @@ class MediatorSession(StateMachine):
     waiting = State()
     disconnecting = State()
     confirming = State()
+    coordinating = State()
     closed = State(final=True)
 
     # Admission: over the pending-connection limits the connection is refused at once.
@@ -80,13 +91,28 @@ class MediatorSession(StateMachine):
         | disconnecting.to(closed)
         | confirming.to.itself(cond="ping_allowed")  # type: ignore[no-untyped-call]
         | confirming.to(closed)
+        | coordinating.to.itself(cond="ping_allowed")  # type: ignore[no-untyped-call]
+        | coordinating.to(closed)
+    )
+
+    # Coordinated pairings (section 4.3): the Peer's Status(PUNCHING) is its confirmation; a
+    # Status(DIRECT|RELAY|GAVE_UP) while coordinating ends that side's session cleanly. Any
+    # other Status (a second PUNCHING, a done status before the confirmation, any Status in an
+    # uncoordinated pairing) breaks the protocol.
+    status = (
+        disconnecting.to(coordinating, cond="confirms")
+        | disconnecting.to(closed)
+        | coordinating.to(closed, cond="reports_done")
+        | coordinating.to(closed)
     )
 
     # Events caused by another session.
     replaced = waiting.to(closed)
     partner_arrived = waiting.to(confirming)
-    partner_confirmed = confirming.to(closed)
-    partner_lost = confirming.to(closed) | disconnecting.to(closed)
+    partner_confirmed = confirming.to(coordinating, cond="coordinated") | confirming.to(closed)
+    partner_lost = confirming.to(closed) | disconnecting.to(closed) | coordinating.to(closed)
+    # The partner reported that it left the punch: its end is no longer news to us.
+    partner_done = coordinating.to.itself()  # type: ignore[no-untyped-call]
     # A fleet's shared registry no longer holds the registration (expired, store restarted).
     registry_lost = waiting.to(closed)
 
@@ -98,6 +124,7 @@ class MediatorSession(StateMachine):
         | waiting.to(closed)
         | disconnecting.to(closed)
         | confirming.to(closed)
+        | coordinating.to(closed)
     )
     lost = (
         awaiting_advertise.to(closed)
@@ -105,6 +132,7 @@ class MediatorSession(StateMachine):
         | waiting.to(closed)
         | disconnecting.to(closed)
         | confirming.to(closed)
+        | coordinating.to(closed)
     )
     timeout = (
         awaiting_advertise.to(closed)
@@ -112,6 +140,7 @@ class MediatorSession(StateMachine):
         | waiting.to(closed)
         | disconnecting.to(closed)
         | confirming.to(closed)
+        | coordinating.to(closed)
     )
     bad_input = (
         awaiting_advertise.to(closed)
@@ -119,6 +148,7 @@ class MediatorSession(StateMachine):
         | waiting.to(closed)
         | disconnecting.to(closed)
         | confirming.to(closed)
+        | coordinating.to(closed)
     )
     shutdown = (
         awaiting_advertise.to(closed)
@@ -126,4 +156,5 @@ class MediatorSession(StateMachine):
         | waiting.to(closed)
         | disconnecting.to(closed)
         | confirming.to(closed)
+        | coordinating.to(closed)
     )

@@ -12,6 +12,8 @@ Subcommands:
   ``--start-at`` (epoch seconds), retry refused/timed-out attempts until ``--deadline``; on
   success send ``--name`` and read the other side's name (proves data flows both ways).
 - ``p2psc``: pair through a real mediator with ``p2psc.aio.connect`` and exchange a line.
+  ``--die-at STEP`` kills this process (``os._exit``: the kernel closes its sockets, as for a
+  ``kill -9``) at a step of the pairing (liveness tests, spec/mediator.md section 4.3).
 """
 
 from __future__ import annotations
@@ -186,11 +188,54 @@ def cmd_simopen(args: argparse.Namespace) -> None:
     emit({"ok": True, "attempts": [*outcomes, how], "other": other, "elapsed": elapsed})
 
 
+DIE_AFTER_INTRODUCTION = 1.5
+"""``--die-at punching``: seconds after our introduction (the first event past it kills us)."""
+
+
+def _install_death(step: str) -> None:
+    """Die (``os._exit``, no clean-up: the kernel closes every socket, as for ``kill -9``) at
+    ``step``: ``disconnect`` (the Peer, on PeerDisconnect, before it listens or confirms),
+    ``identification`` (the Client, on PeerIdentification, before it dials), ``punching``
+    (either role, ``DIE_AFTER_INTRODUCTION`` s after its introduction, while punching), or
+    ``frozen`` (the same moment, but the process stops with SIGSTOP: no FIN, no RST, no more
+    Pings, as a host that vanished; the test kills it afterwards). The line printed first says
+    when (epoch seconds), so the test can time the survivor."""
+    import os
+    import signal
+
+    from p2psc.core import peer as core_peer
+
+    original = core_peer.PeerCore.handle
+    introduced: list[float] = []
+
+    def die() -> None:
+        emit({"ok": False, "error": "KILLED", "step": step, "died_at": time.time()})
+        if step == "frozen":
+            os.kill(os.getpid(), signal.SIGSTOP)
+        os._exit(0)
+
+    def handle(self: Any, event: Any, now: float) -> Any:
+        before = self.role
+        actions = original(self, event, now)
+        if before is None and self.role is not None:
+            introduced.append(now)
+            if (step, self.role) in (("disconnect", "peer"), ("identification", "client")):
+                die()  # before the actions run: no Listen, no Status, no dial
+        late = introduced and now - introduced[0] >= DIE_AFTER_INTRODUCTION
+        if step in ("punching", "frozen") and late:
+            die()
+        return actions
+
+    core_peer.PeerCore.handle = handle  # type: ignore[method-assign]
+
+
 async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
     from p2psc.aio.connect import connect
     from p2psc.errors import P2pscError, PeerUnreachable
     from p2psc.keys import Keypair
 
+    if args.die_at:
+        _install_death(args.die_at)
     keypair = Keypair.from_private_raw(bytes.fromhex(args.private))
     counts = _count_dials(args.ignore_dial_schedule)
     t0 = time.monotonic()
@@ -209,6 +254,7 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
             **({"candidates": ()} if args.no_candidates else {}),
             relay=args.relay,
             relay_address=args.relay_address,
+            coordinate=not args.no_coordinate,
         )
     except P2pscError as exc:
         return {
@@ -217,6 +263,7 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
             "unreachable": isinstance(exc, PeerUnreachable),
             "reason": exc.reason,
             "elapsed": time.monotonic() - t0,
+            "failed_at": time.time(),
             **counts,
         }
     established = time.monotonic() - t0
@@ -373,6 +420,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-candidates", action="store_true", help="advertise no other address")
     p.add_argument("--relay", choices=("auto", "never", "only"), default="auto")
     p.add_argument("--relay-address", default=None)
+    p.add_argument("--no-coordinate", action="store_true", help="do not offer COORDINATE")
+    p.add_argument(
+        "--die-at",
+        choices=("disconnect", "identification", "punching", "frozen"),
+        default=None,
+    )
     p.add_argument(
         "--stream", type=float, default=0.0, help="then stream both ways for at most S seconds"
     )

@@ -35,6 +35,8 @@ from p2psc.wire import (
     Ping,
     Pong,
     Reason,
+    Status,
+    StatusCode,
     candidates_extension,
     dial_delay_extension,
     encode,
@@ -49,6 +51,8 @@ NONCE_PEER = bytes(range(0x40, 0x60))
 PAIRING_ID = bytes(range(0x60, 0x70))
 EPHEMERAL_CLIENT = bytes([0x11]) * 32
 EPHEMERAL_PEER = bytes([0x22]) * 32
+COORDINATE = ((3, b""),)
+"""The COORDINATE extension item (spec/protocol.md 3.4, type 3, empty)."""
 
 
 def noise_messages() -> tuple[bytes, bytes]:
@@ -188,6 +192,28 @@ def main() -> int:
         ("HandshakeResponse", HandshakeResponse(second)),
         ("Ping", Ping(7, 15000)),
         ("Pong", Pong(7)),
+        ("Advertise offering COORDINATE", Advertise(1, a, b, None, COORDINATE)),
+        (
+            "PeerDisconnect of a coordinated pairing, with candidates",
+            PeerDisconnect(
+                PAIRING_ID,
+                v4b,
+                v4a,
+                None,
+                (*candidates_extension([Address("10.0.1.5", 40001)]), *COORDINATE),
+            ),
+        ),
+        (
+            "PeerIdentification of a coordinated pairing",
+            PeerIdentification(1, PAIRING_ID, v4b, None, COORDINATE),
+        ),
+        ("Status PUNCHING (the Peer's confirmation)", Status(StatusCode.PUNCHING)),
+        ("Status DIRECT", Status(StatusCode.DIRECT)),
+        ("Status GAVE_UP", Status(StatusCode.GAVE_UP)),
+        (
+            "AdvertiseAbort PARTNER_LOST",
+            AdvertiseAbort(Reason.PARTNER_LOST, "your partner's connection closed: it is gone"),
+        ),
     ]
     frames = [
         {
@@ -243,6 +269,15 @@ def main() -> int:
             "DIAL_DELAY has 1 bytes",
         ),
         bad("Ping interval 999 ms", "5032010b0008" + "00000007000003e7", "ProtocolError", "1000"),
+        bad("Status 0", "5032010d000100", "ProtocolError", "must be 1..4"),
+        bad("Status 5", "5032010d000105", "ProtocolError", "must be 1..4"),
+        bad("Status of 2 bytes", "5032010d00020201", "ProtocolError", "Status"),
+        bad(
+            "COORDINATE with a value",
+            "50320106001c" + "01" + pid + "04c6336414c35200" + "030101",
+            "ProtocolError",
+            "COORDINATE must be empty",
+        ),
         bad("HandshakeInit too short", "503201070010" + "00" * 16, "ProtocolError", "Noise"),
         bad("non-UTF-8 reason", "503201030006" + "00000002fffe", "ProtocolError", "UTF-8"),
         bad(
