@@ -189,3 +189,42 @@ def test_reason_texts_from_the_network_cannot_drive_the_terminal(tmp_path: Path)
     assert done.returncode == 1 and "AdvertiseAborted" in err
     assert "\x1b" not in err and "\r" not in err
     assert "\\x1b[2J" in err  # shown, escaped
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-coordinate"]])
+def test_connect_offers_coordination_unless_told_not_to(tmp_path: Path, flag: list[str]) -> None:
+    """The Advertise that `p2psc connect` sends carries COORDINATE by default and not with
+    --no-coordinate (read by a bare socket standing in for the mediator)."""
+    import socket
+
+    from p2psc import wire
+
+    a_pem, _b_pem, _a, b = keyfiles(tmp_path)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(20)
+        port = listener.getsockname()[1]
+        argv = [*P2PSC, "connect", "--key", str(a_pem), "--peer", b.public_key.hex(), *flag]
+        proc = subprocess.Popen(
+            [*argv, "--mediator", f"127.0.0.1:{port}", "--timeout", "20"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(20)
+                decoder = wire.FrameDecoder()
+                messages: list[wire.Message] = []
+                while not messages:
+                    data = conn.recv(4096)
+                    assert data, "the connect process closed before sending Advertise"
+                    messages = decoder.feed(data)
+        finally:
+            proc.kill()
+            proc.wait(10)
+    advertise = messages[0]
+    assert isinstance(advertise, wire.Advertise)
+    assert wire.coordinated(advertise.extensions) is (not flag)

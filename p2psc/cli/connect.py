@@ -132,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             punch_timeout=args.punch_timeout,
             keepalive_interval=args.keepalive or None,
+            coordinate=not args.no_coordinate,
             tls=use_tls,
             mediator_ca=args.mediator_ca,
             mediator_pin=args.mediator_pin,
@@ -224,6 +225,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="while waiting for the peer, ping the mediator this often (1..3600; 0: off); "
         "keep it below the idle timeout of your NAT (%(default)s)",
+    )
+    parser.add_argument(
+        "--no-coordinate",
+        action="store_true",
+        help="do not offer a coordinated pairing (by default the mediator connection stays "
+        "open while punching, so a partner that dies after the introduction is reported at "
+        "once: PartnerLost; spec/mediator.md section 4.3)",
     )
     parser.add_argument(
         "--relay",
