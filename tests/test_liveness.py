@@ -532,3 +532,19 @@ def test_over_loopback_the_survivor_learns_at_once(dies: str) -> None:
     expected = AdvertiseAborted if dies == "peer-before-confirming" else PartnerLost
     assert type(error) is expected, error
     assert took < 10.0  # the default punch timeout
+
+
+def test_the_notes_say_whether_a_pairing_is_coordinated() -> None:
+    """The paired and introduced notes carry cause "coordinated" (the demo and logs tell the
+    Peer's Status from its close by it); an uncoordinated pairing's notes carry none."""
+    d = coordinating()
+    assert [(n.kind, n.cause) for n in d.notes if n.kind in {"paired", "introduced"}] == [
+        ("paired", "coordinated"),
+        ("introduced", "coordinated"),
+    ]
+    plain = paired_mediator(client=False, peer=True)
+    plain.close(2)
+    assert [(n.kind, n.cause) for n in plain.notes if n.kind in {"paired", "introduced"}] == [
+        ("paired", ""),
+        ("introduced", ""),
+    ]

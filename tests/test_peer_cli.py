@@ -51,6 +51,8 @@ def test_demo_exits_zero_and_narrates() -> None:
     assert "as client" in out and "as peer" in out
     assert "alice -> bob: 'hi bob'" in out and "bob -> alice: 'hi alice'" in out
     assert "same session secret" in out and out.rstrip().endswith("data both ways")
+    # both sides coordinate by default: the narration tells the Peer's Status, not a close
+    assert "confirms with Status(PUNCHING)" in out and "then closes" not in out
 
 
 def keyfiles(tmp_path: Path) -> tuple[Path, Path, Keypair, Keypair]:

@@ -29,7 +29,12 @@ NOTE_TEXT = {
     "registered": "{who} opened it, so owns that key; registered, waiting for its partner",
     "paired": "{who} opened it and its partner waits: PeerDisconnect to {who} (the Peer), "
     "who listens on its port, then closes",
+    "paired coordinated": "{who} opened it and its partner waits: PeerDisconnect to {who} (the "
+    "Peer), who listens on its port, then confirms with Status(PUNCHING) and stays connected",
     "introduced": "{who} gets PeerIdentification (sent only after the Peer's close)",
+    "introduced coordinated": "{who} gets PeerIdentification (sent only after the Peer's "
+    "confirmation); both stay connected to the mediator while they punch, so each would hear "
+    "at once if the other died",
     "failed": "{who}: failed ({reason})",
 }
 
@@ -46,7 +51,7 @@ async def run_demo(message: str = "hello", timeout: float = 10.0) -> int:
     registered = asyncio.Event()
 
     def observe(note: MediatorNote) -> None:
-        template = NOTE_TEXT.get(note.kind)
+        template = NOTE_TEXT.get(f"{note.kind} {note.cause}".strip(), NOTE_TEXT.get(note.kind))
         who = names.get(note.our_key or b"", f"connection {note.conn}")
         if note.kind == "registered" and who == "alice":
             registered.set()

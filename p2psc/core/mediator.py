@@ -255,7 +255,9 @@ class MediatorNote:
     """A short label from a fixed set (for metrics and log filters): for refused/evicted
     ``pending_origin``, ``pending_global``, ``connections``, ``shutting_down``; for rejected
     the failed check (``identity_check_failed``, ``waiting_full``...); for failed the event
-    (``timeout``, ``eof``, ``lost``, ``bad_input``, ``shutdown``, ``partner_...``)."""
+    (``timeout``, ``eof``, ``lost``, ``bad_input``, ``shutdown``, ``partner_...``); for paired
+    and introduced ``coordinated`` when the pairing is coordinated (mediator.md section 4.3),
+    else empty."""
 
 
 NoteObserver = Callable[[MediatorNote], None]
@@ -1054,7 +1056,7 @@ class MediatorCore:
             who.wait_end, who.deadline, who.pinged = end, grace, None
             out.append(SetTimer(side, grace))
         out.append(Send(client_conn, identification))
-        self._note("introduced", client_conn, client)
+        self._note("introduced", client_conn, client, cause="coordinated")
 
     def _lost_text(self, session: _Session, event: str, text: str, now: float) -> str:
         """What the survivor of a coordinated pairing is told (the partner's end, and when)."""
@@ -1320,7 +1322,7 @@ class MediatorCore:
         out.append(Send(conn, disconnect))
         out.append(SetTimer(conn, deadline))
         out.append(SetTimer(client_conn, deadline))
-        self._note("paired", conn, session)
+        self._note("paired", conn, session, cause="coordinated" if coord else "")
 
     def _confirmed(
         self, conn: ConnId, session: _Session, now: float, out: list[MediatorAction]
