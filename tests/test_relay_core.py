@@ -22,7 +22,7 @@ from p2psc.core.relay import (
     ResumeReading,
     ShutdownWrite,
 )
-from p2psc.errors import CryptoError, RecordTampered, RelayLimitReached
+from p2psc.errors import CryptoError, RecordTampered, RelayLimitReached, TruncatedStream
 from p2psc.keys import HPKE, Keypair, nonce_info
 from p2psc.noise import CipherState
 
@@ -312,6 +312,21 @@ def test_a_relayed_channel_reads_the_end_marker_as_relay_limit_reached() -> None
     rx.feed(tx.seal(b"x") + end)
     with pytest.raises(RelayLimitReached):
         rx.transport_eof()
+
+
+def test_a_reset_after_the_end_marker_is_still_relay_limit_reached() -> None:
+    """The relay closes after its linger; a peer still writing then sees a reset, not a FIN.
+    The marker it already read decides (the flaky NAT test of the relay limit got
+    TruncatedStream here); without a marker a reset is a TruncatedStream."""
+    tx, rx = _pair_of_channels(relayed=True)
+    end = rw.END_MARKER + rw.RelayAbort(rw.RelayReason.RELAY_LIMIT, "data limit").encode()
+    assert rx.feed(tx.seal(b"before") + end) == [b"before"]
+    error = rx.transport_lost("reset")
+    assert isinstance(error, RelayLimitReached) and "RELAY_LIMIT: data limit" in error.reason
+    tx, rx = _pair_of_channels(relayed=True)
+    assert rx.feed(tx.seal(b"x")) == [b"x"]
+    cut = rx.transport_lost("reset")
+    assert type(cut) is TruncatedStream and "reset before the close record" in cut.reason
 
 
 def test_a_direct_channel_treats_the_end_marker_as_tampering() -> None:

@@ -34,7 +34,7 @@ import socket
 from typing import Any, cast
 
 from p2psc.core.channel import SecureChannel
-from p2psc.errors import ChannelClosed, ChannelError, TruncatedStream
+from p2psc.errors import ChannelClosed, ChannelError
 
 __all__ = ["DEFAULT_LIMIT", "open_secure_streams_from_socket", "secure_streams"]
 
@@ -106,7 +106,7 @@ class _RawProtocol(asyncio.Protocol):
         app_transport = self.app_transport
         local_close = app_transport is not None and app_transport.closing_by_app
         if self._error is None and not self._channel.peer_closed and not local_close:
-            error = TruncatedStream("the connection was lost before the close record")
+            error = self._channel.transport_lost("lost")
             error.__cause__ = exc
             self._error = error
         self._app.connection_lost(self._error if self._error is not None else exc)

@@ -324,6 +324,19 @@ class SecureChannel:
         error = TruncatedStream(f"the stream ended without a close record{partial}")
         raise self._fail(error, "transport_cut")
 
+    def transport_lost(self, what: str) -> ChannelError:
+        """The transport was reset or lost (not a clean end): the error the reader gets.
+
+        The relay's end marker, when it came earlier, still decides (``RelayLimitReached``):
+        the relay ends a circuit with the marker, a FIN and, after its linger, a close that a
+        peer still writing sees as a reset; the records before the marker were whole. Else
+        :class:`~p2psc.errors.TruncatedStream` with ``what`` happened."""
+        if self._failed is not None:
+            return self._again()
+        if self._relay_end is not None:
+            return self._relay_ended(b"")
+        return TruncatedStream(f"the connection was {what} before the close record")
+
     def _relay_ended(self, data: bytes | bytearray | memoryview) -> ChannelError:
         """The relay's end marker came earlier: its RelayAbort says why (not authenticated)."""
         from p2psc.relay_wire import reason_name

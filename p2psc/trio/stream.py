@@ -26,7 +26,7 @@ from __future__ import annotations
 import trio
 
 from p2psc.core.channel import SecureChannel
-from p2psc.errors import ChannelError, TruncatedStream
+from p2psc.errors import ChannelError
 
 __all__ = ["CLOSE_TIMEOUT", "RECEIVE_SIZE", "SecureStream"]
 
@@ -90,9 +90,7 @@ class SecureStream(trio.abc.HalfCloseableStream):
                     try:
                         raw = await self.transport.receive_some(RECEIVE_SIZE)
                     except trio.BrokenResourceError as reset:
-                        raise TruncatedStream(
-                            "the connection was reset before the close record"
-                        ) from reset
+                        raise self.channel.transport_lost("reset") from reset
                 if not raw:
                     self.channel.transport_eof()  # raises unless the close record came first
                     self._eof = True
