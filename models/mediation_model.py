@@ -214,6 +214,8 @@ class MediationModel(PackedNetwork):
         self._started_extra: dict[tuple[int, int], int] = {}
         self._start_steps = [Step("app", name, "start: connect to the mediator") for name in NAMES]
         self._consistent: dict[int, str | None] = {}  # M4 per mediator local id
+        self._quiet_books: set[int] = set()
+        """Extra ids whose book records neither a violation nor a silence (K1)."""
         self._no_app_moves: set[int] = set()  # extra ids in which nobody can start
         self._initial = Net(
             snaps=tuple(self.intern(snapshot) for snapshot in (empty, *snapshots)),
@@ -254,14 +256,19 @@ class MediationModel(PackedNetwork):
         return f"{outcomes}; mediator sessions: {live}; registry entries: {len(registry)}"
 
     def invariant(self, state: Packed) -> str | None:
-        book = self._extras.values[state[-1]]
-        violation = book.violation
-        if violation is not None:
-            return violation  # type: ignore[no-any-return]
-        # K1 needs the faults left, which bookkeeping cannot see (its results are memoised
-        # without them): a silence recorded while no fault had happened yet is the violation.
-        if book.silent is not None and state[-2] >= self.fault_budget:
-            return f"K1: {book.silent}"
+        extra = state[-1]
+        if extra not in self._quiet_books:  # most books record no violation and no silence
+            book = self._extras.values[extra]
+            violation = book.violation
+            if violation is not None:
+                return violation  # type: ignore[no-any-return]
+            # K1 needs the faults left, which bookkeeping cannot see (its results are memoised
+            # without them): a silence recorded while no fault had happened yet is the violation.
+            if book.silent is not None:
+                if state[-2] >= self.fault_budget:
+                    return f"K1: {book.silent}"
+            else:
+                self._quiet_books.add(extra)
         local = state[MEDIATOR]  # M4 depends on the Mediator's snapshot only: memoised per id
         consistent = self._consistent.get(local, "")
         if consistent == "":

@@ -24,7 +24,7 @@ once however many global states share it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -503,11 +503,6 @@ _NO_TIMERS = 0
 _INF = float("inf")
 
 
-PREFETCH_PROBE = 64
-"""States of a chunk :meth:`PackedNetwork.prefetch` looks at before it gives up, while the
-chunks before needed no core step (a warm memo)."""
-
-
 def _actor_and_snapshot(step: tuple[int, int, Event, float]) -> tuple[int, int]:
     return step[0], step[1]
 
@@ -911,6 +906,28 @@ class PackedNetwork(Network):
         self._packed_deliveries[(key, local, now)] = hit
         return hit
 
+    def _defer_fire(
+        self,
+        state: Packed,
+        actor: int,
+        timer: tuple[int, float, int],
+        on_time: bool,
+        wanted: dict[tuple[int, int, Event, float], None],
+    ) -> bool:
+        """Whether :meth:`_packed_fire` would run a real core step not computed yet (then
+        noted in ``wanted``)."""
+        conn, deadline, _ = timer
+        local = state[actor]
+        clock = state[len(self.names) + 1]
+        now = clock if clock > deadline else deadline
+        if (actor, conn, local, now, on_time) in self._fires:
+            return False  # the firing is memoised, hence its core step too
+        missing = (actor, self._local_snap[local], self._timer_event(conn), now)
+        if missing in self._memo:
+            return False
+        wanted[missing] = None
+        return True
+
     def _packed_fire(
         self, state: Packed, actor: int, timer: tuple[int, float, int], on_time: bool
     ) -> tuple[Step, Packed]:
@@ -932,82 +949,29 @@ class PackedNetwork(Network):
         return hit[2], self.act(state, actor, hit[0], hit[1], state[n], now, faults, state[-1])
 
     prefetching: bool = True
-    """Whether :meth:`prefetch` computes the real core steps ahead, in a batch (tests compare)."""
-    _prefetch_warm = False
-    """The last chunk :meth:`prefetch` looked at needed no core step (see there)."""
+    """Whether the explorer defers the states whose real core steps are missing and computes
+    those steps in batches (:meth:`successors_or_defer`, :meth:`run_deferred`); tests and the
+    bench compare with computing each step when first needed."""
 
-    def prefetch(self, states: Sequence[Packed]) -> None:
-        """Run, back to back, the real core steps the deliveries out of ``states`` still miss.
+    def run_deferred(self, wanted: dict[tuple[int, int, Event, float], None]) -> None:
+        """Run, back to back, the real core steps :meth:`successors_or_defer` noted in
+        ``wanted`` (then empty it).
 
-        Why: a core step costs about three times as much inside a search as alone, because
+        Why batches: a core step costs about twice as much inside a search as alone, because
         between two memo misses the search walks its big tables (visited states, memos), which
         evicts the cores' code and data from the CPU caches; a batch of steps keeps them warm.
         Exact: :meth:`Network.run` memoises on (actor, snapshot id, event, now) and cores are
         deterministic, so computing a step earlier changes nothing but the order in which
-        snapshots are first interned (their ids): the states explored, their order, the
-        transitions and every verdict are the same (a test compares with and without). The
-        explorer calls it on each chunk of a level before expanding it. After a chunk that
-        needed no step at all (a warm memo: a second search of the same model), only the first
-        :data:`PREFETCH_PROBE` states of the next chunk are looked at unless they need a step,
-        so that looking costs little where nothing is missing. (It used to skip the next seven
-        chunks outright, which often were the first of a new level, needing hundreds of steps:
-        those then ran one by one, at twice the cost each.)"""
-        if not self.prefetching:
-            return
-        probe = PREFETCH_PROBE if self._prefetch_warm else -1
-        n = len(self.names)
-        link_info = self._link_info
-        deliveries = self._packed_deliveries
-        local_snap = self._local_snap
-        memo = self._memo
-        local_first = self._local_first
-        timer_info = self._timer_info
-        local_timers = self._local_timers
-        key_events = self._key_events
-        fires = self._fires
-        wanted: dict[tuple[int, int, Event, float], None] = {}
-        for index, state in enumerate(states):
-            if index == probe and not wanted:
-                return  # still warm
-            links, clock = state[n], state[n + 1]
-            facts = link_info[links]
-            heads, quiet = facts if facts is not None else self._links_facts(links)
-            for key, receiver, _conn, _sender, _item, _popped in heads:
-                local = state[receiver]
-                if (key, local, clock) in deliveries:
-                    continue
-                step = (receiver, local_snap[local], key_events[key][0], clock)
-                if step not in memo:
-                    wanted[step] = None
-            # The timers :meth:`successors` fires: on time once quiet, early while faults last.
-            can_fault = state[n + 2] > 0 and self.drops_and_early_timers
-            if not (quiet or can_fault):
-                continue
-            firsts = [local_first[local] for local in state[:n]]
-            first = min(firsts)
-            if first == _INF:
-                continue
-            for actor in range(n):
-                if firsts[actor] == _INF:
-                    continue
-                local = state[actor]
-                for conn, deadline, _ in timer_info[local_timers[local]][1]:
-                    on_time = quiet and deadline == first
-                    if on_time or can_fault:
-                        now = clock if clock > deadline else deadline
-                        if (actor, conn, local, now, on_time) in fires:
-                            continue  # the firing is memoised, hence its core step too
-                        step = (actor, local_snap[local], self._timer_event(conn), now)
-                        if step not in memo:
-                            wanted[step] = None
-        self._prefetch_warm = not wanted
+        snapshots are first interned (their ids)."""
         if not wanted:
             return
         values = self._snapshots.values
         intern = self._snapshots
-        step_fns = [self.step_fn(actor) for actor in range(n)]
+        memo = self._memo
+        step_fns = [self.step_fn(actor) for actor in range(len(self.names))]
         # Grouped by actor and snapshot: one core's code and one snapshot's data in a row.
         batch = sorted(wanted, key=_actor_and_snapshot)
+        wanted.clear()
         with self._recording:  # once for the batch (what Network.run does per step)
             for key in batch:
                 actor, snap, event, now = key
@@ -1015,6 +979,21 @@ class PackedNetwork(Network):
                 memo[key] = (intern(after)[0], actions)
 
     def successors(self, state: Packed) -> list[tuple[Step, Packed]]:  # type: ignore[override]
+        out = self.successors_or_defer(state, None)
+        assert out is not None
+        return out
+
+    def successors_or_defer(
+        self, state: Packed, wanted: dict[tuple[int, int, Event, float], None] | None
+    ) -> list[tuple[Step, Packed]] | None:
+        """:meth:`successors` (``wanted`` None), or, when a real core step they need is not
+        computed yet, None: the missing steps are then noted in ``wanted`` for
+        :meth:`run_deferred`, and the explorer expands the state again after that batch.
+
+        Why deferring rather than looking ahead: the explorer used to walk every state of a
+        chunk for missing steps before expanding it (about a tenth of a cold run, spent again
+        by the expansion); here the expansion itself finds them, and only the few states that
+        miss a step (about one in ten, cold; none, warm) are expanded twice."""
         n = len(self.names)
         links, clock, faults, extra = state[n:]
         facts = self._link_info[links]
@@ -1027,10 +1006,17 @@ class PackedNetwork(Network):
         link_effects = self._link_effects
         extra_effects = self._extra_effects
         extra_only = self._extra_only
+        deferred = False
         for key, receiver, conn, sender, item, popped in heads:
             local = state[receiver]
             hit = deliveries.get((key, local, clock))
             if hit is None:
+                if wanted is not None:
+                    missing = (receiver, self._local_snap[local], self._key_events[key][0], clock)
+                    if missing not in self._memo:
+                        wanted[missing] = None
+                        deferred = True
+                        continue
                 hit = self._packed_deliver(key, receiver, local, conn, sender, item, clock)
             after, actions, step = hit
             # :meth:`act`, inlined for the common case where every effect is memoised already.
@@ -1077,11 +1063,24 @@ class PackedNetwork(Network):
                     if firsts[actor] == _INF:
                         continue
                     for timer in info[local_timers[state[actor]]][1]:
-                        if quiet and timer[1] == first:
+                        on_time = quiet and timer[1] == first
+                        if (
+                            wanted is not None
+                            and (on_time or can_fault)
+                            and self._defer_fire(state, actor, timer, on_time, wanted)
+                        ):
+                            deferred = True
+                        if deferred:
+                            continue
+                        if on_time:
                             append(fire(state, actor, timer, True))
                         elif can_fault:
                             early.append((actor, timer))
+                if deferred:
+                    return None
                 out.extend(fire(state, actor, timer, False) for actor, timer in early)
+        if deferred:
+            return None
         if faults > 0:
             head = state[:n]
             for step, dropped in self._links_faults(links):

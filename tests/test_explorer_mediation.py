@@ -6,6 +6,8 @@ early timeout at every point are marked slow (CI runs them; seconds each).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from p2psc.models.explorer import Coverage, Step, explore, format_report, mermaid_trace
 from p2psc.models.mediation_model import MediationModel
@@ -150,11 +152,20 @@ def test_packed_states_explore_exactly_the_reference_network(third: bool, faults
 
 
 def test_packed_states_catch_the_mutants_with_the_same_trace() -> None:
+    """Expanded in the same order (core steps computed when first needed), packed and unpacked
+    states give the same counterexample; deferring the states whose core steps are missing
+    (the default) reorders a level, so its trace may differ but is as short and breaks the
+    same property."""
     model = mediation_mutant("identify-early", third=False)
+    model.prefetching = False
     packed = explore(model)
     reference = explore(_Unpacked(mediation_mutant("identify-early", third=False)))
+    deferred = explore(mediation_mutant("identify-early", third=False))
     assert packed.violation is not None and reference.violation is not None
+    assert deferred.violation is not None
     assert [str(s) for s in packed.violation.steps] == [str(s) for s in reference.violation.steps]
+    assert len(deferred.violation.steps) == len(reference.violation.steps)
+    assert deferred.violation.message.split(":")[0] == reference.violation.message.split(":")[0]
 
 
 def test_limits_retry_with_backoff_and_refuse_when_busy() -> None:
@@ -248,46 +259,64 @@ def test_four_peers_with_one_fault_anywhere() -> None:
     assert result.states > 3_000_000
 
 
-def _explored_in_order(model: MediationModel) -> tuple[tuple[int, int, int, int], list[Net]]:
-    """(states, transitions, terminals, depth) and every state the explorer checked, in order,
-    with the actors' snapshots themselves (ids depend on the order snapshots are first seen)."""
-    seen: list[Net] = []
+def _explored_by_level(model: MediationModel) -> tuple[tuple[int, int, int, int], list[Any]]:
+    """(states, transitions, terminals, depth) and, per depth, the set of states the explorer
+    checked there, with the actors' snapshots themselves (ids depend on the order snapshots are
+    first seen, and deferring reorders the states within a level)."""
+    levels: list[Any] = []
     check = model.invariant
+    depth_of: dict[tuple[int, ...], int] = {}
+    for initial in model.initial_states():
+        depth_of[initial] = 0
+    successors = model.successors_or_defer
+
+    def defer(state: tuple[int, ...], wanted: Any) -> Any:
+        nexts = successors(state, wanted)
+        for _, target in nexts or ():
+            depth_of.setdefault(target, depth_of[state] + 1)
+        return nexts
 
     def invariant(state: tuple[int, ...]) -> str | None:
         net = model.unpack(state)
-        seen.append(net._replace(snaps=tuple(model.snapshot(snap) for snap in net.snaps)))
+        depth = depth_of.setdefault(state, 0)
+        while len(levels) <= depth:
+            levels.append(set())
+        levels[depth].add(net._replace(snaps=tuple(model.snapshot(snap) for snap in net.snaps)))
         return check(state)
 
     model.invariant = invariant  # type: ignore[method-assign]
+    model.successors_or_defer = defer  # type: ignore[method-assign]
     result = explore(model)
     assert result.ok
-    return (result.states, result.transitions, result.terminals, result.depth), seen
+    return (result.states, result.transitions, result.terminals, result.depth), levels
 
 
 @pytest.mark.parametrize("peers", [2, 3])
-def test_prefetching_core_steps_explores_exactly_the_same_states(peers: int) -> None:
-    """PackedNetwork.prefetch computes the cores' steps in batches ahead of the expansion:
-    the same states are explored in the same order with the same verdicts, transitions,
-    outcomes and coverage, and the batches did compute steps (so the test can fail)."""
+def test_deferring_core_steps_explores_exactly_the_same_states(peers: int) -> None:
+    """The explorer defers a state whose real core steps are missing and computes those steps
+    in batches (PackedNetwork.successors_or_defer, run_deferred): every level holds the same
+    states as when each step is computed when first needed, with the same verdicts,
+    transitions, outcomes and coverage, and the batches did compute steps (so the test can
+    fail)."""
     batched = MediationModel(peers=peers, faults=peers == 2)
     inline = MediationModel(peers=peers, faults=peers == 2)
     inline.prefetching = False
     computed = []
-    prefetch = batched.prefetch
+    run_deferred = batched.run_deferred
 
-    def counting(states: list[tuple[int, ...]]) -> None:
+    def counting(wanted: dict[Any, None]) -> None:
         before = len(batched._memo)
-        prefetch(states)
+        run_deferred(wanted)
         computed.append(len(batched._memo) - before)
 
-    batched.prefetch = counting  # type: ignore[assignment, method-assign]
-    one, two = _explored_in_order(batched), _explored_in_order(inline)
-    assert one == two
+    batched.run_deferred = counting  # type: ignore[method-assign]
+    one, two = _explored_by_level(batched), _explored_by_level(inline)
+    assert one[0] == two[0]
+    assert len(one[1]) == len(two[1]) and all(a == b for a, b in zip(one[1], two[1], strict=True))
+    assert sum(len(level) for level in one[1]) == one[0][0]
     assert batched.outcome_counts == inline.outcome_counts
     assert batched.coverage() is not None and inline.coverage() is not None
     assert batched.coverage().taken == inline.coverage().taken  # type: ignore[union-attr]
-    # Nearly every step came from the batches (the probe after a warm chunk must not leave a
-    # new level's steps to run one by one, as skipping whole chunks did: 73-87% here).
+    # Nearly every step came from the batches.
     assert sum(computed) > 0.95 * len(batched._memo)
     assert set(batched._snapshots.values) == set(inline._snapshots.values)

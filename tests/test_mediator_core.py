@@ -553,6 +553,35 @@ def test_snapshot_twin_replays_every_step_identically() -> None:
     assert core.sessions == 0 and core.snapshot() == ((), (), False, ((), ()))
 
 
+def test_snapshot_rows_of_older_versions_restore_without_round_trip_or_coordination() -> None:
+    """Rows written before the round trip (14 fields) and the coordination flag (15 fields)
+    were added still restore: the missing fields read as none measured and not coordinated,
+    and the other fields are kept (a waiting session is counted under its origin again)."""
+    from mediator_helpers import SymbolicCrypto
+
+    from p2psc.core.io import Opened, Received
+
+    def constant(n: int) -> bytes:
+        return b"\x07" * n
+
+    config = MediatorConfig()
+    core = MediatorCore(config, nonce_source=constant, crypto=SymbolicCrypto())
+    core.handle(Opened(1, ("192.0.2.1", 1)), 0.0)
+    core.handle(Received(1, wire.Advertise(1, sym_key(1), sym_key(2)).encode()), 0.1)
+    core.handle(Received(1, wire.AdvertiseResponse(b"\x07" * 32).encode()), 0.3)
+    sessions, registry, shutting_down, admission = core.snapshot()
+    (row,) = sessions
+    assert row[1] == "waiting" and row[14] is not None  # a measured round trip
+    for width in (14, 15):
+        old = ((row[:width],), registry, shutting_down, admission)
+        twin = MediatorCore.from_snapshot(
+            old, config, nonce_source=constant, crypto=SymbolicCrypto()
+        )
+        expected = (*row[:14], row[14] if width == 15 else None, False)
+        assert twin.snapshot() == ((expected,), registry, shutting_down, admission)
+        assert twin._waiting_by_ip == {"192.0.2.1": 1}
+
+
 def test_shutdown_while_pairing_tells_both_sides_shutting_down(
     alice: Keypair, bob: Keypair
 ) -> None:

@@ -346,6 +346,35 @@ class _Session:
         coordinated (both offered it and this mediator coordinates). While coordinating,
         ``wait_end`` is the end of the hold (``coordinate_timeout`` after the introduction)."""
 
+    @classmethod
+    def from_row(cls, row: SessionRow, origin: str) -> _Session:
+        """The session :meth:`as_tuple` described (rows of older snapshots, without the round
+        trip or the coordination flag, are accepted)."""
+        session = cls.__new__(cls)
+        if len(row) < 16:
+            row = (*row[:14], row[14] if len(row) > 14 else None, False)
+        (
+            _,
+            session.state,
+            session.remote,
+            session.deadline,
+            session.buf,
+            session.local,
+            session.our,
+            session.their,
+            session.nonce,
+            session.partner,
+            session.secure,
+            session.wait_end,
+            session.pinged,
+            session.cands,
+            session.rtt,
+            coord,
+        ) = row
+        session.coord = bool(coord)
+        session.origin = origin
+        return session
+
     def as_tuple(self, conn: ConnId) -> SessionRow:
         return (
             conn,
@@ -525,17 +554,16 @@ class MediatorCore:
         sessions, registry, shutting_down, admission = snapshot
         core = cls(config, nonce_source=nonce_source, crypto=crypto, observer=observer)
         core._shutting_down = bool(shutting_down)
+        # Written for speed (the explorer rebuilds a core at every real step it takes): one
+        # unpacking per row, and the waiting count kept as _count would keep it.
+        table = core._sessions
+        waiting = core._waiting_by_ip
+        origin = core.origin
         for row in sessions:
-            conn, state, remote, deadline, buf, local, our, their, nonce, partner, secure = row[:11]
-            session = _Session(state, remote, deadline, core.origin(remote[0]))
-            session.wait_end, session.pinged, session.cands = row[11:14]
-            session.rtt = row[14] if len(row) > 14 else None
-            session.coord = bool(row[15]) if len(row) > 15 else False
-            session.buf, session.local, session.our, session.their = buf, local, our, their
-            session.nonce, session.partner, session.secure = nonce, partner, secure
-            core._sessions[conn] = session
+            session = _Session.from_row(row, origin(row[2][0]))
+            table[row[0]] = session
             if session.state == WAITING:
-                core._count(conn, session, +1)
+                waiting[session.origin] = waiting.get(session.origin, 0) + 1
         core._admission.restore(admission)
         for (our, their), handle in registry:
             core._registry.register(our, their, handle)

@@ -13,7 +13,8 @@ Run: .venv/bin/python tests/bench/bench_explorer.py [--quick] [--ratio]
 3. The mediation model against the negotiator's rate (issue 16's target: within 3x), both as
    the CLI runs them (cold memo) and on a second exploration of the same model (warm memo: the
    explorer's own cost per state, without the real core steps); and the same without
-   prefetching the real core steps in batches (``PackedNetwork.prefetch``), for comparison.
+   deferring the states whose real core steps are missing and computing those steps in
+   batches (``PackedNetwork.successors_or_defer``, ``run_deferred``), for comparison.
    Best of several rounds (as the budget), each round running every model once in turn, so
    that a busy spell of the shared machine does not decide the ratio; the ratio of each round
    is printed too.
@@ -127,7 +128,7 @@ def warm_rate(build: Callable[[], Any]) -> tuple[float, float]:
 
 
 def unbatched(model: MediationModel) -> MediationModel:
-    """``model`` computing each real core step when first needed (PackedNetwork.prefetch off):
+    """``model`` computing each real core step when first needed (``prefetching`` off):
     the mediation model's cost before batching, for comparison in the same run."""
     model.prefetching = False
     return model
@@ -239,7 +240,7 @@ def main() -> int:
         )
     for what, neg, med in (("cold memo", neg_cold, base_cold), ("warm memo", neg_warm, base_warm)):
         print(
-            f"  {what}, core steps not prefetched: mediation {med:>9,.0f} states/s  "
+            f"  {what}, core steps not batched: mediation {med:>9,.0f} states/s  "
             f"ratio {neg / med:.2f}x"
         )
     ratios = [n[0] / m[0] for n, m in zip(rates["negotiator"], rates["mediation"], strict=True)]
