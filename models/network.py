@@ -1018,6 +1018,8 @@ class PackedNetwork(Network):
                         deferred = True
                         continue
                 hit = self._packed_deliver(key, receiver, local, conn, sender, item, clock)
+            if deferred:
+                continue  # the state is expanded again after the batch: only misses matter now
             after, actions, step = hit
             # :meth:`act`, inlined for the common case where every effect is memoised already.
             flags = flags_of[actions]
@@ -1047,7 +1049,7 @@ class PackedNetwork(Network):
                             changed = self._extra_only_effect(receiver, actions, extra)
                     new[-1] = changed
             append((step, tuple(new)))
-        if extra not in self._no_app_moves:
+        if not deferred and extra not in self._no_app_moves:
             out.extend(self.app_moves(state))
         can_fault = faults > 0 and self.drops_and_early_timers
         if quiet or can_fault:
