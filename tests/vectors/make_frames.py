@@ -1,9 +1,12 @@
-"""Regenerate tests/vectors/frames.json and section 9 of spec/protocol.md from it.
+"""Regenerate tests/vectors/frames.json and section 9 of spec/protocol.md from it, and
+tests/vectors/relay_frames.json and section 9 of spec/relay.md from that.
 
 Run: .venv/bin/python tests/vectors/make_frames.py > tests/vectors/frames.json
-     .venv/bin/python tests/vectors/make_frames.py --update-spec   (rewrites spec section 9)
+     .venv/bin/python tests/vectors/make_frames.py --relay > tests/vectors/relay_frames.json
+     .venv/bin/python tests/vectors/make_frames.py --update-spec   (rewrites both sections 9)
 
-tests/test_vectors.py checks that spec section 9 is exactly ``render_section(frames.json)``.
+tests/test_vectors.py checks that spec section 9 is exactly ``render_section(frames.json)``;
+tests/test_relay_vectors.py, that relay.md section 9 is ``render_relay_section(relay_frames.json)``.
 
 Everything is fixed except the sealed nonces: HPKE sealing is randomised (a fresh ephemeral key
 each time), so a regenerated file has different, equally valid, sealed bytes. Existing vectors
@@ -416,5 +419,247 @@ def update_spec() -> int:
     return 0
 
 
+# --- the relay protocol (spec/relay.md) ----------------------------------------------------
+
+RELAY_SPEC = ROOT / "spec" / "relay.md"
+RELAY_VECTORS = ROOT / "tests" / "vectors" / "relay_frames.json"
+NONCE_RELAY = bytes(range(0x80, 0xA0))
+RELAY_EPHEMERAL_CLIENT = bytes([0x33]) * 32
+RELAY_EPHEMERAL_PEER = bytes([0x44]) * 32
+
+
+def relay_messages() -> list[tuple[str, Any]]:
+    """One valid message per relay frame type and a few variants; the RelayChallenge carries
+    ``sealed`` (the stored sealed nonce)."""
+    from p2psc.relay_wire import (
+        RelayAbort,
+        RelayConnected,
+        RelayReason,
+        RelayRequest,
+        RelayResponse,
+    )
+
+    a, b = ALICE.public_key.raw, BOB.public_key.raw
+    return [
+        ("RelayRequest (alice's leg)", RelayRequest(1, a, b, PAIRING_ID)),
+        ("RelayRequest (bob's leg)", RelayRequest(1, b, a, PAIRING_ID)),
+        ("RelayResponse", RelayResponse(NONCE_RELAY)),
+        ("RelayConnected, 3600 s and 1 GiB", RelayConnected(3600, 1 << 30)),
+        ("RelayConnected without limits", RelayConnected(0, 0)),
+        ("RelayAbort RELAY_LIMIT", RelayAbort(RelayReason.RELAY_LIMIT, "limit")),
+        ("RelayAbort RELAY_NO_PARTNER", RelayAbort(RelayReason.RELAY_NO_PARTNER, "")),
+        ("RelayAbort RELAY_REFUSED", RelayAbort(RelayReason.RELAY_REFUSED, "too many circuits")),
+        ("RelayAbort IDENTITY_CHECK_FAILED", RelayAbort(Reason.IDENTITY_CHECK_FAILED, "nonce")),
+    ]
+
+
+def relay_fields(msg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(msg):
+        value = getattr(msg, field.name)
+        out[field.name] = value.hex() if isinstance(value, bytes) else value
+    return out
+
+
+def relayed_handshake() -> dict[str, str]:
+    """The Noise KK handshake through a relay with fixed keys and ephemerals: the same as the
+    direct one but for the relayed prologue label (spec/relay.md section 4)."""
+    from p2psc.core.peer import prologue, session_secret
+    from p2psc.noise import HandshakeState
+
+    a, b = ALICE.public_key.raw, BOB.public_key.raw
+    label = prologue(PAIRING_ID, a, b, relayed=True)
+    init = HandshakeState.initiator(ALICE.to_private_raw(), b, label, RELAY_EPHEMERAL_CLIENT)
+    resp = HandshakeState.responder(BOB.to_private_raw(), a, label, RELAY_EPHEMERAL_PEER)
+    first = init.write_message(b"")
+    resp.read_message(first)
+    second = resp.write_message(b"")
+    init.read_message(second)
+    return {
+        "pairing_id": PAIRING_ID.hex(),
+        "client_ephemeral_private": RELAY_EPHEMERAL_CLIENT.hex(),
+        "peer_ephemeral_private": RELAY_EPHEMERAL_PEER.hex(),
+        "prologue": label.hex(),
+        "handshake_init_frame": encode(HandshakeInit(first)).hex(),
+        "handshake_response_frame": encode(HandshakeResponse(second)).hex(),
+        "handshake_hash": init.handshake_hash.hex(),
+        "session_secret": session_secret(init.handshake_hash).hex(),
+    }
+
+
+def relay_main(sealed_hex: str | None = None) -> int:
+    """Print the relay vectors document. The sealed nonce is taken from the existing file when
+    it still opens to the stored nonce (sealing is randomised: regenerating keeps it stable)."""
+    from p2psc.keys import open_nonce
+    from p2psc.relay_wire import END_MARKER, RelayChallenge, challenge_info
+
+    a, b = ALICE.public_key.raw, BOB.public_key.raw
+    info = challenge_info(a, b, PAIRING_ID)
+    if sealed_hex is None and RELAY_VECTORS.exists():
+        old = json.loads(RELAY_VECTORS.read_text(encoding="utf-8"))["sealed_nonces"][0]
+        try:
+            if open_nonce(ALICE, bytes.fromhex(old["sealed"]), info) == NONCE_RELAY:
+                sealed_hex = old["sealed"]
+        except Exception:  # the stored one no longer opens: seal a new one
+            sealed_hex = None
+    if sealed_hex is None:
+        sealed_hex = HPKE.seal(ALICE.public_key, NONCE_RELAY, info).hex()
+    msgs = relay_messages()
+    msgs.insert(2, ("RelayChallenge", RelayChallenge(bytes.fromhex(sealed_hex))))
+    frames = [
+        {
+            "name": name,
+            "message": type(msg).__name__,
+            "type": int(msg.TYPE),
+            "fields": relay_fields(msg),
+            "hex": msg.encode().hex(),
+        }
+        for name, msg in msgs
+    ]
+    request = msgs[0][1].encode().hex()
+    connected = msgs[4][1].encode().hex()
+
+    def bad(name: str, hex_: str, error: str, reason: str) -> dict[str, str]:
+        return {"name": name, "hex": hex_, "error": error, "reason_contains": reason}
+
+    invalid = [
+        bad("reserved type 19", "503201130000", "ProtocolError", "unexpected message type 19"),
+        bad("a Mediator message (Advertise)", "503201000041", "ProtocolError", "unexpected"),
+        bad("bad magic", "5033010e0000", "ProtocolError", "magic"),
+        bad("version 2 header", "5032020e0051", "UnsupportedVersion", "version 2"),
+        bad("length above 4096", "5032010e1001", "ProtocolError", "exceeds"),
+        bad(
+            "RelayRequest one byte short",
+            "5032010e0050" + request[12:-2],
+            "ProtocolError",
+            "truncated",
+        ),
+        bad(
+            "RelayRequest with a trailing byte",
+            "5032010e0052" + request[12:] + "00",
+            "ProtocolError",
+            "trailing",
+        ),
+        bad("RelayResponse of 31 bytes", "50320110001f" + "00" * 31, "ProtocolError", "truncated"),
+        bad("RelayChallenge of 81 bytes", "5032010f0051" + "00" * 81, "ProtocolError", "trailing"),
+        bad("RelayConnected of 11 bytes", "50320111000b" + connected[12:-2], "ProtocolError", "11"),
+        bad(
+            "RelayAbort with non-UTF-8 text",
+            "5032011200060003" + "0002fffe",
+            "ProtocolError",
+            "UTF-8",
+        ),
+    ]
+    doc = {
+        "description": (
+            "p2psc relay protocol (version 1) test vectors; see spec/relay.md section 9"
+        ),
+        "protocol_version": 1,
+        "keys": {
+            "alice": {"private": ALICE.to_private_raw().hex(), "public": a.hex()},
+            "bob": {"private": BOB.to_private_raw().hex(), "public": b.hex()},
+        },
+        "sealed_nonces": [
+            {
+                "message": "RelayChallenge",
+                "recipient": "alice",
+                "other": "bob",
+                "pairing_id": PAIRING_ID.hex(),
+                "info": info.hex(),
+                "nonce": NONCE_RELAY.hex(),
+                "sealed": sealed_hex,
+            }
+        ],
+        "relayed_handshake": relayed_handshake(),
+        "end_marker": END_MARKER.hex(),
+        "frames": frames,
+        "invalid_frames": invalid,
+    }
+    json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+RELAY_SECTION = "## 9. Test vectors"
+
+
+def render_relay_section(doc: dict[str, Any]) -> str:
+    """Section 9 of spec/relay.md (Markdown) from the relay vectors document."""
+    sealed = doc["sealed_nonces"][0]
+    hs = doc["relayed_handshake"]
+    pad = " " * 9
+    out = [
+        RELAY_SECTION,
+        "",
+        "Machine-readable in `tests/vectors/relay_frames.json` (checked against our codec by",
+        "`tests/test_relay_vectors.py`). The keys are alice's and bob's of",
+        "[protocol.md](protocol.md) section 9; the pairing id is `" + hs["pairing_id"] + "`.",
+        "",
+        "**RelayChallenge** sealed to alice (her leg names bob; the info ends with the pairing",
+        "id): open it with alice's private key and this info, which must give the nonce.",
+        "",
+        "```",
+        f"info   = {_wrap(sealed['info'], pad)}",
+        f"nonce  = {sealed['nonce']}",
+        f"sealed = {_wrap(sealed['sealed'], pad)}",
+        "```",
+        "",
+        "**The relayed handshake** (section 4; alice the Client, bob the Peer, ephemeral keys",
+        "fixed for the vector): the prologue with the relayed label, both handshake frames as",
+        "they cross the spliced circuit (whole frames, header included), the handshake hash and",
+        "the session secret. The same keys on a direct path give other messages (protocol.md 9).",
+        "",
+        "```",
+    ]
+    out += [f"{name:<26}= {_wrap(value, ' ' * 28)}" for name, value in hs.items()]
+    out += ["```", "", f"The end marker (section 7): `{doc['end_marker']}`.", ""]
+    names = {k["public"]: f"{n}'s public key" for n, k in doc["keys"].items()}
+    names[hs["pairing_id"]] = "the pairing id"
+    names[sealed["sealed"]] = "the sealed nonce above"
+    names[sealed["nonce"]] = "the nonce above"
+
+    def show(value: Any) -> str:
+        if isinstance(value, str) and value in names:
+            return names[value]
+        return "`" + json.dumps(value, ensure_ascii=False) + "`"
+
+    out += ["One valid frame per relay message type (and a few variants), as hex:", ""]
+    for v in doc["frames"]:
+        fields = ", ".join(f"{k} = {show(x)}" for k, x in v["fields"].items())
+        size = len(v["hex"]) // 2
+        out += [f"**{v['name']}** (type {v['type']}, {size} bytes): {fields}", ""]
+        out += ["```", _wrap(v["hex"]), "```", ""]
+    out += [
+        "Invalid frames on a relay connection; each MUST be rejected (the error column names our",
+        "exception class; UnsupportedVersion is a kind of ProtocolError):",
+        "",
+        "| case | frame (hex) | error |",
+        "|---|---|---|",
+    ]
+    for v in doc["invalid_frames"]:
+        h = v["hex"]
+        shown = f"`{h}`" if len(h) <= 200 else f"`{h[:64]}...` ({len(h) // 2} bytes)"
+        out.append(f"| {v['name']} | {shown} | {v['error']} |")
+    return "\n".join(out) + "\n"
+
+
+def split_relay_spec(text: str) -> tuple[str, str]:
+    """(before section 9, section 9) of spec/relay.md (section 9 is its last)."""
+    if RELAY_SECTION not in text:
+        return text.rstrip("\n") + "\n\n", ""
+    head, rest = text.split(RELAY_SECTION, 1)
+    return head, RELAY_SECTION + rest
+
+
+def update_relay_spec() -> None:
+    head, _ = split_relay_spec(RELAY_SPEC.read_text(encoding="utf-8"))
+    doc = json.loads(RELAY_VECTORS.read_text(encoding="utf-8"))
+    RELAY_SPEC.write_text(head + render_relay_section(doc), encoding="utf-8")
+
+
 if __name__ == "__main__":
-    raise SystemExit(update_spec() if "--update-spec" in sys.argv else main())
+    if "--update-spec" in sys.argv:
+        update_spec()
+        update_relay_spec()
+        raise SystemExit(0)
+    raise SystemExit(relay_main() if "--relay" in sys.argv else main())
