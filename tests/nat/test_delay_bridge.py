@@ -4,7 +4,8 @@ What is checked, each without a timed upper bound (only lower bounds a working b
 beat, and counters):
 - a TCP connect across a link with one-way delay D takes at least 2 D (SYN and SYN-ACK cross
   it); with ``match`` naming another address, no frame is subject to delay or loss (counted by
-  the bridge, and loss 1.0 still delivers everything);
+  the bridge, and loss 1.0 still delivers everything); address resolution is never delayed or
+  lost (loss 1.0: a connect times out, never EHOSTUNREACH);
 - loss is exactly what the seeded RNG decides: the bridge draws once per matched frame, so the
   number lost equals the draws below ``loss`` among the first ``matched`` draws of
   ``random.Random(seed)``, and the receiver gets every datagram that was not lost;
@@ -99,8 +100,35 @@ def test_one_way_delay_is_added_to_every_crossing(topo: Topology) -> None:
         server.communicate(timeout=5)
     stats = topo.stop_bridge("a")
     assert stats["reason"] == "signal" and stats["errors"] == 0, stats
-    # no match list: every frame is subject to the delay (some may still be queued at the stop)
-    assert stats["matched"] == stats["forwarded"] + stats["queued"] > 0, stats  # type: ignore[operator]
+    # no match list: every frame but address resolution is subject to the delay (some may
+    # still be queued at the stop); ARP crossed at once, at least once each way
+    assert stats["resolution"] >= 2, stats  # type: ignore[operator]
+    crossed = stats["matched"] + stats["resolution"]  # type: ignore[operator]
+    assert crossed == stats["forwarded"] + stats["queued"], stats  # type: ignore[operator]
+    assert stats["matched"] > 0, stats  # type: ignore[operator]
+
+
+PROBE = """
+import errno, socket, sys
+try:
+    socket.create_connection((sys.argv[1], 9000), timeout=5.0).close()
+    print("connected")
+except TimeoutError:
+    print("timeout")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, str(exc)))
+"""
+
+
+def test_address_resolution_is_never_lost(topo: Topology) -> None:
+    """Loss 1.0 on every frame: a connect times out (its SYNs are lost), but ARP still crosses,
+    so the host never gets EHOSTUNREACH (3 lost ARP probes, about 3 s, inside the 5 s connect
+    timeout: what a router whose WAN resolution failed answered in CI)."""
+    a = topo.add_public_host("a", link=Link(loss=1.0))
+    b = topo.add_public_host("b")
+    assert a.run(["python3", "-c", PROBE, b.addr], timeout=30).strip() == "timeout"
+    stats = topo.stop_bridge("a")
+    assert stats["resolution"] >= 2 and stats["lost"] == stats["matched"] > 0, stats  # type: ignore[operator]
 
 
 def test_match_limits_delay_and_loss_to_the_named_address(topo: Topology) -> None:
