@@ -7,6 +7,12 @@ clients saw ``MediatorClosed`` with nothing in the log (issue 21). So at start t
 is raised to the hard one where allowed, limits not given explicitly are derived from what is
 available (keeping :data:`HEADROOM` for the listener, logs, metrics and DNS), and explicit
 limits that cannot fit are refused with one clear line (:class:`LimitsDoNotFit`).
+
+A relay holds one descriptor per connection too (its silent connections and its admitted
+legs: :func:`relay_descriptors`), so ``p2psc relay`` fits its limits the same way
+(:func:`fit_relay_limits`), and ``p2psc mediator --relay`` first sets aside the relay's share
+(:func:`relay_share`) and fits the Mediator into the rest: otherwise the two together could
+promise twice the descriptors the process has.
 """
 
 from __future__ import annotations
@@ -15,8 +21,22 @@ import resource
 from dataclasses import dataclass, replace
 
 from p2psc.core.mediator import MediatorConfig
+from p2psc.core.relay import RelayConfig
 
-__all__ = ["HEADROOM", "LimitsDoNotFit", "NofileLimit", "fit_limits", "raise_nofile_limit"]
+__all__ = [
+    "HEADROOM",
+    "RELAY_LIMITS",
+    "LimitsDoNotFit",
+    "NofileLimit",
+    "fit_limits",
+    "fit_relay_limits",
+    "raise_nofile_limit",
+    "relay_descriptors",
+    "relay_share",
+]
+
+RELAY_LIMITS = ("max_connections", "max_pending")
+"""The relay limits that count descriptors (:func:`relay_descriptors`)."""
 
 HEADROOM = 64
 """Descriptors kept free of connections: listening sockets, stdio, log files, the metrics
@@ -58,18 +78,24 @@ def raise_nofile_limit() -> NofileLimit:
 
 
 def fit_limits(
-    config: MediatorConfig, nofile: NofileLimit, explicit: frozenset[str] = frozenset()
+    config: MediatorConfig,
+    nofile: NofileLimit,
+    explicit: frozenset[str] = frozenset(),
+    *,
+    reserved: int = 0,
 ) -> MediatorConfig:
     """``config`` with the limits not named in ``explicit`` derived from ``nofile``.
 
-    Derived: ``max_connections`` = available descriptors; ``max_pending`` = min(default, a
-    quarter of that); ``max_waiting`` = min(default, the rest); per-address limits no larger
-    than the global ones. Raises :class:`LimitsDoNotFit` when explicit limits exceed what is
-    available (``max_connections``, or ``max_pending`` + ``max_waiting``).
+    Derived: ``max_connections`` = available descriptors (less ``reserved``, the share of a
+    relay in the same process); ``max_pending`` = min(default, a quarter of that);
+    ``max_waiting`` = min(default, the rest); per-address limits no larger than the global
+    ones. Raises :class:`LimitsDoNotFit` when explicit limits exceed what is available
+    (``max_connections``, or ``max_pending`` + ``max_waiting``).
     """
-    available = nofile.available
+    available = nofile.available - reserved
     defaults = MediatorConfig()
-    where = f"RLIMIT_NOFILE allows {nofile.soft} (hard {nofile.hard}, {HEADROOM} kept free)"
+    kept = f"{HEADROOM} kept free" + (f", {reserved} for the relay" if reserved else "")
+    where = f"RLIMIT_NOFILE allows {nofile.soft} (hard {nofile.hard}, {kept})"
     if available < 2:
         raise LimitsDoNotFit(f"no descriptors left for connections: {where}")
     if "max_connections" in explicit:
@@ -115,4 +141,65 @@ def fit_limits(
         max_waiting=waiting,
         max_pending_per_ip=pending_per_ip,
         max_waiting_per_ip=waiting_per_ip,
+    )
+
+
+def relay_descriptors(config: RelayConfig) -> int:
+    """Descriptors a relay may hold at once: connections that have not sent their RelayRequest
+    (``max_pending``) and admitted legs (``max_connections``)."""
+    return config.max_pending + config.max_connections
+
+
+def relay_share(config: RelayConfig, nofile: NofileLimit, explicit: frozenset[str]) -> int:
+    """The descriptors ``p2psc mediator --relay`` sets aside for its relay: what explicit relay
+    limits need, else at most half of those available (the relay's defaults are ceilings)."""
+    half = min(relay_descriptors(RelayConfig()), nofile.available // 2)
+    named: int = sum(getattr(config, name) for name in RELAY_LIMITS if name in explicit)
+    missing = sum(1 for name in RELAY_LIMITS if name not in explicit)
+    return max(half, named + missing)
+
+
+def fit_relay_limits(
+    config: RelayConfig,
+    available: int,
+    explicit: frozenset[str] = frozenset(),
+    where: str = "",
+    prefix: str = "",
+) -> RelayConfig:
+    """``config`` with the descriptor limits not named in ``explicit`` derived from the
+    ``available`` descriptors: ``max_connections`` = min(default, four fifths), ``max_pending``
+    = min(default, the rest); ``max_per_address`` and ``max_per_key`` no larger than
+    ``max_connections``. Raises :class:`LimitsDoNotFit` when the two need more than that
+    (naming the flags ``--{prefix}max-connections`` and ``--{prefix}max-pending``)."""
+    defaults = RelayConfig()
+    where = where or f"{available} descriptors are available"
+    if available < 2:
+        raise LimitsDoNotFit(f"no descriptors left for relay connections: {where}")
+    connections = (
+        config.max_connections
+        if "max_connections" in explicit
+        else min(defaults.max_connections, max(1, available * 4 // 5))
+    )
+    pending = (
+        config.max_pending
+        if "max_pending" in explicit
+        else min(defaults.max_pending, max(1, available - connections))
+    )
+    if connections + pending > available:
+        parts = " + ".join(
+            f"--{prefix}{n.replace('_', '-')} {getattr(config, n)}"
+            for n in RELAY_LIMITS
+            if n in explicit
+        )
+        raise LimitsDoNotFit(
+            f"{parts} (with the derived rest: {connections} + {pending} relay connections) "
+            f"need {connections + pending} file descriptors but {where}; lower the limits "
+            "or raise the limit (ulimit -n)"
+        )
+    return replace(
+        config,
+        max_connections=connections,
+        max_pending=pending,
+        max_per_address=min(config.max_per_address, connections),
+        max_per_key=min(config.max_per_key, connections),
     )

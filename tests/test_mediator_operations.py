@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import resource
 import signal
 import socket
@@ -26,7 +27,16 @@ from tls_certs import make_leaf
 from p2psc import wire
 from p2psc.cli import mediator as cli
 from p2psc.core.mediator import MediatorConfig, MediatorNote
-from p2psc.fdlimits import HEADROOM, LimitsDoNotFit, NofileLimit, fit_limits
+from p2psc.core.relay import RelayConfig
+from p2psc.fdlimits import (
+    HEADROOM,
+    LimitsDoNotFit,
+    NofileLimit,
+    fit_limits,
+    fit_relay_limits,
+    relay_descriptors,
+    relay_share,
+)
 from p2psc.keys import Keypair, nonce_info, open_nonce
 from p2psc.text import printable
 from p2psc.tls import TlsClientSession, certificate_fingerprint, client_context
@@ -53,6 +63,54 @@ def test_fit_limits_refuses_explicit_limits_that_cannot_fit() -> None:
         fit_limits(MediatorConfig(max_connections=30_000), nofile, frozenset({"max_connections"}))
     ok = fit_limits(MediatorConfig(max_waiting=10_000), nofile, frozenset({"max_waiting"}))
     assert ok.max_waiting == 10_000 and ok.max_connections == 20_000 - HEADROOM
+
+
+def test_fit_limits_leaves_the_relay_share_out() -> None:
+    nofile = NofileLimit(1024, 1024)
+    config = fit_limits(MediatorConfig(), nofile, reserved=480)
+    assert config.max_connections == 1024 - HEADROOM - 480
+    assert config.max_pending + config.max_waiting <= config.max_connections
+    with pytest.raises(LimitsDoNotFit, match="480 for the relay"):
+        fit_limits(
+            MediatorConfig(max_connections=600),
+            nofile,
+            frozenset({"max_connections"}),
+            reserved=480,
+        )
+
+
+def test_fit_relay_limits_derives_and_refuses() -> None:
+    """Derived: four fifths admitted legs, the rest silent connections, the defaults as
+    ceilings, per-address and per-key limits no larger than the total; explicit limits that
+    need more than available are refused, naming the flags as given."""
+    small = fit_relay_limits(RelayConfig(), 200)
+    assert (small.max_connections, small.max_pending) == (160, 40)
+    assert relay_descriptors(small) == 200
+    assert small.max_per_address == 64 and small.max_per_key == 16
+    tiny = fit_relay_limits(RelayConfig(), 10)
+    assert (tiny.max_connections, tiny.max_per_address, tiny.max_per_key) == (8, 8, 8)
+    big = fit_relay_limits(RelayConfig(), 1_000_000)
+    assert (big.max_connections, big.max_pending) == (4096, 1024)
+    kept = fit_relay_limits(RelayConfig(max_pending=10), 200, frozenset({"max_pending"}))
+    assert (kept.max_connections, kept.max_pending) == (160, 10)
+    with pytest.raises(LimitsDoNotFit, match="--relay-max-connections 5000"):
+        fit_relay_limits(
+            RelayConfig(max_connections=5000), 900, frozenset({"max_connections"}), prefix="relay-"
+        )
+    with pytest.raises(LimitsDoNotFit, match="no descriptors"):
+        fit_relay_limits(RelayConfig(), 1)
+
+
+def test_relay_share_is_what_explicit_limits_need_else_at_most_half() -> None:
+    nofile = NofileLimit(1024, 1024)
+    assert relay_share(RelayConfig(), nofile, frozenset()) == (1024 - HEADROOM) // 2
+    roomy = NofileLimit(1_000_000, 1_000_000)
+    assert relay_share(RelayConfig(), roomy, frozenset()) == relay_descriptors(RelayConfig())
+    both = frozenset({"max_connections", "max_pending"})
+    wanted = RelayConfig(max_connections=700, max_pending=100)
+    assert relay_share(wanted, nofile, both) == 800
+    one = RelayConfig(max_connections=700)
+    assert relay_share(one, nofile, frozenset({"max_connections"})) == 701
 
 
 def test_printable_escapes_what_a_terminal_would_obey() -> None:
@@ -226,6 +284,71 @@ def test_explicit_limits_that_cannot_fit_refuse_to_start() -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot start" in lines[0] and "--max-waiting 100000" in lines[0]
     assert "RLIMIT_NOFILE allows 4096" in lines[0]
+
+
+def test_a_relay_in_the_mediator_gets_its_share_of_the_descriptors(
+    mediators: list[Mediator],
+) -> None:
+    """``mediator --relay``: the relay's connection limits and the Mediator's together fit the
+    descriptors (before, the Mediator took all of them and the relay its defaults on top)."""
+    mediator = _start(mediators, ["--relay"], nofile=1024)
+    listening = mediator.wait_for("listening")
+    relay = listening["relay_max_connections"] + listening["relay_max_pending"]
+    assert relay == (1024 - HEADROOM) // 2
+    assert listening["max_connections"] + relay == 1024 - HEADROOM
+    _pair(int(listening["port"]))
+
+
+def _cli(args: list[str], nofile: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2psc", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
+    )
+
+
+def test_relay_limits_that_cannot_fit_refuse_to_start() -> None:
+    done = _cli(["relay", "--port", "0", "--max-connections", "5000"], nofile=1024)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot start" in lines[0] and "--max-connections 5000" in lines[0]
+    assert "RLIMIT_NOFILE allows 1024" in lines[0]
+    both = ["mediator", "--port", "0", "--relay", "--relay-max-connections", "1000"]
+    done = _cli(both, nofile=1024)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--relay-max-connections 1000" in lines[0], lines
+    assert "left for the Mediator" in lines[0]
+    mediator = ["mediator", "--port", "0", "--relay", "--relay-max-connections", "900"]
+    done = _cli([*mediator, "--max-connections", "100"], nofile=1024)
+    assert done.returncode == 1  # 901 for the relay leave 59 for the Mediator
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--max-connections 100" in lines[0], lines
+    assert "901 for the relay" in lines[0]
+    done = _cli(["mediator", "--port", "0", "--relay", "--relay-max-pending", "0"], nofile=1024)
+    assert done.returncode == 1 and "at least 1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_relay_fits_its_limits_to_a_low_descriptor_limit() -> None:
+    """``p2psc relay`` under RLIMIT_NOFILE 256: its listening line shows limits that fit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2psc", "relay", "--port", "0"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)),
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "relay listening" in line, line
+        fields = dict(re.findall(r"(max_connections|max_pending|nofile) (\d+)", line))
+        assert fields == {"max_connections": "153", "max_pending": "39", "nofile": "256"}
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])

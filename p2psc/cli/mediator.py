@@ -8,7 +8,8 @@ Text from the network is logged with control characters escaped.
 
 Limits and deadlines are those of spec/mediator.md, section 6; the flags override them. At
 start the soft RLIMIT_NOFILE is raised to the hard limit; limits not given are derived from
-the descriptors available (64 kept free), and explicit limits that do not fit are refused.
+the descriptors available (64 kept free; with ``--relay``, the relay's share first: what its
+explicit limits need, else up to half), and explicit limits that do not fit are refused.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from p2psc.cli.relay import add_relay_limits
+from p2psc.cli.relay import add_relay_limits, relay_explicit
 from p2psc.core.mediator import MediatorConfig, MediatorNote, NoteObserver
 from p2psc.text import printable
 
@@ -240,7 +241,14 @@ def _run(args: argparse.Namespace) -> int:
     from p2psc.aio.mediator import MediatorServer, run_mediator
     from p2psc.cli.relay import relay_config
     from p2psc.errors import MediatorTlsError
-    from p2psc.fdlimits import LimitsDoNotFit, fit_limits, raise_nofile_limit
+    from p2psc.fdlimits import (
+        HEADROOM,
+        LimitsDoNotFit,
+        fit_limits,
+        fit_relay_limits,
+        raise_nofile_limit,
+        relay_share,
+    )
 
     _setup_logging(args.log_level, args.log_format)
     if args.require_tls and not args.tls_cert:
@@ -252,10 +260,23 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _fail(str(error))
     nofile = raise_nofile_limit()
+    relay = None
+    reserved = 0
     try:
-        config = fit_limits(wanted, nofile, explicit)
+        if args.relay:
+            relay_wanted, relay_named = relay_config(args), relay_explicit(args)
+            reserved = relay_share(relay_wanted, nofile, relay_named)
+            where = (
+                f"RLIMIT_NOFILE allows {nofile.soft} (hard {nofile.hard}, {HEADROOM} kept free, "
+                "at least 2 left for the Mediator)"
+            )
+            fits = min(reserved, nofile.available - 2)
+            relay = fit_relay_limits(relay_wanted, fits, relay_named, where, "relay-")
+        config = fit_limits(wanted, nofile, explicit, reserved=reserved)
     except LimitsDoNotFit as error:
         return _fail(f"cannot start: {error}")
+    except ValueError as error:
+        return _fail(str(error))
 
     fleet = None
     if args.registry != "memory":
@@ -306,6 +327,10 @@ def _run(args: argparse.Namespace) -> int:
             "tls": server.tls is not None,
         }
         fields.update({name: getattr(config, name) for name in _LIMIT_FLAGS})
+        if relay is not None:
+            fields.update(
+                relay_max_connections=relay.max_connections, relay_max_pending=relay.max_pending
+            )
         fields.update(nofile=nofile.soft, nofile_hard=nofile.hard)
         if nofile.raised_from is not None:
             fields["nofile_raised_from"] = nofile.raised_from
@@ -334,7 +359,7 @@ def _run(args: argparse.Namespace) -> int:
             legacy=not args.no_legacy,
             tls=tls_loader,
             fleet=fleet,
-            relay=relay_config(args) if args.relay else None,
+            relay=relay,
         )
     except OSError as error:  # bind/listen failed: address in use, no such address, ...
         why = error.strerror or str(error)

@@ -5,8 +5,10 @@ told its address (``relay_address`` / ``p2psc connect --relay-address``). A Medi
 the relay on its own port instead (``p2psc mediator --relay``); peers then need no address.
 
 Every limit below is per relay (section 6 of spec/relay.md says why each default is what it is).
-It logs one line per circuit spliced or ended and per refused connection, and stops cleanly on
-SIGINT/SIGTERM.
+At start the soft RLIMIT_NOFILE is raised to the hard limit; the connection limits not given
+are lowered to fit the descriptors available (64 kept free), and explicit ones that do not fit
+are refused. It logs the limits in force, one line per circuit spliced or ended and per
+refused connection, and stops cleanly on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Any
 
 from p2psc.core.relay import MiB, RelayConfig
 
-__all__ = ["add_relay_limits", "register", "relay_config"]
+__all__ = ["add_relay_limits", "register", "relay_config", "relay_explicit"]
+
+_DESCRIPTOR_LIMITS = ("max_connections", "max_pending")
+"""Limits whose default is a ceiling lowered to fit RLIMIT_NOFILE (flag default None)."""
 
 _FLAGS: tuple[tuple[str, str, type, float], ...] = (
     ("max_duration", "seconds a circuit may last (0: no limit)", float, 1),
@@ -40,38 +45,65 @@ def add_relay_limits(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     defaults = RelayConfig()
     group = parser.add_argument_group("relay limits (spec/relay.md section 6)")
     for name, text, kind, unit in _FLAGS:
-        default = getattr(defaults, name) / unit
+        default = kind(getattr(defaults, name) / unit)
+        ceiling = name in _DESCRIPTOR_LIMITS
         group.add_argument(
             f"--{prefix}{name.replace('_', '-')}",
             dest=f"relay_{name}",
             type=kind,
-            default=kind(default),
-            help=f"{text} (%(default)s)",
+            default=None if ceiling else default,
+            help=f"{text} ({default}{' at most, lowered to fit RLIMIT_NOFILE' if ceiling else ''})",
         )
 
 
 def relay_config(args: argparse.Namespace) -> RelayConfig:
-    """The :class:`RelayConfig` the flags of :func:`add_relay_limits` describe."""
+    """The :class:`RelayConfig` the flags of :func:`add_relay_limits` describe (a descriptor
+    limit not given: its default, to be fitted by :func:`p2psc.fdlimits.fit_relay_limits`)."""
+    defaults = RelayConfig()
     values: dict[str, Any] = {}
     for name, _, kind, unit in _FLAGS:
-        value = getattr(args, f"relay_{name}") * unit
+        given = getattr(args, f"relay_{name}")
+        if given is None:
+            values[name] = getattr(defaults, name)
+            continue
+        value = given * unit
         values[name] = int(value) if kind is int or unit == MiB else value
     return RelayConfig(**values)
 
 
+def relay_explicit(args: argparse.Namespace) -> frozenset[str]:
+    """The descriptor limits given on the command line (the others are fitted)."""
+    return frozenset(n for n in _DESCRIPTOR_LIMITS if getattr(args, f"relay_{n}") is not None)
+
+
 def _run(args: argparse.Namespace) -> int:
     from p2psc.aio.relay import RelayServer, run_relay
+    from p2psc.fdlimits import HEADROOM, LimitsDoNotFit, fit_relay_limits, raise_nofile_limit
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        config = relay_config(args)
+        wanted = relay_config(args)
     except ValueError as error:
         print(f"p2psc relay: {error}", file=sys.stderr)
         return 2
+    nofile = raise_nofile_limit()
+    where = f"RLIMIT_NOFILE allows {nofile.soft} (hard {nofile.hard}, {HEADROOM} kept free)"
+    try:
+        config = fit_relay_limits(wanted, nofile.available, relay_explicit(args), where)
+    except LimitsDoNotFit as error:
+        print(f"p2psc relay: cannot start: {error}", file=sys.stderr)
+        return 1
 
     def ready(server: RelayServer) -> None:
         host, port = server.address
-        logging.getLogger("p2psc.relay").info("relay listening on %s:%d", host, port)
+        logging.getLogger("p2psc.relay").info(
+            "relay listening on %s:%d (max_connections %d, max_pending %d, nofile %d)",
+            host,
+            port,
+            config.max_connections,
+            config.max_pending,
+            nofile.soft,
+        )
 
     try:
         return run_relay(args.host, args.port, config=config, ready=ready)
