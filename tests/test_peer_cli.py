@@ -230,3 +230,31 @@ def test_connect_offers_coordination_unless_told_not_to(tmp_path: Path, flag: li
     advertise = messages[0]
     assert isinstance(advertise, wire.Advertise)
     assert wire.coordinated(advertise.extensions) is (not flag)
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-timed-dial"]])
+def test_connect_times_its_first_dials_unless_told_not_to(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flag: list[str],
+) -> None:
+    """`p2psc connect --no-timed-dial` asks for PeerConfig.timed_dial=False (the Peer's dial
+    schedule itself: tests/test_dial_schedule.py); a stand-in for connect() records
+    the options and fails as an unreachable mediator would."""
+    from p2psc.cli import connect as cli_connect
+    from p2psc.cli import main
+    from p2psc.errors import MediatorUnreachable
+
+    seen: dict[str, object] = {}
+
+    async def stand_in(*args: object, **options: object) -> None:
+        seen.update(options)
+        raise MediatorUnreachable("stand-in mediator")
+
+    monkeypatch.setattr(cli_connect, "connect", stand_in)
+    a_pem, _b_pem, _a, b = keyfiles(tmp_path)
+    argv = ["connect", "--key", str(a_pem), "--peer", b.public_key.hex(), *flag]
+    status = main([*argv, "--mediator", "127.0.0.1:9", "--quiet"])
+    assert status == 1 and "MediatorUnreachable" in capsys.readouterr().err
+    assert seen["timed_dial"] is (not flag) and seen["coordinate"] is True

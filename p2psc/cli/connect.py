@@ -133,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
             punch_timeout=args.punch_timeout,
             keepalive_interval=args.keepalive or None,
             coordinate=not args.no_coordinate,
+            timed_dial=not args.no_timed_dial,
             tls=use_tls,
             mediator_ca=args.mediator_ca,
             mediator_pin=args.mediator_pin,
@@ -232,6 +233,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="do not offer a coordinated pairing (by default the mediator connection stays "
         "open while punching, so a partner that dies after the introduction is reported at "
         "once: PartnerLost; spec/mediator.md section 4.3)",
+    )
+    parser.add_argument(
+        "--no-timed-dial",
+        action="store_true",
+        help="as the Peer, dial the partner at once after the introduction (by default the "
+        "first dials wait for the time the mediator names, or our round trip to it, at most "
+        "1 s, so that both sides' first SYNs cross: spec/protocol.md, Timed first dial)",
     )
     parser.add_argument(
         "--relay",
