@@ -252,7 +252,8 @@ def test_four_peers_with_limits_or_garbage(option: str) -> None:
 
 @pytest.mark.slow
 def test_four_peers_with_one_fault_anywhere() -> None:
-    """The largest mediation model CI runs (about 3.5 million states; minutes)."""
+    """The largest mediation model CI runs (13.3 million states, about 3 minutes: spec/properties.md
+    section 7)."""
     model = MediationModel(peers=4, faults=True)
     result = explore(model)
     assert result.ok, format_report(result, model.describe)
