@@ -6,12 +6,12 @@ rejected with the error it names, and the spec shows exactly what the file holds
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_vectors import load_generator
 
 from p2psc import errors, relay_wire, wire
 from p2psc.keys import Keypair, nonce_info, open_nonce
@@ -35,15 +35,6 @@ def build(vector: dict[str, Any]) -> relay_wire.RelayMessage:
     }
     message: relay_wire.RelayMessage = cls(**kwargs)
     return message
-
-
-def load_generator() -> Any:
-    path = ROOT / "tests" / "vectors" / "make_frames.py"
-    spec = importlib.util.spec_from_file_location("make_frames", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_relay_message_type_has_a_vector() -> None:

@@ -122,6 +122,11 @@ def direct_handshake() -> dict[str, str]:
     }
 
 
+def bad(name: str, hex_: str, error: str, reason: str) -> dict[str, str]:
+    """An invalid-frame vector: the frame, the error class it must raise, a part of its reason."""
+    return {"name": name, "hex": hex_, "error": error, "reason_contains": reason}
+
+
 def main() -> int:
     a, b = ALICE.public_key.raw, BOB.public_key.raw
     sealed = []
@@ -235,9 +240,6 @@ def main() -> int:
     short = plain[6:] + bytes((2, 1, 0xAA))  # a DIAL_DELAY item of 1 byte instead of 2
     short_dial_delay = plain[:4] + len(short).to_bytes(2, "big") + short
 
-    def bad(name: str, hex_: str, error: str, reason: str) -> dict[str, str]:
-        return {"name": name, "hex": hex_, "error": error, "reason_contains": reason}
-
     invalid = [
         bad("bad magic", "5033010a0000", "ProtocolError", "magic"),
         bad("version 2 header", "5032020a0000", "UnsupportedVersion", "version 2"),
@@ -335,6 +337,24 @@ def _runs(h: str) -> str:
     return f"`{head.hex()}` then {run} bytes `{last:02x}` ({len(data)} bytes in all)"
 
 
+def _frame_lines(frames: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
+    """Each frame vector as a heading with its fields (a value with a name in ``names``, such as
+    a key or the sealed nonce, is shown by that name) and its hex."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, str) and value in names:
+            return names[value]
+        return "`" + json.dumps(value, ensure_ascii=False) + "`"
+
+    out: list[str] = []
+    for v in frames:
+        fields = ", ".join(f"{k} = {show(x)}" for k, x in v["fields"].items()) or "no fields"
+        size = len(v["hex"]) // 2
+        out += [f"**{v['name']}** (type {v['type']}, {size} bytes): {fields}", ""]
+        out += ["```", _wrap(v["hex"]), "```", ""]
+    return out
+
+
 def render_section(doc: dict[str, Any]) -> str:
     """Section 9 of spec/protocol.md (Markdown) from the vectors document."""
     out = [SECTION, "", "Fixed keys (test only, never use them for anything else):", ""]
@@ -378,17 +398,8 @@ def render_section(doc: dict[str, Any]) -> str:
     )
     names.update({x["nonce"]: f"the {x['message']} nonce above" for x in doc["sealed_nonces"]})
 
-    def show(value: Any) -> str:
-        if isinstance(value, str) and value in names:
-            return names[value]
-        return "`" + json.dumps(value, ensure_ascii=False) + "`"
-
     out += ["One valid frame per message type (and a few variants), as hex:", ""]
-    for v in doc["frames"]:
-        fields = ", ".join(f"{k} = {show(x)}" for k, x in v["fields"].items()) or "no fields"
-        size = len(v["hex"]) // 2
-        out += [f"**{v['name']}** (type {v['type']}, {size} bytes): {fields}", ""]
-        out += ["```", _wrap(v["hex"]), "```", ""]
+    out += _frame_lines(doc["frames"], names)
     out += [
         "Invalid frames; each MUST be rejected (the error column names our exception class;",
         "UnsupportedVersion is a kind of ProtocolError):",
@@ -519,9 +530,6 @@ def relay_main(sealed_hex: str | None = None) -> int:
     request = msgs[0][1].encode().hex()
     connected = msgs[4][1].encode().hex()
 
-    def bad(name: str, hex_: str, error: str, reason: str) -> dict[str, str]:
-        return {"name": name, "hex": hex_, "error": error, "reason_contains": reason}
-
     invalid = [
         bad("reserved type 19", "503201130000", "ProtocolError", "unexpected message type 19"),
         bad("a Mediator message (Advertise)", "503201000041", "ProtocolError", "unexpected"),
@@ -618,17 +626,8 @@ def render_relay_section(doc: dict[str, Any]) -> str:
     names[sealed["sealed"]] = "the sealed nonce above"
     names[sealed["nonce"]] = "the nonce above"
 
-    def show(value: Any) -> str:
-        if isinstance(value, str) and value in names:
-            return names[value]
-        return "`" + json.dumps(value, ensure_ascii=False) + "`"
-
     out += ["One valid frame per relay message type (and a few variants), as hex:", ""]
-    for v in doc["frames"]:
-        fields = ", ".join(f"{k} = {show(x)}" for k, x in v["fields"].items())
-        size = len(v["hex"]) // 2
-        out += [f"**{v['name']}** (type {v['type']}, {size} bytes): {fields}", ""]
-        out += ["```", _wrap(v["hex"]), "```", ""]
+    out += _frame_lines(doc["frames"], names)
     out += [
         "Invalid frames on a relay connection; each MUST be rejected (the error column names our",
         "exception class; UnsupportedVersion is a kind of ProtocolError):",
