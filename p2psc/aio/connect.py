@@ -131,8 +131,12 @@ async def connect(
     ``punch_backoff`` (2), ``punch_max_interval`` (1 s), ``punch_attempt_timeout`` (2 s),
     ``advertise_retries`` (3), ``retry_backoff`` (0.5 s), ``candidate_timeout`` (5 s),
     ``max_candidates`` (32), ``max_candidates_per_source`` (4), ``send_local`` (True),
-    ``keepalive_interval`` (15 s; None turns it off), ``crypto``, ``nonce_source`` (injected
-    for tests).
+    ``keepalive_interval`` (15 s; None turns it off), ``timed_dial`` (True: the Peer's first
+    dials wait for the Mediator's schedule), ``coordinate`` (True: offer a coordinated
+    pairing), ``candidates`` (None: every usable address of this host; ``()``: none),
+    ``relay`` (``"auto"`` here, unlike the sans-IO default ``"never"``: spec/relay.md),
+    ``relay_address`` (None: the Mediator's), ``crypto``, ``nonce_source`` (injected for
+    tests).
 
     Deadlines: ``timeout`` bounds the whole call (registration, waiting for the other side,
     hole punching and the handshake); ``step_timeout`` bounds each request/answer step with the
