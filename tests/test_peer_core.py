@@ -524,6 +524,25 @@ def test_attempt_that_hangs_is_dropped_and_retried() -> None:
     ]
 
 
+def test_an_attempt_outlasts_tcps_own_recovery_by_default() -> None:
+    """By default an attempt is dropped only after TCP itself resent a lost SYN or SYN-ACK twice
+    (1 s and 3 s after the first, plus a round trip): a simultaneous open whose answers were
+    lost completes as the same attempt, not as one we already closed (with the old 2 s, the
+    other side held it as established and we closed it: loss-3 namespace failures)."""
+    client = registered(A_KEY, B_KEY, A_LOCAL)
+    ident = wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL)).encode()
+    actions = client.do(Received(MEDIATOR_BASE, ident))
+    (attempt,) = connects(actions)
+    (deadline,) = [
+        a.deadline for a in actions if isinstance(a, SetTimer) and a.conn == PUNCH_TIMER_BASE
+    ]
+    assert deadline is not None and deadline - client.now > 3.5
+    client.now += 3.3  # the second retransmission answered: the connection is open
+    opened = client.do(Opened(attempt.conn, B_LOCAL, A_LOCAL))
+    assert not any(isinstance(a, Close) and a.conn == attempt.conn for a in opened)
+    assert any(isinstance(a, Send) and a.conn == attempt.conn for a in opened)  # HandshakeInit
+
+
 def test_client_listens_before_closing_the_mediator_connection() -> None:
     client = registered(A_KEY, B_KEY, A_LOCAL)
     ident = wire.PeerIdentification(1, PID, wire.Address(*B_LOCAL)).encode()

@@ -128,7 +128,7 @@ async def connect(
     ``options`` are the fields of :class:`~p2psc.core.peer.PeerOptions` (all keyword, all
     optional; defaults in :class:`~p2psc.core.peer.PeerConfig`): ``timeout`` (30 s),
     ``step_timeout`` (10 s), ``punch_timeout`` (10 s), ``punch_interval`` (0.05 s),
-    ``punch_backoff`` (2), ``punch_max_interval`` (1 s), ``punch_attempt_timeout`` (2 s),
+    ``punch_backoff`` (2), ``punch_max_interval`` (1 s), ``punch_attempt_timeout`` (4 s),
     ``advertise_retries`` (3), ``retry_backoff`` (0.5 s), ``candidate_timeout`` (5 s),
     ``max_candidates`` (32), ``max_candidates_per_source`` (4), ``send_local`` (True),
     ``keepalive_interval`` (15 s; None turns it off), ``timed_dial`` (True: the Peer's first

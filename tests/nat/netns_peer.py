@@ -247,7 +247,11 @@ async def _p2psc(args: argparse.Namespace) -> dict[str, Any]:
             timeout=args.deadline,
             punch_timeout=args.punch_timeout,
             punch_interval=args.punch_interval,
-            punch_attempt_timeout=args.punch_attempt_timeout,
+            **(
+                {"punch_attempt_timeout": args.punch_attempt_timeout}
+                if args.punch_attempt_timeout is not None
+                else {}
+            ),
             send_local=not args.no_local,
             keepalive_interval=args.keepalive or None,
             timed_dial=not args.no_timed_dial,
@@ -408,7 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--deadline", type=float, default=10.0)
     p.add_argument("--punch-timeout", type=float, default=5.0)
     p.add_argument("--punch-interval", type=float, default=0.05)
-    p.add_argument("--punch-attempt-timeout", type=float, default=2.0)
+    p.add_argument(
+        "--punch-attempt-timeout", type=float, default=None, help="seconds (the library's default)"
+    )
     p.add_argument("--no-local", action="store_true", help="keep our local address private")
     p.add_argument("--keepalive", type=float, default=15.0, help="seconds; 0: off")
     p.add_argument("--no-timed-dial", action="store_true", help="the Peer dials at once")

@@ -78,6 +78,54 @@ def test_unsolicited_syn_dropped_or_refused(topo: Topology) -> None:
     assert rst_time < 2.0  # refused at once, not after the dial deadline
 
 
+STRAY_SYN_ACK = """
+import socket, struct, sys, time
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+def segment(flags: int) -> bytes:
+    head = struct.pack("!HHIIBBHHH", 40123, port, 1000, 2000, 5 << 4, flags, 64240, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(head))
+    return head[:16] + struct.pack("!H", checksum(pseudo + head)) + head[18:]
+
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+raw.settimeout(0.2)
+raw.sendto(segment(0x12), (dst, 0))  # SYN+ACK: no connection starts with it (conntrack: invalid)
+end, answer = time.monotonic() + 1.5, "none"
+while time.monotonic() < end:
+    try:
+        packet, (sender, _) = raw.recvfrom(65535)
+    except TimeoutError:
+        continue
+    tcp = packet[(packet[0] & 0x0F) * 4 :]
+    if sender == dst and struct.unpack("!H", tcp[:2])[0] == port and tcp[13] & 0x04:
+        answer = "rst"
+        break
+print(answer)
+"""
+
+
+def test_a_dropping_router_answers_no_invalid_segment(topo: Topology) -> None:
+    """A segment conntrack calls invalid (here a SYN-ACK of no connection) is not translated,
+    so it reaches the router's own stack: a ``drop`` router drops it (as a home router does),
+    an ``rst`` router answers RST. Before, the ``drop`` router answered RST too, and a
+    retransmitted SYN of a simultaneous open (also invalid) got a RST that failed the
+    partner's every new attempt (the loss-3 pairing failed so)."""
+    drop = topo.add_router("rd", inbound="drop")
+    rst = topo.add_router("rs", inbound="rst")
+    public = topo.add_public_host("p")
+    for router, expected in ((rst, "rst"), (drop, "none")):
+        argv = ["python3", "-c", STRAY_SYN_ACK, public.addr, router.wan_addr, "41000"]
+        assert public.run(argv, timeout=30).strip() == expected, (router.role, expected)
+
+
 def test_no_route_leaves_the_namespaces(topo: Topology) -> None:
     router = topo.add_router("r")
     topo.add_host("a", router)

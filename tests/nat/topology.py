@@ -24,9 +24,13 @@ Router variants (``Router``):
   (``net.netfilter.nf_conntrack_tcp_timeout_established``, per namespace; Linux's default is
   five days, home and carrier-grade routers commonly use minutes). When it passes, the
   router forgets the mapping and drops what arrives for it (issue 13, keepalive).
-- ``inbound``: ``"drop"`` (an input-hook rule ``iifname WAN ct state new drop``, as typical home
-  routers behave) or ``"rst"`` (no rule: Linux answers an unsolicited SYN to a closed port with a
-  RST).
+- ``inbound``: ``"drop"`` (an input-hook rule ``iifname WAN ct state invalid,new drop``, as
+  typical home routers behave) or ``"rst"`` (no rule: Linux answers an unsolicited SYN to a closed
+  port with a RST). ``invalid`` too, because conntrack marks some segments of a simultaneous
+  open invalid (a retransmitted SYN from the partner after our SYN-ACK left), and an invalid
+  segment is not translated back, so it reaches the router's own stack, which has no socket
+  on that port and answers RST: the partner's attempt failed, and so did every new one, until
+  the punch gave up (the loss-3 pairing failed this way in CI once a SYN-ACK was lost).
 
 Names: every namespace is ``p2nat-<pid>-<tag>-<role>`` and every veth starts with ``<tag>``, so
 concurrent runs never collide; ``sweep_stale()`` removes namespaces of our prefix whose creating
@@ -195,7 +199,9 @@ class Router:
         """The nftables ruleset this router runs (shown in failures and in the README)."""
         random = " fully-random" if self.masquerade == "random-fully" else ""
         drop_in = (
-            f'        iifname "{self.wan_if}" ct state new drop\n' if self.inbound == "drop" else ""
+            f'        iifname "{self.wan_if}" ct state invalid,new drop\n'
+            if self.inbound == "drop"
+            else ""
         )
         return (
             "table ip p2nat {\n"
