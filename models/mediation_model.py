@@ -82,7 +82,7 @@ PEER_TIMING: dict[str, Any] = {
     "punch_interval": 1.0,
     "punch_backoff": 1.0,
     "punch_max_interval": 1.0,
-    "punch_attempt_timeout": 2.0,
+    "punch_attempt_timeout": 2.0,  # under punch_timeout, so attempts time out (no TCP resends here)
     "advertise_retries": 0,
     "keepalive_interval": None,
     "coordinate": False,

@@ -36,7 +36,8 @@ __all__ = [
 ]
 
 RELAY_LIMITS = ("max_connections", "max_pending")
-"""The relay limits that count descriptors (:func:`relay_descriptors`)."""
+"""The relay limits that count descriptors (:func:`relay_descriptors`): their defaults are
+ceilings, lowered to fit RLIMIT_NOFILE (the command-line flags default to None)."""
 
 HEADROOM = 64
 """Descriptors kept free of connections: listening sockets, stdio, log files, the metrics

@@ -19,11 +19,9 @@ import sys
 from typing import Any
 
 from p2psc.core.relay import MiB, RelayConfig
+from p2psc.fdlimits import RELAY_LIMITS
 
 __all__ = ["add_relay_limits", "register", "relay_config", "relay_explicit"]
-
-_DESCRIPTOR_LIMITS = ("max_connections", "max_pending")
-"""Limits whose default is a ceiling lowered to fit RLIMIT_NOFILE (flag default None)."""
 
 _FLAGS: tuple[tuple[str, str, type, float], ...] = (
     ("max_duration", "seconds a circuit may last (0: no limit)", float, 1),
@@ -46,7 +44,7 @@ def add_relay_limits(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     group = parser.add_argument_group("relay limits (spec/relay.md section 6)")
     for name, text, kind, unit in _FLAGS:
         default = kind(getattr(defaults, name) / unit)
-        ceiling = name in _DESCRIPTOR_LIMITS
+        ceiling = name in RELAY_LIMITS
         group.add_argument(
             f"--{prefix}{name.replace('_', '-')}",
             dest=f"relay_{name}",
@@ -73,7 +71,7 @@ def relay_config(args: argparse.Namespace) -> RelayConfig:
 
 def relay_explicit(args: argparse.Namespace) -> frozenset[str]:
     """The descriptor limits given on the command line (the others are fitted)."""
-    return frozenset(n for n in _DESCRIPTOR_LIMITS if getattr(args, f"relay_{n}") is not None)
+    return frozenset(n for n in RELAY_LIMITS if getattr(args, f"relay_{n}") is not None)
 
 
 def _run(args: argparse.Namespace) -> int:
